@@ -1,0 +1,55 @@
+# lightseg: every target installs into .venv first (once per version of pyproject.toml).
+SHELL := bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+EXP  ?= demo
+ARGS ?=
+CKPT ?=
+
+.PHONY: help install train eval test test-all lint format clean
+
+help: ## Show this help
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
+	  awk -F':.*## ' '{printf "  \033[36mmake %-10s\033[0m %s\n", $$1, $$2}'
+	@echo "  Variables: EXP=<configs/experiment name> (default demo)  ARGS=\"hydra overrides\"  CKPT=path"
+
+$(STAMP): pyproject.toml
+	@echo "Installing lightseg into $(VENV) (first run only; torch is large)..."
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+install: $(STAMP) ## Create .venv and install lightseg with dev tools
+
+train: $(STAMP) ## Train: make train [EXP=ph2_unet] [ARGS="model.arch=FPN trainer.max_epochs=5"]
+	@test -f configs/experiment/$(EXP).yaml || { \
+	  echo "Unknown experiment '$(EXP)'. Choose one of: $$(ls configs/experiment | sed 's/\.yaml//' | tr '\n' ' ')"; exit 2; }
+	$(PY) -m lightseg.train experiment=$(EXP) $(ARGS)
+
+eval: $(STAMP) ## Evaluate a checkpoint on the test split: make eval CKPT=path [ARGS=...]
+	@test -n "$(CKPT)" || { echo "Set CKPT=path/to/best.ckpt (runs write logs/<name>/runs/<time>/checkpoints/best.ckpt)"; exit 2; }
+	$(PY) -m lightseg.eval ckpt_path=$(CKPT) $(ARGS)
+
+test: $(STAMP) ## Run the fast test suite (what CI runs)
+	$(PY) -m pytest -m "not slow and not gpu" -q
+
+test-all: $(STAMP) ## Run every test, slow and GPU ones included
+	$(PY) -m pytest -q
+
+lint: $(STAMP) ## ruff check and format check
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff format --check src tests
+
+format: $(STAMP) ## Apply ruff fixes and formatting
+	$(VENV)/bin/ruff check --fix src tests
+	$(VENV)/bin/ruff format src tests
+
+clean: ## Remove run outputs and caches (keeps .venv and data/)
+	rm -rf logs outputs multirun .pytest_cache .ruff_cache

@@ -1,0 +1,251 @@
+"""Everything the datasets share: samples, splits, loaders, transforms and readable errors.
+
+A dataset file only subclasses :class:`SegmentationSource` and answers three questions:
+where are the files (``find``), which ids go to which split (``split``), and how to read one
+(image, mask) pair (``read``). The :class:`SegmentationDataModule` does the rest.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from lightseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_pipeline
+from lightseg.errors import LightsegError
+from lightseg.task import Task
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One (image, mask) pair on disk; ``stratum`` groups samples for stratified splits."""
+
+    id: str
+    image: Path
+    mask: Path | None = None
+    stratum: str | None = None
+
+
+class SegmentationSource:
+    """A dataset in its official on-disk layout under ``root``."""
+
+    #: Class names, background first. Two names make a binary task.
+    classes: tuple[str, ...] = ()
+    #: What to tell a user whose ``root`` is missing: where to get the data.
+    how_to_get: str = ""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def prepare(self) -> None:
+        """Download, generate or cache files; runs once per node before ``find``."""
+
+    def find(self) -> list[Sample]:
+        raise NotImplementedError
+
+    def split(
+        self, samples: list[Sample], fractions: Mapping[str, float], seed: int
+    ) -> dict[str, list[Sample]]:
+        """Deterministic random split, stratified by ``Sample.stratum``; override for official splits."""
+        return stratified_split(samples, fractions, seed)
+
+    def read(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+        """Return ``(image uint8 [H, W, 3], mask uint8 [H, W] of class indices, 255 = ignore)``."""
+        raise NotImplementedError
+
+    def missing(self, looked_for: Path | str) -> LightsegError:
+        """The error for a dataset that is not where the config says."""
+        return LightsegError(
+            f"{type(self).__name__} not found: looked for '{looked_for}' under root "
+            f"'{self.root}'. {self.how_to_get} Set the data folder with LIGHTSEG_DATA_DIR or "
+            "paths.data_dir=... . To try lightseg without downloading anything, run `make train` "
+            "(the built-in demo data)."
+        )
+
+
+def open_image(path: Path) -> Image.Image:
+    """Open an image file, turning a missing or corrupt file into an error that names it."""
+    try:
+        image = Image.open(path)
+        image.load()
+    except (FileNotFoundError, UnidentifiedImageError, OSError) as error:
+        raise LightsegError(
+            f"Cannot read image file '{path}' ({error}). Re-extract this file from the "
+            "dataset's official archive, or remove the sample from the dataset folder."
+        ) from None
+    return image
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    return np.asarray(open_image(path).convert("RGB"))
+
+
+def stratified_split(
+    samples: Sequence[Sample], fractions: Mapping[str, float], seed: int
+) -> dict[str, list[Sample]]:
+    """Shuffle each stratum with ``seed`` and cut it into val/test fractions; the rest is train."""
+    val, test = float(fractions.get("val", 0.0)), float(fractions.get("test", 0.0))
+    if val < 0 or test < 0 or val + test >= 1:
+        raise LightsegError(
+            f"data.split fractions val={val} and test={test} must be >= 0 and sum to less than 1."
+        )
+    strata: dict[str | None, list[Sample]] = defaultdict(list)
+    for sample in sorted(samples, key=lambda s: s.id):
+        strata[sample.stratum].append(sample)
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[Sample]] = {name: [] for name in SPLITS}
+    for stratum in sorted(strata, key=str):
+        members = [strata[stratum][i] for i in rng.permutation(len(strata[stratum]))]
+        n_val, n_test = round(val * len(members)), round(test * len(members))
+        out["val"] += members[:n_val]
+        out["test"] += members[n_val : n_val + n_test]
+        out["train"] += members[n_val + n_test :]
+    return {name: sorted(group, key=lambda s: s.id) for name, group in out.items()}
+
+
+class SegmentationDataset(Dataset):
+    """Reads samples through a source and applies an albumentations pipeline."""
+
+    def __init__(self, source: SegmentationSource, samples: Sequence[Sample], transform) -> None:
+        self.source, self.samples, self.transform = source, list(samples), transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.samples[index]
+        image, mask = self.source.read(sample)
+        if image.shape[:2] != mask.shape[:2]:
+            raise LightsegError(
+                f"Image and mask of sample '{sample.id}' differ in size: {sample.image} is "
+                f"{image.shape[1]}x{image.shape[0]} but {sample.mask} is "
+                f"{mask.shape[1]}x{mask.shape[0]}. Re-extract both files from the official archive."
+            )
+        out = self.transform(image=image, mask=mask)
+        return {"image": out["image"], "mask": out["mask"].long(), "id": sample.id}
+
+
+class EvalDistributedSampler(DistributedSampler):
+    """Shards evaluation data across ranks without padding, so no sample is counted twice."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.num_samples = len(range(rank, len(dataset), num_replicas))
+
+    def __iter__(self):
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+
+class SegmentationDataModule(L.LightningDataModule):
+    """Splits a source, builds the train/eval pipelines and serves per-device batches.
+
+    ``batch_size`` is per device (per process); the global batch is
+    ``batch_size * devices * num_nodes``.
+    """
+
+    def __init__(
+        self,
+        source: SegmentationSource,
+        transforms: Mapping[str, Sequence],
+        image_size: Sequence[int] = (256, 256),
+        batch_size: int = 8,
+        num_workers: int = 2,
+        split: Mapping[str, float] | None = None,
+        seed: int = 0,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        split_dir: str | Path | None = None,
+        pin_memory: bool | None = None,
+    ) -> None:
+        super().__init__()
+        if any(int(side) % 32 for side in image_size):
+            raise LightsegError(
+                f"data.image_size={list(image_size)} must be multiples of 32 (smp encoders "
+                "downsample 5 times). Use e.g. data.image_size=[256,256]."
+            )
+        self.source = source
+        self.image_size = tuple(int(side) for side in image_size)
+        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        self.fractions = dict(split or {"val": 0.2, "test": 0.2})
+        self.seed = int(seed)
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.split_dir = Path(split_dir) if split_dir else None
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.pipelines = {
+            "train": build_pipeline(transforms["train"], self.mean, self.std),
+            "eval": build_pipeline(transforms["eval"], self.mean, self.std),
+        }
+        self.splits: dict[str, list[Sample]] | None = None
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.source.classes)
+
+    @property
+    def task(self) -> Task:
+        return Task(self.classes)
+
+    def prepare_data(self) -> None:
+        self.source.prepare()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits is not None:
+            return
+        self.splits = self.source.split(self.source.find(), self.fractions, self.seed)
+        empty = [name for name in SPLITS if not self.splits.get(name)]
+        if empty:
+            sizes = {name: len(self.splits.get(name, [])) for name in SPLITS}
+            raise LightsegError(
+                f"{type(self.source).__name__} under '{self.source.root}' gives empty split(s) "
+                f"{empty} (sizes {sizes}). Add data or change data.split (val/test fractions)."
+            )
+        if self.split_dir is not None and (self.trainer is None or self.trainer.is_global_zero):
+            self.write_splits(self.split_dir / "splits")
+
+    def write_splits(self, folder: Path) -> None:
+        """One id per line, per split: the exact samples a run used."""
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, samples in (self.splits or {}).items():
+            (folder / f"{name}.txt").write_text("".join(f"{s.id}\n" for s in samples))
+
+    def dataset(self, split: str) -> SegmentationDataset:
+        if self.splits is None:
+            self.setup()
+        pipeline = self.pipelines["train" if split == "train" else "eval"]
+        return SegmentationDataset(self.source, self.splits[split], pipeline)
+
+    def _loader(self, split: str) -> DataLoader:
+        dataset = self.dataset(split)
+        train = split == "train"
+        sampler = None
+        trainer = self.trainer
+        if not train and trainer is not None and trainer.world_size > 1:
+            sampler = EvalDistributedSampler(dataset, trainer.world_size, trainer.global_rank)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train,
+            sampler=sampler,
+            drop_last=train and len(dataset) > self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")

@@ -1,0 +1,1 @@
+"""Console output, loggers and run-folder helpers."""
