@@ -15,6 +15,7 @@ from typing import Any
 import hydra
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from lightseg import CONFIG_DIR
@@ -47,12 +48,11 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
 
 
 def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
-    return instantiate(
-        cfg.trainer,
-        callbacks=instantiate_group(cfg.get("callbacks")),
-        logger=instantiate_group(cfg.get("logger")) or False,
-        **overrides,
-    )
+    loggers = instantiate_group(cfg.get("logger"))
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    if not loggers:  # LearningRateMonitor refuses to run without a logger
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
 
 
 def train(cfg: DictConfig) -> dict[str, float]:

@@ -55,7 +55,7 @@ class SegmentationSource:
     def split(
         self, samples: list[Sample], fractions: Mapping[str, float], seed: int
     ) -> dict[str, list[Sample]]:
-        """Deterministic random split, stratified by ``Sample.stratum``; override for official splits."""
+        """Deterministic split stratified by ``Sample.stratum``; override for official splits."""
         return stratified_split(samples, fractions, seed)
 
     def read(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
@@ -101,15 +101,23 @@ def stratified_split(
     strata: dict[str | None, list[Sample]] = defaultdict(list)
     for sample in sorted(samples, key=lambda s: s.id):
         strata[sample.stratum].append(sample)
+    # Give each stratum's shuffled members evenly spaced positions in [0, 1) and merge by
+    # position: any prefix of the merged order keeps the strata proportions, and the split
+    # sizes come out exact for the whole set rather than rounded per stratum.
     rng = np.random.default_rng(seed)
-    out: dict[str, list[Sample]] = {name: [] for name in SPLITS}
+    keyed = []
     for stratum in sorted(strata, key=str):
-        members = [strata[stratum][i] for i in rng.permutation(len(strata[stratum]))]
-        n_val, n_test = round(val * len(members)), round(test * len(members))
-        out["val"] += members[:n_val]
-        out["test"] += members[n_val : n_val + n_test]
-        out["train"] += members[n_val + n_test :]
-    return {name: sorted(group, key=lambda s: s.id) for name, group in out.items()}
+        members = strata[stratum]
+        for rank, index in enumerate(rng.permutation(len(members))):
+            keyed.append(((rank + 0.5) / len(members), str(stratum), members[index]))
+    ordered = [sample for *_, sample in sorted(keyed, key=lambda item: item[:2])]
+    n_val, n_test = round(val * len(ordered)), round(test * len(ordered))
+    groups = {
+        "val": ordered[:n_val],
+        "test": ordered[n_val : n_val + n_test],
+        "train": ordered[n_val + n_test :],
+    }
+    return {name: sorted(groups[name], key=lambda s: s.id) for name in SPLITS}
 
 
 class SegmentationDataset(Dataset):

@@ -8,6 +8,7 @@ must be ignored, and a ``PH2_dataset.xlsx`` with the legend and two-row header o
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,7 @@ class Demo(PH2):
         if marker.is_file() and marker.read_text() == stamp:
             return
         log.info("Writing %d demo cases in PH2 layout to %s", self.num_cases, self.root)
+        shutil.rmtree(self.root / IMAGES_FOLDER, ignore_errors=True)  # stale or partial copy
         write_demo(self.root, self.num_cases, self.seed)
         marker.write_text(stamp)
 

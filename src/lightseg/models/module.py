@@ -91,10 +91,15 @@ class SegmentationModule(L.LightningModule):
         config = dict(self.hparams.scheduler)
         interval = config.pop("interval", "epoch")
         length = (
-            self.trainer.estimated_stepping_batches if interval == "step" else self.trainer.max_epochs
+            self.trainer.estimated_stepping_batches
+            if interval == "step"
+            else self.trainer.max_epochs
         )
         for key in SCHEDULE_LENGTH_ARGS:
             if key in config and config[key] is None:
                 config[key] = int(length)
         scheduler = instantiate(config, optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": interval},
+        }
