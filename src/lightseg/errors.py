@@ -13,6 +13,16 @@ from rich.panel import Panel
 class LightsegError(Exception):
     """A mistake the user can fix (missing data, bad config, bad file); the message says how."""
 
+    exit_code = 1
+
+
+class TrainingInterrupted(LightsegError):
+    """Training stopped on a signal after saving its state; the exit code is 128 + signal."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + int(signum)
+
 
 def _clean_message(error: BaseException) -> str:
     message = str(error)
@@ -25,11 +35,11 @@ def _clean_message(error: BaseException) -> str:
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn a LightsegError raised inside the block into a printed paragraph and exit code 1."""
+    """Turn a LightsegError raised inside the block into a printed paragraph and its exit code."""
     try:
         yield
     except LightsegError as error:
         Console(stderr=True).print(
             Panel(_clean_message(error), title="lightseg: error", border_style="red", expand=False)
         )
-        sys.exit(1)
+        sys.exit(error.exit_code)

@@ -18,6 +18,12 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from lightseg.data.sampling import (
+    EpochSampler,
+    ResumableDataLoader,
+    SeededAugmentation,
+    batches_done_in_epoch,
+)
 from lightseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_pipeline
 from lightseg.errors import LightsegError
 from lightseg.task import Task
@@ -234,19 +240,27 @@ class SegmentationDataModule(L.LightningDataModule):
     def _loader(self, split: str) -> DataLoader:
         dataset = self.dataset(split)
         train = split == "train"
-        sampler = None
+        sampler, loader, extra = None, DataLoader, {}
         trainer = self.trainer
-        if not train and trainer is not None and trainer.world_size > 1:
+        if train:  # order and augmentations from (seed, epoch, sample): see data/sampling.py
+            sampler = EpochSampler(len(dataset), self.seed)
+            dataset = SeededAugmentation(dataset, self.seed)
+            loader = ResumableDataLoader
+            extra = {
+                "batches_done": lambda: batches_done_in_epoch(self.trainer),
+                "generator": torch.Generator().manual_seed(self.seed),
+            }
+        elif trainer is not None and trainer.world_size > 1:
             sampler = EvalDistributedSampler(dataset, trainer.world_size, trainer.global_rank)
-        return DataLoader(
+        return loader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=train,
             sampler=sampler,
             drop_last=train and len(dataset) > self.batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            **extra,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -1,14 +1,30 @@
-"""Experiment loggers: W&B that never prompts or hangs, falling back to offline mode."""
+"""Experiment loggers that never prompt, hang or lose a run's history.
+
+* W&B: online with credentials, offline otherwise, and offline as well when the server cannot
+  be reached; one W&B run id per run folder, so a resumed run continues the same W&B run.
+* CSV: appends to ``metrics.csv`` on resume (Lightning's CSVLogger deletes it).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import logging
 import os
+import secrets
+import string
+from collections.abc import Iterator
 from pathlib import Path
 
-from lightning.pytorch.loggers import WandbLogger
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 log = logging.getLogger(__name__)
+
+#: File in the run folder holding the W&B run id, read again when the run is resumed.
+WANDB_ID_FILE = "wandb_run_id.txt"
 
 
 def wandb_credentials_present() -> bool:
@@ -19,8 +35,51 @@ def wandb_credentials_present() -> bool:
     return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
 
 
-def wandb_logger(mode: str = "auto", save_dir: str = ".", **kwargs) -> WandbLogger:
-    """A WandbLogger; ``mode=auto`` means online with credentials, otherwise offline."""
+def wandb_run_id(save_dir: Path) -> str:
+    """The run folder's W&B id: the stored one, the sweep agent's, or a new one (then stored)."""
+    path = save_dir / WANDB_ID_FILE
+    if path.is_file() and path.read_text().strip():
+        return path.read_text().strip()
+    alphabet = string.ascii_lowercase + string.digits  # what W&B's own ids use
+    run_id = os.environ.get("WANDB_RUN_ID") or "".join(secrets.choice(alphabet) for _ in range(8))
+    if rank_zero_only.rank == 0:
+        path.write_text(run_id + "\n")
+    return run_id
+
+
+class FallbackWandbLogger(WandbLogger):
+    """A WandbLogger that goes offline, instead of failing, when W&B cannot be reached."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self):
+        try:
+            return WandbLogger.experiment.fget(self)
+        except Exception as error:  # wandb raises many types for network and auth problems
+            if self._wandb_init.get("mode") == "offline":
+                raise
+            log.warning(
+                "W&B is unreachable (%s: %s); logging offline to %s instead. Upload later "
+                "with `wandb sync %s/wandb/offline-run-*`.",
+                type(error).__name__,
+                error,
+                self.save_dir,
+                self.save_dir,
+            )
+            self._wandb_init["mode"] = "offline"
+            self._experiment = None
+            return WandbLogger.experiment.fget(self)
+
+
+def wandb_logger(
+    mode: str = "auto", save_dir: str = ".", init_timeout: float = 60, **kwargs
+) -> WandbLogger:
+    """A WandbLogger; ``mode=auto`` means online with credentials, otherwise offline.
+
+    ``init_timeout`` bounds how long the start waits for the server before going offline.
+    """
+    import wandb
+
     mode = os.environ.get("WANDB_MODE", mode)
     if mode == "auto":
         mode = "online" if wandb_credentials_present() else "offline"
@@ -30,5 +89,49 @@ def wandb_logger(mode: str = "auto", save_dir: str = ".", **kwargs) -> WandbLogg
                 "`wandb sync <run>/wandb/offline-run-*`, or `wandb login` before training).",
                 save_dir,
             )
-    Path(save_dir).mkdir(parents=True, exist_ok=True)
-    return WandbLogger(save_dir=save_dir, mode=mode, **kwargs)
+    folder = Path(save_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    kwargs.setdefault("id", wandb_run_id(folder))
+    kwargs.setdefault("resume", "allow")
+    kwargs.setdefault("settings", wandb.Settings(init_timeout=init_timeout))
+    return FallbackWandbLogger(save_dir=save_dir, mode=mode, **kwargs)
+
+
+@contextlib.contextmanager
+def wandb_finished() -> Iterator[None]:
+    """End this process's W&B run after the block (failed if it raised), so that the next run
+    in the same process (a Hydra sweep) starts its own."""
+    import wandb
+
+    try:
+        yield
+    except BaseException:
+        if wandb.run is not None:
+            wandb.finish(exit_code=1)
+        raise
+    if wandb.run is not None:
+        wandb.finish()
+
+
+class _AppendingWriter(ExperimentWriter):
+    def _check_log_dir_exists(self) -> None:
+        # Keep the rows of the run being resumed; new rows are appended under the same header.
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                self.metrics_keys = next(csv.reader(file), [])
+
+
+class ResumableCSVLogger(CSVLogger):
+    """Lightning's CSVLogger, appending to an existing ``metrics.csv`` instead of deleting it.
+
+    Steps that ran twice (after a hard kill and a resume from an older checkpoint) appear
+    twice; ``lightseg.plot`` keeps the later row.
+    """
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment

@@ -1,0 +1,19 @@
+"""Lightning callbacks configured in ``configs/callbacks/default.yaml``."""
+
+from lightseg.callbacks.faults import (
+    CheckpointOnSignal,
+    RandomStateCheckpoint,
+    StopOnNonFiniteLoss,
+    TrainingInterrupted,
+)
+from lightseg.callbacks.overlays import PredictionOverlays
+from lightseg.callbacks.run_files import LogRunFiles
+
+__all__ = [
+    "CheckpointOnSignal",
+    "LogRunFiles",
+    "PredictionOverlays",
+    "RandomStateCheckpoint",
+    "StopOnNonFiniteLoss",
+    "TrainingInterrupted",
+]

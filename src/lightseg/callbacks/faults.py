@@ -1,0 +1,140 @@
+"""Surviving interruptions: save on a stop signal, stop on a non-finite loss, resume exactly."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from lightseg.errors import LightsegError, TrainingInterrupted
+from lightseg.utils.checkpoint import random_states, set_random_states
+
+log = logging.getLogger(__name__)
+
+#: SIGUSR1 is what SLURM sends before pre-emption or the time limit (``--signal=USR1@120``).
+STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
+RESUME_HINT = (
+    "Continue it with the same command plus ckpt_path=last (e.g. make train EXP=<exp> "
+    'ARGS="ckpt_path=last"), or put resume=auto in job scripts that may be pre-empted.'
+)
+
+
+def last_checkpoint_path(trainer: L.Trainer) -> Path:
+    """Where the checkpoint callback keeps ``last.ckpt`` (the file resumes start from)."""
+    callback = trainer.checkpoint_callback
+    if callback is not None and getattr(callback, "dirpath", None):
+        return Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+    return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+
+
+class CheckpointOnSignal(Callback):
+    """On SIGTERM, SIGINT or SIGUSR1 during fit: finish the batch, save ``last.ckpt``, stop.
+
+    The checkpoint holds the position inside the epoch, so a resumed run continues with the
+    next batch. A signal during an epoch's last batch lets that epoch validate and end first.
+    A second Ctrl+C stops at once, without saving.
+    """
+
+    def __init__(self, signals: tuple[str, ...] = STOP_SIGNALS) -> None:
+        self.signals = [getattr(signal, name) for name in signals if hasattr(signal, name)]
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _on_signal(self, signum: int, frame) -> None:
+        if signum == signal.SIGINT and self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+        log.warning(
+            "Received %s: saving a checkpoint after this batch.", signal.Signals(signum).name
+        )
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Installed after Lightning's own SIGTERM handler, which would stop without saving.
+        if threading.current_thread() is not threading.main_thread():
+            log.warning("Not in the main thread: stop signals will not save a checkpoint.")
+            return
+        self.received = None
+        for signum in self.signals:
+            self._previous[signum] = signal.signal(signum, self._on_signal)
+
+    def _restore_handlers(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_handlers()
+
+    def on_exception(self, trainer: L.Trainer, pl_module, exception: BaseException) -> None:
+        self._restore_handlers()
+
+    def _stop_requested(self, trainer: L.Trainer) -> bool:
+        # Every rank must agree, or one would wait forever for the others to save.
+        return trainer.strategy.reduce_boolean_decision(self.received is not None, all=False)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if self._stop_requested(trainer) and batch_idx + 1 < trainer.num_training_batches:
+            self._save_and_stop(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._stop_requested(trainer):
+            self._save_and_stop(trainer)
+
+    def _save_and_stop(self, trainer: L.Trainer) -> None:
+        path = last_checkpoint_path(trainer)
+        trainer.save_checkpoint(path)
+        name = signal.Signals(self.received or signal.SIGTERM).name
+        raise TrainingInterrupted(
+            f"Training stopped by {name} in epoch {trainer.current_epoch} at global step "
+            f"{trainer.global_step}; its state is saved in '{path}'. {RESUME_HINT}",
+            self.received or signal.SIGTERM,
+        )
+
+
+class StopOnNonFiniteLoss(Callback):
+    """Stop before a NaN or infinite loss reaches the weights; saves nothing after it."""
+
+    def __init__(self) -> None:
+        self.batch_idx = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self.batch_idx = batch_idx
+
+    def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
+        finite = bool(torch.isfinite(loss.detach()).all())
+        if not trainer.strategy.reduce_boolean_decision(not finite, all=False):
+            return
+        what = "NaN" if bool(torch.isnan(loss.detach()).any()) else "infinite"
+        last = last_checkpoint_path(trainer)
+        kept = (
+            f"The last good checkpoint is '{last}'"
+            if last.is_file()
+            else "No checkpoint had been saved yet"
+        )
+        raise LightsegError(
+            f"Training stopped: the loss became {what} at global step {trainer.global_step} "
+            f"(epoch {trainer.current_epoch}, batch {self.batch_idx}). {kept}; nothing after it "
+            "was saved. Usual fixes: a lower optimizer.lr, trainer.gradient_clip_val=1.0, "
+            "trainer.precision=32-true instead of 16-mixed, or masks holding values other than "
+            "class indices and 255."
+        )
+
+
+class RandomStateCheckpoint(Callback):
+    """Keeps the global random states in every checkpoint and restores them on resume.
+
+    Data order and augmentations do not depend on them (see ``lightseg.data.sampling``); the
+    model's own randomness (dropout, stochastic depth) does.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        return random_states()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        set_random_states(state_dict)

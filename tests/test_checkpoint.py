@@ -1,0 +1,52 @@
+"""Checkpoint files are all-or-nothing; random states survive a checkpoint round trip."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from lightseg.utils import checkpoint
+from lightseg.utils.checkpoint import (
+    AtomicCheckpointIO,
+    atomic_save,
+    random_states,
+    set_random_states,
+)
+
+
+def test_interrupted_write_keeps_the_old_file_and_leaves_no_part(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"step": 1}, path)
+    assert torch.load(path, weights_only=True) == {"step": 1}
+
+    def killed_midway(obj, file):
+        file.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt  # e.g. a second Ctrl+C while writing
+
+    monkeypatch.setattr(checkpoint.torch, "save", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_save({"step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
+
+
+def test_a_part_left_by_a_killed_process_is_removed_on_the_next_save(tmp_path):
+    stale = tmp_path / ".last.ckpt.partial-999"
+    stale.write_bytes(b"truncated")
+    atomic_save({"step": 3}, tmp_path / "last.ckpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
+def test_random_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
+    torch.manual_seed(1), np.random.seed(2), random.seed(3)
+    atomic_save({"rng": random_states()}, tmp_path / "x.ckpt")
+    expected = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])
+    torch.manual_seed(9), np.random.seed(9), random.seed(9)
+    set_random_states(torch.load(tmp_path / "x.ckpt", weights_only=True)["rng"])
+    assert torch.equal(torch.rand(3), expected[0])
+    assert np.array_equal(np.random.rand(3), expected[1])
+    assert [random.random() for _ in range(3)] == expected[2]

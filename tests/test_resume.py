@@ -1,0 +1,155 @@
+"""Runs you can trust: same seed -> same numbers; killed and resumed -> same numbers; NaN stops."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import lightning as L
+import pandas as pd
+import pytest
+import torch
+
+from lightseg.errors import LightsegError, TrainingInterrupted
+from lightseg.train import train
+from tests.conftest import make_config
+
+#: 20 demo cases -> 12 train (3 batches of 4), 4 val, 4 test; 2 epochs of 3 steps.
+SHORT_RUN = (
+    "experiment=demo",
+    "trainer.accelerator=cpu",
+    "trainer.max_epochs=2",
+    "trainer.deterministic=true",
+    "trainer.log_every_n_steps=1",
+    "logger=csv",
+    "callbacks.progress_bar=null",
+    "callbacks.model_summary=null",
+    "data.num_workers=0",
+    "data.batch_size=4",
+    "data.image_size=[64,64]",
+    "data.source.num_cases=20",
+    "seed=7",
+)
+
+
+class SignalAt(L.Callback):
+    """Test helper: send ``signum`` to this process when batch ``batch_idx`` of ``epoch`` starts."""
+
+    def __init__(self, epoch: int, batch_idx: int, signum: int = signal.SIGTERM) -> None:
+        self.epoch, self.batch_idx, self.signum = epoch, batch_idx, signum
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch_idx):
+            os.kill(os.getpid(), self.signum)
+
+
+class PoisonAt(L.Callback):
+    """Test helper: put a NaN into the images of batch ``batch_idx`` of ``epoch``."""
+
+    def __init__(self, epoch: int, batch_idx: int) -> None:
+        self.epoch, self.batch_idx = epoch, batch_idx
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch_idx):
+            batch["image"][0, 0, 0, 0] = float("nan")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on a shared 2-core machine more threads only contend."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def short_run(folder: Path, data_dir: Path, *overrides: str):
+    return make_config(folder, *SHORT_RUN, *overrides, data_dir=data_dir)
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def val_curve(run: Path) -> list[float]:
+    frame = pd.read_csv(run / "csv" / "metrics.csv")
+    return frame.dropna(subset=["val/dice"]).groupby("epoch")["val/dice"].last().tolist()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data_dir):
+    """One uninterrupted short run: (run folder, metrics)."""
+    folder = tmp_path_factory.mktemp("reference")
+    return folder / "run", train(short_run(folder, data_dir))
+
+
+def test_same_seed_gives_identical_metrics(reference, tmp_path, data_dir):
+    run, metrics = reference
+    again = train(short_run(tmp_path, data_dir))
+    assert again == metrics  # exact float equality, every metric
+    assert val_curve(tmp_path / "run") == val_curve(run)
+    final, final_again = (
+        weights(run / "checkpoints/last.ckpt"),
+        weights(tmp_path / "run/checkpoints/last.ckpt"),
+    )
+    assert all(torch.equal(final[k], final_again[k]) for k in final)
+
+
+def test_sigterm_mid_epoch_then_resume_matches_uninterrupted_run(reference, tmp_path, data_dir):
+    reference_run, reference_metrics = reference
+    run = tmp_path / "run"
+    kill = (
+        "+callbacks.kill._target_=tests.test_resume.SignalAt",
+        "+callbacks.kill.epoch=1",
+        "+callbacks.kill.batch_idx=1",
+    )
+    with pytest.raises(TrainingInterrupted, match="SIGTERM in epoch 1 at global step 5") as stop:
+        train(short_run(tmp_path, data_dir, *kill))
+    assert stop.value.exit_code == 128 + signal.SIGTERM
+    saved = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
+    assert (saved["epoch"], saved["global_step"]) == (1, 5)  # mid-epoch: 2 of 3 batches done
+    assert not (run / "metrics.json").exists()
+    assert json.loads((run / "run_info.json").read_text())["status"] == "interrupted"
+
+    resumed = train(short_run(tmp_path, data_dir, f"ckpt_path={run / 'checkpoints/last.ckpt'}"))
+
+    assert resumed == reference_metrics
+    final, expected = (
+        weights(run / "checkpoints/last.ckpt"),
+        weights(reference_run / "checkpoints/last.ckpt"),
+    )
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
+    assert val_curve(run) == val_curve(reference_run)  # metrics.csv kept the first part
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["status"] == "finished" and len(info["resumes"]) == 1
+    leftovers = [p.name for p in run.rglob("*") if "partial" in p.name]
+    assert leftovers == []
+    for checkpoint in run.rglob("*.ckpt"):
+        torch.load(checkpoint, weights_only=True)  # complete files only
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path, data_dir):
+    poison = (
+        "+callbacks.poison._target_=tests.test_resume.PoisonAt",
+        "+callbacks.poison.epoch=1",
+        "+callbacks.poison.batch_idx=1",
+    )
+    with pytest.raises(
+        LightsegError, match=r"loss became NaN at global step 4 \(epoch 1, batch 1\)"
+    ):
+        train(short_run(tmp_path, data_dir, *poison))
+    run = tmp_path / "run"
+    last = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
+    assert last["global_step"] == 3  # end of epoch 0: nothing saved after the NaN
+    assert all(
+        torch.isfinite(t).all() for t in last["state_dict"].values() if t.is_floating_point()
+    )
+    assert json.loads((run / "run_info.json").read_text())["status"] == "failed"
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path, data_dir):
+    cfg = short_run(tmp_path, data_dir, f"ckpt_path={tmp_path / 'nope.ckpt'}")
+    with pytest.raises(LightsegError, match="nope.ckpt' does not exist"):
+        train(cfg)

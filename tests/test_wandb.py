@@ -1,0 +1,127 @@
+"""W&B offline runs: config, run files, mask overlays, the same run id after a resume, fallback."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+
+import numpy as np
+import pandas as pd
+import pytest
+import wandb
+from PIL import Image
+
+from lightseg.utils.loggers import WANDB_ID_FILE, wandb_logger, wandb_run_id
+from tests.test_results import run_cli, tiny_cli_run
+from tests.test_resume import one_thread  # noqa: F401  (fixture)
+
+
+@pytest.fixture
+def wandb_offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    for variable, folder in (("WANDB_DATA_DIR", "data"), ("WANDB_CACHE_DIR", "cache")):
+        monkeypatch.setenv(variable, str(tmp_path / "wandb-home" / folder))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-home" / "config"))
+
+
+def test_interrupted_cli_run_resumes_in_its_folder_with_the_same_wandb_run(
+    wandb_offline, one_thread, monkeypatch, tmp_path, data_dir
+):
+    args = [
+        *tiny_cli_run(tmp_path, data_dir),
+        "logger=[csv,wandb,tensorboard]",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=2",
+        "callbacks.prediction_overlays.num_images=2",
+        "callbacks.prediction_overlays.every_n_epochs=1",
+    ]
+    kill = ["+callbacks.kill._target_=tests.test_resume.SignalAt", "+callbacks.kill.epoch=1"]
+    with pytest.raises(SystemExit) as stopped:
+        run_cli(monkeypatch, *args, *kill, "+callbacks.kill.batch_idx=0")
+    assert stopped.value.code == 128 + signal.SIGTERM
+    (run,) = (tmp_path / "logs" / "demo" / "runs").iterdir()
+    assert not (run / "metrics.json").exists()
+
+    run_cli(
+        monkeypatch,
+        *tiny_cli_run(tmp_path, data_dir)[:1],
+        f"paths.log_dir={tmp_path / 'logs'}",
+        "ckpt_path=last",
+    )
+
+    assert list((tmp_path / "logs" / "demo" / "runs").iterdir()) == [run]  # no new folder
+    assert (run / "metrics.json").is_file()
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["status"] == "finished" and len(info["resumes"]) == 1
+    logged = pd.read_csv(run / "csv/metrics.csv").dropna(subset=["val/dice"])
+    # epoch 0 from the first part, 1 appended by the resumed one, 2: the best checkpoint's
+    assert logged["epoch"].tolist() == [0, 1, 2]
+
+    # One W&B run in two offline segments, both under the id kept in the run folder.
+    run_id = (run / WANDB_ID_FILE).read_text().strip()
+    segments = sorted((run / "wandb").glob("offline-run-*"))
+    assert len(segments) == 2 and all(s.name.endswith(f"-{run_id}") for s in segments)
+    files = segments[-1] / "files"
+    assert (files / "config.yaml").read_text() == (run / "config.yaml").read_text()
+    assert (files / "splits" / "val.txt").read_text() == (run / "splits" / "val.txt").read_text()
+    assert json.loads((files / "run_info.json").read_text())["git"] == info["git"]
+    log = (segments[-1] / f"run-{run_id}.wandb").read_bytes()
+    assert b"lightseg_version" in log and b"encoder_name" in log  # the W&B config record
+
+    # Mask overlays: per epoch, 2 images with a true and a predicted mask each (values 0/1).
+    for segment in segments:
+        images = sorted((segment / "files/media/images/val").glob("predictions_*.png"))
+        masks = sorted((segment / "files/media/images/mask/val").glob("predictions_*.mask.png"))
+        assert (len(images), len(masks)) == (2, 4)
+        assert all(set(np.unique(np.asarray(Image.open(m)))) <= {0, 1} for m in masks)
+    assert sorted(p.name for p in (run / "overlays").iterdir()) == [
+        "epoch_000.png",
+        "epoch_001.png",
+    ]
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    steps = []
+    for events in sorted((run / "tensorboard").glob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        if "val/predictions" in accumulator.Tags()["images"]:
+            steps += [e.step for e in accumulator.Images("val/predictions")]
+    assert steps == [2, 4]  # global step after epochs 0 and 1 (2 batches each)
+
+
+def test_wandb_goes_offline_when_the_server_cannot_be_reached(
+    wandb_offline, monkeypatch, tmp_path, caplog
+):
+    monkeypatch.delenv("WANDB_MODE")
+    real_init = wandb.init
+
+    def unreachable(**kwargs):
+        if kwargs.get("mode") == "online":
+            raise wandb.errors.CommError("Timed out while retrying: connection refused")
+        return real_init(**kwargs)
+
+    monkeypatch.setattr(wandb, "init", unreachable)
+    logger = wandb_logger(mode="online", save_dir=str(tmp_path), project="lightseg")
+    with caplog.at_level(logging.WARNING):
+        run = logger.experiment
+    assert run.settings.mode == "offline"
+    assert run.id == (tmp_path / WANDB_ID_FILE).read_text().strip()
+    assert "W&B is unreachable (CommError" in caplog.text
+    logger.log_metrics({"val/dice": 0.5}, step=1)  # training goes on
+    wandb.finish()
+    assert len(list((tmp_path / "wandb").glob(f"offline-run-*-{run.id}"))) == 1
+
+
+def test_wandb_run_id_is_kept_in_the_run_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_RUN_ID", raising=False)
+    first = wandb_run_id(tmp_path)
+    assert len(first) == 8 and first.isalnum()
+    assert wandb_run_id(tmp_path) == first  # a resume reads it back
+    monkeypatch.setenv("WANDB_RUN_ID", "sweep123")  # a W&B sweep agent chose the id
+    other = tmp_path / "other"
+    other.mkdir()
+    assert wandb_run_id(other) == "sweep123"
+    assert (other / WANDB_ID_FILE).read_text() == "sweep123\n"
