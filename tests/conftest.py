@@ -73,7 +73,9 @@ def write_ph2(root: Path, cases=PH2_CASES) -> Path:
     sheet.append(["Legend:", "Clinical Diagnosis: Common Nevus, Atypical Nevus, Melanoma"])
     for _ in range(10):
         sheet.append([])
-    sheet.append(["Image Name", "Histological Diagnosis", "Clinical Diagnosis", None, None, "Asymmetry"])
+    sheet.append(
+        ["Image Name", "Histological Diagnosis", "Clinical Diagnosis", None, None, "Asymmetry"]
+    )
     sheet.append([None, None, "Commom Nevus", "Atypical Nevus", "Melanoma", None])  # sic
     names = ("Common Nevus", "Atypical Nevus", "Melanoma")
     for case, (_, _, diagnosis) in cases.items():

@@ -7,7 +7,7 @@ from torch import nn
 
 from lightseg.errors import LightsegError
 
-SMP_ARCHS = {name.lower(): name for name in smp.MODEL_ARCHITECTURES_MAPPING}
+SMP_ARCHS = {key: model.__name__ for key, model in smp.MODEL_ARCHITECTURES_MAPPING.items()}
 
 
 def weights_unavailable(what: str, weights: str, error: Exception) -> LightsegError:
