@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from lightseg.utils.loggers import wandb_logger
@@ -17,6 +19,7 @@ def no_credentials(monkeypatch, tmp_path):
 
 
 def test_offline_without_credentials(no_credentials, caplog):
+    caplog.set_level(logging.INFO)
     logger = wandb_logger(save_dir=str(no_credentials / "run"), project="p")
     assert logger._wandb_init["mode"] == "offline"
     assert "no credentials found, logging offline" in caplog.text
