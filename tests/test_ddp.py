@@ -1,4 +1,4 @@
-"""Two CPU processes (gloo) give the same validation numbers as one, sample for sample."""
+"""Two CPU processes (gloo): same numbers as one process, data prepared once, rank 0 writes."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ def validate(tmp_path, data_dir, trainer: str) -> dict[str, float]:
         "data.image_size=[64,64]",
         "data.source.num_cases=20",
         "data.split.val=0.25",  # 5 images: ranks get 3 and 2, no padding allowed
+        "data.source._target_=tests.sources.CountingDemo",
         data_dir=data_dir,
     )
     datamodule = instantiate(cfg.data, _convert_="all")
@@ -33,7 +34,10 @@ def validate(tmp_path, data_dir, trainer: str) -> dict[str, float]:
 
 def test_ddp_validation_metrics_equal_single_process(tmp_path, data_dir):
     single = validate(tmp_path / "one", data_dir, "cpu")
+    calls = data_dir / "demo" / "prepare_calls.txt"
+    calls.unlink(missing_ok=True)
     double = validate(tmp_path / "two", data_dir, "ddp_sim")
+    assert calls.read_text() == "prepare\n"  # once for the node, not once per process
     assert single.keys() == double.keys() and "val/dice_per_image" in single
     assert 0.0 < single["val/iou"] < 1.0  # an untrained net: a non-trivial number to match
     # The Dice term of the loss is computed per batch, and the batches differ between one and

@@ -22,6 +22,7 @@ from lightseg import CONFIG_DIR
 from lightseg.errors import user_errors
 from lightseg.models import SegmentationModule
 from lightseg.utils.console import console, print_config_tree, print_metrics
+from lightseg.utils.devices import check_trainer
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,8 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
     callbacks = instantiate_group(cfg.get("callbacks"))
     if not loggers:  # LearningRateMonitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
+    trainer = check_trainer(plain(cfg.trainer))
+    return instantiate(trainer, callbacks=callbacks, logger=loggers or False, **overrides)
 
 
 def train(cfg: DictConfig) -> dict[str, float]:

@@ -121,15 +121,26 @@ def stratified_split(
 
 
 class SegmentationDataset(Dataset):
-    """Reads samples through a source and applies an albumentations pipeline."""
+    """Reads samples through a source and applies an albumentations pipeline.
 
-    def __init__(self, source: SegmentationSource, samples: Sequence[Sample], transform) -> None:
+    With ``cache=True`` every sample is decoded once, up front, in the main process; loader
+    workers then share the decoded arrays (copy-on-write) instead of decoding each epoch.
+    """
+
+    def __init__(
+        self, source: SegmentationSource, samples: Sequence[Sample], transform, cache: bool = False
+    ) -> None:
         self.source, self.samples, self.transform = source, list(samples), transform
+        self.decoded: list[tuple[np.ndarray, np.ndarray]] | None = None
+        if cache:
+            self.decoded = [self.read(i) for i in range(len(self.samples))]
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> dict:
+    def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.decoded is not None:
+            return self.decoded[index]
         sample = self.samples[index]
         image, mask = self.source.read(sample)
         if image.shape[:2] != mask.shape[:2]:
@@ -138,8 +149,12 @@ class SegmentationDataset(Dataset):
                 f"{image.shape[1]}x{image.shape[0]} but {sample.mask} is "
                 f"{mask.shape[1]}x{mask.shape[0]}. Re-extract both files from the official archive."
             )
+        return image, mask
+
+    def __getitem__(self, index: int) -> dict:
+        image, mask = self.read(index)
         out = self.transform(image=image, mask=mask)
-        return {"image": out["image"], "mask": out["mask"].long(), "id": sample.id}
+        return {"image": out["image"], "mask": out["mask"].long(), "id": self.samples[index].id}
 
 
 class EvalDistributedSampler(DistributedSampler):
@@ -156,8 +171,9 @@ class EvalDistributedSampler(DistributedSampler):
 class SegmentationDataModule(L.LightningDataModule):
     """Splits a source, builds the train/eval pipelines and serves per-device batches.
 
-    ``batch_size`` is per device (per process); the global batch is
-    ``batch_size * devices * num_nodes``.
+    Batch size semantics live here and only here: ``batch_size`` is per device (per process),
+    so the global batch is ``batch_size * devices * num_nodes``. Setting ``global_batch_size``
+    instead fixes the global batch and divides it over the processes.
     """
 
     def __init__(
@@ -173,6 +189,8 @@ class SegmentationDataModule(L.LightningDataModule):
         std: Sequence[float] = IMAGENET_STD,
         split_dir: str | Path | None = None,
         pin_memory: bool | None = None,
+        global_batch_size: int | None = None,
+        cache: bool = False,
     ) -> None:
         super().__init__()
         if any(int(side) % 32 for side in image_size):
@@ -183,6 +201,8 @@ class SegmentationDataModule(L.LightningDataModule):
         self.source = source
         self.image_size = tuple(int(side) for side in image_size)
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        self.global_batch_size = None if global_batch_size is None else int(global_batch_size)
+        self.cache = bool(cache)
         self.fractions = dict(split or {"val": 0.2, "test": 0.2})
         self.seed = int(seed)
         self.mean, self.std = tuple(mean), tuple(std)
@@ -193,6 +213,7 @@ class SegmentationDataModule(L.LightningDataModule):
             "eval": build_pipeline(transforms["eval"], self.mean, self.std),
         }
         self.splits: dict[str, list[Sample]] | None = None
+        self.datasets: dict[str, SegmentationDataset] = {}
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -226,24 +247,42 @@ class SegmentationDataModule(L.LightningDataModule):
             (folder / f"{name}.txt").write_text("".join(f"{s.id}\n" for s in samples))
 
     def dataset(self, split: str) -> SegmentationDataset:
-        if self.splits is None:
-            self.setup()
-        pipeline = self.pipelines["train" if split == "train" else "eval"]
-        return SegmentationDataset(self.source, self.splits[split], pipeline)
+        if split not in self.datasets:
+            if self.splits is None:
+                self.setup()
+            pipeline = self.pipelines["train" if split == "train" else "eval"]
+            self.datasets[split] = SegmentationDataset(
+                self.source, self.splits[split], pipeline, cache=self.cache
+            )
+        return self.datasets[split]
+
+    def device_batch_size(self) -> int:
+        """Samples per batch on each process."""
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if self.global_batch_size is None:
+            return self.batch_size
+        if self.global_batch_size < world or self.global_batch_size % world:
+            raise LightsegError(
+                f"data.global_batch_size={self.global_batch_size} cannot be split evenly over "
+                f"{world} processes (devices x nodes). Use a multiple of {world}, or set the "
+                "per-device data.batch_size instead (data.global_batch_size=null)."
+            )
+        return self.global_batch_size // world
 
     def _loader(self, split: str) -> DataLoader:
         dataset = self.dataset(split)
         train = split == "train"
+        batch_size = self.device_batch_size()
         sampler = None
         trainer = self.trainer
         if not train and trainer is not None and trainer.world_size > 1:
             sampler = EvalDistributedSampler(dataset, trainer.world_size, trainer.global_rank)
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
+            batch_size=batch_size,
             shuffle=train,
             sampler=sampler,
-            drop_last=train and len(dataset) > self.batch_size,
+            drop_last=train and len(dataset) > batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,

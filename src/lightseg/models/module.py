@@ -15,6 +15,7 @@ from lightseg.losses import build_loss
 from lightseg.metrics import SegmentationMetrics
 from lightseg.models.factory import build_model
 from lightseg.task import Task
+from lightseg.utils.devices import compile_in_place
 
 #: Scheduler arguments that mean "the length of training"; ``null`` in config = fill it in.
 SCHEDULE_LENGTH_ARGS = ("total_iters", "T_max", "total_steps")
@@ -38,15 +39,26 @@ class SegmentationModule(L.LightningModule):
         normalization: Mapping[str, Sequence[float]] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # train() logs the whole resolved config
         self.task = Task(tuple(classes))
-        self.net = build_model(out_channels=self.task.out_channels, **model)
+        network = dict(model)
+        self.channels_last = bool(network.pop("channels_last", False))
+        compile_network = bool(network.pop("compile", False))
+        self.net = build_model(out_channels=self.task.out_channels, **network)
+        if compile_network:
+            compile_in_place(self.net)
         self.criterion = build_loss(loss, self.task)
         self.eval_metrics = nn.ModuleDict({s: SegmentationMetrics(self.task) for s in EVAL_STAGES})
         self.eval_losses = nn.ModuleDict({s: MeanMetric() for s in EVAL_STAGES})
 
+    def setup(self, stage: str) -> None:
+        if self.channels_last and self.device.type == "cuda":  # only tensor cores gain from it
+            self.net.to(memory_format=torch.channels_last)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits [N, out_channels, H, W] for normalised images [N, 3, H, W]."""
+        if self.channels_last and images.is_cuda:
+            images = images.contiguous(memory_format=torch.channels_last)
         return self.net(images)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
