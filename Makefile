@@ -11,7 +11,7 @@ EXP  ?= demo
 ARGS ?=
 CKPT ?=
 
-.PHONY: help install train eval test test-all lint format clean
+.PHONY: help install train eval test test-all lint format bench clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -50,6 +50,9 @@ lint: $(STAMP) ## ruff check and format check
 format: $(STAMP) ## Apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix src tests
 	$(VENV)/bin/ruff format src tests
+
+bench: $(STAMP) ## Throughput: lightseg vs a plain PyTorch loop, and data loaders (bench.md)
+	$(PY) -m lightseg.bench --output logs/bench/latest $(ARGS)
 
 clean: ## Remove run outputs and caches (keeps .venv and data/)
 	rm -rf logs outputs multirun .pytest_cache .ruff_cache
