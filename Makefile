@@ -10,8 +10,9 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 EXP  ?= demo
 ARGS ?=
 CKPT ?=
+DATASET ?=
 
-.PHONY: help install train eval test test-all lint format bench clean
+.PHONY: help install train eval data test test-all lint format bench clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -36,6 +37,10 @@ train: $(STAMP) ## Train: make train [EXP=ph2_unet] [ARGS="model.arch=FPN traine
 eval: $(STAMP) ## Evaluate a checkpoint on the test split: make eval CKPT=path [ARGS=...]
 	@test -n "$(CKPT)" || { echo "Set CKPT=path/to/best.ckpt (runs write logs/<name>/runs/<time>/checkpoints/best.ckpt)"; exit 2; }
 	$(PY) -m lightseg.eval ckpt_path=$(CKPT) $(ARGS)
+
+data: $(STAMP) ## Download (VOC, COCO) or check (PH2, MADS) a dataset: make data DATASET=voc [ARGS=...]
+	@test -n "$(DATASET)" || { echo "Set DATASET=voc, coco, mads or ph2 (see README, Datasets)"; exit 2; }
+	$(PY) -m lightseg.data.download $(DATASET) $(ARGS)
 
 test: $(STAMP) ## Run the fast test suite (what CI runs)
 	$(PY) -m pytest -m "not slow and not gpu" -q

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from lightseg import CONFIG_DIR
+from tests.fixtures_datasets import OFFICIAL_FIXTURES
 
 
 def make_config(tmp_path: Path, *overrides: str, data_dir: Path | None = None) -> DictConfig:
@@ -91,7 +92,7 @@ def ph2_root(tmp_path: Path) -> Path:
 
 
 #: Folder under the data dir -> writer of a small fixture in that dataset's official layout.
-DATASET_FIXTURES = {"PH2Dataset": write_ph2}
+DATASET_FIXTURES = {"PH2Dataset": write_ph2, **OFFICIAL_FIXTURES}
 
 
 @pytest.fixture(scope="session")

@@ -215,7 +215,7 @@ def test_atrous_rates_set_the_aspp_dilations():
             "not a weight set of VGG16-BN. Available: IMAGENET1K_V1",
         ),
         ("SegNet", {"aux_weight": 0.5}, "model=segnet"),
-        ("FCN8s", {}, "Available: unet, .*, fcn_resnet50, .*, SegNet"),
+        ("FCN8s", {}, "Available: Unet, .*, fcn_resnet50, .*, SegNet"),
     ],
 )
 def test_bad_model_config_raises_lightseg_error(arch, options, message):

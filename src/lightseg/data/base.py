@@ -20,19 +20,24 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lightseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_pipeline
 from lightseg.errors import LightsegError
-from lightseg.task import Task
+from lightseg.task import IGNORE_INDEX, Task
 
 SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One (image, mask) pair on disk; ``stratum`` groups samples for stratified splits."""
+    """One (image, mask) pair on disk.
+
+    ``stratum`` groups samples for stratified splits; ``subset`` names the official list a
+    sample comes from (VOC's ``train``/``val``, COCO's ``train2017``) for official splits.
+    """
 
     id: str
     image: Path
     mask: Path | None = None
     stratum: str | None = None
+    subset: str | None = None
 
 
 class SegmentationSource:
@@ -89,6 +94,34 @@ def read_rgb(path: Path) -> np.ndarray:
     return np.asarray(open_image(path).convert("RGB"))
 
 
+def read_label_png(path: Path, num_classes: int) -> np.ndarray:
+    """Class indices stored in a palette or grayscale PNG, checked to be < num_classes or 255.
+
+    A palette PNG's pixels are already indices; its colours are only for display and ignored.
+    """
+    image = open_image(path)
+    if image.mode not in ("P", "L"):
+        raise LightsegError(
+            f"Label mask '{path}' is a {image.mode} image, but must hold class indices (a "
+            "palette or grayscale PNG). Re-extract it from the official archive; do not save "
+            "masks through tools that convert them to RGB."
+        )
+    return check_labels(np.asarray(image), num_classes, path)
+
+
+def check_labels(mask: np.ndarray, num_classes: int, path: Path) -> np.ndarray:
+    """``mask`` unchanged if every value is a class index or IGNORE_INDEX, else a clear error."""
+    values = np.unique(mask)
+    bad = values[(values >= num_classes) & (values != IGNORE_INDEX)]
+    if bad.size:
+        raise LightsegError(
+            f"Label mask '{path}' holds values {bad.tolist()[:10]}, but only class indices "
+            f"0..{num_classes - 1} and {IGNORE_INDEX} (ignore) are allowed. The file is damaged "
+            "or belongs to another dataset: re-extract it from the official archive."
+        )
+    return mask
+
+
 def stratified_split(
     samples: Sequence[Sample], fractions: Mapping[str, float], seed: int
 ) -> dict[str, list[Sample]]:
@@ -118,6 +151,30 @@ def stratified_split(
         "train": ordered[n_val + n_test :],
     }
     return {name: sorted(groups[name], key=lambda s: s.id) for name in SPLITS}
+
+
+def subset_map(splits: Mapping[str, str]) -> dict[str, str]:
+    """``data.source.splits``, checked to map each of train/val/test to an official subset.
+
+    Two splits may share a subset (``test: val`` where the official test labels are withheld).
+    """
+    unmapped = [name for name in SPLITS if not splits.get(name)]
+    if unmapped:
+        raise LightsegError(
+            f"data.source.splits={dict(splits)} names no subset for {unmapped}: map each of "
+            f"{list(SPLITS)} to one of the dataset's official subsets."
+        )
+    return {name: str(splits[name]) for name in SPLITS}
+
+
+def official_split(
+    samples: Sequence[Sample], subsets: Mapping[str, str]
+) -> dict[str, list[Sample]]:
+    """Each split takes the samples of the subset ``subsets`` maps it to (``Sample.subset``)."""
+    return {
+        name: sorted((s for s in samples if s.subset == subsets[name]), key=lambda s: s.id)
+        for name in SPLITS
+    }
 
 
 class SegmentationDataset(Dataset):
