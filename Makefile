@@ -10,13 +10,18 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 EXP  ?= demo
 ARGS ?=
 CKPT ?=
+DATASET ?=
+RUN  ?=
+RUNS ?=
+METRICS ?= test/dice,test/iou
 
-.PHONY: help install train eval test test-all lint format clean
+.PHONY: help install train eval data plot table test test-all lint format bench clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
 	  awk -F':.*## ' '{printf "  \033[36mmake %-10s\033[0m %s\n", $$1, $$2}'
 	@echo "  Variables: EXP=<configs/experiment name> (default demo)  ARGS=\"hydra overrides\"  CKPT=path"
+	@echo "             RUN=<run folder> (plot)  RUNS=<folder of runs> METRICS=a,b (table)"
 
 $(STAMP): pyproject.toml
 	@echo "Installing lightseg into $(VENV) (first run only; torch is large)..."
@@ -37,6 +42,18 @@ eval: $(STAMP) ## Evaluate a checkpoint on the test split: make eval CKPT=path [
 	@test -n "$(CKPT)" || { echo "Set CKPT=path/to/best.ckpt (runs write logs/<name>/runs/<time>/checkpoints/best.ckpt)"; exit 2; }
 	$(PY) -m lightseg.eval ckpt_path=$(CKPT) $(ARGS)
 
+data: $(STAMP) ## Download (VOC, COCO) or check (PH2, MADS) a dataset: make data DATASET=voc [ARGS=...]
+	@test -n "$(DATASET)" || { echo "Set DATASET=voc, coco, mads or ph2 (see README, Datasets)"; exit 2; }
+	$(PY) -m lightseg.data.download $(DATASET) $(ARGS)
+
+plot: $(STAMP) ## Training curves of a run as PNG: make plot RUN=logs/demo/runs/<time>
+	@test -n "$(RUN)" || { echo "Set RUN=<run folder>, e.g. RUN=$$(ls -d logs/*/runs/* 2>/dev/null | tail -n 1)"; exit 2; }
+	$(PY) -m lightseg.plot $(RUN)
+
+table: $(STAMP) ## Results as Markdown + LaTeX: make table RUNS=logs/demo/multiruns/<time> [METRICS=test/dice,test/iou]
+	@test -n "$(RUNS)" || { echo "Set RUNS=<folder of runs>, e.g. RUNS=logs/demo/multiruns/<time> or RUNS=logs/demo"; exit 2; }
+	$(PY) -m lightseg.results $(RUNS) --metrics $(METRICS)
+
 test: $(STAMP) ## Run the fast test suite (what CI runs)
 	$(PY) -m pytest -m "not slow and not gpu" -q
 
@@ -50,6 +67,9 @@ lint: $(STAMP) ## ruff check and format check
 format: $(STAMP) ## Apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix src tests
 	$(VENV)/bin/ruff format src tests
+
+bench: $(STAMP) ## Throughput: lightseg vs a plain PyTorch loop, and data loaders (bench.md)
+	$(PY) -m lightseg.bench --output logs/bench/latest $(ARGS)
 
 clean: ## Remove run outputs and caches (keeps .venv and data/)
 	rm -rf logs outputs multirun .pytest_cache .ruff_cache

@@ -7,11 +7,13 @@ from pathlib import Path
 import numpy as np
 import openpyxl
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from PIL import Image
 
 from lightseg import CONFIG_DIR
+from tests.fixtures_datasets import OFFICIAL_FIXTURES
 
 
 def make_config(tmp_path: Path, *overrides: str, data_dir: Path | None = None) -> DictConfig:
@@ -21,6 +23,15 @@ def make_config(tmp_path: Path, *overrides: str, data_dir: Path | None = None) -
         paths.append(f"paths.data_dir={data_dir}")
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose(config_name="train", overrides=[*paths, *overrides])
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for tests that train: on small shared machines more only contend."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 #: Fast settings for running a whole config on the CPU.
@@ -73,7 +84,9 @@ def write_ph2(root: Path, cases=PH2_CASES) -> Path:
     sheet.append(["Legend:", "Clinical Diagnosis: Common Nevus, Atypical Nevus, Melanoma"])
     for _ in range(10):
         sheet.append([])
-    sheet.append(["Image Name", "Histological Diagnosis", "Clinical Diagnosis", None, None, "Asymmetry"])
+    sheet.append(
+        ["Image Name", "Histological Diagnosis", "Clinical Diagnosis", None, None, "Asymmetry"]
+    )
     sheet.append([None, None, "Commom Nevus", "Atypical Nevus", "Melanoma", None])  # sic
     names = ("Common Nevus", "Atypical Nevus", "Melanoma")
     for case, (_, _, diagnosis) in cases.items():
@@ -89,7 +102,7 @@ def ph2_root(tmp_path: Path) -> Path:
 
 
 #: Folder under the data dir -> writer of a small fixture in that dataset's official layout.
-DATASET_FIXTURES = {"PH2Dataset": write_ph2}
+DATASET_FIXTURES = {"PH2Dataset": write_ph2, **OFFICIAL_FIXTURES}
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ import torch
 
 from lightseg.train import train
 from tests.conftest import make_config
-from tests.test_resume import one_thread  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 DEMO = (

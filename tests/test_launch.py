@@ -32,7 +32,7 @@ def test_bad_override_gets_hydras_message_and_the_closest_valid_key(
 
 
 def test_sweep_values_are_checked_with_their_first_choice():
-    with pytest.raises(LightsegError, match="Did you mean 'model.arch'"):
+    with pytest.raises(LightsegError, match=r"Did you mean 'model\.arch'"):
         prepare_arguments(["-m", "seed=0,1", "model.archh=Unet,FPN"])
 
 
@@ -106,7 +106,7 @@ def test_ckpt_path_last_without_an_unfinished_run_says_so(tmp_path):
 
 
 def test_missing_checkpoint_and_resume_in_a_sweep_are_clear_errors(tmp_path):
-    with pytest.raises(LightsegError, match="ckpt_path='.*nope.ckpt' does not exist"):
+    with pytest.raises(LightsegError, match=r"ckpt_path='.*nope\.ckpt' does not exist"):
         prepare_arguments([f"ckpt_path={tmp_path}/nope.ckpt"])
     with pytest.raises(LightsegError, match="continue a single run, not a sweep"):
         prepare_arguments(["-m", "seed=0,1", "resume=auto"])

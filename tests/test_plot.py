@@ -50,3 +50,24 @@ def test_plot_writes_a_png_with_one_panel_per_kind(run):
 def test_plot_without_a_csv_log_says_what_is_needed(tmp_path):
     with pytest.raises(LightsegError, match="trained with the CSV logger"):
         plot_curves(tmp_path)
+
+
+def test_csv_log_keeps_rows_written_by_another_writer(tmp_path):
+    from lightseg.utils.loggers import ResumableCSVLogger
+
+    first = ResumableCSVLogger(str(tmp_path), name="csv", version="")
+    second = ResumableCSVLogger(
+        str(tmp_path), name="csv", version=""
+    )  # a resumed run, or ddp_spawn
+    first.log_metrics({"train/loss": 0.5, "epoch": 0}, step=0)
+    first.save()
+    second.log_metrics({"val/dice": 0.25, "epoch": 0}, step=1)
+    second.save()
+    first.log_metrics({"train/loss": 0.4, "epoch": 1}, step=2)
+    first.save()
+    assert (tmp_path / "csv" / "metrics.csv").read_text().splitlines() == [
+        "epoch,step,train/loss,val/dice",
+        "0,0,0.5,",
+        "0,1,,0.25",
+        "1,2,0.4,",
+    ]

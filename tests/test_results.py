@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from hydra.core.global_hydra import GlobalHydra
 
 from lightseg.errors import LightsegError
 from lightseg.results import write_tables
-from lightseg.train import main
-from tests.test_resume import one_thread  # noqa: F401  (fixture)
+from tests.runs import run_cli, tiny_cli_run
 
 
 def fake_run(folder: Path, overrides: list[str], metrics: dict | None, status: str | None = None):
@@ -115,36 +112,6 @@ def test_table_errors_name_the_folder(tmp_path):
         LightsegError, match=r"\['test/miou'\] are in none of the 1 runs.*test/dice"
     ):
         write_tables(tmp_path, ["test/miou"])
-
-
-def run_cli(monkeypatch, *args: str) -> None:
-    """``python -m lightseg.train ARGS`` in this process (Hydra included)."""
-    monkeypatch.setattr(sys, "argv", ["lightseg.train", *args])
-    try:
-        main()
-    finally:
-        GlobalHydra.instance().clear()
-
-
-def tiny_cli_run(tmp_path: Path, data_dir: Path) -> list[str]:
-    return [
-        "experiment=demo",
-        "trainer.accelerator=cpu",
-        "trainer.max_epochs=1",
-        "trainer.limit_train_batches=1",
-        "trainer.limit_val_batches=1",
-        "trainer.limit_test_batches=1",
-        "logger=csv",
-        "data.num_workers=0",
-        "data.batch_size=4",
-        "data.image_size=[64,64]",
-        "data.source.num_cases=20",
-        "print_config=false",
-        "callbacks.progress_bar=null",
-        "callbacks.model_summary=null",
-        f"paths.data_dir={data_dir}",
-        f"paths.log_dir={tmp_path / 'logs'}",
-    ]
 
 
 def test_demo_multirun_turns_into_tables(one_thread, monkeypatch, tmp_path, data_dir):

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 from pathlib import Path
 
-import lightning as L
 import pandas as pd
 import pytest
 import torch
@@ -34,35 +32,7 @@ SHORT_RUN = (
 )
 
 
-class SignalAt(L.Callback):
-    """Test helper: send ``signum`` to this process when batch ``batch_idx`` of ``epoch`` starts."""
-
-    def __init__(self, epoch: int, batch_idx: int, signum: int = signal.SIGTERM) -> None:
-        self.epoch, self.batch_idx, self.signum = epoch, batch_idx, signum
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch_idx):
-            os.kill(os.getpid(), self.signum)
-
-
-class PoisonAt(L.Callback):
-    """Test helper: put a NaN into the images of batch ``batch_idx`` of ``epoch``."""
-
-    def __init__(self, epoch: int, batch_idx: int) -> None:
-        self.epoch, self.batch_idx = epoch, batch_idx
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch_idx):
-            batch["image"][0, 0, 0, 0] = float("nan")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine more threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def short_run(folder: Path, data_dir: Path, *overrides: str):
@@ -79,7 +49,7 @@ def val_curve(run: Path) -> list[float]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, data_dir):
+def reference(one_thread, tmp_path_factory, data_dir):
     """One uninterrupted short run: (run folder, metrics)."""
     folder = tmp_path_factory.mktemp("reference")
     return folder / "run", train(short_run(folder, data_dir))
@@ -101,7 +71,7 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted_run(reference, tmp_
     reference_run, reference_metrics = reference
     run = tmp_path / "run"
     kill = (
-        "+callbacks.kill._target_=tests.test_resume.SignalAt",
+        "+callbacks.kill._target_=tests.runs.SignalAt",
         "+callbacks.kill.epoch=1",
         "+callbacks.kill.batch_idx=1",
     )
@@ -132,7 +102,7 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted_run(reference, tmp_
 
 def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path, data_dir):
     poison = (
-        "+callbacks.poison._target_=tests.test_resume.PoisonAt",
+        "+callbacks.poison._target_=tests.runs.PoisonAt",
         "+callbacks.poison.epoch=1",
         "+callbacks.poison.batch_idx=1",
     )
@@ -151,5 +121,5 @@ def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path,
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path, data_dir):
     cfg = short_run(tmp_path, data_dir, f"ckpt_path={tmp_path / 'nope.ckpt'}")
-    with pytest.raises(LightsegError, match="nope.ckpt' does not exist"):
+    with pytest.raises(LightsegError, match=r"nope\.ckpt' does not exist"):
         train(cfg)

@@ -13,8 +13,7 @@ from omegaconf import OmegaConf
 
 from lightseg import CONFIG_DIR
 from lightseg.launch import prepare_arguments
-from tests.test_results import run_cli, tiny_cli_run
-from tests.test_resume import one_thread  # noqa: F401  (fixture)
+from tests.runs import run_cli, tiny_cli_run
 
 SWEEP_FILE = Path(CONFIG_DIR).parent / "sweeps" / "wandb_demo.yaml"
 
@@ -61,8 +60,6 @@ def test_tiny_optuna_search_returns_the_best_trial(
         "hparams_search=demo_optuna",
         "hydra.sweeper.n_trials=2",
         "hydra.sweeper.sampler.n_startup_trials=1",
-        "hydra.sweeper.params.loss=choice(ce_dice)",
-        "hydra.sweeper.params.model.arch=choice(Unet)",
     )
     (sweep,) = (tmp_path / "logs" / "demo" / "multiruns").iterdir()
     trials = [json.loads((sweep / n / "metrics.json").read_text())["val/dice"] for n in ("0", "1")]

@@ -42,12 +42,22 @@ def test_short_demo_run_writes_run_folder(tmp_path, data_dir):
     )
     metrics = train(cfg)
     run = tmp_path / "run"
-    for path in ("config.yaml", "metrics.json", "checkpoints/best.ckpt", "checkpoints/last.ckpt",
-                 "csv/metrics.csv", "splits/train.txt", "splits/val.txt", "splits/test.txt"):
+    for path in (
+        "config.yaml",
+        "metrics.json",
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+        "csv/metrics.csv",
+        "splits/train.txt",
+        "splits/val.txt",
+        "splits/test.txt",
+    ):
         assert (run / path).is_file(), path
     assert sorted(metrics) == sorted(json.loads((run / "metrics.json").read_text()))
     # 20 cases, val/test 0.2 each, stratified 2:2:1 -> 4 val, 4 test, 12 train
-    sizes = {s: len((run / "splits" / f"{s}.txt").read_text().split()) for s in ("train", "val", "test")}
+    sizes = {
+        s: len((run / "splits" / f"{s}.txt").read_text().split()) for s in ("train", "val", "test")
+    }
     assert sizes == {"train": 12, "val": 4, "test": 4}
     checkpoint = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
     hparams = checkpoint["hyper_parameters"]

@@ -13,8 +13,7 @@ import wandb
 from PIL import Image
 
 from lightseg.utils.loggers import WANDB_ID_FILE, wandb_logger, wandb_run_id
-from tests.test_results import run_cli, tiny_cli_run
-from tests.test_resume import one_thread  # noqa: F401  (fixture)
+from tests.runs import run_cli, tiny_cli_run
 
 
 @pytest.fixture
@@ -37,7 +36,7 @@ def test_interrupted_cli_run_resumes_in_its_folder_with_the_same_wandb_run(
         "callbacks.prediction_overlays.num_images=2",
         "callbacks.prediction_overlays.every_n_epochs=1",
     ]
-    kill = ["+callbacks.kill._target_=tests.test_resume.SignalAt", "+callbacks.kill.epoch=1"]
+    kill = ["+callbacks.kill._target_=tests.runs.SignalAt", "+callbacks.kill.epoch=1"]
     with pytest.raises(SystemExit) as stopped:
         run_cli(monkeypatch, *args, *kill, "+callbacks.kill.batch_idx=0")
     assert stopped.value.code == 128 + signal.SIGTERM

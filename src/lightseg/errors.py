@@ -6,6 +6,7 @@ import contextlib
 import sys
 from collections.abc import Iterator
 
+from hydra.errors import InstantiationException
 from rich.console import Console
 from rich.panel import Panel
 
@@ -24,22 +25,39 @@ class TrainingInterrupted(LightsegError):
         self.exit_code = 128 + int(signum)
 
 
-def _clean_message(error: BaseException) -> str:
-    message = str(error)
-    # DataLoader workers re-raise with the worker's traceback folded into the message.
-    marker = f"{type(error).__name__}: "
-    if "Original Traceback" in message and marker in message:
-        message = message.rsplit(marker, 1)[1]
-    return message.strip()
+def user_message(error: BaseException) -> str | None:
+    """The paragraph to show for a user mistake, or None for a genuine bug."""
+    cause: BaseException | None = error
+    while cause is not None and not isinstance(cause, LightsegError):
+        cause = cause.__cause__  # Hydra's instantiate wraps errors raised in constructors
+    if cause is not None:
+        message = str(cause)
+        # DataLoader workers re-raise with the worker's traceback folded into the message.
+        marker = f"{type(cause).__name__}: "
+        if "Original Traceback" in message and marker in message:
+            message = message.rsplit(marker, 1)[1]
+        return message.strip()
+    if isinstance(error, InstantiationException):  # e.g. a misspelt key passed to a class
+        return f"{error}\nCheck that config group's keys against the class it builds."
+    return None
 
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn a LightsegError raised inside the block into a printed paragraph and its exit code."""
+    """Print a user mistake raised inside the block as a paragraph and exit with its code
+    (1, or 128 + signal for a run stopped by a signal)."""
     try:
         yield
-    except LightsegError as error:
-        Console(stderr=True).print(
-            Panel(_clean_message(error), title="lightseg: error", border_style="red", expand=False)
-        )
-        sys.exit(error.exit_code)
+    except Exception as error:
+        message = user_message(error)
+        if message is None:
+            raise
+        console = Console(stderr=True)
+        if console.is_terminal:
+            console.print(Panel(message, title="lightseg: error", border_style="red", expand=False))
+        else:  # logs and pipes: one unwrapped paragraph that grep can find
+            print(f"lightseg: error: {message}", file=sys.stderr)
+        cause = error
+        while cause is not None and not isinstance(cause, LightsegError):
+            cause = cause.__cause__
+        sys.exit(cause.exit_code if cause is not None else 1)

@@ -72,7 +72,7 @@ def _prepared(args: list[str], config_name: str) -> list[str]:
         run = run_folder_of(checkpoint)
         if run is None:  # a checkpoint from elsewhere: continue its training in a new folder
             return args
-    kept = [a for a in args if override_key(a) not in RESUME_KEYS]
+    kept = [a for a in args if override_key(a) not in (*RESUME_KEYS, "hydra.run.dir")]
     return [
         *merge_overrides(previous_overrides(run), kept),
         f"ckpt_path={quoted(checkpoint)}",

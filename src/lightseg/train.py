@@ -27,6 +27,7 @@ from lightseg.launch import existing_checkpoint, prepare_arguments
 from lightseg.models import SegmentationModule
 from lightseg.utils.checkpoint import AtomicCheckpointIO, remove_partial_files
 from lightseg.utils.console import console, print_config_tree, print_metrics
+from lightseg.utils.devices import check_trainer
 from lightseg.utils.loggers import wandb_finished
 from lightseg.utils.run_info import recorded_run
 
@@ -60,7 +61,8 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
     if not loggers:  # LearningRateMonitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     overrides.setdefault("plugins", [AtomicCheckpointIO()])  # never a half-written checkpoint
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
+    trainer = check_trainer(plain(cfg.trainer))
+    return instantiate(trainer, callbacks=callbacks, logger=loggers or False, **overrides)
 
 
 def checkpoint_to_resume(cfg: DictConfig) -> str | None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import subprocess
 import threading
 from pathlib import Path
 from typing import Any
@@ -33,16 +35,38 @@ def last_checkpoint_path(trainer: L.Trainer) -> Path:
     return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
 
 
+def requeue_slurm_job() -> bool:
+    """Put this SLURM job back in the queue (``scontrol requeue``); False outside SLURM."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    job = f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return False
+    try:
+        done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+    except OSError as error:
+        log.warning("Could not requeue SLURM job %s: %s", job, error)
+        return False
+    if done.returncode:
+        log.warning("scontrol requeue %s failed: %s", job, done.stderr.strip())
+    return done.returncode == 0
+
+
 class CheckpointOnSignal(Callback):
     """On SIGTERM, SIGINT or SIGUSR1 during fit: finish the batch, save ``last.ckpt``, stop.
 
     The checkpoint holds the position inside the epoch, so a resumed run continues with the
     next batch. A signal during an epoch's last batch lets that epoch validate and end first.
-    A second Ctrl+C stops at once, without saving.
+    A second Ctrl+C stops at once, without saving. Inside a SLURM job, SIGUSR1 (sent before
+    the time limit with ``--signal=USR1@<seconds>``) also requeues the job, which continues
+    the run when its command has ``resume=auto``. This replaces Lightning's own SIGUSR1
+    handling, which saves from inside the signal handler, at an arbitrary point of a step.
     """
 
-    def __init__(self, signals: tuple[str, ...] = STOP_SIGNALS) -> None:
+    def __init__(
+        self, signals: tuple[str, ...] = STOP_SIGNALS, requeue_on_slurm: bool = True
+    ) -> None:
         self.signals = [getattr(signal, name) for name in signals if hasattr(signal, name)]
+        self.requeue_on_slurm = requeue_on_slurm
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
 
@@ -89,11 +113,19 @@ class CheckpointOnSignal(Callback):
     def _save_and_stop(self, trainer: L.Trainer) -> None:
         path = last_checkpoint_path(trainer)
         trainer.save_checkpoint(path)
-        name = signal.Signals(self.received or signal.SIGTERM).name
+        signum = self.received or signal.SIGTERM
+        requeued = (
+            signum == getattr(signal, "SIGUSR1", None)
+            and self.requeue_on_slurm
+            and trainer.is_global_zero
+            and requeue_slurm_job()
+        )
         raise TrainingInterrupted(
-            f"Training stopped by {name} in epoch {trainer.current_epoch} at global step "
-            f"{trainer.global_step}; its state is saved in '{path}'. {RESUME_HINT}",
-            self.received or signal.SIGTERM,
+            f"Training stopped by {signal.Signals(signum).name} in epoch {trainer.current_epoch} "
+            f"at global step {trainer.global_step}; its state is saved in '{path}'. "
+            + ("The SLURM job is requeued. " if requeued else "")
+            + RESUME_HINT,
+            signum,
         )
 
 

@@ -26,19 +26,24 @@ from lightseg.data.sampling import (
 )
 from lightseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_pipeline
 from lightseg.errors import LightsegError
-from lightseg.task import Task
+from lightseg.task import IGNORE_INDEX, Task
 
 SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One (image, mask) pair on disk; ``stratum`` groups samples for stratified splits."""
+    """One (image, mask) pair on disk.
+
+    ``stratum`` groups samples for stratified splits; ``subset`` names the official list a
+    sample comes from (VOC's ``train``/``val``, COCO's ``train2017``) for official splits.
+    """
 
     id: str
     image: Path
     mask: Path | None = None
     stratum: str | None = None
+    subset: str | None = None
 
 
 class SegmentationSource:
@@ -95,6 +100,34 @@ def read_rgb(path: Path) -> np.ndarray:
     return np.asarray(open_image(path).convert("RGB"))
 
 
+def read_label_png(path: Path, num_classes: int) -> np.ndarray:
+    """Class indices stored in a palette or grayscale PNG, checked to be < num_classes or 255.
+
+    A palette PNG's pixels are already indices; its colours are only for display and ignored.
+    """
+    image = open_image(path)
+    if image.mode not in ("P", "L"):
+        raise LightsegError(
+            f"Label mask '{path}' is a {image.mode} image, but must hold class indices (a "
+            "palette or grayscale PNG). Re-extract it from the official archive; do not save "
+            "masks through tools that convert them to RGB."
+        )
+    return check_labels(np.asarray(image), num_classes, path)
+
+
+def check_labels(mask: np.ndarray, num_classes: int, path: Path) -> np.ndarray:
+    """``mask`` unchanged if every value is a class index or IGNORE_INDEX, else a clear error."""
+    values = np.unique(mask)
+    bad = values[(values >= num_classes) & (values != IGNORE_INDEX)]
+    if bad.size:
+        raise LightsegError(
+            f"Label mask '{path}' holds values {bad.tolist()[:10]}, but only class indices "
+            f"0..{num_classes - 1} and {IGNORE_INDEX} (ignore) are allowed. The file is damaged "
+            "or belongs to another dataset: re-extract it from the official archive."
+        )
+    return mask
+
+
 def stratified_split(
     samples: Sequence[Sample], fractions: Mapping[str, float], seed: int
 ) -> dict[str, list[Sample]]:
@@ -126,16 +159,51 @@ def stratified_split(
     return {name: sorted(groups[name], key=lambda s: s.id) for name in SPLITS}
 
 
-class SegmentationDataset(Dataset):
-    """Reads samples through a source and applies an albumentations pipeline."""
+def subset_map(splits: Mapping[str, str]) -> dict[str, str]:
+    """``data.source.splits``, checked to map each of train/val/test to an official subset.
 
-    def __init__(self, source: SegmentationSource, samples: Sequence[Sample], transform) -> None:
+    Two splits may share a subset (``test: val`` where the official test labels are withheld).
+    """
+    unmapped = [name for name in SPLITS if not splits.get(name)]
+    if unmapped:
+        raise LightsegError(
+            f"data.source.splits={dict(splits)} names no subset for {unmapped}: map each of "
+            f"{list(SPLITS)} to one of the dataset's official subsets."
+        )
+    return {name: str(splits[name]) for name in SPLITS}
+
+
+def official_split(
+    samples: Sequence[Sample], subsets: Mapping[str, str]
+) -> dict[str, list[Sample]]:
+    """Each split takes the samples of the subset ``subsets`` maps it to (``Sample.subset``)."""
+    return {
+        name: sorted((s for s in samples if s.subset == subsets[name]), key=lambda s: s.id)
+        for name in SPLITS
+    }
+
+
+class SegmentationDataset(Dataset):
+    """Reads samples through a source and applies an albumentations pipeline.
+
+    With ``cache=True`` every sample is decoded once, up front, in the main process; loader
+    workers then share the decoded arrays (copy-on-write) instead of decoding each epoch.
+    """
+
+    def __init__(
+        self, source: SegmentationSource, samples: Sequence[Sample], transform, cache: bool = False
+    ) -> None:
         self.source, self.samples, self.transform = source, list(samples), transform
+        self.decoded: list[tuple[np.ndarray, np.ndarray]] | None = None
+        if cache:
+            self.decoded = [self.read(i) for i in range(len(self.samples))]
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> dict:
+    def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.decoded is not None:
+            return self.decoded[index]
         sample = self.samples[index]
         image, mask = self.source.read(sample)
         if image.shape[:2] != mask.shape[:2]:
@@ -144,8 +212,12 @@ class SegmentationDataset(Dataset):
                 f"{image.shape[1]}x{image.shape[0]} but {sample.mask} is "
                 f"{mask.shape[1]}x{mask.shape[0]}. Re-extract both files from the official archive."
             )
+        return image, mask
+
+    def __getitem__(self, index: int) -> dict:
+        image, mask = self.read(index)
         out = self.transform(image=image, mask=mask)
-        return {"image": out["image"], "mask": out["mask"].long(), "id": sample.id}
+        return {"image": out["image"], "mask": out["mask"].long(), "id": self.samples[index].id}
 
 
 class EvalDistributedSampler(DistributedSampler):
@@ -162,8 +234,9 @@ class EvalDistributedSampler(DistributedSampler):
 class SegmentationDataModule(L.LightningDataModule):
     """Splits a source, builds the train/eval pipelines and serves per-device batches.
 
-    ``batch_size`` is per device (per process); the global batch is
-    ``batch_size * devices * num_nodes``.
+    Batch size semantics live here and only here: ``batch_size`` is per device (per process),
+    so the global batch is ``batch_size * devices * num_nodes``. Setting ``global_batch_size``
+    instead fixes the global batch and divides it over the processes.
     """
 
     def __init__(
@@ -179,6 +252,8 @@ class SegmentationDataModule(L.LightningDataModule):
         std: Sequence[float] = IMAGENET_STD,
         split_dir: str | Path | None = None,
         pin_memory: bool | None = None,
+        global_batch_size: int | None = None,
+        cache: bool = False,
     ) -> None:
         super().__init__()
         if any(int(side) % 32 for side in image_size):
@@ -189,6 +264,8 @@ class SegmentationDataModule(L.LightningDataModule):
         self.source = source
         self.image_size = tuple(int(side) for side in image_size)
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        self.global_batch_size = None if global_batch_size is None else int(global_batch_size)
+        self.cache = bool(cache)
         self.fractions = dict(split or {"val": 0.2, "test": 0.2})
         self.seed = int(seed)
         self.mean, self.std = tuple(mean), tuple(std)
@@ -199,6 +276,7 @@ class SegmentationDataModule(L.LightningDataModule):
             "eval": build_pipeline(transforms["eval"], self.mean, self.std),
         }
         self.splits: dict[str, list[Sample]] | None = None
+        self.datasets: dict[str, SegmentationDataset] = {}
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -232,14 +310,32 @@ class SegmentationDataModule(L.LightningDataModule):
             (folder / f"{name}.txt").write_text("".join(f"{s.id}\n" for s in samples))
 
     def dataset(self, split: str) -> SegmentationDataset:
-        if self.splits is None:
-            self.setup()
-        pipeline = self.pipelines["train" if split == "train" else "eval"]
-        return SegmentationDataset(self.source, self.splits[split], pipeline)
+        if split not in self.datasets:
+            if self.splits is None:
+                self.setup()
+            pipeline = self.pipelines["train" if split == "train" else "eval"]
+            self.datasets[split] = SegmentationDataset(
+                self.source, self.splits[split], pipeline, cache=self.cache
+            )
+        return self.datasets[split]
+
+    def device_batch_size(self) -> int:
+        """Samples per batch on each process."""
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if self.global_batch_size is None:
+            return self.batch_size
+        if self.global_batch_size < world or self.global_batch_size % world:
+            raise LightsegError(
+                f"data.global_batch_size={self.global_batch_size} cannot be split evenly over "
+                f"{world} processes (devices x nodes). Use a multiple of {world}, or set the "
+                "per-device data.batch_size instead (data.global_batch_size=null)."
+            )
+        return self.global_batch_size // world
 
     def _loader(self, split: str) -> DataLoader:
         dataset = self.dataset(split)
         train = split == "train"
+        batch_size = self.device_batch_size()
         sampler, loader, extra = None, DataLoader, {}
         trainer = self.trainer
         if train:  # order and augmentations from (seed, epoch, sample): see data/sampling.py
@@ -254,9 +350,9 @@ class SegmentationDataModule(L.LightningDataModule):
             sampler = EvalDistributedSampler(dataset, trainer.world_size, trainer.global_rank)
         return loader(
             dataset,
-            batch_size=self.batch_size,
+            batch_size=batch_size,
             sampler=sampler,
-            drop_last=train and len(dataset) > self.batch_size,
+            drop_last=train and len(dataset) > batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,

@@ -20,3 +20,14 @@ def build_pipeline(
     geometric ones move the mask with the image (nearest-neighbour), pads fill masks with 255.
     """
     return A.Compose([*transforms, A.Normalize(mean=mean, std=std), ToTensorV2()])
+
+
+class ShrinkToFit(A.LongestMaxSize):
+    """Scale down, keeping the aspect ratio, to fit within ``max_size_hw``; never enlarge.
+
+    Evaluation pipelines follow it with a ``PadIfNeeded`` to a fixed size (mask fill 255), so
+    images of any size batch together while those that already fit keep their own pixels.
+    """
+
+    def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:
+        return {"scale": min(1.0, super().get_params_dependent_on_data(params, data)["scale"])}

@@ -14,7 +14,9 @@ from torchmetrics import MeanMetric
 from lightseg.losses import build_loss
 from lightseg.metrics import SegmentationMetrics
 from lightseg.models.factory import build_model
+from lightseg.models.torchvision_models import AUX_WEIGHT
 from lightseg.task import Task
+from lightseg.utils.devices import compile_in_place
 
 #: Scheduler arguments that mean "the length of training"; ``null`` in config = fill it in.
 SCHEDULE_LENGTH_ARGS = ("total_iters", "T_max", "total_steps")
@@ -38,19 +40,39 @@ class SegmentationModule(L.LightningModule):
         normalization: Mapping[str, Sequence[float]] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # train() logs the whole resolved config
         self.task = Task(tuple(classes))
-        self.net = build_model(out_channels=self.task.out_channels, **model)
+        network = dict(model)
+        self.channels_last = bool(network.pop("channels_last", False))
+        compile_network = bool(network.pop("compile", False))
+        self.net = build_model(out_channels=self.task.out_channels, **network)
+        self.aux_weight = float(network.get("aux_weight", AUX_WEIGHT))
+        if compile_network:
+            compile_in_place(self.net)
         self.criterion = build_loss(loss, self.task)
         self.eval_metrics = nn.ModuleDict({s: SegmentationMetrics(self.task) for s in EVAL_STAGES})
         self.eval_losses = nn.ModuleDict({s: MeanMetric() for s in EVAL_STAGES})
 
+    def setup(self, stage: str) -> None:
+        if self.channels_last and self.device.type == "cuda":  # only tensor cores gain from it
+            self.net.to(memory_format=torch.channels_last)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits [N, out_channels, H, W] for normalised images [N, 3, H, W]."""
+        """Logits [N, out_channels, H, W] for normalised images [N, 3, H, W].
+
+        In training, networks with an auxiliary head return ``(logits, aux_logits)``.
+        """
+        if self.channels_last and images.is_cuda:
+            images = images.contiguous(memory_format=torch.channels_last)
         return self.net(images)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss, parts = self.criterion(self(batch["image"]), batch["mask"])
+        output = self(batch["image"])
+        logits, aux = output if isinstance(output, tuple) else (output, None)
+        loss, parts = self.criterion(logits, batch["mask"])
+        if aux is not None:
+            parts = {**parts, "aux": self.criterion(aux, batch["mask"])[0]}
+            loss = loss + self.aux_weight * parts["aux"]
         size = batch["image"].shape[0]
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
         if len(parts) > 1:

@@ -114,11 +114,35 @@ def wandb_finished() -> Iterator[None]:
 
 
 class _AppendingWriter(ExperimentWriter):
+    """Appends to metrics.csv under the header found in the file at each save.
+
+    The file may have been written by someone else since this writer last looked: the part
+    of a run before a resume, or the training processes of ``ddp_spawn``.
+    """
+
     def _check_log_dir_exists(self) -> None:
-        # Keep the rows of the run being resumed; new rows are appended under the same header.
-        if self._fs.isfile(self.metrics_file_path):
-            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
-                self.metrics_keys = next(csv.reader(file), [])
+        pass  # Lightning's writer deletes metrics.csv here
+
+    def _header(self) -> list[str]:
+        if not self._fs.isfile(self.metrics_file_path):
+            return []
+        with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+            return next(csv.reader(file), [])
+
+    def save(self) -> None:
+        if not self.metrics:
+            return
+        header = self._header()
+        keys = sorted(set(header).union(*self.metrics))
+        if header and keys != header:
+            self._rewrite_with_new_header(keys)
+        self.metrics_keys = keys
+        with self._fs.open(self.metrics_file_path, "a" if header else "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=keys)
+            if not header:
+                writer.writeheader()
+            writer.writerows(self.metrics)
+        self.metrics = []
 
 
 class ResumableCSVLogger(CSVLogger):

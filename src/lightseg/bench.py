@@ -1,0 +1,303 @@
+"""Throughput benchmark: lightseg's Trainer path against a plain PyTorch loop, and the loaders.
+
+    make bench                                   # small CPU defaults, a few minutes
+    make bench ARGS="--repeats 7 model.arch=FPN data.image_size=[256,256]"
+
+Both training paths use the same model, data, batch size, optimizer and precision; runs
+alternate in one process, each after its own warm-up steps, and the medians are compared.
+Results go to the console and to ``bench.json`` / ``bench.md`` in ``--output``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import resource
+import statistics
+import time
+import warnings
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback
+from omegaconf import DictConfig
+from rich.table import Table
+from torch.utils.data import DataLoader
+
+from lightseg import CONFIG_DIR
+from lightseg.data.base import SegmentationDataModule
+from lightseg.errors import LightsegError, user_errors
+from lightseg.train import build_module, build_trainer
+from lightseg.utils.console import console
+
+AMP_DTYPES = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class StepTimer(Callback):
+    """Times ``steps`` optimizer steps that follow ``warmup`` steps, as the plain loop does."""
+
+    def __init__(self, warmup: int, steps: int) -> None:
+        self.warmup, self.steps, self.done = warmup, steps, 0
+        self.start = self.elapsed = 0.0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.done += 1
+        if self.done in (self.warmup, self.warmup + self.steps):
+            sync(pl_module.device)
+            now = time.perf_counter()
+            self.start, self.elapsed = (
+                (now, 0.0) if self.done == self.warmup else (self.start, now - self.start)
+            )
+
+
+def lightseg_run(
+    cfg: DictConfig, datamodule: SegmentationDataModule, warmup: int, steps: int
+) -> float:
+    """Images/s of ``trainer.fit`` with the run's own module, logger and callbacks."""
+    torch.manual_seed(0)
+    module = build_module(cfg, datamodule.classes)
+    timer = StepTimer(warmup, steps)
+    trainer = build_trainer(
+        cfg,
+        max_steps=warmup + steps,
+        max_epochs=-1,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.callbacks.append(timer)
+    trainer.fit(module, datamodule=datamodule)
+    return steps * datamodule.device_batch_size() / timer.elapsed
+
+
+def plain_run(
+    cfg: DictConfig, datamodule: SegmentationDataModule, warmup: int, steps: int
+) -> float:
+    """Images/s of a hand-written loop: same network, loss, optimizer, loader and precision."""
+    torch.manual_seed(0)
+    module = build_module(cfg, datamodule.classes)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    net, criterion = module.net.to(device).train(), module.criterion.to(device)
+    optimizer = instantiate(dict(module.hparams.optimizer), params=net.parameters())
+    dtype = AMP_DTYPES.get(str(cfg.trainer.precision))
+    scaler = torch.amp.GradScaler(enabled=dtype is torch.float16 and device.type == "cuda")
+    channels_last = module.channels_last and device.type == "cuda"
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
+    loader: DataLoader = datamodule.train_dataloader()
+    done, start = 0, 0.0
+    while True:
+        for batch in loader:
+            images = batch["image"].to(device, non_blocking=True)
+            masks = batch["mask"].to(device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(
+                device.type, dtype=dtype or torch.float32, enabled=dtype is not None
+            ):
+                loss, _ = criterion(net(images), masks)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            done += 1
+            if done == warmup:
+                sync(device)
+                start = time.perf_counter()
+            elif done == warmup + steps:
+                sync(device)
+                return steps * loader.batch_size / (time.perf_counter() - start)
+
+
+def training_rows(cfg: DictConfig, args: argparse.Namespace) -> list[dict[str, Any]]:
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    runs: dict[str, list[float]] = {"plain": [], "lightseg": []}
+    for repeat in range(args.repeats):
+        order = ("plain", "lightseg") if repeat % 2 == 0 else ("lightseg", "plain")
+        for name in order:
+            run = plain_run if name == "plain" else lightseg_run
+            runs[name].append(run(cfg, datamodule, args.warmup, args.steps))
+        console.print(
+            f"  repeat {repeat + 1}/{args.repeats}: "
+            + ", ".join(f"{n} {v[-1]:.2f} img/s" for n, v in runs.items())
+        )
+    plain, ours = statistics.median(runs["plain"]), statistics.median(runs["lightseg"])
+    return [
+        {
+            "model": f"{cfg.model.arch}/{cfg.model.get('encoder_name', '')}",
+            "size": "x".join(map(str, cfg.data.image_size)),
+            "batch": datamodule.device_batch_size(),
+            "precision": str(cfg.trainer.precision),
+            "plain": plain,
+            "lightseg": ours,
+            "plain/lightseg": plain / ours,
+            "runs": runs,
+        }
+    ]
+
+
+def loader_rows(cfg: DictConfig, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Per dataset: decoding alone, then the full train pipeline by number of workers."""
+    rows = []
+    for name in args.datasets:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            overrides = [
+                f"data={name}",
+                f"paths.data_dir={cfg.paths.data_dir}",
+                f"paths.output_dir={args.output}",
+            ]
+            data_cfg = compose("train", overrides=overrides).data
+        try:
+            datamodule = instantiate(data_cfg, _convert_="all", cache=False)
+            datamodule.prepare_data()
+            datamodule.setup("fit")
+        except LightsegError:
+            console.print(f"  {name}: dataset not present, skipped")
+            continue
+        dataset = datamodule.dataset("train")
+        count = min(len(dataset), args.loader_batches * datamodule.batch_size)
+        start = time.perf_counter()
+        for index in range(count):
+            dataset.read(index)
+        row = {"dataset": name, "decode only": count / (time.perf_counter() - start)}
+        for workers in args.workers:
+            loader = DataLoader(
+                dataset,
+                batch_size=datamodule.batch_size,
+                shuffle=True,
+                num_workers=workers,
+                drop_last=True,
+            )
+            iterator = iter(loader)
+            next(iterator)  # worker start-up is not throughput
+            batches = min(args.loader_batches, len(loader) - 1)
+            start = time.perf_counter()
+            for _ in range(batches):
+                next(iterator)
+            row[f"workers={workers}"] = batches * loader.batch_size / (time.perf_counter() - start)
+        rows.append(row)
+    return rows
+
+
+def machine() -> dict[str, Any]:
+    info = {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightning": L.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    with contextlib.suppress(OSError, StopIteration):
+        info["cpu_model"] = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    return info
+
+
+def table(title: str, rows: list[dict[str, Any]]) -> Table:
+    out = Table(title=title)
+    keys = [k for k in rows[0] if k != "runs"]
+    for key in keys:
+        out.add_column(key, justify="right")
+    for row in rows:
+        out.add_row(*(f"{row[k]:.3f}" if isinstance(row[k], float) else str(row[k]) for k in keys))
+    return out
+
+
+def markdown(title: str, rows: list[dict[str, Any]]) -> str:
+    keys = [k for k in rows[0] if k != "runs"]
+    lines = [f"### {title}", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for row in rows:
+        cells = (f"{row[k]:.3f}" if isinstance(row[k], float) else str(row[k]) for k in keys)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per run")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each run")
+    parser.add_argument("--repeats", type=int, default=5, help="alternating runs of each path")
+    parser.add_argument("--workers", default="0,2", help="loader workers to try, comma-separated")
+    parser.add_argument("--loader-batches", type=int, default=8)
+    parser.add_argument("--datasets", default="demo,ph2", help="data configs to time loaders of")
+    parser.add_argument("--output", default=None, help="folder for bench.json and bench.md")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the train config")
+    args = parser.parse_args(argv)
+    args.workers = [int(w) for w in args.workers.split(",")]
+    args.datasets = args.datasets.split(",")
+    args.output = Path(args.output or f"logs/bench/{datetime.now():%Y-%m-%d_%H-%M-%S}")
+    return args
+
+
+def bench(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    gpu = torch.cuda.is_available()
+    base = [
+        "experiment=demo",
+        "logger=csv",
+        "scheduler=none",
+        "data.cache=true",
+        "data.num_workers=0",
+        # checkpoint files, the progress bar and the summary are not part of a training step
+        "~callbacks.model_checkpoint",
+        "~callbacks.progress_bar",
+        "~callbacks.model_summary",
+        f"paths.output_dir={args.output}",
+        f"trainer.accelerator={'gpu' if gpu else 'cpu'}",
+    ]
+    variants = [[]] + ([["trainer.precision=16-mixed", "model.channels_last=true"]] if gpu else [])
+    results: dict[str, Any] = {"machine": machine(), "training": [], "loaders": []}
+    for variant in variants:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose("train", overrides=[*base, *variant, *args.overrides])
+        console.print(f"Training throughput, {cfg.trainer.precision}:")
+        results["training"] += training_rows(cfg, args)
+    console.print("Data-loader throughput:")
+    results["loaders"] = loader_rows(cfg, args)
+    results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if gpu:
+        results["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "bench.json").write_text(json.dumps(results, indent=2))
+    info = ", ".join(f"{k}={v}" for k, v in results["machine"].items() if v)
+    text = [f"Machine: {info}. Peak RSS {results['peak_rss_mb']:.0f} MB.", ""]
+    text.append(markdown("Training (images/s, median; goal: ratio <= 1.02)", results["training"]))
+    if results["loaders"]:
+        text.append(markdown("Data loading (images/s)", results["loaders"]))
+    (args.output / "bench.md").write_text("\n".join(text))
+    console.print(table("Training images/s (median)", results["training"]))
+    if results["loaders"]:
+        console.print(table("Data loading images/s", results["loaders"]))
+    console.print(f"{info}\nWritten: {args.output / 'bench.md'}, {args.output / 'bench.json'}")
+    return results
+
+
+def main() -> None:
+    warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # CSV dir reused
+    with user_errors():
+        bench()
+
+
+if __name__ == "__main__":
+    main()

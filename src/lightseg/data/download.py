@@ -1,0 +1,163 @@
+"""Fetch a dataset into ``paths.data_dir`` where it has a public URL, then check it loads.
+
+    python -m lightseg.data.download voc [hydra overrides]      (or: make data DATASET=voc)
+
+VOC (+SBD) and COCO are downloaded with torchvision's helpers and verified against their MD5
+sums; each archive is fetched and unpacked in a scratch folder that is removed on failure, so
+nothing partial is left. PH2 and MADS need a registration or a Kaggle account: for those (and
+for any download that fails, e.g. offline) the error says what to fetch and where to put it.
+Finally the dataset's source is prepared (COCO: its mask cache is built) and its samples found.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from torchvision.datasets.utils import download_and_extract_archive
+
+from lightseg import CONFIG_DIR
+from lightseg.errors import LightsegError, user_errors
+from lightseg.utils.console import console
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Archive:
+    url: str
+    md5: str
+    into: str  # folder under data_dir the archive is unpacked into
+    gives: str  # a path under data_dir that exists once it is unpacked
+
+    @property
+    def filename(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+
+COCO_URL = "http://images.cocodataset.org"
+ARCHIVES: dict[str, tuple[Archive, ...]] = {
+    "voc": (
+        Archive(
+            # the mirror torchvision downloads VOC from
+            "https://thor.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
+            "6cd6e144f989b92b3379bac3b3de84fd",
+            ".",
+            "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt",
+        ),
+        Archive(
+            "https://www2.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/"
+            "semantic_contours/benchmark.tgz",
+            "82b4d87ceb2ed10f6038a1cba92111cb",
+            ".",
+            "benchmark_RELEASE/dataset/val.txt",
+        ),
+    ),
+    "coco": (
+        Archive(
+            f"{COCO_URL}/annotations/annotations_trainval2017.zip",
+            "f4bbac642086de4f52a3fdda2de5fa2c",
+            "coco",
+            "coco/annotations/instances_val2017.json",
+        ),
+        Archive(
+            f"{COCO_URL}/zips/val2017.zip",
+            "442b8da7639aecaf257c1dceb8ba8c80",
+            "coco",
+            "coco/val2017",
+        ),
+        Archive(
+            f"{COCO_URL}/zips/train2017.zip",
+            "cced6f7f71b7629ddf16f17bbcfab6b2",
+            "coco",
+            "coco/train2017",
+        ),
+    ),
+}
+#: Overrides that make the check after downloading cover everything that was fetched.
+CHECK_OVERRIDES = {"voc": ["data.source.use_sbd=true"]}
+
+
+def fetch(archive: Archive, data_dir: Path) -> None:
+    """Download, verify and unpack one archive, unless what it gives is already there."""
+    if (data_dir / archive.gives).exists():
+        console.print(f"[green]Found[/] {data_dir / archive.gives}: skipping {archive.filename}")
+        return
+    console.print(f"Downloading {archive.url} (MD5 {archive.md5}) into {data_dir / archive.into}")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".lightseg-download-", dir=data_dir))
+    try:
+        download_and_extract_archive(
+            archive.url,
+            scratch,
+            extract_root=scratch / "unpacked",
+            md5=archive.md5,
+            remove_finished=True,
+        )
+        move_into(scratch / "unpacked", data_dir / archive.into)
+    except (OSError, RuntimeError, ValueError) as error:  # URLError is an OSError
+        raise LightsegError(
+            f"Could not fetch {archive.url} ({type(error).__name__}: {error}). Download it "
+            f"yourself (browser, wget or curl), check its MD5 is {archive.md5}, and unpack it "
+            f"into '{data_dir / archive.into}' so that '{data_dir / archive.gives}' exists. "
+            "Then run this command again to check the result."
+        ) from None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def move_into(source: Path, target: Path) -> None:
+    """Move the unpacked tree into ``target``, merging folders that already exist there."""
+    target.mkdir(parents=True, exist_ok=True)
+    for entry in source.iterdir():
+        destination = target / entry.name
+        if destination.is_dir() and entry.is_dir():
+            move_into(entry, destination)
+        elif not destination.exists():
+            entry.rename(destination)
+
+
+def summary(samples) -> str:
+    counts = Counter(sample.subset or sample.stratum or "all" for sample in samples)
+    return ", ".join(f"{name}: {count}" for name, count in sorted(counts.items()))
+
+
+def prepare_dataset(name: str, overrides: list[str] = ()) -> None:
+    """Fetch ``name``'s archives (if it has public ones), then prepare and find its samples."""
+    data_configs = sorted(p.stem for p in (Path(CONFIG_DIR) / "data").glob("*.yaml"))
+    if name not in data_configs:
+        raise LightsegError(f"Unknown dataset '{name}'. Choose one of: {', '.join(data_configs)}.")
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        extra = CHECK_OVERRIDES.get(name, [])
+        cfg = compose("train", overrides=[f"data={name}", *extra, *overrides])
+    data_dir = Path(cfg.paths.data_dir)
+    for archive in ARCHIVES.get(name, ()):
+        fetch(archive, data_dir)
+    source = instantiate(cfg.data.source)
+    source.prepare()
+    samples = source.find()
+    console.print(
+        f"[green]{type(source).__name__} is ready[/] under {source.root}: {len(samples)} "
+        f"samples ({summary(samples)})."
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0].startswith("-"):
+        print("usage: python -m lightseg.data.download DATASET [hydra overrides]", file=sys.stderr)
+        sys.exit(2)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    with user_errors():
+        prepare_dataset(args[0], args[1:])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""MADS full-body person masks: Kaggle's "Segmentation Full Body MADS Dataset" (1,192 frames).
+
+The frames come from MADS (Martial Arts, Dancing and Sports; Zhang et al., 2017). The Kaggle
+archive unzips under ``root`` (``${paths.data_dir}/mads``) to a folder that may be nested once
+more inside itself; the shallowest folder holding ``images/`` and ``masks/`` is used::
+
+    segmentation_full_body_mads_dataset_1192_img/[segmentation_full_body_mads_dataset_1192_img/]
+        images/HipHop_HipHop4_C1_00810.png     RGB frame
+        masks/HipHop_HipHop4_C1_00810.png      person mask, same file name
+        df.csv                                 columns images, masks: paths relative to here
+
+Mask encoding is checked, not assumed: values are read as stored (RGB: the brightest channel)
+and binarised as follows. A mask whose values are all 0 or 1 is used as is. Otherwise a pixel
+is the person where its value is >= 128, and the mask is refused if more than 5% of its pixels
+lie in the unclear band 33..222 (a photo, a soft matte or a multi-class mask, not a binary one).
+Splits: the generic deterministic split, stratified by activity (the name's first word).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from lightseg.data.base import Sample, SegmentationSource, open_image, read_rgb
+from lightseg.errors import LightsegError
+
+log = logging.getLogger(__name__)
+
+ARCHIVE_FOLDER = "segmentation_full_body_mads_dataset_1192_img"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+#: Binarisation: foreground >= THRESHOLD; values strictly between the bounds are "unclear".
+THRESHOLD, UNCLEAR_LOW, UNCLEAR_HIGH, MAX_UNCLEAR = 128, 32, 223, 0.05
+
+
+class MADS(SegmentationSource):
+    """Person vs background; frames paired through df.csv, or by file name without it."""
+
+    classes = ("background", "person")
+    how_to_get = (
+        "Download 'Segmentation Full Body MADS Dataset' from Kaggle (needs a Kaggle account): "
+        "https://www.kaggle.com/datasets/tapakah68/segmentation-full-body-mads-dataset, or "
+        "`kaggle datasets download -d tapakah68/segmentation-full-body-mads-dataset`; then unzip "
+        f"it into '<data_dir>/mads/' so that '<data_dir>/mads/{ARCHIVE_FOLDER}/images' exists "
+        "(the copy nested once more inside that folder is found too)."
+    )
+
+    def folder(self) -> Path:
+        """The shallowest folder under ``root`` that holds ``images/`` and ``masks/``."""
+        for depth in range(4):
+            pattern = "/".join(["*"] * depth + ["images"])
+            found = sorted(
+                path.parent
+                for path in self.root.glob(pattern)
+                if path.is_dir() and (path.parent / "masks").is_dir()
+            )
+            if found:
+                return found[0]
+        raise self.missing(self.root / ARCHIVE_FOLDER / "images")
+
+    def find(self) -> list[Sample]:
+        folder = self.folder()
+        table = folder / "df.csv"
+        pairs = read_pairs(table, folder) if table.is_file() else pair_by_name(folder)
+        samples = []
+        for image, mask in pairs:
+            if not image.is_file():
+                raise LightsegError(f"'{table}' lists image '{image}', which does not exist.")
+            if not mask.is_file():
+                raise LightsegError(
+                    f"MADS image '{image}' has no mask: expected '{mask}'. Re-extract the Kaggle "
+                    "archive, or delete the image to skip it."
+                )
+            samples.append(Sample(image.stem, image, mask, stratum=image.stem.split("_")[0]))
+        if not samples:
+            raise self.missing(folder / "images" / "*.png")
+        return samples
+
+    def read(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+        return read_rgb(sample.image), binarise(np.asarray(open_image(sample.mask)), sample.mask)
+
+
+def pair_by_name(folder: Path) -> list[tuple[Path, Path]]:
+    images = sorted(p for p in (folder / "images").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return [(image, folder / "masks" / image.name) for image in images]
+
+
+def read_pairs(table: Path, folder: Path) -> list[tuple[Path, Path]]:
+    """(image, mask) paths from df.csv; entries are relative to ``folder`` (or bare names)."""
+    with open(table, newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    if not rows or not {"images", "masks"} <= rows[0].keys():
+        raise LightsegError(
+            f"'{table}' should have the columns 'images' and 'masks' (and one row per frame). "
+            "Re-extract the Kaggle archive, or delete df.csv to pair files by name."
+        )
+
+    def resolve(entry: str, kind: str) -> Path:
+        path = folder / entry.strip()
+        return path if path.is_file() else folder / kind / Path(entry.strip()).name
+
+    return [(resolve(row["images"], "images"), resolve(row["masks"], "masks")) for row in rows]
+
+
+def binarise(values: np.ndarray, path: Path) -> np.ndarray:
+    """A 0/1 uint8 person mask from a stored mask, following the rules in the module docs."""
+    if values.ndim == 3:
+        values = values[..., :3].max(axis=-1)
+    if values.dtype == bool or values.max(initial=0) <= 1:
+        return values.astype(np.uint8)
+    unclear = float(((values > UNCLEAR_LOW) & (values < UNCLEAR_HIGH)).mean())
+    if unclear > MAX_UNCLEAR:
+        raise LightsegError(
+            f"MADS mask '{path}' is not a binary mask: {unclear:.0%} of its pixels have values "
+            f"between {UNCLEAR_LOW} and {UNCLEAR_HIGH} (values seen: {np.unique(values)[:8]}...). "
+            "Expected 0/255 or 0/1 person masks; check that images/ and masks/ are not swapped."
+        )
+    return (values >= THRESHOLD).astype(np.uint8)

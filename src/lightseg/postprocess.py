@@ -1,0 +1,96 @@
+"""Post-processing of per-pixel class probabilities: the fully connected CRF.
+
+Krähenbühl & Koltun (NeurIPS 2011) mean-field inference with a smoothness kernel (position)
+and an appearance kernel (position and colour), as DeepLab v1/v2 applied it to network
+outputs; computed by the ``pydensecrf2`` package (``pip install -e '.[crf]'``).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+
+from lightseg.errors import LightsegError
+
+
+def _densecrf():
+    try:
+        import pydensecrf.densecrf as densecrf
+    except ImportError:
+        raise LightsegError(
+            "postprocess=crf needs the optional dense-CRF package: pip install -e '.[crf]' "
+            "(it installs pydensecrf2, compiled from source: needs a C++ compiler), or run "
+            "without post-processing."
+        ) from None
+    return densecrf
+
+
+def dense_crf(
+    image: np.ndarray,
+    probabilities: np.ndarray,
+    iterations: int = 10,
+    gaussian_sxy: float = 1,
+    gaussian_compat: float = 3,
+    bilateral_sxy: float = 67,
+    bilateral_srgb: float = 3,
+    bilateral_compat: float = 4,
+) -> np.ndarray:
+    """Refine ``probabilities`` [C, H, W] (summing to 1 over C) with the colours of ``image``.
+
+    ``image``: uint8 [H, W, 3] RGB, un-normalised, at the probabilities' resolution. Returns
+    float32 [C, H, W]. Binary tasks pass (background, foreground), e.g. Task.probabilities.
+    Defaults: DeepLab v2 (ResNet-101) on VOC.
+    """
+    densecrf = _densecrf()
+    probabilities = np.asarray(probabilities, dtype=np.float32)
+    image = np.asarray(image)
+    if probabilities.ndim != 3 or probabilities.shape[0] < 2:
+        raise LightsegError(
+            f"dense_crf needs probabilities [C, H, W] with C >= 2, got {probabilities.shape}."
+        )
+    classes, height, width = probabilities.shape
+    if image.dtype != np.uint8 or image.shape != (height, width, 3):
+        raise LightsegError(
+            f"dense_crf needs the uint8 RGB image [H, W, 3] = [{height}, {width}, 3] that the "
+            f"probabilities belong to, got {image.dtype} {list(image.shape)}."
+        )
+    crf = densecrf.DenseCRF2D(width, height, classes)
+    # Unary energy: -log p, with p clipped so that certain zeros stay finite.
+    crf.setUnaryEnergy(
+        np.ascontiguousarray(-np.log(np.clip(probabilities, 1e-8, 1.0)).reshape(classes, -1))
+    )
+    crf.addPairwiseGaussian(sxy=gaussian_sxy, compat=gaussian_compat)
+    crf.addPairwiseBilateral(
+        sxy=bilateral_sxy,
+        srgb=bilateral_srgb,
+        rgbim=np.ascontiguousarray(image),
+        compat=bilateral_compat,
+    )
+    refined = crf.inference(int(iterations))
+    return np.asarray(refined, dtype=np.float32).reshape(classes, height, width)
+
+
+#: The kernel and inference parameters ``dense_crf`` takes besides its inputs.
+CRF_PARAMS = set(inspect.signature(dense_crf).parameters) - {"image", "probabilities"}
+
+
+class DenseCRF:
+    """``dense_crf`` with fixed parameters; what ``instantiate(cfg.postprocess)`` returns.
+
+    Creating it checks the parameter names and that the CRF package is installed, so a run
+    fails before it evaluates anything.
+    """
+
+    def __init__(self, **params: float) -> None:
+        unknown = sorted(set(params) - CRF_PARAMS)
+        if unknown:
+            raise LightsegError(
+                f"Unknown dense-CRF parameter(s) {unknown} in the postprocess config; "
+                f"available: {', '.join(sorted(CRF_PARAMS))}."
+            )
+        _densecrf()
+        self.params = params
+
+    def __call__(self, image: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+        return dense_crf(image, probabilities, **self.params)

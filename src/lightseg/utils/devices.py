@@ -1,0 +1,64 @@
+"""Hardware switches checked in one place: clear errors, or a fallback with a warning."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightseg.errors import LightsegError
+
+log = logging.getLogger(__name__)
+
+CPU_PRECISIONS = ("32", "32-true", "64", "64-true", "bf16", "bf16-mixed", "bf16-true")
+
+
+def wants_gpu(trainer: dict[str, Any]) -> bool:
+    strategy = str(trainer.get("strategy") or "")
+    return trainer.get("accelerator") in ("gpu", "cuda") or strategy in ("ddp", "fsdp")
+
+
+def check_trainer(trainer: dict[str, Any]) -> dict[str, Any]:
+    """Validate device settings before Lightning sees them; return the (adjusted) arguments."""
+    trainer = dict(trainer)
+    gpus = torch.cuda.device_count()
+    if wants_gpu(trainer) and gpus == 0:
+        raise LightsegError(
+            f"The trainer asks for GPUs (accelerator={trainer.get('accelerator')}, "
+            f"strategy={trainer.get('strategy')}) but this machine has none visible "
+            "(torch.cuda.is_available() is False). Use trainer=cpu, or trainer=ddp_sim to run "
+            "the DDP code paths on 2 CPU processes."
+        )
+    devices = trainer.get("devices")
+    if gpus and wants_gpu(trainer) and isinstance(devices, int) and devices > gpus:
+        raise LightsegError(
+            f"trainer.devices={devices} but only {gpus} GPU(s) are visible. Use "
+            f"trainer.devices={gpus} (or -1 for all), or check CUDA_VISIBLE_DEVICES."
+        )
+    on_cpu = trainer.get("accelerator") == "cpu" or (gpus == 0 and not wants_gpu(trainer))
+    precision = str(trainer.get("precision", "32-true"))
+    if on_cpu and precision not in CPU_PRECISIONS:
+        log.warning("trainer.precision=%s needs a GPU; using 32-true on the CPU.", precision)
+        trainer["precision"] = "32-true"
+    if on_cpu and trainer.get("sync_batchnorm"):
+        log.warning("trainer.sync_batchnorm=true needs GPUs; plain BatchNorm on the CPU.")
+        trainer["sync_batchnorm"] = False
+    return trainer
+
+
+def compile_in_place(net: nn.Module) -> None:
+    """torch.compile the network's forward, keeping parameter names (checkpoints stay portable).
+
+    Where compilation fails (no C++ compiler, unsupported Python or op), torch falls back to
+    eager execution with a warning instead of stopping the run.
+    """
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True
+    try:
+        net.compile()
+    except RuntimeError as error:  # e.g. Dynamo unsupported on this Python version
+        warnings.warn(f"model.compile=true ignored: {error}", stacklevel=2)

@@ -1,0 +1,66 @@
+"""Helpers for tests that run training: signals and NaNs on cue, the CLI in this process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import lightning as L
+from hydra.core.global_hydra import GlobalHydra
+
+from lightseg.train import main
+
+
+class SignalAt(L.Callback):
+    """Send ``signum`` to this process when batch ``batch_idx`` of ``epoch`` starts."""
+
+    def __init__(self, epoch: int, batch_idx: int, signum: int = signal.SIGTERM) -> None:
+        self.epoch, self.batch_idx, self.signum = epoch, batch_idx, signum
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch_idx):
+            os.kill(os.getpid(), self.signum)
+
+
+class PoisonAt(L.Callback):
+    """Put a NaN into the images of batch ``batch_idx`` of ``epoch``."""
+
+    def __init__(self, epoch: int, batch_idx: int) -> None:
+        self.epoch, self.batch_idx = epoch, batch_idx
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch_idx):
+            batch["image"][0, 0, 0, 0] = float("nan")
+
+
+def run_cli(monkeypatch, *args: str) -> None:
+    """``python -m lightseg.train ARGS`` in this process (Hydra included)."""
+    monkeypatch.setattr(sys, "argv", ["lightseg.train", *args])
+    try:
+        main()
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def tiny_cli_run(tmp_path: Path, data_dir: Path) -> list[str]:
+    """Overrides for a one-epoch, one-batch demo run at 64x64 with logs under ``tmp_path``."""
+    return [
+        "experiment=demo",
+        "trainer.accelerator=cpu",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=1",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+        "logger=csv",
+        "data.num_workers=0",
+        "data.batch_size=4",
+        "data.image_size=[64,64]",
+        "data.source.num_cases=20",
+        "print_config=false",
+        "callbacks.progress_bar=null",
+        "callbacks.model_summary=null",
+        f"paths.data_dir={data_dir}",
+        f"paths.log_dir={tmp_path / 'logs'}",
+    ]

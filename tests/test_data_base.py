@@ -1,0 +1,96 @@
+"""Shared data logic: splits, the unpadded evaluation sampler, config checks, the demo writer."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from lightseg.data.base import (
+    EvalDistributedSampler,
+    Sample,
+    SegmentationDataModule,
+    stratified_split,
+)
+from lightseg.data.demo import Demo
+from lightseg.errors import LightsegError
+
+
+def samples(counts: dict[str, int]) -> list[Sample]:
+    return [
+        Sample(f"{stratum}{i:03d}", Path("x"), stratum=stratum)
+        for stratum, n in counts.items()
+        for i in range(n)
+    ]
+
+
+def test_split_sizes_are_exact_and_strata_proportional():
+    data = samples({"common": 80, "atypical": 80, "melanoma": 40})  # PH2's diagnoses
+    splits = stratified_split(data, {"val": 0.2, "test": 0.2}, seed=0)
+    assert {k: len(v) for k, v in splits.items()} == {"train": 120, "val": 40, "test": 40}
+    for group in ("val", "test"):
+        assert Counter(s.stratum for s in splits[group]) == {
+            "common": 16,
+            "atypical": 16,
+            "melanoma": 8,
+        }
+    ids = [s.id for group in splits.values() for s in group]
+    assert sorted(ids) == sorted(s.id for s in data)  # a partition: nothing lost or repeated
+
+
+def test_split_ignores_input_order_but_not_seed():
+    data = samples({"a": 10, "b": 5})
+    first = stratified_split(data, {"val": 0.2, "test": 0.2}, seed=1)
+    assert stratified_split(data[::-1], {"val": 0.2, "test": 0.2}, seed=1) == first
+    assert stratified_split(data, {"val": 0.2, "test": 0.2}, seed=2) != first
+
+
+@pytest.mark.parametrize("fractions", [{"val": 0.6, "test": 0.5}, {"val": -0.1}])
+def test_bad_split_fractions_are_rejected(fractions):
+    with pytest.raises(LightsegError, match=r"data\.split fractions"):
+        stratified_split(samples({"a": 10}), fractions, seed=0)
+
+
+@pytest.mark.parametrize("size", [5, 6, 7])
+def test_eval_sampler_covers_each_sample_exactly_once(size):
+    dataset = list(range(size))
+    shards = [list(EvalDistributedSampler(dataset, 2, rank)) for rank in (0, 1)]
+    assert sorted(shards[0] + shards[1]) == dataset
+    assert [len(EvalDistributedSampler(dataset, 2, r)) for r in (0, 1)] == [len(s) for s in shards]
+
+
+def test_image_size_must_suit_the_encoders(tmp_path):
+    with pytest.raises(LightsegError, match=r"image_size=\[100, 128\] must be multiples of 32"):
+        SegmentationDataModule(Demo(tmp_path), {"train": [], "eval": []}, image_size=(100, 128))
+
+
+def digest(root: Path) -> str:
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix == ".bmp")
+    return hashlib.sha256(b"".join(p.read_bytes() for p in files)).hexdigest()
+
+
+def test_demo_is_deterministic_in_ph2_format_with_odd_sizes(tmp_path):
+    first, second = Demo(tmp_path / "a", num_cases=6), Demo(tmp_path / "b", num_cases=6)
+    first.prepare()
+    second.prepare()
+    assert digest(first.root) == digest(second.root)
+    found = first.find()  # through the real PH2 reader, xlsx included
+    assert len(found) == 6 and {s.stratum for s in found} == {
+        "common_nevus",
+        "atypical_nevus",
+        "melanoma",
+    }
+    for sample in found:
+        image, mask = Image.open(sample.image), Image.open(sample.mask)
+        assert image.mode == "RGB" and mask.mode == "1" and image.size == mask.size
+        assert image.size[0] % 32 and image.size[1] % 32
+    assert (first.root / "PH2 Dataset images/IMD001/IMD001_roi").is_dir()
+
+
+def test_demo_regenerates_when_its_settings_change(tmp_path):
+    Demo(tmp_path, num_cases=6).prepare()
+    Demo(tmp_path, num_cases=4).prepare()
+    assert len(Demo(tmp_path).find()) == 4

@@ -1,0 +1,75 @@
+"""User mistakes end in one clear paragraph and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from hydra.errors import InstantiationException
+from torch.utils.data import DataLoader, Dataset
+
+from lightseg.errors import LightsegError, user_errors, user_message
+
+
+def run_train(*overrides: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "lightseg.train", "print_config=false", *overrides],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_unknown_experiment_lists_the_valid_ones(tmp_path):
+    result = run_train("experiment=ph2_unte", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Could not find 'experiment/ph2_unte'" in result.stderr
+    assert "ph2_unet" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_dataset_from_the_command_line(tmp_path):
+    result = run_train(
+        "experiment=ph2_unet",
+        f"paths.data_dir={tmp_path}/data",
+        f"hydra.run.dir={tmp_path}/run",
+        "model.encoder_weights=null",
+        "logger=none",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert "PH2 not found" in result.stderr and "make train" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+class Broken(Dataset):
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index):
+        raise LightsegError("Cannot read image file 'x.bmp' (truncated).")
+
+
+def test_error_raised_in_a_dataloader_worker_is_shown_without_its_traceback():
+    with pytest.raises(LightsegError) as error:
+        next(iter(DataLoader(Broken(), num_workers=1)))
+    assert "Original Traceback" in str(error.value)  # what torch does to worker errors
+    assert user_message(error.value) == "Cannot read image file 'x.bmp' (truncated)."
+
+
+def test_errors_from_constructors_called_by_hydra_are_unwrapped(capsys):
+    try:
+        raise LightsegError("data.image_size must be multiples of 32")
+    except LightsegError as cause:
+        wrapped = InstantiationException("Error in call to target 'X'")
+        wrapped.__cause__ = cause
+    with pytest.raises(SystemExit) as exit_info, user_errors():
+        raise wrapped
+    assert exit_info.value.code == 1
+    assert "data.image_size must be multiples of 32" in capsys.readouterr().err
+
+
+def test_bugs_are_not_disguised_as_user_errors():
+    with pytest.raises(ZeroDivisionError), user_errors():
+        _ = 1 / 0

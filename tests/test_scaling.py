@@ -1,0 +1,90 @@
+"""Device switches and batch-size semantics: clear errors, warned fallbacks, the RAM cache."""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lightseg.data.base import SegmentationDataModule
+from lightseg.data.demo import Demo
+from lightseg.errors import LightsegError
+from lightseg.utils.devices import check_trainer, compile_in_place
+
+
+def test_gpu_strategies_without_a_gpu_are_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    for trainer in ({"accelerator": "gpu"}, {"accelerator": "auto", "strategy": "ddp"}):
+        with pytest.raises(LightsegError, match="trainer=ddp_sim"):
+            check_trainer(trainer)
+
+
+def test_more_devices_than_gpus_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(LightsegError, match=r"trainer\.devices=4 but only 2 GPU"):
+        check_trainer({"accelerator": "gpu", "devices": 4, "strategy": "ddp"})
+    assert check_trainer({"accelerator": "gpu", "devices": 2})["devices"] == 2
+
+
+def test_gpu_only_switches_fall_back_on_the_cpu_with_a_warning(monkeypatch, caplog):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    caplog.set_level(logging.WARNING)
+    cpu = {"accelerator": "cpu", "precision": "16-mixed", "sync_batchnorm": True, "devices": 2}
+    assert check_trainer(cpu) == {**cpu, "precision": "32-true", "sync_batchnorm": False}
+    assert "needs a GPU" in caplog.text and "needs GPUs" in caplog.text
+    assert check_trainer({"accelerator": "cpu", "precision": "bf16-mixed"})["precision"] == (
+        "bf16-mixed"
+    )
+
+
+def datamodule(tmp_path, **kwargs) -> SegmentationDataModule:
+    return SegmentationDataModule(
+        Demo(tmp_path / "demo", num_cases=10), {"train": [], "eval": []}, (64, 64), **kwargs
+    )
+
+
+@pytest.mark.parametrize(("world", "per_device"), [(1, 8), (2, 4), (4, 2)])
+def test_global_batch_size_is_divided_over_processes(tmp_path, world, per_device):
+    dm = datamodule(tmp_path, global_batch_size=8)
+    dm.trainer = SimpleNamespace(world_size=world)
+    assert dm.device_batch_size() == per_device
+
+
+@pytest.mark.parametrize("global_batch_size", [3, 6])
+def test_global_batch_size_that_does_not_divide_is_refused(tmp_path, global_batch_size):
+    dm = datamodule(tmp_path, global_batch_size=global_batch_size)
+    dm.trainer = SimpleNamespace(world_size=4)
+    with pytest.raises(LightsegError, match="cannot be split evenly over 4 processes"):
+        dm.device_batch_size()
+    assert datamodule(tmp_path, batch_size=3).device_batch_size() == 3  # per device by default
+
+
+def test_cache_decodes_each_sample_once(tmp_path, monkeypatch):
+    dm = datamodule(tmp_path, cache=True, num_workers=0)
+    dm.prepare_data()
+    reads = []
+    original = Demo.read
+    monkeypatch.setattr(Demo, "read", lambda self, s: reads.append(s.id) or original(self, s))
+    dataset = dm.dataset("train")
+    for _ in range(3):  # three epochs
+        for index in range(len(dataset)):
+            dataset[index]
+    assert sorted(reads) == sorted(s.id for s in dm.splits["train"])
+
+
+def test_only_rank_zero_writes_split_files(tmp_path):
+    dm = datamodule(tmp_path, split_dir=tmp_path / "run")
+    dm.prepare_data()
+    dm.trainer = SimpleNamespace(is_global_zero=False, world_size=2)
+    dm.setup("fit")
+    assert dm.splits["train"] and not (tmp_path / "run").exists()
+
+
+def test_compile_keeps_parameter_names_so_checkpoints_stay_portable():
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    keys = list(net.state_dict())
+    compile_in_place(net)
+    assert list(net.state_dict()) == keys
+    assert net(torch.randn(1, 3, 8, 8)).shape == (1, 4, 6, 6)
