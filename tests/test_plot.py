@@ -11,15 +11,18 @@ from lightseg.plot import epoch_table, plot_curves
 # Lightning's layout: step rows, epoch rows, a resumed part that re-logs epoch 1, and the
 # evaluation of the best checkpoint after training (epoch 2, no training values).
 CSV = """epoch,lr-AdamW,step,train/loss_epoch,train/loss_step,val/dice,val/loss
+,0.001,0,,,,
 0,,0,,0.9,,
-0,0.001,1,0.8,,,
+0,,1,0.8,,,
 0,,1,,,0.40,0.7
+,0.0005,2,,,,
 1,,2,,0.7,,
 1,,3,,0.6,,
-1,0.0005,3,0.65,,,
+1,,3,0.65,,,
 1,,3,,,0.50,0.6
+,0.0004,2,,,,
 1,,3,,0.55,,
-1,0.0005,3,0.60,,,
+1,,3,0.60,,,
 1,,3,,,0.55,0.5
 2,,3,,,0.55,0.5
 """
@@ -37,7 +40,7 @@ def test_epoch_table_keeps_the_last_value_per_epoch(run):
     assert table.index.tolist() == [0, 1]
     assert table["val/dice"].tolist() == [0.40, 0.55]
     assert table["train/loss_epoch"].tolist() == [0.8, 0.60]
-    assert table["lr-AdamW"].tolist() == [0.001, 0.0005]
+    assert table["lr-AdamW"].tolist() == [0.001, 0.0004]  # logged without an epoch
 
 
 def test_plot_writes_a_png_with_one_panel_per_kind(run):

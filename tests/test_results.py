@@ -44,37 +44,18 @@ def fake_run(folder: Path, overrides: list[str], metrics: dict | None, status: s
 
 def test_table_rows_are_configurations_with_mean_std_best_in_bold_and_failures_listed(tmp_path):
     sweep = tmp_path / "sweep"
-    fake_run(
-        sweep / "0",
-        ["experiment=demo", "model.arch=FPN", "seed=0"],
-        {"test/dice": 0.80, "val/loss": 0.30},
-    )
-    fake_run(
-        sweep / "1",
-        ["experiment=demo", "model.arch=FPN", "seed=1"],
-        {"test/dice": 0.90, "val/loss": 0.20},
-    )
-    fake_run(
-        sweep / "2",
-        ["experiment=demo", "model.arch=Unet", "seed=0"],
-        {"test/dice": 0.70, "val/loss": 0.10},
-    )
-    fake_run(
-        sweep / "3",
-        ["experiment=demo", "model.arch=Unet", "seed=1"],
-        {"test/dice": 0.74, "val/loss": 0.15},
-    )
-    fake_run(
-        sweep / "4",
-        ["experiment=demo", "model.arch=Unet", "seed=2"],
-        {"test/dice": 0.78, "val/loss": 0.20},
-    )
-    fake_run(
-        sweep / "5",
-        ["experiment=demo", "model.arch=Unet", "seed=3"],
-        None,
-        status="LightsegError: NaN",
-    )
+    runs = [  # arch, seed, test/dice, val/loss (None: the run failed)
+        ("FPN", 0, 0.80, 0.30),
+        ("FPN", 1, 0.90, 0.20),
+        ("Unet", 0, 0.70, 0.10),
+        ("Unet", 1, 0.74, 0.15),
+        ("Unet", 2, 0.78, 0.20),
+        ("Unet", 3, None, None),
+    ]
+    for number, (arch, seed, dice, loss) in enumerate(runs):
+        metrics = None if dice is None else {"test/dice": dice, "val/loss": loss}
+        overrides = ["experiment=demo", f"model.arch={arch}", f"seed={seed}"]
+        fake_run(sweep / str(number), overrides, metrics, status=None if metrics else "NaN")
     (sweep / "0" / "wandb" / "files").mkdir(parents=True)  # not a run: W&B's copy of a config
     (sweep / "0" / "wandb" / "files" / "config.yaml").write_text("a: 1\n")
 
@@ -87,7 +68,7 @@ def test_table_rows_are_configurations_with_mean_std_best_in_bold_and_failures_l
         "| model.arch=FPN | **0.850 ± 0.071** | 0.250 ± 0.071 | 2 |",
         "| model.arch=Unet | 0.740 ± 0.040 | **0.150 ± 0.050** | 3/4 |",
     ]
-    assert "- 5 (model.arch=Unet, seed=3): failed: LightsegError: NaN" in md.read_text()
+    assert "- 5 (model.arch=Unet, seed=3): failed: NaN" in md.read_text()
     lines = tex.read_text().splitlines()
     assert r"Configuration & test/dice & val/loss & Runs \\" in lines
     assert r"model.arch=FPN & \textbf{0.850 $\pm$ 0.071} & 0.250 $\pm$ 0.071 & 2 \\" in lines

@@ -67,19 +67,29 @@ def test_same_seed_gives_identical_metrics(reference, tmp_path, data_dir):
     assert all(torch.equal(final[k], final_again[k]) for k in final)
 
 
-def test_sigterm_mid_epoch_then_resume_matches_uninterrupted_run(reference, tmp_path, data_dir):
+@pytest.mark.parametrize(
+    ("epoch", "batch_idx", "saved_at"),
+    [
+        (1, 1, (1, 5)),  # mid-epoch: saved after 2 of epoch 1's 3 batches
+        (0, 2, (0, 3)),  # last batch: epoch 0 validates and ends first, then saves
+    ],
+)
+def test_sigterm_then_resume_matches_uninterrupted_run(
+    reference, tmp_path, data_dir, epoch, batch_idx, saved_at
+):
     reference_run, reference_metrics = reference
     run = tmp_path / "run"
     kill = (
         "+callbacks.kill._target_=tests.runs.SignalAt",
-        "+callbacks.kill.epoch=1",
-        "+callbacks.kill.batch_idx=1",
+        f"+callbacks.kill.epoch={epoch}",
+        f"+callbacks.kill.batch_idx={batch_idx}",
     )
-    with pytest.raises(TrainingInterrupted, match="SIGTERM in epoch 1 at global step 5") as stop:
+    message = f"SIGTERM in epoch {saved_at[0]} at global step {saved_at[1]}"
+    with pytest.raises(TrainingInterrupted, match=message) as stop:
         train(short_run(tmp_path, data_dir, *kill))
     assert stop.value.exit_code == 128 + signal.SIGTERM
     saved = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
-    assert (saved["epoch"], saved["global_step"]) == (1, 5)  # mid-epoch: 2 of 3 batches done
+    assert (saved["epoch"], saved["global_step"]) == saved_at
     assert not (run / "metrics.json").exists()
     assert json.loads((run / "run_info.json").read_text())["status"] == "interrupted"
 

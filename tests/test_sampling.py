@@ -46,13 +46,25 @@ def test_epoch_order_depends_only_on_seed_and_epoch():
     sampler.set_epoch(0)
     assert [i for i, _ in sampler] == first
     assert [i for i, _ in EpochSampler(10, seed=4)] != first
+    sampler.set_epoch(1)
+    assert [i for i, _ in sampler] == second
+
+
+def test_without_set_epoch_each_pass_is_the_next_epoch():
+    sampler, reference = EpochSampler(10, seed=3), EpochSampler(10, seed=3)
+    passes = [list(sampler) for _ in range(3)]
+    for epoch, order in enumerate(passes):
+        reference.set_epoch(epoch)
+        assert order == list(reference)
 
 
 def test_skip_next_starts_one_pass_later_in_the_same_order():
     sampler = EpochSampler(10, seed=3)
     full = list(sampler)
+    sampler.set_epoch(0)  # as Lightning does before every epoch
     sampler.skip_next(4)
     assert list(sampler) == full[4:]
+    sampler.set_epoch(0)
     assert list(sampler) == full  # only the next pass is shortened
 
 

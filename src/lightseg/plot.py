@@ -29,6 +29,8 @@ def epoch_table(csv_path: Path) -> pd.DataFrame:
     frame = pd.read_csv(csv_path)
     if "epoch" not in frame:
         raise LightsegError(f"'{csv_path}' has no epoch column; is it a Lightning CSV log?")
+    # LearningRateMonitor's rows carry no epoch: they belong to the epoch that follows them.
+    frame["epoch"] = frame["epoch"].bfill().ffill()
     frame = frame.dropna(subset=["epoch"]).astype({"epoch": int})
     columns = [c for c in frame.columns if c not in ("epoch", "step")]
     table = frame.groupby("epoch")[columns].last().dropna(axis=1, how="all")
@@ -44,6 +46,7 @@ def plot_curves(run: Path, out: Path | None = None) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     csv_path = Path(run) / METRICS_CSV
     if not csv_path.is_file():
@@ -69,6 +72,7 @@ def plot_curves(run: Path, out: Path | None = None) -> Path:
             axis.plot(series.index, series.values, marker="o", markersize=3, label=column)
         axis.set_title(title)
         axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
     figure.suptitle(str(run), fontsize=8)

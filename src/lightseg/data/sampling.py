@@ -25,15 +25,16 @@ def mixed_seed(*parts: int) -> int:
 class EpochSampler(Sampler):
     """Shuffles ``size`` indices anew each epoch; yields ``(index, augmentation seed)`` pairs.
 
-    Lightning calls :meth:`set_epoch` before every epoch (also through its DDP sampler wrapper).
+    Lightning calls :meth:`set_epoch` before every epoch (also through its DDP sampler wrapper);
+    a plain loop that never does still gets a new order on each pass.
     """
 
     def __init__(self, size: int, seed: int) -> None:
         self.size, self.seed, self.epoch = int(size), int(seed), 0
-        self._skip = 0
+        self._skip, self._epoch_given, self._passes = 0, False, 0
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        self.epoch, self._epoch_given = int(epoch), True
 
     def skip_next(self, count: int) -> None:
         """Start the next pass ``count`` positions into the epoch's order."""
@@ -43,6 +44,9 @@ class EpochSampler(Sampler):
         return self.size
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self._passes and not self._epoch_given:
+            self.epoch += 1
+        self._passes, self._epoch_given = self._passes + 1, False
         generator = torch.Generator().manual_seed(mixed_seed(self.seed, self.epoch))
         order = torch.randperm(self.size, generator=generator).tolist()
         start, self._skip = self._skip, 0

@@ -66,6 +66,9 @@ class FallbackWandbLogger(WandbLogger):
                 self.save_dir,
                 self.save_dir,
             )
+            import wandb
+
+            wandb.teardown()  # the failed start keeps the run id taken in W&B's service
             self._wandb_init["mode"] = "offline"
             self._experiment = None
             return WandbLogger.experiment.fget(self)
