@@ -35,6 +35,15 @@ SHORT_RUN = (
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def restore_determinism():
+    """trainer.deterministic=true switches torch to deterministic kernels for the process."""
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    yield
+    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
 def short_run(folder: Path, data_dir: Path, *overrides: str):
     return make_config(folder, *SHORT_RUN, *overrides, data_dir=data_dir)
 
