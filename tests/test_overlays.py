@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lightseg.callbacks.overlays import GAP, class_colors, overlay, overlay_grid, to_uint8_images
+from lightseg.visualize import GAP, class_colors, overlay, overlay_grid, to_uint8_images
 
 
 def test_class_colours_spread_index_bits_over_rgb():

@@ -47,7 +47,22 @@ def build_module(cfg: DictConfig, classes: tuple[str, ...]) -> SegmentationModul
         scheduler=plain(cfg.get("scheduler")) or None,
         classes=list(classes),
         normalization={"mean": list(cfg.data.mean), "std": list(cfg.data.std)},
+        inference=inference_defaults(cfg.data),
     )
+
+
+def inference_defaults(data: DictConfig) -> dict[str, Any]:
+    """How eval/predict should feed images to this model, stored in its checkpoints.
+
+    Pipelines that resize for evaluation (PH2, MADS, demo) get ``whole``-image inference at the
+    training size; those that keep native resolution and pad (VOC, COCO) get ``slide``.
+    """
+    eval_transforms = plain(data.get("transforms", {})).get("eval") or []
+    resizes = any(
+        str(t.get("_target_", "")).rsplit(".", 1)[-1] == "Resize" for t in eval_transforms
+    )
+    size = [int(side) for side in data.image_size]
+    return {"image_size": size, "mode": "whole" if resizes else "slide"}
 
 
 def instantiate_group(group: DictConfig | None) -> list[Any]:

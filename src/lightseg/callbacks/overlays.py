@@ -14,96 +14,10 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from lightseg.task import IGNORE_INDEX
-
-GAP = 2  # white pixels between panels
-
-
-def class_colors() -> np.ndarray:
-    """RGB colour per mask value 0..255 (255 = ignore): class index bits spread over RGB.
-
-    Each class index's bits are dealt out over the high bits of R, G and B, so neighbouring
-    indices get clearly different colours; index 0 (background) is black.
-    """
-    colors = np.zeros((256, 3), np.uint8)
-    for index in range(256):
-        value, rgb = index, [0, 0, 0]
-        for shift in range(7, -1, -1):
-            for channel in range(3):
-                rgb[channel] |= ((value >> channel) & 1) << shift
-            value >>= 3
-        colors[index] = rgb
-    return colors
-
-
-def overlay(image: np.ndarray, mask: np.ndarray, colors: np.ndarray, alpha: float) -> np.ndarray:
-    """Blend class colours into ``image`` (uint8 HxWx3) wherever ``mask`` is not background."""
-    out = image.astype(np.float32)
-    shown = mask != 0
-    out[shown] = (1 - alpha) * out[shown] + alpha * colors[mask[shown]].astype(np.float32)
-    return np.round(out).astype(np.uint8)
-
-
-def overlay_grid(
-    images: np.ndarray,
-    truths: np.ndarray,
-    predictions: np.ndarray,
-    classes: Sequence[str],
-    alpha: float = 0.5,
-) -> np.ndarray:
-    """One row per sample: image | truth overlay | prediction overlay; a legend underneath."""
-    colors = class_colors()
-    rows = []
-    for image, truth, prediction in zip(images, truths, predictions, strict=True):
-        panels = [
-            image,
-            overlay(image, truth, colors, alpha),
-            overlay(image, prediction, colors, alpha),
-        ]
-        rows.append(_join(panels, axis=1))
-    grid = _join(rows, axis=0)
-    return _with_legend(grid, classes, colors)
-
-
-def _join(parts: list[np.ndarray], axis: int) -> np.ndarray:
-    shape = list(parts[0].shape)
-    shape[axis] = GAP
-    gap = np.full(shape, 255, np.uint8)
-    joined = [parts[0]]
-    for part in parts[1:]:
-        joined += [gap, part]
-    return np.concatenate(joined, axis=axis)
-
-
-def _with_legend(grid: np.ndarray, classes: Sequence[str], colors: np.ndarray) -> np.ndarray:
-    line = 14
-    entries = [(name, colors[i]) for i, name in enumerate(classes) if i != 0]
-    entries.append(("ignore", colors[IGNORE_INDEX]))
-    header = "columns: image | truth | prediction"
-    canvas = Image.new(
-        "RGB", (grid.shape[1], grid.shape[0] + line * (len(entries) + 1) + 4), "white"
-    )
-    canvas.paste(Image.fromarray(grid), (0, 0))
-    draw = ImageDraw.Draw(canvas)
-    top = grid.shape[0] + 2
-    draw.text((2, top), header, fill="black")
-    for row, (name, color) in enumerate(entries, start=1):
-        y = top + row * line
-        draw.rectangle((2, y + 2, 11, y + 11), fill=tuple(int(c) for c in color))
-        draw.text((16, y), name, fill="black")
-    return np.asarray(canvas)
-
-
-def to_uint8_images(
-    images: torch.Tensor, mean: Sequence[float], std: Sequence[float]
-) -> np.ndarray:
-    """Undo the normalisation of [N, 3, H, W] batches: uint8 [N, H, W, 3] for display."""
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    pixels = (images.float().cpu() * std_t + mean_t).clamp(0, 1) * 255
-    return pixels.round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+from lightseg.visualize import overlay_grid, to_uint8_images
 
 
 class PredictionOverlays(Callback):

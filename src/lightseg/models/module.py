@@ -27,7 +27,8 @@ class SegmentationModule(L.LightningModule):
     """Wraps a network built from ``model`` config; all arguments are plain config dicts.
 
     Storing only plain dicts as hyperparameters keeps checkpoints self-describing (architecture,
-    encoder, classes, normalisation) and loadable with ``torch.load(weights_only=True)``.
+    encoder, classes, normalisation, and in ``inference`` the training input size and how
+    evaluation fed images to the network) and loadable with ``torch.load(weights_only=True)``.
     """
 
     def __init__(
@@ -38,6 +39,7 @@ class SegmentationModule(L.LightningModule):
         classes: Sequence[str],
         scheduler: Mapping[str, Any] | None = None,
         normalization: Mapping[str, Sequence[float]] | None = None,
+        inference: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)  # train() logs the whole resolved config
