@@ -115,7 +115,9 @@ class Segmenter:
         if self.stride is None:
             self.stride = tuple(max(1, math.ceil(side * 2 / 3)) for side in self.image_size)
         self.stride = (int(self.stride[0]), int(self.stride[1]))
-        if min(self.stride) < 1 or any(s > w for s, w in zip(self.stride, self.image_size)):
+        if min(self.stride) < 1 or any(
+            s > w for s, w in zip(self.stride, self.image_size, strict=True)
+        ):
             raise LightsegError(
                 f"inference.stride={list(self.stride)} must be between 1 and the window "
                 f"{list(self.image_size)}, or windows would skip pixels."
@@ -200,7 +202,7 @@ class Segmenter:
             for first in range(0, len(boxes), self.window_batch):
                 chunk = boxes[first : first + self.window_batch]
                 crops = torch.cat(
-                    [image[..., t : t + window_h, l : l + window_w] for t, l in chunk]
+                    [image[..., t : t + window_h, x : x + window_w] for t, x in chunk]
                 )
                 for (top, left), logits in zip(chunk, self._forward(crops), strict=True):
                     total[image_index, :, top : top + window_h, left : left + window_w] += logits
