@@ -115,3 +115,39 @@ def data_dir(tmp_path_factory) -> Path:
     for folder, write in DATASET_FIXTURES.items():
         write(root / folder)
     return root
+
+
+# --- A trained checkpoint, for the after-training tools --------------------------------------
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> Path:
+    """A finished two-epoch demo run at 64x64: ``<run>/config.yaml``, ``checkpoints/best.ckpt``."""
+    from lightseg.train import train
+
+    root = tmp_path_factory.mktemp("demo_run")
+    cfg = make_config(
+        root,
+        "experiment=demo",
+        "trainer.accelerator=cpu",
+        "trainer.max_epochs=2",
+        "logger=none",
+        "callbacks.progress_bar=null",
+        "callbacks.model_summary=null",
+        "data.num_workers=0",
+        "data.image_size=[64,64]",
+        "data.source.num_cases=16",
+        data_dir=root / "data",
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(cfg)
+    finally:
+        torch.set_num_threads(threads)
+    return root / "run"
+
+
+@pytest.fixture(scope="session")
+def demo_checkpoint(demo_run: Path) -> Path:
+    return demo_run / "checkpoints" / "best.ckpt"
