@@ -10,12 +10,15 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 EXP  ?= demo
 ARGS ?=
 CKPT ?=
+INPUT ?=
+OUTPUT ?=
+FORMAT ?= onnx
 DATASET ?=
 RUN  ?=
 RUNS ?=
 METRICS ?= test/dice,test/iou
 
-.PHONY: help install train eval data plot table test test-all lint format bench clean
+.PHONY: help install train eval predict export data plot table test test-all lint format bench clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -38,9 +41,17 @@ train: $(STAMP) ## Train: make train [EXP=ph2_unet] [ARGS="model.arch=FPN traine
 	  echo "Unknown experiment '$(EXP)'. Choose one of: $$(ls configs/experiment | sed 's/\.yaml//' | tr '\n' ' ')"; exit 2; }
 	$(PY) -m lightseg.train experiment=$(EXP) $(ARGS)
 
-eval: $(STAMP) ## Evaluate a checkpoint on the test split: make eval CKPT=path [ARGS=...]
+eval: $(STAMP) ## Evaluate a checkpoint: make eval CKPT=path [EXP=name] [ARGS="split=val inference.flip=true"]
 	@test -n "$(CKPT)" || { echo "Set CKPT=path/to/best.ckpt (runs write logs/<name>/runs/<time>/checkpoints/best.ckpt)"; exit 2; }
-	$(PY) -m lightseg.eval ckpt_path=$(CKPT) $(ARGS)
+	$(PY) -m lightseg.eval ckpt_path=$(CKPT) $(if $(filter command line environment,$(origin EXP)),experiment=$(EXP)) $(ARGS)
+
+predict: $(STAMP) ## Segment images: make predict CKPT=path INPUT=folder_or_image OUTPUT=folder [ARGS="effect=color-splash"]
+	@test -n "$(CKPT)" -a -n "$(INPUT)" -a -n "$(OUTPUT)" || { echo "Set CKPT=path/to/best.ckpt INPUT=<image or folder> OUTPUT=<folder>"; exit 2; }
+	$(PY) -m lightseg.predict ckpt_path=$(CKPT) input=$(INPUT) output=$(OUTPUT) $(ARGS)
+
+export: $(STAMP) ## Export a checkpoint and check it against PyTorch: make export CKPT=path [FORMAT=onnx|torchscript]
+	@test -n "$(CKPT)" || { echo "Set CKPT=path/to/best.ckpt"; exit 2; }
+	$(PY) -m lightseg.export ckpt_path=$(CKPT) format=$(FORMAT) $(ARGS)
 
 data: $(STAMP) ## Download (VOC, COCO) or check (PH2, MADS) a dataset: make data DATASET=voc [ARGS=...]
 	@test -n "$(DATASET)" || { echo "Set DATASET=voc, coco, mads or ph2 (see README, Datasets)"; exit 2; }

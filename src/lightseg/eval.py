@@ -16,6 +16,7 @@ import csv
 import heapq
 import json
 import logging
+import math
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -118,7 +119,14 @@ def run_folder(ckpt: Path) -> Path | None:
 
 
 def data_config(cfg: DictConfig, from_run: bool) -> DictConfig:
-    """The ``data`` config: the run's own (same dataset, same split) or the composed one."""
+    """The ``data`` config: the run's own (same dataset, same split) or the composed one.
+
+    Evaluation reads the split lists but writes none (``split_dir``: the training run's job).
+    """
+    return OmegaConf.merge(_data_config(cfg, from_run), {"split_dir": None})
+
+
+def _data_config(cfg: DictConfig, from_run: bool) -> DictConfig:
     if not from_run:
         return cfg.data
     run = run_folder(Path(cfg.ckpt_path))
@@ -205,7 +213,7 @@ def evaluate(cfg: DictConfig, data_from_run: bool = False) -> dict[str, Any]:
         "examples_from": names[-1],
     }
     ranked = sorted(final.per_image)
-    count = int(cfg.get("num_examples", 4))
+    count = min(int(cfg.get("num_examples", 4)), math.ceil(len(ranked) / 2))
     report["worst"] = [{"id": i, "score": s} for s, i in ranked[:count]]
     best = heapq.nlargest(count, ranked[count:])  # never an image already among the worst
     report["best"] = [{"id": i, "score": s} for s, i in best]

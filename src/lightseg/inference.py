@@ -49,7 +49,7 @@ def read_checkpoint(path: str | Path) -> dict:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle, zip and unsafe-type errors all mean the same here
         raise LightsegError(
-            f"Cannot read checkpoint '{path}' ({type(error).__name__}: {str(error)[:200]}). "
+            f"Cannot read checkpoint '{path}' ({type(error).__name__}: {_first_sentence(error)}). "
             "It is damaged, still being written, or not a PyTorch checkpoint; use a best.ckpt or "
             "last.ckpt that a lightseg run wrote."
         ) from None
@@ -63,6 +63,10 @@ def read_checkpoint(path: str | Path) -> dict:
     if "state_dict" not in checkpoint:
         raise LightsegError(f"Checkpoint '{path}' holds no weights (no 'state_dict').")
     return checkpoint
+
+
+def _first_sentence(error: Exception) -> str:
+    return str(error).split(". ")[0].splitlines()[0][:200] if str(error) else ""
 
 
 def load_module(path: str | Path, device: str | torch.device = "cpu") -> SegmentationModule:

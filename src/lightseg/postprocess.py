@@ -64,7 +64,7 @@ def dense_crf(
     crf.addPairwiseBilateral(
         sxy=bilateral_sxy,
         srgb=bilateral_srgb,
-        rgbim=np.ascontiguousarray(image),
+        rgbim=np.require(image, np.uint8, ["C", "W"]),  # pydensecrf needs a writable buffer
         compat=bilateral_compat,
     )
     refined = crf.inference(int(iterations))

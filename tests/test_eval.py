@@ -1,0 +1,131 @@
+"""`make eval`: metrics at native resolution, side by side with TTA and CRF, and its files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from PIL import Image
+
+from lightseg import CONFIG_DIR
+from lightseg.errors import LightsegError
+from lightseg.eval import evaluate, image_score, main
+from lightseg.inference import Segmenter, load_module
+from lightseg.task import Task
+
+
+def eval_config(ckpt, tmp_path, *overrides):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("eval", [f"ckpt_path={ckpt}", f"output_dir={tmp_path / 'eval'}", *overrides])
+
+
+def confusion_by_hand(ckpt, split="test"):
+    """Predict every image of the run's split directly and count (true, predicted) pixels."""
+    run = ckpt.parent.parent
+    datamodule = instantiate(OmegaConf.load(run / "config.yaml").data, _convert_="all")
+    datamodule.setup()
+    segmenter = Segmenter(load_module(ckpt))
+    confusion = np.zeros((2, 2), np.int64)
+    for sample in datamodule.splits[split]:
+        image, mask = datamodule.source.read(sample)
+        prediction = segmenter(image).argmax(0)
+        confusion += np.bincount(mask.ravel() * 2 + prediction.ravel(), minlength=4).reshape(2, 2)
+    return confusion, len(datamodule.splits[split])
+
+
+def test_eval_numbers_equal_the_confusion_matrix(demo_checkpoint, tmp_path):
+    report = evaluate(eval_config(demo_checkpoint, tmp_path), data_from_run=True)
+    confusion, images = confusion_by_hand(demo_checkpoint)
+    hits = np.diag(confusion)
+    iou = hits / (confusion.sum(0) + confusion.sum(1) - hits)
+    dice = 2 * hits / (confusion.sum(0) + confusion.sum(1))
+    metrics = report["metrics"]["plain"]
+    assert report["images"] == images == 3
+    assert list(report["metrics"]) == ["plain"]
+    assert metrics["iou"] == pytest.approx(iou[1], abs=1e-6)  # binary: the foreground class
+    assert metrics["dice"] == pytest.approx(dice[1], abs=1e-6)
+    assert metrics["iou_background"] == pytest.approx(iou[0], abs=1e-6)
+    assert metrics["dice_background"] == pytest.approx(dice[0], abs=1e-6)
+    assert metrics["acc"] == pytest.approx(hits.sum() / confusion.sum(), abs=1e-6)
+
+    folder = tmp_path / "eval"
+    assert json.loads((folder / "eval.json").read_text())["metrics"] == report["metrics"]
+    rows = list(csv.DictReader((folder / "per_class.csv").open()))
+    assert [r["class"] for r in rows] == ["background", "lesion"]
+    assert float(rows[1]["iou_plain"]) == pytest.approx(iou[1], abs=1e-5)
+    assert float(rows[0]["dice_plain"]) == pytest.approx(dice[0], abs=1e-5)
+    assert Image.open(folder / "confusion_matrix.png").size[0] > 100
+    examples = Image.open(folder / "examples.png")
+    assert examples.width == 3 * 256 + 2 * 2  # image | truth | prediction panels
+    worst, best = report["worst"], report["best"]
+    assert len(worst) + len(best) == 3  # 3 test images: none appears twice
+    assert max(w["score"] for w in worst) <= min(b["score"] for b in best)
+
+
+def test_tta_is_reported_next_to_plain_inference(demo_checkpoint, tmp_path):
+    plain = evaluate(eval_config(demo_checkpoint, tmp_path / "a"), data_from_run=True)
+    both = evaluate(
+        eval_config(demo_checkpoint, tmp_path / "b", "inference.flip=true"), data_from_run=True
+    )
+    assert list(both["metrics"]) == ["plain", "tta"]
+    assert both["metrics"]["plain"] == plain["metrics"]["plain"]
+    assert both["metrics"]["tta"]["dice"] != plain["metrics"]["plain"]["dice"]
+    assert both["inference"]["flip"] is True
+
+
+def test_crf_is_reported_next_to_the_network_output(demo_checkpoint, tmp_path):
+    pytest.importorskip("pydensecrf.densecrf")
+    report = evaluate(
+        eval_config(demo_checkpoint, tmp_path, "postprocess=crf", "postprocess.iterations=2"),
+        data_from_run=True,
+    )
+    assert list(report["metrics"]) == ["plain", "plain+crf"]
+    assert report["postprocess"]["iterations"] == 2
+    assert 0 <= report["metrics"]["plain+crf"]["iou"] <= 1
+
+
+def test_command_line_reads_the_run_config_and_takes_data_split(
+    demo_checkpoint, monkeypatch, capsys
+):
+    monkeypatch.setattr(
+        sys, "argv", ["lightseg.eval", f"ckpt_path={demo_checkpoint}", "data.split=val"]
+    )
+    try:
+        main()
+    finally:
+        GlobalHydra.instance().clear()
+    folders = sorted((demo_checkpoint.parent.parent / "eval").glob("val_*"))
+    report = json.loads((folders[-1] / "eval.json").read_text())
+    assert report["split"] == "val" and report["images"] == 3
+    assert "dice_lesion" in capsys.readouterr().out
+
+
+def test_data_of_another_task_is_refused(demo_checkpoint, tmp_path, data_dir):
+    cfg = eval_config(
+        demo_checkpoint, tmp_path, "experiment=voc_unet", f"paths.data_dir={data_dir}"
+    )
+    with pytest.raises(LightsegError, match="predicts classes"):
+        evaluate(cfg, data_from_run=False)
+
+
+def test_without_a_run_config_the_dataset_must_be_named(demo_checkpoint, tmp_path):
+    lone = tmp_path / "lone.ckpt"
+    lone.write_bytes(demo_checkpoint.read_bytes())
+    with pytest.raises(LightsegError, match="EXP=<experiment>"):
+        evaluate(eval_config(lone, tmp_path), data_from_run=True)
+
+
+def test_image_scores_by_hand():
+    binary, multi = Task(("bg", "fg")), Task(("bg", "a", "b"))
+    truth = np.array([[0, 1, 1, 255]])
+    assert image_score(np.array([[0, 1, 0, 1]]), truth, binary) == pytest.approx(2 / 3)
+    assert image_score(np.zeros((1, 4), int), np.zeros((1, 4), int), binary) == 1.0
+    # classes 0 and 1 present; IoU(0) = 1/2, IoU(1) = 1/2, class 2 absent everywhere
+    assert image_score(np.array([[0, 0, 1, 2]]), truth, multi) == pytest.approx(0.5)

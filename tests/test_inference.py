@@ -1,0 +1,114 @@
+"""Rebuilding models from checkpoints, and whole-image, sliding-window and TTA inference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lightseg.errors import LightsegError
+from lightseg.inference import Segmenter, build_segmenter, load_module, read_checkpoint
+from lightseg.models import SegmentationModule
+from lightseg.train import inference_defaults
+from tests.conftest import make_config
+
+
+def pointwise_module(classes=("background", "a", "b"), kernel: int = 1) -> SegmentationModule:
+    """A module whose network is one convolution: pointwise (kernel 1) has no spatial context."""
+    module = SegmentationModule(
+        model={"arch": "Unet", "encoder_name": "resnet18", "encoder_weights": None},
+        loss={"ce": {"weight": 1.0}},
+        optimizer={"_target_": "torch.optim.SGD", "lr": 0.1},
+        classes=list(classes),
+        normalization={"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
+        inference={"image_size": [64, 64], "mode": "whole"},
+    )
+    torch.manual_seed(0)
+    module.net = nn.Conv2d(3, module.task.out_channels, kernel, padding=kernel // 2)
+    return module.eval()
+
+
+def random_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def test_checkpoint_alone_rebuilds_the_trained_model(demo_checkpoint):
+    checkpoint = torch.load(demo_checkpoint, map_location="cpu", weights_only=True)
+    module = load_module(demo_checkpoint)
+    assert module.task.classes == ("background", "lesion")
+    assert module.hparams.inference == {"image_size": [64, 64], "mode": "whole"}
+    assert module.hparams.model["arch"] == "Unet"
+    for name, value in module.state_dict().items():
+        if name in checkpoint["state_dict"]:
+            assert torch.equal(value, checkpoint["state_dict"][name]), name
+    assert not module.training
+
+
+def test_missing_and_foreign_checkpoints_are_clear_errors(tmp_path):
+    with pytest.raises(LightsegError, match="does not exist"):
+        read_checkpoint(tmp_path / "nope.ckpt")
+    (tmp_path / "text.ckpt").write_text("not a checkpoint")
+    with pytest.raises(LightsegError, match="Cannot read checkpoint"):
+        read_checkpoint(tmp_path / "text.ckpt")
+    torch.save({"state_dict": {}, "hyper_parameters": {"lr": 0.1}}, tmp_path / "other.ckpt")
+    with pytest.raises(LightsegError, match="not a lightseg checkpoint"):
+        read_checkpoint(tmp_path / "other.ckpt")
+
+
+def test_inference_defaults_follow_the_eval_pipeline(tmp_path):
+    resize = make_config(tmp_path, "experiment=ph2_unet")
+    pad = make_config(tmp_path, "experiment=voc_deeplabv3plus")
+    assert inference_defaults(resize.data) == {"image_size": [256, 256], "mode": "whole"}
+    assert inference_defaults(pad.data)["mode"] == "slide"
+
+
+def test_slide_equals_whole_when_the_window_covers_the_image(demo_checkpoint):
+    module = load_module(demo_checkpoint)
+    image = random_image(64, 64)
+    whole = Segmenter(module, mode="whole")(image)
+    slide = Segmenter(module, mode="slide")(image)
+    assert whole.shape == (2, 64, 64)
+    np.testing.assert_array_equal(whole, slide)
+
+
+def test_overlapping_windows_average_to_the_full_image_output():
+    module = pointwise_module()
+    image = random_image(100, 150)
+    slide = Segmenter(module, image_size=(64, 64), mode="slide", stride=(32, 48))(image)
+    full = module.task.probabilities(module.net(Segmenter(module).normalize(image)))[0]
+    assert slide.shape == (3, 100, 150)
+    np.testing.assert_allclose(slide, full.detach().numpy(), atol=1e-6)
+    small = Segmenter(module, image_size=(64, 64), mode="slide")(random_image(40, 50))
+    assert small.shape == (3, 40, 50)  # smaller than a window: padded, then cropped back
+
+
+def test_flip_tta_of_a_flip_equivariant_model_changes_nothing():
+    equivariant = pointwise_module()
+    image = random_image(64, 64)
+    plain = Segmenter(equivariant)(image)
+    np.testing.assert_allclose(Segmenter(equivariant, flip=True)(image), plain, atol=1e-6)
+    one_sided = pointwise_module(kernel=3)  # a 3x3 kernel is not mirror-symmetric
+    assert not np.allclose(Segmenter(one_sided, flip=True)(image), Segmenter(one_sided)(image))
+
+
+def test_multi_scale_tta_averages_the_probabilities_of_each_scale():
+    module = pointwise_module(kernel=3)
+    image = random_image(70, 90)
+    both = Segmenter(module, scales=(0.5, 1.0))(image)
+    half, one = Segmenter(module, scales=(0.5,))(image), Segmenter(module)(image)
+    np.testing.assert_allclose(both, (half + one) / 2, atol=1e-6)
+    np.testing.assert_allclose(both.sum(0), 1.0, atol=1e-5)
+
+
+def test_bad_inference_options_are_named():
+    module = pointwise_module()
+    with pytest.raises(LightsegError, match="inference.mode"):
+        Segmenter(module, mode="tiles")
+    with pytest.raises(LightsegError, match="multiples of 32"):
+        Segmenter(module, image_size=(50, 64))
+    with pytest.raises(LightsegError, match="inference.stride"):
+        Segmenter(module, mode="slide", stride=(100, 10))
+    with pytest.raises(LightsegError, match="Unknown inference option"):
+        build_segmenter(module, {"mode": "auto", "flipp": True})
+    assert build_segmenter(module, {"mode": "auto", "image_size": None}).mode == "whole"
