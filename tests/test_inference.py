@@ -103,11 +103,11 @@ def test_multi_scale_tta_averages_the_probabilities_of_each_scale():
 
 def test_bad_inference_options_are_named():
     module = pointwise_module()
-    with pytest.raises(LightsegError, match="inference.mode"):
+    with pytest.raises(LightsegError, match=r"inference\.mode"):
         Segmenter(module, mode="tiles")
     with pytest.raises(LightsegError, match="multiples of 32"):
         Segmenter(module, image_size=(50, 64))
-    with pytest.raises(LightsegError, match="inference.stride"):
+    with pytest.raises(LightsegError, match=r"inference\.stride"):
         Segmenter(module, mode="slide", stride=(100, 10))
     with pytest.raises(LightsegError, match="Unknown inference option"):
         build_segmenter(module, {"mode": "auto", "flipp": True})
