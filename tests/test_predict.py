@@ -90,6 +90,15 @@ def test_predict_refuses_bad_requests(demo_checkpoint, tmp_path):
     empty.mkdir()
     with pytest.raises(LightsegError, match="holds no images"):
         predict(predict_config(demo_checkpoint, empty, tmp_path / "out"))
+    nested = tmp_path / "nested" / "deeper"
+    nested.mkdir(parents=True)
+    Image.new("RGB", (33, 20)).save(nested / "x.png")
+    with pytest.raises(LightsegError, match="recursive=true"):
+        predict(predict_config(demo_checkpoint, nested.parent, tmp_path / "out"))
+    found = predict(
+        predict_config(demo_checkpoint, nested.parent, tmp_path / "o", "recursive=true")
+    )
+    assert found.images == 1
     with pytest.raises(LightsegError, match="Unknown effect 'blur'"):
         predict(predict_config(demo_checkpoint, empty, tmp_path / "out", "effect=blur"))
     with pytest.raises(LightsegError, match="does not exist"):

@@ -1,4 +1,5 @@
-"""Throughput benchmark: lightseg's Trainer path against a plain PyTorch loop, and the loaders.
+"""Throughput benchmark: lightseg's Trainer path against a plain PyTorch loop, the loaders,
+and inference with and without test-time augmentation.
 
     make bench                                   # small CPU defaults, a few minutes
     make bench ARGS="--repeats 7 model.arch=FPN data.image_size=[256,256]"
@@ -34,6 +35,7 @@ from torch.utils.data import DataLoader
 from lightseg import CONFIG_DIR
 from lightseg.data.base import SegmentationDataModule
 from lightseg.errors import LightsegError, user_errors
+from lightseg.inference import Segmenter
 from lightseg.train import build_module, build_trainer
 from lightseg.utils.console import console
 
@@ -195,6 +197,48 @@ def loader_rows(cfg: DictConfig, args: argparse.Namespace) -> list[dict[str, Any
     return rows
 
 
+#: Test-time augmentation settings timed by ``inference_rows``.
+TTA_VARIANTS = {
+    "no TTA": {},
+    "flip": {"flip": True},
+    "flip x 3 scales": {"flip": True, "scales": (0.75, 1.0, 1.25)},
+}
+
+
+def inference_rows(cfg: DictConfig, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Images/s of ``Segmenter`` (whole-image inference, as eval and predict run it) on the
+    validation images at their own size, without and with test-time augmentation."""
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.prepare_data()
+    datamodule.setup("validate")
+    dataset = datamodule.dataset("val")
+    images = [dataset.read(i)[0] for i in range(min(len(dataset), args.inference_images))]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    module = build_module(cfg, datamodule.classes).eval().to(device)
+    rows = []
+    for name, options in TTA_VARIANTS.items():
+        segmenter = Segmenter(module, image_size=list(cfg.data.image_size), **options)
+        segmenter(images[0])  # warm-up
+        rates = []
+        for _ in range(args.repeats):
+            sync(device)
+            start = time.perf_counter()
+            for image in images:
+                segmenter(image)
+            sync(device)
+            rates.append(len(images) / (time.perf_counter() - start))
+        passes = len(segmenter.scales) * (2 if segmenter.flip else 1)
+        rows.append(
+            {
+                "inference": name,
+                "passes/image": passes,
+                "image size": "x".join(map(str, images[0].shape[1::-1])),
+                "images/s": statistics.median(rates),
+            }
+        )
+    return rows
+
+
 def machine() -> dict[str, Any]:
     info = {
         "cpu": platform.processor() or platform.machine(),
@@ -239,6 +283,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5, help="alternating runs of each path")
     parser.add_argument("--workers", default="0,2", help="loader workers to try, comma-separated")
     parser.add_argument("--loader-batches", type=int, default=8)
+    parser.add_argument("--inference-images", type=int, default=16, help="images per repeat")
     parser.add_argument("--datasets", default="demo,ph2", help="data configs to time loaders of")
     parser.add_argument("--output", default=None, help="folder for bench.json and bench.md")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the train config")
@@ -274,6 +319,8 @@ def bench(argv: list[str] | None = None) -> dict[str, Any]:
         results["training"] += training_rows(cfg, args)
     console.print("Data-loader throughput:")
     results["loaders"] = loader_rows(cfg, args)
+    console.print("Inference throughput (eval / predict path):")
+    results["inference"] = inference_rows(cfg, args)
     results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if gpu:
         results["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -285,10 +332,12 @@ def bench(argv: list[str] | None = None) -> dict[str, Any]:
     text.append(markdown("Training (images/s, median; goal: ratio <= 1.02)", results["training"]))
     if results["loaders"]:
         text.append(markdown("Data loading (images/s)", results["loaders"]))
+    text.append(markdown("Inference (images/s, median, batch 1)", results["inference"]))
     (args.output / "bench.md").write_text("\n".join(text))
     console.print(table("Training images/s (median)", results["training"]))
     if results["loaders"]:
         console.print(table("Data loading images/s", results["loaders"]))
+    console.print(table("Inference images/s (median)", results["inference"]))
     console.print(f"{info}\nWritten: {args.output / 'bench.md'}, {args.output / 'bench.json'}")
     return results
 

@@ -6,7 +6,7 @@
 For every image: ``<name>_mask.png`` (class indices in a palette PNG: viewers show colours,
 readers get indices), ``<name>_overlay.png``, with ``probabilities=true`` and a binary model
 ``<name>_prob.png``, and with ``effect=background|color-splash`` ``<name>_<effect>.png``.
-Images of any size are read upright (EXIF orientation applied); files that cannot be read are
+``recursive=true`` also reads subfolders. Images of any size are read upright (EXIF orientation applied); files that cannot be read are
 skipped, counted and listed at the end.
 """
 
@@ -42,17 +42,18 @@ class PredictionSummary:
     images: int = 0
 
 
-def input_images(path: Path) -> list[Path]:
-    """The image files ``path`` names: itself, or the images directly inside the folder."""
+def input_images(path: Path, recursive: bool = False) -> list[Path]:
+    """The image files ``path`` names: itself, or the images in the folder (and subfolders)."""
     if path.is_file():
         return [path]
     if not path.is_dir():
         raise LightsegError(f"input='{path}' does not exist: give an image file or a folder.")
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    candidates = path.rglob("*") if recursive else path.iterdir()
+    files = sorted(p for p in candidates if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
+        where = "or its subfolders" if recursive else "(add recursive=true for subfolders)"
         raise LightsegError(
-            f"input folder '{path}' holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); "
-            "subfolders are not searched."
+            f"input folder '{path}' {where} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})."
         )
     return files
 
@@ -75,7 +76,7 @@ def predict(cfg: DictConfig) -> PredictionSummary:
     if effect is not None and effect not in EFFECTS:
         raise LightsegError(f"Unknown effect '{effect}'. Available: {', '.join(EFFECTS)}.")
     module = load_module(cfg.ckpt_path, resolve_device(str(cfg.get("device", "auto"))))
-    files = input_images(Path(cfg.input))
+    files = input_images(Path(cfg.input), bool(cfg.get("recursive", False)))
     segmenter = build_segmenter(module, plain(cfg.get("inference")))
     crf = instantiate(cfg.postprocess) if cfg.get("postprocess") else None
     task = module.task
