@@ -43,15 +43,15 @@ train: $(STAMP) ## Train: make train [EXP=ph2_unet] [ARGS="model.arch=FPN traine
 
 eval: $(STAMP) ## Evaluate a checkpoint: make eval CKPT=path [EXP=name] [ARGS="split=val inference.flip=true"]
 	@test -n "$(CKPT)" || { echo "Set CKPT=path/to/best.ckpt (runs write logs/<name>/runs/<time>/checkpoints/best.ckpt)"; exit 2; }
-	$(PY) -m lightseg.eval ckpt_path=$(CKPT) $(if $(filter command line environment,$(origin EXP)),experiment=$(EXP)) $(ARGS)
+	$(PY) -m lightseg.eval "ckpt_path=$(CKPT)" $(if $(filter command line environment,$(origin EXP)),experiment=$(EXP)) $(ARGS)
 
 predict: $(STAMP) ## Segment images: make predict CKPT=path INPUT=folder_or_image OUTPUT=folder [ARGS="effect=color-splash"]
 	@test -n "$(CKPT)" -a -n "$(INPUT)" -a -n "$(OUTPUT)" || { echo "Set CKPT=path/to/best.ckpt INPUT=<image or folder> OUTPUT=<folder>"; exit 2; }
-	$(PY) -m lightseg.predict ckpt_path=$(CKPT) input=$(INPUT) output=$(OUTPUT) $(ARGS)
+	$(PY) -m lightseg.predict "ckpt_path=$(CKPT)" "input=$(INPUT)" "output=$(OUTPUT)" $(ARGS)
 
 export: $(STAMP) ## Export a checkpoint and check it against PyTorch: make export CKPT=path [FORMAT=onnx|torchscript]
 	@test -n "$(CKPT)" || { echo "Set CKPT=path/to/best.ckpt"; exit 2; }
-	$(PY) -m lightseg.export ckpt_path=$(CKPT) format=$(FORMAT) $(ARGS)
+	$(PY) -m lightseg.export "ckpt_path=$(CKPT)" format=$(FORMAT) $(ARGS)
 
 data: $(STAMP) ## Download (VOC, COCO) or check (PH2, MADS) a dataset: make data DATASET=voc [ARGS=...]
 	@test -n "$(DATASET)" || { echo "Set DATASET=voc, coco, mads or ph2 (see README, Datasets)"; exit 2; }

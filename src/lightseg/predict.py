@@ -6,8 +6,8 @@
 For every image: ``<name>_mask.png`` (class indices in a palette PNG: viewers show colours,
 readers get indices), ``<name>_overlay.png``, with ``probabilities=true`` and a binary model
 ``<name>_prob.png``, and with ``effect=background|color-splash`` ``<name>_<effect>.png``.
-``recursive=true`` also reads subfolders. Images of any size are read upright (EXIF orientation applied); files that cannot be read are
-skipped, counted and listed at the end.
+``recursive=true`` also reads subfolders. Images of any size are read upright (EXIF orientation
+applied); files that cannot be read are skipped, counted and listed at the end.
 """
 
 from __future__ import annotations
