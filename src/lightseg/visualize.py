@@ -129,18 +129,20 @@ def letterbox(image: np.ndarray, size: int, fill: int = 0) -> np.ndarray:
 
 
 def confusion_figure(confusion: np.ndarray, classes: Sequence[str], title: str):
-    """Row-normalised confusion matrix (rows: true class, sums to 1) as a matplotlib figure."""
-    import matplotlib
+    """Row-normalised confusion matrix (rows: true class, sums to 1) as a matplotlib figure.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    A plain ``Figure``, not pyplot's: it needs no display, leaves the caller's backend alone
+    (a notebook's inline plots keep working) and is freed like any object.
+    """
+    from matplotlib.figure import Figure
 
     counts = np.asarray(confusion, dtype=np.float64)
     rows = counts.sum(axis=1, keepdims=True)
     normalised = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
     n = len(classes)
     side = min(16, 2.5 + 0.45 * n)
-    figure, axes = plt.subplots(figsize=(side, side * 0.9))
+    figure = Figure(figsize=(side, side * 0.9))
+    axes = figure.subplots()
     shown = axes.imshow(normalised, vmin=0, vmax=1, cmap="Blues")
     figure.colorbar(shown, ax=axes, fraction=0.046, pad=0.04)
     axes.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true", title=title)
