@@ -72,12 +72,12 @@ test-all: $(STAMP) ## Run every test, slow and GPU ones included
 	$(PY) -m pytest -q
 
 lint: $(STAMP) ## ruff check and format check
-	$(VENV)/bin/ruff check src tests
-	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/ruff check src tests notebooks
+	$(VENV)/bin/ruff format --check src tests notebooks
 
 format: $(STAMP) ## Apply ruff fixes and formatting
-	$(VENV)/bin/ruff check --fix src tests
-	$(VENV)/bin/ruff format src tests
+	$(VENV)/bin/ruff check --fix src tests notebooks
+	$(VENV)/bin/ruff format src tests notebooks
 
 bench: $(STAMP) ## Throughput: lightseg vs a plain PyTorch loop, and data loaders (bench.md)
 	$(PY) -m lightseg.bench --output logs/bench/latest $(ARGS)
