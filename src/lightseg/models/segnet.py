@@ -27,6 +27,13 @@ def pool(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Size]:
 
 def unpool(x: torch.Tensor, indices: torch.Tensor, size: torch.Size) -> torch.Tensor:
     """Put each value back where ``pool`` found it, in a zero map of the pre-pooling ``size``."""
+    if torch.jit.is_tracing():
+        # max_unpool2d's size check rejects the tensor sizes tracing yields (torch 2.x); the
+        # same scatter into a flat map traces with sizes that follow the input (TorchScript).
+        n, c = x.shape[:2]
+        height, width = size
+        flat = x.new_zeros(n, c, height * width).scatter_(2, indices.flatten(2), x.flatten(2))
+        return flat.view(n, c, height, width)
     return F.max_unpool2d(x, indices, kernel_size=2, stride=2, output_size=size)
 
 
