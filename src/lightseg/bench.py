@@ -125,10 +125,9 @@ def plain_run(
                 return steps * loader.batch_size / (time.perf_counter() - start)
 
 
-def training_rows(cfg: DictConfig, args: argparse.Namespace) -> list[dict[str, Any]]:
-    datamodule = instantiate(cfg.data, _convert_="all")
-    datamodule.prepare_data()
-    datamodule.setup("fit")
+def training_rows(
+    cfg: DictConfig, datamodule: SegmentationDataModule, args: argparse.Namespace
+) -> list[dict[str, Any]]:
     runs: dict[str, list[float]] = {"plain": [], "lightseg": []}
     for repeat in range(args.repeats):
         order = ("plain", "lightseg") if repeat % 2 == 0 else ("lightseg", "plain")
@@ -205,12 +204,11 @@ TTA_VARIANTS = {
 }
 
 
-def inference_rows(cfg: DictConfig, args: argparse.Namespace) -> list[dict[str, Any]]:
+def inference_rows(
+    cfg: DictConfig, datamodule: SegmentationDataModule, args: argparse.Namespace
+) -> list[dict[str, Any]]:
     """Images/s of ``Segmenter`` (whole-image inference, as eval and predict run it) on the
     validation images at their own size, without and with test-time augmentation."""
-    datamodule = instantiate(cfg.data, _convert_="all")
-    datamodule.prepare_data()
-    datamodule.setup("validate")
     dataset = datamodule.dataset("val")
     images = [dataset.read(i)[0] for i in range(min(len(dataset), args.inference_images))]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -312,15 +310,20 @@ def bench(argv: list[str] | None = None) -> dict[str, Any]:
     ]
     variants = [[]] + ([["trainer.precision=16-mixed", "model.channels_last=true"]] if gpu else [])
     results: dict[str, Any] = {"machine": machine(), "training": [], "loaders": []}
+    datamodule = None  # variants change the trainer and model, never the data: decode once
     for variant in variants:
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
             cfg = compose("train", overrides=[*base, *variant, *args.overrides])
+        if datamodule is None:
+            datamodule = instantiate(cfg.data, _convert_="all")
+            datamodule.prepare_data()
+            datamodule.setup("fit")
         console.print(f"Training throughput, {cfg.trainer.precision}:")
-        results["training"] += training_rows(cfg, args)
+        results["training"] += training_rows(cfg, datamodule, args)
     console.print("Data-loader throughput:")
     results["loaders"] = loader_rows(cfg, args)
     console.print("Inference throughput (eval / predict path):")
-    results["inference"] = inference_rows(cfg, args)
+    results["inference"] = inference_rows(cfg, datamodule, args)
     results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if gpu:
         results["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20

@@ -40,8 +40,9 @@ from lightseg.errors import LightsegError, user_errors
 from lightseg.inference import Segmenter, build_segmenter, load_module
 from lightseg.metrics import SegmentationMetrics
 from lightseg.task import IGNORE_INDEX, Task
-from lightseg.train import plain
+from lightseg.utils.config import plain
 from lightseg.utils.console import console
+from lightseg.utils.devices import inference_device
 from lightseg.visualize import confusion_figure, letterbox, overlay_grid
 
 log = logging.getLogger(__name__)
@@ -105,14 +106,6 @@ def image_score(prediction: np.ndarray, mask: np.ndarray, task: Task) -> float:
     return float((hits[present] / union[present]).mean()) if present.any() else 1.0
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise LightsegError(f"device={name}, but this machine has no CUDA GPU; use device=cpu.")
-    return torch.device(name)
-
-
 def run_folder(ckpt: Path) -> Path | None:
     """The training run folder of a checkpoint in ``<run>/checkpoints/``, if it is one."""
     return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
@@ -151,7 +144,7 @@ def output_folder(cfg: DictConfig) -> Path:
 
 def evaluate(cfg: DictConfig, data_from_run: bool = False) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` on ``cfg.split``; returns what ``eval.json`` holds."""
-    device = resolve_device(str(cfg.get("device", "auto")))
+    device = inference_device(str(cfg.get("device", "auto")))
     module = load_module(cfg.ckpt_path, device)
     task = module.task
     datamodule = instantiate(data_config(cfg, data_from_run), _convert_="all")
@@ -167,12 +160,9 @@ def evaluate(cfg: DictConfig, data_from_run: bool = False) -> dict[str, Any]:
     samples = datamodule.splits[cfg.split]
 
     segmenter = build_segmenter(module, plain(cfg.get("inference")))
-    variants: dict[str, Segmenter] = {"plain": segmenter.without_tta()}
-    if segmenter.augmented:
-        variants["tta"] = segmenter
-    last = list(variants)[-1]
+    last = "tta" if segmenter.augmented else "plain"
     crf = instantiate(cfg.postprocess) if cfg.get("postprocess") else None
-    names = [*variants, *([f"{last}+crf"] if crf else [])]
+    names = ["plain", *(["tta"] if segmenter.augmented else []), *([f"{last}+crf"] if crf else [])]
     scores = {name: Scores(task) for name in names}
 
     loader = DataLoader(
@@ -188,9 +178,11 @@ def evaluate(cfg: DictConfig, data_from_run: bool = False) -> dict[str, Any]:
         console=console,
         transient=True,
     ):
-        for name, variant in variants.items():
-            probabilities = variant(image)
-            scores[name].update(probabilities.argmax(0), mask, sample_id)
+        probabilities, augmented = segmenter.with_and_without_tta(image)
+        scores["plain"].update(probabilities.argmax(0), mask, sample_id)
+        if augmented is not None:
+            probabilities = augmented
+            scores["tta"].update(probabilities.argmax(0), mask, sample_id)
         if crf:
             refined = crf(image, probabilities)
             scores[f"{last}+crf"].update(refined.argmax(0), mask, sample_id)
@@ -226,7 +218,7 @@ def evaluate(cfg: DictConfig, data_from_run: bool = False) -> dict[str, Any]:
         final.confusion.compute().numpy(), task.classes, f"{cfg.split}: {names[-1]}"
     )
     figure.savefig(folder / "confusion_matrix.png", dpi=120)
-    save_examples(folder / "examples.png", report, datamodule.source, samples, variants[last], crf)
+    save_examples(folder / "examples.png", report, datamodule.source, samples, segmenter, crf)
     print_report(report)
     console.print(f"Evaluation written to [bold]{folder}[/]")
     report["output_dir"] = str(folder)
@@ -252,7 +244,11 @@ def save_examples(
     segmenter: Segmenter,
     crf,
 ) -> None:
-    """Worst predictions first, then the best: image | truth | prediction per row."""
+    """Worst predictions first, then the best: image | truth | prediction per row.
+
+    The few shown images are read and predicted again rather than kept from the scoring pass,
+    which would hold every image of the split in memory until the ranking is known.
+    """
     by_id = {sample.id: sample for sample in samples}
     rows = [entry["id"] for entry in report["worst"] + report["best"]]
     if not rows:

@@ -36,9 +36,9 @@ from torch import nn
 
 from lightseg import CONFIG_DIR, __version__
 from lightseg.errors import LightsegError, user_errors
-from lightseg.inference import STRIDE, load_module
+from lightseg.inference import DEFAULT_IMAGE_SIZE, STRIDE, load_module, stored_image_size
 from lightseg.models import SegmentationModule
-from lightseg.train import plain
+from lightseg.utils.config import plain
 from lightseg.utils.console import console
 
 log = logging.getLogger(__name__)
@@ -50,8 +50,6 @@ DYNAMIC_LEVELS = (("batch", "height", "width"), ("batch",), ())
 BAKED_FACTOR = 10
 #: Terminal colour codes, which torch's export errors contain.
 ANSI_CODES = re.compile(r"\x1b\[[0-9;]*m")
-#: Training size assumed for checkpoints that do not store one (as inference does).
-DEFAULT_IMAGE_SIZE = (256, 256)
 
 
 class ExportModel(nn.Module):
@@ -362,8 +360,8 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     fmt = get_format(str(cfg.format))
     ckpt_path = Path(cfg.ckpt_path)
     module = load_module(ckpt_path, "cpu")
-    stored = (module.hparams.get("inference") or {}).get("image_size")
-    training_size = tuple(int(s) for s in stored or DEFAULT_IMAGE_SIZE)
+    stored = stored_image_size(module)
+    training_size = stored or DEFAULT_IMAGE_SIZE
     if any(side % STRIDE for side in training_size):  # hand-made checkpoints only
         raise LightsegError(
             f"The checkpoint's image_size {list(training_size)} is not a "

@@ -33,6 +33,8 @@ REQUIRED_HPARAMS = ("model", "classes", "normalization")
 PRETRAINED_KEYS = ("encoder_weights", "weights")
 #: Downsampling factor of the encoders: network inputs are padded or resized to multiples of it.
 STRIDE = 32
+#: Training input size assumed for checkpoints that do not store one (hand-made ones).
+DEFAULT_IMAGE_SIZE = (256, 256)
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -63,6 +65,12 @@ def read_checkpoint(path: str | Path) -> dict:
     if "state_dict" not in checkpoint:
         raise LightsegError(f"Checkpoint '{path}' holds no weights (no 'state_dict').")
     return checkpoint
+
+
+def stored_image_size(module: SegmentationModule) -> tuple[int, int] | None:
+    """The training input size a checkpoint stores (``hparams.inference.image_size``), if any."""
+    size = (module.hparams.get("inference") or {}).get("image_size")
+    return (int(size[0]), int(size[1])) if size else None
 
 
 def _first_sentence(error: Exception) -> str:
@@ -109,8 +117,7 @@ class Segmenter:
     def __post_init__(self) -> None:
         if self.mode not in ("whole", "slide"):
             raise LightsegError(f"inference.mode='{self.mode}' is unknown: use whole or slide.")
-        stored = self.module.hparams.get("inference") or {}
-        size = self.image_size or stored.get("image_size") or (256, 256)
+        size = self.image_size or stored_image_size(self.module) or DEFAULT_IMAGE_SIZE
         self.image_size = (int(size[0]), int(size[1]))
         if any(side % STRIDE for side in self.image_size):
             raise LightsegError(
@@ -161,17 +168,34 @@ class Segmenter:
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """Probabilities [N, C, H, W] for normalised images [N, 3, H, W], averaged over TTA."""
-        total = None
+        views = self.views(images)
+        return sum(views.values()) / len(views)
+
+    @torch.no_grad()
+    def views(self, images: torch.Tensor) -> dict[tuple[float, bool], torch.Tensor]:
+        """Probabilities [N, C, H, W] of each test-time augmentation, keyed (scale, flipped)."""
         flips = (False, True) if self.flip else (False,)
+        views = {}
         for scale in self.scales:
             for flipped in flips:
                 batch = images.flip(-1) if flipped else images
-                logits = self.logits(batch, scale)
-                probabilities = self.task.probabilities(logits)
-                if flipped:
-                    probabilities = probabilities.flip(-1)
-                total = probabilities if total is None else total + probabilities
-        return total / (len(self.scales) * len(flips))
+                probabilities = self.task.probabilities(self.logits(batch, scale))
+                views[scale, flipped] = probabilities.flip(-1) if flipped else probabilities
+        return views
+
+    def with_and_without_tta(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities [C, H, W] without TTA, and averaged over TTA (None when it is off).
+
+        The un-augmented view is part of most TTA settings; it is computed once for both.
+        """
+        images = self.normalize(image)
+        views = self.views(images)
+        plain = views.get((1.0, False))
+        if plain is None:
+            plain = self.without_tta().probabilities(images)
+        if not self.augmented:
+            return plain[0].cpu().numpy(), None
+        return plain[0].cpu().numpy(), (sum(views.values()) / len(views))[0].cpu().numpy()
 
     def logits(self, images: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
         """Logits [N, out_channels, H, W] at the input's resolution, for one scale."""

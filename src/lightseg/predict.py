@@ -26,10 +26,10 @@ from rich.progress import track
 from lightseg import CONFIG_DIR
 from lightseg.effects import EFFECTS, apply_effect, background_pixels
 from lightseg.errors import LightsegError, user_errors
-from lightseg.eval import resolve_device
 from lightseg.inference import build_segmenter, load_module
-from lightseg.train import plain
+from lightseg.utils.config import plain
 from lightseg.utils.console import console
+from lightseg.utils.devices import inference_device
 from lightseg.visualize import class_colors, overlay, palette_image
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -75,13 +75,14 @@ def predict(cfg: DictConfig) -> PredictionSummary:
     effect = cfg.get("effect")
     if effect is not None and effect not in EFFECTS:
         raise LightsegError(f"Unknown effect '{effect}'. Available: {', '.join(EFFECTS)}.")
-    module = load_module(cfg.ckpt_path, resolve_device(str(cfg.get("device", "auto"))))
+    module = load_module(cfg.ckpt_path, inference_device(str(cfg.get("device", "auto"))))
     files = input_images(Path(cfg.input), bool(cfg.get("recursive", False)))
     segmenter = build_segmenter(module, plain(cfg.get("inference")))
     crf = instantiate(cfg.postprocess) if cfg.get("postprocess") else None
     task = module.task
-    if effect == "background" and not isinstance(cfg.background, str):
-        background_pixels(list(cfg.background), (1, 1))  # a bad colour fails before any work
+    background = cfg.background if isinstance(cfg.background, str) else list(cfg.background)
+    if effect == "background":
+        background_pixels(background, (1, 1))  # a bad colour or file fails before any work
     output = Path(cfg.output)
     output.mkdir(parents=True, exist_ok=True)
     colors = class_colors()
@@ -105,7 +106,6 @@ def predict(cfg: DictConfig) -> PredictionSummary:
         if cfg.get("probabilities") and task.binary:
             files_out["prob"] = Image.fromarray(np.round(foreground * 255).astype(np.uint8))
         if effect is not None:
-            background = cfg.background if isinstance(cfg.background, str) else list(cfg.background)
             result = apply_effect(effect, image, foreground, background, float(cfg.feather))
             files_out[effect] = Image.fromarray(result)
         for kind, picture in files_out.items():

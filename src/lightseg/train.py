@@ -26,17 +26,13 @@ from lightseg.errors import LightsegError, user_errors
 from lightseg.launch import existing_checkpoint, prepare_arguments
 from lightseg.models import SegmentationModule
 from lightseg.utils.checkpoint import AtomicCheckpointIO, remove_partial_files
+from lightseg.utils.config import plain
 from lightseg.utils.console import console, print_config_tree, print_metrics
 from lightseg.utils.devices import check_trainer
 from lightseg.utils.loggers import wandb_finished
 from lightseg.utils.run_info import recorded_run
 
 log = logging.getLogger(__name__)
-
-
-def plain(node: Any) -> Any:
-    """A resolved config node as plain Python containers (what checkpoints store)."""
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
 def build_module(cfg: DictConfig, classes: tuple[str, ...]) -> SegmentationModule:

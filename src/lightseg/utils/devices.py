@@ -62,3 +62,12 @@ def compile_in_place(net: nn.Module) -> None:
         net.compile()
     except RuntimeError as error:  # e.g. Dynamo unsupported on this Python version
         warnings.warn(f"model.compile=true ignored: {error}", stacklevel=2)
+
+
+def inference_device(name: str) -> torch.device:
+    """The ``device`` of eval/predict: ``auto`` is CUDA where available, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise LightsegError(f"device={name}, but this machine has no CUDA GPU; use device=cpu.")
+    return torch.device(name)
