@@ -201,6 +201,8 @@ def test_missing_checkpoint(tmp_path):
 def test_image_sizes_must_be_multiples_of_32(demo_checkpoint, tmp_path):
     with pytest.raises(LightsegError, match="multiples of 32"):
         export(export_config(demo_checkpoint, "torchscript", "check.image_sizes=[[64,70]]"))
+    with pytest.raises(LightsegError, match=r"\[height, width\] pairs"):
+        export(export_config(demo_checkpoint, "torchscript", "check.image_sizes=[64,64]"))
 
 
 def test_segnet_traces_with_sizes_that_follow_the_input():

@@ -207,9 +207,16 @@ class Check:
 
     @classmethod
     def from_config(cls, check: dict, training_size, channels: int, tolerance: float) -> Check:
-        sizes = [
-            (int(h), int(w)) for h, w in check.get("image_sizes") or default_sizes(training_size)
-        ]
+        try:
+            sizes = [
+                (int(h), int(w))
+                for h, w in check.get("image_sizes") or default_sizes(training_size)
+            ]
+        except (TypeError, ValueError):
+            raise LightsegError(
+                f"check.image_sizes={check.get('image_sizes')} must be a list of [height, width] "
+                "pairs, e.g. check.image_sizes=[[256,256],[288,320]] (configs/export.yaml)."
+            ) from None
         batches = [int(b) for b in check.get("batch_sizes") or (1, 3)]
         bad = [list(size) for size in sizes if min(size) < STRIDE or any(s % STRIDE for s in size)]
         if bad or min(batches) < 1 or tolerance < 0:
