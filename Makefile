@@ -43,15 +43,15 @@ train: $(STAMP) ## Train: make train [EXP=ph2_unet] [ARGS="model.arch=FPN traine
 
 eval: $(STAMP) ## Evaluate a checkpoint: make eval CKPT=path [EXP=name] [ARGS="split=val inference.flip=true"]
 	@test -n "$(CKPT)" || { echo "Set CKPT=path/to/best.ckpt (runs write logs/<name>/runs/<time>/checkpoints/best.ckpt)"; exit 2; }
-	$(PY) -m lightseg.eval "ckpt_path=$(CKPT)" $(if $(filter command line environment,$(origin EXP)),experiment=$(EXP)) $(ARGS)
+	$(PY) -m lightseg.tools.eval "ckpt_path=$(CKPT)" $(if $(filter command line environment,$(origin EXP)),experiment=$(EXP)) $(ARGS)
 
 predict: $(STAMP) ## Segment images: make predict CKPT=path INPUT=folder_or_image OUTPUT=folder [ARGS="effect=color-splash"]
 	@test -n "$(CKPT)" -a -n "$(INPUT)" -a -n "$(OUTPUT)" || { echo "Set CKPT=path/to/best.ckpt INPUT=<image or folder> OUTPUT=<folder>"; exit 2; }
-	$(PY) -m lightseg.predict "ckpt_path=$(CKPT)" "input=$(INPUT)" "output=$(OUTPUT)" $(ARGS)
+	$(PY) -m lightseg.tools.predict "ckpt_path=$(CKPT)" "input=$(INPUT)" "output=$(OUTPUT)" $(ARGS)
 
 export: $(STAMP) ## Export a checkpoint and check it against PyTorch: make export CKPT=path [FORMAT=onnx|torchscript]
 	@test -n "$(CKPT)" || { echo "Set CKPT=path/to/best.ckpt"; exit 2; }
-	$(PY) -m lightseg.export "ckpt_path=$(CKPT)" format=$(FORMAT) $(ARGS)
+	$(PY) -m lightseg.tools.export "ckpt_path=$(CKPT)" format=$(FORMAT) $(ARGS)
 
 data: $(STAMP) ## Download (VOC, COCO) or check (PH2, MADS) a dataset: make data DATASET=voc [ARGS=...]
 	@test -n "$(DATASET)" || { echo "Set DATASET=voc, coco, mads or ph2 (see README, Datasets)"; exit 2; }
@@ -59,11 +59,11 @@ data: $(STAMP) ## Download (VOC, COCO) or check (PH2, MADS) a dataset: make data
 
 plot: $(STAMP) ## Training curves of a run as PNG: make plot RUN=logs/demo/runs/<time>
 	@test -n "$(RUN)" || { echo "Set RUN=<run folder>, e.g. RUN=$$(ls -d logs/*/runs/* 2>/dev/null | tail -n 1)"; exit 2; }
-	$(PY) -m lightseg.plot $(RUN)
+	$(PY) -m lightseg.tools.plot $(RUN)
 
 table: $(STAMP) ## Results as Markdown + LaTeX: make table RUNS=logs/demo/multiruns/<time> [METRICS=test/dice,test/iou]
 	@test -n "$(RUNS)" || { echo "Set RUNS=<folder of runs>, e.g. RUNS=logs/demo/multiruns/<time> or RUNS=logs/demo"; exit 2; }
-	$(PY) -m lightseg.results $(RUNS) --metrics $(METRICS)
+	$(PY) -m lightseg.tools.results $(RUNS) --metrics $(METRICS)
 
 test: $(STAMP) ## Run the fast test suite (what CI runs)
 	$(PY) -m pytest -m "not slow and not gpu" -q
@@ -80,7 +80,7 @@ format: $(STAMP) ## Apply ruff fixes and formatting
 	$(VENV)/bin/ruff format src tests notebooks
 
 bench: $(STAMP) ## Throughput: lightseg vs a plain PyTorch loop, and data loaders (bench.md)
-	$(PY) -m lightseg.bench --output logs/bench/latest $(ARGS)
+	$(PY) -m benchmarks.bench --output logs/bench/latest $(ARGS)
 
 clean: ## Remove run outputs and caches (keeps .venv and data/)
 	rm -rf logs outputs multirun .pytest_cache .ruff_cache

@@ -8,6 +8,7 @@ import numpy as np
 import openpyxl
 import pytest
 import torch
+import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from PIL import Image
@@ -23,6 +24,16 @@ def make_config(tmp_path: Path, *overrides: str, data_dir: Path | None = None) -
         paths.append(f"paths.data_dir={data_dir}")
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose(config_name="train", overrides=[*paths, *overrides])
+
+
+def group_option(group: str, option: str) -> dict:
+    """A config group option's file as plain data (configs/<group>/<option>.yaml)."""
+    return yaml.safe_load((Path(CONFIG_DIR) / group / f"{option}.yaml").read_text())
+
+
+BINARY_METRICS = group_option("metrics", "binary")
+MULTICLASS_METRICS = group_option("metrics", "multiclass")
+CE_DICE = {**group_option("loss", "ce"), **group_option("loss", "dice")}
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,14 @@ import numpy as np
 import pytest
 import torch
 
+from lightseg.errors import LightsegError
 from lightseg.utils import checkpoint
 from lightseg.utils.checkpoint import (
     AtomicCheckpointIO,
     atomic_save,
+    check_readable,
     random_states,
+    remove_partial_files,
     set_random_states,
 )
 
@@ -34,11 +37,22 @@ def test_interrupted_write_keeps_the_old_file_and_leaves_no_part(tmp_path, monke
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
 
 
-def test_a_part_left_by_a_killed_process_is_removed_on_the_next_save(tmp_path):
-    stale = tmp_path / ".last.ckpt.partial-999"
-    stale.write_bytes(b"truncated")
+def test_another_processs_part_is_left_alone_until_a_resume_clears_it(tmp_path):
+    other = tmp_path / ".last.ckpt.partial-999"  # maybe a live writer: not ours to delete
+    other.write_bytes(b"truncated")
     atomic_save({"step": 3}, tmp_path / "last.ckpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, "last.ckpt"]
+    remove_partial_files(tmp_path)  # resuming, with the run's lock held
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
+def test_a_torn_checkpoint_is_a_clear_error(tmp_path):
+    path = tmp_path / "last.ckpt"
+    atomic_save({"step": 3, "weights": torch.zeros(1000)}, path)
+    check_readable(path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # cut off while copied
+    with pytest.raises(LightsegError, match=r"last.ckpt' is damaged .*best.ckpt"):
+        check_readable(path)
 
 
 def test_random_states_round_trip_through_a_weights_only_checkpoint(tmp_path):

@@ -62,9 +62,27 @@ def test_eval_sampler_covers_each_sample_exactly_once(size):
     assert [len(EvalDistributedSampler(dataset, 2, r)) for r in (0, 1)] == [len(s) for s in shards]
 
 
-def test_image_size_must_suit_the_encoders(tmp_path):
-    with pytest.raises(LightsegError, match=r"image_size=\[100, 128\] must be multiples of 32"):
-        SegmentationDataModule(Demo(tmp_path), {"train": [], "eval": []}, image_size=(100, 128))
+@pytest.mark.parametrize(
+    ("size", "height_width"), [(256, (256, 256)), ([96, 128], (96, 128)), ([64], (64, 64))]
+)
+def test_image_size_is_one_number_or_height_and_width(tmp_path, size, height_width):
+    module = SegmentationDataModule(Demo(tmp_path), {"train": [], "eval": []}, image_size=size)
+    assert module.image_size == height_width
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"image_size": [64, 64, 3]}, r"data.image_size=\[64, 64, 3\] is not an image size"),
+        ({"image_size": 0}, "data.image_size=0 is not an image size"),
+        ({"batch_size": 0}, "data.batch_size=0 must be a whole number >= 1"),
+        ({"num_workers": -1}, "data.num_workers=-1 must be a whole number >= 0"),
+        ({"mean": [0.5]}, "data.mean and data.std need one value per image channel"),
+    ],
+)
+def test_bad_data_values_are_named(tmp_path, options, message):
+    with pytest.raises(LightsegError, match=message):
+        SegmentationDataModule(Demo(tmp_path), {"train": [], "eval": []}, **options)
 
 
 def digest(root: Path) -> str:

@@ -16,9 +16,8 @@ from PIL import Image
 
 from lightseg import CONFIG_DIR
 from lightseg.errors import LightsegError
-from lightseg.eval import evaluate, image_score, main
-from lightseg.inference import Segmenter, load_module
-from lightseg.task import Task
+from lightseg.tools.eval import evaluate, main
+from lightseg.tools.inference import Segmenter, load_module
 
 
 def eval_config(ckpt, tmp_path, *overrides):
@@ -95,7 +94,7 @@ def test_command_line_reads_the_run_config_and_takes_data_split(
     demo_checkpoint, monkeypatch, capsys
 ):
     monkeypatch.setattr(
-        sys, "argv", ["lightseg.eval", f"ckpt_path={demo_checkpoint}", "data.split=val"]
+        sys, "argv", ["lightseg.tools.eval", f"ckpt_path={demo_checkpoint}", "data.split=val"]
     )
     try:
         main()
@@ -122,10 +121,23 @@ def test_without_a_run_config_the_dataset_must_be_named(demo_checkpoint, tmp_pat
         evaluate(eval_config(lone, tmp_path), data_from_run=True)
 
 
-def test_image_scores_by_hand():
-    binary, multi = Task(("bg", "fg")), Task(("bg", "a", "b"))
-    truth = np.array([[0, 1, 1, 255]])
-    assert image_score(np.array([[0, 1, 0, 1]]), truth, binary) == pytest.approx(2 / 3)
-    assert image_score(np.zeros((1, 4), int), np.zeros((1, 4), int), binary) == 1.0
-    # classes 0 and 1 present; IoU(0) = 1/2, IoU(1) = 1/2, class 2 absent everywhere
-    assert image_score(np.array([[0, 0, 1, 2]]), truth, multi) == pytest.approx(0.5)
+def test_per_image_csv_holds_each_images_values_from_the_same_metrics(demo_checkpoint, tmp_path):
+    report = evaluate(eval_config(demo_checkpoint, tmp_path, "inference.flip=true"), True)
+    rows = list(csv.DictReader((tmp_path / "eval" / "per_image.csv").open()))
+    assert [r["variant"] for r in rows] == ["plain"] * 3 + ["tta"] * 3
+    trained = json.loads((demo_checkpoint.parent.parent / "metrics.json").read_text())
+    assert set(report["metrics"]["plain"]) == {k.split("/", 1)[1] for k in trained} - {"loss"}
+    # each image's Dice by hand, from the same predictions the evaluation made
+    run = demo_checkpoint.parent.parent
+    datamodule = instantiate(OmegaConf.load(run / "config.yaml").data, _convert_="all")
+    segmenter = Segmenter(load_module(demo_checkpoint))
+    by_id = {s.id: s for s in datamodule.locate()["test"]}
+    for row in rows[:3]:
+        image, mask = datamodule.source.read(by_id[row["id"]])
+        predicted = segmenter(image).argmax(0) == 1
+        truth = mask == 1
+        dice = 2 * (predicted & truth).sum() / (predicted.sum() + truth.sum())
+        assert float(row["dice_per_image"]) == pytest.approx(dice, abs=1e-5)
+        assert float(row["dice"]) == pytest.approx(dice, abs=1e-5)
+    mean = np.mean([float(r["dice_per_image"]) for r in rows[:3]])
+    assert report["metrics"]["plain"]["dice_per_image"] == pytest.approx(mean, abs=1e-6)

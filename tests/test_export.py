@@ -20,10 +20,10 @@ from omegaconf import DictConfig
 import lightseg
 from lightseg import CONFIG_DIR
 from lightseg.errors import LightsegError
-from lightseg.export import FORMATS, export, get_format
-from lightseg.inference import load_module
 from lightseg.models import SegmentationModule
 from lightseg.models.segnet import SegNet
+from lightseg.tools.export import FORMATS, export, get_format
+from lightseg.tools.inference import load_module
 
 #: The demo checkpoint's training size, and a second size and batch sizes for the check.
 SIZES = ([64, 64], [96, 128])
@@ -89,7 +89,7 @@ def test_command_line_exports_torchscript_next_to_the_checkpoint(demo_checkpoint
     ckpt.symlink_to(demo_checkpoint)
     src = Path(lightseg.__file__).parents[1]  # this checkout's package, not an installed one
     result = subprocess.run(
-        [sys.executable, "-m", "lightseg.export", f"ckpt_path={ckpt}", "format=torchscript"],
+        [sys.executable, "-m", "lightseg.tools.export", f"ckpt_path={ckpt}", "format=torchscript"],
         cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(src)},
         capture_output=True,
@@ -169,7 +169,7 @@ def test_dynamic_shapes_that_fail_fall_back_to_the_training_size(
 
     monkeypatch.setitem(FORMATS, "torchscript", dataclasses.replace(original, save=save))
     path = tmp_path / "demo.torchscript.pt"
-    with caplog.at_level(logging.WARNING, logger="lightseg.export"):
+    with caplog.at_level(logging.WARNING, logger="lightseg.tools.export"):
         report = export(export_config(demo_checkpoint, "torchscript", f"output={path}"))
     assert report["dynamic_axes"] == ["batch"]
     assert report["input"]["shape"] == ["N", 3, 64, 64]

@@ -8,17 +8,20 @@ import torch
 from torch import nn
 
 from lightseg.errors import LightsegError
-from lightseg.inference import Segmenter, build_segmenter, load_module, read_checkpoint
 from lightseg.models import SegmentationModule
+from lightseg.tools.inference import Segmenter, build_segmenter, load_module, read_checkpoint
 from lightseg.train import inference_defaults
-from tests.conftest import make_config
+from tests.conftest import BINARY_METRICS, CE_DICE, make_config
+
+SMP = "lightseg.models.smp_models.build"
 
 
 def pointwise_module(classes=("background", "a", "b"), kernel: int = 1) -> SegmentationModule:
     """A module whose network is one convolution: pointwise (kernel 1) has no spatial context."""
     module = SegmentationModule(
-        model={"arch": "Unet", "encoder_name": "resnet18", "encoder_weights": None},
-        loss={"ce": {"weight": 1.0}},
+        model={"_target_": SMP, "encoder_name": "resnet18", "encoder_weights": None},
+        loss=CE_DICE,
+        metrics=BINARY_METRICS,
         optimizer={"_target_": "torch.optim.SGD", "lr": 0.1},
         classes=list(classes),
         normalization={"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
@@ -26,6 +29,7 @@ def pointwise_module(classes=("background", "a", "b"), kernel: int = 1) -> Segme
     )
     torch.manual_seed(0)
     module.net = nn.Conv2d(3, module.task.out_channels, kernel, padding=kernel // 2)
+    module.net.input_multiple = 32  # like the smp encoders these tests stand in for
     return module.eval()
 
 
@@ -54,6 +58,10 @@ def test_missing_and_foreign_checkpoints_are_clear_errors(tmp_path):
     torch.save({"state_dict": {}, "hyper_parameters": {"lr": 0.1}}, tmp_path / "other.ckpt")
     with pytest.raises(LightsegError, match="not a lightseg checkpoint"):
         read_checkpoint(tmp_path / "other.ckpt")
+    old = {"model": {"arch": "Unet"}, "classes": ["a", "b"], "normalization": {}}
+    torch.save({"state_dict": {}, "hyper_parameters": old}, tmp_path / "old.ckpt")
+    with pytest.raises(LightsegError, match=r"lightseg 0\.1"):
+        read_checkpoint(tmp_path / "old.ckpt")
 
 
 def test_inference_defaults_follow_the_eval_pipeline(tmp_path):

@@ -10,6 +10,7 @@ import yaml
 
 from lightseg.errors import LightsegError
 from lightseg.launch import closest, prepare_arguments
+from lightseg.runs import RunLock
 
 
 @pytest.mark.parametrize(
@@ -76,27 +77,67 @@ def logs(tmp_path: Path) -> Path:
 def test_ckpt_path_last_continues_the_newest_unfinished_run_in_its_folder(logs):
     run = logs / "demo" / "runs" / "2024-01-02_00-00-00"
     args = ["experiment=demo", f"paths.log_dir={logs}", "ckpt_path=last", "trainer.max_epochs=5"]
-    assert prepare_arguments(args) == [
-        "model.arch=FPN",  # the run's own overrides come back; ckpt_path=x does not
-        "experiment=demo",
-        f"paths.log_dir={logs}",
-        "trainer.max_epochs=5",
-        f"ckpt_path='{run}/checkpoints/last.ckpt'",
-        f"hydra.run.dir='{run}'",
-    ]
+    # the arguments stay as typed: the run's own config comes from its .hydra/ record, and
+    # that record is not rewritten (output_subdir=null)
+    assert prepare_arguments(args) == [*args, f"hydra.run.dir='{run}'", "hydra.output_subdir=null"]
     auto = prepare_arguments(["experiment=demo", f"paths.log_dir={logs}", "resume=auto"])
-    assert auto[-1] == f"hydra.run.dir='{run}'"
+    assert auto[-2:] == [f"hydra.run.dir='{run}'", "hydra.output_subdir=null"]
 
 
 def test_checkpoint_inside_a_run_folder_continues_that_folder(logs):
     run = logs / "demo" / "runs" / "2024-01-01_00-00-00"
     args = prepare_arguments([f"ckpt_path={run}/checkpoints/last.ckpt"])
-    assert args[-2:] == [f"ckpt_path='{run}/checkpoints/last.ckpt'", f"hydra.run.dir='{run}'"]
+    assert args[-2:] == [f"hydra.run.dir='{run}'", "hydra.output_subdir=null"]
+
+
+def test_a_checkpoint_from_elsewhere_trains_on_in_a_new_folder(tmp_path):
+    lone = tmp_path / "downloaded.ckpt"
+    lone.write_bytes(b"x")
+    args = prepare_arguments([f"paths.log_dir={tmp_path}", f"ckpt_path={lone}"])
+    new = Path(args[-1].split("=", 1)[1].strip("'"))
+    assert new.parent == tmp_path / "default" / "runs" and new.is_dir()
 
 
 def test_resume_auto_without_an_unfinished_run_starts_fresh(tmp_path):
     args = ["experiment=demo", f"paths.log_dir={tmp_path}", "resume=auto"]
-    assert prepare_arguments(args) == args
+    prepared = prepare_arguments(args)
+    assert prepared[:-1] == args and prepared[-1].startswith("hydra.run.dir=")
+    assert Path(prepared[-1].split("=", 1)[1].strip("'")).parent == tmp_path / "demo" / "runs"
+
+
+def test_new_run_folders_never_collide(tmp_path):
+    args = ["experiment=demo", f"paths.log_dir={tmp_path}"]
+    folders = {prepare_arguments(args)[-1] for _ in range(3)}  # all within the same second
+    assert len(folders) == 3
+    assert sorted(p.name for p in (tmp_path / "demo" / "runs").iterdir())[1].endswith("_2")
+
+
+def test_an_explicit_run_folder_is_used_as_given(logs, tmp_path):
+    run = logs / "demo" / "runs" / "2024-01-02_00-00-00"
+    args = ["experiment=demo", f"paths.log_dir={logs}", f"hydra.run.dir={run}", "resume=auto"]
+    assert prepare_arguments(args) == [*args, "hydra.output_subdir=null"]  # continues it
+    fresh = tmp_path / "slurm-123"
+    args = ["experiment=demo", f"paths.log_dir={logs}", f"hydra.run.dir={fresh}", "resume=auto"]
+    assert prepare_arguments(args) == args  # nothing there yet: a fresh start in that folder
+
+
+def test_a_run_held_by_a_live_process_is_never_taken_over(logs):
+    newest_unfinished = logs / "demo" / "runs" / "2024-01-02_00-00-00"
+    with RunLock(newest_unfinished):
+        older = make_run(logs / "demo" / "runs", "2023-12-31_00-00-00")
+        auto = prepare_arguments(["experiment=demo", f"paths.log_dir={logs}", "resume=auto"])
+        assert auto[-2] == f"hydra.run.dir='{older}'"  # the live one is skipped
+        explicit = f"hydra.run.dir={newest_unfinished}"
+        with pytest.raises(LightsegError, match=r"in use by a training process .*PID"):
+            prepare_arguments(["experiment=demo", explicit, "resume=auto"])
+
+
+def test_one_process_of_a_multi_process_launch_needs_an_explicit_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    with pytest.raises(LightsegError, match=r"one of 4 processes"):
+        prepare_arguments([f"paths.log_dir={tmp_path}"])
+    explicit = [f"paths.log_dir={tmp_path}", f"hydra.run.dir={tmp_path}/job-7"]
+    assert prepare_arguments(explicit) == explicit
 
 
 def test_ckpt_path_last_without_an_unfinished_run_says_so(tmp_path):

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
+import yaml
+from torch import nn
 
+from lightseg import CONFIG_DIR
 from lightseg.errors import LightsegError
 from lightseg.losses import build_loss
 from lightseg.task import IGNORE_INDEX, Task
@@ -26,11 +30,27 @@ def case(task: Task, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return logits, target
 
 
+def term(name: str, **options) -> dict:
+    """``loss.<name>`` as configs/loss/<name>.yaml declares it, with ``options`` on top."""
+    entry = yaml.safe_load((Path(CONFIG_DIR) / "loss" / f"{name}.yaml").read_text())[name]
+    return {name: {**entry, **options}}
+
+
+def loss_of(config: dict, task: Task):
+    return build_loss(config, task)
+
+
 def only(name: str, task: Task, **options) -> torch.Tensor:
     logits, target = case(task)
-    total, parts = build_loss({name: {"weight": 1.0, **options}}, task)(logits, target)
+    total, parts = loss_of(term(name, **options), task)(logits, target)
     assert torch.equal(total, parts[name])
     return total
+
+
+def labelled_strip(logits: torch.Tensor, target: torch.Tensor):
+    """The labelled pixels alone as a [1, C, V, 1] image: the reference for the ignore rule."""
+    keep = target != IGNORE_INDEX
+    return logits.movedim(1, 0)[:, keep][None, :, :, None], target[keep][None, :, None]
 
 
 SMP_REFERENCES = {
@@ -46,12 +66,16 @@ SMP_REFERENCES = {
 
 @pytest.mark.parametrize("task", [BINARY, MULTI], ids=["binary", "multiclass"])
 @pytest.mark.parametrize("name", sorted(SMP_REFERENCES))
-def test_region_losses_match_smp_with_its_own_ignore_handling(name, task):
-    options = {"alpha": 0.3, "beta": 0.7} if name == "tversky" else {}
+def test_region_losses_equal_smp_on_the_labelled_pixels_alone(name, task):
     logits, target = case(task)
     mode = "binary" if task.binary else "multiclass"
-    reference = SMP_REFERENCES[name](mode)(logits, target)
-    assert only(name, task, **options).item() == pytest.approx(reference.item(), rel=1e-5)
+    options = {"alpha": 0.3, "beta": 0.7} if name == "tversky" else {}
+    plain = type(SMP_REFERENCES[name](mode))(mode, **options)  # no ignore_index at all
+    reference = plain(*labelled_strip(logits, target))
+    assert only(name, task).item() == pytest.approx(reference.item(), rel=1e-5)
+    assert SMP_REFERENCES[name](mode)(logits, target).item() == pytest.approx(
+        reference.item(), rel=1e-5
+    )
 
 
 def test_cross_entropy_matches_torch_with_class_weights_and_ignore():
@@ -77,38 +101,58 @@ def test_binary_cross_entropy_averages_over_labelled_pixels_only():
 def test_hand_computed_values():
     # zero logits: BCE is ln 2 whatever the labels; ignored pixels do not dilute it
     target = torch.tensor([[[0, 1], [IGNORE_INDEX, 1]]])
-    total, _ = build_loss({"bce": {}}, BINARY)(torch.zeros(1, 1, 2, 2), target)
+    total, _ = loss_of(term("bce"), BINARY)(torch.zeros(1, 1, 2, 2), target)
     assert total.item() == pytest.approx(math.log(2), rel=1e-6)
     # confident logits: predicted {a, b}, true {b, c} -> soft Dice = 1 - 2*1/(2+2) = 0.5
     logits = torch.tensor([[[[20.0, 20.0, -20.0, 20.0]]]])  # last pixel ignored
     target = torch.tensor([[[0, 1, 1, IGNORE_INDEX]]])
-    total, _ = build_loss({"dice": {}}, BINARY)(logits, target)
+    total, _ = loss_of(term("dice"), BINARY)(logits, target)
     assert total.item() == pytest.approx(0.5, abs=1e-6)
 
 
 def test_weighted_sum_combines_terms():
     logits, target = case(MULTI)
-    loss = build_loss({"ce": {"weight": 0.7}, "dice": {"weight": 0.3}}, MULTI)
+    loss = loss_of({**term("ce", weight=0.7), **term("dice", weight=0.3)}, MULTI)
     total, parts = loss(logits, target)
     assert total.item() == pytest.approx(0.7 * parts["ce"].item() + 0.3 * parts["dice"].item())
-    assert build_loss({"ce": {}, "dice": None}, MULTI).terms.keys() == {"ce"}
+    assert loss_of({**term("ce"), "dice": None}, MULTI).terms.keys() == {"ce"}
 
 
 def test_all_ignored_gives_zero_with_a_gradient():
     logits = torch.randn(1, 4, 3, 3, requires_grad=True)
     target = torch.full((1, 3, 3), IGNORE_INDEX)
-    total, _ = build_loss({"ce": {}, "dice": {}}, MULTI)(logits, target)
+    total, _ = loss_of({**term("ce"), **term("dice")}, MULTI)(logits, target)
     total.backward()
     assert total.item() == 0.0 and torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+class ShapeRecorder(nn.Module):
+    """A loss term that keeps the shapes it was called with."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple] = []
+
+    def forward(self, logits, target):
+        self.seen.append((tuple(logits.shape), tuple(target.shape), target.dtype))
+        return logits.mean() * 0
+
+
+def test_terms_get_the_batch_in_its_spatial_layout():
+    loss = loss_of({"shape": {"_target_": f"{__name__}.ShapeRecorder", "weight": 2.0}}, MULTI)
+    logits, target = case(MULTI)
+    loss(logits, target)
+    assert loss.terms["shape"].seen == [((2, 4, 6, 7), (2, 6, 7), torch.long)]
 
 
 @pytest.mark.parametrize(
     ("config", "task", "message"),
     [
-        ({"cross_entropy": {}}, MULTI, "Unknown loss term 'loss.cross_entropy'"),
-        ({"bce": {}}, MULTI, "loss=bce needs a binary task"),
-        ({"dice": {"gama": 2}}, BINARY, "Bad options for loss.dice"),
-        ({"ce": {"class_weights": [1, 2]}}, BINARY, "class_weights need a multiclass task"),
+        ({"cross_entropy": {"weight": 1.0}}, MULTI, "loss.cross_entropy has no _target_"),
+        (term("bce"), MULTI, "loss=bce needs a binary task"),
+        (term("dice", gama=2), BINARY, "loss.dice .*gama"),
+        (term("ce", class_weights=[1, 2]), BINARY, "class_weights need a multiclass task"),
+        (term("ce", class_weights=[1, 2]), MULTI, "2 values for 4 classes"),
         ({}, BINARY, "no terms"),
     ],
 )

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from lightseg.errors import LightsegError
-from lightseg.plot import epoch_table, plot_curves
+from lightseg.tools.plot import epoch_table, plot_curves
 
 # Lightning's layout: step rows, epoch rows, a resumed part that re-logs epoch 1, and the
 # evaluation of the best checkpoint after training (epoch 2, no training values).

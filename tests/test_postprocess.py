@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from lightseg import CONFIG_DIR
 from lightseg.errors import LightsegError
-from lightseg.postprocess import CRF_PARAMS, DenseCRF, dense_crf
+from lightseg.tools.postprocess import CRF_PARAMS, DenseCRF, dense_crf
 
 SIZE, EDGE = 48, 24  # a red left half and a blue right half: the object is columns 24..47
 

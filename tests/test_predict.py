@@ -9,10 +9,10 @@ from PIL import Image
 
 from lightseg import CONFIG_DIR
 from lightseg.data.base import read_label_png
-from lightseg.effects import apply_effect, color_splash, replace_background, soft_alpha
 from lightseg.errors import LightsegError
-from lightseg.inference import Segmenter, load_module
-from lightseg.predict import predict
+from lightseg.tools.effects import apply_effect, color_splash, replace_background, soft_alpha
+from lightseg.tools.inference import Segmenter, load_module
+from lightseg.tools.predict import predict
 
 EXIF_ORIENTATION = 0x0112
 

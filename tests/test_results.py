@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from lightseg.errors import LightsegError
-from lightseg.results import write_tables
+from lightseg.tools.results import write_tables
 from tests.runs import run_cli, tiny_cli_run
 
 

@@ -18,7 +18,7 @@ from tests.runs import run_cli, tiny_cli_run
 SWEEP_FILE = Path(CONFIG_DIR).parent / "sweeps" / "wandb_demo.yaml"
 
 
-def test_wandb_sweep_parameters_are_config_keys_passed_as_hydra_overrides():
+def test_wandb_sweep_parameters_are_config_keys_passed_as_hydra_overrides(tmp_path):
     sweep = yaml.safe_load(SWEEP_FILE.read_text())
     assert sweep["metric"] == {"name": "val/dice", "goal": "maximize"}
     assert sweep["command"][-1] == "${args_no_hyphens}" and "lightseg.train" in sweep["command"]
@@ -26,8 +26,9 @@ def test_wandb_sweep_parameters_are_config_keys_passed_as_hydra_overrides():
     first = {
         k: v["values"][0] if "values" in v else v["min"] for k, v in sweep["parameters"].items()
     }
-    args = ["experiment=demo", *(f"{key}={value}" for key, value in first.items())]
-    assert prepare_arguments(args) == args
+    args = ["experiment=demo", f"paths.log_dir={tmp_path}"]
+    args += [f"{key}={value}" for key, value in first.items()]
+    assert prepare_arguments(args)[: len(args)] == args
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""torchvision's FCN / DeepLabV3 / LR-ASPP and SegNet through the factory and the module."""
+"""torchvision's FCN / DeepLabV3 / LR-ASPP and SegNet through their builders and the module."""
 
 from __future__ import annotations
 
@@ -11,9 +11,24 @@ import torchvision
 from torchvision.models.segmentation import DeepLabV3_MobileNet_V3_Large_Weights
 
 from lightseg.errors import LightsegError
-from lightseg.models import SegmentationModule, build_model
+from lightseg.models import SegmentationModule, build_network
 from lightseg.models.torchvision_models import TORCHVISION_ARCHS
-from tests.conftest import make_config
+from tests.conftest import BINARY_METRICS, make_config
+
+TARGETS = {"segnet": "lightseg.models.segnet.build"}
+
+
+def network_config(arch: str, **options) -> dict:
+    """``model`` as its group option would give it: ``_target_`` of the family + keys."""
+    if arch.lower() in TARGETS:
+        return {"_target_": TARGETS[arch.lower()], **options}
+    family = "torchvision_models" if arch in TORCHVISION_ARCHS else "smp_models"
+    return {"_target_": f"lightseg.models.{family}.build", "arch": arch, **options}
+
+
+def build_model(arch: str, out_channels: int, **options):
+    return build_network(network_config(arch, **options), out_channels)
+
 
 #: The ResNet-101 variants differ from the ResNet-50 ones only in depth, and take ~10 s a step
 #: on a laptop CPU: `make test-all` steps them.
@@ -26,12 +41,13 @@ SMALL = "deeplabv3_mobilenet_v3_large"  # the quickest one that has an auxiliary
 
 
 def make_module(arch: str, classes: list[str], **model) -> SegmentationModule:
-    model = {"arch": arch, "encoder_weights": None, **model}
+    model = {"encoder_weights": None, **model}
     if arch != "SegNet":
         model.setdefault("weights", None)
     return SegmentationModule(
-        model=model,
-        loss={"ce": {"weight": 1.0}},
+        model=network_config(arch, **model),
+        loss={"ce": {"_target_": "lightseg.losses.CrossEntropy", "weight": 1.0}},
+        metrics=BINARY_METRICS,
         optimizer={"_target_": "torch.optim.SGD", "lr": 0.1},
         classes=classes,
     )
@@ -157,7 +173,8 @@ def test_offline_weights_give_the_clear_error(arch, options, monkeypatch, tmp_pa
     with pytest.raises(LightsegError, match="probably offline") as error:
         build_model(arch, 2, **options)
     weights = options.get("weights") or options["encoder_weights"]
-    assert f"weights '{weights}' for model.arch={arch}" in str(error.value)
+    what = "SegNet's VGG16-BN encoder" if arch == "SegNet" else f"model.arch={arch}"
+    assert f"weights '{weights}' for {what}" in str(error.value)
     assert "model.encoder_weights=null" in str(error.value)
 
 
@@ -208,14 +225,14 @@ def test_atrous_rates_set_the_aspp_dilations():
         (SMALL, {"weights": "VOC_V9"}, "Available: COCO_WITH_VOC_LABELS_V1"),
         (SMALL, {"encoder_weights": "imagenet"}, "Available: IMAGENET1K_V1"),
         (SMALL, {"in_channels": 1}, "in_channels must be 3"),
-        ("fcn_resnet50", {"encoder_name": "resnet34"}, "model=torchvision model.arch="),
+        ("fcn_resnet50", {"encoder_name": "resnet34"}, "model.encoder_name: not a setting"),
         (
             "SegNet",
             {"encoder_weights": "imagenet"},
             "not a weight set of VGG16-BN. Available: IMAGENET1K_V1",
         ),
-        ("SegNet", {"aux_weight": 0.5}, "model=segnet"),
-        ("FCN8s", {}, "Available: Unet, .*, fcn_resnet50, .*, SegNet"),
+        ("SegNet", {"aux_weight": 0.5}, "model.aux_weight: not a setting of .*segnet.build"),
+        ("FCN8s", {}, "'FCN8s' is not an smp architecture. Available: Unet, .*DPT"),
     ],
 )
 def test_bad_model_config_raises_lightseg_error(arch, options, message):
@@ -226,10 +243,16 @@ def test_bad_model_config_raises_lightseg_error(arch, options, message):
         build_model(arch, 2, **options)
 
 
+def test_torchvision_family_rejects_an_smp_architecture():
+    config = {"_target_": "lightseg.models.torchvision_models.build", "arch": "Unet"}
+    with pytest.raises(LightsegError, match="'unet' is not one of torchvision's"):
+        build_network(config, 2)
+
+
 @pytest.mark.parametrize("group", ["torchvision", "segnet"])
 def test_model_config_files_build(group, tmp_path):
     cfg = make_config(tmp_path, f"model={group}", "model.encoder_weights=null")
     if group == "torchvision":
         cfg.model.arch = "lraspp_mobilenet_v3_large"  # its defaults otherwise; quick to build
-    model = build_model(out_channels=3, **cfg.model).eval()
+    model = build_network(cfg.model, out_channels=3).eval()
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 3, 32, 32)

@@ -1,19 +1,21 @@
-"""The command line before Hydra starts: overrides checked, resume requests resolved.
+"""The command line before Hydra starts: overrides checked, the run folder chosen.
 
-* An override Hydra cannot apply gets Hydra's message plus the closest valid key or option.
-* ``ckpt_path=last`` (or ``resume=auto``) becomes the newest unfinished run of the experiment:
-  its ``last.ckpt``, its overrides, and its folder as Hydra's run folder, so the run continues
-  where it stopped, with the same W&B run. ``ckpt_path=<run>/checkpoints/x.ckpt`` does the same
-  for that run.
+Two things, and nothing else, happen before Hydra:
+
+* an override Hydra cannot apply gets Hydra's message plus the closest valid key or option
+  (Hydra itself would only print its message);
+* the run folder is chosen and handed to Hydra as ``hydra.run.dir``: a new, unique one, or
+  the folder of the run a resume request continues (lightseg.runs.resume has the rules).
+  A continued run's ``.hydra/`` record is left as it was (``hydra.output_subdir=null``).
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from pathlib import Path
 
-import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
@@ -21,12 +23,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightseg import CONFIG_DIR
 from lightseg.errors import LightsegError
-from lightseg.utils.run_info import read_run_info
+from lightseg.runs import record
+from lightseg.runs.resume import (
+    choose_run_folder,
+    override_key,
+    resume_requested,
+)
 
-RESUME_KEYS = ("ckpt_path", "resume")
 MULTIRUN_FLAGS = ("-m", "--multirun")
 UNKNOWN_KEY = re.compile(r"Could not (?:override|delete from config\.) '([^']+)'")
 MISSING_OPTION = re.compile(r"Could not find '([^']+)/([^'/]+)'")
+#: How many processes a launcher (torchrun, srun) started for one job.
+PROCESS_COUNT_VARIABLES = ("WORLD_SIZE", "SLURM_NTASKS")
 
 
 def prepare_arguments(args: list[str], config_name: str = "train") -> list[str]:
@@ -35,70 +43,60 @@ def prepare_arguments(args: list[str], config_name: str = "train") -> list[str]:
     ``-m`` moves to the front: Hydra's parser rejects overrides on both sides of it, and
     ``make train ARGS="-m ..."`` puts ``experiment=...`` before it.
     """
+    record.TYPED_ARGUMENTS[:] = args
     flags = [a for a in args if a in MULTIRUN_FLAGS]
-    return flags + [a for a in _prepared(args, config_name) if a not in MULTIRUN_FLAGS]
-
-
-def _prepared(args: list[str], config_name: str) -> list[str]:
-    if any(a.startswith("-") and a not in MULTIRUN_FLAGS for a in args):
-        return args  # --help, --cfg, -cn ...: Hydra's own business
     overrides = [a for a in args if a not in MULTIRUN_FLAGS]
+    if any(a.startswith("-") for a in overrides):
+        return args  # --help, --cfg, -cn ...: Hydra's own business
     cfg = compose_checked(overrides, config_name)
-    ckpt, resume = cfg.get("ckpt_path"), cfg.get("resume")
-    if resume not in (None, "auto"):
-        raise LightsegError(f"resume={resume} is not an option: use resume=auto, or leave it out.")
-    if ckpt is None and resume is None:
-        return args
-    if any(a in MULTIRUN_FLAGS for a in args):
-        raise LightsegError(
-            "ckpt_path and resume=auto continue a single run, not a sweep. Continue a sweep job "
-            "on its own: python -m lightseg.train ckpt_path=<job folder>/checkpoints/last.ckpt"
-        )
-    if ckpt is None or str(ckpt) == "last":
-        runs = Path(cfg.paths.log_dir) / str(cfg.name) / "runs"
-        run = newest_unfinished_run(runs)
-        if run is None:
-            if ckpt is None:  # resume=auto with nothing to resume: a fresh run
-                return args
+    return flags + overrides + run_folder_overrides(cfg, overrides, multirun=bool(flags))
+
+
+def run_folder_overrides(cfg: DictConfig, overrides: list[str], multirun: bool) -> list[str]:
+    """``hydra.run.dir`` (and ``hydra.output_subdir=null`` for a continued run) to add."""
+    given = {override_key(o): o.split("=", 1)[-1] for o in overrides}
+    if multirun:
+        if resume_requested(cfg):
             raise LightsegError(
-                f"ckpt_path=last: no unfinished run of experiment '{cfg.name}' under '{runs}' "
-                "(unfinished: it has checkpoints/last.ckpt but no metrics.json, and did not "
-                "fail). Start a fresh run without ckpt_path, or name a checkpoint file: "
-                "ckpt_path=logs/<name>/runs/<time>/checkpoints/last.ckpt."
+                "ckpt_path and resume=auto continue a single run, not a sweep. Continue a sweep "
+                "job on its own: python -m lightseg.train ckpt_path=<job folder>/checkpoints/"
+                "last.ckpt"
             )
-        checkpoint = run / "checkpoints" / "last.ckpt"
-    else:
-        checkpoint = existing_checkpoint(str(ckpt))
-        run = run_folder_of(checkpoint)
-        if run is None:  # a checkpoint from elsewhere: continue its training in a new folder
-            return args
-    kept = [a for a in args if override_key(a) not in (*RESUME_KEYS, "hydra.run.dir")]
-    return [
-        *merge_overrides(previous_overrides(run), kept),
-        f"ckpt_path={quoted(checkpoint)}",
-        f"hydra.run.dir={quoted(run)}",
-    ]
-
-
-def existing_checkpoint(path: str) -> Path:
-    checkpoint = Path(path)
-    if not checkpoint.is_file():
+        return []
+    explicit = given.get("hydra.run.dir")
+    if explicit is None and launched_processes() > 1:
         raise LightsegError(
-            f"ckpt_path='{path}' does not exist. Runs keep their checkpoints in "
-            "logs/<name>/runs/<time>/checkpoints/ (last.ckpt, best.ckpt); ckpt_path=last picks "
-            "the newest unfinished run of the experiment."
+            f"This is one of {launched_processes()} processes of a multi-process launch (srun, "
+            "torchrun), but no hydra.run.dir is given, so each process would pick a folder of "
+            "its own. Give every process the same one, e.g. hydra.run.dir=logs/<name>/runs/"
+            "job-$SLURM_JOB_ID (scripts/slurm/train.sbatch does)."
         )
-    return checkpoint
+    folder, continues = choose_run_folder(cfg, explicit.strip("'\"") if explicit else None)
+    added = [] if explicit else [f"hydra.run.dir={quoted(folder)}"]
+    if continues and "hydra.output_subdir" not in given:
+        added.append("hydra.output_subdir=null")
+    return added
+
+
+def launched_processes() -> int:
+    counts = [os.environ.get(name, "1") for name in PROCESS_COUNT_VARIABLES]
+    return max(int(c) if c.isdigit() else 1 for c in counts)
 
 
 def compose_checked(overrides: list[str], config_name: str = "train") -> DictConfig:
     """Compose the config as Hydra will (first value of each sweep); explain what fails."""
-    checked = [_first_of_sweep(o) for o in overrides if not override_key(o).startswith("hydra")]
+    checked = [_first_of_sweep(o) for o in overrides if _composes(o)]
     checked = [o for o in checked if o is not None]
     try:
         return _compose(checked, config_name)
     except HydraException as error:
         raise LightsegError(explain(error, checked, config_name)) from None
+
+
+def _composes(override: str) -> bool:
+    """Whether an override changes the composed config (hydra.* do not, but the search path)."""
+    key = override_key(override)
+    return not key.startswith("hydra") or key == "hydra.searchpath"
 
 
 def _compose(overrides: list[str], config_name: str) -> DictConfig:
@@ -118,11 +116,6 @@ def _first_of_sweep(override: str) -> str | None:
     except (ValueError, StopIteration):  # interval() etc.: only a sweeper can pick a value
         return None
     return f"{parsed.get_key_element()}={first}"
-
-
-def override_key(override: str) -> str:
-    """``trainer.max_epochs`` for ``+trainer.max_epochs=3``; the text before ``=`` otherwise."""
-    return override.split("=", 1)[0].lstrip("+~").split("@", 1)[0]
 
 
 def explain(error: HydraException, overrides: list[str], config_name: str) -> str:
@@ -188,44 +181,6 @@ def closest(key: str, keys: list[str]) -> str | None:
         leaves.setdefault(candidate.rsplit(".", 1)[-1], candidate)
     found = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(leaves), n=1, cutoff=0.75)
     return leaves[found[0]] if found else None
-
-
-def newest_unfinished_run(runs: Path) -> Path | None:
-    """The newest run folder with a ``last.ckpt``, no ``metrics.json`` and no recorded failure."""
-    if not runs.is_dir():
-        return None
-    for run in sorted(
-        (p for p in runs.iterdir() if p.is_dir()), key=lambda p: p.name, reverse=True
-    ):
-        info = read_run_info(run) or {}
-        if (
-            (run / "checkpoints" / "last.ckpt").is_file()
-            and not (run / "metrics.json").is_file()
-            and info.get("status") != "failed"
-        ):
-            return run
-    return None
-
-
-def run_folder_of(checkpoint: Path) -> Path | None:
-    """The run folder a checkpoint belongs to (``<run>/checkpoints/x.ckpt``), if it is one."""
-    run = checkpoint.resolve().parent.parent
-    if checkpoint.resolve().parent.name == "checkpoints" and (run / ".hydra").is_dir():
-        return run
-    return None
-
-
-def previous_overrides(run: Path) -> list[str]:
-    """The overrides the run was started with (Hydra keeps them in .hydra/overrides.yaml)."""
-    path = run / ".hydra" / "overrides.yaml"
-    overrides = yaml.safe_load(path.read_text()) if path.is_file() else []
-    return [o for o in overrides or [] if override_key(o) not in RESUME_KEYS]
-
-
-def merge_overrides(first: list[str], then: list[str]) -> list[str]:
-    """``first`` with each key that ``then`` sets again replaced by the later value."""
-    later = {override_key(o) for o in then}
-    return [o for o in first if override_key(o) not in later] + list(then)
 
 
 def quoted(path: Path) -> str:

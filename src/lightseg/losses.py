@@ -1,32 +1,33 @@
-"""Losses by name and their weighted sums, with one ignore convention (label 255).
+"""Loss terms and their weighted sum (``loss.<name>: {_target_, weight, ...}``).
 
-Every term sees only the labelled pixels: ignored ones are dropped before the loss is computed,
-so means, Dice sums and Lovasz orderings are over exactly the pixels that count.
+The loss-term contract: any ``nn.Module`` called as ``term(logits, target)`` with logits
+``[N, C, H, W]`` (C = 1 for a binary task) and ``target`` a LongTensor ``[N, H, W]`` of class
+indices in which :data:`IGNORE_INDEX` (255) marks pixels that must not count. No mask is
+passed: ``target != 255`` is the valid-pixel mask. Terms see the batch in its spatial layout,
+so boundary or topology terms work as written. lightseg fills in ``num_classes`` and
+``ignore_index`` for constructors that take them (:func:`lightseg.task.task_arguments`).
+
+The built-in terms handle the ignore label exactly: a term's value on a batch equals its value
+on the labelled pixels alone (tests compare each against torch and smp references).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from torch import nn
 
 from lightseg.errors import LightsegError
-from lightseg.task import IGNORE_INDEX, Task
+from lightseg.task import IGNORE_INDEX, Task, task_arguments
 
-
-def labelled_pixels(
-    logits: torch.Tensor, target: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """[N, C, H, W] logits, [N, H, W] labels -> [1, C, V, 1], [1, V, 1] for the V kept pixels.
-
-    Losses that sum over the batch (all those here) give the same value on this V x 1 "image"
-    as on the masked batch.
-    """
-    keep = target != IGNORE_INDEX
-    return logits.movedim(1, 0)[:, keep][None, :, :, None], target[keep][None, :, None]
+#: Key of every ``loss.<name>`` entry that belongs to the sum, not to the term.
+WEIGHT_KEY = "weight"
 
 
 class CrossEntropy(nn.Module):
@@ -34,58 +35,93 @@ class CrossEntropy(nn.Module):
 
     def __init__(
         self,
-        task: Task,
+        num_classes: int,
         class_weights: list[float] | None = None,
         pos_weight: float | None = None,
         label_smoothing: float = 0.0,
+        ignore_index: int = IGNORE_INDEX,
     ) -> None:
         super().__init__()
-        self.binary = task.binary
+        task = Task.of(num_classes)
+        self.binary, self.ignore_index = task.binary, int(ignore_index)
         if self.binary and class_weights is not None:
-            raise LightsegError("loss: class_weights need a multiclass task; use pos_weight.")
+            raise LightsegError("loss.ce.class_weights need a multiclass task; use pos_weight.")
         if not self.binary and pos_weight is not None:
-            raise LightsegError("loss: pos_weight is for binary tasks; use class_weights.")
+            raise LightsegError("loss.ce.pos_weight is for binary tasks; use class_weights.")
+        if class_weights is not None and len(class_weights) != num_classes:
+            raise LightsegError(
+                f"loss.ce.class_weights has {len(class_weights)} values for {num_classes} classes."
+            )
         weights = class_weights if class_weights is not None else pos_weight
         self.register_buffer("weights", None if weights is None else torch.tensor(weights))
-        self.label_smoothing = label_smoothing
+        self.label_smoothing = float(label_smoothing)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if self.binary:
-            target = target.float().unsqueeze(1)
-            if self.label_smoothing:
-                target = target * (1 - self.label_smoothing) + 0.5 * self.label_smoothing
-            return F.binary_cross_entropy_with_logits(logits, target, pos_weight=self.weights)
-        return F.cross_entropy(
-            logits, target, weight=self.weights, label_smoothing=self.label_smoothing
+        if not self.binary:
+            return F.cross_entropy(
+                logits,
+                target,
+                weight=self.weights,
+                ignore_index=self.ignore_index,
+                label_smoothing=self.label_smoothing,
+            )
+        valid = target != self.ignore_index
+        labels = (target == 1).to(logits.dtype)
+        if self.label_smoothing:
+            labels = labels * (1 - self.label_smoothing) + 0.5 * self.label_smoothing
+        per_pixel = F.binary_cross_entropy_with_logits(
+            logits[:, 0], labels, pos_weight=self.weights, reduction="none"
         )
+        return per_pixel[valid].mean()
 
 
-def _binary_only(task: Task, **kwargs) -> nn.Module:
-    if not task.binary:
-        raise LightsegError(
-            f"loss=bce needs a binary task, but the data has {task.num_classes} classes. "
-            "Use loss=ce (or ce_dice)."
-        )
-    return CrossEntropy(task, **kwargs)
+class BinaryCrossEntropy(CrossEntropy):
+    """Binary cross-entropy; refuses multiclass tasks (use :class:`CrossEntropy` there)."""
+
+    def __init__(self, num_classes: int, **options) -> None:
+        if not Task.of(num_classes).binary:
+            raise LightsegError(
+                f"loss=bce needs a binary task, but the data has {num_classes} classes. "
+                "Use loss=ce (or ce_dice)."
+            )
+        super().__init__(num_classes, **options)
 
 
-def _smp(loss_class: type[nn.Module]) -> Callable[..., nn.Module]:
-    def build(task: Task, **kwargs) -> nn.Module:
-        return loss_class(mode="binary" if task.binary else "multiclass", **kwargs)
+class SMPTerm(nn.Module):
+    """An smp loss in binary or multiclass mode with lightseg's ignore label.
 
-    return build
+    Subclasses name the smp class; every option is passed to it (``loss.focal.gamma``).
+    """
+
+    smp_loss: type[nn.Module]
+
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX, **options) -> None:
+        super().__init__()
+        mode = "binary" if Task.of(num_classes).binary else "multiclass"
+        self.loss = self.smp_loss(mode=mode, ignore_index=ignore_index, **options)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.loss(logits, target)
 
 
-#: name -> builder(task, **options). Options are the config keys besides ``weight``.
-LOSSES: dict[str, Callable[..., nn.Module]] = {
-    "ce": CrossEntropy,
-    "bce": _binary_only,
-    "dice": _smp(smp.losses.DiceLoss),
-    "jaccard": _smp(smp.losses.JaccardLoss),
-    "focal": _smp(smp.losses.FocalLoss),
-    "lovasz": _smp(smp.losses.LovaszLoss),
-    "tversky": _smp(smp.losses.TverskyLoss),
-}
+class Dice(SMPTerm):
+    smp_loss = smp.losses.DiceLoss
+
+
+class Jaccard(SMPTerm):
+    smp_loss = smp.losses.JaccardLoss
+
+
+class Focal(SMPTerm):
+    smp_loss = smp.losses.FocalLoss
+
+
+class Lovasz(SMPTerm):
+    smp_loss = smp.losses.LovaszLoss
+
+
+class Tversky(SMPTerm):
+    smp_loss = smp.losses.TverskyLoss
 
 
 class SegmentationLoss(nn.Module):
@@ -99,8 +135,8 @@ class SegmentationLoss(nn.Module):
     def forward(
         self, logits: torch.Tensor, target: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logits, target = labelled_pixels(logits.float(), target)
-        if target.numel() == 0:  # every pixel ignored: no signal, but keep the graph
+        logits = logits.float()  # losses in float32, also under mixed precision
+        if not bool((target != IGNORE_INDEX).any()):  # no signal, but keep the graph
             zero = logits.sum() * 0.0
             return zero, {name: zero for name in self.terms}
         parts = {name: term(logits, target) for name, term in self.terms.items()}
@@ -108,23 +144,33 @@ class SegmentationLoss(nn.Module):
         return total, parts
 
 
-def build_loss(config: Mapping[str, Mapping | None], task: Task) -> SegmentationLoss:
-    """``{name: {weight: w, **options}}`` -> SegmentationLoss; a ``null`` entry drops a term."""
+def build_loss(config: Mapping[str, Mapping[str, Any] | None], task: Task) -> SegmentationLoss:
+    """``{name: {_target_, weight, **options}}`` -> SegmentationLoss; ``null`` drops a term."""
     terms = {}
-    for name, options in config.items():
-        if options is None:
+    for name, entry in config.items():
+        if entry is None:
             continue
-        if name not in LOSSES:
+        options = dict(entry)
+        weight = float(options.pop(WEIGHT_KEY, 1.0))
+        if "_target_" not in options:
             raise LightsegError(
-                f"Unknown loss term 'loss.{name}'. Available: {', '.join(LOSSES)}; combine them "
-                "as loss=[ce,dice] or set loss.<name>.weight."
+                f"loss.{name} has no _target_: name the term's class, e.g. "
+                f"loss.{name}._target_=lightseg.losses.Dice (configs/loss/*.yaml show the "
+                "built-in ones)."
             )
-        options = dict(options)
-        weight = options.pop("weight", 1.0)
+        filled = task_arguments(options, task)
         try:
-            terms[name] = (weight, LOSSES[name](task, **options))
-        except TypeError as error:
-            raise LightsegError(f"Bad options for loss.{name}: {error}") from None
+            term = instantiate(options, **filled, _convert_="all")
+        except InstantiationException as error:
+            cause = error.__cause__ or error
+            if isinstance(cause, LightsegError):
+                raise cause from None
+            raise LightsegError(
+                f"loss.{name} ({options['_target_']}): {type(cause).__name__}: {cause}"
+            ) from None
+        if not isinstance(term, nn.Module):
+            raise LightsegError(f"loss.{name}._target_ must build a torch.nn.Module.")
+        terms[name] = (weight, term)
     if not terms:
         raise LightsegError("The loss config has no terms; choose one, e.g. loss=ce_dice.")
     return SegmentationLoss(terms)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from hydra.utils import get_object
 
 #: Label value that marks pixels excluded from losses and metrics (VOC borders, COCO crowds).
 IGNORE_INDEX = 255
@@ -19,6 +23,11 @@ class Task:
     def __post_init__(self) -> None:
         if len(self.classes) < 2:
             raise ValueError(f"a segmentation task needs at least 2 classes, got {self.classes}")
+
+    @classmethod
+    def of(cls, num_classes: int) -> Task:
+        """The task of ``num_classes`` unnamed classes (for parts that only need the count)."""
+        return cls(tuple(str(index) for index in range(int(num_classes))))
 
     @property
     def num_classes(self) -> int:
@@ -44,3 +53,19 @@ class Task:
         if self.binary:
             return (logits[:, 0] > 0).long()
         return logits.argmax(dim=1)
+
+
+#: What lightseg fills in for metric and loss-term constructors that take these arguments.
+TASK_ARGUMENTS = ("num_classes", "classes", "ignore_index")
+
+
+def task_arguments(config: Mapping[str, Any], task: Task) -> dict[str, Any]:
+    """``num_classes``, ``classes`` and ``ignore_index`` for the ``_target_`` of ``config``,
+    where its constructor takes them and the config does not set them already."""
+    values = {"num_classes": task.num_classes, "classes": list(task.classes)}
+    values["ignore_index"] = IGNORE_INDEX
+    try:
+        parameters = inspect.signature(get_object(str(config["_target_"]))).parameters
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return {}  # instantiate() reports a target that cannot be imported
+    return {k: v for k, v in values.items() if k in parameters and k not in config}

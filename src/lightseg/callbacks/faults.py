@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lightseg.errors import LightsegError, TrainingInterrupted
+from lightseg.runs import RunFolder
 from lightseg.utils.checkpoint import random_states, set_random_states
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ def last_checkpoint_path(trainer: L.Trainer) -> Path:
     callback = trainer.checkpoint_callback
     if callback is not None and getattr(callback, "dirpath", None):
         return Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
-    return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+    return RunFolder(trainer.default_root_dir).last
 
 
 def requeue_slurm_job() -> bool:

@@ -8,10 +8,12 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 
-from lightseg.utils.run_info import read_run_info
+from lightseg.runs import read_run_info
+from lightseg.runs.folder import CONFIG, RUN_INFO, SPLITS
+from lightseg.runs.snapshot import GIT_DIFF, PACKAGES, UNTRACKED
 
 #: Files of the run folder (globs) that go to the W&B run's Files tab.
-RUN_FILES = ("config.yaml", "run_info.json", "git_diff.patch", "splits/*.txt")
+RUN_FILES = (CONFIG, RUN_INFO, GIT_DIFF, UNTRACKED, PACKAGES, f"{SPLITS}/*.txt")
 
 
 class LogRunFiles(Callback):

@@ -18,6 +18,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from lightseg.config import image_size_hw
 from lightseg.data.sampling import (
     EpochSampler,
     ResumableDataLoader,
@@ -126,6 +127,13 @@ def check_labels(mask: np.ndarray, num_classes: int, path: Path) -> np.ndarray:
             "or belongs to another dataset: re-extract it from the official archive."
         )
     return mask
+
+
+def at_least(value, minimum: int, key: str) -> int:
+    """``value`` as an int >= ``minimum``, or an error naming the config key."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise LightsegError(f"{key}={value!r} must be a whole number >= {minimum}.")
+    return int(value)
 
 
 def stratified_split(
@@ -243,7 +251,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self,
         source: SegmentationSource,
         transforms: Mapping[str, Sequence],
-        image_size: Sequence[int] = (256, 256),
+        image_size: int | Sequence[int] = (256, 256),
         batch_size: int = 8,
         num_workers: int = 2,
         split: Mapping[str, float] | None = None,
@@ -256,19 +264,24 @@ class SegmentationDataModule(L.LightningDataModule):
         cache: bool = False,
     ) -> None:
         super().__init__()
-        if any(int(side) % 32 for side in image_size):
-            raise LightsegError(
-                f"data.image_size={list(image_size)} must be multiples of 32 (smp encoders "
-                "downsample 5 times). Use e.g. data.image_size=[256,256]."
-            )
         self.source = source
-        self.image_size = tuple(int(side) for side in image_size)
-        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
-        self.global_batch_size = None if global_batch_size is None else int(global_batch_size)
+        self.image_size = image_size_hw(image_size)
+        self.batch_size = at_least(batch_size, 1, "data.batch_size")
+        self.num_workers = at_least(num_workers, 0, "data.num_workers")
+        self.global_batch_size = (
+            None
+            if global_batch_size is None
+            else at_least(global_batch_size, 1, "data.global_batch_size")
+        )
         self.cache = bool(cache)
         self.fractions = dict(split or {"val": 0.2, "test": 0.2})
         self.seed = int(seed)
         self.mean, self.std = tuple(mean), tuple(std)
+        if len(self.mean) != self.in_channels or len(self.std) != self.in_channels:
+            raise LightsegError(
+                f"data.mean and data.std need one value per image channel ({self.in_channels}), "
+                f"got {len(self.mean)} and {len(self.std)}."
+            )
         self.split_dir = Path(split_dir) if split_dir else None
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.pipelines = {
@@ -277,6 +290,11 @@ class SegmentationDataModule(L.LightningDataModule):
         }
         self.splits: dict[str, list[Sample]] | None = None
         self.datasets: dict[str, SegmentationDataset] = {}
+
+    @property
+    def in_channels(self) -> int:
+        """Channels of the images the source reads (3: RGB)."""
+        return int(getattr(self.source, "in_channels", 3))
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -289,17 +307,29 @@ class SegmentationDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         self.source.prepare()
 
+    def locate(self, prepare: bool = False) -> dict[str, list[Sample]]:
+        """Find the source's samples and split them (once); with ``prepare``, prepare the source
+        first (download, generate, cache: sources make that safe to call from many processes).
+
+        Cheap next to building a pretrained network, so training calls it first.
+        """
+        if prepare:
+            self.source.prepare()
+        if self.splits is None:
+            splits = self.source.split(self.source.find(), self.fractions, self.seed)
+            empty = [name for name in SPLITS if not splits.get(name)]
+            if empty:
+                sizes = {name: len(splits.get(name, [])) for name in SPLITS}
+                raise LightsegError(
+                    f"{type(self.source).__name__} under '{self.source.root}' gives empty "
+                    f"split(s) {empty} (sizes {sizes}). Add data or change data.split (val/test "
+                    "fractions)."
+                )
+            self.splits = splits
+        return self.splits
+
     def setup(self, stage: str | None = None) -> None:
-        if self.splits is not None:
-            return
-        self.splits = self.source.split(self.source.find(), self.fractions, self.seed)
-        empty = [name for name in SPLITS if not self.splits.get(name)]
-        if empty:
-            sizes = {name: len(self.splits.get(name, [])) for name in SPLITS}
-            raise LightsegError(
-                f"{type(self.source).__name__} under '{self.source.root}' gives empty split(s) "
-                f"{empty} (sizes {sizes}). Add data or change data.split (val/test fractions)."
-            )
+        self.locate()
         if self.split_dir is not None and (self.trainer is None or self.trainer.is_global_zero):
             self.write_splits(self.split_dir / "splits")
 
@@ -311,8 +341,7 @@ class SegmentationDataModule(L.LightningDataModule):
 
     def dataset(self, split: str) -> SegmentationDataset:
         if split not in self.datasets:
-            if self.splits is None:
-                self.setup()
+            self.locate()
             pipeline = self.pipelines["train" if split == "train" else "eval"]
             self.datasets[split] = SegmentationDataset(
                 self.source, self.splits[split], pipeline, cache=self.cache

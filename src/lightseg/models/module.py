@@ -11,24 +11,27 @@ from hydra.utils import instantiate
 from torch import nn
 from torchmetrics import MeanMetric
 
+from lightseg.errors import LightsegError
 from lightseg.losses import build_loss
-from lightseg.metrics import SegmentationMetrics
-from lightseg.models.factory import build_model
-from lightseg.models.torchvision_models import AUX_WEIGHT
+from lightseg.metrics import build_metrics
+from lightseg.models.network import build_network, check_output, logits_of
 from lightseg.task import Task
 from lightseg.utils.devices import compile_in_place
 
 #: Scheduler arguments that mean "the length of training"; ``null`` in config = fill it in.
 SCHEDULE_LENGTH_ARGS = ("total_iters", "T_max", "total_steps")
 EVAL_STAGES = ("val", "test")
+#: Headline metrics shown in the progress bar, when the metrics config has them.
+PROGRESS_BAR_METRICS = ("dice", "iou")
 
 
 class SegmentationModule(L.LightningModule):
-    """Wraps a network built from ``model`` config; all arguments are plain config dicts.
+    """Wraps the network ``model`` names; every argument is a plain config dict or value.
 
-    Storing only plain dicts as hyperparameters keeps checkpoints self-describing (architecture,
-    encoder, classes, normalisation, and in ``inference`` the training input size and how
-    evaluation fed images to the network) and loadable with ``torch.load(weights_only=True)``.
+    Storing only plain values as hyperparameters keeps checkpoints self-describing (network
+    ``_target_`` and keys, loss, metrics, classes, normalisation, and in ``inference`` the
+    training input size and how evaluation fed images to the network) and loadable with
+    ``torch.load(weights_only=True)``.
     """
 
     def __init__(
@@ -37,64 +40,74 @@ class SegmentationModule(L.LightningModule):
         loss: Mapping[str, Any],
         optimizer: Mapping[str, Any],
         classes: Sequence[str],
+        metrics: Mapping[str, Any] | None = None,
         scheduler: Mapping[str, Any] | None = None,
         normalization: Mapping[str, Sequence[float]] | None = None,
         inference: Mapping[str, Any] | None = None,
+        compile: bool = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)  # train() logs the whole resolved config
         self.task = Task(tuple(classes))
-        network = dict(model)
-        self.channels_last = bool(network.pop("channels_last", False))
-        compile_network = bool(network.pop("compile", False))
-        self.net = build_model(out_channels=self.task.out_channels, **network)
-        self.aux_weight = float(network.get("aux_weight", AUX_WEIGHT))
-        if compile_network:
+        self.net = build_network(model, self.task.out_channels)
+        if compile:
             compile_in_place(self.net)
         self.criterion = build_loss(loss, self.task)
-        self.eval_metrics = nn.ModuleDict({s: SegmentationMetrics(self.task) for s in EVAL_STAGES})
-        self.eval_losses = nn.ModuleDict({s: MeanMetric() for s in EVAL_STAGES})
+        self.eval_metrics = nn.ModuleDict(
+            {stage: build_metrics(metrics, self.task) for stage in EVAL_STAGES}
+        )
+        self.eval_losses = nn.ModuleDict({stage: MeanMetric() for stage in EVAL_STAGES})
 
     def setup(self, stage: str) -> None:
-        if self.channels_last and self.device.type == "cuda":  # only tensor cores gain from it
+        if self.hparams.channels_last and self.device.type == "cuda":  # tensor cores gain
             self.net.to(memory_format=torch.channels_last)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits [N, out_channels, H, W] for normalised images [N, 3, H, W].
-
-        In training, networks with an auxiliary head return ``(logits, aux_logits)``.
-        """
-        if self.channels_last and images.is_cuda:
+    def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The network's output for normalised images [N, C, H, W]: logits, or in training
+        ``(logits, aux_logits)`` for networks with an auxiliary head."""
+        if self.hparams.channels_last and images.is_cuda:
             images = images.contiguous(memory_format=torch.channels_last)
         return self.net(images)
 
+    def logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(logits, aux_logits or None)``, checked against the network contract."""
+        logits, aux = logits_of(self(images))
+        check_output(logits, images, self.task.out_channels)
+        return logits, aux
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        output = self(batch["image"])
-        logits, aux = output if isinstance(output, tuple) else (output, None)
+        logits, aux = self.logits(batch["image"])
         loss, parts = self.criterion(logits, batch["mask"])
         if aux is not None:
+            weight = getattr(self.net, "aux_weight", None)
+            if weight is None:
+                raise LightsegError(
+                    f"{type(self.net).__name__} returned (logits, aux_logits) but has no "
+                    "aux_weight attribute: set self.aux_weight (the auxiliary loss weight)."
+                )
             parts = {**parts, "aux": self.criterion(aux, batch["mask"])[0]}
-            loss = loss + self.aux_weight * parts["aux"]
+            loss = loss + float(weight) * parts["aux"]
         size = batch["image"].shape[0]
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
-        if len(parts) > 1:
-            self.log_dict({f"train/loss_{k}": v for k, v in parts.items()}, batch_size=size)
+        terms = {f"train/loss_{k}": v for k, v in parts.items()}  # each term's epoch mean
+        self.log_dict(terms, on_step=False, on_epoch=True, batch_size=size)
         return loss
 
     def _eval_step(self, batch: dict, stage: str) -> None:
-        logits = self(batch["image"])
+        logits, _ = self.logits(batch["image"])
         loss, _ = self.criterion(logits, batch["mask"])
         self.eval_losses[stage].update(loss, weight=batch["image"].shape[0])
         self.eval_metrics[stage].update(self.task.predict(logits), batch["mask"])
 
     def _log_eval_epoch(self, stage: str) -> None:
-        values = {f"{stage}/loss": self.eval_losses[stage].compute()}
-        values.update({f"{stage}/{k}": v for k, v in self.eval_metrics[stage].compute().items()})
+        values = {"loss": float(self.eval_losses[stage].compute())}
+        values.update(self.eval_metrics[stage].compute())
         self.eval_losses[stage].reset()
         self.eval_metrics[stage].reset()
         # torchmetrics already reduced the states over all ranks; the values are global.
         for name, value in values.items():
-            self.log(name, value, prog_bar=name in (f"{stage}/dice", f"{stage}/iou"))
+            self.log(f"{stage}/{name}", value, prog_bar=name in PROGRESS_BAR_METRICS)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val")

@@ -13,6 +13,7 @@ import torchvision
 from torch import nn
 
 from lightseg.errors import LightsegError
+from lightseg.models.network import weights_unavailable
 from lightseg.models.torchvision_models import config_weights
 
 #: Convolution widths of VGG16's five blocks; each block ends with a 2x2 max-pooling.
@@ -96,14 +97,16 @@ class SegNet(nn.Module):
             dst.load_state_dict(src.state_dict())
 
 
-def build_segnet(
-    out_channels: int, encoder_weights: str | None = None, in_channels: int = 3
-) -> SegNet:
-    """SegNet; ``encoder_weights`` names torchvision's VGG16_BN weights (``IMAGENET1K_V1``)."""
+def build(out_channels: int, encoder_weights: str | None = None, in_channels: int = 3) -> SegNet:
+    """SegNet (``model=segnet``); ``encoder_weights`` names torchvision's VGG16_BN weights
+    (``IMAGENET1K_V1``) or null."""
     model = SegNet(out_channels, in_channels)
     if encoder_weights is not None:
         enum = torchvision.models.VGG16_BN_Weights
         weights = config_weights(enum, encoder_weights, "encoder_weights", "VGG16-BN")
-        # downloads fail with OSError; factory.py turns that into the offline message
-        model.load_vgg16_bn(torchvision.models.vgg16_bn(weights=weights))
+        try:
+            vgg = torchvision.models.vgg16_bn(weights=weights)
+        except OSError as error:  # torch.hub's download: offline, HTTP and disk errors
+            raise weights_unavailable("SegNet's VGG16-BN encoder", encoder_weights, error) from None
+        model.load_vgg16_bn(vgg)
     return model

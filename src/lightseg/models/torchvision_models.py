@@ -1,4 +1,5 @@
-"""torchvision's segmentation models (the ones torch.hub's ``pytorch/vision`` entry points build).
+"""torchvision's segmentation models (``model=torchvision``), as torch.hub's ``pytorch/vision``
+entry points build them.
 
 FCN (Long et al., 2015), DeepLabV3 (Chen et al., 2017) and LR-ASPP (Howard et al., 2019), built
 by ``torchvision.models.segmentation`` and wrapped so that they return plain logits like every
@@ -20,6 +21,7 @@ from torchvision.models.segmentation import LRASPP
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
 from lightseg.errors import LightsegError
+from lightseg.models.network import weights_unavailable
 
 #: Weight of the auxiliary head's loss in torchvision's reference recipe.
 AUX_WEIGHT = 0.5
@@ -39,12 +41,14 @@ class TorchvisionSegmentation(nn.Module):
     """A torchvision segmentation model returning logits at the input resolution.
 
     In eval mode the auxiliary head is skipped, so inference, export and metrics see one
-    Tensor; in training it also returns the auxiliary logits for the weighted extra loss.
+    Tensor; in training it also returns the auxiliary logits, whose loss is weighted by
+    ``aux_weight`` (the network contract, lightseg.models.network).
     """
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: nn.Module, aux_weight: float = AUX_WEIGHT) -> None:
         super().__init__()
         self.net = net
+        self.aux_weight = float(aux_weight)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         size = images.shape[-2:]
@@ -108,9 +112,9 @@ def _set_atrous_rates(net: nn.Module, rates: Sequence[int]) -> None:
     net.classifier[0] = aspp
 
 
-def build_torchvision(
-    arch: str,
+def build(
     out_channels: int,
+    arch: str = "deeplabv3_resnet50",
     weights: str | None = None,
     encoder_weights: str | None = None,
     aux_weight: float = AUX_WEIGHT,
@@ -125,7 +129,13 @@ def build_torchvision(
     weights (torchvision's ``weights_backbone``). The auxiliary head exists iff ``aux_weight > 0``
     (FCN and DeepLabV3 only).
     """
-    arch = arch.lower()
+    arch = str(arch).lower()
+    if arch not in TORCHVISION_ARCHS:
+        raise LightsegError(
+            f"model.arch='{arch}' is not one of torchvision's segmentation models "
+            f"(model=torchvision): {', '.join(TORCHVISION_ARCHS)}. smp architectures are "
+            "model=smp, SegNet is model=segnet."
+        )
     resnet = "resnet" in arch
     if in_channels != 3:
         raise LightsegError(f"{arch} takes RGB images; model.in_channels must be 3.")
@@ -146,7 +156,13 @@ def build_torchvision(
         options["num_classes"] = out_channels
         if has_aux:
             options["aux_loss"] = aux_weight > 0
-    net = get_model_builder(arch)(**options)  # downloads fail with OSError (factory.py says so)
+    try:
+        net = get_model_builder(arch)(**options)
+    except OSError as error:  # torch.hub's download: URLError offline, HTTP and disk errors
+        if full is None and backbone is None:
+            raise
+        named = weights if full is not None else encoder_weights
+        raise weights_unavailable(f"model.arch={arch}", named, error) from None
     if full is not None:
         pretrained_classes = len(full.meta["categories"])
         if has_aux and aux_weight <= 0:
@@ -159,4 +175,4 @@ def build_torchvision(
         _set_resnet_output_stride(net, arch, output_stride)
     if atrous_rates is not None:
         _set_atrous_rates(net, atrous_rates)
-    return TorchvisionSegmentation(net)
+    return TorchvisionSegmentation(net, aux_weight)

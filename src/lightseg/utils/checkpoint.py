@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+from lightseg.errors import LightsegError
 
 TEMP_INFIX = ".partial-"
 
@@ -36,10 +39,12 @@ def _is_local(path) -> bool:
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to ``path``: either the old file or the complete new one, never a part."""
+    """``torch.save`` to ``path``: either the old file or the complete new one, never a part.
+
+    The temporary file is this process's own (its PID in the name); files that other, killed,
+    processes left are removed by :func:`remove_partial_files` when a run resumes.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}{TEMP_INFIX}*"):  # left by a killed process
-        stale.unlink(missing_ok=True)
     temp = path.with_name(f".{path.name}{TEMP_INFIX}{os.getpid()}")
     try:
         with open(temp, "wb") as file:
@@ -90,8 +95,28 @@ def set_random_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
+def check_readable(path: str | Path) -> None:
+    """A clear error for a checkpoint that is not a complete PyTorch file (torn, truncated).
+
+    Reads only the zip directory at the end of the file, which a torn write never has.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile) as error:
+        raise LightsegError(
+            f"Checkpoint '{path}' is damaged ({type(error).__name__}: {error}): it is not a "
+            "complete PyTorch checkpoint, e.g. it was cut off while being copied. Use another "
+            "checkpoint of the run (best.ckpt, or a copy), or start the run afresh without "
+            "ckpt_path / resume."
+        ) from None
+    if not any(name.endswith("data.pkl") for name in names):
+        raise LightsegError(f"'{path}' is a zip file but not a PyTorch checkpoint.")
+
+
 @rank_zero_only
 def remove_partial_files(folder: Path) -> None:
-    """Delete temporary checkpoint files a killed process left behind."""
+    """Delete temporary checkpoint files a killed process left behind (the caller holds the
+    run's lock, so no live process is writing them)."""
     for stale in Path(folder).glob(f".*{TEMP_INFIX}*"):
         stale.unlink(missing_ok=True)

@@ -29,7 +29,8 @@ def print_config_tree(cfg: DictConfig) -> None:
 
 
 def print_metrics(metrics: Mapping[str, float], title: str = "Final metrics") -> None:
-    """Metrics as a table with one row per name, and val/test side by side."""
+    """Metrics as a table with one row per name, and val/test side by side (empty: no value,
+    e.g. a class in neither the truth nor the predictions)."""
     names = sorted({key.split("/", 1)[1] for key in metrics if "/" in key})
     stages = [s for s in ("val", "test") if any(k.startswith(f"{s}/") for k in metrics)]
     table = Table(title=title)
@@ -38,5 +39,5 @@ def print_metrics(metrics: Mapping[str, float], title: str = "Final metrics") ->
         table.add_column(stage, justify="right")
     for name in names:
         cells = [metrics.get(f"{s}/{name}") for s in stages]
-        table.add_row(name, *("" if c is None else f"{c:.4f}" for c in cells))
+        table.add_row(name, *("" if c is None or c != c else f"{c:.4f}" for c in cells))
     console.print(table)

@@ -152,7 +152,7 @@ class ResumableCSVLogger(CSVLogger):
     """Lightning's CSVLogger, appending to an existing ``metrics.csv`` instead of deleting it.
 
     Steps that ran twice (after a hard kill and a resume from an older checkpoint) appear
-    twice; ``lightseg.plot`` keeps the later row.
+    twice; ``lightseg.tools.plot`` keeps the later row.
     """
 
     @property

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 from lightseg import CONFIG_DIR
 from lightseg.data.base import SegmentationDataModule
 from lightseg.errors import LightsegError, user_errors
-from lightseg.inference import Segmenter
+from lightseg.tools.inference import Segmenter
 from lightseg.train import build_module, build_trainer
 from lightseg.utils.console import console
 

@@ -1,6 +1,6 @@
 """Segment new images with a trained checkpoint.
 
-    python -m lightseg.predict ckpt_path=best.ckpt input=photos/ output=masks/
+    python -m lightseg.tools.predict ckpt_path=best.ckpt input=photos/ output=masks/
     make predict CKPT=best.ckpt INPUT=photos/ OUTPUT=masks/ ARGS="effect=color-splash"
 
 For every image: ``<name>_mask.png`` (class indices in a palette PNG: viewers show colours,
@@ -24,10 +24,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from rich.progress import track
 
 from lightseg import CONFIG_DIR
-from lightseg.effects import EFFECTS, apply_effect, background_pixels
+from lightseg.config import plain
 from lightseg.errors import LightsegError, user_errors
-from lightseg.inference import build_segmenter, load_module
-from lightseg.utils.config import plain
+from lightseg.tools.effects import EFFECTS, apply_effect, background_pixels
+from lightseg.tools.inference import build_segmenter, load_module
 from lightseg.utils.console import console
 from lightseg.utils.devices import inference_device
 from lightseg.visualize import class_colors, overlay, palette_image

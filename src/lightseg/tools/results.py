@@ -1,6 +1,6 @@
 """A results table from a folder of runs: ``make table RUNS=logs/demo/multiruns/<time>``.
 
-    python -m lightseg.results RUNS [--metrics test/dice,test/iou] [--digits 3] [--out DIR]
+    python -m lightseg.tools.results RUNS [--metrics test/dice,test/iou] [--digits 3] [--out DIR]
 
 One row per configuration (the overrides that differ between the runs, the seed aside), each
 metric as mean ± sample standard deviation over the runs, the best value in bold, and the
@@ -12,18 +12,16 @@ Writes ``results.md`` and ``results.tex`` (booktabs) into the folder.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from lightseg.errors import LightsegError, user_errors
-from lightseg.launch import override_key
+from lightseg.runs import RunFolder, find_runs
+from lightseg.runs.folder import read_yaml
+from lightseg.runs.resume import override_key
 from lightseg.utils.console import console
-from lightseg.utils.run_info import read_run_info
 
 DEFAULT_METRICS = ("test/dice", "test/iou")
 #: Overrides that do not make a different configuration: replicates, paths, logging, resuming.
@@ -54,7 +52,7 @@ class Row:
     runs: list[Run] = field(default_factory=list)
 
     def values(self, metric: str) -> list[float]:
-        return [r.metrics[metric] for r in self.runs if r.metrics and metric in r.metrics]
+        return [r.metrics[metric] for r in self.runs if (r.metrics or {}).get(metric) is not None]
 
     @property
     def finished(self) -> int:
@@ -63,16 +61,6 @@ class Row:
 
 def is_setting(key: str) -> bool:
     return key not in NOT_A_SETTING and not key.startswith(NOT_A_SETTING_PREFIXES)
-
-
-def find_run_folders(root: Path) -> list[Path]:
-    """Folders holding a run: Hydra's ``.hydra/overrides.yaml`` or lightseg's ``config.yaml``."""
-    found = {p.parent.parent for p in root.rglob(".hydra/overrides.yaml")}
-    for config in root.rglob("config.yaml"):
-        inner = config.relative_to(root).parts[:-1]
-        if not any(part.startswith(".") or part == "wandb" for part in inner):
-            found.add(config.parent)
-    return sorted(found)
 
 
 def _flatten(node, prefix: str = "") -> dict[str, str]:
@@ -85,32 +73,20 @@ def _flatten(node, prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def _read_yaml(path: Path):
-    try:
-        return yaml.safe_load(path.read_text()) if path.is_file() else None
-    except yaml.YAMLError:
-        return None
-
-
-def read_run(folder: Path) -> Run:
-    overrides = _read_yaml(folder / ".hydra" / "overrides.yaml") or []
-    config = _read_yaml(folder / "config.yaml") or _read_yaml(folder / ".hydra" / "config.yaml")
-    hydra = _read_yaml(folder / ".hydra" / "hydra.yaml") or {}
-    choices = (hydra.get("hydra") or {}).get("runtime", {}).get("choices", {}) or {}
+def read_run(run: RunFolder) -> Run:
+    config = read_yaml(run.config) or read_yaml(run.hydra / "config.yaml")
     values = _flatten(config or {})
-    values.update({key: str(value) for key, value in choices.items()})
-    metrics, status = None, "finished"
-    try:
-        metrics = json.loads((folder / "metrics.json").read_text())
-    except (OSError, ValueError):
-        info = read_run_info(folder)
+    values.update({key: str(value) for key, value in run.group_choices().items()})
+    metrics, status = run.read_metrics(), "finished"
+    if metrics is None:
+        info = run.info()
         if info is None:
             status = "no metrics.json (never started, or killed before run_info.json)"
         elif info.get("status") in ("finished", "running"):
             status = "no metrics.json (still running, or killed)"
         else:
             status = f"{info.get('status')}: {info.get('message') or ''}".strip(": ")
-    return Run(folder, list(overrides), values, metrics, status)
+    return Run(run.path, run.overrides(), values, metrics, status)
 
 
 def group_runs(runs: list[Run], root: Path) -> list[Row]:
@@ -132,7 +108,7 @@ def collect(root: Path) -> tuple[list[Row], list[Run]]:
             f"RUNS='{root}' is not a folder. Point it at a folder of runs, e.g. "
             "logs/demo/multiruns/<time>."
         )
-    folders = find_run_folders(root)
+    folders = find_runs(root)
     if not folders:
         raise LightsegError(
             f"No runs found under '{root}': a run folder holds .hydra/overrides.yaml or "
@@ -262,7 +238,7 @@ def write_tables(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m lightseg.results", description=__doc__.split("\n")[0]
+        prog="python -m lightseg.tools.results", description=__doc__.split("\n")[0]
     )
     parser.add_argument("runs", type=Path, help="folder holding the runs (searched recursively)")
     parser.add_argument(

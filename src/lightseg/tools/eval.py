@@ -1,13 +1,15 @@
 """Evaluate a checkpoint on a split at each image's own resolution.
 
-    python -m lightseg.eval ckpt_path=logs/demo/runs/<time>/checkpoints/best.ckpt
+    python -m lightseg.tools.eval ckpt_path=logs/demo/runs/<time>/checkpoints/best.ckpt
     make eval CKPT=... ARGS="split=val inference.flip=true inference.scales=[0.75,1,1.25]"
     make eval CKPT=... ARGS="postprocess=crf"                    (needs the .[crf] extra)
 
-Prints IoU and Dice per class and mean, and pixel accuracy, for plain inference and, side by
-side, with test-time augmentation and dense-CRF post-processing when those are configured.
-Writes ``eval.json``, ``per_class.csv``, ``confusion_matrix.png`` (row-normalised) and
-``examples.png`` (the worst and best predictions as overlays) to the output folder.
+Prints the run's metrics (the ``metrics`` its checkpoint stores: the same objects that logged
+``val/*`` and ``test/*`` in training) for plain inference and, side by side, with test-time
+augmentation and dense-CRF post-processing when those are configured. Writes ``eval.json``,
+``per_class.csv``, ``per_image.csv`` (every image's values), ``confusion_matrix.png``
+(row-normalised) and ``examples.png`` (the worst and best images by the run's ``monitor``
+metric) to the output folder. ``metrics=...`` on the command line scores other metrics.
 """
 
 from __future__ import annotations
@@ -32,15 +34,15 @@ from PIL import Image
 from rich.progress import track
 from rich.table import Table
 from torch.utils.data import DataLoader, Dataset
-from torchmetrics.classification import MulticlassConfusionMatrix
 
 from lightseg import CONFIG_DIR
+from lightseg.config import plain
 from lightseg.data.base import Sample, SegmentationSource
 from lightseg.errors import LightsegError, user_errors
-from lightseg.inference import Segmenter, build_segmenter, load_module
-from lightseg.metrics import SegmentationMetrics
-from lightseg.task import IGNORE_INDEX, Task
-from lightseg.utils.config import plain
+from lightseg.metrics import MetricSet, build_metrics, class_key, confusion_matrix, finite_or_none
+from lightseg.runs import RunFolder
+from lightseg.task import Task
+from lightseg.tools.inference import Segmenter, build_segmenter, load_module
 from lightseg.utils.console import console
 from lightseg.utils.devices import inference_device
 from lightseg.visualize import confusion_figure, letterbox, overlay_grid
@@ -71,44 +73,27 @@ def as_read(item):
 
 
 class Scores:
-    """Metrics of one inference variant: torchmetrics totals, the confusion matrix, and a
-    per-image score (foreground Dice, or mean IoU over the classes present) for examples."""
+    """One inference variant: the run's own metric set (the classes training logged with),
+    the split's confusion matrix for the figure, and each image's values for per_image.csv."""
 
-    def __init__(self, task: Task) -> None:
-        self.task = task
-        self.metrics = SegmentationMetrics(task)
-        self.confusion = MulticlassConfusionMatrix(task.num_classes, ignore_index=IGNORE_INDEX)
-        self.per_image: list[tuple[float, str]] = []
+    def __init__(self, metrics: MetricSet, task: Task) -> None:
+        self.task, self.metrics = task, metrics
+        self.confusion = torch.zeros(task.num_classes, task.num_classes, dtype=torch.long)
+        self.per_image: list[tuple[str, dict[str, float]]] = []
 
     def update(self, prediction: np.ndarray, mask: np.ndarray, sample_id: str) -> None:
         preds = torch.from_numpy(prediction.astype(np.int64))[None]
         target = torch.from_numpy(mask.astype(np.int64))[None]
-        self.metrics.update(preds, target)
-        self.confusion.update(preds, target)
-        self.per_image.append((image_score(prediction, mask, self.task), sample_id))
+        self.per_image.append((sample_id, self.metrics(preds, target)))
+        self.confusion += confusion_matrix(preds, target, self.task.num_classes)
 
     def compute(self) -> dict[str, float]:
-        return {name: float(value) for name, value in self.metrics.compute().items()}
+        return self.metrics.compute()
 
-
-def image_score(prediction: np.ndarray, mask: np.ndarray, task: Task) -> float:
-    """Foreground Dice (binary) or mean IoU over classes in truth or prediction (multiclass)."""
-    valid = mask != IGNORE_INDEX
-    pred, true = prediction[valid].astype(np.int64), mask[valid].astype(np.int64)
-    n = task.num_classes
-    confusion = np.bincount(true * n + pred, minlength=n * n).reshape(n, n)
-    hits = np.diag(confusion)
-    union = confusion.sum(0) + confusion.sum(1) - hits
-    if task.binary:
-        denominator = confusion[1].sum() + confusion[:, 1].sum()
-        return 1.0 if denominator == 0 else float(2 * hits[1] / denominator)
-    present = union > 0
-    return float((hits[present] / union[present]).mean()) if present.any() else 1.0
-
-
-def run_folder(ckpt: Path) -> Path | None:
-    """The training run folder of a checkpoint in ``<run>/checkpoints/``, if it is one."""
-    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
+    def ranked(self, metric: str) -> list[tuple[float, str]]:
+        """(value, id) of every image that has a value of ``metric``, worst first."""
+        scored = [(values.get(metric, math.nan), i) for i, values in self.per_image]
+        return sorted((v, i) for v, i in scored if not math.isnan(v))
 
 
 def data_config(cfg: DictConfig, from_run: bool) -> DictConfig:
@@ -122,8 +107,8 @@ def data_config(cfg: DictConfig, from_run: bool) -> DictConfig:
 def _data_config(cfg: DictConfig, from_run: bool) -> DictConfig:
     if not from_run:
         return cfg.data
-    run = run_folder(Path(cfg.ckpt_path))
-    saved = run / "config.yaml" if run else None
+    run = RunFolder.of_checkpoint(cfg.ckpt_path)
+    saved = run.config if run else None
     if saved is None or not saved.is_file():
         raise LightsegError(
             f"No config.yaml next to checkpoint '{cfg.ckpt_path}' (expected <run>/config.yaml for "
@@ -137,12 +122,20 @@ def output_folder(cfg: DictConfig) -> Path:
     if cfg.get("output_dir"):
         return Path(cfg.output_dir)
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    run = run_folder(Path(cfg.ckpt_path))
-    base = run / "eval" if run else Path(cfg.paths.log_dir) / "eval"
+    run = RunFolder.of_checkpoint(cfg.ckpt_path)
+    base = run.evaluations if run else Path(cfg.paths.log_dir) / "eval"
     return base / f"{cfg.split}_{stamp}"
 
 
-def evaluate(cfg: DictConfig, data_from_run: bool = False) -> dict[str, Any]:
+def metrics_config(cfg: DictConfig, module, from_command_line: bool) -> dict:
+    """The checkpoint's own metrics (what training logged), or those the command line chose."""
+    stored = module.hparams.get("metrics")
+    return plain(cfg.metrics) if from_command_line or not stored else dict(stored)
+
+
+def evaluate(
+    cfg: DictConfig, data_from_run: bool = False, metrics_from_command_line: bool = False
+) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` on ``cfg.split``; returns what ``eval.json`` holds."""
     device = inference_device(str(cfg.get("device", "auto")))
     module = load_module(cfg.ckpt_path, device)
@@ -163,7 +156,8 @@ def evaluate(cfg: DictConfig, data_from_run: bool = False) -> dict[str, Any]:
     last = "tta" if segmenter.augmented else "plain"
     crf = instantiate(cfg.postprocess) if cfg.get("postprocess") else None
     names = ["plain", *(["tta"] if segmenter.augmented else []), *([f"{last}+crf"] if crf else [])]
-    scores = {name: Scores(task) for name in names}
+    chosen = metrics_config(cfg, module, metrics_from_command_line)
+    scores = {name: Scores(build_metrics(chosen, task), task) for name in names}
 
     loader = DataLoader(
         NativeImages(datamodule.source, samples),
@@ -204,7 +198,9 @@ def evaluate(cfg: DictConfig, data_from_run: bool = False) -> dict[str, Any]:
         "metrics": {name: scores[name].compute() for name in names},
         "examples_from": names[-1],
     }
-    ranked = sorted(final.per_image)
+    rank_by = ranking_metric(cfg, report["metrics"][names[-1]])
+    report["examples_ranked_by"] = rank_by
+    ranked = final.ranked(rank_by)
     count = min(int(cfg.get("num_examples", 4)), math.ceil(len(ranked) / 2))
     report["worst"] = [{"id": i, "score": s} for s, i in ranked[:count]]
     best = heapq.nlargest(count, ranked[count:])  # never an image already among the worst
@@ -212,28 +208,66 @@ def evaluate(cfg: DictConfig, data_from_run: bool = False) -> dict[str, Any]:
 
     folder = output_folder(cfg)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "eval.json").write_text(json.dumps(report, indent=2))
+    (folder / "eval.json").write_text(json.dumps(without_nan(report), indent=2))
     write_per_class(folder / "per_class.csv", report)
-    figure = confusion_figure(
-        final.confusion.compute().numpy(), task.classes, f"{cfg.split}: {names[-1]}"
-    )
+    write_per_image(folder / "per_image.csv", scores)
+    figure = confusion_figure(final.confusion.numpy(), task.classes, f"{cfg.split}: {names[-1]}")
     figure.savefig(folder / "confusion_matrix.png", dpi=120)
     save_examples(folder / "examples.png", report, datamodule.source, samples, segmenter, crf)
     print_report(report)
-    console.print(f"Evaluation written to [bold]{folder}[/]")
+    console.print(f"Evaluation written to {folder}", soft_wrap=True)
     report["output_dir"] = str(folder)
     return report
 
 
+def ranking_metric(cfg: DictConfig, values: dict[str, float]) -> str:
+    """The per-image value that orders examples: the run's ``monitor`` metric if it has one."""
+    name = str(cfg.get("monitor") or "").split("/", 1)[-1]
+    return name if name in values else next(iter(values))
+
+
+def without_nan(node: Any) -> Any:
+    """NaN (no value, e.g. an absent class) as null, so the JSON file stays valid JSON."""
+    if isinstance(node, dict):
+        return {key: without_nan(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [without_nan(value) for value in node]
+    return finite_or_none(node)
+
+
+def per_class_metrics(values: dict[str, float], classes: list[str]) -> list[str]:
+    """Metrics with a value per class (``iou`` for ``iou_<class>`` of every class)."""
+    keys = [class_key(c) for c in classes]
+    return [m for m in values if all(f"{m}_{k}" in values for k in keys)]
+
+
+def cell(value: float | None, digits: int = 6) -> str:
+    """A value for CSV files and tables; empty where there is none (NaN)."""
+    return "" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
 def write_per_class(path: Path, report: dict) -> None:
+    """One row per class, one column per per-class metric and inference variant."""
     variants = list(report["metrics"])
+    names = per_class_metrics(report["metrics"][variants[0]], report["classes"])
     with path.open("w", newline="") as file:
         writer = csv.writer(file)
-        writer.writerow(["class", *(f"{m}_{v}" for v in variants for m in ("iou", "dice"))])
+        writer.writerow(["class", *(f"{m}_{v}" for v in variants for m in names)])
         for name in report["classes"]:
-            key = name.replace(" ", "_")
-            row = [report["metrics"][v][f"{m}_{key}"] for v in variants for m in ("iou", "dice")]
-            writer.writerow([name, *(f"{value:.6f}" for value in row)])
+            key = class_key(name)
+            row = [report["metrics"][v][f"{m}_{key}"] for v in variants for m in names]
+            writer.writerow([name, *(cell(value) for value in row)])
+
+
+def write_per_image(path: Path, scores: dict[str, Scores]) -> None:
+    """One row per image and inference variant: ``id, variant`` and every per-image value."""
+    columns = list(next(iter(scores.values())).compute())
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["id", "variant", *columns])
+        for variant, score in scores.items():
+            for sample_id, values in score.per_image:
+                writer.writerow([sample_id, variant, *(cell(values.get(c)) for c in columns)])
 
 
 def save_examples(
@@ -271,34 +305,33 @@ def save_examples(
 def print_report(report: dict) -> None:
     metrics = report["metrics"]
     variants = list(metrics)
-    first = metrics[variants[0]]
-    summary = ["iou", "dice", "acc"] + (["dice_per_image"] if "dice_per_image" in first else [])
-    order = summary + [f"iou_{c.replace(' ', '_')}" for c in report["classes"]]
-    order += [f"dice_{c.replace(' ', '_')}" for c in report["classes"]]
-    kind = "foreground" if len(report["classes"]) == 2 else "mean over classes"
+    kind = "foreground" if len(report["classes"]) == 2 else "mean over classes present"
     table = Table(
         title=f"{report['split']} split: {report['images']} images",
-        caption=f"iou, dice: {kind}; acc: pixel accuracy",
+        caption=f"iou, dice: {kind}; empty: class in neither truth nor prediction",
     )
     table.add_column("metric")
     for variant in variants:
         table.add_column(variant, justify="right")
-    for name in order:
-        table.add_row(name, *(f"{metrics[v][name]:.4f}" for v in variants))
+    for name in metrics[variants[0]]:
+        values = [metrics[v].get(name) for v in variants]
+        table.add_row(name, *(cell(v, 4) for v in values))
     console.print(table)
 
 
-def data_chosen_on_command_line() -> bool:
-    overrides = HydraConfig.get().overrides.task
-    return any(o.lstrip("+~").split("=", 1)[0] in ("experiment", "data") for o in overrides)
+def chosen_on_command_line(*groups: str) -> bool:
+    """Whether an override of this invocation sets one of ``groups`` (or a key inside one)."""
+    keys = [o.lstrip("+~").split("=", 1)[0] for o in HydraConfig.get().overrides.task]
+    return any(k.split(".")[0].split("/")[0] in groups for k in keys)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
 def hydra_main(cfg: DictConfig) -> None:
     with user_errors():
         choice = cfg.get("data_from_run", "auto")
-        from_run = not data_chosen_on_command_line() if choice == "auto" else bool(choice)
-        evaluate(cfg, data_from_run=from_run)
+        data_chosen = chosen_on_command_line("experiment", "data")
+        from_run = not data_chosen if choice == "auto" else bool(choice)
+        evaluate(cfg, from_run, metrics_from_command_line=chosen_on_command_line("metrics"))
 
 
 def main() -> None:

@@ -25,14 +25,11 @@ import torch
 import torch.nn.functional as F
 
 from lightseg.errors import LightsegError
-from lightseg.models import SegmentationModule
+from lightseg.models import SegmentationModule, input_multiple
+from lightseg.models.network import without_pretrained
 
 #: Hyperparameters that make a checkpoint a lightseg checkpoint.
 REQUIRED_HPARAMS = ("model", "classes", "normalization")
-#: Model keys naming pretrained weights: not needed (and not downloaded) when loading trained ones.
-PRETRAINED_KEYS = ("encoder_weights", "weights")
-#: Downsampling factor of the encoders: network inputs are padded or resized to multiples of it.
-STRIDE = 32
 #: Training input size assumed for checkpoints that do not store one (hand-made ones).
 DEFAULT_IMAGE_SIZE = (256, 256)
 
@@ -64,6 +61,12 @@ def read_checkpoint(path: str | Path) -> dict:
         )
     if "state_dict" not in checkpoint:
         raise LightsegError(f"Checkpoint '{path}' holds no weights (no 'state_dict').")
+    if "_target_" not in (hparams.get("model") or {}):
+        raise LightsegError(
+            f"Checkpoint '{path}' names its network by model.arch only, as lightseg 0.1 wrote "
+            "them; this version builds networks from model._target_. Retrain, or add the "
+            "network's _target_ (configs/model/*.yaml) to hyper_parameters.model."
+        )
     return checkpoint
 
 
@@ -81,8 +84,8 @@ def load_module(path: str | Path, device: str | torch.device = "cpu") -> Segment
     """The trained ``SegmentationModule`` stored at ``path``, in eval mode on ``device``."""
     checkpoint = read_checkpoint(path)
     hparams = dict(checkpoint["hyper_parameters"])
-    model = {k: v for k, v in dict(hparams["model"]).items() if k not in PRETRAINED_KEYS}
-    hparams["model"] = {**model, "compile": False}
+    hparams["model"] = without_pretrained(hparams["model"])  # trained weights follow
+    hparams["compile"] = False
     module = SegmentationModule(**hparams)
     missing, unexpected = module.load_state_dict(checkpoint["state_dict"], strict=False)
     # torchmetrics states are not saved; anything else missing means another architecture.
@@ -119,9 +122,11 @@ class Segmenter:
             raise LightsegError(f"inference.mode='{self.mode}' is unknown: use whole or slide.")
         size = self.image_size or stored_image_size(self.module) or DEFAULT_IMAGE_SIZE
         self.image_size = (int(size[0]), int(size[1]))
-        if any(side % STRIDE for side in self.image_size):
+        self.multiple = input_multiple(self.module.net)
+        if any(side % self.multiple for side in self.image_size):
             raise LightsegError(
-                f"inference.image_size={list(self.image_size)} must be multiples of {STRIDE}."
+                f"inference.image_size={list(self.image_size)}: this network takes image sides "
+                f"that are multiples of {self.multiple}."
             )
         if self.stride is None:
             self.stride = tuple(max(1, math.ceil(side * 2 / 3)) for side in self.image_size)
@@ -201,7 +206,7 @@ class Segmenter:
         """Logits [N, out_channels, H, W] at the input's resolution, for one scale."""
         height, width = images.shape[-2:]
         if self.mode == "whole":
-            size = tuple(_multiple(side * scale) for side in self.image_size)
+            size = tuple(_multiple(side * scale, self.multiple) for side in self.image_size)
             logits = self._forward(_resize(images, size))
         else:
             size = (max(1, round(height * scale)), max(1, round(width * scale)))
@@ -239,8 +244,8 @@ class Segmenter:
         return (total / count)[..., :height, :width]
 
 
-def _multiple(value: float) -> int:
-    return max(STRIDE, round(value / STRIDE) * STRIDE)
+def _multiple(value: float, multiple: int) -> int:
+    return max(multiple, round(value / multiple) * multiple)
 
 
 def _starts(full: int, window: int, step: int) -> list[int]:

@@ -1,6 +1,6 @@
 """Training curves of one run from its CSV log: ``make plot RUN=logs/demo/runs/<time>``.
 
-    python -m lightseg.plot RUN [--out curves.png]
+    python -m lightseg.tools.plot RUN [--out curves.png]
 
 Three panels over epochs: losses (train and val), validation metrics (IoU, Dice, per class),
 and the learning rate. Writes ``<RUN>/curves.png``.
@@ -14,9 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 from lightseg.errors import LightsegError, user_errors
+from lightseg.runs import RunFolder
 from lightseg.utils.console import console
-
-METRICS_CSV = Path("csv") / "metrics.csv"
 
 
 def epoch_table(csv_path: Path) -> pd.DataFrame:
@@ -48,7 +47,7 @@ def plot_curves(run: Path, out: Path | None = None) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    csv_path = Path(run) / METRICS_CSV
+    csv_path = RunFolder(run).csv_log
     if not csv_path.is_file():
         raise LightsegError(
             f"No training log at '{csv_path}'. RUN must be a run folder "
@@ -85,7 +84,7 @@ def plot_curves(run: Path, out: Path | None = None) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m lightseg.plot", description=__doc__.split("\n")[0]
+        prog="python -m lightseg.tools.plot", description=__doc__.split("\n")[0]
     )
     parser.add_argument("run", type=Path, help="run folder (holds csv/metrics.csv)")
     parser.add_argument(

@@ -1,6 +1,6 @@
 """Export a trained checkpoint to ONNX or TorchScript, and check the export against PyTorch.
 
-    python -m lightseg.export ckpt_path=logs/demo/runs/<time>/checkpoints/best.ckpt format=onnx
+    python -m lightseg.tools.export ckpt_path=logs/demo/runs/<time>/checkpoints/best.ckpt
     make export CKPT=... FORMAT=torchscript
 
 The exported model takes float32 RGB images ``[N, 3, H, W]`` scaled to 0..1 (the checkpoint's
@@ -35,14 +35,16 @@ from rich.table import Table
 from torch import nn
 
 from lightseg import CONFIG_DIR, __version__
+from lightseg.config import plain
 from lightseg.errors import LightsegError, user_errors
-from lightseg.inference import DEFAULT_IMAGE_SIZE, STRIDE, load_module, stored_image_size
-from lightseg.models import SegmentationModule
-from lightseg.utils.config import plain
+from lightseg.models import SegmentationModule, input_multiple
+from lightseg.tools.inference import DEFAULT_IMAGE_SIZE, load_module, stored_image_size
 from lightseg.utils.console import console
 
 log = logging.getLogger(__name__)
 
+#: Exported graphs take image sides in multiples of this (the output stride of most encoders).
+STRIDE = 32
 #: Dynamic axes to try, most general first; the first that works is kept (export_and_compare).
 DYNAMIC_LEVELS = (("batch", "height", "width"), ("batch",), ())
 #: Logits this many tolerances off at other sizes, but right at the export's own, mean the
@@ -369,10 +371,12 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     module = load_module(ckpt_path, "cpu")
     stored = stored_image_size(module)
     training_size = stored or DEFAULT_IMAGE_SIZE
-    if any(side % STRIDE for side in training_size):  # hand-made checkpoints only
+    if any(side % STRIDE for side in training_size) or STRIDE % input_multiple(module.net):
         raise LightsegError(
-            f"The checkpoint's image_size {list(training_size)} is not a "
-            f"multiple of {STRIDE}; the export needs one to trace."
+            f"The export traces image sides in multiples of {STRIDE}, but the checkpoint's "
+            f"training size is {list(training_size)} and its network needs multiples of "
+            f"{input_multiple(module.net)}. Export a model trained at a size that is a multiple "
+            f"of {STRIDE}."
         )
     check = Check.from_config(
         plain(cfg.get("check")) or {}, training_size, module.task.out_channels, float(cfg.tolerance)

@@ -1,0 +1,154 @@
+"""The network contract, in one place: how a network is built from config and what it must do.
+
+A network is any ``nn.Module`` named by ``model._target_``. lightseg calls the target with the
+config's other keys plus ``out_channels`` (1 for a binary task, else the number of classes);
+the module maps ``[N, in_channels, H, W]`` to logits ``[N, out_channels, H, W]``. In training
+it may return ``(logits, aux_logits)``; it then has an ``aux_weight`` attribute, the weight of
+the auxiliary logits' loss. Two optional attributes refine the contract:
+
+* ``input_multiple``: image sides must be multiples of it (smp models: their encoder's output
+  stride when they require it). Inference rounds sizes to it; training checks the data size.
+* keys named in :data:`PRETRAINED_KEYS` are set to ``null`` when lightseg rebuilds a trained
+  network (eval, predict, export, the size check), so nothing is downloaded there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from torch import nn
+
+from lightseg.config import check_node
+from lightseg.errors import LightsegError
+
+#: Config keys that name pretrained weights; ``null`` means "build without downloading".
+PRETRAINED_KEYS = ("encoder_weights", "weights", "pretrained")
+
+
+def build_network(config: Mapping[str, Any], out_channels: int) -> nn.Module:
+    """The network ``config`` names (``_target_`` + its keys), with ``out_channels`` logits."""
+    config = dict(config)
+    target = config.get("_target_")
+    if not target:
+        raise LightsegError(
+            "The model config has no _target_. Choose a model group option (model=smp, "
+            "model=torchvision, model=segnet) or name your network: model=custom "
+            "model._target_=<package.module.Class>."
+        )
+    check_node("model", config)  # a key the target does not take: say which, and what it takes
+    try:
+        network = instantiate(config, out_channels=out_channels, _convert_="all")
+    except InstantiationException as error:
+        if isinstance(error.__cause__, LightsegError):
+            raise error.__cause__ from None
+        raise LightsegError(f"model._target_={target}: {_cause(error)}") from None
+    if not isinstance(network, nn.Module):
+        raise LightsegError(
+            f"model._target_={target} returned a {type(network).__name__}, not a torch.nn.Module."
+        )
+    return network
+
+
+def without_pretrained(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` with every pretrained-weights key set to null (nothing to download)."""
+    return {key: None if key in PRETRAINED_KEYS else value for key, value in config.items()}
+
+
+def input_multiple(network: nn.Module) -> int:
+    """The number image sides must be multiples of (1: any size)."""
+    declared = getattr(network, "input_multiple", None)
+    if declared is not None:
+        return int(declared)
+    encoder = getattr(network, "encoder", None)
+    if getattr(network, "requires_divisible_input_shape", False) and encoder is not None:
+        return int(encoder.output_stride)  # smp models know their own constraint
+    return 1
+
+
+def logits_of(output: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, Any]:
+    """``(logits, aux_logits or None)`` from what a network returned."""
+    if isinstance(output, tuple | list):
+        if len(output) != 2:
+            raise LightsegError(
+                f"The network returned {len(output)} outputs; return logits, or (logits, "
+                "aux_logits) in training."
+            )
+        return output[0], output[1]
+    return output, None
+
+
+def check_output(logits: torch.Tensor, images: torch.Tensor, out_channels: int) -> None:
+    """Logits must be ``[N, out_channels, H, W]`` at the input's resolution."""
+    expected = (images.shape[0], out_channels, *images.shape[-2:])
+    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != expected:
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise LightsegError(
+            f"The network maps images {tuple(images.shape)} to {got}, but lightseg needs "
+            f"logits {expected}: [N, out_channels, H, W] at the input resolution (upsample "
+            "inside the network if it predicts at a lower one)."
+        )
+
+
+def check_network(
+    config: Mapping[str, Any], out_channels: int, in_channels: int, image_size: Sequence[int]
+) -> None:
+    """Build the network without pretrained weights and run it once at ``image_size``.
+
+    Cheap next to downloading weights or training, and the only test that covers every
+    network: each one says for itself which input sizes it takes.
+    """
+    network = build_network(without_pretrained(config), out_channels).eval()
+    height, width = (int(side) for side in image_size)
+    multiple = input_multiple(network)
+    target = config.get("_target_")
+    if height % multiple or width % multiple:
+        fits = [max(multiple, round(side / multiple) * multiple) for side in (height, width)]
+        raise LightsegError(
+            f"data.image_size={[height, width]} does not fit the network ({target}, "
+            f"{_describe(config)}): its image sides must be multiples of {multiple}. Use e.g. "
+            f"data.image_size={fits}."
+        )
+    images = torch.zeros(1, in_channels, height, width)
+    try:
+        with torch.no_grad():
+            logits, _ = logits_of(network(images))
+    except LightsegError:
+        raise
+    except Exception as error:  # the network's own complaint is the most precise one
+        raise LightsegError(
+            f"The network ({target}, {_describe(config)}) cannot take images of "
+            f"data.image_size={[height, width]} with {in_channels} channels: "
+            f"{type(error).__name__}: {_first_line(error)}. Change data.image_size or the model."
+        ) from None
+    check_output(logits, images, out_channels)
+
+
+def weights_unavailable(what: str, weights: str, error: Exception) -> LightsegError:
+    """The error for pretrained weights that cannot be fetched (usually: no internet)."""
+    return LightsegError(
+        f"Could not load pretrained weights '{weights}' for {what} ({type(error).__name__}: "
+        f"{_first_line(error)}). This machine is probably offline. Either train from scratch "
+        "with model.encoder_weights=null (model.weights=null for torchvision models), or cache "
+        "the weights on a machine with internet by building the same model once, copy "
+        "~/.cache/huggingface and ~/.cache/torch to the same places here, and set "
+        "HF_HUB_OFFLINE=1."
+    )
+
+
+def _describe(config: Mapping[str, Any]) -> str:
+    shown = [f"{k}={config[k]}" for k in ("arch", "encoder_name") if config.get(k) is not None]
+    return ", ".join(shown) or "its defaults"
+
+
+def _cause(error: BaseException) -> str:
+    cause = error.__cause__ or error
+    return f"{type(cause).__name__}: {_first_line(cause)}"
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__

@@ -1,0 +1,176 @@
+"""The run folder: what a run writes where, and how a run is found again.
+
+    logs/<name>/runs/<time>/          one run (logs/<name>/multiruns/<time>/<n>/ in a sweep)
+      config.yaml                     the resolved config
+      .hydra/                         Hydra's composed config and the overrides it was given
+      run_info.json                   code, packages, machine, owner, how the run ended
+      run.lock                        held while a process trains in this folder
+      checkpoints/best.ckpt last.ckpt
+      metrics.json                    final val/test numbers of the best checkpoint
+      splits/{train,val,test}.txt     the sample ids of each split
+      csv/metrics.csv  overlays/  wandb/  eval/<split>_<time>/
+
+Every other module asks this one for these paths.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG = "config.yaml"
+HYDRA = ".hydra"
+RUN_INFO = "run_info.json"
+LOCK = "run.lock"
+CHECKPOINTS = "checkpoints"
+LAST = "last.ckpt"
+BEST = "best.ckpt"
+METRICS = "metrics.json"
+SPLITS = "splits"
+CSV_LOG = Path("csv") / "metrics.csv"
+PER_IMAGE = "per_image.csv"
+EVAL = "eval"
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """One run's folder (it need not exist yet)."""
+
+    path: Path
+
+    def __init__(self, path: str | Path) -> None:
+        object.__setattr__(self, "path", Path(path))
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def hydra(self) -> Path:
+        return self.path / HYDRA
+
+    @property
+    def run_info(self) -> Path:
+        return self.path / RUN_INFO
+
+    @property
+    def lock(self) -> Path:
+        return self.path / LOCK
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    @property
+    def last(self) -> Path:
+        return self.checkpoints / LAST
+
+    @property
+    def best(self) -> Path:
+        return self.checkpoints / BEST
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / METRICS
+
+    @property
+    def splits(self) -> Path:
+        return self.path / SPLITS
+
+    @property
+    def csv_log(self) -> Path:
+        return self.path / CSV_LOG
+
+    @property
+    def per_image(self) -> Path:
+        return self.path / PER_IMAGE
+
+    @property
+    def evaluations(self) -> Path:
+        return self.path / EVAL
+
+    def info(self) -> dict[str, Any] | None:
+        """``run_info.json``, or None if there is none (or it cannot be read)."""
+        try:
+            return json.loads(self.run_info.read_text())
+        except (OSError, ValueError):
+            return None
+
+    @property
+    def status(self) -> str | None:
+        """``running``, ``finished``, ``interrupted``, ``failed``, or None (never recorded)."""
+        return (self.info() or {}).get("status")
+
+    def overrides(self) -> list[str]:
+        """The command-line overrides the run was started with (Hydra's record)."""
+        return list(read_yaml(self.hydra / "overrides.yaml") or [])
+
+    def group_choices(self) -> dict[str, str]:
+        """The config group options the run was composed from (``model: smp``)."""
+        hydra = (read_yaml(self.hydra / "hydra.yaml") or {}).get("hydra") or {}
+        return dict((hydra.get("runtime") or {}).get("choices") or {})
+
+    def read_metrics(self) -> dict[str, float | None] | None:
+        try:
+            return json.loads(self.metrics.read_text())
+        except (OSError, ValueError):
+            return None
+
+    @property
+    def is_run(self) -> bool:
+        """Whether a run was recorded here (training writes config.yaml and run_info.json)."""
+        return self.config.is_file() or self.run_info.is_file()
+
+    @property
+    def resumable(self) -> bool:
+        """Training can continue here: a last.ckpt, no final metrics, and it did not fail."""
+        return self.last.is_file() and not self.metrics.is_file() and self.status != "failed"
+
+    @classmethod
+    def of_checkpoint(cls, checkpoint: str | Path) -> RunFolder | None:
+        """The run a checkpoint belongs to (``<run>/checkpoints/x.ckpt``), if it is in one."""
+        path = Path(checkpoint).resolve()
+        if path.parent.name != CHECKPOINTS:
+            return None
+        run = cls(path.parent.parent)
+        return run if run.is_run or run.hydra.is_dir() else None
+
+
+def read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text()) if path.is_file() else None
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def find_runs(root: str | Path) -> list[RunFolder]:
+    """Every run folder under ``root`` (any depth), sorted by path: those training recorded,
+    and those Hydra started that never got that far (they are listed as missing runs)."""
+    root = Path(root)
+    found = {path.parent for pattern in (CONFIG, RUN_INFO) for path in root.rglob(pattern)}
+    found |= {path.parent.parent for path in root.rglob(f"{HYDRA}/overrides.yaml")}
+    return [
+        RunFolder(folder)
+        for folder in sorted(found)
+        if not any(p.startswith(".") or p == "wandb" for p in folder.relative_to(root).parts)
+    ]
+
+
+def runs_of(log_dir: str | Path, name: str) -> Path:
+    """Where the single runs of experiment ``name`` live: ``<log_dir>/<name>/runs``."""
+    return Path(log_dir) / str(name) / "runs"
+
+
+def newest_first(runs: Path) -> Iterator[RunFolder]:
+    """The run folders directly under ``runs``, newest (by name: the start time) first."""
+    if runs.is_dir():
+        for path in sorted((p for p in runs.iterdir() if p.is_dir()), reverse=True):
+            yield RunFolder(path)

@@ -1,0 +1,158 @@
+"""``run_info.json``: what a run ran with, who runs it, and how it ended.
+
+Written when training starts (or a resume entry is added), and again when it ends: status
+``running`` (also what a run killed without notice keeps), ``finished``, ``interrupted``
+(stopped by a signal, resumable) or ``failed`` with the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shlex
+import sys
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import lightseg
+from lightseg.errors import TrainingInterrupted
+from lightseg.runs.folder import RunFolder
+from lightseg.runs.lock import owner_record
+from lightseg.runs.snapshot import git_state, save_snapshot
+
+STATUSES = ("running", "finished", "interrupted", "failed")
+#: Versions worth seeing at a glance; packages.txt has all of them.
+KEY_PACKAGES = (
+    "torch",
+    "torchvision",
+    "lightning",
+    "torchmetrics",
+    "segmentation_models_pytorch",
+    "albumentations",
+    "hydra-core",
+)
+
+
+def now() -> str:
+    return datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def machine() -> dict[str, Any]:
+    info = {
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "torch_cuda": torch.version.cuda,
+        "gpus": [],
+    }
+    if torch.cuda.is_available():
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        info["cudnn"] = torch.backends.cudnn.version()
+    return info
+
+
+def key_versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions: dict[str, str | None] = {}
+    for name in KEY_PACKAGES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+#: The arguments as the user typed them; the command line (launch.py) keeps them here before
+#: it adds the run folder it chose for Hydra.
+TYPED_ARGUMENTS: list[str] = []
+
+
+def command_line() -> str:
+    """The command as typed, e.g. ``python -m lightseg.train experiment=demo seed=1``."""
+    arguments = TYPED_ARGUMENTS or sys.argv[1:]
+    return shlex.join(["python", "-m", "lightseg.train", *arguments])
+
+
+def read_run_info(folder: str | Path) -> dict[str, Any] | None:
+    return RunFolder(folder).info()
+
+
+def write_run_info(folder: str | Path, info: dict[str, Any]) -> None:
+    path = RunFolder(folder).run_info
+    temp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    temp.write_text(json.dumps(info, indent=2))
+    os.replace(temp, path)
+
+
+def start_record(
+    folder: str | Path, resumed_from: str | None = None, overrides: list[str] | None = None
+) -> dict[str, Any]:
+    """Write run_info.json for a starting run, or add a resume entry to an existing one."""
+    run = RunFolder(folder)
+    run.path.mkdir(parents=True, exist_ok=True)
+    git = git_state()
+    info = run.info() if resumed_from else None
+    entry = {
+        "at": now(),
+        "command": command_line(),
+        "overrides": list(overrides or []),
+        "owner": owner_record(),
+        "git": git,
+        "files": save_snapshot(run.path, git),
+    }
+    if info is None:
+        info = {
+            "started": entry["at"],
+            "command": entry["command"],
+            "overrides": entry["overrides"],
+            "lightseg": lightseg.__version__,
+            "git": git,
+            "files": entry["files"],
+            "machine": machine(),
+            "versions": key_versions(),
+            "resumes": [],
+        }
+    else:
+        info.setdefault("resumes", []).append({**entry, "checkpoint": resumed_from})
+    info.update(status="running", owner=entry["owner"], ended=None, message=None)
+    write_run_info(run.path, info)
+    return info
+
+
+def end_record(folder: str | Path, status: str, message: str | None = None) -> None:
+    info = read_run_info(folder) or {}
+    info.update(status=status, ended=now(), message=message)
+    write_run_info(folder, info)
+
+
+@contextlib.contextmanager
+def recorded_run(
+    folder: str | Path,
+    resumed_from: str | None = None,
+    enabled: bool = True,
+    overrides: list[str] | None = None,
+) -> Iterator[None]:
+    """Keep ``run_info.json`` up to date around a run: running, then finished/interrupted/failed."""
+    if not enabled:
+        yield
+        return
+    start_record(folder, resumed_from, overrides)
+    try:
+        yield
+    except (TrainingInterrupted, KeyboardInterrupt) as error:
+        end_record(folder, "interrupted", str(error) or type(error).__name__)
+        raise
+    except SystemExit as error:
+        status = "interrupted" if error.code not in (0, None) else "finished"
+        end_record(folder, status, f"exited with code {error.code}")
+        raise
+    except BaseException as error:
+        end_record(folder, "failed", f"{type(error).__name__}: {error}")
+        raise
+    end_record(folder, "finished")
