@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from hydra.utils import instantiate
 from PIL import Image
 
 from lightseg.data.base import (
@@ -17,6 +18,7 @@ from lightseg.data.base import (
 )
 from lightseg.data.demo import Demo
 from lightseg.errors import LightsegError
+from tests.conftest import make_config
 
 
 def samples(counts: dict[str, int]) -> list[Sample]:
@@ -112,3 +114,14 @@ def test_demo_regenerates_when_its_settings_change(tmp_path):
     Demo(tmp_path, num_cases=6).prepare()
     Demo(tmp_path, num_cases=4).prepare()
     assert len(Demo(tmp_path).find()) == 4
+
+
+def test_the_split_depends_on_split_seed_not_on_the_runs_seed(tmp_path, data_dir):
+    def test_ids(*overrides):
+        cfg = make_config(tmp_path, "experiment=demo", "data.source.num_cases=20", *overrides)
+        cfg.paths.data_dir = str(data_dir)
+        datamodule = instantiate(cfg.data, _convert_="all")
+        return [s.id for s in datamodule.locate(prepare=True)["test"]]
+
+    assert test_ids("seed=1") == test_ids("seed=2")  # seeds of one study share a test set
+    assert test_ids("seed=1") != test_ids("seed=1", "data.split_seed=5")  # varied on purpose

@@ -245,6 +245,10 @@ class SegmentationDataModule(L.LightningDataModule):
     Batch size semantics live here and only here: ``batch_size`` is per device (per process),
     so the global batch is ``batch_size * devices * num_nodes``. Setting ``global_batch_size``
     instead fixes the global batch and divides it over the processes.
+
+    Two seeds: ``seed`` (the run's, ``${seed}``) orders the data and draws the augmentations;
+    ``split_seed`` (fixed by default) decides the split, so runs over several seeds are tested
+    on the same images unless the split is varied on purpose.
     """
 
     def __init__(
@@ -256,6 +260,7 @@ class SegmentationDataModule(L.LightningDataModule):
         num_workers: int = 2,
         split: Mapping[str, float] | None = None,
         seed: int = 0,
+        split_seed: int = 0,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         split_dir: str | Path | None = None,
@@ -275,7 +280,8 @@ class SegmentationDataModule(L.LightningDataModule):
         )
         self.cache = bool(cache)
         self.fractions = dict(split or {"val": 0.2, "test": 0.2})
-        self.seed = int(seed)
+        self.seed = int(seed)  # data order and augmentations
+        self.split_seed = int(split_seed)  # which samples are train, val and test
         self.mean, self.std = tuple(mean), tuple(std)
         if len(self.mean) != self.in_channels or len(self.std) != self.in_channels:
             raise LightsegError(
@@ -316,7 +322,7 @@ class SegmentationDataModule(L.LightningDataModule):
         if prepare:
             self.source.prepare()
         if self.splits is None:
-            splits = self.source.split(self.source.find(), self.fractions, self.seed)
+            splits = self.source.split(self.source.find(), self.fractions, self.split_seed)
             empty = [name for name in SPLITS if not splits.get(name)]
             if empty:
                 sizes = {name: len(splits.get(name, [])) for name in SPLITS}
