@@ -17,8 +17,9 @@ DATASET ?=
 RUN  ?=
 RUNS ?=
 METRICS ?= test/dice,test/iou
+CONFIRM ?=
 
-.PHONY: help install train eval predict export data plot table test test-all lint format bench clean
+.PHONY: help install train eval predict export data plot table test test-all lint format bench clean clean-runs
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -82,5 +83,10 @@ format: $(STAMP) ## Apply ruff fixes and formatting
 bench: $(STAMP) ## Throughput: lightseg vs a plain PyTorch loop, and data loaders (bench.md)
 	$(PY) -m benchmarks.bench --output logs/bench/latest $(ARGS)
 
-clean: ## Remove run outputs and caches (keeps .venv and data/)
-	rm -rf logs outputs multirun .pytest_cache .ruff_cache
+clean: ## Remove caches (.pytest_cache, .ruff_cache, __pycache__); runs and data stay
+	rm -rf .pytest_cache .ruff_cache
+	find src tests benchmarks -name __pycache__ -type d -prune -exec rm -rf {} +
+
+clean-runs: ## Delete every run in logs/ (checkpoints, metrics, W&B files): make clean-runs CONFIRM=yes
+	@test "$(CONFIRM)" = yes || { echo "This deletes logs/ ($$(du -sh logs 2>/dev/null | cut -f1) of runs, checkpoints and results). Run: make clean-runs CONFIRM=yes"; exit 2; }
+	rm -rf logs outputs multirun

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -64,3 +65,27 @@ def tiny_cli_run(tmp_path: Path, data_dir: Path) -> list[str]:
         f"paths.data_dir={data_dir}",
         f"paths.log_dir={tmp_path / 'logs'}",
     ]
+
+
+class MarkAt(L.Callback):
+    """Write ``path`` when batch ``batch_idx`` of ``epoch`` (of ``stage``) starts, then sleep:
+    the moment a test signals a training subprocess, with its loader workers running."""
+
+    def __init__(
+        self, path: str, epoch: int = 0, batch_idx: int = 0, stage: str = "fit", sleep: float = 3.0
+    ) -> None:
+        self.path, self.epoch, self.batch_idx = Path(path), epoch, batch_idx
+        self.stage, self.sleep = stage, sleep
+
+    def _mark(self, trainer, batch_idx: int, stage: str) -> None:
+        epoch = trainer.current_epoch if stage == "fit" else self.epoch  # test: after training
+        at = (epoch, batch_idx, stage)
+        if at == (self.epoch, self.batch_idx, self.stage) and not self.path.exists():
+            self.path.write_text(str(os.getpid()))
+            time.sleep(self.sleep)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._mark(trainer, batch_idx, "fit")
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self._mark(trainer, batch_idx, "test")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -92,7 +94,7 @@ def cache_files(source: COCO) -> dict[str, int]:
     return {
         str(path.relative_to(source.cache_root)): path.stat().st_mtime_ns
         for path in sorted(source.cache_root.rglob("*"))
-        if path.is_file()
+        if path.is_file() and path.suffix != ".lock"  # the preparation's lock is not cache
     }
 
 
@@ -190,3 +192,40 @@ def test_bad_options():
         COCO("coco", label_set="voc20")
     with pytest.raises(LightsegError, match="crowd='drop'"):
         COCO("coco", crowd="drop")
+
+
+TWO_NODE_SCRIPT = """
+import logging, sys, time
+from lightseg.data import coco
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
+build = coco.build_cache
+
+def slow_build(*args):  # a real cache takes minutes: make the two preparations overlap
+    time.sleep(1.0)
+    build(*args)
+
+coco.build_cache = slow_build
+coco.COCO(sys.argv[1]).prepare()
+"""
+
+
+def test_two_nodes_sharing_the_data_folder_build_the_cache_once(coco_root):
+    """Lightning runs prepare_data once per node; on shared storage both see one folder."""
+    nodes = [
+        subprocess.Popen(
+            [sys.executable, "-c", TWO_NODE_SCRIPT, str(coco_root)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    logs = [node.communicate(timeout=120)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], logs
+    both = "".join(logs)
+    assert both.count("Building the COCO") == 2  # train2017 and val2017, once each
+    assert both.count("Reusing the COCO") == 2  # the other node waited, then reused them
+    assert not list(coco_root.rglob("*.partial*"))  # no half-built cache left behind
+    source, splits = prepared(coco_root)
+    sample = next(s for s in splits["val"] if s.id == "000000000285")
+    np.testing.assert_array_equal(source.read(sample)[1], coco_label(285, "voc21"))

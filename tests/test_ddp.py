@@ -34,7 +34,7 @@ def validate(tmp_path, data_dir, trainer: str) -> dict[str, float]:
 
 def test_ddp_validation_metrics_equal_single_process(tmp_path, data_dir):
     single = validate(tmp_path / "one", data_dir, "cpu")
-    calls = data_dir / "demo" / "prepare_calls.txt"
+    calls = data_dir / "demo" / "20-cases-seed0" / "prepare_calls.txt"
     calls.unlink(missing_ok=True)
     double = validate(tmp_path / "two", data_dir, "ddp_sim")
     assert calls.read_text() == "prepare\n"  # once for the node, not once per process

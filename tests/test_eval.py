@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,7 +127,8 @@ def test_per_image_csv_holds_each_images_values_from_the_same_metrics(demo_check
     rows = list(csv.DictReader((tmp_path / "eval" / "per_image.csv").open()))
     assert [r["variant"] for r in rows] == ["plain"] * 3 + ["tta"] * 3
     trained = json.loads((demo_checkpoint.parent.parent / "metrics.json").read_text())
-    assert set(report["metrics"]["plain"]) == {k.split("/", 1)[1] for k in trained} - {"loss"}
+    stages = {k.split("/", 1)[1] for k in trained if k.startswith(("val/", "test/"))}
+    assert set(report["metrics"]["plain"]) == stages - {"loss"}
     # each image's Dice by hand, from the same predictions the evaluation made
     run = demo_checkpoint.parent.parent
     datamodule = instantiate(OmegaConf.load(run / "config.yaml").data, _convert_="all")
@@ -141,3 +143,26 @@ def test_per_image_csv_holds_each_images_values_from_the_same_metrics(demo_check
         assert float(row["dice"]) == pytest.approx(dice, abs=1e-5)
     mean = np.mean([float(r["dice_per_image"]) for r in rows[:3]])
     assert report["metrics"]["plain"]["dice_per_image"] == pytest.approx(mean, abs=1e-6)
+
+
+def test_an_image_and_mask_of_different_sizes_are_named(demo_checkpoint, tmp_path):
+    import shutil
+
+    run = demo_checkpoint.parent.parent
+    source_root = Path(OmegaConf.load(run / "config.yaml").data.source.root)
+    copy = tmp_path / "data" / "demo" / source_root.parent.name / "PH2Dataset"
+    shutil.copytree(source_root, copy)
+    test_ids = (run / "splits" / "test.txt").read_text().split()
+    mask = copy / "PH2 Dataset images" / test_ids[0] / f"{test_ids[0]}_lesion"
+    mask = mask / f"{test_ids[0]}_lesion.bmp"
+    Image.open(mask).resize((20, 10)).save(mask)
+    cfg = eval_config(
+        demo_checkpoint,
+        tmp_path,
+        "experiment=demo",
+        f"paths.data_dir={tmp_path / 'data'}",
+        "data.source.num_cases=16",
+        "data.image_size=64",
+    )
+    with pytest.raises(LightsegError, match=rf"sample '{test_ids[0]}' differ in size: .*20x10"):
+        evaluate(cfg, data_from_run=False)

@@ -146,10 +146,8 @@ def test_ckpt_path_last_without_an_unfinished_run_says_so(tmp_path):
         prepare_arguments(["experiment=demo", f"paths.log_dir={tmp_path}", "ckpt_path=last"])
 
 
-def test_missing_checkpoint_and_resume_in_a_sweep_are_clear_errors(tmp_path):
+def test_missing_checkpoint_and_bad_resume_value_are_clear_errors(tmp_path):
     with pytest.raises(LightsegError, match=r"ckpt_path='.*nope\.ckpt' does not exist"):
         prepare_arguments([f"ckpt_path={tmp_path}/nope.ckpt"])
-    with pytest.raises(LightsegError, match="continue a single run, not a sweep"):
-        prepare_arguments(["-m", "seed=0,1", "resume=auto"])
     with pytest.raises(LightsegError, match="resume=yes is not an option"):
         prepare_arguments(["resume=yes"])

@@ -143,3 +143,12 @@ def test_bad_metric_configs_are_clear_errors():
     with pytest.raises(LightsegError, match="is not a torchmetrics Metric"):
         build_metrics({"x": {"_target_": f"{__name__}.NotAMetric"}}, BINARY)
     assert issubclass(type(build_metrics(metrics_config("binary"), BINARY).metrics["iou"]), Metric)
+
+
+def test_built_in_metrics_take_the_class_names_lightseg_fills_in():
+    import inspect
+
+    for name, entry in metrics_config("binary").items():
+        metric_class = build_metrics({name: entry}, BINARY).metrics[name].__class__
+        parameters = inspect.signature(metric_class).parameters
+        assert {"num_classes", "classes", "ignore_index"} <= parameters.keys(), name

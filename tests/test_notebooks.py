@@ -84,7 +84,7 @@ def test_explore_notebook_shows_the_datasets_present_and_lists_the_missing(tmp_p
     notebook = run_notebook("01_explore_data.ipynb", tmp_path, monkeypatch, LIGHTSEG_DATA_DIR=data)
 
     text, images = outputs(notebook)
-    assert (data / "demo" / "PH2Dataset" / ".lightseg-demo").is_file()  # written on first use
+    assert (data / "demo" / "80-cases-seed0" / "PH2Dataset" / ".lightseg-demo").is_file()
     found = {"demo": (80, 2), "ph2": (6, 2), "voc": (5, 21), "coco": (2, 21)}
     for name, (count, classes) in found.items():
         row = rf"<th>{name}</th>\s*<td>[^<]+</td>\s*<td>{count}</td>\s*<td>{classes}</td>"

@@ -1,4 +1,5 @@
-"""Stop signals: handlers installed only while fitting, a second Ctrl+C stops at once, SLURM."""
+"""Stop signals: handlers installed while the trainer runs, a second Ctrl+C stops at once, SLURM,
+DataLoader workers that leave stop signals to the main process."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ import pytest
 
 from lightseg.callbacks import faults
 from lightseg.callbacks.faults import CheckpointOnSignal, requeue_slurm_job
+from lightseg.utils.signals import worker_init
 
 
 def test_handlers_record_the_signal_and_are_restored_after_fit():
     before = signal.getsignal(signal.SIGTERM)
     callback = CheckpointOnSignal()
-    callback.on_train_start(trainer=None, pl_module=None)
+    callback.setup(trainer=None, pl_module=None, stage="fit")
     try:
         os.kill(os.getpid(), signal.SIGTERM)  # would end the process without the handler
         assert callback.received == signal.SIGTERM
@@ -25,7 +27,7 @@ def test_handlers_record_the_signal_and_are_restored_after_fit():
     else:
         pytest.fail("the second signal should raise KeyboardInterrupt")
     finally:
-        callback.on_train_end(trainer=None, pl_module=None)
+        callback.teardown(trainer=None, pl_module=None, stage="fit")
     assert signal.getsignal(signal.SIGTERM) is before
 
 
@@ -56,3 +58,15 @@ def test_no_requeue_outside_slurm(monkeypatch):
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
     assert requeue_slurm_job() is False
+
+
+def test_dataloader_workers_ignore_stop_signals(monkeypatch):
+    monkeypatch.setenv("PL_SEED_WORKERS", "0")
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
+    try:
+        worker_init(0)
+        assert all(signal.getsignal(s) is signal.SIG_IGN for s in previous)
+        os.kill(os.getpid(), signal.SIGTERM)  # ignored: this process lives on
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -12,6 +12,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from lightseg import CONFIG_DIR
+from lightseg.errors import LightsegError
 from lightseg.launch import prepare_arguments
 from tests.runs import run_cli, tiny_cli_run
 
@@ -72,3 +73,18 @@ def test_tiny_optuna_search_returns_the_best_trial(
         "model.arch",
         "loss",
     }
+
+
+def test_the_slurm_launcher_config_submits_one_job_per_run(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="optional extra: slurm")
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert launcher.signal_delay_s == 120 and launcher.additional_parameters.requeue is True
+    # a sweep may carry resume=auto (each requeued job continues its own folder) ...
+    args = ["-m", "hydra/launcher=slurm", "seed=0,1", "resume=auto", f"paths.log_dir={tmp_path}"]
+    assert prepare_arguments(args) == args
+    # ... but not one checkpoint for every job
+    with pytest.raises(LightsegError, match="start every job from that one checkpoint"):
+        prepare_arguments(["-m", "seed=0,1", f"ckpt_path={tmp_path}/x.ckpt"])

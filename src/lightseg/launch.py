@@ -55,12 +55,14 @@ def prepare_arguments(args: list[str], config_name: str = "train") -> list[str]:
 def run_folder_overrides(cfg: DictConfig, overrides: list[str], multirun: bool) -> list[str]:
     """``hydra.run.dir`` (and ``hydra.output_subdir=null`` for a continued run) to add."""
     given = {override_key(o): o.split("=", 1)[-1] for o in overrides}
-    if multirun:
-        if resume_requested(cfg):
+    if multirun:  # each job's folder is the sweep's; resume=auto continues a requeued job there
+        ckpt = cfg.get("ckpt_path")
+        if resume_requested(cfg) and ckpt is not None and str(ckpt) != "last":
             raise LightsegError(
-                "ckpt_path and resume=auto continue a single run, not a sweep. Continue a sweep "
-                "job on its own: python -m lightseg.train ckpt_path=<job folder>/checkpoints/"
-                "last.ckpt"
+                f"ckpt_path={ckpt} in a sweep would start every job from that one checkpoint. "
+                "Continue one sweep job on its own (python -m lightseg.train ckpt_path=<job "
+                "folder>/checkpoints/last.ckpt), or give the sweep resume=auto: each job then "
+                "continues its own folder when it is requeued."
             )
         return []
     explicit = given.get("hydra.run.dir")

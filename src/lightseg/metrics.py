@@ -84,13 +84,16 @@ class TaskMetric(Metric):
         super().__init__(**kwargs)
         self.task = Task(tuple(classes)) if classes else Task.of(num_classes)
         self.ignore_index = int(ignore_index)
+        self.add_states()
+
+    def add_states(self) -> None:
+        """Declare the metric's states (``self.add_state``); the task is known by then."""
 
 
 class ConfusionMatrixMetric(TaskMetric):
     """A metric over the whole split's confusion matrix (summed over batches and processes)."""
 
-    def __init__(self, num_classes: int, **kwargs) -> None:
-        super().__init__(num_classes, **kwargs)
+    def add_states(self) -> None:
         size = self.task.num_classes
         self.add_state("confusion", torch.zeros(size, size, dtype=torch.long), "sum")
 
@@ -127,8 +130,7 @@ class DicePerImage(TaskMetric):
     the classes present in that image). An image with no foreground in truth or prediction
     scores 1 (nothing to find, nothing found); one with no labelled pixel does not count."""
 
-    def __init__(self, num_classes: int, **kwargs) -> None:
-        super().__init__(num_classes, **kwargs)
+    def add_states(self) -> None:
         self.add_state("scores", [], dist_reduce_fx="cat")
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:

@@ -33,8 +33,14 @@ from lightseg.launch import prepare_arguments
 from lightseg.metrics import finite_or_none
 from lightseg.models import SegmentationModule, check_network
 from lightseg.runs import RunFolder, RunLock, recorded_run
+from lightseg.runs.record import end_record
 from lightseg.runs.resume import checkpoint_to_resume, continued_config
-from lightseg.utils.checkpoint import AtomicCheckpointIO, check_readable, remove_partial_files
+from lightseg.utils.checkpoint import (
+    AtomicCheckpointIO,
+    check_resumable,
+    checkpoint_position,
+    remove_partial_files,
+)
 from lightseg.utils.console import console, print_config_tree, print_metrics
 from lightseg.utils.devices import check_trainer
 from lightseg.utils.loggers import wandb_finished
@@ -109,7 +115,12 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, floa
     run = RunFolder(cfg.paths.output_dir)
     ckpt_path = checkpoint_to_resume(cfg, run)
     if ckpt_path:
-        check_readable(ckpt_path)
+        try:
+            check_resumable(ckpt_path)
+        except LightsegError as error:
+            if Path(ckpt_path) == run.last and run.is_run:  # this run cannot continue
+                end_record(run.path, "failed", str(error))
+            raise
     owner = rank_zero_only.rank == 0  # the first process of a job owns the folder
     lock = RunLock(run.path) if owner else None
     if lock:
@@ -157,9 +168,12 @@ def _train(cfg, run: RunFolder, ckpt_path, owner: bool, overrides) -> dict[str, 
 
 
 def evaluate_best(trainer: L.Trainer, module, datamodule) -> dict[str, float]:
-    """Validation and test metrics of the best checkpoint (the final weights without one)."""
+    """Validation and test metrics of the best checkpoint (the final weights without one),
+    with the epoch and step it was saved at (``best/epoch``, ``best/step``)."""
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     metrics: dict[str, float] = {}
+    if best:
+        metrics.update({f"best/{k}": v for k, v in checkpoint_position(best).items()})
     for evaluate in (trainer.validate, trainer.test):
         results = evaluate(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
         metrics.update({k: float(v) for k, v in results[0].items()})

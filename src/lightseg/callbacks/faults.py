@@ -17,11 +17,10 @@ from lightning.pytorch.callbacks import Callback
 from lightseg.errors import LightsegError, TrainingInterrupted
 from lightseg.runs import RunFolder
 from lightseg.utils.checkpoint import random_states, set_random_states
+from lightseg.utils.signals import stop_signals
 
 log = logging.getLogger(__name__)
 
-#: SIGUSR1 is what SLURM sends before pre-emption or the time limit (``--signal=USR1@120``).
-STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
 RESUME_HINT = (
     "Continue it with the same command plus ckpt_path=last (e.g. make train EXP=<exp> "
     'ARGS="ckpt_path=last"), or put resume=auto in job scripts that may be pre-empted.'
@@ -29,10 +28,11 @@ RESUME_HINT = (
 
 
 def last_checkpoint_path(trainer: L.Trainer) -> Path:
-    """Where the checkpoint callback keeps ``last.ckpt`` (the file resumes start from)."""
-    callback = trainer.checkpoint_callback
-    if callback is not None and getattr(callback, "dirpath", None):
-        return Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+    """Where ``last.ckpt`` is kept (the file resumes start from): the checkpoint callback named
+    ``last`` (configs/callbacks/default.yaml), else the run folder's."""
+    for callback in trainer.checkpoint_callbacks:
+        if getattr(callback, "filename", None) == "last" and getattr(callback, "dirpath", None):
+            return Path(callback.dirpath) / f"last{callback.FILE_EXTENSION}"
     return RunFolder(trainer.default_root_dir).last
 
 
@@ -53,20 +53,21 @@ def requeue_slurm_job() -> bool:
 
 
 class CheckpointOnSignal(Callback):
-    """On SIGTERM, SIGINT or SIGUSR1 during fit: finish the batch, save ``last.ckpt``, stop.
+    """On SIGTERM, SIGINT or SIGUSR1: finish the batch, save ``last.ckpt``, stop cleanly.
 
-    The checkpoint holds the position inside the epoch, so a resumed run continues with the
-    next batch. A signal during an epoch's last batch lets that epoch validate and end first.
-    A second Ctrl+C stops at once, without saving. Inside a SLURM job, SIGUSR1 (sent before
-    the time limit with ``--signal=USR1@<seconds>``) also requeues the job, which continues
-    the run when its command has ``resume=auto``. This replaces Lightning's own SIGUSR1
-    handling, which saves from inside the signal handler, at an arbitrary point of a step.
+    During training the checkpoint holds the position inside the epoch, so a resumed run
+    continues with the next batch; a signal during validation or an epoch's last batch lets the
+    epoch end first. During the evaluation of the best checkpoint after training, the run stops
+    at once (training is complete; ``ckpt_path=last`` evaluates again). Either way the run is
+    recorded as ``interrupted`` and the process exits with 128 + signal. A second Ctrl+C stops
+    at once, without saving. Inside a SLURM job, SIGUSR1 (sent before the time limit with
+    ``--signal=USR1@<seconds>``) also requeues the job, which continues the run when its
+    command has ``resume=auto``. This replaces Lightning's own SIGTERM/SIGUSR1 handling, which
+    stops without saving or saves from inside the signal handler, at an arbitrary point.
     """
 
-    def __init__(
-        self, signals: tuple[str, ...] = STOP_SIGNALS, requeue_on_slurm: bool = True
-    ) -> None:
-        self.signals = [getattr(signal, name) for name in signals if hasattr(signal, name)]
+    def __init__(self, requeue_on_slurm: bool = True) -> None:
+        self.signals = stop_signals()
         self.requeue_on_slurm = requeue_on_slurm
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
@@ -75,25 +76,23 @@ class CheckpointOnSignal(Callback):
         if signum == signal.SIGINT and self.received is not None:
             raise KeyboardInterrupt
         self.received = signum
-        log.warning(
-            "Received %s: saving a checkpoint after this batch.", signal.Signals(signum).name
-        )
+        log.warning("Received %s: stopping after this batch.", signal.Signals(signum).name)
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Installed after Lightning's own SIGTERM handler, which would stop without saving.
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Installed after Lightning's own handlers (registered when the trainer starts).
         if threading.current_thread() is not threading.main_thread():
             log.warning("Not in the main thread: stop signals will not save a checkpoint.")
             return
         self.received = None
         for signum in self.signals:
-            self._previous[signum] = signal.signal(signum, self._on_signal)
+            self._previous.setdefault(signum, signal.signal(signum, self._on_signal))
 
     def _restore_handlers(self) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._restore_handlers()
 
     def on_exception(self, trainer: L.Trainer, pl_module, exception: BaseException) -> None:
@@ -110,6 +109,23 @@ class CheckpointOnSignal(Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._stop_requested(trainer):
             self._save_and_stop(trainer)
+
+    def _evaluation_batch_end(self, trainer: L.Trainer) -> None:
+        if trainer.state.fn != "fit" and self._stop_requested(trainer):
+            signum = self.received or signal.SIGTERM
+            raise TrainingInterrupted(
+                f"Stopped by {signal.Signals(signum).name} while evaluating the best checkpoint "
+                "after training. Training itself is complete (checkpoints/last.ckpt holds its "
+                "last epoch, best.ckpt its best); metrics.json was not written. Run the same "
+                "command with ckpt_path=last to evaluate again.",
+                signum,
+            )
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *_) -> None:
+        self._evaluation_batch_end(trainer)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *_) -> None:
+        self._evaluation_batch_end(trainer)
 
     def _save_and_stop(self, trainer: L.Trainer) -> None:
         path = last_checkpoint_path(trainer)

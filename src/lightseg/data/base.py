@@ -28,6 +28,7 @@ from lightseg.data.sampling import (
 from lightseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_pipeline
 from lightseg.errors import LightsegError
 from lightseg.task import IGNORE_INDEX, Task
+from lightseg.utils.signals import worker_init
 
 SPLITS = ("train", "val", "test")
 
@@ -191,6 +192,18 @@ def official_split(
     }
 
 
+def read_pair(source: SegmentationSource, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+    """``source.read(sample)``, checked: image and mask must have the same size."""
+    image, mask = source.read(sample)
+    if image.shape[:2] != mask.shape[:2]:
+        raise LightsegError(
+            f"Image and mask of sample '{sample.id}' differ in size: {sample.image} is "
+            f"{image.shape[1]}x{image.shape[0]} but {sample.mask} is "
+            f"{mask.shape[1]}x{mask.shape[0]}. Re-extract both files from the official archive."
+        )
+    return image, mask
+
+
 class SegmentationDataset(Dataset):
     """Reads samples through a source and applies an albumentations pipeline.
 
@@ -212,15 +225,7 @@ class SegmentationDataset(Dataset):
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         if self.decoded is not None:
             return self.decoded[index]
-        sample = self.samples[index]
-        image, mask = self.source.read(sample)
-        if image.shape[:2] != mask.shape[:2]:
-            raise LightsegError(
-                f"Image and mask of sample '{sample.id}' differ in size: {sample.image} is "
-                f"{image.shape[1]}x{image.shape[0]} but {sample.mask} is "
-                f"{mask.shape[1]}x{mask.shape[0]}. Re-extract both files from the official archive."
-            )
-        return image, mask
+        return read_pair(self.source, self.samples[index])
 
     def __getitem__(self, index: int) -> dict:
         image, mask = self.read(index)
@@ -389,6 +394,7 @@ class SegmentationDataModule(L.LightningDataModule):
             sampler=sampler,
             drop_last=train and len(dataset) > batch_size,
             num_workers=self.num_workers,
+            worker_init_fn=worker_init,  # workers leave stop signals to the main process
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
             **extra,

@@ -26,7 +26,9 @@ import hashlib
 import io
 import json
 import logging
+import os
 import shutil
+import socket
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -45,6 +47,7 @@ from lightseg.data.base import (
 from lightseg.data.voc import VOC_CLASSES
 from lightseg.errors import LightsegError
 from lightseg.task import IGNORE_INDEX
+from lightseg.utils.locks import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -136,24 +139,31 @@ class COCO(SegmentationSource):
         }
 
     def prepare(self) -> None:
-        """Build (or keep) the PNG mask cache of every subset the splits use."""
+        """Build (or keep) the PNG mask cache of every subset the splits use.
+
+        Nodes that share the data folder all call this: one builds each subset's cache under a
+        file lock, the others wait and reuse it. A cache is complete once its manifest is in
+        place; a half-built one lives in a folder of its builder's own until then.
+        """
         for subset in self.subsets:
-            key = self.cache_key(subset)
-            if read_manifest(self.cache(subset)).get("key") == key:
-                log.info("Reusing the COCO %s mask cache in %s", subset, self.cache(subset))
-                continue
-            log.info(
-                "Building the COCO %s mask cache (%s, crowd=%s) in %s: each mask is decoded "
-                "once and reused until %s changes.",
-                subset,
-                self.label_set,
-                self.crowd,
-                self.cache(subset),
-                self.annotations(subset).name,
-            )
-            build_cache(
-                self.annotations(subset), self.cache(subset), key, self.class_of, self.crowd
-            )
+            with file_lock(self.cache(subset).with_suffix(".lock"), f"the COCO {subset} cache"):
+                self._prepare(subset)
+
+    def _prepare(self, subset: str) -> None:
+        key = self.cache_key(subset)
+        if read_manifest(self.cache(subset)).get("key") == key:
+            log.info("Reusing the COCO %s mask cache in %s", subset, self.cache(subset))
+            return
+        log.info(
+            "Building the COCO %s mask cache (%s, crowd=%s) in %s: each mask is decoded once "
+            "and reused until %s changes.",
+            subset,
+            self.label_set,
+            self.crowd,
+            self.cache(subset),
+            self.annotations(subset).name,
+        )
+        build_cache(self.annotations(subset), self.cache(subset), key, self.class_of, self.crowd)
 
     def find(self) -> list[Sample]:
         samples = []
@@ -248,8 +258,7 @@ def build_cache(
 ) -> None:
     """Write one PNG mask per image into ``folder``, then the manifest; atomic per folder."""
     api = load_coco(annotations)
-    partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    partial = folder.with_name(f"{folder.name}.partial-{socket.gethostname()}-{os.getpid()}")
     partial.mkdir(parents=True)
 
     def decode(annotation: dict) -> np.ndarray:
@@ -279,7 +288,7 @@ def build_cache(
         if count % 5000 == 0:
             log.info("COCO mask cache: %d / %d images", count, len(ids))
     (partial / MANIFEST).write_text(json.dumps({"key": key, "images": images}))
-    shutil.rmtree(folder, ignore_errors=True)
+    shutil.rmtree(folder, ignore_errors=True)  # an out-of-date cache (the caller holds the lock)
     partial.rename(folder)
 
 

@@ -1,7 +1,16 @@
 """The run folder and everything about it: layout, records, the lock, resuming."""
 
+from lightseg.runs import snapshot
 from lightseg.runs.folder import RunFolder, find_runs, runs_of
 from lightseg.runs.lock import RunLock
 from lightseg.runs.record import read_run_info, recorded_run
 
-__all__ = ["RunFolder", "RunLock", "find_runs", "read_run_info", "recorded_run", "runs_of"]
+__all__ = [
+    "RunFolder",
+    "RunLock",
+    "find_runs",
+    "read_run_info",
+    "recorded_run",
+    "runs_of",
+    "snapshot",
+]

@@ -10,7 +10,6 @@ heartbeat (rewritten every :data:`HEARTBEAT_S` seconds) is younger than :data:`S
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import logging
@@ -23,13 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from lightseg.errors import LightsegError
+from lightseg.utils.locks import NO_FLOCK
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 30.0
 STALE_S = 600.0
-#: errno values meaning "this file system does not do flock".
-NO_FLOCK = {errno.ENOLCK, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
 
 
 def owner_record() -> dict[str, Any]:

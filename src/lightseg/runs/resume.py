@@ -19,6 +19,7 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from lightseg import CONFIG_DIR
@@ -92,7 +93,8 @@ def choose_run_folder(cfg: DictConfig, explicit: str | None) -> tuple[Path, bool
     ckpt, resume = cfg.get("ckpt_path"), resume_requested(cfg)
     if explicit is not None:
         run = RunFolder(explicit)
-        refuse_if_alive(run)
+        if rank_zero_only.rank == 0:  # the other processes of a job join the first one's run
+            refuse_if_alive(run)
         return run.path, resume and run.hydra.is_dir() and run.last.is_file()
     if ckpt is not None and str(ckpt) != "last":
         run = RunFolder.of_checkpoint(existing_checkpoint(ckpt))

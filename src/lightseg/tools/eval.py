@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightseg import CONFIG_DIR
 from lightseg.config import plain
-from lightseg.data.base import Sample, SegmentationSource
+from lightseg.data.base import Sample, SegmentationSource, read_pair
 from lightseg.errors import LightsegError, user_errors
 from lightseg.metrics import MetricSet, build_metrics, class_key, confusion_matrix, finite_or_none
 from lightseg.runs import RunFolder
@@ -63,7 +63,7 @@ class NativeImages(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
-        image, mask = self.source.read(self.samples[index])
+        image, mask = read_pair(self.source, self.samples[index])
         return image, mask, self.samples[index].id
 
 

@@ -114,6 +114,24 @@ def check_readable(path: str | Path) -> None:
         raise LightsegError(f"'{path}' is a zip file but not a PyTorch checkpoint.")
 
 
+def check_resumable(path: str | Path) -> None:
+    """A clear error for a checkpoint training cannot continue from (torn, or weights only)."""
+    check_readable(path)
+    contents = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if "optimizer_states" not in contents or "loops" not in contents:
+        raise LightsegError(
+            f"Checkpoint '{path}' holds the weights only (best.ckpt does), not the optimizer and "
+            "loop state a resume needs. Continue from the run's checkpoints/last.ckpt "
+            "(ckpt_path=last), or start a new run."
+        )
+
+
+def checkpoint_position(path: str | Path) -> dict[str, int]:
+    """The epoch and global step a checkpoint was saved at (read without loading weights)."""
+    contents = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return {"epoch": int(contents.get("epoch", -1)), "step": int(contents.get("global_step", -1))}
+
+
 @rank_zero_only
 def remove_partial_files(folder: Path) -> None:
     """Delete temporary checkpoint files a killed process left behind (the caller holds the

@@ -61,7 +61,7 @@ def compile_in_place(net: nn.Module) -> None:
     try:
         net.compile()
     except RuntimeError as error:  # e.g. Dynamo unsupported on this Python version
-        warnings.warn(f"model.compile=true ignored: {error}", stacklevel=2)
+        warnings.warn(f"compile=true ignored: {error}", stacklevel=2)
 
 
 def inference_device(name: str) -> torch.device:

@@ -1,0 +1,30 @@
+"""Stop signals, as schedulers send them: to the whole process group.
+
+SLURM, ``timeout`` and Ctrl+C in a terminal signal every process of the job, DataLoader
+workers included. A worker that dies of SIGTERM turns a clean stop into a crash ("DataLoader
+worker is killed by signal"), so workers ignore the stop signals: the main process decides,
+saves its checkpoint, and shuts its workers down itself.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from lightning.fabric.utilities.seed import pl_worker_init_function
+
+#: SIGUSR1 is what SLURM sends before pre-emption or the time limit (``--signal=USR1@90``).
+STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
+
+
+def stop_signals() -> list[signal.Signals]:
+    return [getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name)]
+
+
+def worker_init(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: ignore stop signals (the main process handles them), and
+    seed the worker as Lightning would (``seed_everything(workers=True)``)."""
+    for signum in stop_signals():
+        signal.signal(signum, signal.SIG_IGN)
+    if int(os.environ.get("PL_SEED_WORKERS", "0")):
+        pl_worker_init_function(worker_id)

@@ -1,0 +1,164 @@
+"""The run folder: what it keeps to rebuild a run, its lock, resume rules, corrupt checkpoints."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import tarfile
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from lightseg import CONFIG_DIR
+from lightseg.errors import LightsegError
+from lightseg.runs import RunFolder, RunLock, snapshot
+from lightseg.runs.lock import held_by_live_process
+from lightseg.runs.resume import continued_config
+from lightseg.train import refuse_ddp_sweep, train
+from tests.conftest import FAST, make_config
+
+
+def git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
+
+
+def test_a_dirty_tree_is_kept_whole_diff_new_files_and_packages(tmp_path, monkeypatch):
+    repo = tmp_path / "fork"
+    (repo / "configs").mkdir(parents=True)
+    (repo / "configs" / "train.yaml").write_text("seed: 1\n")
+    (repo / ".gitignore").write_text("data/\n")
+    git(repo, "init", "-q")
+    git(repo, "-c", "user.email=a@b", "-c", "user.name=a", "add", ".")
+    git(repo, "-c", "user.email=a@b", "-c", "user.name=a", "commit", "-qm", "start")
+    (repo / "configs" / "train.yaml").write_text("seed: 2\n")  # a change to a tracked file
+    (repo / "extensions").mkdir()
+    (repo / "extensions" / "net.py").write_text("class Net: ...\n")  # a fork's new file
+    (repo / "data").mkdir()
+    (repo / "data" / "big.bin").write_bytes(b"x" * 100)  # ignored: not part of the code
+    monkeypatch.setattr(snapshot, "REPOSITORY", repo)
+    run = tmp_path / "run"
+    run.mkdir()
+    state = snapshot.git_state()
+    assert state["dirty"] is True
+    record = snapshot.save_snapshot(run, state)
+    assert "+seed: 2" in (run / "git_diff.patch").read_text()
+    with tarfile.open(run / "untracked.tar.gz") as archive:
+        assert archive.getnames() == ["extensions/net.py"]
+        member = archive.extractfile("extensions/net.py")
+        assert member.read() == b"class Net: ...\n"
+    assert record["untracked_files"] == ["extensions/net.py"]
+    packages = (run / "packages.txt").read_text().splitlines()
+    assert f"torch=={version('torch')}" in packages
+
+
+def test_the_lock_tells_live_from_dead(tmp_path):
+    assert held_by_live_process(tmp_path) is None
+    with RunLock(tmp_path):
+        owner = held_by_live_process(tmp_path)
+        assert owner["pid"] == __import__("os").getpid()
+        with pytest.raises(LightsegError, match="in use by another training process"):
+            RunLock(tmp_path).acquire()
+    assert held_by_live_process(tmp_path) is None  # released
+    code = f"from lightseg.runs import RunLock; RunLock({str(tmp_path)!r}).acquire()"
+    subprocess.run([sys.executable, "-c", code], check=True)  # a process that never releases
+    assert held_by_live_process(tmp_path) is None  # its end released the lock
+    with RunLock(tmp_path) as lock:  # taken over
+        assert lock.owner["pid"] == __import__("os").getpid()
+
+
+def compose_train(*overrides: str):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("train", overrides=["paths.output_dir=run", *overrides])
+
+
+def test_overrides_given_at_resume_apply_to_that_invocation_only(tmp_path):
+    run = RunFolder(tmp_path / "run")
+    run.hydra.mkdir(parents=True)
+    original = compose_train("experiment=demo", "model.arch=FPN")
+    OmegaConf.save(original, run.hydra / "config.yaml")
+    hydra = {"hydra": {"runtime": {"choices": {"experiment": "demo", "model": "unet_resnet18"}}}}
+    (run.hydra / "hydra.yaml").write_text(yaml.safe_dump(hydra))
+
+    now = compose_train("experiment=demo", "ckpt_path=last", "trainer.max_epochs=20")
+    resumed = continued_config(
+        now, run, ["experiment=demo", "ckpt_path=last", "trainer.max_epochs=20"]
+    )
+    assert resumed.model.arch == "FPN"  # the run's own config, not today's defaults
+    assert resumed.trainer.max_epochs == 20 and resumed.ckpt_path == "last"
+    later = continued_config(
+        compose_train("experiment=demo", "ckpt_path=last"), run, ["ckpt_path=last"]
+    )
+    assert later.trainer.max_epochs == original.trainer.max_epochs  # not carried over
+    with pytest.raises(LightsegError, match="cannot switch config group options"):
+        continued_config(now, run, ["model=segnet", "ckpt_path=last"])
+
+
+def test_a_torn_last_checkpoint_fails_the_run_with_one_paragraph(tmp_path, data_dir):
+    cfg = make_config(tmp_path, "experiment=demo", *FAST, "data.image_size=64", data_dir=data_dir)
+    cfg.trainer.fast_dev_run = False
+    cfg.trainer.max_epochs = 1
+    cfg.trainer.limit_train_batches = 1
+    cfg.trainer.limit_val_batches = 1
+    cfg.trainer.limit_test_batches = 1
+    train(cfg)
+    run = RunFolder(tmp_path / "run")
+    run.metrics.unlink()  # as if it had been killed before the end
+    run.last.write_bytes(run.last.read_bytes()[:1000])  # and its last.ckpt cut off in a copy
+    cfg.ckpt_path = "last"
+    with pytest.raises(LightsegError, match=r"last.ckpt' is damaged"):
+        train(cfg)
+    assert run.status == "failed" and "damaged" in run.info()["message"]
+    best_only = make_config(tmp_path / "b", "experiment=demo", *FAST, data_dir=data_dir)
+    best_only.ckpt_path = str(run.best)
+    with pytest.raises(LightsegError, match="holds the weights only"):
+        train(best_only)
+
+
+def test_a_corrupt_checkpoint_from_the_command_line_is_one_paragraph(tmp_path):
+    torn = tmp_path / "model.ckpt"
+    buffer = io.BytesIO()
+    torch.save({"state_dict": {}}, buffer)
+    torn.write_bytes(buffer.getvalue()[:-40])
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lightseg.train",
+            "experiment=demo",
+            f"ckpt_path={torn}",
+            f"paths.log_dir={tmp_path / 'logs'}",
+            "print_config=false",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr and "is damaged" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not list((tmp_path / "logs").rglob("config.yaml"))  # no run was started
+
+
+def test_a_sweep_with_multi_process_ddp_is_refused():
+    cfg = compose_train("trainer=ddp", "trainer.devices=4")
+    with pytest.raises(LightsegError, match="submitit"):
+        refuse_ddp_sweep(cfg)
+    refuse_ddp_sweep(compose_train("trainer=ddp_sim"))  # spawned processes: fine
+
+
+def test_run_info_records_owner_command_and_versions(tmp_path, data_dir):
+    cfg = make_config(tmp_path, "experiment=demo", *FAST, "data.image_size=64", data_dir=data_dir)
+    train(cfg)
+    info = json.loads((tmp_path / "run" / "run_info.json").read_text())
+    assert info["status"] == "finished"
+    assert {"host", "pid", "slurm_job_id", "since"} <= info["owner"].keys()
+    assert info["command"].startswith("python -m lightseg.train")
+    assert info["versions"]["torch"] == version("torch")
+    assert (tmp_path / "run" / "packages.txt").is_file()
