@@ -118,7 +118,7 @@ def test_data_of_another_task_is_refused(demo_checkpoint, tmp_path, data_dir):
 def test_without_a_run_config_the_dataset_must_be_named(demo_checkpoint, tmp_path):
     lone = tmp_path / "lone.ckpt"
     lone.write_bytes(demo_checkpoint.read_bytes())
-    with pytest.raises(LightsegError, match="EXP=<experiment>"):
+    with pytest.raises(LightsegError, match=r"Name it: experiment=\.\.\. or data="):
         evaluate(eval_config(lone, tmp_path), data_from_run=True)
 
 

@@ -75,7 +75,7 @@ def test_default_sbd_root_sits_next_to_vocdevkit(voc_dirs):
 
 
 def test_missing_dataset_says_where_and_how(tmp_path):
-    with pytest.raises(LightsegError, match=r"VOC2012.*make data DATASET=voc"):
+    with pytest.raises(LightsegError, match=r"VOC2012.*lightseg.data.download voc"):
         VOC(tmp_path / "VOCdevkit" / "VOC2012").find()
 
 

@@ -22,8 +22,8 @@ from lightseg.utils.signals import stop_signals
 log = logging.getLogger(__name__)
 
 RESUME_HINT = (
-    "Continue it with the same command plus ckpt_path=last (e.g. make train EXP=<exp> "
-    'ARGS="ckpt_path=last"), or put resume=auto in job scripts that may be pre-empted.'
+    "Continue it with the same command plus ckpt_path=last, or put resume=auto in job scripts "
+    "that may be pre-empted."
 )
 
 

@@ -56,8 +56,8 @@ class VOC(SegmentationSource):
 
     classes = VOC_CLASSES
     how_to_get = (
-        "Run `make data DATASET=voc` (downloads VOCtrainval_11-May-2012.tar, 2 GB, and SBD's "
-        "benchmark.tgz, 1.4 GB), or download them from "
+        "Run `python -m lightseg.data.download voc` (downloads VOCtrainval_11-May-2012.tar, "
+        "2 GB, and SBD's benchmark.tgz, 1.4 GB), or download them from "
         "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/ and "
         "https://www2.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/semantic_contours/ "
         "and unpack both into <data_dir>, so that '<data_dir>/VOCdevkit/VOC2012/JPEGImages' "

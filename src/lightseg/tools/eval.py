@@ -112,8 +112,8 @@ def _data_config(cfg: DictConfig, from_run: bool) -> DictConfig:
     if saved is None or not saved.is_file():
         raise LightsegError(
             f"No config.yaml next to checkpoint '{cfg.ckpt_path}' (expected <run>/config.yaml for "
-            "<run>/checkpoints/*.ckpt), so the dataset is unknown. Name it: EXP=<experiment> "
-            "(make) or experiment=... / data=... ."
+            "<run>/checkpoints/*.ckpt), so the dataset is unknown. Name it: experiment=... or "
+            "data=... ."
         )
     return OmegaConf.load(saved).data
 
@@ -144,7 +144,8 @@ def evaluate(
     if tuple(datamodule.classes) != task.classes:
         raise LightsegError(
             f"The checkpoint predicts classes {list(task.classes)}, but the data config gives "
-            f"{list(datamodule.classes)}. Evaluate on the dataset it was trained on (EXP=...)."
+            f"{list(datamodule.classes)}. Evaluate on the dataset it was trained on "
+            "(experiment=... or data=...)."
         )
     datamodule.prepare_data()
     datamodule.setup()

@@ -42,7 +42,7 @@ def read_checkpoint(path: str | Path) -> dict:
         raise LightsegError(
             f"Checkpoint '{path}' does not exist.{hint} Training writes "
             "logs/<experiment>/runs/<time>/checkpoints/best.ckpt (and last.ckpt); pass one as "
-            "CKPT=... (make) or ckpt_path=... ."
+            "ckpt_path=... ."
         )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)

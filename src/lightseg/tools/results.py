@@ -105,7 +105,7 @@ def group_runs(runs: list[Run], root: Path) -> list[Row]:
 def collect(root: Path) -> tuple[list[Row], list[Run]]:
     if not root.is_dir():
         raise LightsegError(
-            f"RUNS='{root}' is not a folder. Point it at a folder of runs, e.g. "
+            f"'{root}' is not a folder. Point it at a folder of runs, e.g. "
             "logs/demo/multiruns/<time>."
         )
     folders = find_runs(root)
