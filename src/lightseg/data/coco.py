@@ -89,7 +89,8 @@ class COCO(SegmentationSource):
 
     how_to_get = (
         "Run `python -m lightseg.data.download coco` (downloads train2017.zip 18 GB, "
-        "val2017.zip 1 GB and annotations_trainval2017.zip 241 MB from https://cocodataset.org/#download), or "
+        "val2017.zip 1 GB and annotations_trainval2017.zip 241 MB from "
+        "https://cocodataset.org/#download), or "
         "download them yourself and unzip all three into '<data_dir>/coco/', so that "
         "'<data_dir>/coco/annotations/instances_val2017.json' and '<data_dir>/coco/val2017/' exist."
     )
