@@ -246,3 +246,16 @@ def test_a_second_run_in_a_folder_a_live_run_holds_is_refused(
     assert first.returncode == 0, err[-3000:]
     assert (folder / "config.yaml").read_text() == config_before  # the first run, untouched
     assert RunFolder(folder).status == "finished"
+
+
+def test_ctrl_c_in_a_terminal_stops_as_cleanly(tmp_path, data_dir):
+    """Ctrl+C sends SIGINT to the terminal's whole foreground process group."""
+    marker = tmp_path / "mark"
+    stopped = signal_group_at_mark(
+        command(tmp_path, data_dir, *mark(marker)), marker, signal.SIGINT
+    )
+    assert stopped.returncode == 128 + signal.SIGINT, stopped.stderr[-3000:]
+    assert "Traceback" not in stopped.stderr and "Training stopped by SIGINT" in stopped.stderr
+    folder = only_run(tmp_path)
+    assert folder.status == "interrupted"
+    assert torch.load(folder.last, weights_only=True)["global_step"] == 3 + 2
