@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -73,3 +74,29 @@ def test_errors_from_constructors_called_by_hydra_are_unwrapped(capsys):
 def test_bugs_are_not_disguised_as_user_errors():
     with pytest.raises(ZeroDivisionError), user_errors():
         _ = 1 / 0
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.batch_size=0", "data.batch_size=0 must be a whole number >= 1"),
+        ("trainer.max_epochs=-3", "`max_epochs` must be a non-negative integer"),
+        ("model.arch=FPN", r"data.image_size=\[100, 130\] does not fit the network"),
+    ],
+)
+def test_a_mistake_on_the_command_line_is_one_paragraph_and_leaves_no_run_folder(
+    tmp_path, override, message
+):
+    result = run_train(
+        "experiment=demo",
+        "data.image_size=[100,130]" if override == "model.arch=FPN" else "debug=fdr",
+        override,
+        f"paths.log_dir={tmp_path / 'logs'}",
+        f"paths.data_dir={tmp_path / 'data'}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr + result.stdout
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert re.search(message, result.stderr), result.stderr
+    assert not any((tmp_path / "logs" / "demo" / "runs").iterdir())  # nothing left behind

@@ -216,21 +216,10 @@ def hydra_main(cfg: DictConfig) -> float | None:
             metrics = train(cfg, overrides)
         except Exception as error:
             if user_message(error) is not None and not run.is_run:
-                discard_unused(run)  # a mistake caught before the run began: no empty folder
+                run.discard_if_unused()  # a mistake caught before the run began: no empty folder
             raise
         value = metrics.get(cfg.monitor)
         return value  # what Hydra sweepers (e.g. Optuna) optimise
-
-
-def discard_unused(run: RunFolder) -> None:
-    """Remove a run folder that holds only what Hydra wrote when it started."""
-    import shutil
-
-    if not run.path.is_dir():
-        return
-    contents = {p.name for p in run.path.iterdir()}
-    if contents <= {".hydra", "train.log", "run.lock"}:
-        shutil.rmtree(run.path, ignore_errors=True)
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ Every other module asks this one for these paths.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,8 @@ SPLITS = "splits"
 CSV_LOG = Path("csv") / "metrics.csv"
 PER_IMAGE = "per_image.csv"
 EVAL = "eval"
+#: What a folder holds before training records anything: Hydra's record and log, the lock.
+STARTUP_FILES = {HYDRA, "train.log", LOCK}
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,12 @@ class RunFolder:
     def resumable(self) -> bool:
         """Training can continue here: a last.ckpt, no final metrics, and it did not fail."""
         return self.last.is_file() and not self.metrics.is_file() and self.status != "failed"
+
+    def discard_if_unused(self) -> None:
+        """Remove the folder if it holds only what Hydra and the lock wrote at the start (a run
+        stopped by a mistake before it began leaves nothing behind)."""
+        if self.path.is_dir() and {p.name for p in self.path.iterdir()} <= STARTUP_FILES:
+            shutil.rmtree(self.path, ignore_errors=True)
 
     @classmethod
     def of_checkpoint(cls, checkpoint: str | Path) -> RunFolder | None:
