@@ -36,6 +36,7 @@ from rich.table import Table
 from torch.utils.data import DataLoader, Dataset
 
 from lightseg import CONFIG_DIR
+from lightseg.callbacks.per_image import write_per_image_csv
 from lightseg.config import plain
 from lightseg.data.base import Sample, SegmentationSource
 from lightseg.errors import LightsegError, user_errors
@@ -261,13 +262,12 @@ def write_per_class(path: Path, report: dict) -> None:
 
 def write_per_image(path: Path, scores: dict[str, Scores]) -> None:
     """One row per image and inference variant: ``id, variant`` and every per-image value."""
-    columns = list(next(iter(scores.values())).compute())
-    with path.open("w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(["id", "variant", *columns])
-        for variant, score in scores.items():
-            for sample_id, values in score.per_image:
-                writer.writerow([sample_id, variant, *(cell(values.get(c)) for c in columns)])
+    rows = (
+        {"id": sample_id, "variant": variant, **values}
+        for variant, score in scores.items()
+        for sample_id, values in score.per_image
+    )
+    write_per_image_csv(path, rows)
 
 
 def save_examples(
