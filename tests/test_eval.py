@@ -139,5 +139,6 @@ def test_per_image_csv_holds_each_images_values_from_the_same_metrics(demo_check
         dice = 2 * (predicted & truth).sum() / (predicted.sum() + truth.sum())
         assert float(row["dice_per_image"]) == pytest.approx(dice, abs=1e-5)
         assert float(row["dice"]) == pytest.approx(dice, abs=1e-5)
-    mean = np.mean([float(r["dice_per_image"]) for r in rows[:3]])
-    assert report["metrics"]["plain"]["dice_per_image"] == pytest.approx(mean, abs=1e-6)
+    for name in ("dice_per_image", "jaccard_thresholded", "hd95", "assd"):  # means over images
+        mean = np.mean([float(r[name]) for r in rows[:3]])
+        assert report["metrics"]["plain"][name] == pytest.approx(mean, abs=1e-5)

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import math
+import statistics
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from torch import nn
 from torchmetrics import Metric
 
 from lightseg import CONFIG_DIR
 from lightseg.errors import LightsegError
 from lightseg.metrics import build_metrics, named_values
 from lightseg.task import IGNORE_INDEX, Task
+from tests.conftest import make_config
 
 X = IGNORE_INDEX
 BINARY, MULTI = Task(("background", "lesion")), Task(("bg", "cat", "dog"))
@@ -262,3 +267,44 @@ def test_bad_metric_configs_are_clear_errors():
     with pytest.raises(LightsegError, match="is not a torchmetrics Metric"):
         build_metrics({"x": {"_target_": f"{__name__}.NotAMetric"}}, BINARY)
     assert issubclass(type(build_metrics(metrics_config("binary"), BINARY).metrics["iou"]), Metric)
+
+
+class Background(nn.Module):
+    """Predicts class 0 everywhere (its one parameter gives the optimizer something to do)."""
+
+    def __init__(self, out_channels: int) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.register_buffer("lead", torch.nn.functional.one_hot(torch.tensor(0), out_channels))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits = (self.bias + 10 * self.lead).view(1, -1, 1, 1)
+        return logits.expand(images.shape[0], -1, *images.shape[2:])
+
+
+def test_training_reports_a_class_absent_from_truth_and_prediction_as_empty(tmp_path, data_dir):
+    from lightseg.train import train
+
+    cfg = make_config(
+        tmp_path,
+        "experiment=voc_unet",
+        "model=custom",
+        f"model._target_={__name__}.Background",
+        "trainer.fast_dev_run=true",
+        "trainer.accelerator=cpu",
+        "logger=none",
+        "data.num_workers=0",
+        "data.batch_size=2",
+        "data.image_size=[64,64]",
+        data_dir=data_dir,
+    )
+    metrics = train(cfg)
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    # only background is predicted: a class in no target of the batch has no value at all
+    absent = [k for k, v in saved.items() if k.startswith("val/iou_") and v is None]
+    present = [k for k, v in saved.items() if k.startswith("val/iou_") and v is not None]
+    assert absent and "val/iou_background" in present
+    assert all(metrics[k] is None for k in absent)  # not 0.0
+    assert saved["val/iou"] == pytest.approx(statistics.fmean(saved[k] for k in present))
+    rows = list(csv.DictReader((tmp_path / "run" / "per_image.csv").open()))
+    assert rows and all(row[absent[0].replace("val/", "")] == "" for row in rows)
