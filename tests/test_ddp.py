@@ -12,7 +12,8 @@ from lightseg.train import build_module, build_trainer
 from tests.conftest import make_config
 
 
-def validate(tmp_path, data_dir, trainer: str) -> dict[str, float]:
+def untrained_demo(tmp_path, data_dir, trainer: str, *overrides: str):
+    """(trainer, module, datamodule) of an untrained demo network at 64x64, no loggers."""
     cfg = make_config(
         tmp_path,
         "experiment=demo",
@@ -23,14 +24,24 @@ def validate(tmp_path, data_dir, trainer: str) -> dict[str, float]:
         "data.batch_size=2",
         "data.image_size=[64,64]",
         "data.source.num_cases=20",
-        "data.split.val=0.25",  # 5 images: ranks get 3 and 2, no padding allowed
-        "data.source._target_=tests.sources.CountingDemo",
+        *overrides,
         data_dir=data_dir,
     )
     datamodule = instantiate(cfg.data, _convert_="all")
     torch.manual_seed(0)
     module = build_module(cfg, datamodule.classes)
     trainer = build_trainer(cfg, enable_progress_bar=False, enable_model_summary=False)
+    return trainer, module, datamodule
+
+
+def validate(tmp_path, data_dir, trainer: str) -> dict[str, float]:
+    trainer, module, datamodule = untrained_demo(
+        tmp_path,
+        data_dir,
+        trainer,
+        "data.split.val=0.25",  # 5 images: ranks get 3 and 2, no padding allowed
+        "data.source._target_=tests.sources.CountingDemo",
+    )
     return trainer.validate(module, datamodule=datamodule, verbose=False)[0]
 
 
@@ -50,25 +61,14 @@ def test_ddp_validation_metrics_equal_single_process(tmp_path, data_dir):
 
 def run_test_stage(tmp_path, data_dir, trainer: str) -> tuple[dict[str, float], list[dict]]:
     """Test-stage metrics and per_image.csv rows of an untrained demo network."""
-    cfg = make_config(
+    trainer, module, datamodule = untrained_demo(
         tmp_path,
-        "experiment=demo",
-        f"trainer={trainer}",
-        "logger=none",
-        "callbacks=none",
+        data_dir,
+        trainer,
         "+callbacks.per_image_results._target_=lightseg.callbacks.PerImageResults",
         f"+callbacks.per_image_results.folder={tmp_path / 'run'}",
-        "data.num_workers=0",
-        "data.batch_size=2",
-        "data.image_size=[64,64]",
-        "data.source.num_cases=20",
         "data.split.test=0.25",  # 5 images: ranks get 3 and 2
-        data_dir=data_dir,
     )
-    datamodule = instantiate(cfg.data, _convert_="all")
-    torch.manual_seed(0)
-    module = build_module(cfg, datamodule.classes)
-    trainer = build_trainer(cfg, enable_progress_bar=False, enable_model_summary=False)
     metrics = trainer.test(module, datamodule=datamodule, verbose=False)[0]
     with (tmp_path / "run" / "per_image.csv").open() as file:
         return metrics, sorted(csv.DictReader(file), key=lambda row: row["id"])
