@@ -25,7 +25,7 @@ help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
 	  awk -F':.*## ' '{printf "  \033[36mmake %-10s\033[0m %s\n", $$1, $$2}'
 	@echo "  Variables: EXP=<configs/experiment name> (default demo)  ARGS=\"hydra overrides\"  CKPT=path"
-	@echo "             RUN=<run folder> (plot)  RUNS=<folder of runs> METRICS=a,b (table)"
+	@echo "             RUN=<run folder> (plot)  RUNS=<folder of runs> METRICS=a,b (table, plot RUNS=)"
 
 $(STAMP): pyproject.toml
 	@echo "Installing lightseg into $(VENV) (first run only; torch is large)..."
@@ -58,13 +58,13 @@ data: $(STAMP) ## Download (VOC, COCO) or check (PH2, MADS) a dataset: make data
 	@test -n "$(DATASET)" || { echo "Set DATASET=voc, coco, mads or ph2 (see README, Datasets)"; exit 2; }
 	$(PY) -m lightseg.data.download $(DATASET) $(ARGS)
 
-plot: $(STAMP) ## Training curves of a run as PNG: make plot RUN=logs/demo/runs/<time>
-	@test -n "$(RUN)" || { echo "Set RUN=<run folder>, e.g. RUN=$$(ls -d logs/*/runs/* 2>/dev/null | tail -n 1)"; exit 2; }
-	$(PY) -m lightseg.tools.plot $(RUN)
+plot: $(STAMP) ## Training curves as PNG: make plot RUN=<run folder>, or RUNS=<folder of runs> [METRICS=val/loss,val/dice]
+	@test -n "$(RUN)$(RUNS)" || { echo "Set RUN=<run folder>, e.g. RUN=$$(ls -d logs/*/runs/* 2>/dev/null | tail -n 1), or RUNS=<folder of runs> to compare configurations"; exit 2; }
+	$(PY) -m lightseg.tools.plot $(if $(RUNS),--runs $(RUNS) $(if $(filter command line environment,$(origin METRICS)),--metrics $(METRICS)),$(RUN)) $(ARGS)
 
-table: $(STAMP) ## Results as Markdown + LaTeX: make table RUNS=logs/demo/multiruns/<time> [METRICS=test/dice,test/iou]
+table: $(STAMP) ## Results as Markdown + LaTeX: make table RUNS=logs/demo/multiruns/<time> [METRICS=test/dice,test/iou] [ARGS="--eval --label model.arch=arch"]
 	@test -n "$(RUNS)" || { echo "Set RUNS=<folder of runs>, e.g. RUNS=logs/demo/multiruns/<time> or RUNS=logs/demo"; exit 2; }
-	$(PY) -m lightseg.tools.results $(RUNS) --metrics $(METRICS)
+	$(PY) -m lightseg.tools.results $(RUNS) --metrics $(METRICS) $(ARGS)
 
 test: $(STAMP) ## Run the fast test suite (what CI runs)
 	$(PY) -m pytest -m "not slow and not gpu" -q

@@ -33,6 +33,13 @@ def group_option(group: str, option: str) -> dict:
 
 BINARY_METRICS = group_option("metrics", "binary")
 MULTICLASS_METRICS = group_option("metrics", "multiclass")
+
+
+def metrics_for(classes) -> dict:
+    """The metrics group option a task of these classes reports (binary ones need 2 classes)."""
+    return BINARY_METRICS if len(classes) == 2 else MULTICLASS_METRICS
+
+
 CE_DICE = {**group_option("loss", "ce"), **group_option("loss", "dice")}
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -10,7 +12,8 @@ from lightseg.train import build_module, build_trainer
 from tests.conftest import make_config
 
 
-def validate(tmp_path, data_dir, trainer: str) -> dict[str, float]:
+def untrained_demo(tmp_path, data_dir, trainer: str, *overrides: str):
+    """(trainer, module, datamodule) of an untrained demo network at 64x64, no loggers."""
     cfg = make_config(
         tmp_path,
         "experiment=demo",
@@ -21,14 +24,28 @@ def validate(tmp_path, data_dir, trainer: str) -> dict[str, float]:
         "data.batch_size=2",
         "data.image_size=[64,64]",
         "data.source.num_cases=20",
-        "data.split.val=0.25",  # 5 images: ranks get 3 and 2, no padding allowed
-        "data.source._target_=tests.sources.CountingDemo",
+        *overrides,
         data_dir=data_dir,
     )
     datamodule = instantiate(cfg.data, _convert_="all")
     torch.manual_seed(0)
     module = build_module(cfg, datamodule.classes)
     trainer = build_trainer(cfg, enable_progress_bar=False, enable_model_summary=False)
+    return trainer, module, datamodule
+
+
+def validate(tmp_path, data_dir, trainer: str) -> dict[str, float]:
+    trainer, module, datamodule = untrained_demo(
+        tmp_path,
+        data_dir,
+        trainer,
+        "data.split.val=0.25",  # 5 images: ranks get 3 and 2, no padding allowed
+        "data.source._target_=tests.sources.CountingDemo",
+        # cross-entropy is a mean over pixels, the same whichever way images are batched
+        # (a Dice term is not: it is computed per batch, and batches differ between 1 and 2
+        # processes), so val/loss must match as exactly as every metric
+        "loss=ce",
+    )
     return trainer.validate(module, datamodule=datamodule, verbose=False)[0]
 
 
@@ -40,7 +57,29 @@ def test_ddp_validation_metrics_equal_single_process(tmp_path, data_dir):
     assert calls.read_text() == "prepare\n"  # once for the node, not once per process
     assert single.keys() == double.keys() and "val/dice_per_image" in single
     assert 0.0 < single["val/iou"] < 1.0  # an untrained net: a non-trivial number to match
-    # The Dice term of the loss is computed per batch, and the batches differ between one and
-    # two processes, so val/loss matches only approximately; every metric matches exactly.
-    assert double.pop("val/loss") == pytest.approx(single.pop("val/loss"), rel=1e-3)
+    assert double == pytest.approx(single, abs=1e-6)
+
+
+def run_test_stage(tmp_path, data_dir, trainer: str) -> tuple[dict[str, float], list[dict]]:
+    """Test-stage metrics and per_image.csv rows of an untrained demo network."""
+    trainer, module, datamodule = untrained_demo(
+        tmp_path,
+        data_dir,
+        trainer,
+        "+callbacks.per_image_results._target_=lightseg.callbacks.PerImageResults",
+        f"+callbacks.per_image_results.folder={tmp_path / 'run'}",
+        "data.split.test=0.25",  # 5 images: ranks get 3 and 2
+    )
+    metrics = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+    with (tmp_path / "run" / "per_image.csv").open() as file:
+        return metrics, sorted(csv.DictReader(file), key=lambda row: row["id"])
+
+
+def test_ddp_per_image_results_gather_every_rank(tmp_path, data_dir):
+    single, single_rows = run_test_stage(tmp_path / "one", data_dir, "cpu")
+    double, double_rows = run_test_stage(tmp_path / "two", data_dir, "ddp_sim")
+    assert len(single_rows) == 5 and len({r["id"] for r in single_rows}) == 5
+    assert double_rows == single_rows  # every image once, with the same values
+    single.pop("test/loss"), double.pop("test/loss")  # per-batch Dice term: batches differ
+    assert "test/hd95" in single and 0.0 < single["test/iou"] < 1.0
     assert double == pytest.approx(single, abs=1e-6)

@@ -141,8 +141,9 @@ def test_per_image_csv_holds_each_images_values_from_the_same_metrics(demo_check
         dice = 2 * (predicted & truth).sum() / (predicted.sum() + truth.sum())
         assert float(row["dice_per_image"]) == pytest.approx(dice, abs=1e-5)
         assert float(row["dice"]) == pytest.approx(dice, abs=1e-5)
-    mean = np.mean([float(r["dice_per_image"]) for r in rows[:3]])
-    assert report["metrics"]["plain"]["dice_per_image"] == pytest.approx(mean, abs=1e-6)
+    for name in ("dice_per_image", "jaccard_thresholded", "hd95", "assd"):  # means over images
+        mean = np.mean([float(r[name]) for r in rows[:3]])
+        assert report["metrics"]["plain"][name] == pytest.approx(mean, abs=1e-5)
 
 
 def test_an_image_and_mask_of_different_sizes_are_named(demo_checkpoint, tmp_path):

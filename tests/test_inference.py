@@ -11,7 +11,7 @@ from lightseg.errors import LightsegError
 from lightseg.models import SegmentationModule
 from lightseg.tools.inference import Segmenter, build_segmenter, load_module, read_checkpoint
 from lightseg.train import inference_defaults
-from tests.conftest import BINARY_METRICS, CE_DICE, make_config
+from tests.conftest import CE_DICE, make_config, metrics_for
 
 SMP = "lightseg.models.smp_models.build"
 
@@ -21,7 +21,7 @@ def pointwise_module(classes=("background", "a", "b"), kernel: int = 1) -> Segme
     module = SegmentationModule(
         model={"_target_": SMP, "encoder_name": "resnet18", "encoder_weights": None},
         loss=CE_DICE,
-        metrics=BINARY_METRICS,
+        metrics=metrics_for(classes),
         optimizer={"_target_": "torch.optim.SGD", "lr": 0.1},
         classes=list(classes),
         normalization={"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import yaml
 from lightseg.errors import LightsegError
 from lightseg.launch import closest, prepare_arguments
 from lightseg.runs import RunLock
+from lightseg.runs.resume import new_run_folder
 
 
 @pytest.mark.parametrize(
@@ -106,10 +108,16 @@ def test_resume_auto_without_an_unfinished_run_starts_fresh(tmp_path):
 
 
 def test_new_run_folders_never_collide(tmp_path):
+    same_second = datetime(2026, 1, 2, 3, 4, 5)
+    folders = [new_run_folder(tmp_path, same_second) for _ in range(3)]
+    assert [f.name for f in folders] == [
+        "2026-01-02_03-04-05",
+        "2026-01-02_03-04-05_2",
+        "2026-01-02_03-04-05_3",
+    ]
+    assert all(f.is_dir() for f in folders)
     args = ["experiment=demo", f"paths.log_dir={tmp_path}"]
-    folders = {prepare_arguments(args)[-1] for _ in range(3)}  # all within the same second
-    assert len(folders) == 3
-    assert sorted(p.name for p in (tmp_path / "demo" / "runs").iterdir())[1].endswith("_2")
+    assert len({prepare_arguments(args)[-1] for _ in range(3)}) == 3  # from the command line
 
 
 def test_an_explicit_run_folder_is_used_as_given(logs, tmp_path):

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import math
+import statistics
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from torch import nn
 from torchmetrics import Metric
 
 from lightseg import CONFIG_DIR
 from lightseg.errors import LightsegError
 from lightseg.metrics import build_metrics, named_values
 from lightseg.task import IGNORE_INDEX, Task
+from tests.conftest import make_config
 
 X = IGNORE_INDEX
 BINARY, MULTI = Task(("background", "lesion")), Task(("bg", "cat", "dog"))
@@ -46,6 +51,15 @@ def test_binary_foreground_scores_and_per_image_dice():
         "dice_background": 6 / 10,
         "dice_per_image": (2 / 5 + 6 / 7) / 2,
         "acc": 7 / 11,
+        "sensitivity": 4 / 6,  # TP / (TP + FN)
+        "specificity": 3 / 5,  # TN / (TN + FP)
+        "jaccard_thresholded": (0 + 3 / 4) / 2,  # IoU 1/4 < 0.65 counts 0; 3/4 counts
+        # Every pixel of a 2-row image is a boundary pixel. Image 1 (the ignored pixel's
+        # prediction dropped): prediction -> truth distances [0, 1, 1], truth -> prediction
+        # [0, 1]. Image 2: [0, 0, 0] and [0, 0, 0, 1], whose 95th percentile (linear, as numpy
+        # and MONAI) is 0.85.
+        "hd95": (1 + 0.85) / 2,
+        "assd": (3 / 5 + 1 / 7) / 2,
     }
     assert values == pytest.approx(expected, abs=1e-6)
 
@@ -59,6 +73,8 @@ def test_multiclass_mean_over_classes_and_per_class():
     dice = {"bg": 4 / 5, "cat": 6 / 9, "dog": 4 / 6}
     expected = {f"iou_{k}": v for k, v in iou.items()} | {f"dice_{k}": v for k, v in dice.items()}
     expected |= {"iou": sum(iou.values()) / 3, "dice": sum(dice.values()) / 3, "acc": 7 / 10}
+    expected["mean_acc"] = (2 / 3 + 3 / 4 + 2 / 3) / 3  # each class's recall, averaged
+    expected["fwiou"] = (3 * 2 / 3 + 4 * 3 / 6 + 3 * 2 / 4) / 10  # weights: 3, 4, 3 true pixels
     assert values == pytest.approx(expected, abs=1e-6)
 
 
@@ -74,9 +90,12 @@ def test_absent_class_has_no_value_and_is_left_out_of_the_mean():
     # class b is in neither prediction nor truth: mean IoU over bg (2/3) and a (1/2) only
     assert values["iou"] == pytest.approx((2 / 3 + 1 / 2) / 2)
     assert math.isnan(values["iou_b"]) and math.isnan(values["dice_b"])
-    # a class only predicted (never true) counts, with IoU 0
+    assert values["mean_acc"] == pytest.approx((2 / 3 + 1) / 2)
+    assert values["fwiou"] == pytest.approx((3 * 2 / 3 + 1 * 1 / 2) / 4)
+    # a class only predicted (never true) counts, with IoU 0; it has no accuracy (no truth)
     only_predicted = computed(Task(("bg", "a", "b")), [[[0, 2]]], [[[0, 0]]])
     assert only_predicted["iou_b"] == 0.0 and only_predicted["iou"] == pytest.approx(0.25)
+    assert only_predicted["mean_acc"] == 0.5 and only_predicted["fwiou"] == 0.5
 
 
 def test_dice_per_image_scores_empty_images_and_skips_unlabelled_ones():
@@ -85,6 +104,111 @@ def test_dice_per_image_scores_empty_images_and_skips_unlabelled_ones():
     # nothing to find and nothing found: 1; no labelled pixel: not counted; 2*1/(1+2) = 2/3
     values = computed(BINARY, preds, target)
     assert values["dice_per_image"] == pytest.approx((1 + 2 / 3) / 2)
+
+
+def one_metric(target: str, task: Task = BINARY, **options):
+    return build_metrics({"m": {"_target_": f"lightseg.metrics.{target}", **options}}, task)
+
+
+def score(target: str, preds, truth, **options) -> float:
+    metric = one_metric(target, **options)
+    metric.update(torch.as_tensor(preds), torch.as_tensor(truth))
+    return metric.compute()["m"]
+
+
+def blank(height: int, width: int) -> torch.Tensor:
+    return torch.zeros(1, height, width, dtype=torch.long)
+
+
+def test_hd95_and_assd_by_hand_on_a_non_square_image():
+    # Two 2-pixel-high boxes (every pixel is a boundary pixel), 4 x 9 image: columns 1-2
+    # predicted, 5-7 true. prediction -> truth: 4, 3, 4, 3; truth -> prediction: 3, 4, 5 (x2).
+    preds, truth = blank(4, 9), blank(4, 9)
+    preds[0, 1:3, 1:3] = 1
+    truth[0, 1:3, 5:8] = 1
+    assert score("HD95", preds, truth) == pytest.approx(5.0)  # max(p95 of 3,3,4,4 = 4; 5)
+    assert score("ASSD", preds, truth) == pytest.approx((14 + 24) / 10)
+    # an outlier: one far predicted pixel moves ASSD, not the 95th percentile
+    preds, truth = blank(11, 20), blank(11, 20)
+    truth[0, 0, :] = 1
+    preds[0, 0, :] = 1
+    preds[0, 10, 0] = 1  # 10 pixels below the line: 21 distances [0] * 20 + [10]
+    assert score("HD95", preds, truth) == 0.0
+    assert score("HD95", preds, truth, percentile=100) == pytest.approx(10.0)  # plain Hausdorff
+    assert score("ASSD", preds, truth) == pytest.approx(10 / 41)
+
+
+def test_boundary_distances_of_empty_masks_follow_the_stated_rule():
+    lesion = blank(6, 8)
+    lesion[0, 2:4, 2:5] = 1
+    diagonal = math.hypot(6, 8)  # 10: the largest distance in a 6 x 8 image
+    for name in ("HD95", "ASSD"):
+        assert score(name, blank(6, 8), lesion) == pytest.approx(diagonal)  # lesion missed
+        assert score(name, lesion, blank(6, 8)) == pytest.approx(diagonal)  # lesion invented
+        assert score(name, blank(6, 8), blank(6, 8)) == 0.0  # nothing to find, nothing found
+        ignored = torch.full((1, 6, 8), X)
+        assert math.isnan(score(name, lesion, ignored))  # no labelled pixel: no value
+        # a prediction on ignored pixels counts as background: still a perfect image
+        truth = lesion.clone()
+        truth[0, 5, :] = X
+        preds = lesion.clone()
+        preds[0, 5, :] = 1
+        assert score(name, preds, truth) == 0.0
+
+
+def test_boundary_distances_equal_monais():
+    monai = pytest.importorskip("monai.metrics")
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(5):  # random blobs on non-square images
+        shape = (1, 1, 23, 37)
+        noise = torch.rand(shape, generator=generator)
+        blur = torch.nn.functional.avg_pool2d(noise, 5, stride=1, padding=2)
+        preds = (blur > 0.52).long()[0]
+        truth = (torch.roll(blur, 3, dims=3) > 0.5).long()[0]
+        one_hot = [torch.nn.functional.one_hot(x, 2).permute(0, 3, 1, 2) for x in (preds, truth)]
+        hd95 = monai.compute_hausdorff_distance(*one_hot, percentile=95)
+        assd = monai.compute_average_surface_distance(*one_hot, symmetric=True)
+        assert 0 < float(assd) < float(hd95) < 20  # two real, different blobs
+        assert score("HD95", preds, truth) == pytest.approx(float(hd95), abs=1e-5)
+        assert score("ASSD", preds, truth) == pytest.approx(float(assd), abs=1e-5)
+
+
+def test_thresholded_jaccard_counts_images_below_the_threshold_as_zero():
+    preds, truth = blank(1, 10).repeat(4, 1, 1), blank(1, 10).repeat(4, 1, 1)
+    truth[:3, 0, :5] = 1
+    preds[0, 0, :5] = 1  # IoU 1
+    preds[1, 0, :4] = 1  # IoU 4/5 = 0.8
+    preds[2, 0, :3] = 1  # IoU 3/5 = 0.6 < 0.65: 0
+    # image 3: nothing to find, nothing found: 1
+    assert score("JaccardThresholded", preds, truth) == pytest.approx((1 + 0.8 + 0 + 1) / 4)
+    assert score("JaccardThresholded", preds, truth, threshold=0.5) == pytest.approx(
+        (1 + 0.8 + 0.6 + 1) / 4
+    )
+
+
+def test_sensitivity_and_specificity_have_no_value_without_their_class():
+    assert math.isnan(score("Sensitivity", [[[1, 0]]], [[[0, 0]]]))  # no true foreground
+    assert math.isnan(score("Specificity", [[[1, 0]]], [[[1, 1]]]))  # no true background
+    assert score("Specificity", [[[1, 0]]], [[[0, 0]]]) == 0.5
+
+
+def test_binary_only_metrics_refuse_a_multiclass_task():
+    for name in ("Sensitivity", "Specificity", "HD95", "ASSD"):
+        with pytest.raises(LightsegError, match=rf"metrics\.m .*{name} scores the foreground"):
+            one_metric(name, MULTI)
+
+
+def test_per_image_values_are_each_images_own_and_accumulate():
+    metrics = build_metrics(metrics_config("binary"), BINARY)
+    preds = torch.tensor([[[1, 1, 0, 0]], [[0, 0, 0, 0]]])
+    target = torch.tensor([[[1, 0, 0, 0]], [[1, 1, 0, 0]]])
+    first, second = metrics.per_image(preds, target)
+    assert first["dice"] == pytest.approx(2 / 3) and first["hd95"] == pytest.approx(0.95)
+    assert second["dice"] == 0.0 and second["hd95"] == pytest.approx(math.hypot(1, 4))
+    assert first["specificity"] == pytest.approx(2 / 3) and second["sensitivity"] == 0.0
+    total = metrics.compute()
+    assert total["dice"] == pytest.approx(2 * 1 / (2 + 3))  # pooled over both images
+    assert total["hd95"] == pytest.approx((0.95 + math.hypot(1, 4)) / 2)
 
 
 def test_accumulates_over_batches_and_resets():
@@ -145,10 +269,42 @@ def test_bad_metric_configs_are_clear_errors():
     assert issubclass(type(build_metrics(metrics_config("binary"), BINARY).metrics["iou"]), Metric)
 
 
-def test_built_in_metrics_take_the_class_names_lightseg_fills_in():
-    import inspect
+class Background(nn.Module):
+    """Predicts class 0 everywhere (its one parameter gives the optimizer something to do)."""
 
-    for name, entry in metrics_config("binary").items():
-        metric_class = build_metrics({name: entry}, BINARY).metrics[name].__class__
-        parameters = inspect.signature(metric_class).parameters
-        assert {"num_classes", "classes", "ignore_index"} <= parameters.keys(), name
+    def __init__(self, out_channels: int) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.register_buffer("lead", torch.nn.functional.one_hot(torch.tensor(0), out_channels))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits = (self.bias + 10 * self.lead).view(1, -1, 1, 1)
+        return logits.expand(images.shape[0], -1, *images.shape[2:])
+
+
+def test_training_reports_a_class_absent_from_truth_and_prediction_as_empty(tmp_path, data_dir):
+    from lightseg.train import train
+
+    cfg = make_config(
+        tmp_path,
+        "experiment=voc_unet",
+        "model=custom",
+        f"model._target_={__name__}.Background",
+        "trainer.fast_dev_run=true",
+        "trainer.accelerator=cpu",
+        "logger=none",
+        "data.num_workers=0",
+        "data.batch_size=2",
+        "data.image_size=[64,64]",
+        data_dir=data_dir,
+    )
+    metrics = train(cfg)
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    # only background is predicted: a class in no target of the batch has no value at all
+    absent = [k for k, v in saved.items() if k.startswith("val/iou_") and v is None]
+    present = [k for k, v in saved.items() if k.startswith("val/iou_") and v is not None]
+    assert absent and "val/iou_background" in present
+    assert all(metrics[k] is None for k in absent)  # not 0.0
+    assert saved["val/iou"] == pytest.approx(statistics.fmean(saved[k] for k in present))
+    rows = list(csv.DictReader((tmp_path / "run" / "per_image.csv").open()))
+    assert rows and all(row[absent[0].replace("val/", "")] == "" for row in rows)

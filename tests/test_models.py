@@ -12,7 +12,7 @@ from torch import nn
 from lightseg.errors import LightsegError
 from lightseg.models import SegmentationModule, build_network, check_network, input_multiple
 from lightseg.models.smp_models import ARCHITECTURES
-from tests.conftest import BINARY_METRICS, CE_DICE
+from tests.conftest import CE_DICE, metrics_for
 
 SMP = "lightseg.models.smp_models.build"
 
@@ -65,7 +65,7 @@ def module(scheduler=None, classes=("background", "lesion")) -> SegmentationModu
     return SegmentationModule(
         model={"_target_": SMP, "arch": "FPN", "encoder_name": "resnet18", "encoder_weights": None},
         loss=CE_DICE,
-        metrics=BINARY_METRICS,
+        metrics=metrics_for(classes),
         optimizer={"_target_": "torch.optim.SGD", "lr": 0.1},
         scheduler=scheduler,
         classes=list(classes),

@@ -1,24 +1,45 @@
-"""From runs to tables: `make table` over run folders, mean ± std, best in bold, failures listed."""
+"""From runs to tables: `make table` over run folders: mean ± std over runs, per-image bootstrap
+confidence intervals and paired tests, best in bold, failed and debug runs listed."""
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import statistics
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from hydra import compose, initialize_config_dir
+from scipy import stats
 
+from lightseg import CONFIG_DIR
 from lightseg.errors import LightsegError
-from lightseg.tools.results import write_tables
+from lightseg.tools.eval import evaluate
+from lightseg.tools.results import Source, main, results, short_names, write_tables
 from tests.runs import run_cli, tiny_cli_run
 
+#: The paired differences of scipy's documentation of ``wilcoxon`` (two-sided exact p-value
+#: 0.041259765625 = 338 / 8192: 24 is the smaller rank sum of 15 distinct differences).
+DIFFERENCES = [6, 8, 14, 16, 23, 24, 28, 29, 41, -48, 49, 56, 60, -67, 75]
+DOCUMENTED_P = 0.041259765625
 
-def fake_run(folder: Path, overrides: list[str], metrics: dict | None, status: str | None = None):
-    """A run folder as a Hydra job leaves it: .hydra/overrides.yaml, hydra.yaml choices, metrics."""
+
+def fake_run(
+    folder: Path,
+    overrides: list[str],
+    metrics: dict | None,
+    status: str | None = None,
+    per_image: dict[str, dict[str, float]] | None = None,
+    choices: dict | None = None,
+):
+    """A run folder as a Hydra job leaves it: .hydra/overrides.yaml, hydra.yaml choices,
+    config.yaml, metrics.json, and per_image.csv (``{column: {image id: value}}``)."""
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    choices = {"experiment": "demo", "loss": "ce_dice"}
+    choices = {"experiment": "demo", "loss": "ce_dice", "debug": None, **(choices or {})}
     choices.update({o.split("=")[0]: o.split("=")[1] for o in overrides if o.startswith("loss=")})
     (folder / ".hydra" / "hydra.yaml").write_text(
         yaml.safe_dump({"hydra": {"runtime": {"choices": choices}}})
@@ -28,6 +49,10 @@ def fake_run(folder: Path, overrides: list[str], metrics: dict | None, status: s
         "seed": 0,
         "model": {"arch": "Unet"},
         "paths": {"output_dir": str(folder)},
+        "metrics": {
+            "dice": {"_target_": "lightseg.metrics.Dice"},
+            "hd95": {"_target_": "lightseg.metrics.HD95"},
+        },
     }
     for override in overrides:
         key, value = override.split("=")
@@ -40,6 +65,42 @@ def fake_run(folder: Path, overrides: list[str], metrics: dict | None, status: s
         (folder / "metrics.json").write_text(json.dumps(metrics))
     if status is not None:
         (folder / "run_info.json").write_text(json.dumps({"status": "failed", "message": status}))
+    if per_image:
+        write_csv(folder / "per_image.csv", per_image)
+
+
+def write_csv(path: Path, columns: dict[str, dict[str, float]], **keys: str) -> None:
+    ids = list(next(iter(columns.values())))
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["id", *keys, *columns])
+        for i in ids:
+            writer.writerow([i, *keys.values(), *(columns[c].get(i, "") for c in columns)])
+
+
+def images(values) -> dict[str, float]:
+    return {f"img{i:02d}": float(v) for i, v in enumerate(values)}
+
+
+def paired_sweep(root: Path) -> np.ndarray:
+    """FPN and Unet, two seeds each, the same 15 test images. Per image and averaged over the
+    seeds, Unet's Dice is FPN's minus DIFFERENCES / 1000. Returns FPN's per-image means."""
+    base = 0.6 + 0.02 * np.arange(15)
+    unet = base - np.array(DIFFERENCES) / 1000
+    runs = [
+        ("FPN", 0, 0.86, base + 0.01),
+        ("FPN", 1, 0.84, base - 0.01),
+        ("Unet", 0, 0.81, unet + 0.005),
+        ("Unet", 1, 0.79, unet - 0.005),
+    ]
+    for number, (arch, seed, dice, per_image) in enumerate(runs):
+        fake_run(
+            root / str(number),
+            [f"model.arch={arch}", f"seed={seed}"],
+            {"test/dice": dice},
+            per_image={"dice": images(per_image)},
+        )
+    return base
 
 
 def test_table_rows_are_configurations_with_mean_std_best_in_bold_and_failures_listed(tmp_path):
@@ -62,25 +123,34 @@ def test_table_rows_are_configurations_with_mean_std_best_in_bold_and_failures_l
     md, tex = write_tables(sweep, ["test/dice", "val/loss"])
 
     # FPN: mean(0.8, 0.9) = 0.85, sample std = 0.0707; Unet: mean(.70, .74, .78) = .74, std .04
+    # (no per_image.csv in these runs: no per-image columns)
     assert md.read_text().splitlines()[:4] == [
-        "| Configuration | test/dice | val/loss | Runs |",
-        "|---|---:|---:|---:|",
-        "| model.arch=FPN | **0.850 ± 0.071** | 0.250 ± 0.071 | 2 |",
-        "| model.arch=Unet | 0.740 ± 0.040 | **0.150 ± 0.050** | 3/4 |",
+        "| Configuration | test/dice | per image [95% CI] | p | val/loss | per image [95% CI] | p "
+        "| Runs |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| arch=FPN | **0.850 ± 0.071** | - | - | 0.250 ± 0.071 | - | - | 2 |",
+        "| arch=Unet | 0.740 ± 0.040 | - | - | **0.150 ± 0.050** | - | - | 3/4 |",
     ]
-    assert "- 5 (model.arch=Unet, seed=3): failed: NaN" in md.read_text()
+    assert "  - 5 (arch=Unet, seed=3): failed: NaN" in md.read_text()
+    assert "- test/dice: no per-image values in any run: no CI, no p." in md.read_text()
     lines = tex.read_text().splitlines()
-    assert r"Configuration & test/dice & val/loss & Runs \\" in lines
-    assert r"model.arch=FPN & \textbf{0.850 $\pm$ 0.071} & 0.250 $\pm$ 0.071 & 2 \\" in lines
-    assert r"model.arch=Unet & 0.740 $\pm$ 0.040 & \textbf{0.150 $\pm$ 0.050} & 3/4 \\" in lines
+    assert r" & \multicolumn{3}{c}{test/dice} & \multicolumn{3}{c}{val/loss} &  \\" in lines
+    assert (
+        r"arch=FPN & \textbf{0.850 $\pm$ 0.071} & - & - & 0.250 $\pm$ 0.071 & - & - & 2 \\" in lines
+    )
+    assert (
+        r"arch=Unet & 0.740 $\pm$ 0.040 & - & - & \textbf{0.150 $\pm$ 0.050} & - & - & 3/4 \\"
+        in lines
+    )
 
 
 def test_group_choices_label_rows_and_latex_is_escaped(tmp_path):
     fake_run(tmp_path / "a", ["loss=ce_dice", "seed=0"], {"test/iou": 0.5})
     fake_run(tmp_path / "b", ["loss=focal", "seed=0"], {"test/iou": 0.25})
     md, tex = write_tables(tmp_path, ["test/iou"], digits=2)
-    assert "| loss=ce_dice | **0.50** | 1 |" in md.read_text()
-    assert r"loss=ce\_dice & \textbf{0.50} & 1 \\" in tex.read_text()
+    assert "| loss=ce_dice | **0.50** | - | - | 1 |" in md.read_text()
+    assert r"loss=ce\_dice & \textbf{0.50} & - & - & 1 \\" in tex.read_text()
+    assert "One run only (no standard deviation" in md.read_text()
 
 
 def test_table_errors_name_the_folder(tmp_path):
@@ -95,26 +165,216 @@ def test_table_errors_name_the_folder(tmp_path):
         write_tables(tmp_path, ["test/miou"])
 
 
+def test_per_image_ci_and_paired_p_of_each_configuration(tmp_path):
+    fpn = paired_sweep(tmp_path)
+    table = results(tmp_path, ["test/dice"], resamples=2000, seed=3)
+    cells = {label: table.cells["test/dice", label] for label in ("arch=FPN", "arch=Unet")}
+    # each image counts once, with its mean over the two seeds
+    assert list(cells["arch=FPN"].images.values()) == pytest.approx(fpn)
+    expected = stats.bootstrap(
+        (fpn,),
+        np.mean,
+        n_resamples=2000,
+        method="percentile",
+        rng=np.random.default_rng(3),
+    ).confidence_interval
+    assert cells["arch=FPN"].ci == pytest.approx((expected.low, expected.high))
+    assert expected.low < fpn.mean() < expected.high
+    assert cells["arch=FPN"].p_text == "best" and cells["arch=FPN"].p is None
+    assert cells["arch=Unet"].p == pytest.approx(DOCUMENTED_P)
+
+    md, tex = write_tables(tmp_path, ["test/dice"], resamples=2000, seed=3)
+    low, high = expected.low, expected.high
+    assert (
+        f"| arch=FPN | **0.850 ± 0.014** | {fpn.mean():.3f} [{low:.3f}, {high:.3f}] | best | 2 |"
+        in md.read_text()
+    )
+    assert "| arch=Unet | 0.800 ± 0.014 | 0.719 [" in md.read_text()  # 0.74 - 314 / 15000
+    assert "| 0.041 | 2 |" in md.read_text()
+    assert "two-sided Wilcoxon signed-rank test" in md.read_text()
+    assert "(2000 resamples of the images, seed 3)" in md.read_text()
+    assert r"\caption{Mean $\pm$ sample standard deviation" in tex.read_text()
+    assert r"& 0.041 & 2 \\" in tex.read_text()
+    # the same seed gives the same table; another seed another interval
+    assert write_tables(tmp_path, ["test/dice"], resamples=2000, seed=3)[0].read_text() == (
+        md.read_text()
+    )
+    other = results(tmp_path, ["test/dice"], resamples=2000, seed=4)
+    assert other.cells["test/dice", "arch=FPN"].ci != cells["arch=FPN"].ci
+
+
+def test_rows_tested_on_other_images_are_not_paired(tmp_path):
+    fake_run(
+        tmp_path / "a",
+        ["model.arch=FPN"],
+        {"test/dice": 0.9},
+        per_image={"dice": images([0.9, 0.8, 0.7])},
+    )
+    other = {"img00": 0.5, "img01": 0.6, "img99": 0.4}
+    fake_run(tmp_path / "b", ["model.arch=Unet"], {"test/dice": 0.5}, per_image={"dice": other})
+    md = write_tables(tmp_path, ["test/dice"])[0].read_text()
+    assert "| arch=Unet | 0.500 | 0.500 [" in md and "] | n/a | 1 |" in md
+    assert (
+        "- test/dice: arch=Unet was tested on other images than the best row (arch=FPN): "
+        "not paired, no p." in md
+    )
+
+
+def test_a_metric_missing_in_some_runs_is_named(tmp_path):
+    fake_run(tmp_path / "a", ["model.arch=FPN", "seed=0"], {"test/dice": 0.9, "test/hd95": 3.0})
+    fake_run(tmp_path / "b", ["model.arch=FPN", "seed=1"], {"test/dice": 0.8})
+    md = write_tables(tmp_path, ["test/dice", "test/hd95"])[0].read_text()
+    assert "- test/hd95: no value in 1 of 2 runs (b)." in md
+    assert "| demo | **0.850 ± 0.071** | - | - | **3.000** | - | - | 2 |" in md
+
+
+def test_distances_are_best_when_lowest(tmp_path):
+    # the metric class (lightseg.metrics.HD95, from the run's config) says lower is better
+    fake_run(tmp_path / "a", ["model.arch=FPN"], {"test/hd95": 3.0, "test/dice": 0.9})
+    fake_run(tmp_path / "b", ["model.arch=Unet"], {"test/hd95": 2.0, "test/dice": 0.8})
+    md = write_tables(tmp_path, ["test/hd95", "test/dice"])[0].read_text()
+    assert "| arch=FPN | 3.000 | - | - | **0.900** |" in md
+    assert "| arch=Unet | **2.000** | - | - | 0.800 |" in md
+
+
+def test_debug_runs_are_left_out_and_listed(tmp_path):
+    fake_run(tmp_path / "a", ["model.arch=FPN"], {"test/dice": 0.9})
+    fake_run(tmp_path / "b", ["model.arch=Unet"], {"test/dice": 0.8})
+    fake_run(
+        tmp_path / "c",
+        ["model.arch=Unet", "debug=fdr"],
+        {"test/dice": 0.1},
+        choices={"debug": "fdr"},
+    )
+    md = write_tables(tmp_path, ["test/dice"])[0].read_text()
+    assert "| arch=Unet | 0.800 |" in md and "debug=fdr" not in md.split("\n\n")[0]
+    assert "- Debug runs left out (1; --include-debug keeps them):\n  - c (debug=fdr)" in md
+    md = write_tables(tmp_path, ["test/dice"], include_debug=True)[0].read_text()
+    assert "| debug=fdr, arch=Unet | 0.100 |" in md
+    with pytest.raises(LightsegError, match=r"Every run under .* is a debug run"):
+        write_tables(tmp_path / "c")
+
+
+def test_labels_are_short_unless_an_alias_is_given(tmp_path):
+    keys = ["model.arch", "optimizer.lr", "model.head.name", "data.head.name"]
+    assert short_names(keys, {}) == {
+        "model.arch": "arch",
+        "optimizer.lr": "lr",
+        "model.head.name": "model.head.name",
+        "data.head.name": "data.head.name",
+    }
+    assert short_names(keys, {"optimizer.lr": "LR"})["optimizer.lr"] == "LR"
+    fake_run(tmp_path / "a", ["model.arch=FPN"], {"test/dice": 0.9})
+    fake_run(tmp_path / "b", ["model.arch=Unet"], {"test/dice": 0.8})
+    main([str(tmp_path), "--metrics", "test/dice", "--label", "model.arch=network"])
+    assert "| network=FPN | **0.900** |" in (tmp_path / "results.md").read_text()
+    main([str(tmp_path), "--metrics", "test/dice", "--label", "model.arch="])
+    assert "| FPN | **0.900** |" in (tmp_path / "results.md").read_text()
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), "--label", "model.arch"])
+
+
+def test_eval_flag_reads_each_runs_newest_evaluation(tmp_path):
+    for name, arch, (plain, tta) in (("a", "FPN", (0.70, 0.75)), ("b", "Unet", (0.60, 0.65))):
+        run = tmp_path / name
+        fake_run(run, [f"model.arch={arch}"], {"test/dice": 0.5})
+        for stamp, shift in (("2024-01-01_00-00-00", -0.5), ("2024-06-01_00-00-00", 0.0)):
+            folder = run / "eval" / f"test_{stamp}"
+            folder.mkdir(parents=True)
+            report = {
+                "split": "test",
+                "metrics": {"plain": {"dice": plain + shift}, "tta": {"dice": tta + shift}},
+                "examples_from": "tta",
+            }
+            (folder / "eval.json").write_text(json.dumps(report))
+            with (folder / "per_image.csv").open("w") as file:
+                file.write("id,variant,dice\n")
+                file.writelines(f"img{i},plain,{plain + shift}\n" for i in range(3))
+                file.writelines(f"img{i},tta,{tta + shift + i / 100}\n" for i in range(3))
+    table = results(tmp_path, ["test/dice"], source=Source(eval=True))
+    assert table.cells["test/dice", "arch=FPN"].runs == [0.75]  # newest eval, its last variant
+    assert table.cells["test/dice", "arch=FPN"].image_mean == pytest.approx(0.76)
+    assert "make eval (test split, its last variant)" in table.caption
+    plain = results(tmp_path, ["test/dice"], source=Source(eval=True, variant="plain"))
+    assert plain.cells["test/dice", "arch=Unet"].runs == [0.60]
+    # 3 images, all worse: the exact two-sided p is 2 / 2**3
+    assert plain.cells["test/dice", "arch=Unet"].p == pytest.approx(0.25)
+    missing = results(tmp_path, ["test/dice"], source=Source(eval=True, split="val"))
+    assert all(not cell.runs for cell in missing.cells.values())
+    assert any("no eval/val_*/eval.json (make eval CKPT=" in note for note in missing.notes)
+
+
+def per_image_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def expected_image_columns(values: dict[str, list[float]], best: dict[str, list[float]]):
+    """The per-image text and p-value a row should show, computed here from the CSV files."""
+    mean = {i: statistics.fmean(v) for i, v in values.items()}
+    low, high = stats.bootstrap(
+        (np.array(list(mean.values())),),
+        np.mean,
+        n_resamples=10_000,
+        method="percentile",
+        rng=np.random.default_rng(0),
+    ).confidence_interval
+    text = f"{statistics.fmean(mean.values()):.3f} [{low:.3f}, {high:.3f}]"
+    if values is best:
+        return text, "best"
+    base = [statistics.fmean(best[i]) for i in mean]
+    differences = np.array(list(mean.values())) - np.array(base)
+    p = 1.0 if not differences.any() else stats.wilcoxon(differences).pvalue
+    return text, "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
 def test_demo_multirun_turns_into_tables(one_thread, monkeypatch, tmp_path, data_dir):
     # as in: make train EXP=demo ARGS="-m seed=0,1 model.arch=Unet,FPN ..."
     run_cli(monkeypatch, *tiny_cli_run(tmp_path, data_dir), "-m", "seed=0,1", "model.arch=Unet,FPN")
     (sweep,) = (tmp_path / "logs" / "demo" / "multiruns").iterdir()
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert [p.name for p in jobs] == ["0", "1", "2", "3"]
-    dice = {}
+    dice, per_image = {}, {}
     for job in jobs:
         overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
         arch = next(o.split("=")[1] for o in overrides if o.startswith("model.arch="))
-        dice.setdefault(arch, []).append(
-            json.loads((job / "metrics.json").read_text())["test/dice"]
-        )
+        metrics = json.loads((job / "metrics.json").read_text())
+        dice.setdefault(arch, []).append(metrics["test/dice"])
+        for name in ("sensitivity", "specificity", "jaccard_thresholded", "dice_per_image"):
+            assert 0.0 <= metrics[f"test/{name}"] <= 1.0
+        assert 0.0 <= metrics["test/assd"] <= metrics["test/hd95"] <= math.hypot(64, 64)
+        # the test stage's per_image.csv: the test split's images (one batch of 4), the same
+        # values the run's test/* means were taken over
+        rows = per_image_rows(job / "per_image.csv")
+        test_ids = (job / "splits" / "test.txt").read_text().split()
+        assert len(rows) == 4 and {r["id"] for r in rows} <= set(test_ids)
+        for name in ("dice_per_image", "jaccard_thresholded", "hd95", "assd"):
+            mean = statistics.fmean(float(r[name]) for r in rows)
+            assert mean == pytest.approx(metrics[f"test/{name}"], abs=1e-5)
+        for row in rows:
+            per_image.setdefault(arch, {}).setdefault(row["id"], []).append(float(row["dice"]))
     assert {arch: len(values) for arch, values in dice.items()} == {"Unet": 2, "FPN": 2}
 
     md, tex = write_tables(sweep, ["test/dice"])
 
-    best = max(round(statistics.fmean(v), 3) for v in dice.values())
+    means = {arch: round(statistics.fmean(v), 3) for arch, v in dice.items()}
+    best = max(means, key=means.get)
     for arch, values in dice.items():
         text = f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
-        text = f"**{text}**" if round(statistics.fmean(values), 3) == best else text
-        assert f"| model.arch={arch} | {text} | 2 |" in md.read_text()
-    assert tex.read_text().count(r"$\pm$") == 2 + 1  # two rows, and the comment line
+        text = f"**{text}**" if means[arch] == means[best] else text
+        images, p = expected_image_columns(per_image[arch], per_image[best])
+        assert f"| arch={arch} | {text} | {images} | {p} | 2 |" in md.read_text()
+    assert tex.read_text().count(r"$\pm$") == 2 + 1 + 1  # two rows, the header, the caption
+
+    # make eval on each run (native resolution), then the table of those evaluations
+    for job in jobs:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose("eval", [f"ckpt_path={job / 'checkpoints' / 'best.ckpt'}"])
+        evaluate(cfg, data_from_run=True)
+        (folder,) = (job / "eval").iterdir()
+        assert {r["id"] for r in per_image_rows(folder / "per_image.csv")} == set(
+            (job / "splits" / "test.txt").read_text().split()
+        )
+    md, _ = write_tables(sweep, ["test/dice", "test/hd95"], source=Source(eval=True))
+    assert "From eval.json and per_image.csv of make eval (test split" in md.read_text()
+    assert md.read_text().count(" | best | ") == 2  # one reference row per metric

@@ -13,7 +13,7 @@ from torchvision.models.segmentation import DeepLabV3_MobileNet_V3_Large_Weights
 from lightseg.errors import LightsegError
 from lightseg.models import SegmentationModule, build_network
 from lightseg.models.torchvision_models import TORCHVISION_ARCHS
-from tests.conftest import BINARY_METRICS, make_config
+from tests.conftest import make_config, metrics_for
 
 TARGETS = {"segnet": "lightseg.models.segnet.build"}
 
@@ -47,7 +47,7 @@ def make_module(arch: str, classes: list[str], **model) -> SegmentationModule:
     return SegmentationModule(
         model=network_config(arch, **model),
         loss={"ce": {"_target_": "lightseg.losses.CrossEntropy", "weight": 1.0}},
-        metrics=BINARY_METRICS,
+        metrics=metrics_for(classes),
         optimizer={"_target_": "torch.optim.SGD", "lr": 0.1},
         classes=classes,
     )

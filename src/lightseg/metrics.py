@@ -10,10 +10,13 @@ constructors that take them. States are synced across processes by torchmetrics.
 A class that occurs in neither the predictions nor the targets has no IoU or Dice: its value
 is NaN (shown empty, written as null) and it is left out of every mean.
 
-Built-in metrics, both for binary tasks (the foreground class is the headline, the PH2/ISIC
-convention) and multiclass ones (the mean over classes present, VOC's mIoU):
-``IoU``, ``Dice``, ``PixelAccuracy`` (over the whole split) and ``DicePerImage`` (mean over
-images; an image where neither prediction nor truth has foreground scores 1).
+Built-in metrics over the whole split (pooled confusion matrix): ``IoU``, ``Dice`` (binary:
+the foreground class, the PH2/ISIC convention; multiclass: the mean over classes present,
+VOC's mIoU), ``PixelAccuracy``, ``Sensitivity`` and ``Specificity`` (binary),
+``MeanAccuracy`` and ``FrequencyWeightedIoU`` (multiclass). Built-in metrics per image,
+averaged over images: ``DicePerImage``, ``JaccardThresholded`` (ISIC 2018) and the boundary
+distances ``HD95`` and ``ASSD`` in pixels (binary). Their rules for empty masks are in their
+docstrings.
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from scipy import ndimage
 from torch import nn
 from torchmetrics import Metric
 
@@ -62,17 +67,32 @@ def class_scores(confusion: torch.Tensor, kind: str) -> torch.Tensor:
     return torch.where(denominator > 0, numerator / denominator.clamp(min=1), torch.nan)
 
 
+def class_recall(confusion: torch.Tensor) -> torch.Tensor:
+    """Per-class recall (share of each true class found) from ``[..., C, C]`` counts; NaN where
+    a class is not in the truth."""
+    hits = confusion.diagonal(dim1=-2, dim2=-1).double()
+    true = confusion.sum(-1).double()
+    return torch.where(true > 0, hits / true.clamp(min=1), torch.nan)
+
+
 def headline(per_class: torch.Tensor, task: Task) -> torch.Tensor:
     """The foreground value (binary) or the mean over classes present (multiclass)."""
     return per_class[..., 1] if task.binary else per_class.nanmean(-1)
 
 
 class TaskMetric(Metric):
-    """A metric that knows the task's classes and the ignore label (filled in by lightseg)."""
+    """A metric that knows the task's classes and the ignore label (filled in by lightseg).
+
+    Subclasses add their states in ``add_states`` rather than in ``__init__``, and a subclass
+    with options of its own repeats this signature: lightseg fills in only the arguments a
+    constructor's signature names.
+    """
 
     is_differentiable = False
     higher_is_better = True
     full_state_update = False
+    #: Whether the metric is defined for binary tasks only (foreground vs background).
+    binary_only = False
 
     def __init__(
         self,
@@ -84,10 +104,16 @@ class TaskMetric(Metric):
         super().__init__(**kwargs)
         self.task = Task(tuple(classes)) if classes else Task.of(num_classes)
         self.ignore_index = int(ignore_index)
+        if self.binary_only and not self.task.binary:
+            raise ValueError(
+                f"{type(self).__name__} scores the foreground of binary tasks (2 classes), but "
+                f"this task has {self.task.num_classes}: leave it out of the metrics for this "
+                "dataset (metrics=multiclass)."
+            )
         self.add_states()
 
     def add_states(self) -> None:
-        """Declare the metric's states (``self.add_state``); the task is known by then."""
+        """Declare the metric's states (``self.add_state``)."""
 
 
 class ConfusionMatrixMetric(TaskMetric):
@@ -125,27 +151,182 @@ class PixelAccuracy(ConfusionMatrixMetric):
         return self.confusion.trace().double() / total if total else torch.tensor(torch.nan)
 
 
-class DicePerImage(TaskMetric):
-    """Dice of each image, averaged over images (binary: foreground; multiclass: the mean over
-    the classes present in that image). An image with no foreground in truth or prediction
-    scores 1 (nothing to find, nothing found); one with no labelled pixel does not count."""
+class Sensitivity(ConfusionMatrixMetric):
+    """Share of the true foreground pixels predicted as foreground (recall), over the split;
+    NaN when the split has no foreground."""
+
+    binary_only = True
+
+    def compute(self) -> torch.Tensor:
+        return class_recall(self.confusion)[1]
+
+
+class Specificity(ConfusionMatrixMetric):
+    """Share of the true background pixels predicted as background, over the split; NaN when
+    the split has no background."""
+
+    binary_only = True
+
+    def compute(self) -> torch.Tensor:
+        return class_recall(self.confusion)[0]
+
+
+class MeanAccuracy(ConfusionMatrixMetric):
+    """Per-class accuracy (recall) averaged over the classes in the truth (mmsegmentation's
+    mAcc); a class not in the truth has no accuracy and is left out."""
+
+    def compute(self) -> torch.Tensor:
+        return class_recall(self.confusion).nanmean()
+
+
+class FrequencyWeightedIoU(ConfusionMatrixMetric):
+    """Each class's IoU weighted by its share of the labelled pixels (FCN's f.w. IU)."""
+
+    def compute(self) -> torch.Tensor:
+        true = self.confusion.sum(-1).double()
+        if not true.sum():
+            return torch.tensor(torch.nan)
+        iou = class_scores(self.confusion, "iou").nan_to_num(0.0)  # NaN only where weight is 0
+        return (true * iou).sum() / true.sum()
+
+
+class PerImageMetric(TaskMetric):
+    """A value per image, averaged over images (states: every image's value, gathered from all
+    processes). An image without a labelled pixel has no value; NaN values are left out."""
 
     def add_states(self) -> None:
         self.add_state("scores", [], dist_reduce_fx="cat")
 
+    def image_scores(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``[N]``: the value of each image of the batch."""
+        raise NotImplementedError
+
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
-        confusion = per_image_confusion(preds, target, self.task.num_classes, self.ignore_index)
-        scores = headline(class_scores(confusion, "dice"), self.task)
-        if self.task.binary:  # nothing to find and nothing found: a perfect image
-            scores = torch.where(scores.isnan(), 1.0, scores)
-        labelled = confusion.flatten(1).sum(1) > 0
-        self.scores.append(scores[labelled].float())
+        labelled = (target != self.ignore_index).flatten(1).any(1)
+        self.scores.append(self.image_scores(preds, target)[labelled].double())
 
     def compute(self) -> torch.Tensor:
         scores = self.scores if isinstance(self.scores, torch.Tensor) else None
         if scores is None:
             scores = torch.cat(self.scores) if self.scores else torch.zeros(0)
         return scores.nanmean() if scores.numel() else torch.tensor(torch.nan)
+
+
+class DicePerImage(PerImageMetric):
+    """Dice of each image, averaged over images (binary: foreground; multiclass: the mean over
+    the classes present in that image). An image with no foreground in truth or prediction
+    scores 1 (nothing to find, nothing found); one with no labelled pixel does not count."""
+
+    kind = "dice"
+
+    def image_scores(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        confusion = per_image_confusion(preds, target, self.task.num_classes, self.ignore_index)
+        scores = headline(class_scores(confusion, self.kind), self.task)
+        if self.task.binary:  # nothing to find and nothing found: a perfect image
+            scores = torch.where(scores.isnan(), 1.0, scores)
+        return scores
+
+
+class JaccardThresholded(DicePerImage):
+    """The ISIC 2018 challenge's thresholded Jaccard: each image's IoU, counted as 0 below
+    ``threshold`` (0.65), averaged over images. Empty images as in ``DicePerImage`` (1)."""
+
+    kind = "iou"
+
+    def __init__(
+        self,
+        num_classes: int,
+        classes: list[str] | None = None,
+        ignore_index: int = IGNORE_INDEX,
+        threshold: float = 0.65,
+        **kwargs,
+    ) -> None:
+        super().__init__(num_classes, classes, ignore_index, **kwargs)
+        self.threshold = float(threshold)
+
+    def image_scores(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        scores = super().image_scores(preds, target)
+        return torch.where(scores < self.threshold, 0.0, scores)
+
+
+def boundary(mask: np.ndarray) -> np.ndarray:
+    """The mask's own pixels that touch the background (4-neighbours; the image edge counts as
+    background), MONAI's definition."""
+    return mask ^ ndimage.binary_erosion(mask)
+
+
+def surface_distances(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Euclidean distances (pixels) from each boundary pixel of ``a`` to the nearest of ``b``,
+    and from ``b``'s to ``a``'s; both masks non-empty. Exact: scipy's distance transform."""
+    rows, columns = np.nonzero(a | b)  # crop to both masks plus a margin: same distances
+    window = np.s_[
+        max(rows.min() - 1, 0) : rows.max() + 2, max(columns.min() - 1, 0) : columns.max() + 2
+    ]
+    edge_a, edge_b = boundary(a[window]), boundary(b[window])
+    to_b = ndimage.distance_transform_edt(~edge_b)[edge_a]
+    to_a = ndimage.distance_transform_edt(~edge_a)[edge_b]
+    return to_b, to_a
+
+
+class BoundaryDistance(PerImageMetric):
+    """A distance between the predicted and the true foreground boundary of each image, in
+    pixels of the image as scored, averaged over images; lower is better.
+
+    Empty masks: no foreground in truth nor prediction scores 0; foreground in only one of
+    them scores the image diagonal (the largest distance possible), so a missed or invented
+    lesion counts as the worst case instead of dropping out. Predictions on ignored pixels
+    count as background.
+    """
+
+    higher_is_better = False
+    binary_only = True
+
+    def distance(self, to_target: np.ndarray, to_prediction: np.ndarray) -> float:
+        raise NotImplementedError
+
+    def image_scores(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        valid = target != self.ignore_index
+        predicted = ((preds == 1) & valid).cpu().numpy()
+        true = (target == 1).cpu().numpy()
+        height, width = preds.shape[-2:]
+        diagonal = math.hypot(height, width)
+        scores = []
+        for p, t in zip(predicted, true, strict=True):
+            if p.any() and t.any():
+                scores.append(self.distance(*surface_distances(p, t)))
+            else:
+                scores.append(diagonal if p.any() or t.any() else 0.0)
+        return torch.tensor(scores, dtype=torch.float64, device=preds.device)
+
+
+class HD95(BoundaryDistance):
+    """The 95th percentile Hausdorff distance: the larger of the two directed distances'
+    95th percentiles (prediction to truth, truth to prediction), as MONAI computes it."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        classes: list[str] | None = None,
+        ignore_index: int = IGNORE_INDEX,
+        percentile: float = 95.0,
+        **kwargs,
+    ) -> None:
+        super().__init__(num_classes, classes, ignore_index, **kwargs)
+        self.percentile = float(percentile)
+
+    def distance(self, to_target: np.ndarray, to_prediction: np.ndarray) -> float:
+        return max(
+            float(np.percentile(to_target, self.percentile)),
+            float(np.percentile(to_prediction, self.percentile)),
+        )
+
+
+class ASSD(BoundaryDistance):
+    """The average symmetric surface distance: the mean over the boundary pixels of both masks
+    of the distance to the other mask's boundary."""
+
+    def distance(self, to_target: np.ndarray, to_prediction: np.ndarray) -> float:
+        return float(np.concatenate([to_target, to_prediction]).mean())
 
 
 def per_class_values(values: torch.Tensor, task: Task) -> dict[str, torch.Tensor]:
@@ -181,6 +362,10 @@ class MetricSet(nn.Module):
             for key, metric in self.metrics.items()
             for name, value in named_values(key, metric(preds, target), self.task).items()
         }
+
+    def per_image(self, preds: torch.Tensor, target: torch.Tensor) -> list[dict[str, float]]:
+        """Accumulate the batch image by image, and return each image's values."""
+        return [self(preds[i : i + 1], target[i : i + 1]) for i in range(preds.shape[0])]
 
     def compute(self) -> dict[str, float]:
         """Every value by name (``iou``, ``iou_lesion``, ...); NaN where there is none."""

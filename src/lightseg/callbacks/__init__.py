@@ -7,11 +7,13 @@ from lightseg.callbacks.faults import (
     TrainingInterrupted,
 )
 from lightseg.callbacks.overlays import PredictionOverlays
+from lightseg.callbacks.per_image import PerImageResults
 from lightseg.callbacks.run_files import LogRunFiles
 
 __all__ = [
     "CheckpointOnSignal",
     "LogRunFiles",
+    "PerImageResults",
     "PredictionOverlays",
     "RandomStateCheckpoint",
     "StopOnNonFiniteLoss",

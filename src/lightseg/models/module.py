@@ -94,11 +94,12 @@ class SegmentationModule(L.LightningModule):
         self.log_dict(terms, on_step=False, on_epoch=True, batch_size=size)
         return loss
 
-    def _eval_step(self, batch: dict, stage: str) -> None:
+    def _eval_step(self, batch: dict, stage: str) -> torch.Tensor:
+        """Accumulate the batch's loss; returns its predicted masks (for the metrics)."""
         logits, _ = self.logits(batch["image"])
         loss, _ = self.criterion(logits, batch["mask"])
         self.eval_losses[stage].update(loss, weight=batch["image"].shape[0])
-        self.eval_metrics[stage].update(self.task.predict(logits), batch["mask"])
+        return self.task.predict(logits)
 
     def _log_eval_epoch(self, stage: str) -> None:
         values = {"loss": float(self.eval_losses[stage].compute())}
@@ -110,13 +111,18 @@ class SegmentationModule(L.LightningModule):
             self.log(f"{stage}/{name}", value, prog_bar=name in PROGRESS_BAR_METRICS)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
+        self.eval_metrics["val"].update(self._eval_step(batch, "val"), batch["mask"])
 
     def on_validation_epoch_end(self) -> None:
         self._log_eval_epoch("val")
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
+    def test_step(self, batch: dict, batch_idx: int) -> dict[str, list]:
+        """Also returns each image's metric values, ``{"per_image": [(id, {name: value})]}``:
+        the PerImageResults callback writes them to the run's per_image.csv."""
+        preds = self._eval_step(batch, "test")
+        values = self.eval_metrics["test"].per_image(preds, batch["mask"])
+        ids = batch.get("id") or [f"batch{batch_idx}_{i}" for i in range(len(values))]
+        return {"per_image": list(zip(ids, values, strict=True))}
 
     def on_test_epoch_end(self) -> None:
         self._log_eval_epoch("test")

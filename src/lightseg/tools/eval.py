@@ -7,15 +7,15 @@
 Prints the run's metrics (the ``metrics`` its checkpoint stores: the same objects that logged
 ``val/*`` and ``test/*`` in training) for plain inference and, side by side, with test-time
 augmentation and dense-CRF post-processing when those are configured. Writes ``eval.json``,
-``per_class.csv``, ``per_image.csv`` (every image's values), ``confusion_matrix.png``
-(row-normalised) and ``examples.png`` (the worst and best images by the run's ``monitor``
-metric) to the output folder. ``metrics=...`` on the command line scores other metrics.
+``per_class.csv``, ``per_image.csv`` (every image's value of every metric: what
+``make table --eval`` pairs between runs), ``confusion_matrix.png`` (row-normalised) and
+``examples.png`` (the worst and best images by the run's ``monitor`` metric) to the output
+folder. ``metrics=...`` on the command line scores other metrics.
 """
 
 from __future__ import annotations
 
 import csv
-import heapq
 import json
 import logging
 import math
@@ -36,6 +36,7 @@ from rich.table import Table
 from torch.utils.data import DataLoader, Dataset
 
 from lightseg import CONFIG_DIR
+from lightseg.callbacks.per_image import write_per_image_csv
 from lightseg.config import plain
 from lightseg.data.base import Sample, SegmentationSource, read_pair
 from lightseg.errors import LightsegError, user_errors
@@ -90,10 +91,10 @@ class Scores:
     def compute(self) -> dict[str, float]:
         return self.metrics.compute()
 
-    def ranked(self, metric: str) -> list[tuple[float, str]]:
+    def ranked(self, metric: str, lower_is_better: bool = False) -> list[tuple[float, str]]:
         """(value, id) of every image that has a value of ``metric``, worst first."""
         scored = [(values.get(metric, math.nan), i) for i, values in self.per_image]
-        return sorted((v, i) for v, i in scored if not math.isnan(v))
+        return sorted(((v, i) for v, i in scored if not math.isnan(v)), reverse=lower_is_better)
 
 
 def data_config(cfg: DictConfig, from_run: bool) -> DictConfig:
@@ -201,10 +202,11 @@ def evaluate(
     }
     rank_by = ranking_metric(cfg, report["metrics"][names[-1]])
     report["examples_ranked_by"] = rank_by
-    ranked = final.ranked(rank_by)
+    lower = rank_by == str(cfg.get("monitor")).split("/", 1)[-1] and cfg.monitor_mode == "min"
+    ranked = final.ranked(rank_by, lower_is_better=lower)
     count = min(int(cfg.get("num_examples", 4)), math.ceil(len(ranked) / 2))
     report["worst"] = [{"id": i, "score": s} for s, i in ranked[:count]]
-    best = heapq.nlargest(count, ranked[count:])  # never an image already among the worst
+    best = ranked[count:][::-1][:count]  # best first; never an image already among the worst
     report["best"] = [{"id": i, "score": s} for s, i in best]
 
     folder = output_folder(cfg)
@@ -262,13 +264,12 @@ def write_per_class(path: Path, report: dict) -> None:
 
 def write_per_image(path: Path, scores: dict[str, Scores]) -> None:
     """One row per image and inference variant: ``id, variant`` and every per-image value."""
-    columns = list(next(iter(scores.values())).compute())
-    with path.open("w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(["id", "variant", *columns])
-        for variant, score in scores.items():
-            for sample_id, values in score.per_image:
-                writer.writerow([sample_id, variant, *(cell(values.get(c)) for c in columns)])
+    rows = (
+        {"id": sample_id, "variant": variant, **values}
+        for variant, score in scores.items()
+        for sample_id, values in score.per_image
+    )
+    write_per_image_csv(path, rows)
 
 
 def save_examples(
@@ -309,7 +310,8 @@ def print_report(report: dict) -> None:
     kind = "foreground" if len(report["classes"]) == 2 else "mean over classes present"
     table = Table(
         title=f"{report['split']} split: {report['images']} images",
-        caption=f"iou, dice: {kind}; empty: class in neither truth nor prediction",
+        caption=f"iou, dice: {kind}; distances in pixels at each image's own resolution; "
+        "empty: no value (e.g. a class in neither truth nor prediction)",
     )
     table.add_column("metric")
     for variant in variants:

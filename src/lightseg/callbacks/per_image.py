@@ -1,0 +1,68 @@
+"""Each test image's metric values in the run folder (``per_image.csv``), after the test stage.
+
+``make table`` pairs these rows between runs (same image ids) for its confidence intervals and
+paired tests; ``make eval`` writes the same file, at native resolution, for what it scores.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from lightseg.runs import RunFolder
+
+
+def write_per_image_csv(path: Path, rows: Iterable[Mapping[str, object]]) -> None:
+    """One row per image: its keys (``id``, ...) then every value; NaN (no value) as empty."""
+    rows = list(rows)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with Path(path).open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([text(row.get(column)) for column in columns])
+
+
+def text(value: object) -> str:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.6f}"
+    return "" if value is None else str(value)
+
+
+def gathered(rows: list) -> list:
+    """The rows of every process, rank by rank (the test split is sharded across them)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return rows
+    parts: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(parts, rows)
+    return [row for part in parts for row in part]
+
+
+class PerImageResults(Callback):
+    """Collects the per-image values ``SegmentationModule.test_step`` returns and writes them
+    to ``<folder>/per_image.csv`` (rank 0, after gathering every process's images)."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.path = RunFolder(folder).per_image
+        self.rows: list[tuple[str, dict[str, float]]] = []
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.rows = []
+
+    def on_test_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if isinstance(outputs, Mapping):
+            self.rows.extend(outputs.get("per_image", ()))
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        rows = gathered(self.rows)
+        if trainer.is_global_zero and rows:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_per_image_csv(self.path, ({"id": i, **values} for i, values in rows))

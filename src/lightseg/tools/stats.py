@@ -1,0 +1,52 @@
+"""The statistics behind results tables: bootstrap confidence intervals and paired tests.
+
+Both work on per-image scores (one value per test image), from scipy: a percentile bootstrap
+of the mean over images (seeded, so a table is the same every time it is made), and the
+two-sided Wilcoxon signed-rank test of two configurations' scores on the same images.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import stats
+
+RESAMPLES = 10_000
+SEED = 0
+LEVEL = 0.95
+
+
+def bootstrap_ci(
+    values: Sequence[float], resamples: int = RESAMPLES, seed: int = SEED, level: float = LEVEL
+) -> tuple[float, float] | None:
+    """The ``level`` percentile-bootstrap interval of the mean of ``values`` (images drawn with
+    replacement ``resamples`` times); None for fewer than two values (nothing to resample)."""
+    data = np.asarray(values, dtype=float)
+    if data.size < 2:
+        return None
+    result = stats.bootstrap(
+        (data,),
+        np.mean,
+        n_resamples=resamples,
+        confidence_level=level,
+        method="percentile",
+        vectorized=True,
+        rng=np.random.default_rng(seed),
+    )
+    interval = result.confidence_interval
+    return float(interval.low), float(interval.high)
+
+
+def paired_p(x: Sequence[float], y: Sequence[float]) -> float:
+    """Two-sided Wilcoxon signed-rank p-value of the paired differences ``x - y`` (scipy's
+    defaults: zero differences dropped, exact distribution for small samples without ties);
+    1 when every difference is zero (nothing differs)."""
+    difference = np.asarray(x, dtype=float) - np.asarray(y, dtype=float)
+    if not difference.any():
+        return 1.0
+    with warnings.catch_warnings():  # scipy warns about tiny samples; the p-value says it
+        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        return float(stats.wilcoxon(difference).pvalue)
