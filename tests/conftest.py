@@ -52,6 +52,19 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+#: One short epoch that still writes checkpoints (fast_dev_run writes none).
+ONE_STEP = (
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=1",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "trainer.accelerator=cpu",
+    "logger=none",
+    "data.num_workers=0",
+    "data.batch_size=2",
+    "model.encoder_weights=null",
+)
+
 #: Fast settings for running a whole config on the CPU.
 FAST = (
     "trainer.fast_dev_run=true",

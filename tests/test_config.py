@@ -13,7 +13,7 @@ from lightseg import CONFIG_DIR
 from lightseg.config import validate
 from lightseg.errors import LightsegError
 from lightseg.train import train
-from tests.conftest import FAST, make_config
+from tests.conftest import FAST, ONE_STEP, make_config
 
 CONFIGS = Path(CONFIG_DIR)
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
@@ -85,7 +85,7 @@ def test_other_families_train_their_own_network_under_the_default_experiment(
     model, tmp_path, data_dir
 ):
     cfg = make_config(
-        tmp_path, "experiment=demo", *model, *FAST, "data.image_size=64", data_dir=data_dir
+        tmp_path, "experiment=demo", *model, *ONE_STEP, "data.image_size=64", data_dir=data_dir
     )
     train(cfg)
     checkpoint_model = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
@@ -96,7 +96,9 @@ def test_other_families_train_their_own_network_under_the_default_experiment(
 
 
 def test_square_image_size_trains(tmp_path, data_dir):
-    cfg = make_config(tmp_path, "experiment=demo", *FAST, "data.image_size=64", data_dir=data_dir)
+    cfg = make_config(
+        tmp_path, "experiment=demo", *ONE_STEP, "data.image_size=64", data_dir=data_dir
+    )
     metrics = train(cfg)
     assert 0.0 <= metrics["test/dice"] <= 1.0
     hparams = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)

@@ -6,7 +6,6 @@ import logging
 
 import pandas as pd
 import pytest
-import torch
 
 from lightseg.train import train
 from tests.conftest import make_config
@@ -31,8 +30,7 @@ def logged(run) -> pd.DataFrame:
 def test_fdr_runs_one_batch_of_each_stage(tmp_path, data_dir):
     metrics = train(make_config(tmp_path, *DEMO, "debug=fdr", data_dir=data_dir))
     assert {"val/dice", "test/dice"} <= metrics.keys()
-    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
-    assert last["global_step"] == 1
+    assert not (tmp_path / "run" / "checkpoints").exists()  # Lightning's fast_dev_run saves none
     assert not (tmp_path / "run" / "csv").exists()  # fdr switches loggers off
 
 
