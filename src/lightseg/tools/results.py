@@ -25,7 +25,15 @@ from lightseg.utils.console import console
 
 DEFAULT_METRICS = ("test/dice", "test/iou")
 #: Overrides that do not make a different configuration: replicates, paths, logging, resuming.
-NOT_A_SETTING = ("seed", "ckpt_path", "resume", "print_config", "tags", "data.num_workers")
+NOT_A_SETTING = (
+    "seed",
+    "data.fold",  # k-fold cross-validation: the folds of one configuration are its replicates
+    "ckpt_path",
+    "resume",
+    "print_config",
+    "tags",
+    "data.num_workers",
+)
 NOT_A_SETTING_PREFIXES = ("paths.", "hydra.", "hydra/", "logger", "callbacks.progress_bar")
 
 
