@@ -89,8 +89,8 @@ class TaskMetric(Metric):
 class ConfusionMatrixMetric(TaskMetric):
     """A metric over the whole split's confusion matrix (summed over batches and processes)."""
 
-    def __init__(self, num_classes: int, **kwargs) -> None:
-        super().__init__(num_classes, **kwargs)
+    def __init__(self, num_classes: int, classes: list[str] | None = None, **kwargs) -> None:
+        super().__init__(num_classes, classes, **kwargs)  # named: lightseg fills in classes
         size = self.task.num_classes
         self.add_state("confusion", torch.zeros(size, size, dtype=torch.long), "sum")
 
@@ -127,8 +127,8 @@ class DicePerImage(TaskMetric):
     the classes present in that image). An image with no foreground in truth or prediction
     scores 1 (nothing to find, nothing found); one with no labelled pixel does not count."""
 
-    def __init__(self, num_classes: int, **kwargs) -> None:
-        super().__init__(num_classes, **kwargs)
+    def __init__(self, num_classes: int, classes: list[str] | None = None, **kwargs) -> None:
+        super().__init__(num_classes, classes, **kwargs)
         self.add_state("scores", [], dist_reduce_fx="cat")
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
