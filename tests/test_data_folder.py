@@ -11,11 +11,14 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from PIL import Image
 
+from lightseg import CONFIG_DIR
 from lightseg.data.folder import Folder
 from lightseg.errors import LightsegError
+from lightseg.tools.eval import evaluate
 from lightseg.train import train
 from tests.conftest import FAST, make_config
 from tests.fixtures_datasets import FOLDER_CASES, folder_label, write_folder
@@ -406,6 +409,13 @@ def test_an_index_out_of_range_names_file_value_and_fix(tmp_path):
         source.read(source.find()[0])
 
 
+def test_a_soft_matte_is_not_a_binary_mask(tmp_path):
+    matte = np.tile(np.linspace(0, 255, 20).astype(np.uint8), (16, 1))  # a smooth ramp
+    source = Folder(pairs(tmp_path / "data", {"a": matte}))
+    with pytest.raises(LightsegError, match=r"Mask '.*a.png' is not a binary mask: 70% of its"):
+        source.read(source.find()[0])
+
+
 def test_small_values_in_a_two_class_mask_ask_for_the_classes(tmp_path):
     label = street_label(0)
     label[label == 255] = 0
@@ -503,9 +513,10 @@ def test_a_folder_of_photos_trains_with_data_folder_and_its_root(photos, tmp_pat
     assert (run / "splits" / "test.txt").read_text().split()[0].startswith("case_")
 
 
-def test_colour_masks_train_multiclass_under_the_users_class_names(tmp_path):
+def street_config(tmp_path: Path, *overrides: str):
+    """The colour-mask folder as a user configures it on the command line."""
     root = write_street(tmp_path / "street")
-    cfg = make_config(
+    return make_config(
         tmp_path,
         "data=folder",
         f"data.source.root={root}",
@@ -514,18 +525,22 @@ def test_colour_masks_train_multiclass_under_the_users_class_names(tmp_path):
         "data.source.ignore_color=[255,255,255]",
         "metrics=multiclass",
         *TRAIN_FAST,
+        *overrides,
     )
-    metrics = train(cfg)
+
+
+def test_colour_masks_train_multiclass_under_the_users_class_names(tmp_path):
+    metrics = train(street_config(tmp_path))
     for name in ("iou_background", "iou_road", "iou_car", "dice_car"):
         assert f"val/{name}" in metrics and f"test/{name}" in metrics
     hparams = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert hparams["hyper_parameters"]["classes"] == ["background", "road", "car"]
 
 
-def test_a_grayscale_folder_trains_with_one_input_channel(tmp_path):
+def test_a_16_bit_grayscale_folder_trains_with_one_input_channel_and_evaluates(tmp_path):
     root = tmp_path / "gray"
     for i in range(8):
-        image = np.random.default_rng(i).integers(0, 256, (24, 28), dtype=np.uint8)
+        image = np.random.default_rng(i).integers(0, 65536, (24, 28), dtype=np.uint16)
         save(root / "images" / f"scan_{i}.png", image)
         save(root / "masks" / f"scan_{i}.png", box(255, (24, 28)))
     cfg = make_config(
@@ -538,12 +553,22 @@ def test_a_grayscale_folder_trains_with_one_input_channel(tmp_path):
         *TRAIN_FAST,
     )
     train(cfg)
-    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    run = tmp_path / "run"
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     hparams = checkpoint["hyper_parameters"]
     assert hparams["model"]["in_channels"] == 1
     assert checkpoint["state_dict"]["net.encoder.conv1.weight"].shape[1] == 1
     pixels = np.stack([np.asarray(Image.open(p)) for p in sorted((root / "images").iterdir())])
-    train_ids = (tmp_path / "run" / "splits" / "train.txt").read_text().split()
-    chosen = pixels[[int(i.split("_")[1]) for i in train_ids]] / 255.0
+    train_ids = (run / "splits" / "train.txt").read_text().split()
+    chosen = pixels[[int(i.split("_")[1]) for i in train_ids]] / 65535.0
     assert hparams["normalization"]["mean"] == pytest.approx([chosen.mean()], abs=1e-6)
     assert hparams["normalization"]["std"] == pytest.approx([chosen.std()], abs=1e-6)
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        eval_cfg = compose(
+            "eval", [f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", f"output_dir={run / 'ev'}"]
+        )
+    report = evaluate(eval_cfg, data_from_run=True)
+    assert report["images"] == len((run / "splits" / "test.txt").read_text().split())
+    assert 0.0 <= report["metrics"]["plain"]["iou_foreground"] <= 1.0
+    assert Image.open(run / "ev" / "examples.png").mode == "RGB"  # 16-bit gray, displayed

@@ -5,27 +5,19 @@ from __future__ import annotations
 import json
 import statistics
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import yaml
 from hydra.utils import instantiate
 
-from lightseg.data.base import Sample, kfold_split
+from lightseg.data.base import kfold_split
 from lightseg.errors import LightsegError
 from lightseg.tools.results import write_tables
 from tests.conftest import make_config
 from tests.runs import run_cli, tiny_cli_run
+from tests.test_data_base import samples
 
 PH2_DIAGNOSES = {"common": 80, "atypical": 80, "melanoma": 40}
-
-
-def samples(counts: dict[str, int]) -> list[Sample]:
-    return [
-        Sample(f"{stratum}{i:03d}", Path("x"), stratum=stratum)
-        for stratum, n in counts.items()
-        for i in range(n)
-    ]
 
 
 def test_test_folds_are_stratified_disjoint_and_cover_every_sample_once():

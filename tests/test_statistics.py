@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -16,7 +14,7 @@ from lightseg.data.statistics import measure, training_statistics
 from lightseg.errors import LightsegError
 from lightseg.train import train
 from tests.conftest import FAST, make_config
-from tests.test_data_folder import TRAIN_FAST, street_label, write_street
+from tests.test_data_folder import TRAIN_FAST, street_config, street_label
 
 BACKGROUND, A, B, IGNORED = 0, 1, 2, 255
 
@@ -86,21 +84,6 @@ def test_statistics_are_cached_until_a_file_changes(source, tmp_path):
     (tmp_path / "two.png").write_bytes(b"changed: another size")
     training_statistics(source, source.find(), folder)
     assert source.reads == 4 and len(list(folder.glob("statistics-*.json"))) == 2
-
-
-def street_config(tmp_path: Path, *overrides: str):
-    root = write_street(tmp_path / "street")
-    return make_config(
-        tmp_path,
-        "data=folder",
-        f"data.source.root={root}",
-        "data.source.classes=[background,road,car]",
-        "data.source.palette=[[0,0,0],[128,64,128],[0,0,142]]",
-        "data.source.ignore_color=[255,255,255]",
-        "metrics=multiclass",
-        *TRAIN_FAST,
-        *overrides,
-    )
 
 
 def test_class_weights_auto_are_computed_logged_and_saved_with_the_run(tmp_path):

@@ -128,10 +128,13 @@ def palette_image(mask: np.ndarray) -> Image.Image:
 
 
 def letterbox(image: np.ndarray, size: int, fill: int = 0) -> np.ndarray:
-    """Scale ``image`` (HxW or HxWx3) to fit ``size`` x ``size`` and pad the rest with ``fill``.
+    """Scale ``image`` (HxW mask or HxWxC image) to fit ``size`` x ``size``, pad with ``fill``.
 
-    Masks (2-D) are scaled with nearest neighbours so that they keep their class indices.
+    Masks (2-D) are scaled with nearest neighbours so that they keep their class indices;
+    images of any channel count and bit depth are shown as uint8 RGB (:func:`display_image`).
     """
+    if image.ndim == 3:
+        image = display_image(image)
     height, width = image.shape[:2]
     scale = size / max(height, width)
     new = (max(1, round(width * scale)), max(1, round(height * scale)))

@@ -158,6 +158,25 @@ def check_labels(mask: np.ndarray, num_classes: int, path: Path) -> np.ndarray:
     return mask
 
 
+#: 0/255 masks: foreground >= BINARY_THRESHOLD. More than MAX_UNCLEAR of the pixels strictly
+#: between UNCLEAR_LOW and UNCLEAR_HIGH means the mask is not binary (a photo, a soft matte, a
+#: multi-class mask), while JPEG noise and anti-aliased edges pass.
+BINARY_THRESHOLD, UNCLEAR_LOW, UNCLEAR_HIGH, MAX_UNCLEAR = 128, 32, 223, 0.05
+
+
+def threshold_binary(values: np.ndarray, path: Path, what: str, hint: str) -> np.ndarray:
+    """A 0/255 mask as 0/1 uint8 (foreground >= BINARY_THRESHOLD), or an error naming the file
+    if it is not binary; ``what`` names the mask (``"MADS mask"``), ``hint`` says what to do."""
+    unclear = float(((values > UNCLEAR_LOW) & (values < UNCLEAR_HIGH)).mean())
+    if unclear > MAX_UNCLEAR:
+        raise LightsegError(
+            f"{what} '{path}' is not a binary mask: {unclear:.0%} of its pixels have values "
+            f"between {UNCLEAR_LOW} and {UNCLEAR_HIGH} (values seen: {np.unique(values)[:8]}...). "
+            f"{hint}"
+        )
+    return (values >= BINARY_THRESHOLD).astype(np.uint8)
+
+
 def at_least(value, minimum: int, key: str) -> int:
     """``value`` as an int >= ``minimum``, or an error naming the config key."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:

@@ -43,7 +43,15 @@ import numpy as np
 import tifffile
 from PIL import ImageOps
 
-from lightseg.data.base import SPLITS, Sample, SegmentationSource, open_image, stratified_split
+from lightseg.data.base import (
+    BINARY_THRESHOLD,
+    SPLITS,
+    Sample,
+    SegmentationSource,
+    open_image,
+    stratified_split,
+    threshold_binary,
+)
 from lightseg.errors import LightsegError
 from lightseg.task import IGNORE_INDEX
 
@@ -51,9 +59,6 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 TIFF_SUFFIXES = (".tif", ".tiff")
-#: 0/255 masks: foreground >= THRESHOLD; more than MAX_UNCLEAR of pixels strictly between the
-#: bounds means the mask is not binary (a photo, a soft matte, a multi-class mask).
-THRESHOLD, UNCLEAR_LOW, UNCLEAR_HIGH, MAX_UNCLEAR = 128, 32, 223, 0.05
 SHOWN = 10  # files listed in an error before "... and N more"
 
 
@@ -345,7 +350,11 @@ class Folder(SegmentationSource):
             )
         if encoding == "0/1":
             return self.indices(values, path)
-        return binarised(values, path)
+        hint = (
+            "If it holds class indices, name every class in data.source.classes; check that "
+            "images and masks are not swapped."
+        )
+        return threshold_binary(values, path, "Mask", hint)
 
     def indices(self, values: np.ndarray, path: Path) -> np.ndarray:
         bad = np.unique(values[(values >= len(self.classes)) & (values != IGNORE_INDEX)])
@@ -565,19 +574,6 @@ def single_channel(values: np.ndarray, path: Path) -> np.ndarray:
     return values[..., 0]
 
 
-def binarised(values: np.ndarray, path: Path) -> np.ndarray:
-    """A 0/255 mask as 0/1: foreground = value >= THRESHOLD, refused if it is not binary."""
-    unclear = float(((values > UNCLEAR_LOW) & (values < UNCLEAR_HIGH)).mean())
-    if unclear > MAX_UNCLEAR:
-        raise LightsegError(
-            f"Mask '{path}' is not a binary 0/255 mask: {unclear:.0%} of its pixels have values "
-            f"between {UNCLEAR_LOW} and {UNCLEAR_HIGH} (values {shown_values(values)}). If it "
-            "holds class indices, name every class in data.source.classes; check that images "
-            "and masks are not swapped."
-        )
-    return (values >= THRESHOLD).astype(np.uint8)
-
-
 def binary_kind(values: np.ndarray, indexed: bool, path: Path) -> str | None:
     """``"0/1"``, ``"0/255"``, or None for a mask both read alike (all 0, or all 255).
 
@@ -589,7 +585,7 @@ def binary_kind(values: np.ndarray, indexed: bool, path: Path) -> str | None:
         return "0/1"
     if present <= {0} or present <= {IGNORE_INDEX}:
         return None
-    if max(present) < THRESHOLD:
+    if max(present) < BINARY_THRESHOLD:
         raise LightsegError(
             f"Mask '{path}' holds the values {sorted(present)[:10]}: class indices of "
             f"{max(present) + 1} classes, but data.source.classes names two. Name every class in "
