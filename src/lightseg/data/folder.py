@@ -12,22 +12,8 @@ optionally ``split`` (train/val/test) and ``stratum`` (what the generated split 
 Without split lists the split is the generic deterministic one (stratified by ``stratum``),
 and k-fold cross-validation (``data.folds``) works as for PH2.
 
-Masks are never guessed silently. With ``palette`` (one [r, g, b] per class, in class order)
-masks are colour images and each colour is its class; ``ignore_color`` marks pixels to ignore.
-Without it masks hold one value per pixel (a grayscale image, a palette PNG's indices, or an
-RGB image whose three channels are equal):
-
-* more than two classes: the values are class indices 0..len(classes)-1, 255 = ignore;
-* two classes: either ``0/1`` masks (1 = foreground, 255 = ignore; 1-bit and palette PNGs are
-  read this way) or ``0/255`` masks (foreground = value >= 128, so JPEG noise is harmless; a
-  mask with more than 5% of its pixels in 33..222 is refused as not binary).
-  The first mask (by id) that tells the two apart decides for the dataset, and is logged; a
-  mask of the other kind later is an error ("mixed mask encodings").
-
-Images have ``channels`` channels each: 1 (grayscale, 8 or 16 bit), 3 (RGB) or any number from
-TIFF (read with tifffile, bands last or first). 8-bit, 16-bit and float pixels are scaled to
-[0, 1] by their type's range before normalisation; with other than 3 channels set
-``data.mean=auto data.std=auto`` (values of the training split, lightseg.data.statistics).
+How image and mask files are read (channels, bit depths, TIFF bands, the mask encodings and
+their checks) is :mod:`lightseg.data.pixels`; this module finds the pairs and the splits.
 """
 
 from __future__ import annotations
@@ -40,25 +26,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import tifffile
-from PIL import ImageOps
 
-from lightseg.data.base import (
-    BINARY_THRESHOLD,
-    SPLITS,
-    Sample,
-    SegmentationSource,
-    open_image,
-    stratified_split,
-    threshold_binary,
-)
+from lightseg.data.base import SPLITS, Sample, SegmentationSource, stratified_split
+from lightseg.data.pixels import MaskReader, read_image
 from lightseg.errors import LightsegError
-from lightseg.task import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
-TIFF_SUFFIXES = (".tif", ".tiff")
 SHOWN = 10  # files listed in an error before "... and N more"
 
 
@@ -88,25 +63,15 @@ class Folder(SegmentationSource):
         self.images, self.masks, self.split_lists, self.csv = images, masks, split_lists, csv
         self.mask_pattern = mask_pattern
         self.mask_stem = pattern_regex(mask_pattern)
-        self.palette = None if palette is None else check_palette(palette, self.classes)
-        self.ignore_color = None if ignore_color is None else colour(ignore_color, "ignore_color")
-        if self.palette is not None and self.ignore_color in self.palette:
-            raise LightsegError(
-                f"data.source.ignore_color={list(self.ignore_color)} is also a class colour in "
-                "data.source.palette: give the pixels to ignore a colour of their own."
-            )
+        self.mask_reader = MaskReader(self.classes, palette, ignore_color)
+        self.palette, self.ignore_color = self.mask_reader.palette, self.mask_reader.ignore_color
         if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
             raise LightsegError(f"data.source.channels={channels!r} must be a whole number >= 1.")
         self.channels = channels
-        self._encoding: tuple[str, Path] | None = None  # binary masks: ("0/1" | "0/255", by)
 
     @property
     def in_channels(self) -> int:
         return self.channels
-
-    @property
-    def binary(self) -> bool:
-        return len(self.classes) == 2
 
     # --- finding and pairing --------------------------------------------------------------
 
@@ -126,8 +91,8 @@ class Folder(SegmentationSource):
                     "set data.source.split_lists=null)."
                 )
             samples = self.listed(samples)
-        self.check_image(samples[0].image)
-        self.detect_encoding(samples)
+        self.read_image(samples[0].image)  # a wrong channel count stops before anything slow
+        self.mask_reader.detect([s.mask for s in sorted(samples, key=lambda s: s.id)])
         return samples
 
     def pair(self) -> list[Sample]:
@@ -285,8 +250,10 @@ class Folder(SegmentationSource):
     # --- reading --------------------------------------------------------------------------
 
     def read(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+        if not self.mask_reader.decided:
+            self.find()  # decides how binary masks are encoded
         image = self.read_image(sample.image)
-        mask = self.read_mask(sample.mask)
+        mask = self.mask_reader.read(sample.mask)
         if image.shape[:2] != mask.shape:
             raise LightsegError(
                 f"The mask '{sample.mask}' is {mask.shape[1]}x{mask.shape[0]} pixels but its image "
@@ -296,134 +263,13 @@ class Folder(SegmentationSource):
         return image, mask
 
     def read_image(self, path: Path) -> np.ndarray:
-        """Pixels ``[H, W, channels]`` as uint8, uint16 or float32, checked for ``channels``."""
-        if path.suffix.lower() in TIFF_SUFFIXES:
-            pixels = read_tiff(path)
-        else:
-            image = ImageOps.exif_transpose(open_image(path))  # as predict reads photos
-            if image.mode in ("P", "CMYK", "YCbCr"):
-                image = image.convert("RGB")
-            pixels = np.asarray(image)
-        if pixels.ndim == 2:
-            pixels = pixels[..., None]
-        self.check_channels(pixels, path)
-        return pixel_type(pixels, path)
-
-    def check_image(self, path: Path) -> None:
-        """Read one image: a wrong channel count stops before anything slow happens."""
-        self.read_image(path)
-
-    def check_channels(self, pixels: np.ndarray, path: Path) -> None:
-        found = pixels.shape[-1]
-        if found != self.channels:
-            kind = {1: " (grayscale)", 3: " (RGB)", 4: " (RGBA or 4 bands)"}.get(found, "")
-            raise LightsegError(
-                f"Image '{path}' has {found} channel(s){kind}, but data.source.channels="
-                f"{self.channels}: every image must have the same number of channels. Convert "
-                f"the images that differ, or set data.source.channels={found} if all of them "
-                f"have {found} (the network follows it; set data.mean=auto data.std=auto unless "
-                "you give one value per channel)."
-            )
-
-    def read_mask(self, path: Path) -> np.ndarray:
-        """Class indices ``[H, W]`` uint8 (255 = ignore), following the module docs' rules."""
-        values, indexed = read_mask_values(path, colours=self.palette is not None)
-        if self.palette is not None:
-            if values.ndim != 3:
-                raise LightsegError(
-                    f"Mask '{path}' has one value per pixel, but data.source.palette is set, so "
-                    "masks must be colour images. Mixed mask encodings: save every mask the same "
-                    "way, or remove data.source.palette to read the values as class indices."
-                )
-            return self.map_colours(values, path)
-        values = single_channel(values, path)
-        if not self.binary:
-            return self.indices(values, path)
-        encoding, decided_by = self.encoding
-        kind = binary_kind(values, indexed, path)
-        if kind not in (None, encoding):
-            raise LightsegError(
-                f"Mixed mask encodings: '{path}' is a {kind} mask (values "
-                f"{shown_values(values)}), but '{decided_by}' made this dataset's masks "
-                f"{encoding}. Save every mask the same way: 0/1 (1 = foreground, 255 = ignore) "
-                "or 0/255 (255 = foreground)."
-            )
-        if encoding == "0/1":
-            return self.indices(values, path)
-        hint = (
-            "If it holds class indices, name every class in data.source.classes; check that "
-            "images and masks are not swapped."
-        )
-        return threshold_binary(values, path, "Mask", hint)
-
-    def indices(self, values: np.ndarray, path: Path) -> np.ndarray:
-        bad = np.unique(values[(values >= len(self.classes)) & (values != IGNORE_INDEX)])
-        if bad.size:
-            raise LightsegError(
-                f"Mask '{path}' holds the value(s) {bad.tolist()[:10]}, but data.source.classes "
-                f"names {len(self.classes)} classes, so values must be 0..{len(self.classes) - 1} "
-                f"(or {IGNORE_INDEX} = ignore). Name every class in data.source.classes, in index "
-                "order; if the masks are colour images, set data.source.palette instead."
-            )
-        return values.astype(np.uint8)
-
-    def map_colours(self, rgb: np.ndarray, path: Path) -> np.ndarray:
-        """Each palette colour becomes its class index, ``ignore_color`` becomes 255."""
-        codes = colour_codes(rgb[..., :3])
-        unique, inverse = np.unique(codes, return_inverse=True)
-        table = {code: index for index, code in enumerate(colour_codes(np.array(self.palette)))}
-        if self.ignore_color is not None:
-            table[int(colour_codes(np.array(self.ignore_color)))] = IGNORE_INDEX
-        mapped = np.array([table.get(int(code), -1) for code in unique])
-        unmapped = unique[mapped < 0]
-        if unmapped.size:
-            counts = np.bincount(inverse.ravel(), minlength=unique.size)[mapped < 0]
-            order = np.argsort(-counts)[:5]
-            shown = ", ".join(
-                f"{list(decode_colour(unmapped[i]))} ({counts[i] / codes.size:.1%} of pixels)"
-                for i in order
-            )
-            raise LightsegError(
-                f"Mask '{path}' has {unmapped.size} colour(s) that are not in data.source.palette: "
-                f"{shown}. Add each class colour to data.source.palette (in the order of "
-                "data.source.classes), or set data.source.ignore_color for pixels to ignore. "
-                "Masks saved as JPEG get new colours at edges: save masks as PNG."
-            )
-        return mapped[inverse].reshape(codes.shape).astype(np.uint8)
-
-    # --- the binary encoding --------------------------------------------------------------
-
-    @property
-    def encoding(self) -> tuple[str, Path]:
-        """("0/1" or "0/255", the mask that decided it) for binary masks without a palette."""
-        if self._encoding is None:
-            self.find()  # detects it
-        return self._encoding
-
-    def detect_encoding(self, samples: Sequence[Sample]) -> None:
-        if self.palette is not None or not self.binary or self._encoding is not None:
-            return
-        for sample in sorted(samples, key=lambda s: s.id):
-            values, indexed = read_mask_values(sample.mask, colours=False)
-            kind = binary_kind(single_channel(values, sample.mask), indexed, sample.mask)
-            if kind is not None:
-                self._encoding = (kind, sample.mask)
-                break
-        else:
-            self._encoding = ("0/1", samples[0].mask)  # every mask all 0 or all 255
-        log.info("Masks are binary %s, decided by '%s'.", *self._encoding)
+        return read_image(path, self.channels)
 
     def describe_masks(self) -> str:
         """How masks are read, in words (``make data DATASET=folder``)."""
-        if self.palette is not None:
-            return f"colour masks, {len(self.palette)} palette colours"
-        if not self.binary:
-            return f"index masks, values 0..{len(self.classes) - 1} (255 = ignore)"
-        encoding, decided_by = self.encoding
-        rule = (
-            "foreground = value >= 128" if encoding == "0/255" else "1 = foreground, 255 = ignore"
-        )
-        return f"binary {encoding} masks ({rule}), decided by '{decided_by}'"
+        if not self.mask_reader.decided:
+            self.find()  # decides the binary encoding
+        return self.mask_reader.describe()
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -437,25 +283,6 @@ def check_classes(classes: Sequence[str]) -> tuple[str, ...]:
             "background first (metric names use them, so no '/' and no empty names)."
         )
     return names
-
-
-def colour(value, key: str) -> tuple[int, int, int]:
-    values = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else []
-    if len(values) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in values):
-        raise LightsegError(f"{key}: {value!r} is not a colour; write [red, green, blue], 0..255.")
-    return tuple(values)
-
-
-def check_palette(palette, classes: tuple[str, ...]) -> tuple[tuple[int, int, int], ...]:
-    colours = tuple(colour(c, "data.source.palette entry") for c in palette)
-    if len(colours) != len(classes):
-        raise LightsegError(
-            f"data.source.palette has {len(colours)} colours for {len(classes)} classes "
-            f"({', '.join(classes)}): give one [r, g, b] per class, in class order."
-        )
-    if len(set(colours)) != len(colours):
-        raise LightsegError("data.source.palette lists a colour twice: each class needs its own.")
-    return colours
 
 
 def pattern_regex(pattern: str) -> re.Pattern:
@@ -502,114 +329,6 @@ def list_entry(text: str, images: str) -> str | None:
     if path.parts and path.parts[0] == images and len(path.parts) > 1:
         path = Path(*path.parts[1:])
     return path.as_posix()
-
-
-def read_tiff(path: Path) -> np.ndarray:
-    """A TIFF's first image as ``[H, W]`` or ``[H, W, bands]``, bands last or first on disk."""
-    try:
-        with tifffile.TiffFile(path) as tiff:
-            series = tiff.series[0]
-            pixels, axes = series.asarray(), series.axes
-    except Exception as error:  # tifffile raises many types for damaged files
-        raise LightsegError(
-            f"Cannot read TIFF file '{path}' ({type(error).__name__}: {error}). Check that it is "
-            "a complete TIFF, or remove the sample."
-        ) from None
-    if pixels.ndim == 3 and axes[1:] == "YX":
-        pixels = np.moveaxis(pixels, 0, -1)  # planar: bands first on disk
-    elif (pixels.ndim == 3 and axes[:2] != "YX") or pixels.ndim > 3:
-        raise LightsegError(
-            f"TIFF file '{path}' holds an array of shape {pixels.shape} (axes {axes}); expected "
-            "one image: height x width, with bands first or last. Save one image per file."
-        )
-    return pixels
-
-
-def pixel_type(pixels: np.ndarray, path: Path) -> np.ndarray:
-    """uint8, uint16 or float32 pixels; other integer types if their values fit in uint16."""
-    if pixels.dtype in (np.uint8, np.uint16, np.float32):
-        return pixels
-    if pixels.dtype == bool:
-        return pixels.astype(np.uint8) * 255
-    if pixels.dtype == np.float64:
-        return pixels.astype(np.float32)
-    if np.issubdtype(pixels.dtype, np.integer) and pixels.min() >= 0 and pixels.max() <= 65535:
-        return pixels.astype(np.uint16)
-    raise LightsegError(
-        f"Image '{path}' has {pixels.dtype} pixels (values {pixels.min()}..{pixels.max()}); "
-        "lightseg reads 8-bit, 16-bit and float images. Convert it to one of those."
-    )
-
-
-def read_mask_values(path: Path, colours: bool) -> tuple[np.ndarray, bool]:
-    """A mask file's stored values (``[H, W]``, or ``[H, W, 3]`` for colours), and whether they
-    are a palette PNG's indices. ``colours``: read palette PNGs as their colours."""
-    if path.suffix.lower() in TIFF_SUFFIXES:
-        values = read_tiff(path)
-        return (values[..., :3] if values.ndim == 3 else values), False
-    image = open_image(path)
-    if image.mode == "P":
-        return (np.asarray(image.convert("RGB")), False) if colours else (np.asarray(image), True)
-    if image.mode == "1":
-        return np.asarray(image).astype(np.uint8), True
-    if image.mode in ("RGB", "RGBA", "CMYK", "YCbCr"):
-        return np.asarray(image.convert("RGB")), False
-    if image.mode == "LA":
-        return np.asarray(image)[..., 0], False
-    return np.asarray(image), False
-
-
-def single_channel(values: np.ndarray, path: Path) -> np.ndarray:
-    """A mask's values ``[H, W]``; an RGB mask whose channels are all equal counts as gray."""
-    if values.ndim == 2:
-        return values
-    if not (values == values[..., :1]).all():
-        examples = ", ".join(map(str, distinct_colours(values)[:5]))
-        raise LightsegError(
-            f"Mask '{path}' is a colour image (colours {examples}, ...). Set "
-            "data.source.palette to the colour of each class, in the order of "
-            "data.source.classes (e.g. data.source.palette=[[0,0,0],[255,0,0]]), or save "
-            "the masks as grayscale or palette PNGs of class indices."
-        )
-    return values[..., 0]
-
-
-def binary_kind(values: np.ndarray, indexed: bool, path: Path) -> str | None:
-    """``"0/1"``, ``"0/255"``, or None for a mask both read alike (all 0, or all 255).
-
-    Values 0..127 other than 0/1 in a two-class mask are an error: they look like the indices
-    of more classes than ``classes`` names.
-    """
-    present = set(np.unique(values).tolist())
-    if indexed or (1 in present and present <= {0, 1, IGNORE_INDEX}):
-        return "0/1"
-    if present <= {0} or present <= {IGNORE_INDEX}:
-        return None
-    if max(present) < BINARY_THRESHOLD:
-        raise LightsegError(
-            f"Mask '{path}' holds the values {sorted(present)[:10]}: class indices of "
-            f"{max(present) + 1} classes, but data.source.classes names two. Name every class in "
-            "data.source.classes (index order), or save binary masks as 0/1 or 0/255."
-        )
-    return "0/255"
-
-
-def colour_codes(rgb: np.ndarray) -> np.ndarray:
-    rgb = rgb.astype(np.int64)
-    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-
-
-def decode_colour(code: int) -> tuple[int, int, int]:
-    return int(code) >> 16 & 255, int(code) >> 8 & 255, int(code) & 255
-
-
-def distinct_colours(rgb: np.ndarray) -> list[list[int]]:
-    return [list(decode_colour(c)) for c in np.unique(colour_codes(rgb))]
-
-
-def shown_values(values: np.ndarray) -> str:
-    present = np.unique(values).tolist()
-    return str(present) if len(present) <= 8 else f"{present[:8]}..."
 
 
 def listing(items: Sequence) -> str:
