@@ -54,8 +54,8 @@ export: $(STAMP) ## Export a checkpoint and check it against PyTorch: make expor
 	@test -n "$(CKPT)" || { echo "Set CKPT=path/to/best.ckpt"; exit 2; }
 	$(PY) -m lightseg.tools.export "ckpt_path=$(CKPT)" format=$(FORMAT) $(ARGS)
 
-data: $(STAMP) ## Download (VOC, COCO) or check (PH2, MADS) a dataset: make data DATASET=voc [ARGS=...]
-	@test -n "$(DATASET)" || { echo "Set DATASET=voc, coco, mads or ph2 (see README, Datasets)"; exit 2; }
+data: $(STAMP) ## Download (VOC, COCO) or check (PH2, MADS, your own folder) a dataset: make data DATASET=voc [ARGS=...]
+	@test -n "$(DATASET)" || { echo "Set DATASET=voc, coco, mads, ph2 or folder (see README, Datasets and Train on your own data)"; exit 2; }
 	$(PY) -m lightseg.data.download $(DATASET) $(ARGS)
 
 plot: $(STAMP) ## Training curves as PNG: make plot RUN=<run folder>, or RUNS=<folder of runs> [METRICS=val/loss,val/dice]

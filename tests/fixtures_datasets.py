@@ -1,4 +1,5 @@
-"""Tiny VOC 2012, SBD, COCO 2017 and MADS fixtures in their official on-disk formats.
+"""Tiny VOC 2012, SBD, COCO 2017 and MADS fixtures in their official on-disk formats, and a
+user's own folder of photos and masks (``data=folder``).
 
 Each writer also has a function giving the exact label array a sample must decode to, built
 here with plain numpy slices (not with the code under test).
@@ -318,10 +319,47 @@ def write_mads(root: Path) -> Path:
     return root
 
 
+# --- Your own data (data=folder) ------------------------------------------------------------
+
+#: id -> (width, height, lesion box rows, cols): JPEG photos with same-stem PNG 0/255 masks.
+FOLDER_CASES = {
+    "case_001": (40, 30, slice(4, 14), slice(6, 20)),
+    "case_002": (42, 32, slice(10, 24), slice(3, 15)),
+    "case_003": (38, 30, slice(2, 9), slice(20, 33)),
+    "case_004": (44, 34, slice(12, 30), slice(10, 40)),
+    "case_005": (40, 36, slice(0, 5), slice(0, 8)),
+    "case_006": (36, 30, slice(15, 28), slice(5, 30)),
+    "case_007": (40, 32, slice(6, 26), slice(12, 22)),
+    "case_008": (46, 30, slice(3, 20), slice(25, 44)),
+    "case_009": (40, 30, slice(8, 16), slice(8, 16)),
+    "case_010": (38, 34, slice(20, 33), slice(1, 37)),
+}
+
+
+def folder_label(case: str) -> np.ndarray:
+    """The 0/1 mask a folder fixture case decodes to: a box of foreground."""
+    width, height, rows, cols = FOLDER_CASES[case]
+    label = np.zeros((height, width), np.uint8)
+    label[rows, cols] = 1
+    return label
+
+
+def write_folder(root: Path, cases=FOLDER_CASES) -> Path:
+    """A user's folder: images/<id>.jpg (RGB photos), masks/<id>.png (0 = background, 255)."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for seed, case in enumerate(cases):
+        width, height, _, _ = FOLDER_CASES[case]
+        write_jpeg(root / "images" / f"{case}.jpg", width, height, 400 + seed)
+        Image.fromarray(folder_label(case) * 255).save(root / "masks" / f"{case}.png")
+    return root
+
+
 #: Folder under the data dir -> writer (merged into conftest's DATASET_FIXTURES).
 OFFICIAL_FIXTURES = {
     "VOCdevkit/VOC2012": write_voc,
     "benchmark_RELEASE/dataset": write_sbd,
     "coco": write_coco,
     "mads": write_mads,
+    "folder": write_folder,
 }

@@ -9,7 +9,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
+from hydra.utils import instantiate
+from PIL import Image
 
 from lightseg.data import download
 from lightseg.data.download import Archive, main, prepare_dataset
@@ -171,3 +174,68 @@ def test_command_line(tmp_path, monkeypatch):
     assert exit_code.value.code == 2
     with pytest.raises(LightsegError, match=r"Unknown dataset 'pascal'.*coco.*voc"):
         prepare_dataset("pascal")
+
+
+def test_folder_check_reads_every_pair_and_stores_the_training_statistics(
+    tmp_path, capsys, monkeypatch
+):
+    from lightseg.data.folder import Folder
+    from tests.conftest import make_config
+    from tests.fixtures_datasets import FOLDER_CASES, folder_label, write_folder
+
+    root = write_folder(tmp_path / "mine")
+    main(["folder", f"data.source.root={root}"])  # make data DATASET=folder ARGS=...
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+
+    assert f"Folder {root}: 10 image/mask pairs (generated split: train 6, val 2, test 2)" in out
+    assert "Masks: binary 0/255 masks (foreground = value >= 128)" in out
+    foreground = sum(int(folder_label(case).sum()) for case in FOLDER_CASES)
+    pixels = sum(w * h for w, h, _, _ in FOLDER_CASES.values())
+    assert f"│ foreground │ {foreground / pixels:.2%} │ 10 │" in out
+    assert "│ 40 x 30 │ 2 │" in out and "│ 46 x 30 │ 1 │" in out  # each distinct size
+    cfg = make_config(tmp_path, "data=folder", f"data.source.root={root}", "data.split_dir=null")
+    datamodule = instantiate(cfg.data, _convert_="all")
+    train = np.concatenate(
+        [np.asarray(Image.open(s.image)).reshape(-1, 3) for s in datamodule.locate()["train"]]
+    )
+    mean = [round(float(v), 6) for v in train.mean(0) / 255]
+    assert f"data.mean={mean}" in out
+
+    def no_reading(*args):
+        raise AssertionError("data.mean=auto must reuse what make data stored")
+
+    monkeypatch.setattr(Folder, "read", no_reading)
+    cfg = make_config(
+        tmp_path,
+        "data=folder",
+        f"data.source.root={root}",
+        "data.mean=auto",
+        "data.std=auto",
+        "data.split_dir=null",
+    )
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.locate()
+    assert list(datamodule.mean) == mean
+
+
+def test_folder_check_stops_at_the_first_bad_pair(tmp_path):
+    from tests.fixtures_datasets import write_folder
+
+    root = write_folder(tmp_path / "mine")
+    Image.new("L", (5, 5)).save(root / "masks" / "case_007.png")
+    with pytest.raises(LightsegError, match=r"case_007.png' is 5x5 pixels but its image"):
+        prepare_dataset("folder", [f"data.source.root={root}"])
+
+
+def test_many_image_sizes_are_binned():
+    from collections import Counter
+
+    from rich.console import Console
+
+    from lightseg.data.download import size_histogram
+
+    shapes = Counter({(100 + i, 50 + i): 1 for i in range(20)})  # widths 100..119, heights 50..69
+    console = Console(width=200, record=True)
+    console.print(size_histogram(shapes, bins=2))
+    rows = [" ".join(line.split()) for line in console.export_text().splitlines()]
+    assert "│ 50 - 84 │ 0 │ 20 │" in rows and "│ 85 - 119 │ 20 │ 0 │" in rows

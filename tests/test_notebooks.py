@@ -85,7 +85,16 @@ def test_explore_notebook_shows_the_datasets_present_and_lists_the_missing(tmp_p
 
     text, images = outputs(notebook)
     assert (data / "demo" / "80-cases-seed0" / "PH2Dataset" / ".lightseg-demo").is_file()
-    found = {"demo": (80, 2), "ph2": (6, 2), "voc": (5, 21), "coco": (2, 21)}
+    # every configs/data/*.yaml: name -> (images, classes); voc_aug adds SBD's train_aug ids
+    found = {
+        "coco": (2, 21),
+        "coco_voc": (2, 21),
+        "demo": (80, 2),
+        "folder": (10, 2),
+        "ph2": (6, 2),
+        "voc": (5, 21),
+        "voc_aug": (8, 21),
+    }
     for name, (count, classes) in found.items():
         row = rf"<th>{name}</th>\s*<td>[^<]+</td>\s*<td>{count}</td>\s*<td>{classes}</td>"
         assert re.search(row + r"\s*<td>found</td>", text), name
@@ -93,8 +102,8 @@ def test_explore_notebook_shows_the_datasets_present_and_lists_the_missing(tmp_p
     missing = r"<th>mads</th>\s*<td>[^<]+</td>(\s*<td>&lt;NA&gt;</td>){2}\s*<td>not found</td>"
     assert re.search(missing, text)
     assert "pixel share" in text and "images with class" in text
-    assert "aeroplane" in text and "lesion" in text  # class tables of VOC/COCO and PH2/demo
-    assert images == 4 * 2 + 1  # samples and class charts per dataset, one size histogram
+    assert "aeroplane" in text and "lesion" in text and "foreground" in text  # class tables
+    assert images == len(found) * 2 + 1  # samples and class charts per dataset, size histogram
 
 
 def test_results_notebook_predicts_evaluates_with_and_without_tta_and_applies_effects(

@@ -25,7 +25,14 @@ from lightseg.errors import LightsegError
 #: Hydra's own keys in a ``_target_`` node.
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 #: Keys lightseg reads itself and does not pass to the target, by node.
-LIGHTSEG_KEYS = {"loss": {"weight"}, "scheduler": {"interval"}}
+LIGHTSEG_KEYS = {
+    "loss": {"weight"},
+    "scheduler": {"interval"},
+    "optimizer": {"decoder_lr_multiplier", "freeze_encoder_epochs"},
+}
+#: Loss-term values that lightseg replaces by numbers from the training split before building
+#: the term (lightseg.data.statistics.fill_from_data), so any term taking these keys gets them.
+FROM_TRAINING_SPLIT = {"class_weights": ("auto", "median", "inverse"), "pos_weight": ("auto",)}
 
 
 def image_size_hw(value: Any, key: str = "data.image_size") -> tuple[int, int]:
@@ -111,7 +118,8 @@ def check_node(path: str, node: dict, choices: Mapping[str, str] | None = None) 
         return  # builtins without a signature: instantiate() will tell
     parameters = signature.parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    own = LIGHTSEG_KEYS.get(path.split(".")[0].split("[")[0], set())
+    group = path.split(".")[0].split("[")[0]
+    own = LIGHTSEG_KEYS.get(group, set())
     given = [k for k in node if k not in HYDRA_KEYS and k not in own]
     if not takes_any:
         unknown = [k for k in given if k not in parameters]
@@ -126,6 +134,8 @@ def check_node(path: str, node: dict, choices: Mapping[str, str] | None = None) 
     hints = _type_hints(function)
     for key in given:  # null means "default" or "lightseg fills it in" (schedule lengths)
         hint = hints.get(key)
+        if group == "loss" and node[key] in FROM_TRAINING_SPLIT.get(key, ()):
+            continue  # replaced by numbers from the training split before the term is built
         if hint is not None and node[key] is not None and _matches(node[key], hint) is False:
             raise LightsegError(
                 f"{path}.{key}={_shown(node[key])} is not valid: {target} takes "

@@ -45,7 +45,10 @@ class CrossEntropy(nn.Module):
         task = Task.of(num_classes)
         self.binary, self.ignore_index = task.binary, int(ignore_index)
         if self.binary and class_weights is not None:
-            raise LightsegError("loss.ce.class_weights need a multiclass task; use pos_weight.")
+            raise LightsegError(
+                "loss.ce.class_weights need a multiclass task; a binary one weighs its "
+                "foreground with pos_weight (loss.ce.pos_weight=auto: from the training split)."
+            )
         if not self.binary and pos_weight is not None:
             raise LightsegError("loss.ce.pos_weight is for binary tasks; use class_weights.")
         if class_weights is not None and len(class_weights) != num_classes:

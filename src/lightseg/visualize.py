@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from lightseg.data.transforms import pixel_scale
 from lightseg.task import IGNORE_INDEX
 
 GAP = 2  # white pixels between panels
@@ -95,11 +96,24 @@ def _with_legend(grid: np.ndarray, classes: Sequence[str], colors: np.ndarray) -
 def to_uint8_images(
     images: torch.Tensor, mean: Sequence[float], std: Sequence[float]
 ) -> np.ndarray:
-    """Undo the normalisation of [N, 3, H, W] batches: uint8 [N, H, W, 3] for display."""
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    pixels = (images.float().cpu() * std_t + mean_t).clamp(0, 1) * 255
-    return pixels.round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    """Undo the normalisation of [N, C, H, W] batches: uint8 [N, H, W, 3] for display."""
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    pixels = images.float().cpu() * std_t + mean_t
+    return display_rgb(pixels.permute(0, 2, 3, 1).numpy())
+
+
+def display_image(image: np.ndarray) -> np.ndarray:
+    """An image as a source reads it ([H, W, C] of 8-bit, 16-bit or float pixels): uint8 RGB."""
+    pixels = image.reshape(*image.shape[:2], -1).astype(np.float32)
+    return display_rgb(pixels / pixel_scale(image.dtype))
+
+
+def display_rgb(pixels: np.ndarray) -> np.ndarray:
+    """uint8 [..., 3] from values in [0, 1] with C channels in the last axis: one channel is
+    shown as gray; of more than three (spectral bands), the first three."""
+    pixels = pixels[..., :3] if pixels.shape[-1] >= 3 else np.repeat(pixels[..., :1], 3, -1)
+    return np.round(np.clip(pixels, 0, 1) * 255).astype(np.uint8)
 
 
 def palette_image(mask: np.ndarray) -> Image.Image:
@@ -114,10 +128,13 @@ def palette_image(mask: np.ndarray) -> Image.Image:
 
 
 def letterbox(image: np.ndarray, size: int, fill: int = 0) -> np.ndarray:
-    """Scale ``image`` (HxW or HxWx3) to fit ``size`` x ``size`` and pad the rest with ``fill``.
+    """Scale ``image`` (HxW mask or HxWxC image) to fit ``size`` x ``size``, pad with ``fill``.
 
-    Masks (2-D) are scaled with nearest neighbours so that they keep their class indices.
+    Masks (2-D) are scaled with nearest neighbours so that they keep their class indices;
+    images of any channel count and bit depth are shown as uint8 RGB (:func:`display_image`).
     """
+    if image.ndim == 3:
+        image = display_image(image)
     height, width = image.shape[:2]
     scale = size / max(height, width)
     new = (max(1, round(width * scale)), max(1, round(height * scale)))

@@ -7,11 +7,14 @@ where are the files (``find``), which ids go to which split (``split``), and how
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+import albumentations as A
 import lightning as L
 import numpy as np
 import torch
@@ -25,12 +28,17 @@ from lightseg.data.sampling import (
     SeededAugmentation,
     batches_done_in_epoch,
 )
+from lightseg.data.statistics import SplitStatistics, training_statistics
 from lightseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_pipeline
 from lightseg.errors import LightsegError
 from lightseg.task import IGNORE_INDEX, Task
 from lightseg.utils.signals import worker_init
 
+log = logging.getLogger(__name__)
+
 SPLITS = ("train", "val", "test")
+#: ``data.mean`` / ``data.std`` value meaning "per-channel values of the training split".
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -71,8 +79,29 @@ class SegmentationSource:
         """Deterministic split stratified by ``Sample.stratum``; override for official splits."""
         return stratified_split(samples, fractions, seed)
 
+    def fold_split(
+        self, samples: list[Sample], folds: int, fold: int, val: float, seed: int
+    ) -> dict[str, list[Sample]]:
+        """k-fold cross-validation (``data.folds``, ``data.fold``): see :func:`kfold_split`.
+
+        Refused for samples of official subsets (VOC, COCO, a folder's split lists), which a
+        re-split would silently ignore.
+        """
+        fixed = sorted({s.subset for s in samples if s.subset})
+        if fixed:
+            raise LightsegError(
+                f"{type(self).__name__} comes with fixed splits ({', '.join(fixed)}), which "
+                "data.folds would ignore. Remove data.folds for the fixed splits, or remove the "
+                "split lists (a folder's splits/*.txt or its CSV split column) to cross-validate."
+            )
+        return kfold_split(samples, folds, fold, val, seed)
+
     def read(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
-        """Return ``(image uint8 [H, W, 3], mask uint8 [H, W] of class indices, 255 = ignore)``."""
+        """Return ``(image [H, W, C], mask uint8 [H, W] of class indices, 255 = ignore)``.
+
+        Images are uint8 RGB (C = 3) unless the source declares ``in_channels``; 16-bit
+        (uint16) and float32 pixels are scaled by their range as 8-bit ones are.
+        """
         raise NotImplementedError
 
     def missing(self, looked_for: Path | str) -> LightsegError:
@@ -130,11 +159,53 @@ def check_labels(mask: np.ndarray, num_classes: int, path: Path) -> np.ndarray:
     return mask
 
 
+#: 0/255 masks: foreground >= BINARY_THRESHOLD. More than MAX_UNCLEAR of the pixels strictly
+#: between UNCLEAR_LOW and UNCLEAR_HIGH means the mask is not binary (a photo, a soft matte, a
+#: multi-class mask), while JPEG noise and anti-aliased edges pass.
+BINARY_THRESHOLD, UNCLEAR_LOW, UNCLEAR_HIGH, MAX_UNCLEAR = 128, 32, 223, 0.05
+
+
+def threshold_binary(values: np.ndarray, path: Path, what: str, hint: str) -> np.ndarray:
+    """A 0/255 mask as 0/1 uint8 (foreground >= BINARY_THRESHOLD), or an error naming the file
+    if it is not binary; ``what`` names the mask (``"MADS mask"``), ``hint`` says what to do."""
+    unclear = float(((values > UNCLEAR_LOW) & (values < UNCLEAR_HIGH)).mean())
+    if unclear > MAX_UNCLEAR:
+        raise LightsegError(
+            f"{what} '{path}' is not a binary mask: {unclear:.0%} of its pixels have values "
+            f"between {UNCLEAR_LOW} and {UNCLEAR_HIGH} (values seen: {np.unique(values)[:8]}...). "
+            f"{hint}"
+        )
+    return (values >= BINARY_THRESHOLD).astype(np.uint8)
+
+
 def at_least(value, minimum: int, key: str) -> int:
     """``value`` as an int >= ``minimum``, or an error naming the config key."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise LightsegError(f"{key}={value!r} must be a whole number >= {minimum}.")
     return int(value)
+
+
+def stratified_order(samples: Sequence[Sample], seed: int) -> list[Sample]:
+    """``samples`` shuffled with ``seed`` so that any prefix keeps the strata proportions.
+
+    Each stratum's shuffled members get evenly spaced positions in [0, 1) and the strata are
+    merged by position, so split sizes come out exact for the whole set rather than rounded per
+    stratum. The input order does not matter.
+    """
+    rng = np.random.default_rng(seed)
+    keyed = []
+    for stratum, members in sorted(by_stratum(samples).items(), key=lambda item: str(item[0])):
+        for rank, index in enumerate(rng.permutation(len(members))):
+            keyed.append(((rank + 0.5) / len(members), str(stratum), members[index]))
+    return [sample for *_, sample in sorted(keyed, key=lambda item: item[:2])]
+
+
+def by_stratum(samples: Sequence[Sample]) -> dict[str | None, list[Sample]]:
+    """The samples of each ``Sample.stratum``, each list sorted by id."""
+    strata: dict[str | None, list[Sample]] = defaultdict(list)
+    for sample in sorted(samples, key=lambda s: s.id):
+        strata[sample.stratum].append(sample)
+    return strata
 
 
 def stratified_split(
@@ -146,19 +217,7 @@ def stratified_split(
         raise LightsegError(
             f"data.split fractions val={val} and test={test} must be >= 0 and sum to less than 1."
         )
-    strata: dict[str | None, list[Sample]] = defaultdict(list)
-    for sample in sorted(samples, key=lambda s: s.id):
-        strata[sample.stratum].append(sample)
-    # Give each stratum's shuffled members evenly spaced positions in [0, 1) and merge by
-    # position: any prefix of the merged order keeps the strata proportions, and the split
-    # sizes come out exact for the whole set rather than rounded per stratum.
-    rng = np.random.default_rng(seed)
-    keyed = []
-    for stratum in sorted(strata, key=str):
-        members = strata[stratum]
-        for rank, index in enumerate(rng.permutation(len(members))):
-            keyed.append(((rank + 0.5) / len(members), str(stratum), members[index]))
-    ordered = [sample for *_, sample in sorted(keyed, key=lambda item: item[:2])]
+    ordered = stratified_order(samples, seed)
     n_val, n_test = round(val * len(ordered)), round(test * len(ordered))
     groups = {
         "val": ordered[:n_val],
@@ -166,6 +225,49 @@ def stratified_split(
         "train": ordered[n_val + n_test :],
     }
     return {name: sorted(groups[name], key=lambda s: s.id) for name in SPLITS}
+
+
+def check_fold(folds, fold) -> int:
+    """``data.folds`` as an int >= 2, checked to have a fold number ``data.fold``."""
+    folds = at_least(folds, 2, "data.folds")
+    if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < folds:
+        raise LightsegError(
+            f"data.fold={fold!r} must be one of 0..{folds - 1} (data.folds={folds})."
+        )
+    return folds
+
+
+def kfold_split(
+    samples: Sequence[Sample], folds: int, fold: int, val: float, seed: int
+) -> dict[str, list[Sample]]:
+    """Test = fold ``fold`` of ``folds`` stratified folds; val = ``val`` of all samples, taken
+    stratified from the other folds; the rest trains.
+
+    Every stratum is shuffled with ``seed`` and dealt round-robin onto the folds, the deal
+    continuing from one stratum to the next: each stratum is spread evenly over the folds and
+    fold sizes differ by at most one. The folds are disjoint and cover every sample once, and
+    they do not depend on ``fold``, so ``data.fold=0..folds-1`` tests each sample exactly once.
+    """
+    folds = check_fold(folds, fold)
+    if len(samples) < folds:
+        raise LightsegError(
+            f"data.folds={folds} needs at least {folds} samples; the dataset has {len(samples)}."
+        )
+    rng = np.random.default_rng(seed)
+    dealt, rest, position = [], [], 0
+    for _, members in sorted(by_stratum(samples).items(), key=lambda item: str(item[0])):
+        for index in rng.permutation(len(members)):
+            (dealt if position % folds == fold else rest).append(members[index])
+            position += 1
+    n_val = round(float(val) * len(samples))
+    if not 0 <= n_val < len(rest):
+        raise LightsegError(
+            f"data.split.val={val} with data.folds={folds} leaves no training data: the "
+            f"validation set is taken from the {len(rest)} samples outside the test fold. Use a "
+            "smaller data.split.val."
+        )
+    inner = stratified_split(rest, {"val": n_val / len(rest)}, seed)
+    return {"train": inner["train"], "val": inner["val"], "test": sorted(dealt, key=lambda s: s.id)}
 
 
 def subset_map(splits: Mapping[str, str]) -> dict[str, str]:
@@ -254,6 +356,11 @@ class SegmentationDataModule(L.LightningDataModule):
     Two seeds: ``seed`` (the run's, ``${seed}``) orders the data and draws the augmentations;
     ``split_seed`` (fixed by default) decides the split, so runs over several seeds are tested
     on the same images unless the split is varied on purpose.
+
+    ``folds``/``fold`` replace the ``split`` fractions by k-fold cross-validation (the test set
+    is fold ``fold``; ``split.val`` still sizes validation). ``mean``/``std`` may be ``auto``:
+    per-channel values of the training split, computed once and cached in ``statistics_dir``
+    (default ``<source root>/.lightseg``), see :mod:`lightseg.data.statistics`.
     """
 
     def __init__(
@@ -266,12 +373,15 @@ class SegmentationDataModule(L.LightningDataModule):
         split: Mapping[str, float] | None = None,
         seed: int = 0,
         split_seed: int = 0,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
+        mean: Sequence[float] | Literal["auto"] = IMAGENET_MEAN,
+        std: Sequence[float] | Literal["auto"] = IMAGENET_STD,
         split_dir: str | Path | None = None,
         pin_memory: bool | None = None,
         global_batch_size: int | None = None,
         cache: bool = False,
+        folds: int | None = None,
+        fold: int = 0,
+        statistics_dir: str | Path | None = None,
     ) -> None:
         super().__init__()
         self.source = source
@@ -287,20 +397,29 @@ class SegmentationDataModule(L.LightningDataModule):
         self.fractions = dict(split or {"val": 0.2, "test": 0.2})
         self.seed = int(seed)  # data order and augmentations
         self.split_seed = int(split_seed)  # which samples are train, val and test
-        self.mean, self.std = tuple(mean), tuple(std)
-        if len(self.mean) != self.in_channels or len(self.std) != self.in_channels:
-            raise LightsegError(
-                f"data.mean and data.std need one value per image channel ({self.in_channels}), "
-                f"got {len(self.mean)} and {len(self.std)}."
-            )
+        self.folds = None if folds is None else check_fold(folds, fold)
+        self.fold = fold
+        self.mean = mean if mean == AUTO else tuple(mean)
+        self.std = std if std == AUTO else tuple(std)
+        self.check_normalization()
+        self.statistics_dir = Path(statistics_dir) if statistics_dir else None
         self.split_dir = Path(split_dir) if split_dir else None
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
-        self.pipelines = {
-            "train": build_pipeline(transforms["train"], self.mean, self.std),
-            "eval": build_pipeline(transforms["eval"], self.mean, self.std),
-        }
+        self.transforms = transforms
+        self.pipelines: dict[str, A.Compose] = {}
         self.splits: dict[str, list[Sample]] | None = None
         self.datasets: dict[str, SegmentationDataset] = {}
+        self._statistics: SplitStatistics | None = None
+
+    def check_normalization(self) -> None:
+        """One mean and std per image channel (``auto`` ones are checked once computed)."""
+        for key, values in (("data.mean", self.mean), ("data.std", self.std)):
+            if values != AUTO and len(values) != self.in_channels:
+                raise LightsegError(
+                    f"{key} has {len(values)} values, but the images have {self.in_channels} "
+                    "channel(s): data.mean and data.std need one value per image channel. Give "
+                    f"{self.in_channels}, or set {key}=auto (computed from the training split)."
+                )
 
     @property
     def in_channels(self) -> int:
@@ -327,7 +446,14 @@ class SegmentationDataModule(L.LightningDataModule):
         if prepare:
             self.source.prepare()
         if self.splits is None:
-            splits = self.source.split(self.source.find(), self.fractions, self.split_seed)
+            samples = self.source.find()
+            if self.folds:
+                val = float(self.fractions.get("val", 0.0))
+                splits = self.source.fold_split(
+                    samples, self.folds, self.fold, val, self.split_seed
+                )
+            else:
+                splits = self.source.split(samples, self.fractions, self.split_seed)
             empty = [name for name in SPLITS if not splits.get(name)]
             if empty:
                 sizes = {name: len(splits.get(name, [])) for name in SPLITS}
@@ -337,7 +463,37 @@ class SegmentationDataModule(L.LightningDataModule):
                     "fractions)."
                 )
             self.splits = splits
+        if AUTO in (self.mean, self.std):
+            stats = self._training_statistics()
+            self.mean = stats.mean if self.mean == AUTO else self.mean
+            self.std = stats.std if self.std == AUTO else self.std
+            log.info("data.mean=%s data.std=%s (training split)", list(self.mean), list(self.std))
+            self.check_normalization()
         return self.splits
+
+    def statistics(self, measured: SplitStatistics | None = None) -> SplitStatistics:
+        """Channel mean/std and class frequencies of the training split (computed once and
+        cached; ``measured``: already computed by the caller, to be cached)."""
+        self.locate()
+        return self._training_statistics(measured)
+
+    @property
+    def statistics_folder(self) -> Path:
+        """Where :meth:`statistics` are cached: ``statistics_dir``, or ``<root>/.lightseg``."""
+        return self.statistics_dir or self.source.root / ".lightseg"
+
+    def _training_statistics(self, measured: SplitStatistics | None = None) -> SplitStatistics:
+        if self._statistics is None:
+            train, folder = self.splits["train"], self.statistics_folder
+            self._statistics = training_statistics(self.source, train, folder, measured)
+        return self._statistics
+
+    def pipeline(self, kind: str) -> A.Compose:
+        """The ``train`` or ``eval`` pipeline (built once the normalisation is known)."""
+        if kind not in self.pipelines:
+            self.locate()
+            self.pipelines[kind] = build_pipeline(self.transforms[kind], self.mean, self.std)
+        return self.pipelines[kind]
 
     def setup(self, stage: str | None = None) -> None:
         self.locate()
@@ -353,7 +509,7 @@ class SegmentationDataModule(L.LightningDataModule):
     def dataset(self, split: str) -> SegmentationDataset:
         if split not in self.datasets:
             self.locate()
-            pipeline = self.pipelines["train" if split == "train" else "eval"]
+            pipeline = self.pipeline("train" if split == "train" else "eval")
             self.datasets[split] = SegmentationDataset(
                 self.source, self.splits[split], pipeline, cache=self.cache
             )

@@ -7,6 +7,11 @@ sums; each archive is fetched and unpacked in a scratch folder that is removed o
 nothing partial is left. PH2 and MADS need a registration or a Kaggle account: for those (and
 for any download that fails, e.g. offline) the error says what to fetch and where to put it.
 Finally the dataset's source is prepared (COCO: its mask cache is built) and its samples found.
+
+``folder`` (your own data, ``ARGS="data.source.root=..."``) is checked in full: every pair is
+read as training reads it, and the command prints the pairs and splits, how masks are
+encoded, the class pixel shares, the image sizes, and the training split's per-channel
+mean/std, which it stores where ``data.mean=auto data.std=auto`` finds them.
 """
 
 from __future__ import annotations
@@ -19,11 +24,15 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from rich.progress import track
+from rich.table import Table
 from torchvision.datasets.utils import download_and_extract_archive
 
 from lightseg import CONFIG_DIR
+from lightseg.data.statistics import Accumulator
 from lightseg.errors import LightsegError, user_errors
 from lightseg.utils.console import console
 
@@ -82,7 +91,7 @@ ARCHIVES: dict[str, tuple[Archive, ...]] = {
     ),
 }
 #: Overrides that make the check after downloading cover everything that was fetched.
-CHECK_OVERRIDES = {"voc": ["data.source.use_sbd=true"]}
+CHECK_OVERRIDES = {"voc": ["data.source.use_sbd=true"], "folder": ["data.split_dir=null"]}
 
 
 def fetch(archive: Archive, data_dir: Path) -> None:
@@ -137,6 +146,9 @@ def prepare_dataset(name: str, overrides: list[str] = ()) -> None:
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         extra = CHECK_OVERRIDES.get(name, [])
         cfg = compose("train", overrides=[f"data={name}", *extra, *overrides])
+    if name == "folder":
+        check_folder(instantiate(cfg.data, _convert_="all"))
+        return
     data_dir = Path(cfg.paths.data_dir)
     for archive in ARCHIVES.get(name, ()):
         fetch(archive, data_dir)
@@ -147,6 +159,60 @@ def prepare_dataset(name: str, overrides: list[str] = ()) -> None:
         f"[green]{type(source).__name__} is ready[/] under {source.root}: {len(samples)} "
         f"samples ({summary(samples)})."
     )
+
+
+def check_folder(datamodule) -> None:
+    """Read every pair of a ``data=folder`` dataset and print what training will see."""
+    source = datamodule.source
+    splits = datamodule.locate()
+    used = sorted((s for group in splits.values() for s in group), key=lambda s: s.id)
+    how = "split lists" if any(s.subset for s in used) else "generated split"
+    sizes = ", ".join(f"{name} {len(splits[name])}" for name in ("train", "val", "test"))
+    console.print(
+        f"[green]Folder[/] {source.root}: {len(used)} image/mask pairs ({how}: {sizes}); "
+        f"{source.in_channels} channel(s) per image"
+    )
+    console.print(f"Masks: {source.describe_masks()}")
+    everything, train = Accumulator(source.classes), Accumulator(source.classes)
+    in_train = {s.id for s in splits["train"]}
+    shapes = Counter()
+    for sample in track(used, description="Reading every pair", console=console):
+        image, mask = source.read(sample)  # every check training makes, on every file
+        everything.add(image, mask)
+        if sample.id in in_train:
+            train.add(image, mask)
+        shapes[image.shape[1], image.shape[0]] += 1
+    result = everything.result()
+    table = Table("class", "pixel share", "images with class", title="Classes (all pairs)")
+    for name, share, images in zip(source.classes, result.shares, result.class_images, strict=True):
+        table.add_row(name, f"{share:.2%}", str(images))
+    console.print(table)
+    console.print(size_histogram(shapes))
+    stats = datamodule.statistics(train.result())
+    console.print(
+        f"Training split, per channel (pixels scaled to [0, 1]): data.mean={list(stats.mean)} "
+        f"data.std={list(stats.std)}; stored in {datamodule.statistics_folder} for "
+        "data.mean=auto data.std=auto."
+    )
+
+
+def size_histogram(shapes: Counter, listed: int = 12, bins: int = 8) -> Table:
+    """Each distinct width x height with its count, or (many sizes) widths and heights binned."""
+    if len(shapes) <= listed:
+        table = Table("width x height", "images", title="Image sizes")
+        for (width, height), count in sorted(shapes.items()):
+            table.add_row(f"{width} x {height}", str(count))
+        return table
+    widths = np.array([w for (w, _), n in shapes.items() for _ in range(n)])
+    heights = np.array([h for (_, h), n in shapes.items() for _ in range(n)])
+    low, high = int(min(widths.min(), heights.min())), int(max(widths.max(), heights.max()))
+    edges = np.linspace(low, high + 1, min(bins, high - low + 1) + 1)
+    table = Table("pixels", "widths", "heights", title="Image sizes")
+    for index in range(len(edges) - 1):
+        start, stop = edges[index], edges[index + 1]
+        counts = [int(((side >= start) & (side < stop)).sum()) for side in (widths, heights)]
+        table.add_row(f"{start:.0f} - {stop - 1:.0f}", *map(str, counts))
+    return table
 
 
 def main(argv: list[str] | None = None) -> None:

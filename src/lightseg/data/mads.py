@@ -24,15 +24,19 @@ from pathlib import Path
 
 import numpy as np
 
-from lightseg.data.base import Sample, SegmentationSource, open_image, read_rgb
+from lightseg.data.base import (
+    Sample,
+    SegmentationSource,
+    open_image,
+    read_rgb,
+    threshold_binary,
+)
 from lightseg.errors import LightsegError
 
 log = logging.getLogger(__name__)
 
 ARCHIVE_FOLDER = "segmentation_full_body_mads_dataset_1192_img"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-#: Binarisation: foreground >= THRESHOLD; values strictly between the bounds are "unclear".
-THRESHOLD, UNCLEAR_LOW, UNCLEAR_HIGH, MAX_UNCLEAR = 128, 32, 223, 0.05
 
 
 class MADS(SegmentationSource):
@@ -110,11 +114,5 @@ def binarise(values: np.ndarray, path: Path) -> np.ndarray:
         values = values[..., :3].max(axis=-1)
     if values.dtype == bool or values.max(initial=0) <= 1:
         return values.astype(np.uint8)
-    unclear = float(((values > UNCLEAR_LOW) & (values < UNCLEAR_HIGH)).mean())
-    if unclear > MAX_UNCLEAR:
-        raise LightsegError(
-            f"MADS mask '{path}' is not a binary mask: {unclear:.0%} of its pixels have values "
-            f"between {UNCLEAR_LOW} and {UNCLEAR_HIGH} (values seen: {np.unique(values)[:8]}...). "
-            "Expected 0/255 or 0/1 person masks; check that images/ and masks/ are not swapped."
-        )
-    return (values >= THRESHOLD).astype(np.uint8)
+    hint = "Expected 0/255 or 0/1 person masks; check that images/ and masks/ are not swapped."
+    return threshold_binary(values, path, "MADS mask", hint)

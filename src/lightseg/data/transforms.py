@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import albumentations as A
+import numpy as np
 from albumentations.pytorch import ToTensorV2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -18,8 +19,23 @@ def build_pipeline(
 
     ``transforms`` come instantiated from ``data.transforms.train`` / ``.eval`` in the config;
     geometric ones move the mask with the image (nearest-neighbour), pads fill masks with 255.
+    Pixels are scaled to [0, 1] by their type's range (:func:`pixel_scale`: 8-bit and 16-bit
+    images alike) before ``(x - mean) / std``, so mean and std are in that unit.
     """
-    return A.Compose([*transforms, A.Normalize(mean=mean, std=std), ToTensorV2()])
+    return A.Compose(
+        [
+            *transforms,
+            A.ToFloat(),
+            A.Normalize(mean=mean, std=std, max_pixel_value=1.0),
+            ToTensorV2(),
+        ]
+    )
+
+
+def pixel_scale(dtype: np.dtype) -> float:
+    """The value that stands for full intensity: 255 (uint8), 65535 (uint16), 1.0 (float)."""
+    dtype = np.dtype(dtype)
+    return float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 1.0
 
 
 class ShrinkToFit(A.LongestMaxSize):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -9,17 +10,22 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torchmetrics import MeanMetric
 
 from lightseg.errors import LightsegError
 from lightseg.losses import build_loss
 from lightseg.metrics import build_metrics
-from lightseg.models.network import build_network, check_output, logits_of
+from lightseg.models.network import build_network, check_output, encoder_of, logits_of
 from lightseg.task import Task
 from lightseg.utils.devices import compile_in_place
 
+log = logging.getLogger(__name__)
+
 #: Scheduler arguments that mean "the length of training"; ``null`` in config = fill it in.
 SCHEDULE_LENGTH_ARGS = ("total_iters", "T_max", "total_steps")
+#: Optimizer config keys lightseg reads itself (transfer learning), with their defaults.
+FINETUNE_KEYS = {"decoder_lr_multiplier": 1.0, "freeze_encoder_epochs": 0}
 EVAL_STAGES = ("val", "test")
 #: Headline metrics shown in the progress bar, when the metrics config has them.
 PROGRESS_BAR_METRICS = ("dice", "iou")
@@ -128,7 +134,11 @@ class SegmentationModule(L.LightningModule):
         self._log_eval_epoch("test")
 
     def configure_optimizers(self) -> dict:
-        optimizer = instantiate(dict(self.hparams.optimizer), params=self.parameters())
+        config = dict(self.hparams.optimizer)
+        for key in FINETUNE_KEYS:
+            config.pop(key, None)
+        # partial: Hydra would turn the parameter groups (dicts) into configs
+        optimizer = instantiate(config, _partial_=True)(self.parameter_groups())
         if not self.hparams.scheduler:
             return {"optimizer": optimizer}
         config = dict(self.hparams.scheduler)
@@ -146,3 +156,82 @@ class SegmentationModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": interval},
         }
+
+    # --- transfer learning: the encoder's own learning rate, and freezing it at first ------
+
+    def finetuning(self) -> tuple[float, int]:
+        """``(decoder_lr_multiplier, freeze_encoder_epochs)`` from the optimizer config."""
+        config = {**FINETUNE_KEYS, **(self.hparams.optimizer or {})}
+        multiplier, epochs = config["decoder_lr_multiplier"], config["freeze_encoder_epochs"]
+        if (
+            isinstance(multiplier, bool)
+            or not isinstance(multiplier, int | float)
+            or multiplier <= 0
+        ):
+            raise LightsegError(
+                f"optimizer.decoder_lr_multiplier={multiplier!r} must be a number > 0 (1: one "
+                "learning rate for the whole network)."
+            )
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+            raise LightsegError(
+                f"optimizer.freeze_encoder_epochs={epochs!r} must be a whole number >= 0."
+            )
+        return float(multiplier), epochs
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """One group at ``optimizer.lr``, or the encoder at lr and the rest at lr x multiplier."""
+        multiplier, _ = self.finetuning()
+        if multiplier == 1.0:
+            return [{"params": list(self.parameters())}]
+        encoder = encoder_of(self.net, "optimizer.decoder_lr_multiplier")
+        lr = self.hparams.optimizer.get("lr")
+        if not isinstance(lr, int | float) or isinstance(lr, bool):
+            raise LightsegError(
+                "optimizer.decoder_lr_multiplier needs optimizer.lr (the encoder's learning "
+                "rate) to be set to a number."
+            )
+        own = {id(p) for p in encoder.parameters()}
+        rest = [p for p in self.parameters() if id(p) not in own]
+        return [
+            {"name": "encoder", "params": list(encoder.parameters())},
+            {"name": "decoder_head", "params": rest, "lr": float(lr) * multiplier},
+        ]
+
+    def on_train_start(self) -> None:
+        _, epochs = self.finetuning()
+        wrapped = self.trainer.strategy.model
+        ddp = isinstance(wrapped, DistributedDataParallel)
+        if epochs and ddp and not wrapped.find_unused_parameters:
+            raise LightsegError(
+                "optimizer.freeze_encoder_epochs with DDP needs "
+                "trainer.strategy=ddp_find_unused_parameters_true (or "
+                "ddp_spawn_find_unused_parameters_true): DDP otherwise expects a gradient for "
+                "every parameter, and a frozen encoder has none."
+            )
+
+    def on_train_epoch_start(self) -> None:
+        _, epochs = self.finetuning()
+        if epochs:
+            self.freeze_encoder(self.current_epoch < epochs)
+
+    def freeze_encoder(self, frozen: bool) -> None:
+        """Stop (or resume) training the encoder: no gradients, batch norm in eval mode.
+
+        The parameters stay in the optimizer (without gradients it skips them), so schedulers
+        and checkpoints see the same groups throughout and a resumed run picks up the state
+        of its epoch.
+        """
+        if frozen == getattr(self, "_encoder_frozen", False):
+            return
+        encoder = encoder_of(self.net, "optimizer.freeze_encoder_epochs")
+        encoder.requires_grad_(not frozen)
+        self._encoder_frozen = frozen
+        self.train(self.training)
+        log.info("Encoder %s at epoch %d.", "frozen" if frozen else "trainable", self.current_epoch)
+
+    def train(self, mode: bool = True) -> SegmentationModule:
+        """``nn.Module.train``, keeping a frozen encoder's batch-norm statistics fixed."""
+        super().train(mode)
+        if mode and getattr(self, "_encoder_frozen", False):
+            self.net.encoder.eval()
+        return self

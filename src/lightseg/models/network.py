@@ -10,6 +10,10 @@ the auxiliary logits' loss. Two optional attributes refine the contract:
   stride when they require it). Inference rounds sizes to it; training checks the data size.
 * keys named in :data:`PRETRAINED_KEYS` are set to ``null`` when lightseg rebuilds a trained
   network (eval, predict, export, the size check), so nothing is downloaded there.
+* ``encoder``: the (pretrained) feature extractor, which ``optimizer.freeze_encoder_epochs``
+  freezes and which learns at ``optimizer.lr`` while the rest learns at
+  ``lr x optimizer.decoder_lr_multiplier`` (smp models and SegNet have one; torchvision's
+  models name their backbone).
 """
 
 from __future__ import annotations
@@ -67,6 +71,19 @@ def input_multiple(network: nn.Module) -> int:
     if getattr(network, "requires_divisible_input_shape", False) and encoder is not None:
         return int(encoder.output_stride)  # smp models know their own constraint
     return 1
+
+
+def encoder_of(network: nn.Module, why: str) -> nn.Module:
+    """The network's ``encoder`` module, or an error saying that ``why`` needs one."""
+    encoder = getattr(network, "encoder", None)
+    if not isinstance(encoder, nn.Module):
+        raise LightsegError(
+            f"{why} needs the network's encoder, but {type(network).__name__} has no `encoder` "
+            "module. Give your network an `encoder` attribute (its pretrained feature "
+            "extractor), or leave optimizer.freeze_encoder_epochs=0 and "
+            "optimizer.decoder_lr_multiplier=1."
+        )
+    return encoder
 
 
 def logits_of(output: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, Any]:

@@ -50,6 +50,11 @@ class TorchvisionSegmentation(nn.Module):
         self.net = net
         self.aux_weight = float(aux_weight)
 
+    @property
+    def encoder(self) -> nn.Module:
+        """The backbone (the network contract's ``encoder``: frozen or given its own lr)."""
+        return self.net.backbone
+
     def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         size = images.shape[-2:]
         features = self.net.backbone(images)

@@ -36,11 +36,12 @@ from lightseg.tools.stats import LEVEL, RESAMPLES, SEED, bootstrap_ci, paired_p
 from lightseg.utils.console import console
 
 DEFAULT_METRICS = ("test/dice", "test/iou")
-#: Overrides that do not make a different configuration: replicates (seeds, data splits),
-#: paths, logging, resuming.
+#: Overrides that do not make a different configuration: replicates (seeds, data splits, the
+#: folds of k-fold cross-validation), paths, logging, resuming.
 NOT_A_SETTING = (
     "seed",
     "data.split_seed",
+    "data.fold",
     "ckpt_path",
     "resume",
     "print_config",

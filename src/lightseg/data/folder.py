@@ -1,0 +1,339 @@
+"""Your own images and masks (``data=folder``), paired by name, every mask checked as it is read.
+
+Layout under ``root`` (folder names and the mask name pattern are settings)::
+
+    images/case_001.jpg      .jpg .jpeg .png .bmp .tif .tiff; subfolders are kept in the ids
+    masks/case_001.png       the image's stem through mask_pattern ("{stem}", "{stem}_mask")
+    splits/train.txt         optional split lists, one id per line (val.txt optional)
+    splits/val.txt  splits/test.txt
+
+or a CSV (``csv``) with columns ``image`` and ``mask`` (paths relative to ``root``) and
+optionally ``split`` (train/val/test) and ``stratum`` (what the generated split balances).
+Without split lists the split is the generic deterministic one (stratified by ``stratum``),
+and k-fold cross-validation (``data.folds``) works as for PH2.
+
+How image and mask files are read (channels, bit depths, TIFF bands, the mask encodings and
+their checks) is :mod:`lightseg.data.pixels`; this module finds the pairs and the splits.
+"""
+
+from __future__ import annotations
+
+import csv as csvlib
+import logging
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from lightseg.data.base import SPLITS, Sample, SegmentationSource, stratified_split
+from lightseg.data.pixels import MaskReader, read_image
+from lightseg.errors import LightsegError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+SHOWN = 10  # files listed in an error before "... and N more"
+
+
+class Folder(SegmentationSource):
+    """Images and masks of your own, paired by file name; see the module docs for the rules."""
+
+    how_to_get = (
+        "Put your images in '<root>/images/' and their masks, with the same file names, in "
+        "'<root>/masks/' (README: Train on your own data), and point data.source.root at <root>."
+    )
+
+    def __init__(
+        self,
+        root: str | Path,
+        classes: Sequence[str] = ("background", "foreground"),
+        images: str = "images",
+        masks: str = "masks",
+        mask_pattern: str = "{stem}",
+        split_lists: str = "splits",
+        csv: str | None = None,
+        palette: Sequence[Sequence[int]] | None = None,
+        ignore_color: Sequence[int] | None = None,
+        channels: int = 3,
+    ) -> None:
+        super().__init__(root)
+        self.classes = check_classes(classes)
+        self.images, self.masks, self.split_lists, self.csv = images, masks, split_lists, csv
+        self.mask_pattern = mask_pattern
+        self.mask_stem = pattern_regex(mask_pattern)
+        self.mask_reader = MaskReader(self.classes, palette, ignore_color)
+        self.palette, self.ignore_color = self.mask_reader.palette, self.mask_reader.ignore_color
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+            raise LightsegError(f"data.source.channels={channels!r} must be a whole number >= 1.")
+        self.channels = channels
+
+    @property
+    def in_channels(self) -> int:
+        return self.channels
+
+    # --- finding and pairing --------------------------------------------------------------
+
+    def find(self) -> list[Sample]:
+        if not self.root.is_dir():
+            raise LightsegError(
+                f"data.source.root='{self.root}' does not exist. Point it at the folder that "
+                f"holds {self.images}/ and {self.masks}/ (or your CSV): data=folder "
+                "data.source.root=/path/to/your/data (README: Train on your own data)."
+            )
+        samples = self.from_csv() if self.csv else self.pair()
+        if self.split_lists and (self.root / self.split_lists).is_dir():
+            if self.csv and any(s.subset for s in samples):
+                raise LightsegError(
+                    f"'{self.root / self.csv}' has a split column and "
+                    f"'{self.root / self.split_lists}' holds split lists: keep one of the two (or "
+                    "set data.source.split_lists=null)."
+                )
+            samples = self.listed(samples)
+        self.read_image(samples[0].image)  # a wrong channel count stops before anything slow
+        self.mask_reader.detect([s.mask for s in sorted(samples, key=lambda s: s.id)])
+        return samples
+
+    def pair(self) -> list[Sample]:
+        """Images and masks paired by (subfolder, stem); unpaired files are an error."""
+        image_dir, mask_dir = self.root / self.images, self.root / self.masks
+        for folder, key in ((image_dir, "images"), (mask_dir, "masks")):
+            if not folder.is_dir():
+                raise LightsegError(
+                    f"'{folder}' does not exist. data=folder reads images from "
+                    f"'<root>/{self.images}/' and masks from '<root>/{self.masks}/' (root "
+                    f"'{self.root}'): create it, set data.source.{key}=<its folder name>, or "
+                    "list the pairs in a CSV (data.source.csv=<file>)."
+                )
+        images = files_by_stem(image_dir, lambda stem: stem)
+        if not images:
+            raise LightsegError(
+                f"No images in '{image_dir}': found no file ending in {', '.join(IMAGE_SUFFIXES)} "
+                "(subfolders included). Put your images there, or point data.source.root at "
+                "the folder that holds images/ and masks/."
+            )
+        unmatched: list[Path] = []
+        masks = files_by_stem(mask_dir, self.image_stem_of, unmatched)
+        for found, what in ((images, "images"), (masks, "masks")):
+            clashes = {key: paths for key, paths in found.items() if len(paths) > 1}
+            if clashes:
+                listed = "; ".join(" and ".join(map(str, p)) for p in list(clashes.values())[:3])
+                raise LightsegError(
+                    f"Several {what} share a name and cannot be paired: {listed}"
+                    f"{more(len(clashes), 3)}. Keep one file per name (remove or rename the "
+                    "others)."
+                )
+        lone_images = sorted(images.keys() - masks.keys())
+        lone_masks = sorted(masks.keys() - images.keys())
+        if lone_images or lone_masks or unmatched:
+            parts = []
+            if lone_images:
+                shown = [images[k][0].relative_to(self.root) for k in lone_images]
+                parts.append(f"{len(lone_images)} image(s) without a mask: {listing(shown)}")
+            lone = [masks[k][0].relative_to(self.root) for k in lone_masks]
+            lone += [p.relative_to(self.root) for p in unmatched]
+            if lone:
+                parts.append(f"{len(lone)} mask(s) without an image: {listing(sorted(lone))}")
+            raise LightsegError(
+                f"Unpaired files under '{self.root}': {'; '.join(parts)}. The mask of "
+                f"'{self.images}/<name>.<ext>' must be '{self.masks}/"
+                f"{self.mask_pattern.replace('{stem}', '<name>')}.<ext>' (data.source.mask_pattern="
+                f"'{self.mask_pattern}'; any of {' '.join(IMAGE_SUFFIXES)}). Add the missing "
+                "files, move the unpaired ones out of the folder, or fix data.source.mask_pattern."
+            )
+        return [Sample(key, images[key][0], masks[key][0]) for key in sorted(images, key=str)]
+
+    def image_stem_of(self, mask_stem: str) -> str | None:
+        match = self.mask_stem.fullmatch(mask_stem)
+        return match.group("stem") if match else None
+
+    def from_csv(self) -> list[Sample]:
+        """Pairs (and optional split and stratum) from the CSV, every file checked to exist."""
+        table = self.root / self.csv
+        if not table.is_file():
+            raise LightsegError(f"data.source.csv='{self.csv}': '{table}' does not exist.")
+        with open(table, newline="", encoding="utf-8-sig") as stream:
+            reader = csvlib.DictReader(stream)
+            columns = [c.strip() for c in reader.fieldnames or []]
+            rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+        if not {"image", "mask"} <= set(columns):
+            raise LightsegError(
+                f"'{table}' has the columns {columns}, but needs 'image' and 'mask' (paths "
+                "relative to data.source.root), and may have 'split' (train/val/test) and "
+                "'stratum'."
+            )
+        if not rows:
+            raise LightsegError(f"'{table}' lists no images: add one row per (image, mask) pair.")
+        samples, seen = [], {}
+        for line, row in enumerate(rows, start=2):  # line 1 is the header
+            paths = {}
+            for column in ("image", "mask"):
+                path = self.root / row[column]
+                if not row[column] or not path.is_file():
+                    raise LightsegError(
+                        f"'{table}' line {line}: the {column} '{row[column]}' does not exist "
+                        f"(looked for '{path}'). Paths are relative to data.source.root; fix the "
+                        "row or remove it."
+                    )
+                paths[column] = path
+            sample_id = Path(row["image"]).with_suffix("").as_posix()
+            if sample_id in seen:
+                raise LightsegError(
+                    f"'{table}' lines {seen[sample_id]} and {line} both list the image "
+                    f"'{sample_id}': list each image once."
+                )
+            seen[sample_id] = line
+            split = row.get("split", "").lower() or None
+            if "split" in columns and split not in SPLITS:
+                raise LightsegError(
+                    f"'{table}' line {line}: split '{row.get('split', '')}' must be one of "
+                    f"{', '.join(SPLITS)} (or drop the split column for a generated split)."
+                )
+            samples.append(
+                Sample(sample_id, paths["image"], paths["mask"], row.get("stratum") or None, split)
+            )
+        return sorted(samples, key=lambda s: s.id)
+
+    def listed(self, samples: list[Sample]) -> list[Sample]:
+        """``samples`` with ``subset`` set from the split lists (splits/train.txt ...)."""
+        folder = self.root / self.split_lists
+        by_id = {s.id: s for s in samples}
+        subsets: dict[str, str] = {}
+        for name in SPLITS:
+            path = folder / f"{name}.txt"
+            if not path.is_file():
+                continue
+            unknown = []
+            for line, text in enumerate(path.read_text().splitlines(), start=1):
+                entry = list_entry(text, self.images)
+                if entry is None:
+                    continue
+                if entry not in by_id:
+                    unknown.append(f"line {line}: '{text.strip()}'")
+                elif subsets.setdefault(entry, name) != name:
+                    raise LightsegError(
+                        f"'{entry}' is listed in both {subsets[entry]}.txt and {name}.txt under "
+                        f"'{folder}': a sample belongs to one split."
+                    )
+            if unknown:
+                raise LightsegError(
+                    f"'{path}' names samples that were not found: {listing(unknown)}. Entries are "
+                    f"ids (the image's path under '{self.images}/' without extension, e.g. "
+                    f"'{samples[0].id}'); fix or remove those lines."
+                )
+        missing = [name for name in ("train", "test") if name not in subsets.values()]
+        if missing:
+            raise LightsegError(
+                f"'{folder}' needs {' and '.join(f'{m}.txt' for m in missing)} (val.txt is "
+                "optional: without it validation is taken from train.txt). Add the list(s), "
+                "or set data.source.split_lists=null for a generated split."
+            )
+        unlisted = len(samples) - len(subsets)
+        if unlisted:
+            log.warning("%d sample(s) are in none of the lists in %s: not used.", unlisted, folder)
+        return [Sample(s.id, s.image, s.mask, s.stratum, subsets.get(s.id)) for s in samples]
+
+    def split(self, samples, fractions, seed) -> dict[str, list[Sample]]:
+        """The split lists (or CSV split column) where given, else the generated split.
+
+        Without a val list, ``data.split.val`` of the train list becomes validation.
+        """
+        if not any(s.subset for s in samples):
+            return stratified_split(samples, fractions, seed)
+        groups = {name: [s for s in samples if s.subset == name] for name in SPLITS}
+        if not groups["val"]:
+            inner = stratified_split(groups["train"], {"val": fractions.get("val", 0.0)}, seed)
+            groups["train"], groups["val"] = inner["train"], inner["val"]
+        return groups
+
+    # --- reading --------------------------------------------------------------------------
+
+    def read(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+        if not self.mask_reader.decided:
+            self.find()  # decides how binary masks are encoded
+        image = self.read_image(sample.image)
+        mask = self.mask_reader.read(sample.mask)
+        if image.shape[:2] != mask.shape:
+            raise LightsegError(
+                f"The mask '{sample.mask}' is {mask.shape[1]}x{mask.shape[0]} pixels but its image "
+                f"'{sample.image}' is {image.shape[1]}x{image.shape[0]}: a mask must match its "
+                "image pixel for pixel. Export the mask again at the image's size."
+            )
+        return image, mask
+
+    def read_image(self, path: Path) -> np.ndarray:
+        return read_image(path, self.channels)
+
+    def describe_masks(self) -> str:
+        """How masks are read, in words (``make data DATASET=folder``)."""
+        if not self.mask_reader.decided:
+            self.find()  # decides the binary encoding
+        return self.mask_reader.describe()
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def check_classes(classes: Sequence[str]) -> tuple[str, ...]:
+    names = tuple(str(c) for c in classes)
+    if len(names) < 2 or len(set(names)) != len(names) or any(not n or "/" in n for n in names):
+        raise LightsegError(
+            f"data.source.classes={list(names)} must name at least two different classes, "
+            "background first (metric names use them, so no '/' and no empty names)."
+        )
+    return names
+
+
+def pattern_regex(pattern: str) -> re.Pattern:
+    """``"{stem}_mask"`` -> a regex whose group ``stem`` is the image's stem."""
+    if not isinstance(pattern, str) or pattern.count("{stem}") != 1 or "/" in pattern:
+        raise LightsegError(
+            f"data.source.mask_pattern={pattern!r} must contain {{stem}} once (the image's file "
+            "name without extension), e.g. '{stem}' or '{stem}_mask', and no '/'."
+        )
+    before, after = pattern.split("{stem}")
+    return re.compile(f"{re.escape(before)}(?P<stem>.+){re.escape(after)}")
+
+
+def files_by_stem(folder: Path, stem_of, unmatched: list[Path] | None = None) -> dict:
+    """``{id: [paths]}`` of the image files under ``folder``; id = subfolder/stem (POSIX).
+
+    Hidden files and folders (names starting with '.') are skipped; ``stem_of`` maps a file's
+    stem to the image stem it belongs to (None: it matches no image: added to ``unmatched``).
+    """
+    found = defaultdict(list)
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
+            continue
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        stem = stem_of(path.stem)
+        if stem is None:
+            if unmatched is not None:
+                unmatched.append(path)
+            continue
+        found[relative.with_name(stem).as_posix()].append(path)
+    return dict(found)
+
+
+def list_entry(text: str, images: str) -> str | None:
+    """A split list's line as a sample id: extension and a leading images folder dropped."""
+    entry = text.strip()
+    if not entry or entry.startswith("#"):
+        return None
+    path = Path(entry)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        path = path.with_suffix("")
+    if path.parts and path.parts[0] == images and len(path.parts) > 1:
+        path = Path(*path.parts[1:])
+    return path.as_posix()
+
+
+def listing(items: Sequence) -> str:
+    return ", ".join(str(i) for i in items[:SHOWN]) + more(len(items), SHOWN)
+
+
+def more(count: int, shown: int) -> str:
+    return f" ... and {count - shown} more" if count > shown else ""

@@ -1,0 +1,212 @@
+"""What the training split looks like in numbers: per-channel mean/std and class frequencies.
+
+Computed on request only (``data.mean=auto``, ``data.std=auto``,
+``loss.<term>.class_weights=auto``, ``make data DATASET=folder``), from every training image
+and mask exactly as the source reads them (stored resolution, no augmentation). Pixel values
+are in the unit the pipelines normalise in: divided by their type's range (255 for 8-bit,
+65535 for 16-bit images; floats as stored). Ignored pixels (255) count for no class.
+
+The result is cached as JSON under the statistics folder, keyed on the source's settings and
+on the training samples' paths, sizes and modification times: a changed split, file or
+setting computes it again, nothing else does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import os
+import statistics as stats
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lightseg.config import FROM_TRAINING_SPLIT
+from lightseg.data.transforms import pixel_scale
+from lightseg.errors import LightsegError
+
+log = logging.getLogger(__name__)
+
+VERSION = 1  # bump when what is measured changes, so old cache files are not used
+#: ``class_weights`` values: ``auto`` and ``median`` (median frequency), ``inverse``.
+WEIGHTINGS = FROM_TRAINING_SPLIT["class_weights"]
+
+
+@dataclass(frozen=True)
+class SplitStatistics:
+    """Sums over one split; every per-class list has one entry per class, background first."""
+
+    classes: tuple[str, ...]
+    images: int
+    mean: tuple[float, ...]  # per channel, in pipeline units
+    std: tuple[float, ...]
+    class_pixels: tuple[int, ...]  # labelled pixels of each class
+    class_images: tuple[int, ...]  # images that contain the class
+    pixels_with_class: tuple[int, ...]  # labelled pixels of the images that contain the class
+
+    @property
+    def shares(self) -> list[float]:
+        """Each class's share of the labelled pixels."""
+        total = sum(self.class_pixels)
+        return [count / total if total else 0.0 for count in self.class_pixels]
+
+    def class_weights(self, method: str) -> list[float]:
+        """Per-class loss weights: ``median`` frequency balancing (Eigen & Fergus, ICCV 2015:
+        median(freq) / freq(c), freq(c) = pixels of c / pixels of the images containing c) or
+        ``inverse`` frequency (pixels / (classes present x pixels of c): weighted mean 1).
+
+        A class without a pixel in the training split gets weight 1 (it is never a target).
+        """
+        if method not in WEIGHTINGS:
+            raise LightsegError(
+                f"class_weights={method!r} is not a weighting: use {', '.join(WEIGHTINGS)} "
+                "(auto = median frequency), or a list of one weight per class."
+            )
+        present = [c for c, count in enumerate(self.class_pixels) if count]
+        absent = [self.classes[c] for c in range(len(self.classes)) if c not in present]
+        if absent:
+            log.warning("No training pixel of class(es) %s: their class weight is 1.", absent)
+        if method in ("auto", "median"):
+            freq = {c: self.class_pixels[c] / self.pixels_with_class[c] for c in present}
+            middle = stats.median(freq.values())
+            weights = {c: middle / freq[c] for c in present}
+        else:
+            total = sum(self.class_pixels)
+            weights = {c: total / (len(present) * self.class_pixels[c]) for c in present}
+        return [round(weights.get(c, 1.0), 6) for c in range(len(self.classes))]
+
+    def pos_weight(self) -> float:
+        """Binary cross-entropy's weight of the foreground: background / foreground pixels."""
+        background, foreground = self.class_pixels[0], sum(self.class_pixels[1:])
+        if not foreground:
+            raise LightsegError(
+                "pos_weight=auto: the training split has no foreground pixel, so there is "
+                "nothing to weight. Check the masks (make data DATASET=...)."
+            )
+        return round(background / foreground, 6)
+
+
+class Accumulator:
+    """Running sums of pixel values and class counts, one (image, mask) pair at a time."""
+
+    def __init__(self, classes: Sequence[str]) -> None:
+        self.classes = tuple(classes)
+        size = len(self.classes)
+        self.images, self.pixels = 0, 0
+        self.sums: np.ndarray | None = None
+        self.squares: np.ndarray | None = None
+        self.class_pixels = np.zeros(size, np.int64)
+        self.class_images = np.zeros(size, np.int64)
+        self.pixels_with_class = np.zeros(size, np.int64)
+
+    def add(self, image: np.ndarray, mask: np.ndarray) -> None:
+        values = image.reshape(-1, image.shape[-1] if image.ndim == 3 else 1)
+        values = values.astype(np.float64) / pixel_scale(image.dtype)
+        if self.sums is None:
+            self.sums, self.squares = np.zeros(values.shape[1]), np.zeros(values.shape[1])
+        self.sums += values.sum(0)
+        self.squares += np.square(values).sum(0)
+        self.pixels += values.shape[0]
+        counts = np.bincount(mask.ravel(), minlength=256)[: len(self.classes)]
+        labelled = int(counts.sum())
+        self.class_pixels += counts
+        self.class_images += counts > 0
+        self.pixels_with_class += np.where(counts > 0, labelled, 0)
+        self.images += 1
+
+    def result(self) -> SplitStatistics:
+        if not self.images:
+            raise LightsegError("Cannot compute statistics of an empty training split.")
+        mean = self.sums / self.pixels
+        std = np.sqrt(np.maximum(self.squares / self.pixels - mean**2, 0.0))
+        return SplitStatistics(
+            classes=self.classes,
+            images=self.images,
+            mean=tuple(round(float(v), 6) for v in mean),
+            std=tuple(round(max(float(v), 1e-6), 6) for v in std),
+            class_pixels=tuple(int(v) for v in self.class_pixels),
+            class_images=tuple(int(v) for v in self.class_images),
+            pixels_with_class=tuple(int(v) for v in self.pixels_with_class),
+        )
+
+
+def measure(source, samples: Sequence) -> SplitStatistics:
+    """Statistics of ``samples`` as ``source`` reads them."""
+    accumulator = Accumulator(source.classes)
+    for sample in samples:
+        accumulator.add(*source.read(sample))
+    return accumulator.result()
+
+
+def cache_key(source, samples: Sequence) -> str:
+    """SHA-1 of the source's settings (its constructor's arguments, as the attributes of the
+    same names) and the samples' files (path, size, modification time)."""
+
+    def state(path: Path | None) -> list:
+        if path is None:
+            return [None]
+        info = Path(path).stat()
+        return [str(path), info.st_size, info.st_mtime_ns]
+
+    arguments = inspect.signature(type(source).__init__).parameters  # the source's settings
+    settings = {name: str(getattr(source, name, None)) for name in arguments if name != "self"}
+    files = [[s.id, *state(s.image), *state(s.mask)] for s in sorted(samples, key=lambda s: s.id)]
+    payload = [VERSION, type(source).__qualname__, settings, files]
+    return hashlib.sha1(json.dumps(payload, default=str).encode()).hexdigest()
+
+
+def training_statistics(
+    source, samples: Sequence, folder: Path, measured: SplitStatistics | None = None
+) -> SplitStatistics:
+    """:func:`measure` of the training ``samples``, read from / written to ``folder``
+    (``measured``: the result of a pass the caller made anyway, stored if not cached yet)."""
+    path = Path(folder) / f"statistics-{cache_key(source, samples)[:20]}.json"
+    if path.is_file():
+        try:
+            return SplitStatistics(
+                **{k: _tuple(v) for k, v in json.loads(path.read_text()).items()}
+            )
+        except (ValueError, TypeError):
+            log.warning("Ignoring unreadable statistics cache %s", path)
+    if measured is None:
+        log.info("Measuring the %d training images (once; cached in %s)", len(samples), folder)
+        measured = measure(source, samples)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False) as stream:
+            json.dump(asdict(measured), stream, indent=1)
+        os.replace(stream.name, path)
+    except OSError as error:
+        log.warning("Could not cache the statistics in %s (%s): they are recomputed.", path, error)
+    return measured
+
+
+def _tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def fill_from_data(cfg, datamodule) -> None:
+    """Replace what ``auto`` stands for in ``cfg`` by numbers from the training split.
+
+    ``data.mean``/``data.std`` take the values the DataModule computed; every loss term with
+    ``class_weights`` (``auto``/``median``/``inverse``) or ``pos_weight: auto`` gets them from
+    :meth:`SplitStatistics.class_weights` / :meth:`~SplitStatistics.pos_weight`. The run's
+    saved config and its checkpoints then hold the numbers that were used.
+    """
+    cfg.data.mean, cfg.data.std = list(datamodule.mean), list(datamodule.std)
+    for name, term in (cfg.get("loss") or {}).items():
+        if term is None:
+            continue
+        weighting = term.get("class_weights")
+        if isinstance(weighting, str) and weighting in WEIGHTINGS:
+            term.class_weights = datamodule.statistics().class_weights(weighting)
+            log.info("loss.%s.class_weights=%s (%s)", name, list(term.class_weights), weighting)
+        if term.get("pos_weight") == "auto":
+            term.pos_weight = datamodule.statistics().pos_weight()
+            log.info("loss.%s.pos_weight=%s (background/foreground)", name, term.pos_weight)
