@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import logging
 import subprocess
@@ -51,6 +52,7 @@ def git_state() -> dict[str, Any]:
     }
 
 
+@functools.cache  # what is installed does not change while a process runs
 def package_versions() -> dict[str, str]:
     """Every installed distribution and its version, like ``pip freeze``."""
     versions = {}
