@@ -12,7 +12,8 @@ import pytest
 import wandb
 from PIL import Image
 
-from lightseg.utils.loggers import WANDB_ID_FILE, wandb_logger, wandb_run_id
+from lightseg.runs.folder import WANDB_RUN_ID
+from lightseg.utils.loggers import wandb_logger, wandb_run_id
 from tests.runs import run_cli, tiny_cli_run
 
 
@@ -59,7 +60,7 @@ def test_interrupted_cli_run_resumes_in_its_folder_with_the_same_wandb_run(
     assert logged["epoch"].tolist() == [0, 1, 2]
 
     # One W&B run in two offline segments, both under the id kept in the run folder.
-    run_id = (run / WANDB_ID_FILE).read_text().strip()
+    run_id = (run / WANDB_RUN_ID).read_text().strip()
     segments = sorted((run / "wandb").glob("offline-run-*"))
     assert len(segments) == 2 and all(s.name.endswith(f"-{run_id}") for s in segments)
     files = segments[-1] / "files"
@@ -107,7 +108,7 @@ def test_wandb_goes_offline_when_the_server_cannot_be_reached(
     with caplog.at_level(logging.WARNING):
         run = logger.experiment
     assert run.settings.mode == "offline"
-    assert run.id == (tmp_path / WANDB_ID_FILE).read_text().strip()
+    assert run.id == (tmp_path / WANDB_RUN_ID).read_text().strip()
     assert "W&B is unreachable (CommError" in caplog.text
     logger.log_metrics({"val/dice": 0.5}, step=1)  # training goes on
     wandb.finish()
@@ -123,4 +124,4 @@ def test_wandb_run_id_is_kept_in_the_run_folder(tmp_path, monkeypatch):
     other = tmp_path / "other"
     other.mkdir()
     assert wandb_run_id(other) == "sweep123"
-    assert (other / WANDB_ID_FILE).read_text() == "sweep123\n"
+    assert (other / WANDB_RUN_ID).read_text() == "sweep123\n"

@@ -498,7 +498,7 @@ class SegmentationDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.locate()
         if self.split_dir is not None and (self.trainer is None or self.trainer.is_global_zero):
-            self.write_splits(self.split_dir / "splits")
+            self.write_splits(self.split_dir)
 
     def write_splits(self, folder: Path) -> None:
         """One id per line, per split: the exact samples a run used."""

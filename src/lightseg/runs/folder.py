@@ -7,10 +7,13 @@
       run.lock                        held while a process trains in this folder
       checkpoints/best.ckpt last.ckpt
       metrics.json                    final val/test numbers of the best checkpoint
-      splits/{train,val,test}.txt     the sample ids of each split
-      csv/metrics.csv  overlays/  wandb/  eval/<split>_<time>/
+      per_image.csv                   every test image's metric values
+      splits/{train,val,test}.txt     the sample ids of each split (data.split_dir)
+      packages.txt  git_diff.patch  untracked.tar.gz   what rebuilding the run needs
+      csv/metrics.csv  overlays/  wandb/  wandb_run_id.txt  eval/<split>_<time>/
 
-Every other module asks this one for these paths.
+Code asks this module for these paths; the configs name the ones they set (checkpoint and
+logger folders, data.split_dir) under ${paths.output_dir}.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ METRICS = "metrics.json"
 SPLITS = "splits"
 CSV_LOG = Path("csv") / "metrics.csv"
 PER_IMAGE = "per_image.csv"
+WANDB_RUN_ID = "wandb_run_id.txt"
 EVAL = "eval"
 #: What a folder holds before training records anything: Hydra's record and log, the lock.
 STARTUP_FILES = {HYDRA, "train.log", LOCK}
@@ -59,6 +63,15 @@ class RunFolder:
     @property
     def hydra(self) -> Path:
         return self.path / HYDRA
+
+    @property
+    def hydra_config(self) -> Path:
+        """Hydra's composition of the run, interpolations intact (what a resume restores)."""
+        return self.hydra / "config.yaml"
+
+    @property
+    def wandb_run_id(self) -> Path:
+        return self.path / WANDB_RUN_ID
 
     @property
     def run_info(self) -> Path:

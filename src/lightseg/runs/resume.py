@@ -140,7 +140,7 @@ def continued_config(cfg: DictConfig, run: RunFolder, overrides: list[str]) -> D
     interpolations intact, so paths follow the folder) wins except for the keys that
     ``overrides`` set. Choosing another config group option for a run in progress is refused.
     """
-    saved_path = run.hydra / "config.yaml"
+    saved_path = run.hydra_config
     if not saved_path.is_file():
         return cfg
     saved = OmegaConf.load(saved_path)

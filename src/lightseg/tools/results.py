@@ -167,7 +167,7 @@ def eval_results(run: RunFolder, source: Source) -> tuple[dict | None, dict, str
 
 
 def read_run(run: RunFolder, source: Source = Source()) -> Run:
-    config = read_yaml(run.config) or read_yaml(run.hydra / "config.yaml")
+    config = read_yaml(run.config) or read_yaml(run.hydra_config)
     values = _flatten(config or {})
     values.update({key: str(value) for key, value in run.group_choices().items()})
     trained = run.read_metrics()

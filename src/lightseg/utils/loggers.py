@@ -21,10 +21,9 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-log = logging.getLogger(__name__)
+from lightseg.runs.folder import WANDB_RUN_ID
 
-#: File in the run folder holding the W&B run id, read again when the run is resumed.
-WANDB_ID_FILE = "wandb_run_id.txt"
+log = logging.getLogger(__name__)
 
 
 def wandb_credentials_present() -> bool:
@@ -37,7 +36,7 @@ def wandb_credentials_present() -> bool:
 
 def wandb_run_id(save_dir: Path) -> str:
     """The run folder's W&B id: the stored one, the sweep agent's, or a new one (then stored)."""
-    path = save_dir / WANDB_ID_FILE
+    path = save_dir / WANDB_RUN_ID  # read again when the run is resumed
     if path.is_file() and path.read_text().strip():
         return path.read_text().strip()
     alphabet = string.ascii_lowercase + string.digits  # what W&B's own ids use
