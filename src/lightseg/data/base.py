@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -19,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lightseg.config import image_size_hw
+from lightseg.data.cache import SampleCache, open_cache
 from lightseg.data.sampling import (
     EpochSampler,
     ResumableDataLoader,
@@ -191,41 +193,48 @@ def official_split(
     }
 
 
-class SegmentationDataset(Dataset):
-    """Reads samples through a source and applies an albumentations pipeline.
+def read_sample(source: SegmentationSource, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+    """``source.read(sample)``, checked to give an image and a mask of the same size."""
+    image, mask = source.read(sample)
+    if image.shape[:2] != mask.shape[:2]:
+        raise LightsegError(
+            f"Image and mask of sample '{sample.id}' differ in size: {sample.image} is "
+            f"{image.shape[1]}x{image.shape[0]} but {sample.mask} is "
+            f"{mask.shape[1]}x{mask.shape[0]}. Re-extract both files from the official archive."
+        )
+    return image, mask
 
-    With ``cache=True`` every sample is decoded once, up front, in the main process; loader
-    workers then share the decoded arrays (copy-on-write) instead of decoding each epoch.
+
+class SegmentationDataset(Dataset):
+    """Reads samples through a source (or its cache) and applies an albumentations pipeline.
+
+    Items are uint8 tensors, image ``[3, H, W]`` and mask ``[H, W]``: the model normalises
+    the image and widens the mask on its device (``SegmentationModule.on_after_batch_transfer``).
     """
 
     def __init__(
-        self, source: SegmentationSource, samples: Sequence[Sample], transform, cache: bool = False
+        self,
+        source: SegmentationSource,
+        samples: Sequence[Sample],
+        transform,
+        cache: SampleCache | None = None,
     ) -> None:
         self.source, self.samples, self.transform = source, list(samples), transform
-        self.decoded: list[tuple[np.ndarray, np.ndarray]] | None = None
-        if cache:
-            self.decoded = [self.read(i) for i in range(len(self.samples))]
+        self.cache = cache
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        if self.decoded is not None:
-            return self.decoded[index]
         sample = self.samples[index]
-        image, mask = self.source.read(sample)
-        if image.shape[:2] != mask.shape[:2]:
-            raise LightsegError(
-                f"Image and mask of sample '{sample.id}' differ in size: {sample.image} is "
-                f"{image.shape[1]}x{image.shape[0]} but {sample.mask} is "
-                f"{mask.shape[1]}x{mask.shape[0]}. Re-extract both files from the official archive."
-            )
-        return image, mask
+        if self.cache is not None:
+            return self.cache.read(sample.id)
+        return read_sample(self.source, sample)
 
     def __getitem__(self, index: int) -> dict:
         image, mask = self.read(index)
         out = self.transform(image=image, mask=mask)
-        return {"image": out["image"], "mask": out["mask"].long(), "id": self.samples[index].id}
+        return {"image": out["image"], "mask": out["mask"], "id": self.samples[index].id}
 
 
 class EvalDistributedSampler(DistributedSampler):
@@ -249,6 +258,10 @@ class SegmentationDataModule(L.LightningDataModule):
     Two seeds: ``seed`` (the run's, ``${seed}``) orders the data and draws the augmentations;
     ``split_seed`` (fixed by default) decides the split, so runs over several seeds are tested
     on the same images unless the split is varied on purpose.
+
+    ``cache=True`` reads every sample once into a memory-mapped file under ``cache_dir``
+    (default ``<source root>/lightseg_cache``), shrunk so that each side stays at least
+    ``cache_scale`` times ``image_size`` (None: as read); see ``lightseg.data.cache``.
     """
 
     def __init__(
@@ -267,6 +280,8 @@ class SegmentationDataModule(L.LightningDataModule):
         pin_memory: bool | None = None,
         global_batch_size: int | None = None,
         cache: bool = False,
+        cache_scale: float | None = None,
+        cache_dir: str | Path | None = None,
     ) -> None:
         super().__init__()
         self.source = source
@@ -279,6 +294,14 @@ class SegmentationDataModule(L.LightningDataModule):
             else at_least(global_batch_size, 1, "data.global_batch_size")
         )
         self.cache = bool(cache)
+        if cache_scale is not None and not cache_scale > 0:
+            raise LightsegError(
+                f"data.cache_scale={cache_scale} must be > 0 (e.g. 2: keep twice the training "
+                "size), or null to cache images as read."
+            )
+        self.cache_scale = cache_scale
+        self.cache_dir = Path(cache_dir) if cache_dir else self.source.root / "lightseg_cache"
+        self._sample_cache: SampleCache | None = None
         self.fractions = dict(split or {"val": 0.2, "test": 0.2})
         self.seed = int(seed)  # data order and augmentations
         self.split_seed = int(split_seed)  # which samples are train, val and test
@@ -291,8 +314,8 @@ class SegmentationDataModule(L.LightningDataModule):
         self.split_dir = Path(split_dir) if split_dir else None
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.pipelines = {
-            "train": build_pipeline(transforms["train"], self.mean, self.std),
-            "eval": build_pipeline(transforms["eval"], self.mean, self.std),
+            "train": build_pipeline(transforms["train"]),
+            "eval": build_pipeline(transforms["eval"]),
         }
         self.splits: dict[str, list[Sample]] | None = None
         self.datasets: dict[str, SegmentationDataset] = {}
@@ -311,7 +334,27 @@ class SegmentationDataModule(L.LightningDataModule):
         return Task(self.classes)
 
     def prepare_data(self) -> None:
+        """Once per node, before the other processes read: the source's files, then the cache."""
         self.source.prepare()
+        self.sample_cache()
+
+    def sample_cache(self) -> SampleCache | None:
+        """The cache of every sample in the splits (built on first use), or None without one."""
+        if not self.cache:
+            return None
+        if self._sample_cache is None:
+            unique = {s.id: s for split in self.locate().values() for s in split}
+            minimum = None
+            if self.cache_scale is not None:
+                minimum = [max(1, round(side * self.cache_scale)) for side in self.image_size]
+            self._sample_cache = open_cache(
+                self.source,
+                list(unique.values()),
+                partial(read_sample, self.source),
+                self.cache_dir,
+                minimum,
+            )
+        return self._sample_cache
 
     def locate(self, prepare: bool = False) -> dict[str, list[Sample]]:
         """Find the source's samples and split them (once); with ``prepare``, prepare the source
@@ -350,7 +393,7 @@ class SegmentationDataModule(L.LightningDataModule):
             self.locate()
             pipeline = self.pipelines["train" if split == "train" else "eval"]
             self.datasets[split] = SegmentationDataset(
-                self.source, self.splits[split], pipeline, cache=self.cache
+                self.source, self.splits[split], pipeline, cache=self.sample_cache()
             )
         return self.datasets[split]
 

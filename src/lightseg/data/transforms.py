@@ -1,25 +1,62 @@
-"""albumentations pipelines from config: the listed transforms, then normalisation."""
+"""albumentations pipelines from config, ending in uint8 tensors; normalisation on the device.
+
+Loader workers only decode (or read the cache), augment and convert to tensors: images stay
+``uint8`` (a quarter of float32's bytes to copy between processes and to the GPU). The model
+turns them into normalised floats on its device with :class:`Normalize`, which training,
+evaluation, prediction and export share, so there is one definition of the input scaling.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import albumentations as A
+import torch
 from albumentations.pytorch import ToTensorV2
+from torch import nn
+
+from lightseg.errors import LightsegError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Transforms the pipeline adds or the device does; listing them in the config would apply twice.
+NOT_IN_CONFIG = (A.Normalize, ToTensorV2)
 
 
-def build_pipeline(
-    transforms: Sequence[A.BasicTransform], mean: Sequence[float], std: Sequence[float]
-) -> A.Compose:
-    """Apply ``transforms`` (image and mask together), then normalise and convert to tensors.
+def build_pipeline(transforms: Sequence[A.BasicTransform]) -> A.Compose:
+    """Apply ``transforms`` (image and mask together), then convert to uint8 tensors.
 
     ``transforms`` come instantiated from ``data.transforms.train`` / ``.eval`` in the config;
     geometric ones move the mask with the image (nearest-neighbour), pads fill masks with 255.
     """
-    return A.Compose([*transforms, A.Normalize(mean=mean, std=std), ToTensorV2()])
+    for transform in transforms:
+        if isinstance(transform, NOT_IN_CONFIG):
+            raise LightsegError(
+                f"data.transforms lists {type(transform).__name__}, which lightseg applies itself: "
+                "pipelines end in uint8 tensors and the model normalises them on its device with "
+                "data.mean and data.std. Remove it from data.transforms (set data.mean/data.std "
+                "for another normalisation)."
+            )
+    return A.Compose([*transforms, ToTensorV2()])
+
+
+class Normalize(nn.Module):
+    """``(pixels / 255 - mean) / std`` on whatever device the images are on.
+
+    Takes uint8 images ``[N, C, H, W]`` in 0..255 (what loaders deliver) or float images
+    already scaled to 0..1 (what exported models take). Mean and std are not saved in
+    ``state_dict``: checkpoints keep them as hyperparameters.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        shape = (1, len(mean), 1, 1)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(shape), False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(shape), False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        scaled = images.float() / 255 if images.dtype == torch.uint8 else images
+        return (scaled - self.mean) / self.std
 
 
 class ShrinkToFit(A.LongestMaxSize):

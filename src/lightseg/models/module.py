@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -11,6 +12,7 @@ from hydra.utils import instantiate
 from torch import nn
 from torchmetrics import MeanMetric
 
+from lightseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Normalize
 from lightseg.errors import LightsegError
 from lightseg.losses import build_loss
 from lightseg.metrics import build_metrics
@@ -23,6 +25,15 @@ SCHEDULE_LENGTH_ARGS = ("total_iters", "T_max", "total_steps")
 EVAL_STAGES = ("val", "test")
 #: Headline metrics shown in the progress bar, when the metrics config has them.
 PROGRESS_BAR_METRICS = ("dice", "iou")
+
+# Lightning warns whenever a LightningModule overrides a batch-transfer hook and a DataModule is
+# given, although the DataModule does not override it: normalising in the module is the design.
+# (Its warning for a DataModule that overrides the hook as well stays.)
+warnings.filterwarnings(
+    "ignore",
+    message="You have overridden `on_after_batch_transfer` in `LightningModule` but have passed",
+    module="lightning.pytorch",
+)
 
 
 class SegmentationModule(L.LightningModule):
@@ -58,10 +69,20 @@ class SegmentationModule(L.LightningModule):
             {stage: build_metrics(metrics, self.task) for stage in EVAL_STAGES}
         )
         self.eval_losses = nn.ModuleDict({stage: MeanMetric() for stage in EVAL_STAGES})
+        norm = normalization or {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+        self.normalize = Normalize(norm["mean"], norm["std"])
 
     def setup(self, stage: str) -> None:
         if self.hparams.channels_last and self.device.type == "cuda":  # tensor cores gain
             self.net.to(memory_format=torch.channels_last)
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """Loaders deliver uint8 images and masks; normalise and widen them here, on the device.
+
+        The only place a training or evaluation batch is normalised (eval, predict and export
+        use ``self.normalize`` too); the masks become the long class indices losses take.
+        """
+        return {**batch, "image": self.normalize(batch["image"]), "mask": batch["mask"].long()}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """The network's output for normalised images [N, C, H, W]: logits, or in training

@@ -141,9 +141,6 @@ class Segmenter:
         self.scales = tuple(float(s) for s in self.scales) or (1.0,)
         if min(self.scales) <= 0:
             raise LightsegError(f"inference.scales={list(self.scales)} must all be > 0.")
-        norm = self.module.hparams.normalization
-        self.mean = torch.tensor(norm["mean"], dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.tensor(norm["std"], dtype=torch.float32).view(1, 3, 1, 1)
         self.device = next(self.module.parameters()).device
         self.module.eval()
 
@@ -162,9 +159,10 @@ class Segmenter:
         )
 
     def normalize(self, image: np.ndarray) -> torch.Tensor:
-        """uint8 RGB [H, W, 3] -> normalised float [1, 3, H, W] on the model's device."""
-        pixels = torch.tensor(np.asarray(image)).permute(2, 0, 1)[None].float()
-        return ((pixels / 255 - self.mean) / self.std).to(self.device)
+        """uint8 RGB [H, W, 3] -> normalised float [1, 3, H, W] on the model's device, by the
+        module's own normalisation (the one its training batches went through)."""
+        pixels = torch.tensor(np.asarray(image, dtype=np.uint8)).permute(2, 0, 1)[None]
+        return self.module.normalize(pixels.to(self.device))
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """Probabilities float32 [C, H, W] for a uint8 RGB image [H, W, 3] (C = classes)."""

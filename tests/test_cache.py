@@ -1,0 +1,160 @@
+"""The preprocessed data cache: built once, reused, rebuilt when data or size change, shared."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import albumentations as A
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from lightseg.data.base import SegmentationDataModule
+from lightseg.data.cache import INDEX, working_size
+from lightseg.data.demo import Demo
+from lightseg.data.sampling import SeededAugmentation
+from lightseg.errors import LightsegError
+
+
+def datamodule(tmp_path, transforms=(), **kwargs) -> SegmentationDataModule:
+    kwargs = {"cache": True, "cache_dir": tmp_path / "cache", "num_workers": 0, **kwargs}
+    pipelines = {"train": list(transforms), "eval": list(transforms)}
+    return SegmentationDataModule(Demo(tmp_path / "demo", num_cases=10), pipelines, 32, **kwargs)
+
+
+@pytest.fixture
+def reads(monkeypatch) -> list[str]:
+    """Ids of the samples read through the source (not the cache), in order."""
+    seen: list[str] = []
+    original = Demo.read
+    monkeypatch.setattr(Demo, "read", lambda self, s: seen.append(s.id) or original(self, s))
+    return seen
+
+
+def caches(tmp_path) -> list[str]:
+    return sorted(p.name for p in (tmp_path / "cache").iterdir())
+
+
+def test_each_sample_is_read_once_and_later_runs_reuse_the_cache(tmp_path, reads):
+    first = datamodule(tmp_path)
+    first.prepare_data()
+    every_id = sorted(s.id for split in first.splits.values() for s in split)
+    assert sorted(reads) == every_id and len(every_id) == 10
+    uncached = datamodule(tmp_path, cache=False)
+    for split in ("train", "val", "test"):
+        dataset, plain = first.dataset(split), uncached.dataset(split)
+        for _ in range(3):  # three epochs, nothing read again
+            for index in range(len(dataset)):
+                item, expected = dataset[index], plain[index]
+                assert torch.equal(item["image"], expected["image"])
+                assert torch.equal(item["mask"], expected["mask"])
+    assert len(reads) == 10 + sum(len(s) for s in first.splits.values()) * 3  # only uncached
+
+    reads.clear()
+    datamodule(tmp_path).prepare_data()  # the next run, same data and size
+    assert reads == [] and len(caches(tmp_path)) == 1
+
+
+def test_an_edited_file_or_another_size_builds_a_new_cache(tmp_path, reads):
+    datamodule(tmp_path).prepare_data()
+    image = next((tmp_path / "demo").rglob("IMD003.bmp"))
+    stat = image.stat()
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    reads.clear()
+    datamodule(tmp_path).prepare_data()
+    assert len(reads) == 10 and len(caches(tmp_path)) == 2
+    datamodule(tmp_path, cache_scale=2.0).prepare_data()
+    assert len(caches(tmp_path)) == 3
+    datamodule(tmp_path, cache_scale=2.0).prepare_data()
+    assert len(caches(tmp_path)) == 3
+
+
+def test_working_size_keeps_the_aspect_ratio_and_never_enlarges():
+    assert working_size(570, 765, (512, 512)) == (512, 687)  # PH2-sized for 256 px x 2
+    assert working_size(765, 570, (512, 512)) == (687, 512)
+    assert working_size(100, 140, (256, 256)) == (100, 140)
+    assert working_size(100, 140, None) == (100, 140)
+
+
+def test_cache_scale_stores_images_shrunk_to_the_working_size(tmp_path):
+    dm = datamodule(tmp_path, cache_scale=1.5)  # at least 48 px per side for 32 px training
+    sample = dm.locate(prepare=True)["train"][0]
+    original_image, original_mask = dm.source.read(sample)
+    height, width = original_image.shape[:2]
+    image, mask = dm.sample_cache().read(sample.id)
+    expected_hw = working_size(height, width, (48, 48))
+    assert image.shape == (*expected_hw, 3) and min(expected_hw) == 48
+    size = (expected_hw[1], expected_hw[0])
+    np.testing.assert_array_equal(
+        image, cv2.resize(original_image, size, interpolation=cv2.INTER_AREA)
+    )
+    np.testing.assert_array_equal(
+        mask, cv2.resize(original_mask, size, interpolation=cv2.INTER_NEAREST)
+    )
+
+
+def test_workers_share_the_cache_and_deliver_uint8(tmp_path):
+    dm = datamodule(tmp_path, [A.Resize(32, 32), A.HorizontalFlip()])
+    dm.prepare_data()
+    dataset = SeededAugmentation(dm.dataset("train"), seed=0)
+    cache = dm.sample_cache()
+    copy = pickle.loads(pickle.dumps(cache))  # what a spawned worker gets
+    sample_id = dm.splits["train"][0].id
+    for got, expected in zip(copy.read(sample_id), cache.read(sample_id), strict=True):
+        np.testing.assert_array_equal(got, expected)
+
+    def batches(workers):
+        loader = DataLoader(dataset, batch_size=3, num_workers=workers)
+        return [(b["image"], b["mask"]) for b in loader]
+
+    in_process, in_workers = batches(0), batches(2)
+    assert in_process[0][0].dtype == torch.uint8 and in_process[0][1].dtype == torch.uint8
+    for (image, mask), (image_w, mask_w) in zip(in_process, in_workers, strict=True):
+        assert torch.equal(image, image_w) and torch.equal(mask, mask_w)
+
+
+def test_transforms_may_write_into_cached_arrays_without_changing_the_cache(tmp_path):
+    dm = datamodule(tmp_path)
+    dm.prepare_data()
+    cache = dm.sample_cache()
+    sample_id = next(iter(cache.entries))
+    image, _ = cache.read(sample_id)
+    before = image.copy()
+    image[:] = 0
+    np.testing.assert_array_equal(cache.read(sample_id)[0], before)
+
+
+def test_an_unwritable_cache_folder_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(LightsegError, match=r"data\.cache_dir.*data\.cache=false"):
+        datamodule(tmp_path, cache_dir=blocker / "cache").prepare_data()
+
+
+def test_a_failed_build_leaves_nothing_behind(tmp_path, monkeypatch):
+    dm = datamodule(tmp_path)
+    dm.locate(prepare=True)
+    original, count = Demo.read, []
+
+    def fail_on_third(self, sample):
+        count.append(sample.id)
+        if len(count) == 3:
+            raise LightsegError(f"Cannot read image file '{sample.image}'")
+        return original(self, sample)
+
+    monkeypatch.setattr(Demo, "read", fail_on_third)
+    with pytest.raises(LightsegError, match="Cannot read image file"):
+        dm.prepare_data()
+    assert caches(tmp_path) == []
+    monkeypatch.setattr(Demo, "read", original)
+    dm.prepare_data()
+    (folder,) = (tmp_path / "cache").iterdir()
+    assert (folder / INDEX).is_file()
+
+
+def test_cache_scale_must_be_positive(tmp_path):
+    with pytest.raises(LightsegError, match=r"data\.cache_scale=0 must be > 0"):
+        datamodule(tmp_path, cache_scale=0)
