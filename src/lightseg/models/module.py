@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,15 +24,6 @@ SCHEDULE_LENGTH_ARGS = ("total_iters", "T_max", "total_steps")
 EVAL_STAGES = ("val", "test")
 #: Headline metrics shown in the progress bar, when the metrics config has them.
 PROGRESS_BAR_METRICS = ("dice", "iou")
-
-# Lightning warns whenever a LightningModule overrides a batch-transfer hook and a DataModule is
-# given, although the DataModule does not override it: normalising in the module is the design.
-# (Its warning for a DataModule that overrides the hook as well stays.)
-warnings.filterwarnings(
-    "ignore",
-    message="You have overridden `on_after_batch_transfer` in `LightningModule` but have passed",
-    module="lightning.pytorch",
-)
 
 
 class SegmentationModule(L.LightningModule):

@@ -72,6 +72,14 @@ def quiet_third_party() -> None:
         category=FutureWarning,
         module=r"lightning\.pytorch\.utilities\._pytree",
     )
+    # Lightning warns whenever the LightningModule overrides a batch-transfer hook and a
+    # DataModule is given, even one that does not override it: SegmentationModule normalises
+    # batches there by design. (The warning for a DataModule that overrides it too stays.)
+    warnings.filterwarnings(
+        "ignore",
+        message="You have overridden `on_after_batch_transfer` in `LightningModule` but have",
+        module=r"lightning\.pytorch\.trainer\.connectors\.data_connector",
+    )
 
 
 def print_config(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> None:
