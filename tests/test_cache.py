@@ -10,12 +10,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from lightseg.data.base import SegmentationDataModule
 from lightseg.data.cache import INDEX, working_size
 from lightseg.data.demo import Demo
 from lightseg.data.sampling import SeededAugmentation
+from lightseg.data.transforms import init_loader_worker
 from lightseg.errors import LightsegError
 
 
@@ -158,3 +159,19 @@ def test_a_failed_build_leaves_nothing_behind(tmp_path, monkeypatch):
 def test_cache_scale_must_be_positive(tmp_path):
     with pytest.raises(LightsegError, match=r"data\.cache_scale=0 must be > 0"):
         datamodule(tmp_path, cache_scale=0)
+
+
+class OpenCVThreads(Dataset):
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int) -> int:
+        return cv2.getNumThreads()
+
+
+def test_loader_workers_run_opencv_on_one_thread(tmp_path):
+    dm = datamodule(tmp_path, num_workers=1)
+    dm.prepare_data()
+    assert dm.val_dataloader().worker_init_fn is init_loader_worker
+    loader = DataLoader(OpenCVThreads(), num_workers=1, worker_init_fn=init_loader_worker)
+    assert [int(threads) for threads in loader] == [1, 1]

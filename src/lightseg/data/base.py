@@ -27,7 +27,12 @@ from lightseg.data.sampling import (
     SeededAugmentation,
     batches_done_in_epoch,
 )
-from lightseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_pipeline
+from lightseg.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    build_pipeline,
+    init_loader_worker,
+)
 from lightseg.errors import LightsegError
 from lightseg.task import IGNORE_INDEX, Task
 
@@ -434,6 +439,7 @@ class SegmentationDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            worker_init_fn=init_loader_worker,
             **extra,
         )
 

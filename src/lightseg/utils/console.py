@@ -9,6 +9,7 @@ from libraries or from your own code, still show.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections.abc import Iterable, Mapping
 
@@ -19,7 +20,18 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-console = Console(soft_wrap=True)
+#: Width for output that goes to a file or pipe (no terminal to ask): wide enough for tables.
+PIPED_WIDTH = 160
+
+
+def _console() -> Console:
+    """Text never wraps; tables get the terminal's width, or PIPED_WIDTH in logs and pipes."""
+    probe = Console()
+    piped = not (probe.is_terminal or probe.is_jupyter or os.environ.get("COLUMNS"))
+    return Console(soft_wrap=True, width=PIPED_WIDTH if piped else None)
+
+
+console = _console()
 
 #: Top-level groups shown first in the config tree.
 CONFIG_ORDER = ("data", "model", "loss", "optimizer", "scheduler", "trainer", "callbacks", "logger")
