@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 import albumentations as A
+import lightning as L
 import segmentation_models_pytorch as smp
 import torch
 from albumentations.pytorch import ToTensorV2
@@ -64,7 +65,7 @@ def lightseg_time(cfg: DictConfig, target: float, seed: int) -> dict[str, Any]:
     """Seconds until lightseg's run of ``cfg`` reaches ``target`` validation Dice."""
     with open_dict(cfg):
         cfg.seed = cfg.data.seed = seed
-    torch.manual_seed(seed)
+    L.seed_everything(seed, workers=True, verbose=False)  # as `make train` seeds a run
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()  # the cache, as every run after the first finds it
     module = build_module(cfg, datamodule.classes)

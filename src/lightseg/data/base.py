@@ -32,6 +32,7 @@ from lightseg.data.transforms import (
     IMAGENET_STD,
     build_pipeline,
     init_loader_worker,
+    one_opencv_thread,
 )
 from lightseg.errors import LightsegError
 from lightseg.task import IGNORE_INDEX, Task
@@ -431,6 +432,7 @@ class SegmentationDataModule(L.LightningDataModule):
             }
         elif trainer is not None and trainer.world_size > 1:
             sampler = EvalDistributedSampler(dataset, trainer.world_size, trainer.global_rank)
+        one_opencv_thread()  # before any worker forks
         return loader(
             dataset,
             batch_size=batch_size,

@@ -42,12 +42,22 @@ def build_pipeline(transforms: Sequence[A.BasicTransform]) -> A.Compose:
     return A.Compose([*transforms, ToTensorV2()])
 
 
+def one_opencv_thread() -> None:
+    """Run OpenCV on one thread in this process and the loader workers it starts.
+
+    The workers are the parallelism: OpenCV's own thread pool in each of them would only
+    contend for the same cores (one thread halves the time per sample on a busy machine).
+    Set in the parent before workers fork, because a forked child that changes OpenCV's
+    thread count waits forever on the parent's pool; a spawned worker sets it itself.
+    """
+    if cv2.getNumThreads() != 1:
+        cv2.setNumThreads(1)
+
+
 def init_loader_worker(worker_id: int) -> None:
-    """Each loader worker runs OpenCV on one thread: the workers are the parallelism, and
-    OpenCV's own threads in every worker would only contend for the same cores (this halves
-    the time per sample on a busy machine). Then Lightning's usual worker seeding, which it
-    adds itself only to loaders without a ``worker_init_fn``."""
-    cv2.setNumThreads(1)
+    """Loader workers: one OpenCV thread, then Lightning's usual worker seeding, which it adds
+    itself only to loaders without a ``worker_init_fn``."""
+    one_opencv_thread()
     pl_worker_init_function(worker_id)
 
 

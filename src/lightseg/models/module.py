@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from torch import nn
+from torch.optim.lr_scheduler import OneCycleLR
 from torchmetrics import MeanMetric
 
 from lightseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Normalize
@@ -131,6 +132,20 @@ class SegmentationModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_eval_epoch("test")
+
+    def on_train_start(self) -> None:
+        """A one-cycle schedule cannot take more steps than it was made for, which is what a
+        run resumed with more epochs would ask of the one restored from its checkpoint."""
+        steps = self.trainer.estimated_stepping_batches
+        for config in self.trainer.lr_scheduler_configs:
+            made_for = getattr(config.scheduler, "total_steps", None)
+            if isinstance(config.scheduler, OneCycleLR) and made_for < steps:
+                raise LightsegError(
+                    f"This run's one-cycle schedule (scheduler=onecycle) was made for {made_for} "
+                    f"steps, but training now lasts {int(steps)}: the length changed since the "
+                    "run began (trainer.max_epochs or max_steps, the data or the batch size). "
+                    "Continue it with its own length, or start a new run for the longer one."
+                )
 
     def configure_optimizers(self) -> dict:
         optimizer = instantiate(dict(self.hparams.optimizer), params=self.parameters())
