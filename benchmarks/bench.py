@@ -39,6 +39,7 @@ from rich.table import Table
 from torch.utils.data import DataLoader
 
 from lightseg import CONFIG_DIR
+from lightseg.config import image_size_hw
 from lightseg.data.base import SegmentationDataModule
 from lightseg.errors import user_errors
 from lightseg.tools.inference import Segmenter
@@ -53,30 +54,51 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class Clock:
+    """Wall time and this process's CPU time (all its threads) between ``start`` and ``stop``.
+
+    On a shared machine other processes stretch wall time but hardly the CPU time a step
+    needs, so the CPU-time ratio shows the Trainer's own cost even when wall times are noisy.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.started = device, (0.0, 0.0)
+
+    def start(self) -> None:
+        sync(self.device)
+        self.started = (time.perf_counter(), time.process_time())
+
+    def stop(self, images: int) -> dict[str, float]:
+        """Images per second of wall time and of CPU time since ``start``."""
+        sync(self.device)
+        wall, cpu = time.perf_counter() - self.started[0], time.process_time() - self.started[1]
+        return {"wall": images / wall, "cpu": images / cpu}
+
+
 class StepTimer(Callback):
     """Times ``steps`` optimizer steps that follow ``warmup`` steps, as the plain loop does."""
 
-    def __init__(self, warmup: int, steps: int) -> None:
-        self.warmup, self.steps, self.done = warmup, steps, 0
-        self.start = self.elapsed = 0.0
+    def __init__(self, warmup: int, steps: int, images: int) -> None:
+        self.warmup, self.steps, self.images, self.done = warmup, steps, images, 0
+        self.rates: dict[str, float] = {}
+        self.clock: Clock | None = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.done += 1
-        if self.done in (self.warmup, self.warmup + self.steps):
-            sync(pl_module.device)
-            now = time.perf_counter()
-            self.start, self.elapsed = (
-                (now, 0.0) if self.done == self.warmup else (self.start, now - self.start)
-            )
+        if self.done == self.warmup:
+            self.clock = Clock(pl_module.device)
+            self.clock.start()
+        elif self.done == self.warmup + self.steps:
+            self.rates = self.clock.stop(self.steps * self.images)
 
 
 def lightseg_run(
     cfg: DictConfig, datamodule: SegmentationDataModule, warmup: int, steps: int
-) -> float:
+) -> dict[str, float]:
     """Images/s of ``trainer.fit`` with the run's own module, logger and callbacks."""
     torch.manual_seed(0)
     module = build_module(cfg, datamodule.classes)
-    timer = StepTimer(warmup, steps)
+    timer = StepTimer(warmup, steps, datamodule.device_batch_size())
     trainer = build_trainer(
         cfg,
         max_steps=warmup + steps,
@@ -89,12 +111,12 @@ def lightseg_run(
     )
     trainer.callbacks.append(timer)
     trainer.fit(module, datamodule=datamodule)
-    return steps * datamodule.device_batch_size() / timer.elapsed
+    return timer.rates
 
 
 def plain_run(
     cfg: DictConfig, datamodule: SegmentationDataModule, warmup: int, steps: int
-) -> float:
+) -> dict[str, float]:
     """Images/s of a hand-written loop: same network, loss, optimizer, loader and precision,
     and the same normalisation on the device (the module's own batch-transfer hook)."""
     torch.manual_seed(0)
@@ -109,7 +131,7 @@ def plain_run(
     if channels_last:
         net.to(memory_format=torch.channels_last)
     loader: DataLoader = datamodule.train_dataloader()
-    done, start = 0, 0.0
+    done, clock = 0, Clock(device)
     while True:
         for batch in loader:
             batch = {k: batch[k].to(device, non_blocking=True) for k in ("image", "mask")}
@@ -127,17 +149,15 @@ def plain_run(
             scaler.update()
             done += 1
             if done == warmup:
-                sync(device)
-                start = time.perf_counter()
+                clock.start()
             elif done == warmup + steps:
-                sync(device)
-                return steps * loader.batch_size / (time.perf_counter() - start)
+                return clock.stop(steps * loader.batch_size)
 
 
 def training_rows(
     cfg: DictConfig, datamodule: SegmentationDataModule, args: argparse.Namespace
 ) -> list[dict[str, Any]]:
-    runs: dict[str, list[float]] = {"plain": [], "lightseg": []}
+    runs: dict[str, list[dict[str, float]]] = {"plain": [], "lightseg": []}
     for repeat in range(args.repeats):
         order = ("plain", "lightseg") if repeat % 2 == 0 else ("lightseg", "plain")
         for name in order:
@@ -145,18 +165,24 @@ def training_rows(
             runs[name].append(run(cfg, datamodule, args.warmup, args.steps))
         console.print(
             f"  repeat {repeat + 1}/{args.repeats}: "
-            + ", ".join(f"{n} {v[-1]:.2f} img/s" for n, v in runs.items())
+            + ", ".join(f"{n} {v[-1]['wall']:.2f} img/s" for n, v in runs.items())
         )
-    plain, ours = statistics.median(runs["plain"]), statistics.median(runs["lightseg"])
+
+    def median(name: str, clock: str) -> float:
+        return statistics.median(r[clock] for r in runs[name])
+
+    plain, ours = median("plain", "wall"), median("lightseg", "wall")
+    cpu = median("plain", "cpu") / median("lightseg", "cpu")
     return [
         {
             "model": f"{cfg.model.arch}/{cfg.model.get('encoder_name', '')}",
-            "size": "x".join(map(str, cfg.data.image_size)),
+            "size": "x".join(map(str, image_size_hw(cfg.data.image_size))),
             "batch": datamodule.device_batch_size(),
             "precision": str(cfg.trainer.precision),
             "plain": plain,
             "lightseg": ours,
             "plain/lightseg": plain / ours,
+            "plain/lightseg CPU time": None if torch.cuda.is_available() else cpu,
             "runs": runs,
         }
     ]
@@ -181,7 +207,7 @@ def inference_rows(
     module = build_module(cfg, datamodule.classes).eval().to(device)
     rows = []
     for name, options in TTA_VARIANTS.items():
-        segmenter = Segmenter(module, image_size=list(cfg.data.image_size), **options)
+        segmenter = Segmenter(module, image_size=image_size_hw(cfg.data.image_size), **options)
         segmenter(images[0])  # warm-up
         rates = []
         for _ in range(args.repeats):

@@ -6,10 +6,10 @@
 The experiment's model trains for ``lr_find.num_training`` steps while the learning rate grows
 (exponentially by default) from ``min_lr`` to ``max_lr``, with Lightning's ``Tuner.lr_find``
 (Smith, "Cyclical Learning Rates", 2017); the weights are restored afterwards. The suggestion is
-Lightning's: where the smoothed loss falls fastest. It is a starting point for ``optimizer.lr``
-(the peak of ``scheduler=onecycle``); the batch size and augmentations should be the ones you
-will train with, since they change it. The experiment's scheduler is not used: the test sets
-the learning rate of every step itself.
+where the smoothed loss falls fastest per decade of learning rate (:func:`steepest_fall`). It
+is a starting point for ``optimizer.lr`` (the peak of ``scheduler=onecycle``); the batch size
+and augmentations should be the ones you will train with, since they change it. The
+experiment's scheduler is not used: the test sets the learning rate of every step itself.
 
 Writes ``lr_find.png`` (the curve, the suggestion marked) and ``lr_find.json`` (every step's
 learning rate and smoothed loss, and the suggestion) to ``logs/<name>/lr_find/<time>/``.
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.tuner import Tuner
 from omegaconf import DictConfig, open_dict
@@ -35,6 +36,29 @@ from lightseg.launch import compose_checked
 from lightseg.models import check_network
 from lightseg.train import build_module, build_trainer, group_choices
 from lightseg.utils.console import console, print_config
+
+
+def steepest_fall(
+    lrs: list[float], losses: list[float], mode: str, skip_begin: int = 10, skip_end: int = 1
+) -> float | None:
+    """The learning rate where the smoothed loss falls fastest, or None with too few points.
+
+    The slope is taken along the axis the sweep is evenly spaced on: log10(lr) for the
+    exponential sweep, lr itself for the linear one. (Lightning's ``suggestion()`` always takes
+    it against lr, which on an exponential sweep favours the smallest rates that lower the loss
+    at all: Lightning issue #21141.) Like Lightning, the first 10 and the last point are skipped.
+    """
+    points = [
+        (lr, loss)
+        for lr, loss in zip(lrs, losses, strict=True)
+        if loss is not None and math.isfinite(loss)
+    ][skip_begin : len(lrs) - skip_end]
+    if len(points) < 2:
+        return None
+    rates = torch.tensor([lr for lr, _ in points], dtype=torch.float64)
+    axis = rates.log10() if mode == "exponential" else rates
+    slope = torch.gradient(torch.tensor([loss for _, loss in points]), spacing=[axis])[0]
+    return float(rates[int(slope.argmin())])
 
 
 def lr_find(cfg: DictConfig) -> dict[str, Any]:
@@ -62,24 +86,31 @@ def lr_find(cfg: DictConfig) -> dict[str, Any]:
     )
     settings = plain(cfg.lr_find)
     finder = Tuner(trainer).lr_find(module, datamodule=datamodule, update_attr=False, **settings)
-    suggestion = finder.suggestion()
+    lrs = [float(v) for v in finder.results["lr"]]
+    losses = [float(v) if math.isfinite(v) else None for v in finder.results["loss"]]
+    suggestion = steepest_fall(lrs, losses, settings["mode"])
 
     from matplotlib.figure import Figure  # not pyplot: the caller's backend stays as it is
 
     figure = Figure(figsize=(6, 4), layout="constrained")
     axes = figure.add_subplot()
-    finder.plot(suggest=suggestion is not None, ax=axes)
+    finder.plot(ax=axes)
+    if suggestion is not None:
+        marked = (suggestion, losses[lrs.index(suggestion)])
+        axes.plot(*marked, marker="o", markersize=10, color="red", label="suggestion")
+        axes.legend()
     axes.set_title(f"{cfg.name}: learning-rate range test ({len(finder.results['lr'])} steps)")
     output.mkdir(parents=True, exist_ok=True)
     figure.savefig(output / "lr_find.png", dpi=120)
     result = {
         "experiment": str(cfg.name),
         "suggestion": suggestion,
+        "lightning_suggestion": finder.suggestion(),  # its slope against lr itself
         "settings": settings,
         "batch_size": datamodule.device_batch_size(),
         "optimizer": plain(cfg.optimizer),
-        "lr": [float(v) for v in finder.results["lr"]],
-        "loss": [float(v) if math.isfinite(v) else None for v in finder.results["loss"]],
+        "lr": lrs,
+        "loss": losses,
     }
     (output / "lr_find.json").write_text(json.dumps(result, indent=2))
     if suggestion is None:
