@@ -23,6 +23,7 @@ def validate(tmp_path, data_dir, trainer: str) -> dict[str, float]:
         "data.source.num_cases=20",
         "data.split.val=0.25",  # 5 images: ranks get 3 and 2, no padding allowed
         "data.source._target_=tests.sources.CountingDemo",
+        "data.cache_scale=null",  # cached as read: the same pixels as before the cache
         data_dir=data_dir,
     )
     datamodule = instantiate(cfg.data, _convert_="all")

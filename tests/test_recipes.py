@@ -29,16 +29,16 @@ def test_one_cycle_warms_up_to_the_peak_then_anneals(tmp_path):
         scheduler.step()
     peak = 2e-3
     assert lrs[0] == pytest.approx(peak / 25)  # div_factor
-    assert max(lrs) == pytest.approx(peak) and lrs.index(max(lrs)) == 9  # 10 % warm-up
+    assert max(lrs) == pytest.approx(peak) and lrs.index(max(lrs)) == 14  # 15 % warm-up
     assert lrs[-1] == pytest.approx(peak / 25 / 1e4, rel=0.05)  # final_div_factor
-    assert all(a < b for a, b in itertools.pairwise(lrs[:10]))  # up, then down
-    assert all(a > b for a, b in itertools.pairwise(lrs[9:]))
+    assert all(a < b for a, b in itertools.pairwise(lrs[:15]))  # up, then down
+    assert all(a > b for a, b in itertools.pairwise(lrs[14:]))
 
 
 @pytest.mark.parametrize("experiment", RECIPES)
 def test_recipes_warm_up_and_augment_with_flips_rotations_scale_and_colour(tmp_path, experiment):
     cfg = make_config(tmp_path, f"experiment={experiment}", data_dir=tmp_path)
-    assert cfg.scheduler._target_.endswith("OneCycleLR") and cfg.scheduler.pct_start == 0.1
+    assert cfg.scheduler._target_.endswith("OneCycleLR") and cfg.scheduler.pct_start == 0.15
     assert cfg.data.cache is True and cfg.data.cache_scale >= 1.5
     train = [type(t) for t in instantiate(cfg.data.transforms.train)]
     assert A.HorizontalFlip in train and A.ColorJitter in train
