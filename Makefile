@@ -19,7 +19,7 @@ RUNS ?=
 METRICS ?= test/dice,test/iou
 CONFIRM ?=
 
-.PHONY: help install train eval predict export data plot table test test-all lint format bench clean clean-runs
+.PHONY: help install train lr-find eval predict export data plot table test test-all lint format bench clean clean-runs
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -41,6 +41,11 @@ train: $(STAMP) ## Train: make train [EXP=ph2_unet] [ARGS="model.arch=FPN traine
 	@test -f configs/experiment/$(EXP).yaml || { \
 	  echo "Unknown experiment '$(EXP)'. Choose one of: $$(ls configs/experiment | sed 's/\.yaml//' | tr '\n' ' ')"; exit 2; }
 	$(PY) -m lightseg.train experiment=$(EXP) $(ARGS)
+
+lr-find: $(STAMP) ## Learning-rate range test, plot + suggestion: make lr-find [EXP=ph2_unet] [ARGS="lr_find.num_training=200"]
+	@test -f configs/experiment/$(EXP).yaml || { \
+	  echo "Unknown experiment '$(EXP)'. Choose one of: $$(ls configs/experiment | sed 's/\.yaml//' | tr '\n' ' ')"; exit 2; }
+	$(PY) -m lightseg.tools.lr_find experiment=$(EXP) $(ARGS)
 
 eval: $(STAMP) ## Evaluate a checkpoint: make eval CKPT=path [EXP=name] [ARGS="split=val inference.flip=true"]
 	@test -n "$(CKPT)" || { echo "Set CKPT=path/to/best.ckpt (runs write logs/<name>/runs/<time>/checkpoints/best.ckpt)"; exit 2; }

@@ -1,12 +1,15 @@
-"""Throughput benchmark: lightseg's Trainer path against a plain PyTorch loop, the loaders,
-and inference with and without test-time augmentation.
+"""Benchmark: lightseg's Trainer path against a plain PyTorch loop (throughput, and time to a
+target Dice), the data loaders, and inference with and without test-time augmentation.
 
-    make bench                                   # small CPU defaults, a few minutes
+    make bench                                   # small CPU defaults, several minutes
     make bench ARGS="--repeats 7 model.arch=FPN data.image_size=[256,256]"
+    make bench ARGS="--parts loaders --workers 1,2,8,16 --gpu-rate 1500"
 
-Both training paths use the same model, data, batch size, optimizer and precision; runs
+Throughput: both training paths use the same model, batches, optimizer and precision; runs
 alternate in one process, each after its own warm-up steps, and the medians are compared.
-Results go to the console and to ``bench.json`` / ``bench.md`` in ``--output``.
+Time to accuracy (benchmarks/time_to_accuracy.py) and the loader table (benchmarks/loaders.py)
+say what they measure in their own files. Results go to the console and to ``bench.json`` /
+``bench.md`` in ``--output``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import platform
 import resource
 import statistics
@@ -25,6 +29,8 @@ from typing import Any
 
 import lightning as L
 import torch
+from benchmarks.loaders import PH2_SIZED, loader_rows
+from benchmarks.time_to_accuracy import time_to_accuracy
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
@@ -33,8 +39,9 @@ from rich.table import Table
 from torch.utils.data import DataLoader
 
 from lightseg import CONFIG_DIR
+from lightseg.config import image_size_hw
 from lightseg.data.base import SegmentationDataModule
-from lightseg.errors import LightsegError, user_errors
+from lightseg.errors import user_errors
 from lightseg.tools.inference import Segmenter
 from lightseg.train import build_module, build_trainer
 from lightseg.utils.console import console
@@ -47,30 +54,51 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class Clock:
+    """Wall time and this process's CPU time (all its threads) between ``start`` and ``stop``.
+
+    On a shared machine other processes stretch wall time but hardly the CPU time a step
+    needs, so the CPU-time ratio shows the Trainer's own cost even when wall times are noisy.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.started = device, (0.0, 0.0)
+
+    def start(self) -> None:
+        sync(self.device)
+        self.started = (time.perf_counter(), time.process_time())
+
+    def stop(self, images: int) -> dict[str, float]:
+        """Images per second of wall time and of CPU time since ``start``."""
+        sync(self.device)
+        wall, cpu = time.perf_counter() - self.started[0], time.process_time() - self.started[1]
+        return {"wall": images / wall, "cpu": images / cpu}
+
+
 class StepTimer(Callback):
     """Times ``steps`` optimizer steps that follow ``warmup`` steps, as the plain loop does."""
 
-    def __init__(self, warmup: int, steps: int) -> None:
-        self.warmup, self.steps, self.done = warmup, steps, 0
-        self.start = self.elapsed = 0.0
+    def __init__(self, warmup: int, steps: int, images: int) -> None:
+        self.warmup, self.steps, self.images, self.done = warmup, steps, images, 0
+        self.rates: dict[str, float] = {}
+        self.clock: Clock | None = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.done += 1
-        if self.done in (self.warmup, self.warmup + self.steps):
-            sync(pl_module.device)
-            now = time.perf_counter()
-            self.start, self.elapsed = (
-                (now, 0.0) if self.done == self.warmup else (self.start, now - self.start)
-            )
+        if self.done == self.warmup:
+            self.clock = Clock(pl_module.device)
+            self.clock.start()
+        elif self.done == self.warmup + self.steps:
+            self.rates = self.clock.stop(self.steps * self.images)
 
 
 def lightseg_run(
     cfg: DictConfig, datamodule: SegmentationDataModule, warmup: int, steps: int
-) -> float:
+) -> dict[str, float]:
     """Images/s of ``trainer.fit`` with the run's own module, logger and callbacks."""
     torch.manual_seed(0)
     module = build_module(cfg, datamodule.classes)
-    timer = StepTimer(warmup, steps)
+    timer = StepTimer(warmup, steps, datamodule.device_batch_size())
     trainer = build_trainer(
         cfg,
         max_steps=warmup + steps,
@@ -83,29 +111,32 @@ def lightseg_run(
     )
     trainer.callbacks.append(timer)
     trainer.fit(module, datamodule=datamodule)
-    return steps * datamodule.device_batch_size() / timer.elapsed
+    return timer.rates
 
 
 def plain_run(
     cfg: DictConfig, datamodule: SegmentationDataModule, warmup: int, steps: int
-) -> float:
-    """Images/s of a hand-written loop: same network, loss, optimizer, loader and precision."""
+) -> dict[str, float]:
+    """Images/s of a hand-written loop: same network, loss, optimizer, loader and precision,
+    and the same normalisation on the device (the module's own batch-transfer hook)."""
     torch.manual_seed(0)
     module = build_module(cfg, datamodule.classes)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    net, criterion = module.net.to(device).train(), module.criterion.to(device)
+    module.to(device)
+    net, criterion = module.net.train(), module.criterion
     optimizer = instantiate(dict(module.hparams.optimizer), params=net.parameters())
     dtype = AMP_DTYPES.get(str(cfg.trainer.precision))
     scaler = torch.amp.GradScaler(enabled=dtype is torch.float16 and device.type == "cuda")
-    channels_last = module.channels_last and device.type == "cuda"
+    channels_last = module.hparams.channels_last and device.type == "cuda"
     if channels_last:
         net.to(memory_format=torch.channels_last)
     loader: DataLoader = datamodule.train_dataloader()
-    done, start = 0, 0.0
+    done, clock = 0, Clock(device)
     while True:
         for batch in loader:
-            images = batch["image"].to(device, non_blocking=True)
-            masks = batch["mask"].to(device, non_blocking=True)
+            batch = {k: batch[k].to(device, non_blocking=True) for k in ("image", "mask")}
+            batch = module.on_after_batch_transfer(batch, 0)
+            images, masks = batch["image"], batch["mask"]
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with torch.autocast(
@@ -118,17 +149,15 @@ def plain_run(
             scaler.update()
             done += 1
             if done == warmup:
-                sync(device)
-                start = time.perf_counter()
+                clock.start()
             elif done == warmup + steps:
-                sync(device)
-                return steps * loader.batch_size / (time.perf_counter() - start)
+                return clock.stop(steps * loader.batch_size)
 
 
 def training_rows(
     cfg: DictConfig, datamodule: SegmentationDataModule, args: argparse.Namespace
 ) -> list[dict[str, Any]]:
-    runs: dict[str, list[float]] = {"plain": [], "lightseg": []}
+    runs: dict[str, list[dict[str, float]]] = {"plain": [], "lightseg": []}
     for repeat in range(args.repeats):
         order = ("plain", "lightseg") if repeat % 2 == 0 else ("lightseg", "plain")
         for name in order:
@@ -136,64 +165,27 @@ def training_rows(
             runs[name].append(run(cfg, datamodule, args.warmup, args.steps))
         console.print(
             f"  repeat {repeat + 1}/{args.repeats}: "
-            + ", ".join(f"{n} {v[-1]:.2f} img/s" for n, v in runs.items())
+            + ", ".join(f"{n} {v[-1]['wall']:.2f} img/s" for n, v in runs.items())
         )
-    plain, ours = statistics.median(runs["plain"]), statistics.median(runs["lightseg"])
+
+    def median(name: str, clock: str) -> float:
+        return statistics.median(r[clock] for r in runs[name])
+
+    plain, ours = median("plain", "wall"), median("lightseg", "wall")
+    cpu = median("plain", "cpu") / median("lightseg", "cpu")
     return [
         {
             "model": f"{cfg.model.arch}/{cfg.model.get('encoder_name', '')}",
-            "size": "x".join(map(str, cfg.data.image_size)),
+            "size": "x".join(map(str, image_size_hw(cfg.data.image_size))),
             "batch": datamodule.device_batch_size(),
             "precision": str(cfg.trainer.precision),
             "plain": plain,
             "lightseg": ours,
             "plain/lightseg": plain / ours,
+            "plain/lightseg CPU time": None if torch.cuda.is_available() else cpu,
             "runs": runs,
         }
     ]
-
-
-def loader_rows(cfg: DictConfig, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Per dataset: decoding alone, then the full train pipeline by number of workers."""
-    rows = []
-    for name in args.datasets:
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            overrides = [
-                f"data={name}",
-                f"paths.data_dir={cfg.paths.data_dir}",
-                f"paths.output_dir={args.output}",
-            ]
-            data_cfg = compose("train", overrides=overrides).data
-        try:
-            datamodule = instantiate(data_cfg, _convert_="all", cache=False)
-            datamodule.prepare_data()
-            datamodule.setup("fit")
-        except LightsegError:
-            console.print(f"  {name}: dataset not present, skipped")
-            continue
-        dataset = datamodule.dataset("train")
-        count = min(len(dataset), args.loader_batches * datamodule.batch_size)
-        start = time.perf_counter()
-        for index in range(count):
-            dataset.read(index)
-        row = {"dataset": name, "decode only": count / (time.perf_counter() - start)}
-        for workers in args.workers:
-            loader = DataLoader(
-                dataset,
-                batch_size=datamodule.batch_size,
-                shuffle=True,
-                num_workers=workers,
-                drop_last=True,
-            )
-            iterator = iter(loader)
-            next(iterator)  # worker start-up is not throughput
-            batches = min(args.loader_batches, len(loader) - 1)
-            start = time.perf_counter()
-            for _ in range(batches):
-                next(iterator)
-            row[f"workers={workers}"] = batches * loader.batch_size / (time.perf_counter() - start)
-        rows.append(row)
-    return rows
 
 
 #: Test-time augmentation settings timed by ``inference_rows``.
@@ -215,7 +207,7 @@ def inference_rows(
     module = build_module(cfg, datamodule.classes).eval().to(device)
     rows = []
     for name, options in TTA_VARIANTS.items():
-        segmenter = Segmenter(module, image_size=list(cfg.data.image_size), **options)
+        segmenter = Segmenter(module, image_size=image_size_hw(cfg.data.image_size), **options)
         segmenter(images[0])  # warm-up
         rates = []
         for _ in range(args.repeats):
@@ -255,94 +247,153 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
 def table(title: str, rows: list[dict[str, Any]]) -> Table:
     out = Table(title=title)
     keys = [k for k in rows[0] if k != "runs"]
     for key in keys:
         out.add_column(key, justify="right")
     for row in rows:
-        out.add_row(*(f"{row[k]:.3f}" if isinstance(row[k], float) else str(row[k]) for k in keys))
+        out.add_row(*(cell(row[k]) for k in keys))
     return out
 
 
 def markdown(title: str, rows: list[dict[str, Any]]) -> str:
     keys = [k for k in rows[0] if k != "runs"]
     lines = [f"### {title}", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for row in rows:
-        cells = (f"{row[k]:.3f}" if isinstance(row[k], float) else str(row[k]) for k in keys)
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["| " + " | ".join(cell(row[k]) for k in keys) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def accuracy_row(result: dict[str, Any]) -> dict[str, Any]:
+    """The time-to-accuracy result as one table row (epochs counted from 1, per seed)."""
+
+    def epochs(name: str) -> str:
+        return ",".join(
+            "-" if r["epoch"] is None else str(r["epoch"] + 1) for r in result["runs"][name]
+        )
+
+    return {
+        f"target {result['monitor']}": result["target"],
+        "epoch budget": result["epoch_budget"],
+        "plain s": result["plain_s"],
+        "lightseg s": result["lightseg_s"],
+        "plain/lightseg": result["ratio"],
+        "plain epochs": epochs("plain"),
+        "lightseg epochs": epochs("lightseg"),
+    }
+
+
+#: What ``make bench`` measures, in order; ``--parts`` picks some.
+PARTS = ("training", "time-to-accuracy", "loaders", "inference")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"some of {', '.join(PARTS)}")
     parser.add_argument("--steps", type=int, default=8, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each run")
     parser.add_argument("--repeats", type=int, default=5, help="alternating runs of each path")
-    parser.add_argument("--workers", default="0,2", help="loader workers to try, comma-separated")
-    parser.add_argument("--loader-batches", type=int, default=8)
+    parser.add_argument("--target", type=float, default=0.95, help="val Dice to reach (demo)")
+    parser.add_argument("--seeds", default="0,1,2", help="seeds of the time-to-accuracy runs")
+    parser.add_argument("--datasets", default=f"demo,{PH2_SIZED},ph2,mads", help="loader table")
+    parser.add_argument("--loader-size", type=int, default=256, help="loader table image size")
+    parser.add_argument("--workers", default="1,2,max", help="loader workers; max = CPU count")
+    parser.add_argument("--loader-samples", type=int, default=384, help="images per timing")
+    parser.add_argument("--gpu-rate", type=float, default=1000, help="images/s a GPU trains at")
     parser.add_argument("--inference-images", type=int, default=16, help="images per repeat")
-    parser.add_argument("--datasets", default="demo,ph2", help="data configs to time loaders of")
     parser.add_argument("--output", default=None, help="folder for bench.json and bench.md")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the train config")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the throughput config")
     args = parser.parse_args(argv)
-    args.workers = [int(w) for w in args.workers.split(",")]
+    args.parts = [p for p in args.parts.split(",") if p]
+    unknown = sorted(set(args.parts) - set(PARTS))
+    if unknown:
+        parser.error(f"unknown --parts {unknown}; choose from {', '.join(PARTS)}")
+    cores = os.cpu_count() or 1
+    args.workers = [cores if w == "max" else int(w) for w in args.workers.split(",")]
+    args.seeds = [int(s) for s in args.seeds.split(",") if s]
     args.datasets = args.datasets.split(",")
     args.output = Path(args.output or f"logs/bench/{datetime.now():%Y-%m-%d_%H-%M-%S}")
     return args
 
 
+def compose_train(overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
 def bench(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     gpu = torch.cuda.is_available()
-    base = [
+    common = [
         "experiment=demo",
         "logger=csv",
-        "scheduler=none",
-        "data.cache=true",
-        "data.num_workers=0",
-        # checkpoint files, the progress bar and the summary are not part of a training step
+        # checkpoint files, progress output and overlays are not part of training
         "~callbacks.model_checkpoint",
+        "~callbacks.last_checkpoint",
         "~callbacks.progress_bar",
         "~callbacks.model_summary",
+        "~callbacks.prediction_overlays",
         f"paths.output_dir={args.output}",
         f"trainer.accelerator={'gpu' if gpu else 'cpu'}",
     ]
-    variants = [[]] + ([["trainer.precision=16-mixed", "model.channels_last=true"]] if gpu else [])
-    results: dict[str, Any] = {"machine": machine(), "training": [], "loaders": []}
-    datamodule = None  # variants change the trainer and model, never the data: decode once
-    for variant in variants:
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            cfg = compose("train", overrides=[*base, *variant, *args.overrides])
-        if datamodule is None:
-            datamodule = instantiate(cfg.data, _convert_="all")
-            datamodule.prepare_data()
-            datamodule.setup("fit")
-        console.print(f"Training throughput, {cfg.trainer.precision}:")
-        results["training"] += training_rows(cfg, datamodule, args)
-    console.print("Data-loader throughput:")
-    results["loaders"] = loader_rows(cfg, args)
-    console.print("Inference throughput (eval / predict path):")
-    results["inference"] = inference_rows(cfg, datamodule, args)
+    base = [*common, "scheduler=none", "data.cache=true", "data.num_workers=0"]
+    variants = [[]] + ([["trainer.precision=bf16-mixed", "channels_last=true"]] if gpu else [])
+    results: dict[str, Any] = {"machine": machine()}
+    cfg = compose_train([*base, *args.overrides])
+    datamodule = instantiate(cfg.data, _convert_="all")  # variants never change the data
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    if "training" in args.parts:
+        results["training"] = []
+        for variant in variants:
+            variant_cfg = compose_train([*base, *variant, *args.overrides])
+            console.print(f"Training throughput, {variant_cfg.trainer.precision}:")
+            results["training"] += training_rows(variant_cfg, datamodule, args)
+    if "time-to-accuracy" in args.parts:
+        console.print(f"Time to val/dice >= {args.target} on the demo, seeds {args.seeds}:")
+        accuracy_cfg = compose_train([*common, *args.overrides])  # its own schedule: no base
+        results["time_to_accuracy"] = time_to_accuracy(accuracy_cfg, args.target, args.seeds)
+    if "loaders" in args.parts:
+        console.print(f"Data-loader throughput at {args.loader_size} px:")
+        results["loaders"] = loader_rows(args, str(cfg.paths.data_dir))
+    if "inference" in args.parts:
+        console.print("Inference throughput (eval / predict path):")
+        results["inference"] = inference_rows(cfg, datamodule, args)
     results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if gpu:
         results["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    write_results(results, args)
+    return results
 
+
+def write_results(results: dict[str, Any], args: argparse.Namespace) -> None:
+    """bench.json (everything), bench.md and the console (the tables)."""
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "bench.json").write_text(json.dumps(results, indent=2))
     info = ", ".join(f"{k}={v}" for k, v in results["machine"].items() if v)
+    sections = []
+    if results.get("training"):
+        sections.append(("Training (images/s, median; goal: ratio <= 1.02)", results["training"]))
+    if results.get("time_to_accuracy"):
+        title = "Time to accuracy on the demo (seconds, median; goal: ratio >= 1)"
+        sections.append((title, [accuracy_row(results["time_to_accuracy"])]))
+    if results.get("loaders"):
+        title = f"Data loading (images/s, train pipeline, uint8; GPU rate {args.gpu_rate:g}/s)"
+        sections.append((title, results["loaders"]))
+    if results.get("inference"):
+        sections.append(("Inference (images/s, median, batch 1)", results["inference"]))
     text = [f"Machine: {info}. Peak RSS {results['peak_rss_mb']:.0f} MB.", ""]
-    text.append(markdown("Training (images/s, median; goal: ratio <= 1.02)", results["training"]))
-    if results["loaders"]:
-        text.append(markdown("Data loading (images/s)", results["loaders"]))
-    text.append(markdown("Inference (images/s, median, batch 1)", results["inference"]))
+    text += [markdown(title, rows) for title, rows in sections]
     (args.output / "bench.md").write_text("\n".join(text))
-    console.print(table("Training images/s (median)", results["training"]))
-    if results["loaders"]:
-        console.print(table("Data loading images/s", results["loaders"]))
-    console.print(table("Inference images/s (median)", results["inference"]))
+    for title, rows in sections:
+        console.print(table(title, rows))
     console.print(f"{info}\nWritten: {args.output / 'bench.md'}, {args.output / 'bench.json'}")
-    return results
 
 
 def main() -> None:

@@ -75,13 +75,16 @@ def test_datamodule_batches_have_the_promised_shapes_and_dtypes(ph2_root, tmp_pa
         s.id for s in datamodule.splits["test"]
     ]
     batch = next(iter(datamodule.val_dataloader()))
-    assert batch["image"].shape == (2, 3, 64, 96) and batch["image"].dtype == torch.float32
-    assert batch["mask"].shape == (2, 64, 96) and batch["mask"].dtype == torch.int64
+    # loaders deliver uint8: the model normalises images and widens masks on its device
+    assert batch["image"].shape == (2, 3, 64, 96) and batch["image"].dtype == torch.uint8
+    assert batch["mask"].shape == (2, 64, 96) and batch["mask"].dtype == torch.uint8
     assert set(batch["mask"].unique().tolist()) == {0, 1}
-    # the eval pipeline only resizes: the mask is the nearest-neighbour resize of the file
-    mask = ph2_arrays(batch["id"][0])[1].astype(np.uint8)
-    expected = cv2.resize(mask, (96, 64), interpolation=cv2.INTER_NEAREST)
+    # the eval pipeline only resizes: image and mask are the resized files
+    image, mask = ph2_arrays(batch["id"][0])
+    expected = cv2.resize(mask.astype(np.uint8), (96, 64), interpolation=cv2.INTER_NEAREST)
     np.testing.assert_array_equal(batch["mask"][0].numpy(), expected)
+    expected_image = cv2.resize(image, (96, 64), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_array_equal(batch["image"][0].permute(1, 2, 0).numpy(), expected_image)
 
 
 def test_missing_dataset_says_where_it_looked_and_how_to_get_it(tmp_path):

@@ -24,6 +24,7 @@ def untrained_demo(tmp_path, data_dir, trainer: str, *overrides: str):
         "data.batch_size=2",
         "data.image_size=[64,64]",
         "data.source.num_cases=20",
+        "data.cache_scale=null",  # cached as read: the same pixels as without the cache
         *overrides,
         data_dir=data_dir,
     )

@@ -1,4 +1,4 @@
-"""Device switches and batch-size semantics: clear errors, warned fallbacks, the RAM cache."""
+"""Device switches and batch-size semantics: clear errors, warned fallbacks."""
 
 from __future__ import annotations
 
@@ -59,19 +59,6 @@ def test_global_batch_size_that_does_not_divide_is_refused(tmp_path, global_batc
     with pytest.raises(LightsegError, match="cannot be split evenly over 4 processes"):
         dm.device_batch_size()
     assert datamodule(tmp_path, batch_size=3).device_batch_size() == 3  # per device by default
-
-
-def test_cache_decodes_each_sample_once(tmp_path, monkeypatch):
-    dm = datamodule(tmp_path, cache=True, num_workers=0)
-    dm.prepare_data()
-    reads = []
-    original = Demo.read
-    monkeypatch.setattr(Demo, "read", lambda self, s: reads.append(s.id) or original(self, s))
-    dataset = dm.dataset("train")
-    for _ in range(3):  # three epochs
-        for index in range(len(dataset)):
-            dataset[index]
-    assert sorted(reads) == sorted(s.id for s in dm.splits["train"])
 
 
 def test_only_rank_zero_writes_split_files(tmp_path):

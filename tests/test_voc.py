@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from lightseg.data import voc as voc_module
+from lightseg.data.transforms import Normalize
 from lightseg.data.voc import VOC, VOC_CLASSES
 from lightseg.errors import LightsegError
 from tests.conftest import make_config
@@ -140,14 +141,16 @@ def test_recipe_pads_with_ignore_and_batches_mixed_sizes(tmp_path, voc_dirs):
     datamodule.setup()
     # evaluation: images of different sizes pad to 64x64 at the bottom/right with 255
     batch = next(iter(datamodule.val_dataloader()))
-    assert batch["image"].shape == (2, 3, 64, 64) and batch["mask"].dtype == torch.long
+    assert batch["image"].shape == (2, 3, 64, 64) and batch["mask"].dtype == torch.uint8
     for mask, image_id in zip(batch["mask"], batch["id"], strict=True):
         width, height = VOC_SIZES[image_id]
         expected = np.full((64, 64), 255)
         expected[:height, :width] = voc_label(image_id)
         np.testing.assert_array_equal(mask.numpy(), expected)
     # the padded image area is the ImageNet mean colour: ~0 after normalisation
-    assert batch["image"][0, :, 63, 63].abs().max() < 0.01
+    assert batch["image"][0, :, 63, 63].tolist() == [124, 116, 104]
+    normalised = Normalize(datamodule.mean, datamodule.std)(batch["image"])
+    assert normalised[0, :, 63, 63].abs().max() < 0.01
     # training: every crop is 64x64 and holds only class indices or 255
     train = datamodule.dataset("train")
     for index in range(len(train)):

@@ -42,7 +42,7 @@ from lightseg.utils.checkpoint import (
     checkpoint_position,
     remove_partial_files,
 )
-from lightseg.utils.console import console, print_config_tree, print_metrics
+from lightseg.utils.console import console, print_config, print_metrics, quiet_third_party
 from lightseg.utils.devices import check_trainer
 from lightseg.utils.loggers import wandb_finished
 
@@ -96,6 +96,7 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
     if not loggers:  # LearningRateMonitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     overrides.setdefault("plugins", [AtomicCheckpointIO()])  # never a half-written checkpoint
+    quiet_third_party()  # Lightning's tips and notes on lightseg's own choices
     trainer = check_trainer(plain(cfg.trainer))
     return instantiate(trainer, callbacks=callbacks, logger=loggers or False, **overrides)
 
@@ -212,8 +213,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         resuming = cfg.get("ckpt_path") is not None or cfg.get("resume") == "auto"
         if resuming and run.last.is_file():
             cfg = continued_config(cfg, run, overrides)
-        if cfg.get("print_config"):
-            print_config_tree(cfg)
+        print_config(cfg, group_choices())  # a few lines; print_config=full: the whole tree
         try:
             metrics = train(cfg, overrides)
         except Exception as error:

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 
 from lightseg.data.transforms import pixel_scale
@@ -91,16 +90,6 @@ def _with_legend(grid: np.ndarray, classes: Sequence[str], colors: np.ndarray) -
         draw.rectangle((2, y + 2, 11, y + 11), fill=tuple(int(c) for c in color))
         draw.text((16, y), name, fill="black")
     return np.asarray(canvas)
-
-
-def to_uint8_images(
-    images: torch.Tensor, mean: Sequence[float], std: Sequence[float]
-) -> np.ndarray:
-    """Undo the normalisation of [N, C, H, W] batches: uint8 [N, H, W, 3] for display."""
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    pixels = images.float().cpu() * std_t + mean_t
-    return display_rgb(pixels.permute(0, 2, 3, 1).numpy())
 
 
 def display_image(image: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from PIL import Image
 
 from lightseg.task import IGNORE_INDEX
-from lightseg.visualize import overlay_grid, to_uint8_images
+from lightseg.visualize import display_image, overlay_grid
 
 
 class PredictionOverlays(Callback):
@@ -48,13 +48,13 @@ class PredictionOverlays(Callback):
         loader = trainer.val_dataloaders
         dataset = (loader[0] if isinstance(loader, Sequence) else loader).dataset
         samples = [dataset[i] for i in range(min(self.num_images, len(dataset)))]
-        batch = torch.stack([s["image"] for s in samples])
+        batch = torch.stack([s["image"] for s in samples])  # as the loaders deliver: unnormalised
         with torch.no_grad(), trainer.precision_plugin.val_step_context():
-            logits = pl_module(trainer.precision_plugin.convert_input(batch.to(pl_module.device)))
+            inputs = pl_module.normalize(batch.to(pl_module.device))
+            logits = pl_module(trainer.precision_plugin.convert_input(inputs))
         predictions = pl_module.task.predict(logits).cpu().numpy().astype(np.uint8)
         truths = torch.stack([s["mask"] for s in samples]).numpy().astype(np.uint8)
-        norm = pl_module.hparams.normalization
-        images = to_uint8_images(batch, norm["mean"], norm["std"])
+        images = np.stack([display_image(image) for image in batch.permute(0, 2, 3, 1).numpy()])
         classes = list(pl_module.task.classes)
         grid = overlay_grid(images, truths, predictions, classes, self.alpha)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import lightning as L
@@ -37,6 +38,14 @@ class LogRunFiles(Callback):
                 {"git": info.get("git"), "lightseg_version": info.get("lightseg")},
                 allow_val_change=True,
             )
+            # Copies inside the W&B run's own folder: W&B then uploads them as they are,
+            # instead of symlinking each file and warning that it did.
+            files = Path(run.dir)
             for pattern in self.files:
-                if any(self.folder.glob(pattern)):
-                    run.save(str(self.folder / pattern), base_path=str(self.folder), policy="now")
+                found = sorted(self.folder.glob(pattern))
+                for path in found:
+                    copy = files / path.relative_to(self.folder)
+                    copy.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(path, copy)
+                if found:
+                    run.save(str(files / pattern), base_path=str(files), policy="now")

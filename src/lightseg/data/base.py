@@ -11,10 +11,10 @@ import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
-import albumentations as A
 import lightning as L
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lightseg.config import image_size_hw
+from lightseg.data.cache import SampleCache, open_cache
 from lightseg.data.sampling import (
     EpochSampler,
     ResumableDataLoader,
@@ -29,10 +30,16 @@ from lightseg.data.sampling import (
     batches_done_in_epoch,
 )
 from lightseg.data.statistics import SplitStatistics, training_statistics
-from lightseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_pipeline
+from lightseg.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    build_pipeline,
+    init_loader_worker,
+    one_opencv_thread,
+    to_unit_range,
+)
 from lightseg.errors import LightsegError
 from lightseg.task import IGNORE_INDEX, Task
-from lightseg.utils.signals import worker_init
 
 log = logging.getLogger(__name__)
 
@@ -307,32 +314,37 @@ def read_pair(source: SegmentationSource, sample: Sample) -> tuple[np.ndarray, n
 
 
 class SegmentationDataset(Dataset):
-    """Reads samples through a source and applies an albumentations pipeline.
+    """Reads samples through a source (or its cache) and applies an albumentations pipeline.
 
-    With ``cache=True`` every sample is decoded once, up front, in the main process; loader
-    workers then share the decoded arrays (copy-on-write) instead of decoding each epoch.
+    Items are tensors, image ``[C, H, W]`` (uint8 for 8-bit data, else float32 in [0, 1]) and
+    mask uint8 ``[H, W]``: the model normalises the image and widens the mask on its device
+    (``SegmentationModule.on_after_batch_transfer``).
     """
 
     def __init__(
-        self, source: SegmentationSource, samples: Sequence[Sample], transform, cache: bool = False
+        self,
+        source: SegmentationSource,
+        samples: Sequence[Sample],
+        transform,
+        cache: SampleCache | None = None,
     ) -> None:
         self.source, self.samples, self.transform = source, list(samples), transform
-        self.decoded: list[tuple[np.ndarray, np.ndarray]] | None = None
-        if cache:
-            self.decoded = [self.read(i) for i in range(len(self.samples))]
+        self.cache = cache
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        if self.decoded is not None:
-            return self.decoded[index]
-        return read_pair(self.source, self.samples[index])
+        sample = self.samples[index]
+        if self.cache is not None:
+            return self.cache.read(sample.id)
+        return read_pair(self.source, sample)
 
     def __getitem__(self, index: int) -> dict:
         image, mask = self.read(index)
         out = self.transform(image=image, mask=mask)
-        return {"image": out["image"], "mask": out["mask"].long(), "id": self.samples[index].id}
+        image = to_unit_range(out["image"])
+        return {"image": image, "mask": out["mask"], "id": self.samples[index].id}
 
 
 class EvalDistributedSampler(DistributedSampler):
@@ -361,6 +373,9 @@ class SegmentationDataModule(L.LightningDataModule):
     is fold ``fold``; ``split.val`` still sizes validation). ``mean``/``std`` may be ``auto``:
     per-channel values of the training split, computed once and cached in ``statistics_dir``
     (default ``<source root>/.lightseg``), see :mod:`lightseg.data.statistics`.
+    ``cache=True`` reads every sample once into a memory-mapped file under ``cache_dir``
+    (default ``<source root>/lightseg_cache``), shrunk so that each side stays at least
+    ``cache_scale`` times ``image_size`` (None: as read); see ``lightseg.data.cache``.
     """
 
     def __init__(
@@ -382,6 +397,8 @@ class SegmentationDataModule(L.LightningDataModule):
         folds: int | None = None,
         fold: int = 0,
         statistics_dir: str | Path | None = None,
+        cache_scale: float | None = None,
+        cache_dir: str | Path | None = None,
     ) -> None:
         super().__init__()
         self.source = source
@@ -394,6 +411,14 @@ class SegmentationDataModule(L.LightningDataModule):
             else at_least(global_batch_size, 1, "data.global_batch_size")
         )
         self.cache = bool(cache)
+        if cache_scale is not None and not cache_scale > 0:
+            raise LightsegError(
+                f"data.cache_scale={cache_scale} must be > 0 (e.g. 2: keep twice the training "
+                "size), or null to cache images as read."
+            )
+        self.cache_scale = cache_scale
+        self.cache_dir = Path(cache_dir) if cache_dir else self.source.root / "lightseg_cache"
+        self._sample_cache: SampleCache | None = None
         self.fractions = dict(split or {"val": 0.2, "test": 0.2})
         self.seed = int(seed)  # data order and augmentations
         self.split_seed = int(split_seed)  # which samples are train, val and test
@@ -405,8 +430,10 @@ class SegmentationDataModule(L.LightningDataModule):
         self.statistics_dir = Path(statistics_dir) if statistics_dir else None
         self.split_dir = Path(split_dir) if split_dir else None
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
-        self.transforms = transforms
-        self.pipelines: dict[str, A.Compose] = {}
+        self.pipelines = {
+            "train": build_pipeline(transforms["train"]),
+            "eval": build_pipeline(transforms["eval"]),
+        }
         self.splits: dict[str, list[Sample]] | None = None
         self.datasets: dict[str, SegmentationDataset] = {}
         self._statistics: SplitStatistics | None = None
@@ -435,7 +462,27 @@ class SegmentationDataModule(L.LightningDataModule):
         return Task(self.classes)
 
     def prepare_data(self) -> None:
+        """Once per node, before the other processes read: the source's files, then the cache."""
         self.source.prepare()
+        self.sample_cache()
+
+    def sample_cache(self) -> SampleCache | None:
+        """The cache of every sample in the splits (built on first use), or None without one."""
+        if not self.cache:
+            return None
+        if self._sample_cache is None:
+            unique = {s.id: s for split in self.locate().values() for s in split}
+            minimum = None
+            if self.cache_scale is not None:
+                minimum = [max(1, round(side * self.cache_scale)) for side in self.image_size]
+            self._sample_cache = open_cache(
+                self.source,
+                list(unique.values()),
+                partial(read_pair, self.source),
+                self.cache_dir,
+                minimum,
+            )
+        return self._sample_cache
 
     def locate(self, prepare: bool = False) -> dict[str, list[Sample]]:
         """Find the source's samples and split them (once); with ``prepare``, prepare the source
@@ -488,13 +535,6 @@ class SegmentationDataModule(L.LightningDataModule):
             self._statistics = training_statistics(self.source, train, folder, measured)
         return self._statistics
 
-    def pipeline(self, kind: str) -> A.Compose:
-        """The ``train`` or ``eval`` pipeline (built once the normalisation is known)."""
-        if kind not in self.pipelines:
-            self.locate()
-            self.pipelines[kind] = build_pipeline(self.transforms[kind], self.mean, self.std)
-        return self.pipelines[kind]
-
     def setup(self, stage: str | None = None) -> None:
         self.locate()
         if self.split_dir is not None and (self.trainer is None or self.trainer.is_global_zero):
@@ -509,9 +549,9 @@ class SegmentationDataModule(L.LightningDataModule):
     def dataset(self, split: str) -> SegmentationDataset:
         if split not in self.datasets:
             self.locate()
-            pipeline = self.pipeline("train" if split == "train" else "eval")
+            pipeline = self.pipelines["train" if split == "train" else "eval"]
             self.datasets[split] = SegmentationDataset(
-                self.source, self.splits[split], pipeline, cache=self.cache
+                self.source, self.splits[split], pipeline, cache=self.sample_cache()
             )
         return self.datasets[split]
 
@@ -544,15 +584,16 @@ class SegmentationDataModule(L.LightningDataModule):
             }
         elif trainer is not None and trainer.world_size > 1:
             sampler = EvalDistributedSampler(dataset, trainer.world_size, trainer.global_rank)
+        one_opencv_thread()  # before any worker forks
         return loader(
             dataset,
             batch_size=batch_size,
             sampler=sampler,
             drop_last=train and len(dataset) > batch_size,
             num_workers=self.num_workers,
-            worker_init_fn=worker_init,  # workers leave stop signals to the main process
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            worker_init_fn=init_loader_worker,  # stop signals left to the main process
             **extra,
         )
 

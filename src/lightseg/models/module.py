@@ -11,8 +11,10 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.lr_scheduler import OneCycleLR
 from torchmetrics import MeanMetric
 
+from lightseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Normalize
 from lightseg.errors import LightsegError
 from lightseg.losses import build_loss
 from lightseg.metrics import build_metrics
@@ -64,10 +66,20 @@ class SegmentationModule(L.LightningModule):
             {stage: build_metrics(metrics, self.task) for stage in EVAL_STAGES}
         )
         self.eval_losses = nn.ModuleDict({stage: MeanMetric() for stage in EVAL_STAGES})
+        norm = normalization or {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+        self.normalize = Normalize(norm["mean"], norm["std"])
 
     def setup(self, stage: str) -> None:
         if self.hparams.channels_last and self.device.type == "cuda":  # tensor cores gain
             self.net.to(memory_format=torch.channels_last)
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """Loaders deliver uint8 images and masks; normalise and widen them here, on the device.
+
+        The only place a training or evaluation batch is normalised (eval, predict and export
+        use ``self.normalize`` too); the masks become the long class indices losses take.
+        """
+        return {**batch, "image": self.normalize(batch["image"]), "mask": batch["mask"].long()}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """The network's output for normalised images [N, C, H, W]: logits, or in training
@@ -198,6 +210,9 @@ class SegmentationModule(L.LightningModule):
         ]
 
     def on_train_start(self) -> None:
+        """Settings that only the started trainer can check: the one-cycle length and DDP
+        with a frozen encoder."""
+        self.check_one_cycle_length()
         _, epochs = self.finetuning()
         wrapped = self.trainer.strategy.model
         ddp = isinstance(wrapped, DistributedDataParallel)
@@ -208,6 +223,20 @@ class SegmentationModule(L.LightningModule):
                 "ddp_spawn_find_unused_parameters_true): DDP otherwise expects a gradient for "
                 "every parameter, and a frozen encoder has none."
             )
+
+    def check_one_cycle_length(self) -> None:
+        """A one-cycle schedule cannot take more steps than it was made for, which is what a
+        run resumed with more epochs would ask of the one restored from its checkpoint."""
+        steps = self.trainer.estimated_stepping_batches
+        for config in self.trainer.lr_scheduler_configs:
+            made_for = getattr(config.scheduler, "total_steps", None)
+            if isinstance(config.scheduler, OneCycleLR) and made_for < steps:
+                raise LightsegError(
+                    f"This run's one-cycle schedule (scheduler=onecycle) was made for {made_for} "
+                    f"steps, but training now lasts {int(steps)}: the length changed since the "
+                    "run began (trainer.max_epochs or max_steps, the data or the batch size). "
+                    "Continue it with its own length, or start a new run for the longer one."
+                )
 
     def on_train_epoch_start(self) -> None:
         _, epochs = self.finetuning()

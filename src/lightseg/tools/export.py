@@ -59,13 +59,12 @@ class ExportModel(nn.Module):
 
     def __init__(self, module: SegmentationModule) -> None:
         super().__init__()
-        for name, values in module.hparams.normalization.items():  # mean, std: constants
-            self.register_buffer(name, torch.tensor(values, dtype=torch.float32).view(1, 3, 1, 1))
+        self.normalize = module.normalize  # float 0..1 in: the training normalisation
         self.net = module.net
         self.eval()
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        output = self.net((image - self.mean) / self.std)
+        output = self.net(self.normalize(image))
         return output[0] if isinstance(output, tuple) else output
 
 

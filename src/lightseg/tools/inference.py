@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lightseg.data.transforms import pixel_scale
+from lightseg.data.transforms import to_unit_range
 from lightseg.errors import LightsegError
 from lightseg.models import SegmentationModule, input_multiple
 from lightseg.models.network import without_pretrained
@@ -142,9 +142,6 @@ class Segmenter:
         self.scales = tuple(float(s) for s in self.scales) or (1.0,)
         if min(self.scales) <= 0:
             raise LightsegError(f"inference.scales={list(self.scales)} must all be > 0.")
-        norm = self.module.hparams.normalization
-        self.mean = torch.tensor(norm["mean"], dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = torch.tensor(norm["std"], dtype=torch.float32).view(1, -1, 1, 1)
         self.device = next(self.module.parameters()).device
         self.module.eval()
 
@@ -164,10 +161,10 @@ class Segmenter:
 
     def normalize(self, image: np.ndarray) -> torch.Tensor:
         """Pixels [H, W, C] (uint8 RGB, or as the source reads them) -> normalised float
-        [1, C, H, W] on the model's device, scaled as the training pipeline does."""
-        image = np.asarray(image)
-        pixels = torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1)[None]
-        return ((pixels / pixel_scale(image.dtype) - self.mean) / self.std).to(self.device)
+        [1, C, H, W] on the model's device, by the module's own normalisation (the one its
+        training batches went through, 16-bit images scaled by their range as there)."""
+        pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
+        return self.module.normalize(to_unit_range(pixels).to(self.device))
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """Probabilities float32 [C, H, W] for a uint8 RGB image [H, W, 3] (C = classes)."""

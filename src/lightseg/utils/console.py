@@ -1,19 +1,158 @@
-"""Rich console output: the config tree at start, the metrics table at the end."""
+"""Console output: a few lines about the run at the start, the metrics table at the end.
+
+What is printed reads the same in a terminal and in a log file (CI, SLURM): text is never
+wrapped, so a path stays one line that can be copied. Known third-party chatter is filtered
+where it is emitted (:func:`quiet_third_party`), message by message, so that real warnings,
+from libraries or from your own code, still show.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+import os
+import warnings
+from collections.abc import Iterable, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.syntax import Syntax
 from rich.table import Table
+from rich.text import Text
 from rich.tree import Tree
 
-console = Console()
+#: Width for output that goes to a file or pipe (no terminal to ask): wide enough for tables.
+PIPED_WIDTH = 160
+
+
+def _console() -> Console:
+    """Text never wraps; tables get the terminal's width, or PIPED_WIDTH in logs and pipes."""
+    probe = Console()
+    piped = not (probe.is_terminal or probe.is_jupyter or os.environ.get("COLUMNS"))
+    return Console(soft_wrap=True, width=PIPED_WIDTH if piped else None)
+
+
+console = _console()
 
 #: Top-level groups shown first in the config tree.
 CONFIG_ORDER = ("data", "model", "loss", "optimizer", "scheduler", "trainer", "callbacks", "logger")
+#: Groups whose chosen option the start-up summary names.
+SUMMARY_GROUPS = ("experiment", "data", "model", "loss", "optimizer", "scheduler", "trainer")
+SUMMARY_DATA_KEYS = ("image_size", "batch_size", "num_workers", "split", "cache", "cache_scale")
+SUMMARY_TRAINER_KEYS = (
+    "accelerator",
+    "devices",
+    "num_nodes",
+    "precision",
+    "max_epochs",
+    "max_steps",
+)
+#: Lightning log lines (starts of messages) that say nothing about the run: an advertisement,
+#: and remarks on choices lightseg makes on purpose (a Rich model summary, per-step schedules).
+LIGHTNING_CHATTER = (
+    "💡 Tip:",
+    "Trainer already configured with model summary callbacks",
+    "Loading `train_dataloader` to estimate number of stepping batches",
+)
+#: Loggers Lightning sends those lines through (rank_zero_info).
+LIGHTNING_LOGGERS = (
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric.utilities.rank_zero",
+)
+
+
+class DropMessages(logging.Filter):
+    """Drops log records whose message starts with one of ``starts``."""
+
+    def __init__(self, starts: Iterable[str]) -> None:
+        super().__init__()
+        self.starts = tuple(starts)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.starts)
+
+
+def quiet_third_party() -> None:
+    """Filter the chatter of libraries lightseg drives, each message by name, at its source."""
+    for name in LIGHTNING_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, DropMessages) for f in logger.filters):
+            logger.addFilter(DropMessages(LIGHTNING_CHATTER))
+    # Lightning's own code uses a torch class that torch has deprecated; nothing to act on.
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+        category=FutureWarning,
+        module=r"lightning\.pytorch\.utilities\._pytree",
+    )
+    # Lightning warns whenever the LightningModule overrides a batch-transfer hook and a
+    # DataModule is given, even one that does not override it: SegmentationModule normalises
+    # batches there by design. (The warning for a DataModule that overrides it too stays.)
+    warnings.filterwarnings(
+        "ignore",
+        message="You have overridden `on_after_batch_transfer` in `LightningModule` but have",
+        module=r"lightning\.pytorch\.trainer\.connectors\.data_connector",
+    )
+
+
+def print_config(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> None:
+    """``print_config``: true = the summary, ``full`` = the whole tree, false = nothing.
+
+    The full resolved config is saved as ``config.yaml`` in the run folder either way.
+    """
+    mode = cfg.get("print_config")
+    if str(mode).lower() == "full":
+        print_config_tree(cfg)
+    elif mode:
+        for label, value in config_summary(cfg, choices or {}):
+            console.print(Text.assemble((f"{label:<9}", "bold"), " ", value))
+
+
+def config_summary(cfg: DictConfig, choices: Mapping[str, str]) -> list[tuple[str, str]]:
+    """``(label, text)`` lines: the options chosen and the values that decide a run."""
+    picked = " ".join(f"{g}={choices[g]}" for g in SUMMARY_GROUPS if choices.get(g))
+    data = cfg.get("data") or {}
+    source = _short(str((data.get("source") or {}).get("_target_", "")))
+    lines = [(str(cfg.get("name", "")), picked or "(config as composed)")]
+    lines.append(("data", f"{source} {_values(data, SUMMARY_DATA_KEYS)}".strip()))
+    for group in ("model", "optimizer", "scheduler"):
+        node = cfg.get(group) or {}
+        lines.append((group, _described(node) if node else "none"))
+    loss = cfg.get("loss") or {}
+    terms = [f"{name} x{term.get('weight', 1.0)}" for name, term in loss.items() if term]
+    lines.append(("loss", " + ".join(terms) or "none"))
+    trainer = _values(cfg.get("trainer") or {}, SUMMARY_TRAINER_KEYS)
+    lines.append(("trainer", f"{trainer} monitor={cfg.get('monitor')} seed={cfg.get('seed')}"))
+    output = (cfg.get("paths") or {}).get("output_dir")
+    lines.append(("run", f"{output} (config.yaml there; print_config=full prints it all)"))
+    return lines
+
+
+def _short(target: str) -> str:
+    """A class by its name (``AdamW``), a function with its module (``smp_models.build``)."""
+    parts = target.split(".")
+    return ".".join(parts[-2:]) if parts[-1][:1].islower() else parts[-1]
+
+
+def _described(node: DictConfig) -> str:
+    """``Target key=value ...`` for the plain values of a ``_target_`` node."""
+    keys = [k for k in node if k != "_target_" and not isinstance(node[k], DictConfig)]
+    return f"{_short(str(node.get('_target_', '')))} {_values(node, keys)}".strip()
+
+
+def _values(node: DictConfig, keys: Iterable[str]) -> str:
+    """``key=value`` for the keys that are set; mappings as ``key=a:1,b:2``, lists ``[1,2]``."""
+    shown = []
+    for key in keys:
+        value = node.get(key)
+        if OmegaConf.is_config(value):
+            value = OmegaConf.to_container(value, resolve=True)
+        if isinstance(value, Mapping):
+            value = ",".join(f"{k}:{v}" for k, v in value.items())
+        elif isinstance(value, list):
+            value = "[" + ",".join(map(str, value)) + "]"
+        if value is not None:
+            shown.append(f"{key}={value}")
+    return " ".join(shown)
 
 
 def print_config_tree(cfg: DictConfig) -> None:
@@ -33,11 +172,12 @@ def print_metrics(metrics: Mapping[str, float], title: str = "Final metrics") ->
     e.g. a class in neither the truth nor the predictions)."""
     names = sorted({key.split("/", 1)[1] for key in metrics if "/" in key})
     stages = [s for s in ("val", "test") if any(k.startswith(f"{s}/") for k in metrics)]
-    table = Table(title=title)
+    table = Table()
     table.add_column("metric")
     for stage in stages:
         table.add_column(stage, justify="right")
     for name in names:
         cells = [metrics.get(f"{s}/{name}") for s in stages]
         table.add_row(name, *("" if c is None or c != c else f"{c:.4f}" for c in cells))
+    console.print(Text(title, style="italic"))  # above the table: a title in it would wrap
     console.print(table)

@@ -2,6 +2,8 @@
 
 * W&B: online with credentials, offline otherwise, and offline as well when the server cannot
   be reached; one W&B run id per run folder, so a resumed run continues the same W&B run.
+  Quiet by default: W&B's own start and summary messages are off (its warnings and errors
+  stay), and lightseg says in one line where the run is.
 * CSV: appends to ``metrics.csv`` on resume (Lightning's CSVLogger deletes it).
 """
 
@@ -49,9 +51,23 @@ def wandb_run_id(save_dir: Path) -> str:
 class FallbackWandbLogger(WandbLogger):
     """A WandbLogger that goes offline, instead of failing, when W&B cannot be reached."""
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # Lightning always passes `anonymous` to wandb.init, even unset, and W&B warns that
+        # the setting has no effect. Leave it out when it is unset.
+        if self._wandb_init.get("anonymous") is None:
+            self._wandb_init.pop("anonymous", None)
+
     @property
     @rank_zero_experiment
     def experiment(self):
+        started = self._experiment is not None
+        run = self._start()
+        if not started and run is not None and run.settings.mode == "online":
+            log.info("W&B run: %s", run.url)
+        return run
+
+    def _start(self):
         try:
             return WandbLogger.experiment.fget(self)
         except Exception as error:  # wandb raises many types for network and auth problems
@@ -74,11 +90,13 @@ class FallbackWandbLogger(WandbLogger):
 
 
 def wandb_logger(
-    mode: str = "auto", save_dir: str = ".", init_timeout: float = 60, **kwargs
+    mode: str = "auto", save_dir: str = ".", init_timeout: float = 60, quiet: bool = True, **kwargs
 ) -> WandbLogger:
     """A WandbLogger; ``mode=auto`` means online with credentials, otherwise offline.
 
     ``init_timeout`` bounds how long the start waits for the server before going offline.
+    ``quiet`` turns off W&B's informational messages (start banner, run history and summary
+    at the end); its warnings and errors are shown either way.
     """
     import wandb
 
@@ -95,7 +113,9 @@ def wandb_logger(
     folder.mkdir(parents=True, exist_ok=True)
     kwargs.setdefault("id", wandb_run_id(folder))
     kwargs.setdefault("resume", "allow")
-    kwargs.setdefault("settings", wandb.Settings(init_timeout=init_timeout))
+    # W&B reads what it prints from its process-wide settings (wandb.setup), not a run's.
+    wandb.setup(wandb.Settings(show_info=not quiet))
+    kwargs.setdefault("settings", wandb.Settings(init_timeout=init_timeout, show_info=not quiet))
     return FallbackWandbLogger(save_dir=save_dir, mode=mode, **kwargs)
 
 

@@ -1,0 +1,222 @@
+"""The preprocessed data cache: built once, reused, rebuilt when data or size change, shared."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import albumentations as A
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from lightseg.data.base import Sample, SegmentationDataModule, SegmentationSource
+from lightseg.data.cache import INDEX, working_size
+from lightseg.data.demo import Demo
+from lightseg.data.sampling import SeededAugmentation
+from lightseg.data.transforms import init_loader_worker
+from lightseg.errors import LightsegError
+
+
+def datamodule(tmp_path, transforms=(), **kwargs) -> SegmentationDataModule:
+    kwargs = {"cache": True, "cache_dir": tmp_path / "cache", "num_workers": 0, **kwargs}
+    pipelines = {"train": list(transforms), "eval": list(transforms)}
+    return SegmentationDataModule(Demo(tmp_path / "demo", num_cases=10), pipelines, 32, **kwargs)
+
+
+@pytest.fixture
+def reads(monkeypatch) -> list[str]:
+    """Ids of the samples read through the source (not the cache), in order."""
+    seen: list[str] = []
+    original = Demo.read
+    monkeypatch.setattr(Demo, "read", lambda self, s: seen.append(s.id) or original(self, s))
+    return seen
+
+
+def caches(tmp_path) -> list[str]:
+    return sorted(p.name for p in (tmp_path / "cache").iterdir())
+
+
+def test_each_sample_is_read_once_and_later_runs_reuse_the_cache(tmp_path, reads):
+    first = datamodule(tmp_path)
+    first.prepare_data()
+    every_id = sorted(s.id for split in first.splits.values() for s in split)
+    assert sorted(reads) == every_id and len(every_id) == 10
+    uncached = datamodule(tmp_path, cache=False)
+    for split in ("train", "val", "test"):
+        dataset, plain = first.dataset(split), uncached.dataset(split)
+        for _ in range(3):  # three epochs, nothing read again
+            for index in range(len(dataset)):
+                item, expected = dataset[index], plain[index]
+                assert torch.equal(item["image"], expected["image"])
+                assert torch.equal(item["mask"], expected["mask"])
+    assert len(reads) == 10 + sum(len(s) for s in first.splits.values()) * 3  # only uncached
+
+    reads.clear()
+    datamodule(tmp_path).prepare_data()  # the next run, same data and size
+    assert reads == [] and len(caches(tmp_path)) == 1
+
+
+def test_an_edited_file_or_another_size_builds_a_new_cache(tmp_path, reads):
+    datamodule(tmp_path).prepare_data()
+    image = next((tmp_path / "demo").rglob("IMD003.bmp"))
+    stat = image.stat()
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    reads.clear()
+    datamodule(tmp_path).prepare_data()
+    assert len(reads) == 10 and len(caches(tmp_path)) == 2
+    datamodule(tmp_path, cache_scale=2.0).prepare_data()
+    assert len(caches(tmp_path)) == 3
+    datamodule(tmp_path, cache_scale=2.0).prepare_data()
+    assert len(caches(tmp_path)) == 3
+
+
+def test_working_size_keeps_the_aspect_ratio_and_never_enlarges():
+    assert working_size(570, 765, (512, 512)) == (512, 687)  # PH2-sized for 256 px x 2
+    assert working_size(765, 570, (512, 512)) == (687, 512)
+    assert working_size(100, 140, (256, 256)) == (100, 140)
+    assert working_size(100, 140, None) == (100, 140)
+
+
+def test_cache_scale_stores_images_shrunk_to_the_working_size(tmp_path):
+    dm = datamodule(tmp_path, cache_scale=1.5)  # at least 48 px per side for 32 px training
+    sample = dm.locate(prepare=True)["train"][0]
+    original_image, original_mask = dm.source.read(sample)
+    height, width = original_image.shape[:2]
+    image, mask = dm.sample_cache().read(sample.id)
+    expected_hw = working_size(height, width, (48, 48))
+    assert image.shape == (*expected_hw, 3) and min(expected_hw) == 48
+    size = (expected_hw[1], expected_hw[0])
+    np.testing.assert_array_equal(
+        image, cv2.resize(original_image, size, interpolation=cv2.INTER_AREA)
+    )
+    np.testing.assert_array_equal(
+        mask, cv2.resize(original_mask, size, interpolation=cv2.INTER_NEAREST)
+    )
+
+
+def test_workers_share_the_cache_and_deliver_uint8(tmp_path):
+    dm = datamodule(tmp_path, [A.Resize(32, 32), A.HorizontalFlip()])
+    dm.prepare_data()
+    dataset = SeededAugmentation(dm.dataset("train"), seed=0)
+    cache = dm.sample_cache()
+    copy = pickle.loads(pickle.dumps(cache))  # what a spawned worker gets
+    sample_id = dm.splits["train"][0].id
+    for got, expected in zip(copy.read(sample_id), cache.read(sample_id), strict=True):
+        np.testing.assert_array_equal(got, expected)
+
+    def batches(workers):
+        loader = DataLoader(dataset, batch_size=3, num_workers=workers)
+        return [(b["image"], b["mask"]) for b in loader]
+
+    in_process, in_workers = batches(0), batches(2)
+    assert in_process[0][0].dtype == torch.uint8 and in_process[0][1].dtype == torch.uint8
+    for (image, mask), (image_w, mask_w) in zip(in_process, in_workers, strict=True):
+        assert torch.equal(image, image_w) and torch.equal(mask, mask_w)
+
+
+def test_transforms_may_write_into_cached_arrays_without_changing_the_cache(tmp_path):
+    dm = datamodule(tmp_path)
+    dm.prepare_data()
+    cache = dm.sample_cache()
+    sample_id = next(iter(cache.entries))
+    image, _ = cache.read(sample_id)
+    before = image.copy()
+    image[:] = 0
+    np.testing.assert_array_equal(cache.read(sample_id)[0], before)
+
+
+def test_an_unwritable_cache_folder_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(LightsegError, match=r"data\.cache_dir.*data\.cache=false"):
+        datamodule(tmp_path, cache_dir=blocker / "cache").prepare_data()
+
+
+def test_a_failed_build_leaves_nothing_behind(tmp_path, monkeypatch):
+    dm = datamodule(tmp_path)
+    dm.locate(prepare=True)
+    original, count = Demo.read, []
+
+    def fail_on_third(self, sample):
+        count.append(sample.id)
+        if len(count) == 3:
+            raise LightsegError(f"Cannot read image file '{sample.image}'")
+        return original(self, sample)
+
+    monkeypatch.setattr(Demo, "read", fail_on_third)
+    with pytest.raises(LightsegError, match="Cannot read image file"):
+        dm.prepare_data()
+    assert caches(tmp_path) == []
+    monkeypatch.setattr(Demo, "read", original)
+    dm.prepare_data()
+    (folder,) = (tmp_path / "cache").iterdir()
+    assert (folder / INDEX).is_file()
+
+
+def test_cache_scale_must_be_positive(tmp_path):
+    with pytest.raises(LightsegError, match=r"data\.cache_scale=0 must be > 0"):
+        datamodule(tmp_path, cache_scale=0)
+
+
+class OpenCVThreads(Dataset):
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int) -> int:
+        return cv2.getNumThreads()
+
+
+def test_loader_workers_run_opencv_on_one_thread(tmp_path):
+    dm = datamodule(tmp_path, num_workers=1)
+    dm.prepare_data()
+    assert dm.val_dataloader().worker_init_fn is init_loader_worker
+    loader = DataLoader(OpenCVThreads(), num_workers=1, worker_init_fn=init_loader_worker)
+    assert [int(threads) for threads in loader] == [1, 1]
+
+
+class DeepGray(SegmentationSource):
+    """Six 16-bit single-channel images [H, W, 1] with their masks, made in memory."""
+
+    classes = ("background", "foreground")
+    in_channels = 1
+
+    def find(self) -> list[Sample]:
+        return [Sample(f"scan{i}", self.root / f"scan{i}.tif") for i in range(6)]
+
+    def read(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng(int(sample.id[4:]))
+        image = rng.integers(0, 65536, (40, 50, 1), dtype=np.uint16)
+        return image, (image[..., 0] > 32768).astype(np.uint8)
+
+
+@pytest.mark.parametrize("cache_scale", [None, 1.0])
+def test_16_bit_single_channel_images_keep_their_type_and_axis_in_the_cache(tmp_path, cache_scale):
+    def deep(**kwargs) -> SegmentationDataModule:
+        pipelines = {"train": [A.Resize(32, 32)], "eval": [A.Resize(32, 32)]}
+        kwargs = {"cache_dir": tmp_path / "cache", "num_workers": 0, **kwargs}
+        return SegmentationDataModule(
+            DeepGray(tmp_path), pipelines, 32, mean=[0.5], std=[0.25], **kwargs
+        )
+
+    cached, uncached = deep(cache=True, cache_scale=cache_scale), deep(cache=False)
+    cached.prepare_data()
+    sample = cached.splits["train"][0]
+    image, mask = cached.sample_cache().read(sample.id)
+    original, original_mask = DeepGray(tmp_path).read(sample)
+    assert image.dtype == np.uint16 and image.ndim == 3 and image.shape[2] == 1
+    if cache_scale is None:
+        np.testing.assert_array_equal(image, original)
+        np.testing.assert_array_equal(mask, original_mask)
+    else:  # shrunk to 32 px on the short side, the channel axis kept
+        assert image.shape == (32, 40, 1) and mask.shape == (32, 40)
+    item = cached.dataset("train")[0]
+    # 16-bit pixels arrive as float32 in [0, 1] (x / 65535), the same with or without a cache
+    assert item["image"].dtype == torch.float32 and item["image"].shape == (1, 32, 32)
+    if cache_scale is None:
+        assert torch.equal(item["image"], uncached.dataset("train")[0]["image"])
+    resized = cv2.resize(image, (32, 32), interpolation=cv2.INTER_LINEAR)
+    assert item["image"][0].numpy() == pytest.approx(resized / 65535.0, abs=1e-6)
+    assert float(item["image"].max()) <= 1.0
