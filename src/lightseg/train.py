@@ -164,7 +164,9 @@ def _train(cfg, run: RunFolder, ckpt_path, owner: bool, overrides) -> dict[str, 
             run.metrics.write_text(json.dumps(metrics, indent=2, sort_keys=True))
     if trainer.is_global_zero:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        print_metrics(metrics, title=f"{cfg.name}: best checkpoint on val and test")
+        at = metrics.get("best/epoch")
+        where = "" if at is None else f" (epoch {at}, step {metrics.get('best/step')})"
+        print_metrics(metrics, title=f"{cfg.name}: best checkpoint{where} on val and test")
         console.print(f"Run folder: {run}", soft_wrap=True)
         console.print(f"Best checkpoint: {best or 'none'}", soft_wrap=True)
     return metrics

@@ -9,10 +9,12 @@ from lightseg.callbacks.faults import (
 from lightseg.callbacks.overlays import PredictionOverlays
 from lightseg.callbacks.per_image import PerImageResults
 from lightseg.callbacks.run_files import LogRunFiles
+from lightseg.callbacks.summary import NetworkSummary
 
 __all__ = [
     "CheckpointOnSignal",
     "LogRunFiles",
+    "NetworkSummary",
     "PerImageResults",
     "PredictionOverlays",
     "RandomStateCheckpoint",

@@ -170,8 +170,8 @@ def print_config_tree(cfg: DictConfig) -> None:
 def print_metrics(metrics: Mapping[str, float], title: str = "Final metrics") -> None:
     """Metrics as a table with one row per name, and val/test side by side (empty: no value,
     e.g. a class in neither the truth nor the predictions)."""
-    names = sorted({key.split("/", 1)[1] for key in metrics if "/" in key})
     stages = [s for s in ("val", "test") if any(k.startswith(f"{s}/") for k in metrics)]
+    names = sorted({key.split("/", 1)[1] for key in metrics if key.split("/", 1)[0] in stages})
     table = Table()
     table.add_column("metric")
     for stage in stages:

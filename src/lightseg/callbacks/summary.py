@@ -1,0 +1,42 @@
+"""The network in one line at the start of training, instead of Lightning's summary table.
+
+Lightning's table lists lightseg's own bookkeeping modules (loss, metrics, normalisation) next
+to the network and reports ``FLOPs 0`` for modules without an example input, which reads as a
+measurement. What a researcher checks at start-up is which network was built and how large it
+is; the table stays one override away
+(``callbacks.model_summary._target_=lightning.pytorch.callbacks.RichModelSummary``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning.pytorch.callbacks import ModelSummary
+from lightning.pytorch.utilities.model_summary import get_human_readable_count
+
+from lightseg.utils.console import console
+
+
+class NetworkSummary(ModelSummary):
+    """``network  Unet  14.3 M parameters (14.3 M trainable), 57.3 MB`` on the main process."""
+
+    def __init__(self) -> None:
+        super().__init__(max_depth=1)  # the module's children: the network is ``net``
+
+    @staticmethod
+    def summarize(
+        summary_data: list[tuple[str, list[str]]],
+        total_parameters: int,
+        trainable_parameters: int,
+        model_size: float,
+        total_training_modes: dict[str, int],
+        total_flops: int = 0,
+        **summarize_kwargs: Any,
+    ) -> None:
+        columns = dict(summary_data)
+        rows = dict(zip(columns.get("Name", []), columns.get("Type", []), strict=False))
+        console.print(
+            f"[bold]{'network':<9}[/] {rows.get('net', 'network')} "
+            f"{get_human_readable_count(total_parameters)} parameters "
+            f"({get_human_readable_count(trainable_parameters)} trainable), {model_size:.1f} MB"
+        )
