@@ -42,6 +42,7 @@ from lightseg import CONFIG_DIR
 from lightseg.config import image_size_hw
 from lightseg.data.base import SegmentationDataModule
 from lightseg.errors import user_errors
+from lightseg.models.module import FINETUNE_KEYS
 from lightseg.tools.inference import Segmenter
 from lightseg.train import build_module, build_trainer
 from lightseg.utils.console import console
@@ -124,7 +125,8 @@ def plain_run(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module.to(device)
     net, criterion = module.net.train(), module.criterion
-    optimizer = instantiate(dict(module.hparams.optimizer), params=net.parameters())
+    settings = {k: v for k, v in module.hparams.optimizer.items() if k not in FINETUNE_KEYS}
+    optimizer = instantiate(settings, params=net.parameters())  # one group, as written by hand
     dtype = AMP_DTYPES.get(str(cfg.trainer.precision))
     scaler = torch.amp.GradScaler(enabled=dtype is torch.float16 and device.type == "cuda")
     channels_last = module.hparams.channels_last and device.type == "cuda"
@@ -296,9 +298,9 @@ PARTS = ("training", "time-to-accuracy", "loaders", "inference")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--parts", default=",".join(PARTS), help=f"some of {', '.join(PARTS)}")
-    parser.add_argument("--steps", type=int, default=8, help="timed steps per run")
+    parser.add_argument("--steps", type=int, default=16, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each run")
-    parser.add_argument("--repeats", type=int, default=5, help="alternating runs of each path")
+    parser.add_argument("--repeats", type=int, default=9, help="alternating runs of each path")
     parser.add_argument("--target", type=float, default=0.95, help="val Dice to reach (demo)")
     parser.add_argument("--seeds", default="0,1,2", help="seeds of the time-to-accuracy runs")
     parser.add_argument("--datasets", default=f"demo,{PH2_SIZED},ph2,mads", help="loader table")

@@ -24,7 +24,10 @@ def test_loader_table_and_time_to_accuracy(tmp_path, data_dir):
         sys.executable,
         "-m",
         "benchmarks.bench",
-        "--parts=loaders,time-to-accuracy",
+        "--parts=training,loaders,time-to-accuracy",
+        "--steps=2",
+        "--warmup=1",
+        "--repeats=1",
         "--datasets=demo",
         "--loader-size=32",
         "--loader-samples=16",
@@ -42,6 +45,12 @@ def test_loader_table_and_time_to_accuracy(tmp_path, data_dir):
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((output / "bench.json").read_text())
+
+    (training,) = results["training"]  # CPU: one precision
+    assert training["size"] == "32x32" and training["precision"] == "32-true"
+    assert training["plain"] > 0 and training["lightseg"] > 0
+    assert training["plain/lightseg"] == training["plain"] / training["lightseg"]
+    assert [len(training["runs"][name]) for name in ("plain", "lightseg")] == [1, 1]
 
     rows = results["loaders"]
     assert [(r["dataset"], r["cache"]) for r in rows] == [("demo", "no"), ("demo", "yes")]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import pickle
+import time
+from pathlib import Path
 
 import albumentations as A
 import cv2
@@ -12,8 +15,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lightseg.data.base import Sample, SegmentationDataModule, SegmentationSource
-from lightseg.data.cache import INDEX, working_size
+from lightseg.data.base import Sample, SegmentationDataModule, SegmentationSource, read_pair
+from lightseg.data.cache import INDEX, open_cache, working_size
 from lightseg.data.demo import Demo
 from lightseg.data.sampling import SeededAugmentation
 from lightseg.data.transforms import init_loader_worker
@@ -36,7 +39,8 @@ def reads(monkeypatch) -> list[str]:
 
 
 def caches(tmp_path) -> list[str]:
-    return sorted(p.name for p in (tmp_path / "cache").iterdir())
+    """The built caches (not their lock files, nor temporary build folders)."""
+    return sorted(p.name for p in (tmp_path / "cache").iterdir() if not p.name.startswith("."))
 
 
 def test_each_sample_is_read_once_and_later_runs_reuse_the_cache(tmp_path, reads):
@@ -149,11 +153,11 @@ def test_a_failed_build_leaves_nothing_behind(tmp_path, monkeypatch):
     monkeypatch.setattr(Demo, "read", fail_on_third)
     with pytest.raises(LightsegError, match="Cannot read image file"):
         dm.prepare_data()
-    assert caches(tmp_path) == []
+    assert [p.suffix for p in (tmp_path / "cache").iterdir()] == [".lock"]  # no partial build
     monkeypatch.setattr(Demo, "read", original)
     dm.prepare_data()
-    (folder,) = (tmp_path / "cache").iterdir()
-    assert (folder / INDEX).is_file()
+    (folder,) = caches(tmp_path)
+    assert (tmp_path / "cache" / folder / INDEX).is_file()
 
 
 def test_cache_scale_must_be_positive(tmp_path):
@@ -220,3 +224,33 @@ def test_16_bit_single_channel_images_keep_their_type_and_axis_in_the_cache(tmp_
     resized = cv2.resize(image, (32, 32), interpolation=cv2.INTER_LINEAR)
     assert item["image"][0].numpy() == pytest.approx(resized / 65535.0, abs=1e-6)
     assert float(item["image"].max()) <= 1.0
+
+
+def build_demo_cache(root: str, cache_dir: str, reads_file: str) -> None:
+    """One process of a two-"node" job: open the demo's cache, noting each sample it reads."""
+    source = Demo(root, num_cases=10)
+    source.prepare()
+    samples = source.find()
+
+    def read(sample):
+        with open(reads_file, "a") as file:
+            file.write(f"{sample.id}\n")
+        time.sleep(0.05)  # long enough for the other process to arrive mid-build
+        return read_pair(source, sample)
+
+    open_cache(source, samples, read, Path(cache_dir)).read(samples[0].id)
+
+
+def test_two_nodes_sharing_the_cache_folder_build_it_once(tmp_path):
+    Demo(tmp_path / "demo", num_cases=10).prepare()
+    reads = tmp_path / "reads.txt"
+    spawn = multiprocessing.get_context("spawn")
+    args = (str(tmp_path / "demo"), str(tmp_path / "cache"), str(reads))
+    nodes = [spawn.Process(target=build_demo_cache, args=args) for _ in range(2)]
+    for node in nodes:
+        node.start()
+    for node in nodes:
+        node.join(120)
+    assert [node.exitcode for node in nodes] == [0, 0]
+    assert len(reads.read_text().split()) == 10  # every sample read once, by one of them
+    assert len(caches(tmp_path)) == 1 and not list((tmp_path / "cache").glob("*.partial"))

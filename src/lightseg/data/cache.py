@@ -14,8 +14,8 @@ contents: the format version, the source's class and settings, the working size,
 sample's id, file paths, sizes and modification times. Editing, adding or removing a file, or
 asking for another size, gives another key and a fresh cache; the same data and size reuse the
 existing one. A cache is written to a temporary folder and renamed into place when complete,
-so an interrupted build leaves nothing half-written and processes building at the same time
-do not disturb each other.
+so an interrupted build leaves nothing half-written; a file lock beside it lets one process (of
+all nodes sharing the folder) build while the others wait and then read the same cache.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import cv2
 import numpy as np
 
 from lightseg.errors import LightsegError
+from lightseg.utils.locks import file_lock
 
 if TYPE_CHECKING:
     from lightseg.data.base import Sample, SegmentationSource
@@ -139,7 +140,17 @@ def open_cache(
     """The cache of ``samples`` under ``folder``, built first if there is none for this key."""
     target = Path(folder) / f"{type(source).__name__}-{cache_key(source, samples, minimum_hw)}"
     if not (target / INDEX).is_file():
-        _build(samples, read, target, minimum_hw)
+        # one builder across processes and nodes on shared storage; the others wait, then read
+        try:
+            with file_lock(target.with_name(f".{target.name}.lock"), "building the data cache"):
+                if not (target / INDEX).is_file():
+                    _build(samples, read, target, minimum_hw)
+        except OSError as error:
+            raise LightsegError(
+                f"Cannot write the data cache in '{target.parent}' ({error}). Point "
+                "data.cache_dir at a writable folder with room for the decoded images, or set "
+                "data.cache=false."
+            ) from None
     return SampleCache(target)
 
 
