@@ -19,6 +19,12 @@ RUNS ?=
 METRICS ?= test/dice,test/iou
 CONFIRM ?=
 
+# Recipe line of `train` and `lr-find`: stop with the known experiments when EXP names none.
+define check_experiment
+@test -f configs/experiment/$(EXP).yaml || { \
+  echo "Unknown experiment '$(EXP)'. Choose one of: $$(ls configs/experiment | sed 's/\.yaml//' | tr '\n' ' ')"; exit 2; }
+endef
+
 .PHONY: help install train lr-find eval predict export data plot table test test-all lint format bench clean clean-runs
 
 help: ## Show this help
@@ -38,13 +44,11 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## Create .venv and install lightseg with dev tools
 
 train: $(STAMP) ## Train: make train [EXP=ph2_unet] [ARGS="model.arch=FPN trainer.max_epochs=5"]
-	@test -f configs/experiment/$(EXP).yaml || { \
-	  echo "Unknown experiment '$(EXP)'. Choose one of: $$(ls configs/experiment | sed 's/\.yaml//' | tr '\n' ' ')"; exit 2; }
+	$(check_experiment)
 	$(PY) -m lightseg.train experiment=$(EXP) $(ARGS)
 
 lr-find: $(STAMP) ## Learning-rate range test, plot + suggestion: make lr-find [EXP=ph2_unet] [ARGS="lr_find.num_training=200"]
-	@test -f configs/experiment/$(EXP).yaml || { \
-	  echo "Unknown experiment '$(EXP)'. Choose one of: $$(ls configs/experiment | sed 's/\.yaml//' | tr '\n' ' ')"; exit 2; }
+	$(check_experiment)
 	$(PY) -m lightseg.tools.lr_find experiment=$(EXP) $(ARGS)
 
 eval: $(STAMP) ## Evaluate a checkpoint: make eval CKPT=path [EXP=name] [ARGS="split=val inference.flip=true"]

@@ -31,15 +31,13 @@ import lightning as L
 import torch
 from benchmarks.loaders import PH2_SIZED, loader_rows
 from benchmarks.time_to_accuracy import time_to_accuracy
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 from rich.table import Table
 from torch.utils.data import DataLoader
 
-from lightseg import CONFIG_DIR
-from lightseg.config import image_size_hw
+from lightseg.config import compose_config, image_size_hw
 from lightseg.data.base import SegmentationDataModule
 from lightseg.errors import user_errors
 from lightseg.models.module import FINETUNE_KEYS
@@ -211,14 +209,12 @@ def inference_rows(
     for name, options in TTA_VARIANTS.items():
         segmenter = Segmenter(module, image_size=image_size_hw(cfg.data.image_size), **options)
         segmenter(images[0])  # warm-up
-        rates = []
+        rates, clock = [], Clock(device)
         for _ in range(args.repeats):
-            sync(device)
-            start = time.perf_counter()
+            clock.start()
             for image in images:
                 segmenter(image)
-            sync(device)
-            rates.append(len(images) / (time.perf_counter() - start))
+            rates.append(clock.stop(len(images))["wall"])
         passes = len(segmenter.scales) * (2 if segmenter.flip else 1)
         rows.append(
             {
@@ -324,11 +320,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def compose_train(overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("train", overrides=overrides)
-
-
 def bench(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     gpu = torch.cuda.is_available()
@@ -347,19 +338,19 @@ def bench(argv: list[str] | None = None) -> dict[str, Any]:
     base = [*common, "scheduler=none", "data.cache=true", "data.num_workers=0"]
     variants = [[]] + ([["trainer.precision=bf16-mixed", "channels_last=true"]] if gpu else [])
     results: dict[str, Any] = {"machine": machine()}
-    cfg = compose_train([*base, *args.overrides])
+    cfg = compose_config([*base, *args.overrides])
     datamodule = instantiate(cfg.data, _convert_="all")  # variants never change the data
     datamodule.prepare_data()
     datamodule.setup("fit")
     if "training" in args.parts:
         results["training"] = []
         for variant in variants:
-            variant_cfg = compose_train([*base, *variant, *args.overrides])
+            variant_cfg = compose_config([*base, *variant, *args.overrides]) if variant else cfg
             console.print(f"Training throughput, {variant_cfg.trainer.precision}:")
             results["training"] += training_rows(variant_cfg, datamodule, args)
     if "time-to-accuracy" in args.parts:
         console.print(f"Time to val/dice >= {args.target} on the demo, seeds {args.seeds}:")
-        accuracy_cfg = compose_train([*common, *args.overrides])  # its own schedule: no base
+        accuracy_cfg = compose_config([*common, *args.overrides])  # its own schedule: no base
         results["time_to_accuracy"] = time_to_accuracy(accuracy_cfg, args.target, args.seeds)
     if "loaders" in args.parts:
         console.print(f"Data-loader throughput at {args.loader_size} px:")

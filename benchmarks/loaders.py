@@ -19,11 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from PIL import Image
 
-from lightseg import CONFIG_DIR
+from lightseg.config import compose_config
 from lightseg.data.base import SegmentationDataModule
 from lightseg.data.demo import write_demo
 from lightseg.data.ph2 import IMAGES_FOLDER
@@ -63,8 +62,7 @@ def data_config(name: str, size: int, data_dir: str, output: Path):
     else:
         overrides.append(f"data={name}")
     overrides += [f"data.image_size={size}", "data.split_dir=null"]
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("train", overrides=overrides).data
+    return compose_config(overrides).data
 
 
 def rate(datamodule: SegmentationDataModule, workers: int, samples: int) -> float:
@@ -93,13 +91,13 @@ def loader_rows(args, data_dir: str) -> list[dict[str, Any]]:
     for name in args.datasets:
         try:
             data_cfg = data_config(name, args.loader_size, data_dir, args.output)
-            datamodule = instantiate(data_cfg, _convert_="all", cache=False)
-            datamodule.locate(prepare=True)
+            probe = instantiate(data_cfg, _convert_="all", cache=False)
+            probe.locate(prepare=True)
         except LightsegError:
             console.print(f"  {name}: dataset not present, skipped")
             continue
-        for cache in (False, True):
-            datamodule = instantiate(data_cfg, _convert_="all", cache=cache)
+        for cache in (False, True):  # without a cache, the probe is that datamodule
+            datamodule = instantiate(data_cfg, _convert_="all", cache=True) if cache else probe
             start = time.perf_counter()
             datamodule.prepare_data()
             row: dict[str, Any] = {

@@ -24,6 +24,7 @@ from lightseg.models import SegmentationModule
 from lightseg.models.segnet import SegNet
 from lightseg.tools.export import FORMATS, export, get_format
 from lightseg.tools.inference import load_module
+from tests.conftest import CE_DICE, metrics_for
 
 #: The demo checkpoint's training size, and a second size and batch sizes for the check.
 SIZES = ([64, 64], [96, 128])
@@ -219,9 +220,19 @@ def test_segnet_traces_with_sizes_that_follow_the_input():
 # --- Other architectures (slow: each builds and exports a full-size network) ---------------
 
 ARCHITECTURES = {
-    "segnet": {"arch": "SegNet", "encoder_weights": None},
-    "lraspp": {"arch": "lraspp_mobilenet_v3_large", "weights": None, "encoder_weights": None},
-    "deeplabv3plus": {"arch": "DeepLabV3Plus", "encoder_name": "resnet18", "encoder_weights": None},
+    "segnet": {"_target_": "lightseg.models.segnet.build", "encoder_weights": None},
+    "lraspp": {
+        "_target_": "lightseg.models.torchvision_models.build",
+        "arch": "lraspp_mobilenet_v3_large",
+        "weights": None,
+        "encoder_weights": None,
+    },
+    "deeplabv3plus": {
+        "_target_": "lightseg.models.smp_models.build",
+        "arch": "DeepLabV3Plus",
+        "encoder_name": "resnet18",
+        "encoder_weights": None,
+    },
 }
 
 
@@ -229,7 +240,8 @@ def tiny_checkpoint(path: Path, model: dict, classes: list[str], size=(64, 64)) 
     """An untrained lightseg checkpoint: what training stores, without training."""
     hparams = {
         "model": model,
-        "loss": {"ce": {"weight": 1.0}},
+        "loss": CE_DICE,
+        "metrics": metrics_for(classes),
         "optimizer": {"_target_": "torch.optim.Adam"},
         "classes": classes,
         "normalization": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},

@@ -17,6 +17,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
+from hydra import compose, initialize_config_dir
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -24,11 +25,17 @@ from lightseg.errors import LightsegError
 
 #: Hydra's own keys in a ``_target_`` node.
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
+#: Key of every ``loss.<name>`` entry that belongs to the sum, not to the term.
+LOSS_WEIGHT_KEY = "weight"
+#: Scheduler key saying whether it steps per ``epoch`` (the default) or per ``step``.
+SCHEDULER_INTERVAL_KEY = "interval"
+#: Optimizer config keys lightseg reads itself (transfer learning), with their defaults.
+FINETUNE_KEYS = {"decoder_lr_multiplier": 1.0, "freeze_encoder_epochs": 0}
 #: Keys lightseg reads itself and does not pass to the target, by node.
 LIGHTSEG_KEYS = {
-    "loss": {"weight"},
-    "scheduler": {"interval"},
-    "optimizer": {"decoder_lr_multiplier", "freeze_encoder_epochs"},
+    "loss": {LOSS_WEIGHT_KEY},
+    "scheduler": {SCHEDULER_INTERVAL_KEY},
+    "optimizer": set(FINETUNE_KEYS),
 }
 #: Loss-term values that lightseg replaces by numbers from the training split before building
 #: the term (lightseg.data.statistics.fill_from_data), so any term taking these keys gets them.
@@ -197,3 +204,12 @@ def _type_name(hint: Any) -> str:
 
 def _shown(value: Any) -> str:
     return repr(value) if isinstance(value, str) else str(value)
+
+
+def compose_config(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
+    """``configs/<config_name>.yaml`` composed with ``overrides``, outside a Hydra app (the
+    command-line checks, ``make data``, the benchmark)."""
+    from lightseg import CONFIG_DIR  # set before this module is imported
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides))

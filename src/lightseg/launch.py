@@ -16,16 +16,17 @@ import os
 import re
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
 from lightseg import CONFIG_DIR
+from lightseg.config import compose_config
 from lightseg.errors import LightsegError
 from lightseg.runs import record
 from lightseg.runs.resume import (
     choose_run_folder,
+    explicit_checkpoint,
     override_key,
     resume_requested,
 )
@@ -56,8 +57,8 @@ def run_folder_overrides(cfg: DictConfig, overrides: list[str], multirun: bool) 
     """``hydra.run.dir`` (and ``hydra.output_subdir=null`` for a continued run) to add."""
     given = {override_key(o): o.split("=", 1)[-1] for o in overrides}
     if multirun:  # each job's folder is the sweep's; resume=auto continues a requeued job there
-        ckpt = cfg.get("ckpt_path")
-        if resume_requested(cfg) and ckpt is not None and str(ckpt) != "last":
+        ckpt = explicit_checkpoint(cfg)
+        if resume_requested(cfg) and ckpt is not None:
             raise LightsegError(
                 f"ckpt_path={ckpt} in a sweep would start every job from that one checkpoint. "
                 "Continue one sweep job on its own (python -m lightseg.train ckpt_path=<job "
@@ -90,7 +91,7 @@ def compose_checked(overrides: list[str], config_name: str = "train") -> DictCon
     checked = [_first_of_sweep(o) for o in overrides if _composes(o)]
     checked = [o for o in checked if o is not None]
     try:
-        return _compose(checked, config_name)
+        return compose_config(checked, config_name)
     except HydraException as error:
         raise LightsegError(explain(error, checked, config_name)) from None
 
@@ -99,11 +100,6 @@ def _composes(override: str) -> bool:
     """Whether an override changes the composed config (hydra.* do not, but the search path)."""
     key = override_key(override)
     return not key.startswith("hydra") or key == "hydra.searchpath"
-
-
-def _compose(overrides: list[str], config_name: str) -> DictConfig:
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name=config_name, overrides=overrides)
 
 
 def _first_of_sweep(override: str) -> str | None:
@@ -148,13 +144,13 @@ def _compose_what_works(overrides: list[str], config_name: str) -> DictConfig:
     overrides = list(overrides)
     while True:
         try:
-            return _compose(overrides, config_name)
+            return compose_config(overrides, config_name)
         except HydraException as error:
             match = UNKNOWN_KEY.search(str(error))
             bad = match.group(1) if match else None
             remaining = [o for o in overrides if override_key(o) != bad]
             if bad is None or len(remaining) == len(overrides):
-                return _compose([], config_name)
+                return compose_config([], config_name)
             overrides = remaining
 
 

@@ -23,11 +23,9 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from torch import nn
 
+from lightseg.config import LOSS_WEIGHT_KEY as WEIGHT_KEY
 from lightseg.errors import LightsegError
 from lightseg.task import IGNORE_INDEX, Task, task_arguments
-
-#: Key of every ``loss.<name>`` entry that belongs to the sum, not to the term.
-WEIGHT_KEY = "weight"
 
 
 class CrossEntropy(nn.Module):
@@ -75,7 +73,9 @@ class CrossEntropy(nn.Module):
         per_pixel = F.binary_cross_entropy_with_logits(
             logits[:, 0], labels, pos_weight=self.weights, reduction="none"
         )
-        return per_pixel[valid].mean()
+        # the mean over the labelled pixels (NaN if none), without a host sync: no boolean
+        # indexing; where(), not a product, so values at ignored pixels cannot leak
+        return torch.where(valid, per_pixel, 0).sum() / valid.sum()
 
 
 class BinaryCrossEntropy(CrossEntropy):

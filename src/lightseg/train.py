@@ -27,7 +27,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from lightseg import CONFIG_DIR
-from lightseg.config import plain, validate
+from lightseg.config import image_size_hw, plain, validate
 from lightseg.data.statistics import fill_from_data
 from lightseg.errors import LightsegError, user_errors, user_message
 from lightseg.launch import prepare_arguments
@@ -75,8 +75,6 @@ def inference_defaults(data: DictConfig) -> dict[str, Any]:
     Pipelines that resize for evaluation (PH2, MADS, demo) get ``whole``-image inference at the
     training size; those that keep native resolution and pad (VOC, COCO) get ``slide``.
     """
-    from lightseg.config import image_size_hw
-
     eval_transforms = plain(data.get("transforms", {})).get("eval") or []
     resizes = any(
         str(t.get("_target_", "")).rsplit(".", 1)[-1] == "Resize" for t in eval_transforms
@@ -213,7 +211,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
             refuse_ddp_sweep(cfg)
         run = RunFolder(cfg.paths.output_dir)
         resuming = cfg.get("ckpt_path") is not None or cfg.get("resume") == "auto"
-        if resuming and run.last.is_file():
+        if resuming and run.last.is_file():  # (a bad resume value is train()'s error)
             cfg = continued_config(cfg, run, overrides)
         print_config(cfg, group_choices())  # a few lines; print_config=full: the whole tree
         try:

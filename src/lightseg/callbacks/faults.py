@@ -129,7 +129,7 @@ class CheckpointOnSignal(Callback):
 
     def _save_and_stop(self, trainer: L.Trainer) -> None:
         path = last_checkpoint_path(trainer)
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # the full state: it is resumed
         signum = self.received or signal.SIGTERM
         requeued = (
             signum == getattr(signal, "SIGUSR1", None)

@@ -20,10 +20,8 @@ all nodes sharing the folder) build while the others wait and then read the same
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import shutil
 import uuid
 from collections.abc import Callable, Sequence
@@ -33,6 +31,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from lightseg.data.fingerprint import fingerprint
 from lightseg.errors import LightsegError
 from lightseg.utils.locks import file_lock
 
@@ -44,8 +43,6 @@ log = logging.getLogger(__name__)
 #: Bump when the layout or the resizing changes, so that old caches are not read.
 FORMAT_VERSION = 2
 INDEX, PIXELS = "index.json", "pixels.u8"
-#: Source attributes of these types go into the key (root, label set, thresholds, ...).
-SETTING_TYPES = (str, int, float, bool, type(None), Path, tuple)
 
 Reader = Callable[["Sample"], tuple[np.ndarray, np.ndarray]]
 
@@ -72,33 +69,12 @@ def shrink(image: np.ndarray, mask: np.ndarray, size_hw: tuple[int, int]):
     )
 
 
-def _file_stamp(path: Path | None) -> list | None:
-    if path is None:
-        return None
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return [os.path.abspath(path), None]  # the source's read will say what is wrong
-    return [os.path.abspath(path), stat.st_size, stat.st_mtime_ns]
-
-
 def cache_key(
     source: SegmentationSource, samples: Sequence[Sample], minimum_hw: Sequence[int] | None
 ) -> str:
     """A short hash of everything that decides the cache's contents (see the module doc)."""
-    settings = {
-        name: str(value)
-        for name, value in sorted(vars(source).items())
-        if isinstance(value, SETTING_TYPES) and not name.startswith("_")
-    }
-    described = {
-        "version": FORMAT_VERSION,
-        "source": f"{type(source).__module__}.{type(source).__qualname__}",
-        "settings": settings,
-        "minimum_hw": list(minimum_hw) if minimum_hw else None,
-        "samples": [[s.id, _file_stamp(s.image), _file_stamp(s.mask)] for s in samples],
-    }
-    return hashlib.sha1(json.dumps(described).encode()).hexdigest()[:16]
+    minimum = list(minimum_hw) if minimum_hw else None
+    return fingerprint(source, samples, version=FORMAT_VERSION, minimum_hw=minimum)[:16]
 
 
 class SampleCache:
@@ -179,11 +155,6 @@ def _build(
         except OSError:  # another process finished the same cache first: use theirs
             if not (target / INDEX).is_file():
                 raise
-    except OSError as error:
-        raise LightsegError(
-            f"Cannot write the data cache in '{target.parent}' ({error}). Point data.cache_dir "
-            "at a writable folder with room for the decoded images, or set data.cache=false."
-        ) from None
-    finally:
+    finally:  # an OSError becomes open_cache's message
         shutil.rmtree(scratch, ignore_errors=True)
     log.info("Data cache ready: %.0f MB", offset / 2**20)

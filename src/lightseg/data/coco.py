@@ -259,6 +259,8 @@ def build_cache(
 ) -> None:
     """Write one PNG mask per image into ``folder``, then the manifest; atomic per folder."""
     api = load_coco(annotations)
+    for stale in folder.parent.glob(f"{folder.name}.partial-*"):  # a killed builder's: the
+        shutil.rmtree(stale, ignore_errors=True)  # caller holds the lock, no one else builds
     partial = folder.with_name(f"{folder.name}.partial-{socket.gethostname()}-{os.getpid()}")
     partial.mkdir(parents=True)
 

@@ -25,13 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from rich.progress import track
 from rich.table import Table
 from torchvision.datasets.utils import download_and_extract_archive
 
 from lightseg import CONFIG_DIR
+from lightseg.config import compose_config
+from lightseg.data.base import read_pair
 from lightseg.data.statistics import Accumulator
 from lightseg.errors import LightsegError, user_errors
 from lightseg.utils.console import console
@@ -143,9 +144,8 @@ def prepare_dataset(name: str, overrides: list[str] = ()) -> None:
     data_configs = sorted(p.stem for p in (Path(CONFIG_DIR) / "data").glob("*.yaml"))
     if name not in data_configs:
         raise LightsegError(f"Unknown dataset '{name}'. Choose one of: {', '.join(data_configs)}.")
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        extra = CHECK_OVERRIDES.get(name, [])
-        cfg = compose("train", overrides=[f"data={name}", *extra, *overrides])
+    extra = CHECK_OVERRIDES.get(name, [])
+    cfg = compose_config([f"data={name}", *extra, *overrides])
     if name == "folder":
         check_folder(instantiate(cfg.data, _convert_="all"))
         return
@@ -177,7 +177,7 @@ def check_folder(datamodule) -> None:
     in_train = {s.id for s in splits["train"]}
     shapes = Counter()
     for sample in track(used, description="Reading every pair", console=console):
-        image, mask = source.read(sample)  # every check training makes, on every file
+        image, mask = read_pair(source, sample)  # every check training makes, on every file
         everything.add(image, mask)
         if sample.id in in_train:
             train.add(image, mask)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lightseg.data.base import SPLITS, Sample, SegmentationSource, stratified_split
+from lightseg.data.base import SPLITS, Sample, SegmentationSource, at_least, stratified_split
 from lightseg.data.pixels import MaskReader, read_image
 from lightseg.errors import LightsegError
 
@@ -65,9 +65,7 @@ class Folder(SegmentationSource):
         self.mask_stem = pattern_regex(mask_pattern)
         self.mask_reader = MaskReader(self.classes, palette, ignore_color)
         self.palette, self.ignore_color = self.mask_reader.palette, self.mask_reader.ignore_color
-        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-            raise LightsegError(f"data.source.channels={channels!r} must be a whole number >= 1.")
-        self.channels = channels
+        self.channels = at_least(channels, 1, "data.source.channels")
 
     @property
     def in_channels(self) -> int:

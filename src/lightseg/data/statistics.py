@@ -13,8 +13,6 @@ setting computes it again, nothing else does.
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 import json
 import logging
 import os
@@ -28,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from lightseg.config import FROM_TRAINING_SPLIT
+from lightseg.data.fingerprint import fingerprint
 from lightseg.data.transforms import pixel_scale
 from lightseg.errors import LightsegError
 
@@ -138,27 +137,12 @@ class Accumulator:
 
 def measure(source, samples: Sequence) -> SplitStatistics:
     """Statistics of ``samples`` as ``source`` reads them."""
+    from lightseg.data.base import read_pair  # base builds on this module
+
     accumulator = Accumulator(source.classes)
-    for sample in samples:
-        accumulator.add(*source.read(sample))
+    for sample in samples:  # size-checked, as training reads them
+        accumulator.add(*read_pair(source, sample))
     return accumulator.result()
-
-
-def cache_key(source, samples: Sequence) -> str:
-    """SHA-1 of the source's settings (its constructor's arguments, as the attributes of the
-    same names) and the samples' files (path, size, modification time)."""
-
-    def state(path: Path | None) -> list:
-        if path is None:
-            return [None]
-        info = Path(path).stat()
-        return [str(path), info.st_size, info.st_mtime_ns]
-
-    arguments = inspect.signature(type(source).__init__).parameters  # the source's settings
-    settings = {name: str(getattr(source, name, None)) for name in arguments if name != "self"}
-    files = [[s.id, *state(s.image), *state(s.mask)] for s in sorted(samples, key=lambda s: s.id)]
-    payload = [VERSION, type(source).__qualname__, settings, files]
-    return hashlib.sha1(json.dumps(payload, default=str).encode()).hexdigest()
 
 
 def training_statistics(
@@ -166,7 +150,7 @@ def training_statistics(
 ) -> SplitStatistics:
     """:func:`measure` of the training ``samples``, read from / written to ``folder``
     (``measured``: the result of a pass the caller made anyway, stored if not cached yet)."""
-    path = Path(folder) / f"statistics-{cache_key(source, samples)[:20]}.json"
+    path = Path(folder) / f"statistics-{fingerprint(source, samples, version=VERSION)[:20]}.json"
     if path.is_file():
         try:
             return SplitStatistics(

@@ -14,6 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import OneCycleLR
 from torchmetrics import MeanMetric
 
+from lightseg.config import FINETUNE_KEYS, SCHEDULER_INTERVAL_KEY
 from lightseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Normalize
 from lightseg.errors import LightsegError
 from lightseg.losses import build_loss
@@ -26,8 +27,6 @@ log = logging.getLogger(__name__)
 
 #: Scheduler arguments that mean "the length of training"; ``null`` in config = fill it in.
 SCHEDULE_LENGTH_ARGS = ("total_iters", "T_max", "total_steps")
-#: Optimizer config keys lightseg reads itself (transfer learning), with their defaults.
-FINETUNE_KEYS = {"decoder_lr_multiplier": 1.0, "freeze_encoder_epochs": 0}
 EVAL_STAGES = ("val", "test")
 #: Headline metrics shown in the progress bar, when the metrics config has them.
 PROGRESS_BAR_METRICS = ("dice", "iou")
@@ -154,7 +153,7 @@ class SegmentationModule(L.LightningModule):
         if not self.hparams.scheduler:
             return {"optimizer": optimizer}
         config = dict(self.hparams.scheduler)
-        interval = config.pop("interval", "epoch")
+        interval = config.pop(SCHEDULER_INTERVAL_KEY, "epoch")
         length = (
             self.trainer.estimated_stepping_batches
             if interval == "step"

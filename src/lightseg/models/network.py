@@ -73,6 +73,11 @@ def input_multiple(network: nn.Module) -> int:
     return 1
 
 
+def nearest_multiple(value: float, multiple: int) -> int:
+    """The multiple of ``multiple`` nearest to ``value``, at least ``multiple`` itself."""
+    return max(multiple, round(value / multiple) * multiple)
+
+
 def encoder_of(network: nn.Module, why: str) -> nn.Module:
     """The network's ``encoder`` module, or an error saying that ``why`` needs one."""
     encoder = getattr(network, "encoder", None)
@@ -123,7 +128,7 @@ def check_network(
     multiple = input_multiple(network)
     target = config.get("_target_")
     if height % multiple or width % multiple:
-        fits = [max(multiple, round(side / multiple) * multiple) for side in (height, width)]
+        fits = [nearest_multiple(side, multiple) for side in (height, width)]
         raise LightsegError(
             f"data.image_size={[height, width]} does not fit the network ({target}, "
             f"{_describe(config)}): its image sides must be multiples of {multiple}. Use e.g. "

@@ -98,10 +98,6 @@ class RunFolder:
         return self.path / METRICS
 
     @property
-    def splits(self) -> Path:
-        return self.path / SPLITS
-
-    @property
     def csv_log(self) -> Path:
         return self.path / CSV_LOG
 
@@ -115,10 +111,7 @@ class RunFolder:
 
     def info(self) -> dict[str, Any] | None:
         """``run_info.json``, or None if there is none (or it cannot be read)."""
-        try:
-            return json.loads(self.run_info.read_text())
-        except (OSError, ValueError):
-            return None
+        return read_json(self.run_info)
 
     @property
     def status(self) -> str | None:
@@ -135,10 +128,7 @@ class RunFolder:
         return dict((hydra.get("runtime") or {}).get("choices") or {})
 
     def read_metrics(self) -> dict[str, float | None] | None:
-        try:
-            return json.loads(self.metrics.read_text())
-        except (OSError, ValueError):
-            return None
+        return read_json(self.metrics)
 
     @property
     def is_run(self) -> bool:
@@ -164,6 +154,14 @@ class RunFolder:
             return None
         run = cls(path.parent.parent)
         return run if run.is_run or run.hydra.is_dir() else None
+
+
+def read_json(path: Path) -> Any:
+    """The JSON in ``path``, or None if there is none (or it cannot be read)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def read_yaml(path: Path) -> Any:

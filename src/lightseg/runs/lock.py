@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lightseg.errors import LightsegError
+from lightseg.runs.folder import RunFolder, read_json
 from lightseg.utils.locks import NO_FLOCK
 
 log = logging.getLogger(__name__)
@@ -38,13 +39,6 @@ def owner_record() -> dict[str, Any]:
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "since": datetime.now().astimezone().isoformat(timespec="seconds"),
     }
-
-
-def read_owner(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -67,7 +61,7 @@ def _recorded_owner_alive(owner: dict[str, Any] | None) -> bool:
 
 def held_by_live_process(folder: str | Path) -> dict[str, Any] | None:
     """The owner of ``<folder>/run.lock`` if a live process holds it, else None."""
-    path = Path(folder) / "run.lock"
+    path = RunFolder(folder).lock
     if not path.is_file():
         return None
     try:
@@ -75,11 +69,11 @@ def held_by_live_process(folder: str | Path) -> dict[str, Any] | None:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                return read_owner(path) or {}
+                return read_json(path) or {}
             except OSError as error:
                 if error.errno not in NO_FLOCK:
                     raise
-                owner = read_owner(path)
+                owner = read_json(path)
                 return owner if _recorded_owner_alive(owner) else None
             fcntl.flock(handle, fcntl.LOCK_UN)
     except OSError:
@@ -98,7 +92,7 @@ class RunLock:
     """Hold ``<folder>/run.lock`` for the life of a training process (a context manager)."""
 
     def __init__(self, folder: str | Path) -> None:
-        self.path = Path(folder) / "run.lock"
+        self.path = RunFolder(folder).lock
         self.handle = None
         self.owner: dict[str, Any] = {}
         self._stop = threading.Event()
@@ -106,13 +100,13 @@ class RunLock:
 
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        previous = read_owner(self.path)
+        previous = read_json(self.path)
         handle = open(self.path, "a+b")  # noqa: SIM115  (held until release)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.close()
-            raise self._in_use(read_owner(self.path) or previous or {}) from None
+            raise self._in_use(read_json(self.path) or previous or {}) from None
         except OSError as error:
             if error.errno not in NO_FLOCK:
                 handle.close()

@@ -43,6 +43,12 @@ def resume_requested(cfg: DictConfig) -> bool:
     return cfg.get("ckpt_path") is not None or resume == "auto"
 
 
+def explicit_checkpoint(cfg: DictConfig) -> str | None:
+    """``ckpt_path`` where it names a checkpoint file; None where it is unset or ``last``."""
+    ckpt = cfg.get("ckpt_path")
+    return None if ckpt is None or str(ckpt) == "last" else ckpt
+
+
 def existing_checkpoint(path: str | Path) -> Path:
     checkpoint = Path(path)
     if not checkpoint.is_file():
@@ -90,14 +96,15 @@ def new_run_folder(parent: Path, now: datetime | None = None) -> Path:
 def choose_run_folder(cfg: DictConfig, explicit: str | None) -> tuple[Path, bool]:
     """``(run folder, continues an existing run)`` for a single (not multirun) training."""
     runs = runs_of(cfg.paths.log_dir, cfg.name)
-    ckpt, resume = cfg.get("ckpt_path"), resume_requested(cfg)
+    resume = resume_requested(cfg)
     if explicit is not None:
         run = RunFolder(explicit)
         if rank_zero_only.rank == 0:  # the other processes of a job join the first one's run
             refuse_if_alive(run)
         return run.path, resume and run.hydra.is_dir() and run.last.is_file()
-    if ckpt is not None and str(ckpt) != "last":
-        run = RunFolder.of_checkpoint(existing_checkpoint(ckpt))
+    checkpoint = explicit_checkpoint(cfg)
+    if checkpoint is not None:
+        run = RunFolder.of_checkpoint(existing_checkpoint(checkpoint))
         if run is None:  # a checkpoint from elsewhere: continue its training in a new folder
             return new_run_folder(runs), False
         refuse_if_alive(run)
@@ -106,7 +113,7 @@ def choose_run_folder(cfg: DictConfig, explicit: str | None) -> tuple[Path, bool
         run = newest_resumable(runs)
         if run is not None:
             return run.path, True
-        if ckpt is not None:
+        if cfg.get("ckpt_path") is not None:
             raise LightsegError(
                 f"ckpt_path=last: no unfinished run of experiment '{cfg.name}' under '{runs}' "
                 "(unfinished: it has checkpoints/last.ckpt but no metrics.json, did not fail, "
@@ -119,11 +126,11 @@ def choose_run_folder(cfg: DictConfig, explicit: str | None) -> tuple[Path, bool
 
 def checkpoint_to_resume(cfg: DictConfig, run: RunFolder) -> str | None:
     """The checkpoint training continues from in ``run`` (None: a fresh start)."""
-    ckpt = cfg.get("ckpt_path")
     if not resume_requested(cfg):
         return None
-    if ckpt is not None and str(ckpt) != "last":
-        return str(existing_checkpoint(ckpt))
+    checkpoint = explicit_checkpoint(cfg)
+    if checkpoint is not None:
+        return str(existing_checkpoint(checkpoint))
     return str(run.last) if run.last.is_file() else None
 
 

@@ -73,20 +73,29 @@ def as_read(item):
     return item
 
 
+def as_target(mask: np.ndarray) -> torch.Tensor:
+    """A mask as the metrics take it: [1, H, W] int64 (built once per image, for every variant)."""
+    return torch.from_numpy(mask.astype(np.int64))[None]
+
+
 class Scores:
     """One inference variant: the run's own metric set (the classes training logged with),
-    the split's confusion matrix for the figure, and each image's values for per_image.csv."""
+    the split's confusion matrix for the figure (``confusion``: only the variant the figure
+    shows counts one; the others keep None), and each image's values for per_image.csv."""
 
-    def __init__(self, metrics: MetricSet, task: Task) -> None:
+    def __init__(self, metrics: MetricSet, task: Task, confusion: bool = True) -> None:
         self.task, self.metrics = task, metrics
-        self.confusion = torch.zeros(task.num_classes, task.num_classes, dtype=torch.long)
+        self.confusion: torch.Tensor | None = None
+        if confusion:
+            self.confusion = torch.zeros(task.num_classes, task.num_classes, dtype=torch.long)
         self.per_image: list[tuple[str, dict[str, float]]] = []
 
-    def update(self, prediction: np.ndarray, mask: np.ndarray, sample_id: str) -> None:
+    def update(self, prediction: np.ndarray, target: torch.Tensor, sample_id: str) -> None:
+        """Score one image; ``target``: its mask as [1, H, W] int64 (see :func:`as_target`)."""
         preds = torch.from_numpy(prediction.astype(np.int64))[None]
-        target = torch.from_numpy(mask.astype(np.int64))[None]
         self.per_image.append((sample_id, self.metrics(preds, target)))
-        self.confusion += confusion_matrix(preds, target, self.task.num_classes)
+        if self.confusion is not None:
+            self.confusion += confusion_matrix(preds, target, self.task.num_classes)
 
     def compute(self) -> dict[str, float]:
         return self.metrics.compute()
@@ -148,8 +157,7 @@ def evaluate(
             f"{list(datamodule.classes)}. Evaluate on the dataset it was trained on "
             "(experiment=... or data=...)."
         )
-    datamodule.prepare_data()
-    datamodule.setup()
+    datamodule.locate(prepare=True)  # the split lists only: eval reads full-size images
     if cfg.split not in datamodule.splits:
         raise LightsegError(f"split={cfg.split} is unknown: use test, val or train.")
     samples = datamodule.splits[cfg.split]
@@ -159,7 +167,10 @@ def evaluate(
     crf = instantiate(cfg.postprocess) if cfg.get("postprocess") else None
     names = ["plain", *(["tta"] if segmenter.augmented else []), *([f"{last}+crf"] if crf else [])]
     chosen = metrics_config(cfg, module, metrics_from_command_line)
-    scores = {name: Scores(build_metrics(chosen, task), task) for name in names}
+    scores = {
+        name: Scores(build_metrics(chosen, task), task, confusion=name == names[-1])
+        for name in names
+    }
 
     loader = DataLoader(
         NativeImages(datamodule.source, samples),
@@ -174,14 +185,15 @@ def evaluate(
         console=console,
         transient=True,
     ):
+        target = as_target(mask)
         probabilities, augmented = segmenter.with_and_without_tta(image)
-        scores["plain"].update(probabilities.argmax(0), mask, sample_id)
+        scores["plain"].update(probabilities.argmax(0), target, sample_id)
         if augmented is not None:
             probabilities = augmented
-            scores["tta"].update(probabilities.argmax(0), mask, sample_id)
+            scores["tta"].update(probabilities.argmax(0), target, sample_id)
         if crf:
             refined = crf(image, probabilities)
-            scores[f"{last}+crf"].update(refined.argmax(0), mask, sample_id)
+            scores[f"{last}+crf"].update(refined.argmax(0), target, sample_id)
 
     final = scores[names[-1]]
     report = {

@@ -38,6 +38,7 @@ from lightseg import CONFIG_DIR, __version__
 from lightseg.config import plain
 from lightseg.errors import LightsegError, user_errors
 from lightseg.models import SegmentationModule, input_multiple
+from lightseg.models.network import logits_of
 from lightseg.tools.inference import DEFAULT_IMAGE_SIZE, load_module, stored_image_size
 from lightseg.utils.console import console
 
@@ -64,8 +65,8 @@ class ExportModel(nn.Module):
         self.eval()
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        output = self.net(self.normalize(image))
-        return output[0] if isinstance(output, tuple) else output
+        logits, _ = logits_of(self.net(self.normalize(image)))
+        return logits
 
 
 Runner = Callable[[np.ndarray], np.ndarray]

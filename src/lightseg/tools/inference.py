@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from lightseg.data.transforms import to_unit_range
 from lightseg.errors import LightsegError
 from lightseg.models import SegmentationModule, input_multiple
-from lightseg.models.network import without_pretrained
+from lightseg.models.network import logits_of, nearest_multiple, without_pretrained
 
 #: Hyperparameters that make a checkpoint a lightseg checkpoint.
 REQUIRED_HPARAMS = ("model", "classes", "normalization")
@@ -153,12 +153,6 @@ class Segmenter:
     def augmented(self) -> bool:
         return self.flip or self.scales != (1.0,)
 
-    def without_tta(self) -> Segmenter:
-        """The same segmenter with test-time augmentation switched off."""
-        return Segmenter(
-            self.module, self.image_size, self.mode, self.stride, window_batch=self.window_batch
-        )
-
     def normalize(self, image: np.ndarray) -> torch.Tensor:
         """Pixels [H, W, C] (uint8 RGB, or as the source reads them) -> normalised float
         [1, C, H, W] on the model's device, by the module's own normalisation (the one its
@@ -196,8 +190,9 @@ class Segmenter:
         images = self.normalize(image)
         views = self.views(images)
         plain = views.get((1.0, False))
-        if plain is None:
-            plain = self.without_tta().probabilities(images)
+        if plain is None:  # no scale is 1: the plain view is one more pass
+            with torch.no_grad():
+                plain = self.task.probabilities(self.logits(images))
         if not self.augmented:
             return plain[0].cpu().numpy(), None
         return plain[0].cpu().numpy(), (sum(views.values()) / len(views))[0].cpu().numpy()
@@ -206,7 +201,7 @@ class Segmenter:
         """Logits [N, out_channels, H, W] at the input's resolution, for one scale."""
         height, width = images.shape[-2:]
         if self.mode == "whole":
-            size = tuple(_multiple(side * scale, self.multiple) for side in self.image_size)
+            size = tuple(nearest_multiple(side * scale, self.multiple) for side in self.image_size)
             logits = self._forward(_resize(images, size))
         else:
             size = (max(1, round(height * scale)), max(1, round(width * scale)))
@@ -214,8 +209,8 @@ class Segmenter:
         return _resize(logits, (height, width))
 
     def _forward(self, images: torch.Tensor) -> torch.Tensor:
-        output = self.module(images)
-        return (output[0] if isinstance(output, tuple) else output).float()
+        logits, _ = logits_of(self.module(images))
+        return logits.float()
 
     def _slide(self, images: torch.Tensor) -> torch.Tensor:
         """Average the logits of overlapping windows; images smaller than one are padded."""
@@ -242,10 +237,6 @@ class Segmenter:
                     if image_index == 0:
                         count[..., top : top + window_h, left : left + window_w] += 1
         return (total / count)[..., :height, :width]
-
-
-def _multiple(value: float, multiple: int) -> int:
-    return max(multiple, round(value / multiple) * multiple)
 
 
 def _starts(full: int, window: int, step: int) -> list[int]:

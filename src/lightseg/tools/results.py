@@ -171,9 +171,10 @@ def read_run(run: RunFolder, source: Source = Source()) -> Run:
     values = _flatten(config or {})
     values.update({key: str(value) for key, value in run.group_choices().items()})
     trained = run.read_metrics()
-    metrics, per_image, missing = trained, read_per_image(run.per_image, "test/"), None
     if source.eval:
         metrics, per_image, missing = eval_results(run, source)
+    else:
+        metrics, per_image, missing = trained, read_per_image(run.per_image, "test/"), None
     status = "finished"
     if missing and trained is not None:
         status = missing

@@ -23,7 +23,7 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from lightseg.runs.folder import WANDB_RUN_ID
+from lightseg.runs.folder import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def wandb_credentials_present() -> bool:
 
 def wandb_run_id(save_dir: Path) -> str:
     """The run folder's W&B id: the stored one, the sweep agent's, or a new one (then stored)."""
-    path = save_dir / WANDB_RUN_ID  # read again when the run is resumed
+    path = RunFolder(save_dir).wandb_run_id  # read again when the run is resumed
     if path.is_file() and path.read_text().strip():
         return path.read_text().strip()
     alphabet = string.ascii_lowercase + string.digits  # what W&B's own ids use
