@@ -19,6 +19,9 @@ RUNS ?=
 METRICS ?= test/dice,test/iou
 CONFIRM ?=
 
+# Hydra takes -m before the overrides: `make train ARGS="-m seed=0,1"` runs a sweep.
+HYDRA_ARGS = $(filter -m --multirun,$(ARGS)) experiment=$(EXP) $(filter-out -m --multirun,$(ARGS))
+
 # Recipe line of `train` and `lr-find`: stop with the known experiments when EXP names none.
 define check_experiment
 @test -f configs/experiment/$(EXP).yaml || { \
@@ -45,11 +48,11 @@ install: $(STAMP) ## Create .venv and install lightseg with dev tools
 
 train: $(STAMP) ## Train: make train [EXP=ph2_unet] [ARGS="model.arch=FPN trainer.max_epochs=5"]
 	$(check_experiment)
-	$(PY) -m lightseg.train experiment=$(EXP) $(ARGS)
+	$(PY) -m lightseg.train $(HYDRA_ARGS)
 
 lr-find: $(STAMP) ## Learning-rate range test, plot + suggestion: make lr-find [EXP=ph2_unet] [ARGS="lr_find.num_training=200"]
 	$(check_experiment)
-	$(PY) -m lightseg.tools.lr_find experiment=$(EXP) $(ARGS)
+	$(PY) -m lightseg.tools.lr_find $(HYDRA_ARGS)
 
 eval: $(STAMP) ## Evaluate a checkpoint: make eval CKPT=path [EXP=name] [ARGS="split=val inference.flip=true"]
 	@test -n "$(CKPT)" || { echo "Set CKPT=path/to/best.ckpt (runs write logs/<name>/runs/<time>/checkpoints/best.ckpt)"; exit 2; }

@@ -38,11 +38,9 @@ from rich.table import Table
 from torch.utils.data import DataLoader
 
 from lightseg.config import compose_config, image_size_hw
-from lightseg.data.base import SegmentationDataModule
 from lightseg.errors import user_errors
-from lightseg.models.module import FINETUNE_KEYS
+from lightseg.experiment import build
 from lightseg.tools.inference import Segmenter
-from lightseg.train import build_module, build_trainer
 from lightseg.utils.console import console
 
 AMP_DTYPES = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
@@ -91,14 +89,9 @@ class StepTimer(Callback):
             self.rates = self.clock.stop(self.steps * self.images)
 
 
-def lightseg_run(
-    cfg: DictConfig, datamodule: SegmentationDataModule, warmup: int, steps: int
-) -> dict[str, float]:
+def lightseg_run(cfg: DictConfig, warmup: int, steps: int) -> dict[str, float]:
     """Images/s of ``trainer.fit`` with the run's own module, logger and callbacks."""
-    torch.manual_seed(0)
-    module = build_module(cfg, datamodule.classes)
-    timer = StepTimer(warmup, steps, datamodule.device_batch_size())
-    trainer = build_trainer(
+    experiment = build(
         cfg,
         max_steps=warmup + steps,
         max_epochs=-1,
@@ -108,23 +101,23 @@ def lightseg_run(
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    trainer.callbacks.append(timer)
-    trainer.fit(module, datamodule=datamodule)
+    timer = StepTimer(warmup, steps, experiment.datamodule.device_batch_size())
+    experiment.trainer.callbacks.append(timer)
+    experiment.trainer.fit(experiment.module, datamodule=experiment.datamodule)
     return timer.rates
 
 
-def plain_run(
-    cfg: DictConfig, datamodule: SegmentationDataModule, warmup: int, steps: int
-) -> dict[str, float]:
+def plain_run(cfg: DictConfig, warmup: int, steps: int) -> dict[str, float]:
     """Images/s of a hand-written loop: same network, loss, optimizer, loader and precision,
     and the same normalisation on the device (the module's own batch-transfer hook)."""
-    torch.manual_seed(0)
-    module = build_module(cfg, datamodule.classes)
+    experiment = build(cfg)
+    module, datamodule = experiment.module, experiment.datamodule
+    datamodule.setup("fit")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module.to(device)
     net, criterion = module.net.train(), module.criterion
-    settings = {k: v for k, v in module.hparams.optimizer.items() if k not in FINETUNE_KEYS}
-    optimizer = instantiate(settings, params=net.parameters())  # one group, as written by hand
+    # one group, as written by hand
+    optimizer = instantiate(module.hparams.optimizer, params=net.parameters())
     dtype = AMP_DTYPES.get(str(cfg.trainer.precision))
     scaler = torch.amp.GradScaler(enabled=dtype is torch.float16 and device.type == "cuda")
     channels_last = module.hparams.channels_last and device.type == "cuda"
@@ -154,15 +147,13 @@ def plain_run(
                 return clock.stop(steps * loader.batch_size)
 
 
-def training_rows(
-    cfg: DictConfig, datamodule: SegmentationDataModule, args: argparse.Namespace
-) -> list[dict[str, Any]]:
+def training_rows(cfg: DictConfig, args: argparse.Namespace) -> list[dict[str, Any]]:
     runs: dict[str, list[dict[str, float]]] = {"plain": [], "lightseg": []}
     for repeat in range(args.repeats):
         order = ("plain", "lightseg") if repeat % 2 == 0 else ("lightseg", "plain")
         for name in order:
             run = plain_run if name == "plain" else lightseg_run
-            runs[name].append(run(cfg, datamodule, args.warmup, args.steps))
+            runs[name].append(run(cfg, args.warmup, args.steps))
         console.print(
             f"  repeat {repeat + 1}/{args.repeats}: "
             + ", ".join(f"{n} {v[-1]['wall']:.2f} img/s" for n, v in runs.items())
@@ -177,7 +168,7 @@ def training_rows(
         {
             "model": f"{cfg.model.arch}/{cfg.model.get('encoder_name', '')}",
             "size": "x".join(map(str, image_size_hw(cfg.data.image_size))),
-            "batch": datamodule.device_batch_size(),
+            "batch": cfg.data.batch_size,
             "precision": str(cfg.trainer.precision),
             "plain": plain,
             "lightseg": ours,
@@ -196,15 +187,14 @@ TTA_VARIANTS = {
 }
 
 
-def inference_rows(
-    cfg: DictConfig, datamodule: SegmentationDataModule, args: argparse.Namespace
-) -> list[dict[str, Any]]:
+def inference_rows(cfg: DictConfig, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Images/s of ``Segmenter`` (whole-image inference, as eval and predict run it) on the
     validation images at their own size, without and with test-time augmentation."""
-    dataset = datamodule.dataset("val")
+    experiment = build(cfg)
+    dataset = experiment.datamodule.dataset("val")
     images = [dataset.read(i)[0] for i in range(min(len(dataset), args.inference_images))]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    module = build_module(cfg, datamodule.classes).eval().to(device)
+    module = experiment.module.eval().to(device)
     rows = []
     for name, options in TTA_VARIANTS.items():
         segmenter = Segmenter(module, image_size=image_size_hw(cfg.data.image_size), **options)
@@ -336,18 +326,17 @@ def bench(argv: list[str] | None = None) -> dict[str, Any]:
         f"trainer.accelerator={'gpu' if gpu else 'cpu'}",
     ]
     base = [*common, "scheduler=none", "data.cache=true", "data.num_workers=0"]
-    variants = [[]] + ([["trainer.precision=bf16-mixed", "channels_last=true"]] if gpu else [])
+    variants = [[]] + (
+        [["trainer.precision=bf16-mixed", "module.channels_last=true"]] if gpu else []
+    )
     results: dict[str, Any] = {"machine": machine()}
     cfg = compose_config([*base, *args.overrides])
-    datamodule = instantiate(cfg.data, _convert_="all")  # variants never change the data
-    datamodule.prepare_data()
-    datamodule.setup("fit")
     if "training" in args.parts:
         results["training"] = []
         for variant in variants:
             variant_cfg = compose_config([*base, *variant, *args.overrides]) if variant else cfg
             console.print(f"Training throughput, {variant_cfg.trainer.precision}:")
-            results["training"] += training_rows(variant_cfg, datamodule, args)
+            results["training"] += training_rows(variant_cfg, args)
     if "time-to-accuracy" in args.parts:
         console.print(f"Time to val/dice >= {args.target} on the demo, seeds {args.seeds}:")
         accuracy_cfg = compose_config([*common, *args.overrides])  # its own schedule: no base
@@ -357,7 +346,7 @@ def bench(argv: list[str] | None = None) -> dict[str, Any]:
         results["loaders"] = loader_rows(args, str(cfg.paths.data_dir))
     if "inference" in args.parts:
         console.print("Inference throughput (eval / predict path):")
-        results["inference"] = inference_rows(cfg, datamodule, args)
+        results["inference"] = inference_rows(cfg, args)
     results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if gpu:
         results["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20

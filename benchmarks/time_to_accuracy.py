@@ -24,7 +24,6 @@ import time
 from typing import Any
 
 import albumentations as A
-import lightning as L
 import segmentation_models_pytorch as smp
 import torch
 from albumentations.pytorch import ToTensorV2
@@ -34,8 +33,8 @@ from omegaconf import DictConfig, open_dict
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from lightseg.data.base import SegmentationDataModule
-from lightseg.train import build_module, build_trainer
+from lightseg.data import SegmentationDataModule
+from lightseg.experiment import build
 
 #: The plain loop's recipe (the reference loop of issue 14).
 PLAIN = {"max_lr": 3e-3, "batch_size": 16}
@@ -65,20 +64,17 @@ def lightseg_time(cfg: DictConfig, target: float, seed: int) -> dict[str, Any]:
     """Seconds until lightseg's run of ``cfg`` reaches ``target`` validation Dice."""
     with open_dict(cfg):
         cfg.seed = cfg.data.seed = seed
-    L.seed_everything(seed, workers=True, verbose=False)  # as `make train` seeds a run
-    datamodule = instantiate(cfg.data, _convert_="all")
-    datamodule.prepare_data()  # the cache, as every run after the first finds it
-    module = build_module(cfg, datamodule.classes)
-    trainer = build_trainer(
+    experiment = build(  # seeded as `make train` seeds a run
         cfg,
         num_sanity_val_steps=0,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
     )
+    experiment.datamodule.prepare_data()  # the cache, as every run after the first finds it
     stopper = ReachTarget(str(cfg.monitor), target)  # its clock starts here, just before fit
-    trainer.callbacks.append(stopper)
-    trainer.fit(module, datamodule=datamodule)
+    experiment.trainer.callbacks.append(stopper)
+    experiment.trainer.fit(experiment.module, datamodule=experiment.datamodule)
     return {"seconds": stopper.reached_s, "epoch": stopper.epoch, "val_dice": stopper.history}
 
 

@@ -64,7 +64,7 @@ def test_a_key_of_another_family_is_an_error_naming_key_and_option():
         ("trainer.max_epochs=ten", r"trainer.max_epochs='ten' is not valid: .* Optional\[int\]"),
         ("trainer.precision=17", r"trainer.precision=17 is not valid"),
         ("optimizer.lr=fast", r"optimizer.lr='fast' is not valid"),
-        ("+loss.ce.label_smoothin=0.1", r"loss.ce.label_smoothin: not a setting"),
+        ("+loss.ce.term.label_smoothin=0.1", r"loss.ce.term.label_smoothin: not a setting"),
         ("data.source._target_=lightseg.data.nope.Nope", r"cannot be imported"),
     ],
 )
@@ -117,7 +117,17 @@ def test_missing_data_is_found_before_any_weights_are_downloaded(tmp_path, monke
         train(cfg)
 
 
-CORE = ("data", "models", "losses.py", "metrics.py", "task.py", "train.py", "config.py", "runs")
+CORE = (
+    "data",
+    "models",
+    "losses.py",
+    "metrics.py",
+    "task.py",
+    "train.py",
+    "experiment.py",
+    "config.py",
+    "runs",
+)
 
 
 def imported_modules(path: Path) -> set[str]:

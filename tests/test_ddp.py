@@ -8,7 +8,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from lightseg.train import build_module, build_trainer
+from lightseg.experiment import build_module, build_trainer
 from tests.conftest import make_config
 
 
@@ -30,7 +30,7 @@ def untrained_demo(tmp_path, data_dir, trainer: str, *overrides: str):
     )
     datamodule = instantiate(cfg.data, _convert_="all")
     torch.manual_seed(0)
-    module = build_module(cfg, datamodule.classes)
+    module = build_module(cfg, datamodule)
     trainer = build_trainer(cfg, enable_progress_bar=False, enable_model_summary=False)
     return trainer, module, datamodule
 

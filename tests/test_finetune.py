@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import lightning as L
 import pandas as pd
 import pytest
 import torch
-from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback
 
+from lightseg.callbacks import Finetuning
 from lightseg.errors import LightsegError
+from lightseg.experiment import build
 from lightseg.models import SegmentationModule
-from lightseg.train import build_module, train
+from lightseg.train import train
 from tests.conftest import BINARY_METRICS, CE_DICE, make_config
 
 TINY = (
@@ -25,7 +26,7 @@ TINY = (
 )
 
 
-class Snapshots(L.Callback):
+class Snapshots(Callback):
     """The encoder's and decoder's parameters and the encoder's BN statistics after each epoch."""
 
     def __init__(self) -> None:
@@ -56,23 +57,17 @@ def test_the_encoder_is_frozen_for_the_first_epochs_then_trains(tmp_path, data_d
         tmp_path,
         *TINY,
         "trainer.max_epochs=3",
-        "optimizer.freeze_encoder_epochs=2",
+        "logger=none",
+        "callbacks=none",
+        "+callbacks.finetuning._target_=lightseg.callbacks.Finetuning",
+        "+callbacks.finetuning.freeze_encoder_epochs=2",
         data_dir=data_dir,
     )
-    datamodule = instantiate(cfg.data, _convert_="all")
-    module = build_module(cfg, datamodule.classes)
+    experiment = build(cfg, enable_checkpointing=False, enable_progress_bar=False)
     snapshots = Snapshots()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=3,
-        limit_train_batches=2,
-        limit_val_batches=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        callbacks=[snapshots],
-    )
-    trainer.fit(module, datamodule=datamodule)
+    experiment.trainer.callbacks.append(snapshots)
+    experiment.trainer.fit(experiment.module, datamodule=experiment.datamodule)
+    module = experiment.module
     start, epoch0, epoch1, epoch2 = snapshots.states
     for frozen in (epoch0, epoch1):  # epochs 0 and 1: encoder weights and BN statistics fixed
         assert not changed(start["encoder"], frozen["encoder"])
@@ -91,7 +86,7 @@ def test_decoder_and_head_learn_at_a_multiple_of_the_encoder_rate(tmp_path, data
         "logger=csv",
         "scheduler=none",
         "optimizer.lr=0.001",
-        "optimizer.decoder_lr_multiplier=10",
+        "callbacks.finetuning.decoder_lr_multiplier=10",
         "callbacks.progress_bar=null",
         data_dir=data_dir,
     )
@@ -102,15 +97,20 @@ def test_decoder_and_head_learn_at_a_multiple_of_the_encoder_rate(tmp_path, data
     assert rates["lr-AdamW/decoder_head"].dropna().tolist() == [pytest.approx(0.01)]
 
 
+def groups(module: SegmentationModule, **options) -> list[dict]:
+    """The optimizer's parameter groups with the fine-tuning callback ``options``."""
+    return Finetuning(**options).parameter_groups(module, [{"params": list(module.parameters())}])
+
+
 def test_the_groups_split_the_parameters_exactly_once(data_dir):
     module = SegmentationModule(
         model={"_target_": "lightseg.models.smp_models.build", "encoder_name": "resnet18"},
         loss=CE_DICE,
-        optimizer={"_target_": "torch.optim.SGD", "lr": 0.1, "decoder_lr_multiplier": 5},
+        optimizer={"_target_": "torch.optim.SGD", "lr": 0.1},
         classes=["background", "lesion"],
         metrics=BINARY_METRICS,
     )
-    encoder_group, rest = module.parameter_groups()
+    encoder_group, rest = groups(module, decoder_lr_multiplier=5)
     assert encoder_group["params"] == list(module.net.encoder.parameters())
     assert rest["lr"] == pytest.approx(0.5) and "lr" not in encoder_group
     ids = [id(p) for group in (encoder_group, rest) for p in group["params"]]
@@ -126,10 +126,10 @@ def test_torchvision_models_offer_their_backbone_as_encoder():
             "arch": "lraspp_mobilenet_v3_large",
         },
         loss=CE_DICE,
-        optimizer={"_target_": "torch.optim.SGD", "lr": 0.1, "decoder_lr_multiplier": 10},
+        optimizer={"_target_": "torch.optim.SGD", "lr": 0.1},
         classes=["background", "lesion"],
     )
-    encoder_group, _ = module.parameter_groups()
+    encoder_group, _ = groups(module, decoder_lr_multiplier=10)
     assert encoder_group["params"] == list(module.net.net.backbone.parameters())
 
 
@@ -137,6 +137,7 @@ def test_torchvision_models_offer_their_backbone_as_encoder():
     ("options", "message"),
     [
         ({"decoder_lr_multiplier": 10}, r"Conv2d has no `encoder` module"),
+        ({"decoder_lr_multiplier": True}, r"decoder_lr_multiplier=True must be a number > 0"),
         ({"decoder_lr_multiplier": 0}, r"decoder_lr_multiplier=0 must be a number > 0"),
         ({"freeze_encoder_epochs": -1}, r"freeze_encoder_epochs=-1 must be a whole number >= 0"),
     ],
@@ -145,12 +146,11 @@ def test_settings_that_cannot_work_are_named(options, message):
     module = SegmentationModule(  # a network without an encoder: one convolution
         model={"_target_": "torch.nn.Conv2d", "in_channels": 3, "kernel_size": 1},
         loss=CE_DICE,
-        optimizer={"_target_": "torch.optim.SGD", "lr": 0.1, **options},
+        optimizer={"_target_": "torch.optim.SGD", "lr": 0.1},
         classes=["background", "lesion"],
     )
     with pytest.raises(LightsegError, match=message):
-        module.parameter_groups()
-        module.on_train_epoch_start()
+        groups(module, **options)
 
 
 @pytest.mark.slow
@@ -165,7 +165,8 @@ def test_freezing_under_ddp_needs_the_find_unused_strategy(tmp_path, data_dir, s
         "trainer.limit_test_batches=1",
         "logger=none",
         "callbacks=none",
-        "optimizer.freeze_encoder_epochs=1",
+        "+callbacks.finetuning._target_=lightseg.callbacks.Finetuning",
+        "+callbacks.finetuning.freeze_encoder_epochs=1",
         data_dir=data_dir,
     )
     if strategy == "ddp_spawn":

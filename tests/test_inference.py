@@ -10,7 +10,7 @@ from torch import nn
 from lightseg.errors import LightsegError
 from lightseg.models import SegmentationModule
 from lightseg.tools.inference import Segmenter, build_segmenter, load_module, read_checkpoint
-from lightseg.train import inference_defaults
+from lightseg.experiment import inference_defaults
 from tests.conftest import CE_DICE, make_config, metrics_for
 
 SMP = "lightseg.models.smp_models.build"

@@ -12,16 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from lightseg import CONFIG_DIR
 from lightseg.errors import LightsegError
 from lightseg.runs import RunFolder, RunLock, snapshot
 from lightseg.runs.lock import held_by_live_process
-from lightseg.runs.resume import continued_config
-from lightseg.train import refuse_ddp_sweep, train
+from lightseg.train import check_sweep, train
 from tests.conftest import FAST, make_config
 
 
@@ -78,28 +75,6 @@ def compose_train(*overrides: str):
         return compose("train", overrides=["paths.output_dir=run", *overrides])
 
 
-def test_overrides_given_at_resume_apply_to_that_invocation_only(tmp_path):
-    run = RunFolder(tmp_path / "run")
-    run.hydra.mkdir(parents=True)
-    original = compose_train("experiment=demo", "model.arch=FPN")
-    OmegaConf.save(original, run.hydra / "config.yaml")
-    hydra = {"hydra": {"runtime": {"choices": {"experiment": "demo", "model": "unet_resnet18"}}}}
-    (run.hydra / "hydra.yaml").write_text(yaml.safe_dump(hydra))
-
-    now = compose_train("experiment=demo", "ckpt_path=last", "trainer.max_epochs=20")
-    resumed = continued_config(
-        now, run, ["experiment=demo", "ckpt_path=last", "trainer.max_epochs=20"]
-    )
-    assert resumed.model.arch == "FPN"  # the run's own config, not today's defaults
-    assert resumed.trainer.max_epochs == 20 and resumed.ckpt_path == "last"
-    later = continued_config(
-        compose_train("experiment=demo", "ckpt_path=last"), run, ["ckpt_path=last"]
-    )
-    assert later.trainer.max_epochs == original.trainer.max_epochs  # not carried over
-    with pytest.raises(LightsegError, match="cannot switch config group options"):
-        continued_config(now, run, ["model=segnet", "ckpt_path=last"])
-
-
 def test_a_torn_last_checkpoint_fails_the_run_with_one_paragraph(tmp_path, data_dir):
     cfg = make_config(tmp_path, "experiment=demo", *FAST, "data.image_size=64", data_dir=data_dir)
     cfg.trainer.fast_dev_run = False
@@ -149,8 +124,8 @@ def test_a_corrupt_checkpoint_from_the_command_line_is_one_paragraph(tmp_path):
 def test_a_sweep_with_multi_process_ddp_is_refused():
     cfg = compose_train("trainer=ddp", "trainer.devices=4")
     with pytest.raises(LightsegError, match="submitit"):
-        refuse_ddp_sweep(cfg)
-    refuse_ddp_sweep(compose_train("trainer=ddp_sim"))  # spawned processes: fine
+        check_sweep(cfg)
+    check_sweep(compose_train("trainer=ddp_sim"))  # spawned processes: fine
 
 
 def test_run_info_records_owner_command_and_versions(tmp_path, data_dir):

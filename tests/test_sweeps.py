@@ -12,8 +12,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from lightseg import CONFIG_DIR
+from lightseg.config import compose_config
 from lightseg.errors import LightsegError
-from lightseg.launch import prepare_arguments
+from lightseg.train import check_sweep
 from tests.runs import run_cli, tiny_cli_run
 
 SWEEP_FILE = Path(CONFIG_DIR).parent / "sweeps" / "wandb_demo.yaml"
@@ -29,7 +30,8 @@ def test_wandb_sweep_parameters_are_config_keys_passed_as_hydra_overrides(tmp_pa
     }
     args = ["experiment=demo", f"paths.log_dir={tmp_path}"]
     args += [f"{key}={value}" for key, value in first.items()]
-    assert prepare_arguments(args)[: len(args)] == args
+    cfg = compose_config(args)
+    assert all(str(OmegaConf.select(cfg, k)) == str(v) for k, v in first.items())
 
 
 @pytest.fixture
@@ -83,8 +85,12 @@ def test_the_slurm_launcher_config_submits_one_job_per_run(tmp_path):
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
     assert launcher.signal_delay_s == 120 and launcher.additional_parameters.requeue is True
     # a sweep may carry resume=auto (each requeued job continues its own folder) ...
-    args = ["-m", "hydra/launcher=slurm", "seed=0,1", "resume=auto", f"paths.log_dir={tmp_path}"]
-    assert prepare_arguments(args) == args
+    check_sweep(compose_train("resume=auto"))
     # ... but not one checkpoint for every job
     with pytest.raises(LightsegError, match="start every job from that one checkpoint"):
-        prepare_arguments(["-m", "seed=0,1", f"ckpt_path={tmp_path}/x.ckpt"])
+        check_sweep(compose_train(f"ckpt_path={tmp_path}/x.ckpt"))
+
+
+def compose_train(*overrides: str):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("train", overrides=["paths.output_dir=run", *overrides])

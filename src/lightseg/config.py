@@ -1,45 +1,52 @@
-"""The composed config, checked once before any work, and the resolvers the configs use.
+"""The composed config: checked once before any work, explained when Hydra cannot compose it,
+and the resolvers the configs use.
 
 :func:`validate` walks every node with a ``_target_`` (model, data and its source and
 transforms, loss terms, metrics, optimizer, scheduler, trainer, callbacks, loggers) and checks
 its keys against the signature of the class or function it names: a key the target does not
 take, or a value of the wrong type, is an error naming the key, the config group option it
 came from, and what the target accepts. Ranges are checked by the classes themselves.
+
+:func:`explained_overrides` wraps an entry point: when Hydra cannot apply an override, the
+command ends with Hydra's message plus the nearest valid key or option (worked out then, on
+the failure path only).
 """
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import inspect
 import os
+import re
+import sys
 import types
 import typing
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from lightseg.errors import LightsegError
+from lightseg.errors import LightsegError, user_errors
+from lightseg.runs import resume
 
 #: Hydra's own keys in a ``_target_`` node.
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
-#: Key of every ``loss.<name>`` entry that belongs to the sum, not to the term.
-LOSS_WEIGHT_KEY = "weight"
-#: Scheduler key saying whether it steps per ``epoch`` (the default) or per ``step``.
-SCHEDULER_INTERVAL_KEY = "interval"
-#: Optimizer config keys lightseg reads itself (transfer learning), with their defaults.
-FINETUNE_KEYS = {"decoder_lr_multiplier": 1.0, "freeze_encoder_epochs": 0}
-#: Keys lightseg reads itself and does not pass to the target, by node.
-LIGHTSEG_KEYS = {
-    "loss": {LOSS_WEIGHT_KEY},
-    "scheduler": {SCHEDULER_INTERVAL_KEY},
-    "optimizer": set(FINETUNE_KEYS),
-}
-#: Loss-term values that lightseg replaces by numbers from the training split before building
-#: the term (lightseg.data.statistics.fill_from_data), so any term taking these keys gets them.
+#: Values that lightseg replaces by numbers from the training split before anything is built
+#: (lightseg.data.statistics.resolve_auto), whatever the key's type: ``class_weights`` and
+#: ``pos_weight`` of any loss term, ``data.mean``/``data.std``.
 FROM_TRAINING_SPLIT = {"class_weights": ("auto", "median", "inverse"), "pos_weight": ("auto",)}
+RESOLVED_LATER = {value for values in FROM_TRAINING_SPLIT.values() for value in values}
+UNKNOWN_KEY = re.compile(
+    r"Could not (?:override|delete from config\.|append to config\.) '([^']+)'"
+)
+MISSING_OPTION = re.compile(r"Could not find '([^']+)/([^'/]+)'")
 
 
 def image_size_hw(value: Any, key: str = "data.image_size") -> tuple[int, int]:
@@ -60,14 +67,18 @@ def image_size_hw(value: Any, key: str = "data.image_size") -> tuple[int, int]:
 
 
 def register_resolvers() -> None:
-    """``${height_of:size}`` and ``${width_of:size}``: either form of ``data.image_size``."""
+    """``${height_of:size}`` and ``${width_of:size}``: either form of ``data.image_size``;
+    ``${run_folder:...}`` and ``${hydra_record:...}``: the run folder (configs/hydra/)."""
     resolvers = {
         "height_of": lambda size: image_size_hw(size)[0],
         "width_of": lambda size: image_size_hw(size)[1],
+        "hydra_record": resume.hydra_record,
     }
     for name, resolver in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
+    if not OmegaConf.has_resolver("run_folder"):  # it creates the folder: once a composition
+        OmegaConf.register_new_resolver("run_folder", resume.run_folder, use_cache=True)
 
 
 def plain(node: Any) -> Any:
@@ -125,9 +136,7 @@ def check_node(path: str, node: dict, choices: Mapping[str, str] | None = None) 
         return  # builtins without a signature: instantiate() will tell
     parameters = signature.parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    group = path.split(".")[0].split("[")[0]
-    own = LIGHTSEG_KEYS.get(group, set())
-    given = [k for k in node if k not in HYDRA_KEYS and k not in own]
+    given = [k for k in node if k not in HYDRA_KEYS]
     if not takes_any:
         unknown = [k for k in given if k not in parameters]
         if unknown:
@@ -141,8 +150,8 @@ def check_node(path: str, node: dict, choices: Mapping[str, str] | None = None) 
     hints = _type_hints(function)
     for key in given:  # null means "default" or "lightseg fills it in" (schedule lengths)
         hint = hints.get(key)
-        if group == "loss" and node[key] in FROM_TRAINING_SPLIT.get(key, ()):
-            continue  # replaced by numbers from the training split before the term is built
+        if isinstance(node[key], str) and node[key] in RESOLVED_LATER:
+            continue  # replaced by numbers from the training split before anything is built
         if hint is not None and node[key] is not None and _matches(node[key], hint) is False:
             raise LightsegError(
                 f"{path}.{key}={_shown(node[key])} is not valid: {target} takes "
@@ -206,10 +215,130 @@ def _shown(value: Any) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
-def compose_config(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
+def compose_config(
+    overrides: Sequence[str] = (), config_name: str = "train", hydra: bool = False
+) -> DictConfig:
     """``configs/<config_name>.yaml`` composed with ``overrides``, outside a Hydra app (the
-    command-line checks, ``make data``, the benchmark)."""
+    benchmarks, explaining a failed command line); ``hydra``: with Hydra's own node (its
+    ``runtime.choices``: the options chosen)."""
     from lightseg import CONFIG_DIR  # set before this module is imported
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name=config_name, overrides=list(overrides))
+        return compose(config_name, list(overrides), return_hydra_config=hydra)
+
+
+# --- when Hydra cannot compose: its message, and the nearest valid key or option ---------------
+
+
+@contextlib.contextmanager
+def explained_overrides(config_name: str) -> Iterator[None]:
+    """Run a Hydra entry point; an override it cannot apply ends in one paragraph: Hydra's
+    message plus the nearest valid key or option (exit code 1, no traceback).
+
+    Hydra reports composition errors itself and exits; ``HYDRA_FULL_ERROR`` hands them to this
+    block instead. The search for a suggestion composes the config again, so it runs here, on
+    the failure path only.
+    """
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    with user_errors():
+        try:
+            yield
+        except HydraException as error:
+            GlobalHydra.instance().clear()  # the failed app's; explaining composes anew
+            overrides = [a for a in sys.argv[1:] if not a.startswith("-")]
+            raise LightsegError(explain(error, overrides, config_name)) from None
+
+
+def explain(error: HydraException, overrides: list[str], config_name: str) -> str:
+    """Hydra's message, plus the nearest valid key or option when there is one."""
+    message = str(error).split("\nConfig search path:")[0].strip()
+    cause = error.__cause__
+    if cause is not None and str(cause).strip():
+        message += "\n" + str(cause).strip().splitlines()[0]
+    if match := UNKNOWN_KEY.search(message):
+        key = match.group(1)
+        rest = [o for o in overrides if resume.override_key(o) != key]
+        message += suggest_key(key, rest, config_name)
+    elif match := MISSING_OPTION.search(message):
+        group, option = match.groups()
+        found = difflib.get_close_matches(option, group_options(group), n=1, cutoff=0.5)
+        if found:
+            message += f"\nDid you mean {group}={found[0]}?"
+    return message
+
+
+def suggest_key(key: str, overrides: list[str], config_name: str) -> str:
+    """Where ``key`` belongs to another option of its group (``data.folds`` on VOC), say so;
+    else the closest key of this composition."""
+    group = key.split(".")[0]
+    composed = _compose_what_works(overrides, config_name)
+    chosen = OmegaConf.select(composed, f"hydra.runtime.choices.{group}", default=None)
+    others = [o for o in overrides if resume.override_key(o) != group]
+    options = [
+        option
+        for option in group_options(group)
+        if option != chosen and _has_key(key, [*others, f"{group}={option}"], config_name)
+    ]
+    if options:
+        listed = ", ".join(f"{group}={o}" for o in options[:6])
+        return f"\n{key} is a setting of {listed}, not of {group}={chosen}."
+    keys = [k for k in config_keys(composed) if not k.startswith("hydra")]
+    suggestion = closest(key, keys)
+    return f"\nDid you mean '{suggestion}'?" if suggestion else ""
+
+
+def group_options(group: str) -> list[str]:
+    from lightseg import CONFIG_DIR  # set before this module is imported
+
+    return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
+
+
+def _has_key(key: str, overrides: list[str], config_name: str) -> bool:
+    try:
+        composed = compose_config(overrides, config_name)
+    except HydraException:
+        return False
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(composed, parent, default=None) if parent else composed
+    return isinstance(node, DictConfig) and leaf in node
+
+
+def _compose_what_works(overrides: list[str], config_name: str) -> DictConfig:
+    """The config with every override that fails left out (for the list of valid keys)."""
+    overrides = [o for o in overrides if "," not in o.split("=", 1)[-1]]  # no sweeps here
+    while True:
+        try:
+            return compose_config(overrides, config_name, hydra=True)
+        except HydraException as error:
+            match = UNKNOWN_KEY.search(str(error))
+            bad = match.group(1) if match else None
+            remaining = [o for o in overrides if resume.override_key(o) != bad]
+            if bad is None or len(remaining) == len(overrides):
+                return compose_config([], config_name, hydra=True)
+            overrides = remaining
+
+
+def config_keys(cfg: DictConfig) -> list[str]:
+    """Every dotted key of a config, inner nodes included (``trainer``, ``trainer.max_epochs``)."""
+    keys: list[str] = []
+
+    def walk(node, prefix: str) -> None:
+        if isinstance(node, dict):
+            for name, value in node.items():
+                keys.append(f"{prefix}{name}")
+                walk(value, f"{prefix}{name}.")
+
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
+    return keys
+
+
+def closest(key: str, keys: list[str]) -> str | None:
+    """The valid key nearest to ``key``: by the whole dotted path, else by its last part."""
+    found = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+    if found:
+        return found[0]
+    leaves: dict[str, str] = {}
+    for candidate in keys:
+        leaves.setdefault(candidate.rsplit(".", 1)[-1], candidate)
+    found = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(leaves), n=1, cutoff=0.75)
+    return leaves[found[0]] if found else None

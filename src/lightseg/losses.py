@@ -1,4 +1,4 @@
-"""Loss terms and their weighted sum (``loss.<name>: {_target_, weight, ...}``).
+"""Loss terms and their weighted sum (``loss.<name>: {weight, term: {_target_, ...}}``).
 
 The loss-term contract: any ``nn.Module`` called as ``term(logits, target)`` with logits
 ``[N, C, H, W]`` (C = 1 for a binary task) and ``target`` a LongTensor ``[N, H, W]`` of class
@@ -23,7 +23,6 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from torch import nn
 
-from lightseg.config import LOSS_WEIGHT_KEY as WEIGHT_KEY
 from lightseg.errors import LightsegError
 from lightseg.task import IGNORE_INDEX, Task, task_arguments
 
@@ -147,20 +146,35 @@ class SegmentationLoss(nn.Module):
         return total, parts
 
 
-def build_loss(config: Mapping[str, Mapping[str, Any] | None], task: Task) -> SegmentationLoss:
-    """``{name: {_target_, weight, **options}}`` -> SegmentationLoss; ``null`` drops a term."""
+def loss_terms(config: Mapping[str, Any] | None) -> dict[str, tuple[float, dict[str, Any]]]:
+    """``{name: (weight, term config)}`` of the ``loss`` config, its shape checked (cheap: the
+    experiment checks it before reading any data); ``null`` entries are left out."""
     terms = {}
-    for name, entry in config.items():
+    for name, entry in (config or {}).items():
         if entry is None:
             continue
-        options = dict(entry)
-        weight = float(options.pop(WEIGHT_KEY, 1.0))
-        if "_target_" not in options:
+        entry = dict(entry) if isinstance(entry, Mapping) else {}
+        unknown = sorted(set(entry) - {"weight", "term"})
+        options = dict(entry.get("term") or {})
+        weight = entry.get("weight", 1.0)
+        if unknown or "_target_" not in options or not isinstance(weight, int | float):
             raise LightsegError(
-                f"loss.{name} has no _target_: name the term's class, e.g. "
-                f"loss.{name}._target_=lightseg.losses.Dice (configs/loss/*.yaml show the "
-                "built-in ones)."
+                f"loss.{name} must be {{weight: <number>, term: {{_target_: <class>, ...}}}}"
+                + (f", not have {', '.join(unknown)}" if unknown else "")
+                + f": e.g. loss.{name}.term._target_=lightseg.losses.Dice (configs/loss/*.yaml "
+                "show the built-in ones; a term's options go under term)."
             )
+        terms[name] = (float(weight), options)
+    if not terms:
+        raise LightsegError("The loss config has no terms; choose one, e.g. loss=ce_dice.")
+    return terms
+
+
+def build_loss(config: Mapping[str, Mapping[str, Any] | None], task: Task) -> SegmentationLoss:
+    """``{name: {weight, term: {_target_, **options}}}`` -> SegmentationLoss; ``null`` drops a
+    term."""
+    terms = {}
+    for name, (weight, options) in loss_terms(config).items():
         filled = task_arguments(options, task)
         try:
             term = instantiate(options, **filled, _convert_="all")
@@ -172,8 +186,6 @@ def build_loss(config: Mapping[str, Mapping[str, Any] | None], task: Task) -> Se
                 f"loss.{name} ({options['_target_']}): {type(cause).__name__}: {cause}"
             ) from None
         if not isinstance(term, nn.Module):
-            raise LightsegError(f"loss.{name}._target_ must build a torch.nn.Module.")
+            raise LightsegError(f"loss.{name}.term._target_ must build a torch.nn.Module.")
         terms[name] = (weight, term)
-    if not terms:
-        raise LightsegError("The loss config has no terms; choose one, e.g. loss=ce_dice.")
     return SegmentationLoss(terms)

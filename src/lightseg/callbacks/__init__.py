@@ -6,6 +6,7 @@ from lightseg.callbacks.faults import (
     StopOnNonFiniteLoss,
     TrainingInterrupted,
 )
+from lightseg.callbacks.finetune import Finetuning
 from lightseg.callbacks.overlays import PredictionOverlays
 from lightseg.callbacks.per_image import PerImageResults
 from lightseg.callbacks.run_files import LogRunFiles
@@ -13,6 +14,7 @@ from lightseg.callbacks.summary import NetworkSummary
 
 __all__ = [
     "CheckpointOnSignal",
+    "Finetuning",
     "LogRunFiles",
     "NetworkSummary",
     "PerImageResults",

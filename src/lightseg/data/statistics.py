@@ -184,13 +184,16 @@ def fill_from_data(cfg, datamodule) -> None:
     saved config and its checkpoints then hold the numbers that were used.
     """
     cfg.data.mean, cfg.data.std = list(datamodule.mean), list(datamodule.std)
-    for name, term in (cfg.get("loss") or {}).items():
+    for name, entry in (cfg.get("loss") or {}).items():
+        term = (entry or {}).get("term")
         if term is None:
             continue
         weighting = term.get("class_weights")
         if isinstance(weighting, str) and weighting in WEIGHTINGS:
             term.class_weights = datamodule.statistics().class_weights(weighting)
-            log.info("loss.%s.class_weights=%s (%s)", name, list(term.class_weights), weighting)
+            log.info(
+                "loss.%s.term.class_weights=%s (%s)", name, list(term.class_weights), weighting
+            )
         if term.get("pos_weight") == "auto":
             term.pos_weight = datamodule.statistics().pos_weight()
-            log.info("loss.%s.pos_weight=%s (background/foreground)", name, term.pos_weight)
+            log.info("loss.%s.term.pos_weight=%s (background/foreground)", name, term.pos_weight)

@@ -1,4 +1,19 @@
-"""SegmentationModule: network, loss, metrics and logging for any task and architecture."""
+"""SegmentationModule: the training step of any network, task, loss and metric set.
+
+The module a run trains is the ``module`` config node's ``_target_`` (configs/module/), so a
+paper that changes the step subclasses this class in a module of its own and names it there:
+nothing in ``src/`` changes. The fork points, each a method with one job:
+
+* :meth:`outputs` runs the network on a batch and names what it returned: ``{"logits": ...}``,
+  plus ``"aux"`` (a list of auxiliary logits, e.g. deep supervision) and whatever else a network
+  returns in a dict (a diagnosis head, an embedding);
+* :meth:`loss` turns those outputs and the batch into ``(total, {term name: value})``;
+* batches hold every field the dataset gives (``image``, ``mask``, ``id``, and a sample's
+  ``extras``: a label, a weight), so a step can read more than image and mask.
+
+Validation and test score ``outputs["logits"]`` with the run's metrics; training logs
+``train/loss`` and each ``train/loss_<term>``.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +23,16 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from hydra.utils import instantiate
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import OneCycleLR
 from torchmetrics import MeanMetric
 
-from lightseg.config import FINETUNE_KEYS, SCHEDULER_INTERVAL_KEY
 from lightseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Normalize
 from lightseg.errors import LightsegError
 from lightseg.losses import build_loss
 from lightseg.metrics import build_metrics
-from lightseg.models.network import build_network, check_output, encoder_of, logits_of
+from lightseg.models.network import build_network, check_output, outputs_of
 from lightseg.task import Task
 from lightseg.utils.devices import compile_in_place
 
@@ -38,7 +51,8 @@ class SegmentationModule(L.LightningModule):
     Storing only plain values as hyperparameters keeps checkpoints self-describing (network
     ``_target_`` and keys, loss, metrics, classes, normalisation, and in ``inference`` the
     training input size and how evaluation fed images to the network) and loadable with
-    ``torch.load(weights_only=True)``.
+    ``torch.load(weights_only=True)``. ``scheduler`` is Lightning's scheduler dict
+    (``interval``, ``frequency``, ...) with the scheduler itself under ``scheduler``.
     """
 
     def __init__(
@@ -61,10 +75,10 @@ class SegmentationModule(L.LightningModule):
         if compile:
             compile_in_place(self.net)
         self.criterion = build_loss(loss, self.task)
-        self.eval_metrics = nn.ModuleDict(
+        self.eval_metrics = torch.nn.ModuleDict(
             {stage: build_metrics(metrics, self.task) for stage in EVAL_STAGES}
         )
-        self.eval_losses = nn.ModuleDict({stage: MeanMetric() for stage in EVAL_STAGES})
+        self.eval_losses = torch.nn.ModuleDict({stage: MeanMetric() for stage in EVAL_STAGES})
         norm = normalization or {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
         self.normalize = Normalize(norm["mean"], norm["std"])
 
@@ -80,31 +94,54 @@ class SegmentationModule(L.LightningModule):
         """
         return {**batch, "image": self.normalize(batch["image"]), "mask": batch["mask"].long()}
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """The network's output for normalised images [N, C, H, W]: logits, or in training
-        ``(logits, aux_logits)`` for networks with an auxiliary head."""
+    def forward(self, images: torch.Tensor) -> Any:
+        """The network's raw output for normalised images [N, C, H, W]."""
         if self.hparams.channels_last and images.is_cuda:
             images = images.contiguous(memory_format=torch.channels_last)
         return self.net(images)
 
-    def logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(logits, aux_logits or None)``, checked against the network contract."""
-        logits, aux = logits_of(self(images))
-        check_output(logits, images, self.task.out_channels)
-        return logits, aux
+    # --- the fork points ----------------------------------------------------------------
+
+    def outputs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """The network's outputs for a batch, named (``logits`` checked against the contract)."""
+        outputs = outputs_of(self(batch["image"]))
+        check_output(outputs["logits"], batch["image"], self.task.out_channels)
+        return outputs
+
+    def loss(
+        self, outputs: Mapping[str, Any], batch: Mapping[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss of the main logits, plus each auxiliary output's (upsampled to the mask)
+        weighted by the network's ``aux_weight`` (one number, or one per auxiliary output)."""
+        target = batch["mask"]
+        total, parts = self.criterion(outputs["logits"], target)
+        auxiliary = list(outputs.get("aux") or ())
+        weights = self.aux_weights(len(auxiliary))
+        for index, (aux, weight) in enumerate(zip(auxiliary, weights, strict=True)):
+            if aux.shape[-2:] != target.shape[-2:]:
+                aux = F.interpolate(aux, size=target.shape[-2:], mode="bilinear")
+            name = "aux" if index == 0 else f"aux{index + 1}"
+            parts[name] = self.criterion(aux, target)[0]
+            total = total + weight * parts[name]
+        return total, parts
+
+    def aux_weights(self, count: int) -> list[float]:
+        if not count:
+            return []
+        weight = getattr(self.net, "aux_weight", None)
+        weights = list(weight) if isinstance(weight, Sequence) else [weight] * count
+        if weight is None or len(weights) != count:
+            raise LightsegError(
+                f"{type(self.net).__name__} returned {count} auxiliary output(s) but its "
+                "aux_weight attribute does not weigh them: set self.aux_weight to one number, "
+                f"or to a list of {count} numbers (the auxiliary losses' weights)."
+            )
+        return [float(w) for w in weights]
+
+    # --- the steps ------------------------------------------------------------------------
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        logits, aux = self.logits(batch["image"])
-        loss, parts = self.criterion(logits, batch["mask"])
-        if aux is not None:
-            weight = getattr(self.net, "aux_weight", None)
-            if weight is None:
-                raise LightsegError(
-                    f"{type(self.net).__name__} returned (logits, aux_logits) but has no "
-                    "aux_weight attribute: set self.aux_weight (the auxiliary loss weight)."
-                )
-            parts = {**parts, "aux": self.criterion(aux, batch["mask"])[0]}
-            loss = loss + float(weight) * parts["aux"]
+        loss, parts = self.loss(self.outputs(batch), batch)
         size = batch["image"].shape[0]
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
         terms = {f"train/loss_{k}": v for k, v in parts.items()}  # each term's epoch mean
@@ -113,10 +150,10 @@ class SegmentationModule(L.LightningModule):
 
     def _eval_step(self, batch: dict, stage: str) -> torch.Tensor:
         """Accumulate the batch's loss; returns its predicted masks (for the metrics)."""
-        logits, _ = self.logits(batch["image"])
-        loss, _ = self.criterion(logits, batch["mask"])
+        outputs = self.outputs(batch)
+        loss, _ = self.loss({"logits": outputs["logits"]}, batch)
         self.eval_losses[stage].update(loss, weight=batch["image"].shape[0])
-        return self.task.predict(logits)
+        return self.task.predict(outputs["logits"])
 
     def _log_eval_epoch(self, stage: str) -> None:
         values = {"loss": float(self.eval_losses[stage].compute())}
@@ -144,86 +181,39 @@ class SegmentationModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_eval_epoch("test")
 
+    # --- optimisation -----------------------------------------------------------------------
+
     def configure_optimizers(self) -> dict:
-        config = dict(self.hparams.optimizer)
-        for key in FINETUNE_KEYS:
-            config.pop(key, None)
+        """The optimizer over the parameter groups (one group, reshaped by every callback that
+        has ``parameter_groups(module, groups)``: lightseg.callbacks.Finetuning), and the
+        scheduler with its length filled in from the trainer where the config leaves it null."""
+        groups = [{"name": "network", "params": list(self.parameters())}]
+        for callback in self.trainer.callbacks if self._trainer else ():
+            if hasattr(callback, "parameter_groups"):
+                groups = callback.parameter_groups(self, groups)
         # partial: Hydra would turn the parameter groups (dicts) into configs
-        optimizer = instantiate(config, _partial_=True)(self.parameter_groups())
+        optimizer = instantiate(dict(self.hparams.optimizer), _partial_=True)(groups)
         if not self.hparams.scheduler:
             return {"optimizer": optimizer}
         config = dict(self.hparams.scheduler)
-        interval = config.pop(SCHEDULER_INTERVAL_KEY, "epoch")
-        length = (
-            self.trainer.estimated_stepping_batches
-            if interval == "step"
-            else self.trainer.max_epochs
-        )
+        node = dict(config.pop("scheduler", None) or {})
+        if "_target_" not in node:
+            raise LightsegError(
+                "scheduler.scheduler._target_ is not set: the scheduler config is Lightning's "
+                "scheduler dict, {interval: step|epoch, scheduler: {_target_: ...}} "
+                "(configs/scheduler/*.yaml), or scheduler=none."
+            )
+        steps = config.get("interval", "epoch") == "step"
+        length = self.trainer.estimated_stepping_batches if steps else self.trainer.max_epochs
         for key in SCHEDULE_LENGTH_ARGS:
-            if key in config and config[key] is None:
-                config[key] = int(length)
-        scheduler = instantiate(config, optimizer=optimizer)
+            if key in node and node[key] is None:
+                node[key] = int(length)
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": interval},
+            "lr_scheduler": {**config, "scheduler": instantiate(node, optimizer=optimizer)},
         }
 
-    # --- transfer learning: the encoder's own learning rate, and freezing it at first ------
-
-    def finetuning(self) -> tuple[float, int]:
-        """``(decoder_lr_multiplier, freeze_encoder_epochs)`` from the optimizer config."""
-        config = {**FINETUNE_KEYS, **(self.hparams.optimizer or {})}
-        multiplier, epochs = config["decoder_lr_multiplier"], config["freeze_encoder_epochs"]
-        if (
-            isinstance(multiplier, bool)
-            or not isinstance(multiplier, int | float)
-            or multiplier <= 0
-        ):
-            raise LightsegError(
-                f"optimizer.decoder_lr_multiplier={multiplier!r} must be a number > 0 (1: one "
-                "learning rate for the whole network)."
-            )
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-            raise LightsegError(
-                f"optimizer.freeze_encoder_epochs={epochs!r} must be a whole number >= 0."
-            )
-        return float(multiplier), epochs
-
-    def parameter_groups(self) -> list[dict[str, Any]]:
-        """One group at ``optimizer.lr``, or the encoder at lr and the rest at lr x multiplier."""
-        multiplier, _ = self.finetuning()
-        if multiplier == 1.0:
-            return [{"params": list(self.parameters())}]
-        encoder = encoder_of(self.net, "optimizer.decoder_lr_multiplier")
-        lr = self.hparams.optimizer.get("lr")
-        if not isinstance(lr, int | float) or isinstance(lr, bool):
-            raise LightsegError(
-                "optimizer.decoder_lr_multiplier needs optimizer.lr (the encoder's learning "
-                "rate) to be set to a number."
-            )
-        own = {id(p) for p in encoder.parameters()}
-        rest = [p for p in self.parameters() if id(p) not in own]
-        return [
-            {"name": "encoder", "params": list(encoder.parameters())},
-            {"name": "decoder_head", "params": rest, "lr": float(lr) * multiplier},
-        ]
-
     def on_train_start(self) -> None:
-        """Settings that only the started trainer can check: the one-cycle length and DDP
-        with a frozen encoder."""
-        self.check_one_cycle_length()
-        _, epochs = self.finetuning()
-        wrapped = self.trainer.strategy.model
-        ddp = isinstance(wrapped, DistributedDataParallel)
-        if epochs and ddp and not wrapped.find_unused_parameters:
-            raise LightsegError(
-                "optimizer.freeze_encoder_epochs with DDP needs "
-                "trainer.strategy=ddp_find_unused_parameters_true (or "
-                "ddp_spawn_find_unused_parameters_true): DDP otherwise expects a gradient for "
-                "every parameter, and a frozen encoder has none."
-            )
-
-    def check_one_cycle_length(self) -> None:
         """A one-cycle schedule cannot take more steps than it was made for, which is what a
         run resumed with more epochs would ask of the one restored from its checkpoint."""
         steps = self.trainer.estimated_stepping_batches
@@ -236,30 +226,3 @@ class SegmentationModule(L.LightningModule):
                     "run began (trainer.max_epochs or max_steps, the data or the batch size). "
                     "Continue it with its own length, or start a new run for the longer one."
                 )
-
-    def on_train_epoch_start(self) -> None:
-        _, epochs = self.finetuning()
-        if epochs:
-            self.freeze_encoder(self.current_epoch < epochs)
-
-    def freeze_encoder(self, frozen: bool) -> None:
-        """Stop (or resume) training the encoder: no gradients, batch norm in eval mode.
-
-        The parameters stay in the optimizer (without gradients it skips them), so schedulers
-        and checkpoints see the same groups throughout and a resumed run picks up the state
-        of its epoch.
-        """
-        if frozen == getattr(self, "_encoder_frozen", False):
-            return
-        encoder = encoder_of(self.net, "optimizer.freeze_encoder_epochs")
-        encoder.requires_grad_(not frozen)
-        self._encoder_frozen = frozen
-        self.train(self.training)
-        log.info("Encoder %s at epoch %d.", "frozen" if frozen else "trainable", self.current_epoch)
-
-    def train(self, mode: bool = True) -> SegmentationModule:
-        """``nn.Module.train``, keeping a frozen encoder's batch-norm statistics fixed."""
-        super().train(mode)
-        if mode and getattr(self, "_encoder_frozen", False):
-            self.net.encoder.eval()
-        return self

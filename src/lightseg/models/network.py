@@ -2,28 +2,31 @@
 
 A network is any ``nn.Module`` named by ``model._target_``. lightseg calls the target with the
 config's other keys plus ``out_channels`` (1 for a binary task, else the number of classes);
-the module maps ``[N, in_channels, H, W]`` to logits ``[N, out_channels, H, W]``. In training
-it may return ``(logits, aux_logits)``; it then has an ``aux_weight`` attribute, the weight of
-the auxiliary logits' loss. Two optional attributes refine the contract:
+where the target takes ``in_channels`` and the config leaves it out, lightseg sets it to the
+data's (``data.source.in_channels``). The module maps ``[N, in_channels, H, W]`` to logits
+``[N, out_channels, H, W]``. In training it may also return auxiliary logits: a tuple
+``(logits, aux, ...)`` or a dict ``{"logits": ..., "aux": [...], ...}`` (other keys reach a
+module subclass's loss); it then has an ``aux_weight`` attribute, the weight of the auxiliary
+losses (one number, or one per auxiliary output). Optional attributes refine the contract:
 
 * ``input_multiple``: image sides must be multiples of it (smp models: their encoder's output
   stride when they require it). Inference rounds sizes to it; training checks the data size.
 * keys named in :data:`PRETRAINED_KEYS` are set to ``null`` when lightseg rebuilds a trained
   network (eval, predict, export, the size check), so nothing is downloaded there.
-* ``encoder``: the (pretrained) feature extractor, which ``optimizer.freeze_encoder_epochs``
-  freezes and which learns at ``optimizer.lr`` while the rest learns at
-  ``lr x optimizer.decoder_lr_multiplier`` (smp models and SegNet have one; torchvision's
-  models name their backbone).
+* ``encoder``: the (pretrained) feature extractor that ``callbacks.finetuning`` freezes or
+  gives its own learning rate (smp models and SegNet have one; torchvision's models name
+  their backbone).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from torch import nn
 
 from lightseg.config import check_node
@@ -78,29 +81,34 @@ def nearest_multiple(value: float, multiple: int) -> int:
     return max(multiple, round(value / multiple) * multiple)
 
 
-def encoder_of(network: nn.Module, why: str) -> nn.Module:
-    """The network's ``encoder`` module, or an error saying that ``why`` needs one."""
-    encoder = getattr(network, "encoder", None)
-    if not isinstance(encoder, nn.Module):
-        raise LightsegError(
-            f"{why} needs the network's encoder, but {type(network).__name__} has no `encoder` "
-            "module. Give your network an `encoder` attribute (its pretrained feature "
-            "extractor), or leave optimizer.freeze_encoder_epochs=0 and "
-            "optimizer.decoder_lr_multiplier=1."
-        )
-    return encoder
+def takes(target: str, argument: str) -> bool:
+    """Whether the callable ``target`` names has a parameter ``argument`` (or ``**kwargs``)."""
+    try:
+        parameters = inspect.signature(get_object(str(target))).parameters
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return False
+    kinds = {p.kind for p in parameters.values()}
+    return argument in parameters or inspect.Parameter.VAR_KEYWORD in kinds
 
 
-def logits_of(output: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, Any]:
-    """``(logits, aux_logits or None)`` from what a network returned."""
-    if isinstance(output, tuple | list):
-        if len(output) != 2:
+def outputs_of(output: Any) -> dict[str, Any]:
+    """What a network returned, named: ``{"logits": ..., "aux": [...], ...}`` (the contract)."""
+    if isinstance(output, Mapping):
+        if "logits" not in output:
             raise LightsegError(
-                f"The network returned {len(output)} outputs; return logits, or (logits, "
-                "aux_logits) in training."
+                f"The network returned a dict with keys {sorted(output)}; it needs 'logits'."
             )
-        return output[0], output[1]
-    return output, None
+        return {**output, "aux": list(output.get("aux") or ())}
+    if isinstance(output, tuple | list):
+        if not output:
+            raise LightsegError("The network returned an empty tuple; return logits first.")
+        return {"logits": output[0], "aux": list(output[1:])}
+    return {"logits": output, "aux": []}
+
+
+def logits_of(output: Any) -> torch.Tensor:
+    """The main logits of what a network returned (inference: auxiliary outputs dropped)."""
+    return outputs_of(output)["logits"]
 
 
 def check_output(logits: torch.Tensor, images: torch.Tensor, out_channels: int) -> None:
@@ -137,7 +145,7 @@ def check_network(
     images = torch.zeros(1, in_channels, height, width)
     try:
         with torch.no_grad():
-            logits, _ = logits_of(network(images))
+            logits = logits_of(network(images))
     except LightsegError:
         raise
     except Exception as error:  # the network's own complaint is the most precise one

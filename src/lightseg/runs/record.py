@@ -24,6 +24,7 @@ import lightseg
 from lightseg.errors import TrainingInterrupted
 from lightseg.runs.folder import RunFolder
 from lightseg.runs.lock import owner_record
+from lightseg.runs.resume import CONTINUED
 from lightseg.runs.snapshot import git_state, save_snapshot
 
 STATUSES = ("running", "finished", "interrupted", "failed")
@@ -68,15 +69,11 @@ def key_versions() -> dict[str, str | None]:
     return versions
 
 
-#: The arguments as the user typed them; the command line (launch.py) keeps them here before
-#: it adds the run folder it chose for Hydra.
-TYPED_ARGUMENTS: list[str] = []
-
-
 def command_line() -> str:
-    """The command as typed, e.g. ``python -m lightseg.train experiment=demo seed=1``."""
-    arguments = TYPED_ARGUMENTS or sys.argv[1:]
-    return shlex.join(["python", "-m", "lightseg.train", *arguments])
+    """The command as typed, e.g. ``python -m lightseg.train experiment=demo seed=1`` (for a
+    continued run recomposed with its own overrides: the command that continued it)."""
+    typed = os.environ.get(CONTINUED)
+    return typed or shlex.join(["python", "-m", "lightseg.train", *sys.argv[1:]])
 
 
 def read_run_info(folder: str | Path) -> dict[str, Any] | None:

@@ -1,34 +1,41 @@
-"""Which folder a run goes to, and what it continues from.
+"""Which folder a run writes to, and what it continues from: decided here and nowhere else.
 
-Resume requests (``ckpt_path=<file>``, ``ckpt_path=last``, ``resume=auto``) resolve in order:
+A command continues a run in one of three ways, all with ``ckpt_path``:
 
-1. an explicit checkpoint file: continue it, in its run folder (a checkpoint from elsewhere
-   starts a new folder);
-2. an explicit run folder (``hydra.run.dir=X``, how job scripts start): continue it when it
-   holds ``checkpoints/last.ckpt``, else start fresh in it;
-3. the newest unfinished run of the experiment (``logs/<name>/runs/``): a ``last.ckpt``, no
-   ``metrics.json``, not failed, and not held by a live process (run.lock). ``resume=auto``
-   starts a new run when there is none; ``ckpt_path=last`` says so.
+* ``ckpt_path=<file.ckpt>``: that checkpoint, in its run folder (a checkpoint from elsewhere
+  trains on in a new folder);
+* ``ckpt_path=<run folder>``: that run's ``checkpoints/last.ckpt``;
+* ``ckpt_path=last``: the newest unfinished run of the experiment (``logs/<name>/runs/``): a
+  ``last.ckpt``, no ``metrics.json``, not failed, and not held by a live process (run.lock).
 
-A continued run keeps its own config (``.hydra/config.yaml``); overrides given when resuming
-apply to that invocation only and are recorded with it in run_info.json.
+``resume=auto`` is ``ckpt_path=last`` for job scripts that may be pre-empted: it continues the
+newest unfinished run (or, with an explicit ``hydra.run.dir``, that folder's ``last.ckpt``)
+when there is one, and starts a fresh run otherwise.
+
+Hydra asks :func:`run_folder` for ``hydra.run.dir`` (configs/hydra/default.yaml), and
+:func:`hydra_record` whether to write its ``.hydra/`` record (a continued run keeps the one it
+started with). ``train`` asks :func:`checkpoint_for` what to load. A continued run keeps its
+own composition: when the continuing command was composed from other overrides than the run
+was (``ckpt_path=last`` alone), :func:`continuation` gives the command line that composes the
+run's saved overrides plus this command's values, and the entry point runs itself again with
+it (``os.execv``: the same process, so schedulers' signals still reach it).
 """
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 from pathlib import Path
 
-from lightning.fabric.utilities.rank_zero import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
-
-from lightseg import CONFIG_DIR
 from lightseg.errors import LightsegError
 from lightseg.runs.folder import RunFolder, newest_first, runs_of
 from lightseg.runs.lock import describe, held_by_live_process
 
-RESUME_KEYS = ("ckpt_path", "resume")
 STAMP = "%Y-%m-%d_%H-%M-%S"
+#: How many processes a launcher (torchrun, srun) started for one job.
+PROCESS_COUNT_VARIABLES = ("WORLD_SIZE", "SLURM_NTASKS")
+#: Set in a command that :func:`continuation` started: it must not start another.
+CONTINUED = "LIGHTSEG_CONTINUED_FROM"
 
 
 def override_key(override: str) -> str:
@@ -36,33 +43,32 @@ def override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~").split("@", 1)[0]
 
 
-def resume_requested(cfg: DictConfig) -> bool:
-    resume = cfg.get("resume")
+def _given(value) -> str | None:
+    """A config value as the resolvers receive it (``None``/``"None"`` when unset)."""
+    return None if value in (None, "None", "null", "") else str(value)
+
+
+def check_resume(resume) -> bool:
+    """Whether ``resume=auto`` is set; any other value is a clear error."""
+    resume = _given(resume)
     if resume not in (None, "auto"):
         raise LightsegError(f"resume={resume} is not an option: use resume=auto, or leave it out.")
-    return cfg.get("ckpt_path") is not None or resume == "auto"
+    return resume == "auto"
 
 
-def explicit_checkpoint(cfg: DictConfig) -> str | None:
-    """``ckpt_path`` where it names a checkpoint file; None where it is unset or ``last``."""
-    ckpt = cfg.get("ckpt_path")
-    return None if ckpt is None or str(ckpt) == "last" else ckpt
+def launched_processes() -> int:
+    counts = [os.environ.get(name, "1") for name in PROCESS_COUNT_VARIABLES]
+    return max(int(c) if c.isdigit() else 1 for c in counts)
 
 
-def existing_checkpoint(path: str | Path) -> Path:
-    checkpoint = Path(path)
-    if not checkpoint.is_file():
-        raise LightsegError(
-            f"ckpt_path='{path}' does not exist. Runs keep their checkpoints in "
-            "logs/<name>/runs/<time>/checkpoints/ (last.ckpt, best.ckpt); ckpt_path=last picks "
-            "the newest unfinished run of the experiment."
-        )
-    return checkpoint
+def is_first_process() -> bool:
+    """Rank 0 of a launched job (torchrun's RANK, SLURM's SLURM_PROCID), or a lone process."""
+    return all(os.environ.get(name, "0") == "0" for name in ("RANK", "SLURM_PROCID"))
 
 
 def refuse_if_alive(run: RunFolder) -> None:
     owner = held_by_live_process(run.path)
-    if owner is not None:
+    if owner is not None and is_first_process():  # the other ranks join rank 0's run
         raise LightsegError(
             f"Run folder '{run}' is in use by a training process that is still alive "
             f"({describe(owner)}); a run is never taken over while it trains. Wait for it to "
@@ -93,87 +99,120 @@ def new_run_folder(parent: Path, now: datetime | None = None) -> Path:
     raise LightsegError(f"Could not create a new run folder under '{parent}'.")
 
 
-def choose_run_folder(cfg: DictConfig, explicit: str | None) -> tuple[Path, bool]:
-    """``(run folder, continues an existing run)`` for a single (not multirun) training."""
-    runs = runs_of(cfg.paths.log_dir, cfg.name)
-    resume = resume_requested(cfg)
-    if explicit is not None:
-        run = RunFolder(explicit)
-        if rank_zero_only.rank == 0:  # the other processes of a job join the first one's run
-            refuse_if_alive(run)
-        return run.path, resume and run.hydra.is_dir() and run.last.is_file()
-    checkpoint = explicit_checkpoint(cfg)
-    if checkpoint is not None:
-        run = RunFolder.of_checkpoint(existing_checkpoint(checkpoint))
-        if run is None:  # a checkpoint from elsewhere: continue its training in a new folder
-            return new_run_folder(runs), False
-        refuse_if_alive(run)
-        return run.path, True
-    if resume:
-        run = newest_resumable(runs)
-        if run is not None:
-            return run.path, True
-        if cfg.get("ckpt_path") is not None:
-            raise LightsegError(
-                f"ckpt_path=last: no unfinished run of experiment '{cfg.name}' under '{runs}' "
-                "(unfinished: it has checkpoints/last.ckpt but no metrics.json, did not fail, "
-                "and no live process trains in it). Start a fresh run without ckpt_path, use "
-                "resume=auto (continue if there is one, else start), or name a checkpoint: "
-                "ckpt_path=logs/<name>/runs/<time>/checkpoints/last.ckpt."
-            )
-    return new_run_folder(runs), False
+def existing_checkpoint(path: str | Path) -> Path:
+    checkpoint = Path(path)
+    if not checkpoint.is_file():
+        raise LightsegError(
+            f"ckpt_path='{path}' does not exist. Runs keep their checkpoints in "
+            "logs/<name>/runs/<time>/checkpoints/ (last.ckpt, best.ckpt); ckpt_path=last picks "
+            "the newest unfinished run of the experiment, ckpt_path=<run folder> continues that "
+            "run."
+        )
+    return checkpoint
 
 
-def checkpoint_to_resume(cfg: DictConfig, run: RunFolder) -> str | None:
-    """The checkpoint training continues from in ``run`` (None: a fresh start)."""
-    if not resume_requested(cfg):
+def continued_run(log_dir, name, ckpt_path, resume) -> RunFolder | None:
+    """The existing run a resume request continues (None: a new folder)."""
+    ckpt_path, auto = _given(ckpt_path), check_resume(resume)
+    runs = runs_of(log_dir, name)
+    if ckpt_path is None and not auto:
         return None
-    checkpoint = explicit_checkpoint(cfg)
-    if checkpoint is not None:
-        return str(existing_checkpoint(checkpoint))
-    return str(run.last) if run.last.is_file() else None
-
-
-def group_names() -> set[str]:
-    """Config groups (``model``, ``data/transforms``): overrides of these pick options."""
-    root = Path(CONFIG_DIR)
-    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_dir()}
-
-
-def continued_config(cfg: DictConfig, run: RunFolder, overrides: list[str]) -> DictConfig:
-    """The config of the run being continued, with this invocation's value overrides.
-
-    ``cfg`` is what this invocation composed; the run's own composition (``.hydra/config.yaml``,
-    interpolations intact, so paths follow the folder) wins except for the keys that
-    ``overrides`` set. Choosing another config group option for a run in progress is refused.
-    """
-    saved_path = run.hydra_config
-    if not saved_path.is_file():
-        return cfg
-    saved = OmegaConf.load(saved_path)
-    groups, choices = group_names(), run.group_choices()
-    OmegaConf.set_struct(saved, False)
-    for override in overrides:
-        key = override_key(override)
-        if key in RESUME_KEYS or key.startswith("hydra"):
-            continue
-        if key in groups:
-            value = override.split("=", 1)[-1]
-            if choices and choices.get(key) != value:
+    if ckpt_path not in (None, "last"):
+        if Path(ckpt_path).is_dir():
+            run = RunFolder(ckpt_path)
+            if not run.last.is_file():
                 raise LightsegError(
-                    f"{override}: the run in '{run}' was composed with {key}="
-                    f"{choices.get(key)}; a run in progress cannot switch config group options. "
-                    "Start a new run for another choice, or leave the override out."
+                    f"ckpt_path='{ckpt_path}' is a folder without checkpoints/last.ckpt: not a "
+                    "run that can be continued. Name a run folder (logs/<name>/runs/<time>) or "
+                    "a checkpoint file."
                 )
-            continue
-        if override.startswith("~"):
-            parent, _, leaf = key.rpartition(".")
-            node = OmegaConf.select(saved, parent) if parent else saved
-            if node is not None and leaf in node:
-                del node[leaf]
-            continue
-        OmegaConf.update(saved, key, OmegaConf.select(cfg, key), merge=False, force_add=True)
-    for key in RESUME_KEYS:
-        saved[key] = cfg.get(key)
-    OmegaConf.set_struct(saved, True)
-    return saved
+            return run
+        return RunFolder.of_checkpoint(existing_checkpoint(ckpt_path))
+    run = newest_resumable(runs)
+    if run is None and ckpt_path == "last":
+        raise LightsegError(
+            f"ckpt_path=last: no unfinished run of experiment '{name}' under '{runs}' "
+            "(unfinished: it has checkpoints/last.ckpt but no metrics.json, did not fail, and "
+            "no live process trains in it). Start a fresh run without ckpt_path, use "
+            "resume=auto (continue if there is one, else start), or name a checkpoint: "
+            "ckpt_path=logs/<name>/runs/<time>/checkpoints/last.ckpt."
+        )
+    return run
+
+
+def run_folder(log_dir, name, ckpt_path, resume) -> str:
+    """``hydra.run.dir`` of a single run: the run a resume request continues, else a new one.
+
+    A Hydra resolver (registered with ``use_cache``: called once per composition).
+    """
+    run = continued_run(log_dir, name, ckpt_path, resume)
+    if run is not None:
+        refuse_if_alive(run)
+        return str(run.path)
+    if launched_processes() > 1:
+        raise LightsegError(
+            f"This is one of {launched_processes()} processes of a multi-process launch (srun, "
+            "torchrun), but no hydra.run.dir is given, so each process would pick a folder of "
+            "its own. Give every process the same one, e.g. hydra.run.dir=logs/<name>/runs/"
+            "job-$SLURM_JOB_ID (scripts/slurm/train.sbatch does)."
+        )
+    return str(new_run_folder(runs_of(log_dir, name)))
+
+
+def hydra_record(output_dir, ckpt_path, resume) -> str | None:
+    """``hydra.output_subdir``: ``.hydra`` for a run that starts, None (keep the record it
+    started with) for one that continues."""
+    continues = _given(ckpt_path) is not None or check_resume(resume)
+    run = RunFolder(output_dir)
+    return None if continues and run.hydra.is_dir() and run.last.is_file() else ".hydra"
+
+
+def checkpoint_for(ckpt_path, resume, run: RunFolder) -> str | None:
+    """The checkpoint training continues from in ``run`` (None: a fresh start)."""
+    ckpt_path, auto = _given(ckpt_path), check_resume(resume)
+    if ckpt_path is not None and not Path(ckpt_path).is_dir() and ckpt_path != "last":
+        return str(existing_checkpoint(ckpt_path))
+    if ckpt_path is None and not auto:
+        return None
+    if run.last.is_file():
+        return str(run.last)
+    if ckpt_path is not None:  # `last` or a folder, and this folder has nothing to continue
+        raise LightsegError(
+            f"ckpt_path={ckpt_path}: '{run}' has no checkpoints/last.ckpt to continue from."
+        )
+    return None  # resume=auto in a fresh folder
+
+
+def continuation(run: RunFolder, overrides: list[str]) -> list[str] | None:
+    """The overrides that compose ``run`` as it was started plus this command's (``overrides``,
+    without its resume request), or None when this command already composed it so.
+
+    Value overrides of this command win; choosing another config group option for a run in
+    progress is refused.
+    """
+    saved = [o for o in run.overrides() if not _resume_or_hydra(o)]
+    own = [o for o in overrides if not _resume_or_hydra(o)]
+    if os.environ.get(CONTINUED) or not run.hydra.is_dir() or set(saved) <= set(own):
+        return None
+    choices, given = run.group_choices(), {override_key(o): o for o in own}
+    for key, override in given.items():
+        value = override.split("=", 1)[-1]
+        if key in choices and not override.startswith("~") and str(choices[key]) != value:
+            raise LightsegError(
+                f"{override}: the run in '{run}' was composed with {key}={choices[key]}; a run "
+                "in progress cannot switch config group options. Start a new run for another "
+                "choice, or leave the override out."
+            )
+    kept = [o for o in saved if override_key(o) not in given]
+    return [*kept, *(o for o in overrides if override_key(o) not in ("ckpt_path", "resume"))]
+
+
+def quoted(path: str | Path) -> str:
+    """A path as a Hydra override value (quoted: paths may hold characters Hydra parses)."""
+    text = str(path).replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{text}'"
+
+
+def _resume_or_hydra(override: str) -> bool:
+    key = override_key(override)
+    return key in ("ckpt_path", "resume") or key.startswith("hydra")

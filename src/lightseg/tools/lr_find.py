@@ -19,22 +19,18 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
 import hydra
 import torch
-from hydra.utils import instantiate
 from lightning.pytorch.tuner import Tuner
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from lightseg import CONFIG_DIR
-from lightseg.config import plain, validate
+from lightseg.config import explained_overrides, plain
 from lightseg.errors import user_errors
-from lightseg.launch import compose_checked
-from lightseg.models import check_network
-from lightseg.train import build_module, build_trainer, group_choices
+from lightseg.experiment import build, group_choices, with_changes
 from lightseg.utils.console import console, print_config
 
 
@@ -63,29 +59,20 @@ def steepest_fall(
 
 def lr_find(cfg: DictConfig) -> dict[str, Any]:
     """Run the range test described by ``cfg.lr_find``; returns what ``lr_find.json`` holds."""
-    validate(cfg, group_choices())
     output = Path(cfg.paths.output_dir)
-    datamodule = instantiate(cfg.data, _convert_="all")
-    datamodule.locate(prepare=True)
-    check_network(
-        plain(cfg.model),
-        datamodule.task.out_channels,
-        datamodule.in_channels,
-        datamodule.image_size,
-    )
-    with open_dict(cfg):
-        cfg.scheduler = None  # the range test sets each step's learning rate
-    module = build_module(cfg, datamodule.classes)
-    trainer = build_trainer(
-        cfg,
+    experiment = build(
+        with_changes(cfg, scheduler=None),  # the range test sets each step's learning rate
         max_epochs=-1,  # as many epochs as num_training steps need
         num_sanity_val_steps=0,
         enable_checkpointing=False,
         enable_model_summary=False,
         default_root_dir=str(output),  # the tuner's temporary checkpoint
     )
+    datamodule = experiment.datamodule
     settings = plain(cfg.lr_find)
-    finder = Tuner(trainer).lr_find(module, datamodule=datamodule, update_attr=False, **settings)
+    finder = Tuner(experiment.trainer).lr_find(
+        experiment.module, datamodule=datamodule, update_attr=False, **settings
+    )
     lrs = [float(v) for v in finder.results["lr"]]
     losses = [float(v) if math.isfinite(v) else None for v in finder.results["loss"]]
     suggestion = steepest_fall(lrs, losses, settings["mode"])
@@ -136,11 +123,9 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """Command line: check the overrides (a mistyped key names the nearest one), then Hydra."""
-    with user_errors():
-        if not any(a.startswith("-") for a in sys.argv[1:]):
-            compose_checked(sys.argv[1:], "lr_find")
-    hydra_main()
+    """``python -m lightseg.tools.lr_find``: Hydra's app, its mistakes explained."""
+    with explained_overrides("lr_find"):
+        hydra_main()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,134 @@
+"""One experiment from one composed config: the data, the resolved config, the module, the
+trainer. ``train``, ``make lr-find`` and the benchmarks all build it here, so they cannot drift.
+
+:func:`build` checks the cheap things first (config keys and types, the data on disk, whether
+the network takes the image size), then builds what is slow (pretrained weights, the trainer).
+What the data decides is resolved into a NEW config, never written into the one given:
+``auto`` mean/std and loss weights from the training split, the metric set of the task when
+none was chosen, the network's ``in_channels``. That config is what a run saves
+(``config.yaml``) and what its checkpoints store.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
+from omegaconf import DictConfig, open_dict
+
+from lightseg.config import image_size_hw, plain, validate
+from lightseg.data import SegmentationDataModule
+from lightseg.data.statistics import fill_from_data
+from lightseg.losses import loss_terms
+from lightseg.models import check_network
+from lightseg.models.network import takes
+from lightseg.utils.checkpoint import AtomicCheckpointIO  # TEMP until tools18 merge
+from lightseg.utils.console import quiet_third_party
+from lightseg.utils.devices import check_trainer
+
+
+@dataclass
+class Experiment:
+    cfg: DictConfig  # resolved: what the run saves and its checkpoints store
+    datamodule: SegmentationDataModule
+    module: L.LightningModule
+    trainer: L.Trainer
+
+
+def build(cfg: DictConfig, **trainer_options: Any) -> Experiment:
+    """The experiment ``cfg`` describes; ``trainer_options`` override the trainer config's."""
+    validate(cfg, group_choices())
+    loss_terms(plain(cfg.loss))  # the loss config's shape, before any data is read
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.locate(prepare=True)  # the data is there before anything slow happens
+    resolved = resolve(cfg, datamodule)
+    task = datamodule.task
+    check_network(
+        plain(resolved.model), task.out_channels, datamodule.in_channels, datamodule.image_size
+    )
+    module = build_module(resolved, datamodule)
+    return Experiment(resolved, datamodule, module, build_trainer(resolved, **trainer_options))
+
+
+def resolve(cfg: DictConfig, datamodule: SegmentationDataModule) -> DictConfig:
+    """A copy of ``cfg`` with what the data decides filled in (see the module docstring)."""
+    resolved = copy.deepcopy(cfg)
+    fill_from_data(resolved, datamodule)
+    with open_dict(resolved):
+        if not resolved.get("metrics"):  # TEMP until metrics18 merge: metrics_for(task)
+            raise ValueError("no metrics")
+        if "in_channels" not in resolved.model and takes(resolved.model._target_, "in_channels"):
+            resolved.model.in_channels = datamodule.in_channels
+    return resolved
+
+
+def build_module(cfg: DictConfig, datamodule: SegmentationDataModule) -> L.LightningModule:
+    """The ``module`` config's LightningModule, with the other groups as plain values."""
+    return instantiate(
+        cfg.get("module") or {"_target_": "lightseg.models.SegmentationModule"},
+        model=plain(cfg.model),
+        loss=plain(cfg.loss),
+        metrics=plain(cfg.metrics),
+        optimizer=plain(cfg.optimizer),
+        scheduler=plain(cfg.get("scheduler")) or None,
+        classes=list(datamodule.classes),
+        normalization={"mean": list(cfg.data.mean), "std": list(cfg.data.std)},
+        inference=inference_defaults(cfg.data),
+        _recursive_=False,
+        _convert_="all",
+    )
+
+
+def inference_defaults(data: DictConfig) -> dict[str, Any]:
+    """How eval/predict should feed images to this model, stored in its checkpoints.
+
+    Pipelines that resize for evaluation (PH2, MADS, demo) get ``whole``-image inference at the
+    training size; those that keep native resolution and pad (VOC, COCO) get ``slide``.
+    """
+    eval_transforms = plain(data.get("transforms", {})).get("eval") or []
+    resizes = any(
+        str(t.get("_target_", "")).rsplit(".", 1)[-1] == "Resize" for t in eval_transforms
+    )
+    size = list(image_size_hw(data.image_size))
+    return {"image_size": size, "mode": "whole" if resizes else "slide"}
+
+
+def build_trainer(cfg: DictConfig, **options: Any) -> L.Trainer:
+    """Lightning's Trainer from the trainer, logger and callbacks groups (``null`` entries are
+    left out); checkpoints are written atomically."""
+    loggers = instantiate_group(cfg.get("logger"))
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    if not loggers:  # LearningRateMonitor refuses to run without a logger
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    options.setdefault("plugins", [AtomicCheckpointIO()])  # never a half-written checkpoint
+    quiet_third_party()  # Lightning's tips and notes on lightseg's own choices
+    trainer = check_trainer(plain(cfg.trainer))
+    return instantiate(trainer, callbacks=callbacks, logger=loggers or False, **options)
+
+
+def instantiate_group(group: DictConfig | None) -> list[Any]:
+    """Each named entry of a callbacks/logger group (``null`` entries skipped)."""
+    return [instantiate(node) for node in (group or {}).values() if node and "_target_" in node]
+
+
+def group_choices() -> dict[str, str]:
+    """The config group options Hydra composed (for messages); empty outside Hydra."""
+    if not HydraConfig.initialized():
+        return {}
+    return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items() if v is not None}
+
+
+def with_changes(cfg: DictConfig, **values: Any) -> DictConfig:
+    """A copy of ``cfg`` with top-level ``values`` set (lr-find drops the scheduler)."""
+    changed = copy.deepcopy(cfg)
+    with open_dict(changed):
+        for key, value in values.items():
+            changed[key] = value
+    return changed
