@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from lightseg.errors import LightsegError
+from lightseg.experiment import inference_defaults
 from lightseg.models import SegmentationModule
 from lightseg.tools.inference import Segmenter, build_segmenter, load_module, read_checkpoint
-from lightseg.experiment import inference_defaults
 from tests.conftest import CE_DICE, make_config, metrics_for
 
 SMP = "lightseg.models.smp_models.build"
