@@ -19,9 +19,9 @@ from omegaconf import OmegaConf
 from lightseg import CONFIG_DIR
 from lightseg.errors import LightsegError
 from lightseg.runs import RunFolder, RunLock, snapshot
-from lightseg.runs.lock import held_by_live_process
 from lightseg.runs.resume import continued_config
 from lightseg.train import refuse_ddp_sweep, train
+from lightseg.utils.locks import held_by_live_process
 from tests.conftest import FAST, make_config
 
 

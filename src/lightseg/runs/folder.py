@@ -27,10 +27,11 @@ from typing import Any
 
 import yaml
 
+from lightseg.utils.locks import RUN_LOCK as LOCK
+
 CONFIG = "config.yaml"
 HYDRA = ".hydra"
 RUN_INFO = "run_info.json"
-LOCK = "run.lock"
 CHECKPOINTS = "checkpoints"
 LAST = "last.ckpt"
 BEST = "best.ckpt"

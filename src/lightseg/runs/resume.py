@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from lightseg import CONFIG_DIR
 from lightseg.errors import LightsegError
 from lightseg.runs.folder import RunFolder, newest_first, runs_of
-from lightseg.runs.lock import describe, held_by_live_process
+from lightseg.utils.locks import describe, held_by_live_process
 
 RESUME_KEYS = ("ckpt_path", "resume")
 STAMP = "%Y-%m-%d_%H-%M-%S"
