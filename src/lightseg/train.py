@@ -148,12 +148,10 @@ def _train(cfg, run: RunFolder, ckpt_path, owner: bool, overrides) -> dict[str, 
         OmegaConf.save(cfg, run.config, resolve=True)
         if ckpt_path:
             remove_partial_files(Path(ckpt_path).parent)
-    with (
+    with (  # the run's status is written (recorded_run) before W&B's copy of it (wandb_finished)
+        wandb_finished(run.run_info),
         recorded_run(run.path, ckpt_path, enabled=trainer.is_global_zero, overrides=overrides),
-        wandb_finished(),
-    ):
-        for logger in trainer.loggers:
-            logger.log_hyperparams(plain(cfg))
+    ):  # the loggers get the config from callbacks.run_files, in the training process
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics = {
             k: finite_or_none(v) for k, v in evaluate_best(trainer, module, datamodule).items()
