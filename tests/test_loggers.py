@@ -1,5 +1,6 @@
 """W&B's mode is decided before the logger is built: online only with credentials and a server
-that answers; offline otherwise, within the probe's timeout; never a prompt."""
+that answers; offline otherwise, within the probe's timeout; never a prompt. The CSV log of a
+multi-process run."""
 
 from __future__ import annotations
 
@@ -9,10 +10,14 @@ import socket
 import threading
 import time
 
+import pandas as pd
 import pytest
 from lightning.pytorch.loggers import WandbLogger
 
+from lightseg.tools.plot import csv_logs, epoch_table
+from lightseg.train import train
 from lightseg.utils.loggers import wandb_logger, wandb_mode, wandb_run_id
+from tests.conftest import make_config
 
 
 @pytest.fixture
@@ -99,3 +104,31 @@ def test_the_logger_is_lightnings_own_with_the_run_folders_id(no_credentials, se
     logger = wandb_logger(save_dir=str(no_credentials / "run"), id_file=str(id_file))
     assert type(logger) is WandbLogger
     assert logger.version == id_file.read_text().strip() == wandb_run_id(id_file)
+
+
+@pytest.mark.slow
+def test_the_csv_log_of_a_ddp_spawn_run_keeps_its_epochs(one_thread, tmp_path, data_dir):
+    # ddp_spawn fits, validates and tests the best checkpoint in new processes each: three
+    # parts, the last two logged at epoch 0, step 0; the training epochs keep their values
+    overrides = (
+        "experiment=demo",
+        "trainer=ddp_sim",
+        "trainer.max_epochs=2",
+        "logger=csv",
+        "callbacks.progress_bar=null",
+        "data.num_workers=0",
+        "data.batch_size=4",
+        "data.image_size=[64,64]",
+        "data.source.num_cases=20",
+    )
+    cfg = make_config(tmp_path, *overrides, data_dir=data_dir)
+    metrics = train(cfg)
+    run = tmp_path / "run"
+    parts = [pd.read_csv(path) for path in csv_logs(run)]
+    assert len(parts) == 3 and "train/loss_epoch" in parts[0]
+    assert parts[1]["val/dice"].tolist() == [pytest.approx(metrics["val/dice"])]
+    assert parts[2]["test/dice"].tolist() == [pytest.approx(metrics["test/dice"])]
+    fitted = parts[0].dropna(subset=["val/dice"])
+    table = epoch_table(run)
+    assert table.index.tolist() == fitted["epoch"].tolist() == [0, 1]
+    assert table["val/dice"].tolist() == fitted["val/dice"].tolist()

@@ -296,6 +296,12 @@ def test_the_command_line_gives_hydras_errors_and_names_what_is_missing(tmp_path
         run_app(main, "columns=[test/dice]")
     assert stopped.value.code == 1
     assert "The config value runs is required but not set" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:
+        run_app(main, f"runs={tmp_path}", "digits=two")
+    assert stopped.value.code == 1
+    assert "digits=two is not a whole number: set digits=<a whole number>." in " ".join(
+        capsys.readouterr().err.split()
+    )
     assert not (tmp_path / "results.md").exists()
 
 

@@ -44,7 +44,7 @@ class LogRunFiles(Callback):
             if not isinstance(logger, WandbLogger):
                 continue
             run = logger.experiment
-            if run.url:  # online
+            if run.settings.mode == "online":
                 log.info("W&B run: %s", run.url)
             run.config.update(
                 {"git": info.get("git"), "lightseg_version": info.get("lightseg")},

@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from lightseg import CONFIG_DIR
 from lightseg.errors import LightsegError, user_errors
 from lightseg.runs import RunFolder
-from lightseg.tools.results import Row, collect, names
+from lightseg.tools.results import Row, check_types, collect, names
 from lightseg.utils.console import console
 
 #: The validation curves compared by default, those of them the runs logged.
@@ -203,6 +203,7 @@ def plot_configurations(
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="plot")
 def main(cfg: DictConfig) -> None:
     with user_errors():
+        check_types(cfg, include_debug=bool)
         if (cfg.run is None) == (cfg.runs is None):
             raise LightsegError(
                 "Give run=<run folder> (its curves) or runs=<folder of runs> (configurations "

@@ -16,6 +16,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lightseg.errors import LightsegError
 from lightseg.runs import RunFolder, find_runs
@@ -241,3 +242,12 @@ def names(value: str | Sequence[str] | None) -> list[str]:
     """A list of names from a config value: ``[a, b]``, ``a``, or ``'a,b'``."""
     items = [value] if isinstance(value, str) else list(value or [])
     return [name.strip() for item in items for name in str(item).split(",") if name.strip()]
+
+
+def check_types(settings: Mapping[str, Any], **types: type) -> None:
+    """Refuse a command-line setting of the wrong type, naming it: ``digits=abc``."""
+    for key, kind in types.items():
+        value = settings[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            wanted = {bool: "true or false", int: "a whole number"}.get(kind, kind.__name__)
+            raise LightsegError(f"{key}={value} is not {wanted}: set {key}=<{wanted}>.")

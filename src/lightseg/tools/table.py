@@ -29,7 +29,15 @@ from omegaconf import DictConfig
 from lightseg import CONFIG_DIR
 from lightseg.errors import LightsegError, user_errors
 from lightseg.runs.folder import PER_IMAGE
-from lightseg.tools.results import TEST_STAGE, NumbersFrom, Row, RunResult, collect, names
+from lightseg.tools.results import (
+    TEST_STAGE,
+    NumbersFrom,
+    Row,
+    RunResult,
+    check_types,
+    collect,
+    names,
+)
 from lightseg.tools.significance import LEVEL, RESAMPLES, SEED, bootstrap_ci, paired_p
 from lightseg.utils.console import console
 
@@ -352,6 +360,7 @@ def write_tables(
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="table")
 def main(cfg: DictConfig) -> None:
     with user_errors():
+        check_types(cfg, eval=bool, include_debug=bool, digits=int, resamples=int, seed=int)
         md, tex = write_tables(
             cfg.runs,
             names(cfg.columns),
