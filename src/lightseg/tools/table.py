@@ -282,15 +282,8 @@ def markdown(table: Results, digits: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-LATEX_SPECIAL = {
+LATEX_SPECIAL = {char: "\\" + char for char in "&%$#_{}"} | {
     "\\": r"\textbackslash{}",
-    "&": r"\&",
-    "%": r"\%",
-    "$": r"\$",
-    "#": r"\#",
-    "_": r"\_",
-    "{": r"\{",
-    "}": r"\}",
     "~": r"\textasciitilde{}",
     "^": r"\^{}",
 }

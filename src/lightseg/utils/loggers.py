@@ -35,8 +35,9 @@ log = logging.getLogger(__name__)
 
 #: Where W&B logs to unless WANDB_BASE_URL (a W&B server of one's own) says otherwise.
 WANDB_HOST = "https://api.wandb.ai"
-#: What W&B prints once per process because Lightning's WandbLogger passes ``anonymous`` to
-#: ``wandb.init`` even when it is unset (wandb/wandb#10909): noise about no choice of ours.
+#: What W&B prints because Lightning's WandbLogger passes ``anonymous`` to ``wandb.init`` even
+#: when it is unset (wandb/wandb#10909): noise about no choice of ours. W&B prints it once per
+#: process, so :func:`wandb_logger` has it printed once where no one sees it.
 ANONYMOUS_WARNING = "The anonymous setting has no effect and will be removed in a future version."
 
 
@@ -64,7 +65,8 @@ def answers(url: str, timeout: float) -> bool:
 
     def probe() -> None:
         try:
-            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout)
+            request = urllib.request.Request(url, method="HEAD")
+            urllib.request.urlopen(request, timeout=timeout).close()
         except urllib.error.HTTPError:  # an error status is still an answer
             pass
         except (OSError, ValueError):  # refused, unknown host, timed out, no network
@@ -144,8 +146,8 @@ def wandb_logger(
     # W&B reads what it prints from its process-wide settings (wandb.setup), not a run's.
     wandb.setup(wandb.Settings(show_info=not quiet))
     kwargs.setdefault("settings", wandb.Settings(init_timeout=init_timeout, show_info=not quiet))
-    with contextlib.redirect_stderr(io.StringIO()):  # W&B shows a warning once per process
-        wandb.termwarn(ANONYMOUS_WARNING, repeat=False)
+    with contextlib.redirect_stderr(io.StringIO()):
+        wandb.termwarn(ANONYMOUS_WARNING, repeat=False)  # shown: not again
     return WandbLogger(save_dir=save_dir, mode=mode, **kwargs)  # resume="allow": Lightning's
 
 
