@@ -68,15 +68,15 @@ export: $(STAMP) ## Export a checkpoint and check it against PyTorch: make expor
 
 data: $(STAMP) ## Download (VOC, COCO) or check (PH2, MADS, your own folder) a dataset: make data DATASET=voc [ARGS=...]
 	@test -n "$(DATASET)" || { echo "Set DATASET=voc, coco, mads, ph2 or folder (see README, Datasets and Train on your own data)"; exit 2; }
-	$(PY) -m lightseg.data.download $(DATASET) $(ARGS)
+	$(PY) -m lightseg.data.download data=$(DATASET) $(ARGS)
 
 plot: $(STAMP) ## Training curves as PNG: make plot RUN=<run folder>, or RUNS=<folder of runs> [METRICS=val/loss,val/dice]
 	@test -n "$(RUN)$(RUNS)" || { echo "Set RUN=<run folder>, e.g. RUN=$$(ls -d logs/*/runs/* 2>/dev/null | tail -n 1), or RUNS=<folder of runs> to compare configurations"; exit 2; }
-	$(PY) -m lightseg.tools.plot $(if $(RUNS),--runs $(RUNS) $(if $(filter command line environment,$(origin METRICS)),--metrics $(METRICS)),$(RUN)) $(ARGS)
+	$(PY) -m lightseg.tools.plot $(if $(RUNS),"runs=$(RUNS)" $(if $(filter command line environment,$(origin METRICS)),"curves=[$(METRICS)]"),"run=$(RUN)") $(ARGS)
 
-table: $(STAMP) ## Results as Markdown + LaTeX: make table RUNS=logs/demo/multiruns/<time> [METRICS=test/dice,test/iou] [ARGS="--eval --label model.arch=arch"]
+table: $(STAMP) ## Results as Markdown + LaTeX: make table RUNS=logs/demo/multiruns/<time> [METRICS=test/dice,test/iou] [ARGS="eval=true labels={model.arch:arch}"]
 	@test -n "$(RUNS)" || { echo "Set RUNS=<folder of runs>, e.g. RUNS=logs/demo/multiruns/<time> or RUNS=logs/demo"; exit 2; }
-	$(PY) -m lightseg.tools.results $(RUNS) --metrics $(METRICS) $(ARGS)
+	$(PY) -m lightseg.tools.table "runs=$(RUNS)" "columns=[$(METRICS)]" $(ARGS)
 
 test: $(STAMP) ## Run the fast test suite (what CI runs)
 	$(PY) -m pytest -m "not slow and not gpu" -q

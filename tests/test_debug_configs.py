@@ -7,6 +7,7 @@ import logging
 import pandas as pd
 import pytest
 
+from lightseg.tools.plot import read_csv_log
 from lightseg.train import train
 from tests.conftest import make_config
 
@@ -24,7 +25,7 @@ DEMO = (
 
 
 def logged(run) -> pd.DataFrame:
-    return pd.read_csv(run / "csv" / "metrics.csv")
+    return read_csv_log(run)
 
 
 def test_fdr_runs_one_batch_of_each_stage(tmp_path, data_dir):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import tarfile
 import urllib.error
 import urllib.request
@@ -14,13 +15,21 @@ import pytest
 from hydra.utils import instantiate
 from PIL import Image
 
+from lightseg.config import compose_config
 from lightseg.data import download
 from lightseg.data.download import Archive, main, prepare_dataset
 from lightseg.errors import LightsegError
 from tests.fixtures_datasets import write_sbd, write_voc
+from tests.test_results import run_app
 
 VOC_URL = "https://example.test/VOCtrainval.tar"
 SBD_URL = "https://example.test/benchmark.tgz"
+
+
+def prepare(name: str, *overrides: str) -> None:
+    """What ``python -m lightseg.data.download data=<name> OVERRIDES`` does, in this process."""
+    cfg = compose_config([f"data={name}", *overrides], "download")
+    prepare_dataset(cfg, name, {o.split("=", 1)[0] for o in overrides})
 
 
 def tar_of(folder: Path, top: str, mode: str) -> bytes:
@@ -96,7 +105,7 @@ def test_offline_says_what_to_fetch_and_leaves_nothing(tmp_path, monkeypatch):
     serve(monkeypatch, {})
     real = download.ARCHIVES["voc"][0]
     with pytest.raises(LightsegError) as error:
-        prepare_dataset("voc", [f"paths.data_dir={data}"])
+        prepare("voc", f"paths.data_dir={data}")
     message = str(error.value)
     assert real.url in message and real.md5 in message and "Temporary failure" in message
     assert str(data / "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt") in message
@@ -116,7 +125,7 @@ def test_dropped_connection_leaves_no_partial_file(tmp_path, monkeypatch, voc_ar
 
     monkeypatch.setattr(download.shutil, "rmtree", rmtree)
     with pytest.raises(LightsegError, match=r"Could not fetch https://example\.test/VOCtrainval"):
-        prepare_dataset("voc", [f"paths.data_dir={data}"])
+        prepare("voc", f"paths.data_dir={data}")
     assert partial_files == [1 << 15]  # a partial archive was written ...
     assert list(data.iterdir()) == []  # ... and removed
 
@@ -127,7 +136,7 @@ def test_download_verifies_unpacks_and_checks_the_layout(
     data = tmp_path / "data"
     pin_voc(monkeypatch, md5(voc_archives[VOC_URL]), md5(voc_archives[SBD_URL]))
     opened = serve(monkeypatch, voc_archives)
-    prepare_dataset("voc", [f"paths.data_dir={data}"])
+    prepare("voc", f"paths.data_dir={data}")
     assert sorted(p.name for p in data.iterdir()) == ["VOCdevkit", "benchmark_RELEASE"]
     assert (data / "VOCdevkit/VOC2012/SegmentationClass/2007_000032.png").is_file()
     assert (data / "benchmark_RELEASE/dataset/cls/2008_000008.mat").is_file()
@@ -135,7 +144,7 @@ def test_download_verifies_unpacks_and_checks_the_layout(
     assert {VOC_URL, SBD_URL} <= set(opened)
 
     opened.clear()
-    prepare_dataset("voc", [f"paths.data_dir={data}"])  # already there: nothing downloaded
+    prepare("voc", f"paths.data_dir={data}")  # already there: nothing downloaded
     assert opened == []
     out = capsys.readouterr().out
     assert "skipping VOCtrainval.tar" in out.replace("\n", " ")
@@ -147,7 +156,7 @@ def test_checksum_mismatch_is_refused(tmp_path, monkeypatch, voc_archives):
     pin_voc(monkeypatch, "0" * 32, md5(voc_archives[SBD_URL]))
     serve(monkeypatch, voc_archives)
     with pytest.raises(LightsegError, match=r"corrupted.*check its MD5 is 0{32}"):
-        prepare_dataset("voc", [f"paths.data_dir={data}"])
+        prepare("voc", f"paths.data_dir={data}")
     assert list(data.iterdir()) == []
 
 
@@ -161,19 +170,23 @@ def test_checksum_mismatch_is_refused(tmp_path, monkeypatch, voc_archives):
 def test_manual_datasets_say_what_to_download_and_where(tmp_path, monkeypatch, name, expected):
     serve(monkeypatch, {})
     with pytest.raises(LightsegError, match=expected):
-        prepare_dataset(name, [f"paths.data_dir={tmp_path}"])
+        prepare(name, f"paths.data_dir={tmp_path}")
 
 
-def test_command_line(tmp_path, monkeypatch):
+def test_command_line(tmp_path, monkeypatch, capsys):
     serve(monkeypatch, {})
     with pytest.raises(SystemExit) as exit_code:
-        main(["mads", f"paths.data_dir={tmp_path}"])
+        run_app(main, "data=mads", f"paths.data_dir={tmp_path}")
     assert exit_code.value.code == 1
+    assert "MADS not found" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_code:
-        main([])
-    assert exit_code.value.code == 2
-    with pytest.raises(LightsegError, match=r"Unknown dataset 'pascal'.*coco.*voc"):
-        prepare_dataset("pascal")
+        run_app(main)
+    assert exit_code.value.code == 1
+    assert "You must specify 'data'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_code:
+        run_app(main, "data=pascal")
+    assert exit_code.value.code == 1
+    assert re.search(r"Could not find 'data/pascal'.*coco.*voc", capsys.readouterr().err, re.S)
 
 
 def test_folder_check_reads_every_pair_and_stores_the_training_statistics(
@@ -184,7 +197,7 @@ def test_folder_check_reads_every_pair_and_stores_the_training_statistics(
     from tests.fixtures_datasets import FOLDER_CASES, folder_label, write_folder
 
     root = write_folder(tmp_path / "mine")
-    main(["folder", f"data.source.root={root}"])  # make data DATASET=folder ARGS=...
+    run_app(main, "data=folder", f"data.source.root={root}")  # make data DATASET=folder ARGS=...
     out = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
 
     assert f"Folder {root}: 10 image/mask pairs (generated split: train 6, val 2, test 2)" in out
@@ -224,7 +237,7 @@ def test_folder_check_stops_at_the_first_bad_pair(tmp_path):
     root = write_folder(tmp_path / "mine")
     Image.new("L", (5, 5)).save(root / "masks" / "case_007.png")
     with pytest.raises(LightsegError, match=r"case_007.png' is 5x5 pixels but its image"):
-        prepare_dataset("folder", [f"data.source.root={root}"])
+        prepare("folder", f"data.source.root={root}")
 
 
 def test_many_image_sizes_are_binned():

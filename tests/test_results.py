@@ -7,18 +7,21 @@ import csv
 import json
 import math
 import statistics
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from scipy import stats
 
 from lightseg import CONFIG_DIR
 from lightseg.errors import LightsegError
 from lightseg.tools.eval import evaluate
-from lightseg.tools.results import Source, main, results, short_names, write_tables
+from lightseg.tools.results import NumbersFrom, short_names
+from lightseg.tools.table import main, results, write_tables
 from tests.runs import run_cli, tiny_cli_run
 
 #: The paired differences of scipy's documentation of ``wilcoxon`` (two-sided exact p-value
@@ -67,6 +70,17 @@ def fake_run(
         (folder / "run_info.json").write_text(json.dumps({"status": "failed", "message": status}))
     if per_image:
         write_csv(folder / "per_image.csv", per_image)
+
+
+def run_app(main, *args: str) -> None:
+    """``python -m <tool> ARGS`` in this process, as the command line runs the Hydra app."""
+    argv = sys.argv
+    sys.argv = ["tool", *args]
+    try:
+        main()
+    finally:
+        sys.argv = argv
+        GlobalHydra.instance().clear()
 
 
 def write_csv(path: Path, columns: dict[str, dict[str, float]], **keys: str) -> None:
@@ -248,7 +262,7 @@ def test_debug_runs_are_left_out_and_listed(tmp_path):
     )
     md = write_tables(tmp_path, ["test/dice"])[0].read_text()
     assert "| arch=Unet | 0.800 |" in md and "debug=fdr" not in md.split("\n\n")[0]
-    assert "- Debug runs left out (1; --include-debug keeps them):\n  - c (debug=fdr)" in md
+    assert "- Debug runs left out (1; include_debug=true keeps them):\n  - c (debug=fdr)" in md
     md = write_tables(tmp_path, ["test/dice"], include_debug=True)[0].read_text()
     assert "| debug=fdr, arch=Unet | 0.100 |" in md
     with pytest.raises(LightsegError, match=r"Every run under .* is a debug run"):
@@ -266,12 +280,29 @@ def test_labels_are_short_unless_an_alias_is_given(tmp_path):
     assert short_names(keys, {"optimizer.lr": "LR"})["optimizer.lr"] == "LR"
     fake_run(tmp_path / "a", ["model.arch=FPN"], {"test/dice": 0.9})
     fake_run(tmp_path / "b", ["model.arch=Unet"], {"test/dice": 0.8})
-    main([str(tmp_path), "--metrics", "test/dice", "--label", "model.arch=network"])
+    run_app(main, f"runs={tmp_path}", "columns=[test/dice]", "labels={model.arch:network}")
     assert "| network=FPN | **0.900** |" in (tmp_path / "results.md").read_text()
-    main([str(tmp_path), "--metrics", "test/dice", "--label", "model.arch="])
+    run_app(main, f"runs={tmp_path}", "columns=test/dice", "labels={model.arch:''}")
     assert "| FPN | **0.900** |" in (tmp_path / "results.md").read_text()
-    with pytest.raises(SystemExit):
-        main([str(tmp_path), "--label", "model.arch"])
+
+
+def test_the_command_line_gives_hydras_errors_and_names_what_is_missing(tmp_path, capsys):
+    fake_run(tmp_path / "a", ["model.arch=FPN"], {"test/dice": 0.9})
+    with pytest.raises(SystemExit) as stopped:
+        run_app(main, f"runs={tmp_path}", "label={model.arch:network}")  # labels
+    assert stopped.value.code == 1
+    assert "Could not override 'label'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:
+        run_app(main, "columns=[test/dice]")
+    assert stopped.value.code == 1
+    assert "The config value runs is required but not set" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:
+        run_app(main, f"runs={tmp_path}", "digits=two")
+    assert stopped.value.code == 1
+    assert "digits=two is not a whole number: set digits=<a whole number>." in " ".join(
+        capsys.readouterr().err.split()
+    )
+    assert not (tmp_path / "results.md").exists()
 
 
 def test_eval_flag_reads_each_runs_newest_evaluation(tmp_path):
@@ -291,15 +322,15 @@ def test_eval_flag_reads_each_runs_newest_evaluation(tmp_path):
                 file.write("id,variant,dice\n")
                 file.writelines(f"img{i},plain,{plain + shift}\n" for i in range(3))
                 file.writelines(f"img{i},tta,{tta + shift + i / 100}\n" for i in range(3))
-    table = results(tmp_path, ["test/dice"], source=Source(eval=True))
+    table = results(tmp_path, ["test/dice"], numbers_from=NumbersFrom(eval=True))
     assert table.cells["test/dice", "arch=FPN"].runs == [0.75]  # newest eval, its last variant
     assert table.cells["test/dice", "arch=FPN"].image_mean == pytest.approx(0.76)
     assert "make eval (test split, its last variant)" in table.caption
-    plain = results(tmp_path, ["test/dice"], source=Source(eval=True, variant="plain"))
+    plain = results(tmp_path, ["test/dice"], numbers_from=NumbersFrom(eval=True, variant="plain"))
     assert plain.cells["test/dice", "arch=Unet"].runs == [0.60]
     # 3 images, all worse: the exact two-sided p is 2 / 2**3
     assert plain.cells["test/dice", "arch=Unet"].p == pytest.approx(0.25)
-    missing = results(tmp_path, ["test/dice"], source=Source(eval=True, split="val"))
+    missing = results(tmp_path, ["test/dice"], numbers_from=NumbersFrom(eval=True, split="val"))
     assert all(not cell.runs for cell in missing.cells.values())
     assert any("no eval/val_*/eval.json (make eval CKPT=" in note for note in missing.notes)
 
@@ -375,6 +406,6 @@ def test_demo_multirun_turns_into_tables(one_thread, monkeypatch, tmp_path, data
         assert {r["id"] for r in per_image_rows(folder / "per_image.csv")} == set(
             (job / "splits" / "test.txt").read_text().split()
         )
-    md, _ = write_tables(sweep, ["test/dice", "test/hd95"], source=Source(eval=True))
+    md, _ = write_tables(sweep, ["test/dice", "test/hd95"], numbers_from=NumbersFrom(eval=True))
     assert "From eval.json and per_image.csv of make eval (test split" in md.read_text()
     assert md.read_text().count(" | best | ") == 2  # one reference row per metric

@@ -6,11 +6,11 @@ import json
 import signal
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 
 from lightseg.errors import LightsegError, TrainingInterrupted
+from lightseg.tools.plot import read_csv_log
 from lightseg.train import train
 from tests.conftest import make_config
 
@@ -53,8 +53,9 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def val_curve(run: Path) -> list[float]:
-    frame = pd.read_csv(run / "csv" / "metrics.csv")
-    return frame.dropna(subset=["val/dice"]).groupby("epoch")["val/dice"].last().tolist()
+    validated = read_csv_log(run).dropna(subset=["val/dice"])  # a resumed run's parts, joined
+    assert validated["epoch"].is_unique  # each epoch's validation once, also after a resume
+    return validated["val/dice"].tolist()
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,8 @@ from hydra import compose, initialize_config_dir
 from lightseg import CONFIG_DIR
 from lightseg.errors import LightsegError
 from lightseg.runs import RunFolder, RunLock, snapshot
-from lightseg.runs.lock import held_by_live_process
 from lightseg.train import check_sweep, train
+from lightseg.utils.locks import held_by_live_process
 from tests.conftest import FAST, make_config
 
 
@@ -63,7 +63,7 @@ def test_the_lock_tells_live_from_dead(tmp_path):
         with pytest.raises(LightsegError, match="in use by another training process"):
             RunLock(tmp_path).acquire()
     assert held_by_live_process(tmp_path) is None  # released
-    code = f"from lightseg.runs import RunLock; RunLock({str(tmp_path)!r}).acquire()"
+    code = f"from lightseg.runs import RunLock; lock = RunLock({str(tmp_path)!r}); lock.acquire()"
     subprocess.run([sys.executable, "-c", code], check=True)  # a process that never releases
     assert held_by_live_process(tmp_path) is None  # its end released the lock
     with RunLock(tmp_path) as lock:  # taken over

@@ -47,7 +47,7 @@ def test_short_demo_run_writes_run_folder(tmp_path, data_dir):
         "metrics.json",
         "checkpoints/best.ckpt",
         "checkpoints/last.ckpt",
-        "csv/metrics.csv",
+        "csv/version_0/metrics.csv",
         "splits/train.txt",
         "splits/val.txt",
         "splits/test.txt",

@@ -76,7 +76,7 @@ def test_default_sbd_root_sits_next_to_vocdevkit(voc_dirs):
 
 
 def test_missing_dataset_says_where_and_how(tmp_path):
-    with pytest.raises(LightsegError, match=r"VOC2012.*lightseg.data.download voc"):
+    with pytest.raises(LightsegError, match=r"VOC2012.*lightseg.data.download data=voc"):
         VOC(tmp_path / "VOCdevkit" / "VOC2012").find()
 
 

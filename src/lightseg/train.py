@@ -101,12 +101,10 @@ def _train(cfg: DictConfig, run: RunFolder, checkpoint: str | None) -> dict[str,
         if checkpoint:
             remove_partial_files(Path(checkpoint).parent)
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    with (
+    with (  # the run's status is written (recorded_run) before W&B's copy of it (wandb_finished)
+        wandb_finished(run.run_info),
         recorded_run(run.path, checkpoint, enabled=trainer.is_global_zero, overrides=overrides),
-        wandb_finished(),
-    ):
-        for logger in trainer.loggers:
-            logger.log_hyperparams(plain(experiment.cfg))
+    ):  # the loggers get the config from callbacks.run_files, in the training process
         trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
         metrics = {
             k: finite_or_none(v) for k, v in evaluate_best(trainer, module, datamodule).items()

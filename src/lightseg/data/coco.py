@@ -88,7 +88,7 @@ class COCO(SegmentationSource):
     """COCO 2017 instances as semantic masks; ``test`` defaults to val2017 (test has no labels)."""
 
     how_to_get = (
-        "Run `python -m lightseg.data.download coco` (downloads train2017.zip 18 GB, "
+        "Run `python -m lightseg.data.download data=coco` (downloads train2017.zip 18 GB, "
         "val2017.zip 1 GB and annotations_trainval2017.zip 241 MB from "
         "https://cocodataset.org/#download), or "
         "download them yourself and unzip all three into '<data_dir>/coco/', so that "

@@ -1,6 +1,6 @@
 """Fetch a dataset into ``paths.data_dir`` where it has a public URL, then check it loads.
 
-    python -m lightseg.data.download voc [hydra overrides]      (or: make data DATASET=voc)
+    python -m lightseg.data.download data=voc [overrides]    (or: make data DATASET=voc)
 
 VOC (+SBD) and COCO are downloaded with torchvision's helpers and verified against their MD5
 sums; each archive is fetched and unpacked in a scratch folder that is removed on failure, so
@@ -16,22 +16,24 @@ mean/std, which it stores where ``data.mean=auto data.std=auto`` finds them.
 
 from __future__ import annotations
 
+import copy
 import logging
 import shutil
-import sys
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import hydra
 import numpy as np
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 from rich.progress import track
 from rich.table import Table
 from torchvision.datasets.utils import download_and_extract_archive
 
 from lightseg import CONFIG_DIR
-from lightseg.config import compose_config
 from lightseg.data.base import read_pair
 from lightseg.data.statistics import Accumulator
 from lightseg.errors import LightsegError, user_errors
@@ -91,8 +93,9 @@ ARCHIVES: dict[str, tuple[Archive, ...]] = {
         ),
     ),
 }
-#: Overrides that make the check after downloading cover everything that was fetched.
-CHECK_OVERRIDES = {"voc": ["data.source.use_sbd=true"], "folder": ["data.split_dir=null"]}
+#: Settings that make the check after downloading cover everything that was fetched (unless
+#: the command line sets them): VOC with SBD; for a folder, no split lists written.
+CHECK_SETTINGS = {"voc": {"data.source.use_sbd": True}, "folder": {"data.split_dir": None}}
 
 
 def fetch(archive: Archive, data_dir: Path) -> None:
@@ -139,13 +142,13 @@ def summary(samples) -> str:
     return ", ".join(f"{name}: {count}" for name, count in sorted(counts.items()))
 
 
-def prepare_dataset(name: str, overrides: list[str] = ()) -> None:
-    """Fetch ``name``'s archives (if it has public ones), then prepare and find its samples."""
-    data_configs = sorted(p.stem for p in (Path(CONFIG_DIR) / "data").glob("*.yaml"))
-    if name not in data_configs:
-        raise LightsegError(f"Unknown dataset '{name}'. Choose one of: {', '.join(data_configs)}.")
-    extra = CHECK_OVERRIDES.get(name, [])
-    cfg = compose_config([f"data={name}", *extra, *overrides])
+def prepare_dataset(cfg: DictConfig, name: str, given: set[str] = frozenset()) -> None:
+    """Fetch dataset ``name``'s archives (if it has public ones), then prepare and find its
+    samples. ``cfg``: the composed download config; ``given``: the keys the command line set."""
+    cfg = copy.deepcopy(cfg)  # the caller's config stays as it is
+    for key, value in CHECK_SETTINGS.get(name, {}).items():
+        if key not in given:
+            OmegaConf.update(cfg, key, value)
     if name == "folder":
         check_folder(instantiate(cfg.data, _convert_="all"))
         return
@@ -215,14 +218,12 @@ def size_histogram(shapes: Counter, listed: int = 12, bins: int = 8) -> Table:
     return table
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    if not args or args[0].startswith("-"):
-        print("usage: python -m lightseg.data.download DATASET [hydra overrides]", file=sys.stderr)
-        sys.exit(2)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="download")
+def main(cfg: DictConfig) -> None:
+    hydra_cfg = HydraConfig.get()
+    given = {o.split("=", 1)[0].lstrip("+~") for o in hydra_cfg.overrides.task}
     with user_errors():
-        prepare_dataset(args[0], args[1:])
+        prepare_dataset(cfg, hydra_cfg.runtime.choices["data"], given)
 
 
 if __name__ == "__main__":

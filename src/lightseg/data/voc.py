@@ -56,7 +56,7 @@ class VOC(SegmentationSource):
 
     classes = VOC_CLASSES
     how_to_get = (
-        "Run `python -m lightseg.data.download voc` (downloads VOCtrainval_11-May-2012.tar, "
+        "Run `python -m lightseg.data.download data=voc` (downloads VOCtrainval_11-May-2012.tar, "
         "2 GB, and SBD's benchmark.tgz, 1.4 GB), or download them from "
         "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/ and "
         "https://www2.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/semantic_contours/ "

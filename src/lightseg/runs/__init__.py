@@ -2,8 +2,8 @@
 
 from lightseg.runs import snapshot
 from lightseg.runs.folder import RunFolder, find_runs, runs_of
-from lightseg.runs.lock import RunLock
 from lightseg.runs.record import read_run_info, recorded_run
+from lightseg.utils.locks import RunLock
 
 __all__ = [
     "RunFolder",

@@ -10,7 +10,7 @@
       per_image.csv                   every test image's metric values
       splits/{train,val,test}.txt     the sample ids of each split (data.split_dir)
       packages.txt  git_diff.patch  untracked.tar.gz   what rebuilding the run needs
-      csv/metrics.csv  overlays/  wandb/  wandb_run_id.txt  eval/<split>_<time>/
+      csv/version_<n>/metrics.csv  overlays/  wandb/  wandb_run_id.txt  eval/<split>_<time>/
 
 Code asks this module for these paths; the configs name the ones they set (checkpoint and
 logger folders, data.split_dir) under ${paths.output_dir}.
@@ -27,10 +27,11 @@ from typing import Any
 
 import yaml
 
+from lightseg.utils.locks import RUN_LOCK as LOCK
+
 CONFIG = "config.yaml"
 HYDRA = ".hydra"
 RUN_INFO = "run_info.json"
-LOCK = "run.lock"
 CHECKPOINTS = "checkpoints"
 LAST = "last.ckpt"
 BEST = "best.ckpt"

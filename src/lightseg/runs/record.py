@@ -23,9 +23,9 @@ import torch
 import lightseg
 from lightseg.errors import TrainingInterrupted
 from lightseg.runs.folder import RunFolder
-from lightseg.runs.lock import owner_record
 from lightseg.runs.resume import CONTINUED
 from lightseg.runs.snapshot import git_state, save_snapshot
+from lightseg.utils.locks import owner_record
 
 STATUSES = ("running", "finished", "interrupted", "failed")
 #: Versions worth seeing at a glance; packages.txt has all of them.

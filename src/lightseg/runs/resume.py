@@ -29,7 +29,7 @@ from pathlib import Path
 
 from lightseg.errors import LightsegError
 from lightseg.runs.folder import RunFolder, newest_first, runs_of
-from lightseg.runs.lock import describe, held_by_live_process
+from lightseg.utils.locks import describe, held_by_live_process
 
 STAMP = "%Y-%m-%d_%H-%M-%S"
 #: How many processes a launcher (torchrun, srun) started for one job.

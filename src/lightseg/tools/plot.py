@@ -1,43 +1,82 @@
 """Training curves from CSV logs: of one run, or of the configurations in a folder of runs.
 
-    python -m lightseg.tools.plot RUN [--out curves.png]          make plot RUN=<run folder>
-    python -m lightseg.tools.plot --runs FOLDER [--metrics val/loss,val/dice] [--label k=alias]
-                                                                  make plot RUNS=<folder>
+    python -m lightseg.tools.plot run=RUN [out=curves.png]           make plot RUN=<run folder>
+    python -m lightseg.tools.plot runs=FOLDER [curves=[val/loss,val/dice]]
+        [labels={model.arch:arch}] [include_debug=true]              make plot RUNS=<folder>
 
 One run: three panels over epochs: losses (train and val), validation metrics (IoU, Dice, per
 class), and the learning rate; writes ``<RUN>/curves.png``. A folder: one panel per validation
 metric, one curve per configuration (grouped as ``make table`` groups them: seeds and data
 splits are replicates) with its mean over the runs and a band of ± one sample standard
-deviation; writes ``<FOLDER>/curves.png``.
+deviation; writes ``<FOLDER>/curves.png``. Settings: configs/plot.yaml.
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+import hydra
 import pandas as pd
+from omegaconf import DictConfig
 
+from lightseg import CONFIG_DIR
 from lightseg.errors import LightsegError, user_errors
 from lightseg.runs import RunFolder
-from lightseg.tools.results import Row, collect, parse_aliases
+from lightseg.tools.results import Row, check_types, collect, names
 from lightseg.utils.console import console
 
 #: The validation curves compared by default, those of them the runs logged.
 DEFAULT_CURVES = ("val/loss", "val/dice", "val/iou")
 
 
-def epoch_table(csv_path: Path) -> pd.DataFrame:
-    """One row per epoch, each column its last logged value in that epoch.
+def csv_logs(run: str | Path) -> list[Path]:
+    """The parts of a run's CSV log in the order they were written: ``csv/version_<n>/
+    metrics.csv`` by ``n`` (one per start or resume), after ``csv/metrics.csv`` (older runs)."""
+    single = RunFolder(run).csv_log
+    numbered = {
+        int(path.parent.name.removeprefix("version_")): path
+        for path in single.parent.glob("version_*/metrics.csv")
+        if path.parent.name.removeprefix("version_").isdigit()
+    }
+    return ([single] if single.is_file() else []) + [numbered[n] for n in sorted(numbered)]
 
-    Lightning writes epoch-level values on separate rows; after a resume, steps that ran
-    twice appear twice and the later row (the resumed run's) wins. The validation of the best
+
+def read_csv_log(run: str | Path) -> pd.DataFrame:
+    """A run's CSV log as one table in which everything logged counts once.
+
+    A resume replays the run from its checkpoint, so each part that trained (logged ``train/``
+    values) replaces what earlier parts logged from its first step on: after a hard kill, the
+    steps and the validation that ran twice appear once, as the resumed run logged them. A
+    part without training values is an evaluation in a process of its own (``ddp_spawn``
+    validates and tests the best checkpoint in new processes, which log epoch 0, step 0): it
+    is left out; its numbers are in ``metrics.json``.
+    """
+    parts: list[pd.DataFrame] = []
+    for path in csv_logs(run):
+        try:
+            part = pd.read_csv(path)
+        except pd.errors.EmptyDataError:
+            continue
+        if "step" not in part or not any(str(c).startswith("train/") for c in part):
+            continue
+        start = part["step"].min()
+        parts = [earlier[earlier["step"] < start] for earlier in parts]
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def epoch_table(run: str | Path) -> pd.DataFrame:
+    """One row per epoch of a run's CSV log, each column its last logged value in that epoch.
+
+    Lightning writes epoch-level values on separate rows. The validation of the best
     checkpoint after training (an epoch without training values) is left out.
     """
-    frame = pd.read_csv(csv_path)
+    frame = read_csv_log(run)
     if "epoch" not in frame:
-        raise LightsegError(f"'{csv_path}' has no epoch column; is it a Lightning CSV log?")
+        raise LightsegError(
+            f"The CSV log of '{run}' has no epoch column; is it a Lightning CSV log?"
+        )
     # LearningRateMonitor's rows carry no epoch: they belong to the epoch that follows them.
     frame["epoch"] = frame["epoch"].bfill().ffill()
     frame = frame.dropna(subset=["epoch"]).astype({"epoch": int})
@@ -80,15 +119,15 @@ def save(figure, title: str, out: Path) -> Path:
 def plot_curves(run: Path, out: Path | None = None) -> Path:
     """Draw the run's curves into ``out`` (default ``<run>/curves.png``)."""
     plt = pyplot()
-    csv_path = RunFolder(run).csv_log
-    if not csv_path.is_file():
+    folder = RunFolder(run).csv_log.parent
+    if not csv_logs(run):
         raise LightsegError(
-            f"No training log at '{csv_path}'. RUN must be a run folder "
+            f"No training log in '{folder}'. run= must be a run folder "
             "(logs/<name>/runs/<time>/) trained with the CSV logger (logger=default or logger=csv)."
         )
-    table = epoch_table(csv_path)
+    table = epoch_table(run)
     if table.empty:
-        raise LightsegError(f"'{csv_path}' holds no epoch-level values yet.")
+        raise LightsegError(f"The CSV log in '{folder}' holds no epoch-level values yet.")
     losses = [c for c in table if c in ("train/loss_epoch", "train/loss", "val/loss")]
     scores = [c for c in table if c.startswith("val/") and c != "val/loss" and "loss" not in c]
     rates = [c for c in table if c.startswith("lr-")]
@@ -108,8 +147,7 @@ def plot_curves(run: Path, out: Path | None = None) -> Path:
 
 def run_tables(row: Row) -> list[pd.DataFrame]:
     """The epoch tables of a configuration's runs that have a CSV log."""
-    logs = [RunFolder(run.folder).csv_log for run in row.runs]
-    return [epoch_table(log) for log in logs if log.is_file()]
+    return [epoch_table(run.folder) for run in row.runs if csv_logs(run.folder)]
 
 
 def band(tables: list[pd.DataFrame], metric: str) -> pd.DataFrame:
@@ -138,7 +176,7 @@ def plot_configurations(
     logged = sorted({c for ts in tables.values() for t in ts for c in t if c.startswith("val/")})
     if not logged:
         raise LightsegError(
-            f"No run under '{root}' has validation values in a CSV log (csv/metrics.csv): "
+            f"No run under '{root}' has validation values in a CSV log (csv/): "
             "train with logger=default or logger=csv."
         )
     chosen = list(metrics) if metrics else [m for m in DEFAULT_CURVES if m in logged]
@@ -162,26 +200,22 @@ def plot_configurations(
     return save(figure, f"{root}: mean ± std over runs", Path(out or Path(root) / "curves.png"))
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m lightseg.tools.plot", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("run", type=Path, nargs="?", help="run folder (holds csv/metrics.csv)")
-    parser.add_argument("--runs", type=Path, help="folder of runs: compare configurations")
-    parser.add_argument("--metrics", default=None, help="with --runs: comma-separated curves")
-    parser.add_argument("--label", action="append", default=[], metavar="KEY=ALIAS")
-    parser.add_argument("--include-debug", action="store_true", help="keep debug=... runs")
-    parser.add_argument("--out", type=Path, default=None, help="image file (default: */curves.png)")
-    args = parser.parse_args(argv)
-    if (args.run is None) == (args.runs is None):
-        parser.error("give a run folder, or --runs <folder of runs>")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="plot")
+def main(cfg: DictConfig) -> None:
     with user_errors():
-        if args.run is not None:
-            out = plot_curves(args.run, args.out)
+        check_types(cfg, include_debug=bool)
+        if (cfg.run is None) == (cfg.runs is None):
+            raise LightsegError(
+                "Give run=<run folder> (its curves) or runs=<folder of runs> (configurations "
+                "compared), one of them."
+            )
+        if cfg.run is not None:
+            out = plot_curves(cfg.run, cfg.out)
         else:
-            metrics = [m.strip() for m in (args.metrics or "").split(",") if m.strip()]
-            aliases = parse_aliases(args.label)
-            out = plot_configurations(args.runs, metrics, args.out, aliases, args.include_debug)
+            aliases = dict(cfg.labels or {})
+            out = plot_configurations(
+                cfg.runs, names(cfg.curves), cfg.out, aliases, cfg.include_debug
+            )
         console.print(f"Wrote {out}")
 
 

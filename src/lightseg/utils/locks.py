@@ -1,8 +1,20 @@
-"""Exclusive file locks for work that several processes (or nodes) may try to do at once.
+"""File locks, one implementation: a waiting lock for builds, and the run folder's lock.
 
-Data preparation runs on every node that trains (Lightning calls ``prepare_data`` once per node)
-and in every process that starts a run; on shared storage they all see the same folder. The one
-that gets the lock does the work; the others wait, then find it done.
+Both are ``flock`` locks on a file, so the operating system releases them when their process
+ends, however it ends (SIGKILL included): a dead process never leaves a lock held.
+
+* :func:`file_lock` waits its turn. Work that several processes or nodes may start at once on
+  shared storage (data caches, the demo data, COCO masks): the first does it, the others wait,
+  then find it done.
+* :class:`RunLock` does not wait. The process that trains in a run folder holds
+  ``<folder>/run.lock``, which records who it is (host, PID, SLURM job, since); a second
+  process is refused with an error naming that owner, and :func:`held_by_live_process` answers
+  the same question for resume decisions.
+
+File systems without ``flock`` (some cluster mounts) cannot say whether a lock is held. There
+the run lock trusts the owner recorded in the file when it can be checked, a PID on this host,
+and otherwise goes on unguarded with a warning; a build goes on unguarded with a warning. A PID
+that the system has since reused for another process counts as alive (the cautious error).
 """
 
 from __future__ import annotations
@@ -10,44 +22,184 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import logging
 import os
+import socket
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
+from typing import IO, Any
+
+from lightseg.errors import LightsegError
 
 log = logging.getLogger(__name__)
 
-#: errno values meaning "this file system does not do flock" (some cluster mounts).
+#: errno values meaning "this file system does not do flock".
 NO_FLOCK = {errno.ENOLCK, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
+#: The run folder's lock file.
+RUN_LOCK = "run.lock"
+
+
+def owner_record() -> dict[str, Any]:
+    """Who this process is, for lock files and run_info.json."""
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "since": datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+
+
+def describe(owner: dict[str, Any]) -> str:
+    """``PID 123 on node7, SLURM job 456, since <time>``."""
+    job = f", SLURM job {owner['slurm_job_id']}" if owner.get("slurm_job_id") else ""
+    return (
+        f"PID {owner.get('pid', '?')} on {owner.get('host', '?')}{job}, since {owner.get('since')}"
+    )
+
+
+def _lock(handle: IO[bytes], wait: bool) -> bool | None:
+    """Lock ``handle``: True once held, False if another process holds it (``wait=False``),
+    None where the file system has no ``flock``."""
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as error:
+        if error.errno not in NO_FLOCK:
+            raise
+        return None
+    return True
+
+
+def _record(handle: IO[bytes], owner: dict[str, Any]) -> None:
+    handle.seek(0)
+    handle.truncate()
+    handle.write(json.dumps(owner).encode())
+    handle.flush()
+
+
+def _recorded(path: Path) -> dict[str, Any] | None:
+    try:
+        owner = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return owner if isinstance(owner, dict) else None
+
+
+def _alive_here(owner: dict[str, Any] | None) -> bool:
+    """Whether ``owner`` (not released) is a live process of this host."""
+    if not owner or owner.get("released") or owner.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(owner.get("pid", -1)), 0)
+    except PermissionError:  # alive, another user's
+        return True
+    except (ProcessLookupError, ValueError, TypeError, OverflowError):
+        return False
+    return True
 
 
 @contextlib.contextmanager
 def file_lock(path: str | Path, what: str = "") -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (created if needed) for the block.
-
-    The operating system releases it when the process ends, however it ends. On a file system
-    without ``flock`` the block runs unlocked, with a warning.
-    """
+    """Hold an exclusive lock on ``path`` (created if needed) for the block, waiting for it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+b") as handle:
-        try:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                log.info("Waiting for another process to finish %s (%s)", what or "its work", path)
-                fcntl.flock(handle, fcntl.LOCK_EX)
-        except OSError as error:
-            if error.errno not in NO_FLOCK:
-                raise
+        held = _lock(handle, wait=False)
+        if held is False:
+            log.info("Waiting for another process to finish %s (%s)", what or "its work", path)
+            held = _lock(handle, wait=True)
+        if held is None:
             log.warning("No file locks on this file system (%s): %s runs unguarded.", path, what)
             yield
             return
         try:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"{os.uname().nodename} {os.getpid()}\n".encode())
-            handle.flush()
+            _record(handle, {**owner_record(), "what": what})
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def held_by_live_process(folder: str | Path) -> dict[str, Any] | None:
+    """The recorded owner of ``<folder>/run.lock`` while a live process holds it, else None."""
+    path = Path(folder) / RUN_LOCK
+    try:
+        with open(path, "rb") as handle:
+            held = _lock(handle, wait=False)
+            if held:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                return None
+    except OSError:  # no lock file (or none readable): nobody holds it
+        return None
+    owner = _recorded(path)
+    if held is False:
+        return owner or {}
+    return owner if _alive_here(owner) else None
+
+
+class RunLock:
+    """Hold ``<folder>/run.lock`` while training there; a context manager.
+
+    :meth:`acquire` never waits: a folder another live process holds is a
+    :class:`LightsegError` naming that process.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.path = Path(folder) / RUN_LOCK
+        self.handle: IO[bytes] | None = None
+        self.owner: dict[str, Any] = {}
+        self.flocked = False  # False on a file system without flock
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        previous = _recorded(self.path)
+        handle = open(self.path, "a+b")  # noqa: SIM115  (held until release)
+        held = _lock(handle, wait=False)
+        if held is False or (held is None and _alive_here(previous)):
+            handle.close()
+            raise self._in_use(_recorded(self.path) or previous or {})
+        if previous and not previous.get("released"):
+            if held is None and previous.get("host") != socket.gethostname():
+                log.warning(
+                    "No file locks on this file system: cannot tell whether the process holding "
+                    "%s (%s) still trains. Going on unguarded; make sure only one process "
+                    "trains there.",
+                    self.path.parent,
+                    describe(previous),
+                )
+            else:
+                log.warning(
+                    "Run folder %s was held by %s, which ended without releasing it; taking "
+                    "it over.",
+                    self.path.parent,
+                    describe(previous),
+                )
+        self.handle, self.owner, self.flocked = handle, owner_record(), bool(held)
+        _record(handle, self.owner)
+
+    def _in_use(self, owner: dict[str, Any]) -> LightsegError:
+        return LightsegError(
+            f"Run folder '{self.path.parent}' is in use by another training process "
+            f"({describe(owner)}). One folder holds one run: wait for that run to end, or "
+            "start this one elsewhere (leave hydra.run.dir out for a new folder)."
+        )
+
+    def release(self) -> None:
+        if self.handle is None:
+            return
+        try:
+            _record(self.handle, {**self.owner, "released": True})
+            if self.flocked:
+                fcntl.flock(self.handle, fcntl.LOCK_UN)
+        finally:
+            self.handle.close()
+            self.handle = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -1,183 +1,189 @@
-"""Experiment loggers that never prompt, hang or lose a run's history.
+"""Experiment loggers, configured before they are built: Lightning's own classes, unchanged.
 
-* W&B: online with credentials, offline otherwise, and offline as well when the server cannot
-  be reached; one W&B run id per run folder, so a resumed run continues the same W&B run.
-  Quiet by default: W&B's own start and summary messages are off (its warnings and errors
-  stay), and lightseg says in one line where the run is.
-* CSV: appends to ``metrics.csv`` on resume (Lightning's CSVLogger deletes it).
+* W&B (:func:`wandb_logger`): whether it logs online is decided before the logger exists.
+  ``WANDB_MODE`` if set; else online with credentials (``wandb login``, ``WANDB_API_KEY``)
+  and offline without; and online only if the W&B server answers a short probe, so an
+  unreachable server means offline logging after seconds, not a failed start after a
+  minute. The run id is kept in a file the config names (``<run>/wandb_run_id.txt``) and
+  Lightning resumes W&B runs (``resume="allow"``), so a resumed run continues the same W&B
+  run. Quiet by default: W&B's start and summary messages are off, its warnings stay.
+* CSV: Lightning's CSVLogger, which starts a new ``csv/version_<n>/metrics.csv`` each time
+  the run starts or resumes (it would empty an existing file); ``lightseg.tools.plot``
+  reads the parts as one log.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
+import io
 import logging
 import os
 import secrets
+import shutil
 import string
-from collections.abc import Iterator
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from urllib.parse import urlparse
 
-from lightning.fabric.loggers.logger import rank_zero_experiment
-from lightning.pytorch.loggers import CSVLogger, WandbLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
-
-from lightseg.runs.folder import RunFolder
 
 log = logging.getLogger(__name__)
 
+#: Where W&B logs to unless WANDB_BASE_URL (a W&B server of one's own) says otherwise.
+WANDB_HOST = "https://api.wandb.ai"
+#: What W&B prints because Lightning's WandbLogger passes ``anonymous`` to ``wandb.init`` even
+#: when it is unset (wandb/wandb#10909): noise about no choice of ours. W&B prints it once per
+#: process, so :func:`wandb_logger` has it printed once where no one sees it.
+ANONYMOUS_WARNING = "The anonymous setting has no effect and will be removed in a future version."
 
-def wandb_credentials_present() -> bool:
-    """True when an API key is in the environment or in ~/.netrc (what `wandb login` writes)."""
+
+def wandb_host() -> str:
+    return os.environ.get("WANDB_BASE_URL", WANDB_HOST).rstrip("/")
+
+
+def wandb_credentials_present(host: str | None = None) -> bool:
+    """True when an API key is in the environment, or ~/.netrc (what ``wandb login`` writes)
+    has an entry for the W&B host."""
     if os.environ.get("WANDB_API_KEY"):
         return True
     netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+    name = urlparse(host or wandb_host()).hostname or ""
+    return netrc.is_file() and name in netrc.read_text(errors="ignore")
 
 
-def wandb_run_id(save_dir: Path) -> str:
-    """The run folder's W&B id: the stored one, the sweep agent's, or a new one (then stored)."""
-    path = RunFolder(save_dir).wandb_run_id  # read again when the run is resumed
+def answers(url: str, timeout: float) -> bool:
+    """Whether an HTTP server answers at ``url`` (any status) within ``timeout`` seconds.
+
+    Proxies in the environment are used, as W&B uses them. The probe runs in a thread so that
+    a name lookup that hangs is bounded too.
+    """
+    answered: list[bool] = []
+
+    def probe() -> None:
+        try:
+            request = urllib.request.Request(url, method="HEAD")
+            urllib.request.urlopen(request, timeout=timeout).close()
+        except urllib.error.HTTPError:  # an error status is still an answer
+            pass
+        except (OSError, ValueError):  # refused, unknown host, timed out, no network
+            return
+        answered.append(True)
+
+    thread = threading.Thread(target=probe, name="wandb-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(answered)
+
+
+def wandb_mode(requested: str = "auto", save_dir: str = ".", probe_timeout: float = 5.0) -> str:
+    """The mode W&B runs in here, decided before it starts: ``WANDB_MODE`` or ``requested``,
+    where ``auto`` and ``online`` mean online if there are credentials and the server answers,
+    else offline (said in one line, never a prompt)."""
+    mode = os.environ.get("WANDB_MODE") or requested
+    if mode not in ("auto", "online"):
+        return mode  # offline, disabled: as asked
+    host = wandb_host()
+    if not wandb_credentials_present(host):
+        say, why = (
+            log.info,
+            "no credentials found (`wandb login` before training, or WANDB_API_KEY)",
+        )
+    elif not answers(host, probe_timeout):
+        say, why = log.warning, f"{host} does not answer (waited {probe_timeout:g} s)"
+    else:
+        return "online"
+    say(
+        "W&B: %s; logging offline to %s (upload later with `wandb sync %s/wandb/offline-run-*`).",
+        why,
+        save_dir,
+        save_dir,
+    )
+    return "offline"
+
+
+def wandb_run_id(id_file: str | Path) -> str:
+    """The run folder's W&B id: the one stored in ``id_file``, else the sweep agent's
+    (WANDB_RUN_ID), else a new one; stored by the first process."""
+    path = Path(id_file)
     if path.is_file() and path.read_text().strip():
         return path.read_text().strip()
     alphabet = string.ascii_lowercase + string.digits  # what W&B's own ids use
     run_id = os.environ.get("WANDB_RUN_ID") or "".join(secrets.choice(alphabet) for _ in range(8))
     if rank_zero_only.rank == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(run_id + "\n")
     return run_id
 
 
-class FallbackWandbLogger(WandbLogger):
-    """A WandbLogger that goes offline, instead of failing, when W&B cannot be reached."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        # Lightning always passes `anonymous` to wandb.init, even unset, and W&B warns that
-        # the setting has no effect. Leave it out when it is unset.
-        if self._wandb_init.get("anonymous") is None:
-            self._wandb_init.pop("anonymous", None)
-
-    @property
-    @rank_zero_experiment
-    def experiment(self):
-        started = self._experiment is not None
-        run = self._start()
-        if not started and run is not None and run.settings.mode == "online":
-            log.info("W&B run: %s", run.url)
-        return run
-
-    def _start(self):
-        try:
-            return WandbLogger.experiment.fget(self)
-        except Exception as error:  # wandb raises many types for network and auth problems
-            if self._wandb_init.get("mode") == "offline":
-                raise
-            log.warning(
-                "W&B is unreachable (%s: %s); logging offline to %s instead. Upload later "
-                "with `wandb sync %s/wandb/offline-run-*`.",
-                type(error).__name__,
-                error,
-                self.save_dir,
-                self.save_dir,
-            )
-            import wandb
-
-            wandb.teardown()  # the failed start keeps the run id taken in W&B's service
-            self._wandb_init["mode"] = "offline"
-            self._experiment = None
-            return WandbLogger.experiment.fget(self)
-
-
 def wandb_logger(
-    mode: str = "auto", save_dir: str = ".", init_timeout: float = 60, quiet: bool = True, **kwargs
+    mode: str = "auto",
+    save_dir: str = ".",
+    id_file: str | None = None,
+    probe_timeout: float = 5.0,
+    init_timeout: float = 60,
+    quiet: bool = True,
+    **kwargs,
 ) -> WandbLogger:
-    """A WandbLogger; ``mode=auto`` means online with credentials, otherwise offline.
+    """Lightning's WandbLogger in the mode :func:`wandb_mode` decides.
 
-    ``init_timeout`` bounds how long the start waits for the server before going offline.
-    ``quiet`` turns off W&B's informational messages (start banner, run history and summary
-    at the end); its warnings and errors are shown either way.
+    ``id_file``: where the run's W&B id is kept (none: a new W&B run at each start).
+    ``probe_timeout``: how long the W&B server has to answer before the run logs offline;
+    ``init_timeout``: how long W&B's own start may then take. ``quiet`` turns off W&B's
+    informational messages (start banner, run history and summary); warnings stay.
+    Other keys go to WandbLogger (``project``, ``entity``, ``name``, ``group``, ``tags``,
+    ``log_model``, ...).
     """
     import wandb
 
-    mode = os.environ.get("WANDB_MODE", mode)
-    if mode == "auto":
-        mode = "online" if wandb_credentials_present() else "offline"
-        if mode == "offline":
-            log.info(
-                "W&B: no credentials found, logging offline to %s (upload later with "
-                "`wandb sync <run>/wandb/offline-run-*`, or `wandb login` before training).",
-                save_dir,
-            )
-    folder = Path(save_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    kwargs.setdefault("id", wandb_run_id(folder))
-    kwargs.setdefault("resume", "allow")
+    mode = wandb_mode(mode, save_dir, probe_timeout)
+    Path(save_dir).mkdir(parents=True, exist_ok=True)
+    if id_file:
+        kwargs.setdefault("id", wandb_run_id(id_file))
     # W&B reads what it prints from its process-wide settings (wandb.setup), not a run's.
     wandb.setup(wandb.Settings(show_info=not quiet))
     kwargs.setdefault("settings", wandb.Settings(init_timeout=init_timeout, show_info=not quiet))
-    return FallbackWandbLogger(save_dir=save_dir, mode=mode, **kwargs)
+    with contextlib.redirect_stderr(io.StringIO()):
+        wandb.termwarn(ANONYMOUS_WARNING, repeat=False)  # shown: not again
+    return WandbLogger(save_dir=save_dir, mode=mode, **kwargs)  # resume="allow": Lightning's
+
+
+def upload_files(run, folder: Path, patterns: Iterable[str]) -> None:
+    """Copy the files of ``folder`` matching ``patterns`` (globs) into the W&B run's files
+    and upload them now. Copies inside the run's own folder: W&B then uploads them as they are,
+    instead of symlinking each file and warning that it did."""
+    files = Path(run.dir)
+    for pattern in patterns:
+        found = sorted(Path(folder).glob(pattern))
+        for path in found:
+            copy = files / path.relative_to(folder)
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, copy)
+        if found:
+            run.save(str(files / pattern), base_path=str(files), policy="now")
 
 
 @contextlib.contextmanager
-def wandb_finished() -> Iterator[None]:
+def wandb_finished(*final_files: str | Path) -> Iterator[None]:
     """End this process's W&B run after the block (failed if it raised), so that the next run
-    in the same process (a Hydra sweep) starts its own."""
+    in the same process (a Hydra sweep) starts its own. ``final_files`` are uploaded once more
+    first: their last state (run_info.json's status is written at the end of the block)."""
     import wandb
+
+    def finish(exit_code: int) -> None:
+        if wandb.run is None:
+            return
+        for path in map(Path, final_files):
+            if path.is_file():
+                upload_files(wandb.run, path.parent, [path.name])
+        wandb.finish(exit_code=exit_code)
 
     try:
         yield
     except BaseException:
-        if wandb.run is not None:
-            wandb.finish(exit_code=1)
+        finish(1)
         raise
-    if wandb.run is not None:
-        wandb.finish()
-
-
-class _AppendingWriter(ExperimentWriter):
-    """Appends to metrics.csv under the header found in the file at each save.
-
-    The file may have been written by someone else since this writer last looked: the part
-    of a run before a resume, or the training processes of ``ddp_spawn``.
-    """
-
-    def _check_log_dir_exists(self) -> None:
-        pass  # Lightning's writer deletes metrics.csv here
-
-    def _header(self) -> list[str]:
-        if not self._fs.isfile(self.metrics_file_path):
-            return []
-        with self._fs.open(self.metrics_file_path, "r", newline="") as file:
-            return next(csv.reader(file), [])
-
-    def save(self) -> None:
-        if not self.metrics:
-            return
-        header = self._header()
-        keys = sorted(set(header).union(*self.metrics))
-        if header and keys != header:
-            self._rewrite_with_new_header(keys)
-        self.metrics_keys = keys
-        with self._fs.open(self.metrics_file_path, "a" if header else "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=keys)
-            if not header:
-                writer.writeheader()
-            writer.writerows(self.metrics)
-        self.metrics = []
-
-
-class ResumableCSVLogger(CSVLogger):
-    """Lightning's CSVLogger, appending to an existing ``metrics.csv`` instead of deleting it.
-
-    Steps that ran twice (after a hard kill and a resume from an older checkpoint) appear
-    twice; ``lightseg.tools.plot`` keeps the later row.
-    """
-
-    @property
-    @rank_zero_experiment
-    def experiment(self) -> ExperimentWriter:
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _AppendingWriter(log_dir=self.log_dir)
-        return self._experiment
+    finish(0)

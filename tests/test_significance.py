@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from lightseg.tools.stats import bootstrap_ci, paired_p
+from lightseg.tools.significance import bootstrap_ci, paired_p
 from tests.test_results import DIFFERENCES, DOCUMENTED_P
 
 
