@@ -25,7 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from lightseg import CONFIG_DIR
-from lightseg.config import explained_overrides, plain
+from lightseg.config import explained_overrides
 from lightseg.errors import LightsegError, user_errors, user_message
 from lightseg.experiment import build, group_choices
 from lightseg.metrics import finite_or_none
