@@ -19,11 +19,11 @@ from omegaconf import DictConfig
 
 import lightseg
 from lightseg import CONFIG_DIR
+from lightseg.checkpoints import load_module
 from lightseg.errors import LightsegError
 from lightseg.models import SegmentationModule
 from lightseg.models.segnet import SegNet
 from lightseg.tools.export import FORMATS, export, get_format
-from lightseg.tools.inference import load_module
 from tests.conftest import CE_DICE, metrics_for
 
 #: The demo checkpoint's training size, and a second size and batch sizes for the check.

@@ -7,9 +7,10 @@ import pytest
 import torch
 from torch import nn
 
+from lightseg.checkpoints import load_module
 from lightseg.errors import LightsegError
 from lightseg.models import SegmentationModule
-from lightseg.tools.inference import Segmenter, build_segmenter, load_module, read_checkpoint
+from lightseg.tools.inference import Segmenter, build_segmenter
 from lightseg.train import inference_defaults
 from tests.conftest import CE_DICE, make_config, metrics_for
 
@@ -37,33 +38,6 @@ def random_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
-def test_checkpoint_alone_rebuilds_the_trained_model(demo_checkpoint):
-    checkpoint = torch.load(demo_checkpoint, map_location="cpu", weights_only=True)
-    module = load_module(demo_checkpoint)
-    assert module.task.classes == ("background", "lesion")
-    assert module.hparams.inference == {"image_size": [64, 64], "mode": "whole"}
-    assert module.hparams.model["arch"] == "Unet"
-    for name, value in module.state_dict().items():
-        if name in checkpoint["state_dict"]:
-            assert torch.equal(value, checkpoint["state_dict"][name]), name
-    assert not module.training
-
-
-def test_missing_and_foreign_checkpoints_are_clear_errors(tmp_path):
-    with pytest.raises(LightsegError, match="does not exist"):
-        read_checkpoint(tmp_path / "nope.ckpt")
-    (tmp_path / "text.ckpt").write_text("not a checkpoint")
-    with pytest.raises(LightsegError, match="Cannot read checkpoint"):
-        read_checkpoint(tmp_path / "text.ckpt")
-    torch.save({"state_dict": {}, "hyper_parameters": {"lr": 0.1}}, tmp_path / "other.ckpt")
-    with pytest.raises(LightsegError, match="not a lightseg checkpoint"):
-        read_checkpoint(tmp_path / "other.ckpt")
-    old = {"model": {"arch": "Unet"}, "classes": ["a", "b"], "normalization": {}}
-    torch.save({"state_dict": {}, "hyper_parameters": old}, tmp_path / "old.ckpt")
-    with pytest.raises(LightsegError, match=r"lightseg 0\.1"):
-        read_checkpoint(tmp_path / "old.ckpt")
-
-
 def test_inference_defaults_follow_the_eval_pipeline(tmp_path):
     resize = make_config(tmp_path, "experiment=ph2_unet")
     pad = make_config(tmp_path, "experiment=voc_deeplabv3plus")
@@ -81,13 +55,17 @@ def test_slide_equals_whole_when_the_window_covers_the_image(demo_checkpoint):
 
 
 def test_overlapping_windows_average_to_the_full_image_output():
-    module = pointwise_module()
+    module = pointwise_module()  # pointwise: the same at any scale, so check_scale=False
     image = random_image(100, 150)
-    slide = Segmenter(module, image_size=(64, 64), mode="slide", stride=(32, 48))(image)
+    slide = Segmenter(
+        module, image_size=(64, 64), mode="slide", stride=(32, 48), check_scale=False
+    )(image)
     full = module.task.probabilities(module.net(Segmenter(module).normalize(image)))[0]
     assert slide.shape == (3, 100, 150)
     np.testing.assert_allclose(slide, full.detach().numpy(), atol=1e-6)
-    small = Segmenter(module, image_size=(64, 64), mode="slide")(random_image(40, 50))
+    small = Segmenter(module, image_size=(64, 64), mode="slide", check_scale=False)(
+        random_image(40, 50)
+    )
     assert small.shape == (3, 40, 50)  # smaller than a window: padded, then cropped back
 
 

@@ -8,10 +8,11 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from lightseg import CONFIG_DIR
+from lightseg.checkpoints import load_module
 from lightseg.data.base import read_label_png
 from lightseg.errors import LightsegError
 from lightseg.tools.effects import apply_effect, color_splash, replace_background, soft_alpha
-from lightseg.tools.inference import Segmenter, load_module
+from lightseg.tools.inference import Segmenter
 from lightseg.tools.predict import predict
 
 EXIF_ORIENTATION = 0x0112

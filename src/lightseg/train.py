@@ -27,6 +27,12 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from lightseg import CONFIG_DIR
+from lightseg.checkpoints import (
+    AtomicCheckpointIO,
+    check_resumable,
+    checkpoint_position,
+    remove_partial_files,
+)
 from lightseg.config import image_size_hw, plain, validate
 from lightseg.data.statistics import fill_from_data
 from lightseg.errors import LightsegError, user_errors, user_message
@@ -36,12 +42,6 @@ from lightseg.models import SegmentationModule, check_network
 from lightseg.runs import RunFolder, RunLock, recorded_run
 from lightseg.runs.record import end_record
 from lightseg.runs.resume import checkpoint_to_resume, continued_config
-from lightseg.utils.checkpoint import (
-    AtomicCheckpointIO,
-    check_resumable,
-    checkpoint_position,
-    remove_partial_files,
-)
 from lightseg.utils.console import console, print_config, print_metrics, quiet_third_party
 from lightseg.utils.devices import check_trainer
 from lightseg.utils.loggers import wandb_finished
