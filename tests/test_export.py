@@ -56,15 +56,62 @@ def reference_logits(ckpt: Path, images: torch.Tensor) -> torch.Tensor:
         return module((images - mean) / std)
 
 
-def assert_parity(report: dict, channels: int) -> None:
+def assert_parity(report: dict, channels: int, sizes=SIZES, in_channels: int = 3) -> None:
     parity = report["parity"]
     assert parity["passed"] and parity["max_abs_diff"] < parity["tolerance"] == 1e-4
     inputs = [check["input"] for check in parity["checks"]]
-    assert sorted(inputs) == sorted([b, 3, *size] for b in BATCHES for size in SIZES)
+    assert sorted(inputs) == sorted([b, in_channels, *size] for b in BATCHES for size in sizes)
     for check in parity["checks"]:
         batch, _, height, width = check["input"]
         assert check["output"] == [batch, channels, height, width]
         assert check["max_abs_diff"] < 1e-4
+        assert check["error"] == check["max_abs_diff"] / max(1, check["max_abs_logit"])
+        assert check["mask_disagreement"] == 0.0
+
+
+ARCHITECTURES = {
+    "unet": {
+        "_target_": "lightseg.models.smp_models.build",
+        "arch": "Unet",
+        "encoder_name": "resnet18",
+        "encoder_weights": None,
+    },
+    "fpn": {
+        "_target_": "lightseg.models.smp_models.build",
+        "arch": "FPN",
+        "encoder_name": "resnet18",
+        "encoder_weights": None,
+    },
+    "segnet": {"_target_": "lightseg.models.segnet.build", "encoder_weights": None},
+    "lraspp": {
+        "_target_": "lightseg.models.torchvision_models.build",
+        "arch": "lraspp_mobilenet_v3_large",
+        "weights": None,
+        "encoder_weights": None,
+    },
+    "deeplabv3plus": {
+        "_target_": "lightseg.models.smp_models.build",
+        "arch": "DeepLabV3Plus",
+        "encoder_name": "resnet18",
+        "encoder_weights": None,
+    },
+}
+
+
+def tiny_checkpoint(path: Path, model: dict, classes: list[str], size=(64, 64)) -> Path:
+    """An untrained lightseg checkpoint: what training stores, without training."""
+    hparams = {
+        "model": model,
+        "loss": CE_DICE,
+        "metrics": metrics_for(classes),
+        "optimizer": {"_target_": "torch.optim.Adam"},
+        "classes": classes,
+        "normalization": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+        "inference": {"image_size": list(size), "mode": "whole"},
+    }
+    state = SegmentationModule(**hparams).state_dict()
+    torch.save({"hyper_parameters": hparams, "state_dict": state}, path)
+    return path
 
 
 def test_onnx_export_matches_pytorch(demo_checkpoint, tmp_path):
@@ -102,8 +149,10 @@ def test_command_line_exports_torchscript_next_to_the_checkpoint(demo_checkpoint
     assert "Warning" not in result.stdout + result.stderr  # the exporters are kept quiet
 
     sidecar = json.loads((ckpt.parent / "best.torchscript.pt.json").read_text())
-    # default check: batch 1 and 3, the training size and one 32 px taller and 64 px wider
-    assert_parity(sidecar, channels=1)
+    # default check: batch 1 and 3, the training size, one 32 px taller and 64 px wider, and
+    # (the U-Net takes any side: input_multiple 1) one 1 px taller and 3 px wider
+    assert_parity(sidecar, channels=1, sizes=[*SIZES, [65, 67]])
+    assert sidecar["input"]["sides_multiple_of"] == sidecar["network_input_multiple"] == 1
     assert sidecar["dynamic_axes"] == ["batch", "height", "width"]
     assert sidecar["format"] == "torchscript" and sidecar["file"] == "best.torchscript.pt"
     assert sidecar["classes"] == ["background", "lesion"] and sidecar["binary"] is True
@@ -125,13 +174,18 @@ def test_command_line_exports_torchscript_next_to_the_checkpoint(demo_checkpoint
     torch.testing.assert_close(logits, reference_logits(demo_checkpoint, images), atol=1e-4, rtol=0)
 
 
-def perturb(monkeypatch, fmt: str, offset: float) -> None:
-    """Make the exported model's logits differ from PyTorch's by ``offset`` everywhere."""
+def perturb(monkeypatch, fmt: str, error: float) -> None:
+    """Make the exported model's logits differ from PyTorch's by ``error`` x their scale."""
     original = FORMATS[fmt]
 
     def load(path):
         run = original.load(path)
-        return lambda images: run(images) + offset
+
+        def shifted(images):
+            logits = run(images)
+            return logits + error * max(1.0, float(np.abs(logits).max()))
+
+        return shifted
 
     monkeypatch.setitem(FORMATS, fmt, dataclasses.replace(original, load=load))
 
@@ -152,10 +206,54 @@ def test_export_that_differs_from_pytorch_fails_naming_shape_difference_and_tole
             )
         )
     message = str(error.value)
-    assert "does not match PyTorch" in message and "tolerance=0.0001" in message
-    assert "input shape [1, 3, 64, 64]" in message and "by up to 0.001" in message
     sidecar = json.loads((tmp_path / "demo.torchscript.pt.json").read_text())
-    assert sidecar["parity"]["passed"] is False
+    parity = sidecar["parity"]
+    assert parity["passed"] is False
+    assert parity["error"] == pytest.approx(1e-3, rel=1e-3)  # the shift, relative to the scale
+    assert parity["max_abs_diff"] == pytest.approx(1e-3 * max(1, parity["max_abs_logit"]), 1e-3)
+    assert "does not match PyTorch" in message and "tolerance=0.0001" in message
+    assert "input shape [1, 3, 64, 64]" in message
+    assert f"by up to {parity['max_abs_diff']:.3g}, an error of 0.001" in message
+    assert f"{parity['mask_disagreement']:.2%} of its pixels get another class" in message
+
+
+def perturb_weights_after_export(monkeypatch, fmt: str, factor: float) -> None:
+    """Scale the network's first weight tensor by ``factor`` once the file is written: the
+    export then computes the unperturbed model, PyTorch another one."""
+    original = FORMATS[fmt]
+
+    def save(model, example, path, level, opset):
+        original.save(model, example, path, level, opset)
+        with torch.no_grad():
+            next(model.net.parameters()).mul_(factor)
+
+    monkeypatch.setitem(FORMATS, fmt, dataclasses.replace(original, save=save))
+
+
+def test_large_logits_pass_by_their_scale_and_a_changed_weight_fails(tmp_path, monkeypatch):
+    """The README's case: a model whose logits are in the hundreds differs from onnxruntime by
+    float32 rounding far above 1e-4 in absolute terms; relative to its scale it is a pass, while
+    a weight changed by 1% after export is a failure with masks that disagree."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    torch.manual_seed(0)
+    ckpt = tiny_checkpoint(tmp_path / "loud.ckpt", ARCHITECTURES["unet"], ["bg", "fg"])
+    checkpoint = torch.load(ckpt, weights_only=True)
+    for name in ("weight", "bias"):  # logits 300x larger, as after a short run of training
+        checkpoint["state_dict"][f"net.segmentation_head.0.{name}"] *= 300
+    torch.save(checkpoint, ckpt)
+    report = export(export_config(ckpt, "onnx", "check.batch_sizes=[1]"))
+    parity = report["parity"]
+    assert parity["passed"] and parity["max_abs_logit"] > 100
+    assert parity["error"] == parity["max_abs_diff"] / parity["max_abs_logit"] < 1e-4
+    assert parity["mask_disagreement"] < 1e-3
+
+    perturb_weights_after_export(monkeypatch, "onnx", 1.01)
+    with pytest.raises(LightsegError, match="does not match PyTorch") as error:
+        export(export_config(ckpt, "onnx", "check.batch_sizes=[1]"))
+    sidecar = json.loads(Path(str(ckpt).replace(".ckpt", ".onnx.json")).read_text())
+    assert sidecar["parity"]["error"] > 1e-3 and sidecar["parity"]["passed"] is False
+    assert "of its pixels get another class" in str(error.value)
 
 
 def test_dynamic_shapes_that_fail_fall_back_to_the_training_size(
@@ -163,10 +261,10 @@ def test_dynamic_shapes_that_fail_fall_back_to_the_training_size(
 ):
     original = FORMATS["torchscript"]
 
-    def save(model, example, path, axes, opset):
-        if "height" in axes:
+    def save(model, example, path, level, opset):
+        if "height" in level.axes:
             raise RuntimeError("spatial size baked into the graph")
-        original.save(model, example, path, axes, opset)
+        original.save(model, example, path, level, opset)
 
     monkeypatch.setitem(FORMATS, "torchscript", dataclasses.replace(original, save=save))
     path = tmp_path / "demo.torchscript.pt"
@@ -199,9 +297,10 @@ def test_missing_checkpoint(tmp_path):
         export(export_config(tmp_path / "missing.ckpt", "torchscript"))
 
 
-def test_image_sizes_must_be_multiples_of_32(demo_checkpoint, tmp_path):
-    with pytest.raises(LightsegError, match="multiples of 32"):
-        export(export_config(demo_checkpoint, "torchscript", "check.image_sizes=[[64,70]]"))
+def test_image_sizes_must_be_multiples_of_the_networks_input_multiple(demo_checkpoint, tmp_path):
+    fpn = tiny_checkpoint(tmp_path / "fpn.ckpt", ARCHITECTURES["fpn"], ["bg", "fg"])
+    with pytest.raises(LightsegError, match=r"multiples of 32 \(this network's input_multiple"):
+        export(export_config(fpn, "torchscript", "check.image_sizes=[[64,70]]"))
     with pytest.raises(LightsegError, match=r"\[height, width\] pairs"):
         export(export_config(demo_checkpoint, "torchscript", "check.image_sizes=[64,64]"))
 
@@ -219,42 +318,10 @@ def test_segnet_traces_with_sizes_that_follow_the_input():
 
 # --- Other architectures (slow: each builds and exports a full-size network) ---------------
 
-ARCHITECTURES = {
-    "segnet": {"_target_": "lightseg.models.segnet.build", "encoder_weights": None},
-    "lraspp": {
-        "_target_": "lightseg.models.torchvision_models.build",
-        "arch": "lraspp_mobilenet_v3_large",
-        "weights": None,
-        "encoder_weights": None,
-    },
-    "deeplabv3plus": {
-        "_target_": "lightseg.models.smp_models.build",
-        "arch": "DeepLabV3Plus",
-        "encoder_name": "resnet18",
-        "encoder_weights": None,
-    },
-}
-
-
-def tiny_checkpoint(path: Path, model: dict, classes: list[str], size=(64, 64)) -> Path:
-    """An untrained lightseg checkpoint: what training stores, without training."""
-    hparams = {
-        "model": model,
-        "loss": CE_DICE,
-        "metrics": metrics_for(classes),
-        "optimizer": {"_target_": "torch.optim.Adam"},
-        "classes": classes,
-        "normalization": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
-        "inference": {"image_size": list(size), "mode": "whole"},
-    }
-    state = SegmentationModule(**hparams).state_dict()
-    torch.save({"hyper_parameters": hparams, "state_dict": state}, path)
-    return path
-
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+@pytest.mark.parametrize("arch", ["segnet", "lraspp", "deeplabv3plus"])
 def test_other_architectures_export_with_dynamic_shapes(arch, fmt, tmp_path):
     if fmt == "onnx":
         pytest.importorskip("onnxruntime")
