@@ -69,22 +69,17 @@ def trained_folder_model(tmp_path: Path, channels: int) -> Path:
         "data.std=auto",
         *TRAIN_FAST,
     )
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train(cfg)
-    finally:
-        torch.set_num_threads(threads)
+    train(cfg)
     return tmp_path / "run" / "checkpoints" / "best.ckpt"
 
 
 @pytest.fixture(scope="module")
-def gray_checkpoint(tmp_path_factory) -> Path:
+def gray_checkpoint(tmp_path_factory, one_thread) -> Path:
     return trained_folder_model(tmp_path_factory.mktemp("gray"), channels=1)
 
 
 @pytest.fixture(scope="module")
-def bands_checkpoint(tmp_path_factory) -> Path:
+def bands_checkpoint(tmp_path_factory, one_thread) -> Path:
     return trained_folder_model(tmp_path_factory.mktemp("bands"), channels=4)
 
 

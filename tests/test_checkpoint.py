@@ -84,6 +84,11 @@ def test_checkpoint_alone_rebuilds_the_trained_model(demo_checkpoint):
 def test_missing_and_foreign_checkpoints_are_clear_errors(tmp_path):
     with pytest.raises(LightsegError, match="does not exist"):
         read_checkpoint(tmp_path / "nope.ckpt")
+    for empty in (None, "", " "):  # ckpt_path=null, ckpt_path= on the command line
+        with pytest.raises(LightsegError, match="ckpt_path is empty: give a checkpoint file"):
+            read_checkpoint(empty)
+    with pytest.raises(LightsegError, match=r"ckpt_path='.*' is a folder; give a checkpoint"):
+        read_checkpoint(tmp_path)
     (tmp_path / "text.ckpt").write_text("not a checkpoint")
     with pytest.raises(LightsegError, match="Cannot read checkpoint"):
         read_checkpoint(tmp_path / "text.ckpt")

@@ -22,9 +22,11 @@ from lightseg import CONFIG_DIR
 from lightseg.checkpoints import load_module
 from lightseg.errors import LightsegError
 from lightseg.models import SegmentationModule
+from lightseg.models.network import without_pretrained
 from lightseg.models.segnet import SegNet
 from lightseg.tools.export import FORMATS, export, get_format
-from tests.conftest import CE_DICE, metrics_for
+from lightseg.train import train
+from tests.conftest import CE_DICE, ONE_STEP, make_config, metrics_for
 
 #: The demo checkpoint's training size, and a second size and batch sizes for the check.
 SIZES = ([64, 64], [96, 128])
@@ -332,3 +334,63 @@ def test_other_architectures_export_with_dynamic_shapes(arch, fmt, tmp_path):
     assert_parity(report, channels=3)
     assert report["dynamic_axes"] == ["batch", "height", "width"]
     assert report["binary"] is False and "softmax" in report["output"]["meaning"]
+
+
+def test_output_may_be_a_folder_and_bad_paths_are_clear_errors(demo_checkpoint, demo_run, tmp_path):
+    small = ("check.batch_sizes=[1]", "check.image_sizes=[[64,64]]")
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    report = export(export_config(demo_checkpoint, "torchscript", f"output={folder}", *small))
+    assert report["path"] == str(folder / "best.torchscript.pt")
+    assert (folder / "best.torchscript.pt.json").is_file()
+    report = export(
+        export_config(demo_checkpoint, "torchscript", f"output={tmp_path}/new/", *small)
+    )
+    assert report["path"] == str(tmp_path / "new" / "best.torchscript.pt")
+
+    (tmp_path / "taken").write_text("a file")
+    with pytest.raises(LightsegError, match=r"Cannot write the export to .*taken"):
+        export(export_config(demo_checkpoint, "torchscript", f"output={tmp_path}/taken/m.pt"))
+    with pytest.raises(LightsegError, match="is a folder; give a checkpoint file") as error:
+        export(export_config(demo_run, "torchscript"))
+    assert str(demo_run / "checkpoints" / "best.ckpt") in str(error.value)
+    (tmp_path / "text.ckpt").write_text("not a checkpoint")
+    with pytest.raises(LightsegError, match="Cannot read checkpoint"):
+        export(export_config(tmp_path / "text.ckpt", "torchscript"))
+
+
+EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiments_checkpoint_exports_with_parity_trained_or_not(
+    experiment, tmp_path, data_dir, monkeypatch
+):
+    """The parity rule passes a correct ONNX export and fails one whose weights differ by 1%,
+    for each shipped experiment's network, after one training step and untrained."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    cfg = make_config(
+        tmp_path,
+        f"experiment={experiment}",
+        *ONE_STEP,
+        "data.image_size=[64,64]",
+        "print_config=false",
+        data_dir=data_dir,
+    )
+    train(cfg)
+    trained = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    hparams = torch.load(trained, weights_only=True)["hyper_parameters"]
+    torch.manual_seed(0)
+    untrained = tiny_checkpoint(
+        tmp_path / "untrained.ckpt", without_pretrained(hparams["model"]), hparams["classes"]
+    )
+    small = ("check.batch_sizes=[1]",)
+    for ckpt in (trained, untrained):
+        parity = export(export_config(ckpt, "onnx", *small))["parity"]
+        assert parity["passed"] and parity["error"] < 1e-4, ckpt.name
+    perturb_weights_after_export(monkeypatch, "onnx", 1.01)
+    for ckpt in (trained, untrained):
+        with pytest.raises(LightsegError, match="does not match PyTorch"):
+            export(export_config(ckpt, "onnx", *small))

@@ -5,11 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from torch import nn
 
+from lightseg import CONFIG_DIR
 from lightseg.checkpoints import load_module
 from lightseg.errors import LightsegError
 from lightseg.models import SegmentationModule
+from lightseg.tools.eval import evaluate
 from lightseg.tools.inference import Segmenter, build_segmenter
 from lightseg.train import inference_defaults
 from tests.conftest import CE_DICE, make_config, metrics_for
@@ -98,3 +101,46 @@ def test_bad_inference_options_are_named():
     with pytest.raises(LightsegError, match="Unknown inference option"):
         build_segmenter(module, {"mode": "auto", "flipp": True})
     assert build_segmenter(module, {"mode": "auto", "image_size": None}).mode == "whole"
+
+
+# --- a mode that shows the model a scale it never saw ----------------------------------------
+
+
+def test_slide_on_a_model_trained_on_resized_whole_images_is_refused_with_the_fix():
+    module = pointwise_module()  # trained on whole images resized to 64x64
+    image = random_image(192, 256)
+    with pytest.raises(LightsegError) as error:
+        Segmenter(module, mode="slide")(image)
+    message = str(error.value)
+    assert "inference.mode=slide runs the network on this 256x192 image at its own scale" in message
+    assert "resized to 64x64 (its checkpoint's inference.mode=whole)" in message
+    assert "everything 4.0x larger than in training" in message  # 256 / 64, the wider side
+    assert "inference.mode=auto (whole for this model)" in message
+    assert "inference.scales=[0.25]" in message and "inference.check_scale=false" in message
+    # each fix the message names works
+    assert Segmenter(module, mode="slide", scales=(0.25,))(image).shape == (3, 192, 256)
+    assert Segmenter(module, mode="slide", check_scale=False)(image).shape == (3, 192, 256)
+    # at about the training size, sliding is what whole-image inference would see: allowed
+    assert Segmenter(module, mode="slide")(random_image(80, 90)).shape == (3, 80, 90)
+
+
+def test_whole_on_a_model_trained_on_windows_at_native_scale_is_refused():
+    module = pointwise_module()
+    module.hparams.inference = {"image_size": [64, 64], "mode": "slide"}
+    with pytest.raises(LightsegError, match=r"resizes this 256x256 image to 64x64.*4\.0x smaller"):
+        Segmenter(module, mode="whole")(random_image(256, 256))
+    assert Segmenter(module, mode="whole")(random_image(80, 70)).shape == (3, 80, 70)
+    assert build_segmenter(module, {"mode": "auto"}).mode == "slide"
+
+
+def test_make_eval_with_slide_on_the_demo_model_is_refused(demo_checkpoint, tmp_path):
+    """`make eval ARGS="inference.mode=slide"` on a model trained on resized whole images."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(
+            "eval",
+            [f"ckpt_path={demo_checkpoint}", f"output_dir={tmp_path}", "inference.mode=slide"],
+        )
+    with pytest.raises(LightsegError, match=r"trained on whole images resized to 64x64") as error:
+        evaluate(cfg, data_from_run=True)
+    assert "a scale it never learned" in str(error.value)
+    assert not tmp_path.joinpath("eval.json").exists()

@@ -124,8 +124,10 @@ def set_random_states(states: dict[str, Any]) -> None:
 # --- checking --------------------------------------------------------------------------------
 
 
-def check_file(path: str | Path) -> Path:
+def check_file(path: str | Path | None) -> Path:
     """``path`` as a Path, or a clear error if it names no checkpoint file."""
+    if path is None or not str(path).strip():
+        raise LightsegError(f"ckpt_path is empty: give a checkpoint file, e.g. {WHERE}.")
     path = Path(path)
     if path.is_dir():
         found = [p for p in (path / "checkpoints" / "best.ckpt", path / "best.ckpt") if p.is_file()]

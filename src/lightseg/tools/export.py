@@ -39,7 +39,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from lightseg import CONFIG_DIR, __version__
-from lightseg.checkpoints import ModelInput, load_module, model_input
+from lightseg.checkpoints import ModelInput, check_file, load_module, model_input
 from lightseg.config import plain
 from lightseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from lightseg.errors import LightsegError, user_errors
@@ -294,7 +294,7 @@ def output_path(ckpt_path: Path, fmt: Format, output: str | None) -> Path:
 def export(cfg: DictConfig) -> dict[str, Any]:
     """Export ``cfg.ckpt_path`` in ``cfg.format`` and check it; returns what the sidecar holds."""
     fmt = get_format(str(cfg.format))
-    ckpt_path = Path(cfg.ckpt_path)
+    ckpt_path = check_file(cfg.ckpt_path)
     module = load_module(ckpt_path, "cpu")
     takes = model_input(module)
     check = Check.from_config(

@@ -53,7 +53,7 @@ DEEP_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
 KINDS = {1: " (grayscale)", 2: " (grayscale + alpha)", 3: " (RGB)", 4: " (RGBA or 4 bands)"}
 SHOWN = 10  # skipped files named in an error
 #: What reading a file that is no (complete) image raises.
-UNREADABLE = (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError)
+UNREADABLE = (OSError, ValueError, IndexError, UnidentifiedImageError, Image.DecompressionBombError)
 
 
 @dataclass
@@ -184,8 +184,10 @@ def check_options(cfg: DictConfig) -> None:
         raise LightsegError(f"Unknown effect '{effect}'. Available: {', '.join(EFFECTS)}.")
     if threshold is not None and not 0 < float(threshold) < 1:
         raise LightsegError(f"threshold={threshold} must be between 0 and 1 (or null: soft).")
-    if not float(feather) >= 0 or not 0 <= float(cfg.alpha) <= 1:
-        raise LightsegError(f"feather={feather} must be >= 0 pixels and alpha={cfg.alpha} in 0..1.")
+    if not float(feather) >= 0:
+        raise LightsegError(f"feather={feather} must be >= 0 pixels (0: a hard edge).")
+    if not 0 <= float(cfg.alpha) <= 1:
+        raise LightsegError(f"alpha={cfg.alpha} (the overlay's opacity) must be in 0..1.")
 
 
 def predict(cfg: DictConfig) -> PredictionSummary:
@@ -202,6 +204,7 @@ def predict(cfg: DictConfig) -> PredictionSummary:
     segmenter = build_segmenter(module, plain(cfg.get("inference")))
     crf = instantiate(cfg.postprocess) if cfg.get("postprocess") else None
     background = backdrop(cfg.background) if effect == "background" else None
+    created = not Path(cfg.output).exists()
     output = output_folder(Path(cfg.output))
     colors, names = class_colors(), output_names(files)
     summary = PredictionSummary()
@@ -231,6 +234,8 @@ def predict(cfg: DictConfig) -> PredictionSummary:
         for kind, picture in files_out.items():
             summary.written.append(save(picture, output / f"{names[path]}_{kind}.png", summary))
         summary.images += 1
+    if not summary.images and created:
+        output.rmdir()  # nothing was predicted: leave no empty folder behind
     report(summary, output, Path(cfg.input))
     return summary
 
