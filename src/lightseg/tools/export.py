@@ -7,9 +7,9 @@ The exported model takes what the checkpoint's model takes: float32 images ``[N,
 C its channel count (3 for RGB, 1 for grayscale, N bands), pixels scaled to 0..1 by their type
 as in training (8-bit / 255, 16-bit / 65535, float as is); the normalisation is inside the
 graph. It returns logits ``[N, out_channels, H, W]``. Batch and sides stay dynamic where the
-architecture allows, sides in multiples of the network's ``input_multiple``; where it does not,
-the export falls back to sides in multiples of 32, then to the training size (then batch 1),
-with a warning.
+architecture allows, sides in multiples of the network's ``input_multiple`` when the check tests
+such sides (by default it does); where that fails, the export falls back to sides in multiples
+of 32, then to the training size (then batch 1), with a warning.
 
 After writing ``<stem>.onnx`` or ``<stem>.torchscript.pt`` (next to the checkpoint by default),
 the file is loaded back (onnxruntime / ``torch.jit.load``) and run next to PyTorch on random
@@ -51,7 +51,6 @@ from lightseg.tools.parity import (
     Runner,
     axes_text,
     compare,
-    levels_for,
     parity_report,
     print_parity,
     shape_text,
@@ -215,7 +214,7 @@ def export_and_compare(model: ExportModel, fmt: Format, path: Path, check: Check
     or misses everywhere, are numerical, and another level would not fix them: those results
     are returned as they are.
     """
-    levels, reasons = levels_for(check.takes), []
+    levels, reasons = check.levels(), []
     for index, level in enumerate(levels):
         example = torch.rand(level.example_batch, check.takes.channels, *check.takes.image_size)
         try:
@@ -244,11 +243,9 @@ def export_and_compare(model: ExportModel, fmt: Format, path: Path, check: Check
                 axes_text(levels[0]),
                 "; ".join(reasons),
                 axes_text(level),
-                "["
-                + ", ".join(
-                    map(str, shape_text(level, check.takes.image_size, check.takes.channels))
-                )
-                + "]",
+                str(shape_text(level, check.takes.image_size, check.takes.channels)).replace(
+                    "'", ""
+                ),
             )
         return level, results, "; ".join(reasons) or None
     fixed = [1, check.takes.channels, *check.takes.image_size]

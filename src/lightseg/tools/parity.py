@@ -49,16 +49,6 @@ class Level:
         return 2 if "batch" in self.axes else 1
 
 
-def levels_for(takes: ModelInput) -> list[Level]:
-    """The levels to try, most general first: dynamic sides in the network's multiple, then in
-    multiples of 32, then a dynamic batch at the training size, then a fixed shape."""
-    levels = [Level(ALL_AXES, takes.multiple)]
-    coarse = takes.multiple < COARSE and COARSE % takes.multiple == 0
-    if coarse and not any(side % COARSE for side in takes.image_size):
-        levels.append(Level(ALL_AXES, COARSE))
-    return [*levels, Level(("batch",), takes.multiple), Level((), takes.multiple)]
-
-
 def default_sizes(size: Sequence[int], multiple: int) -> list[tuple[int, int]]:
     """The training size, one taller and wider by different amounts (catches H/W swaps) and,
     for networks that take sides finer than 32, one in the finest multiple they take."""
@@ -117,6 +107,18 @@ class Check:
             )
         shapes = tuple((b, takes.channels, h, w) for b in batches for h, w in sizes)
         return cls(shapes, takes, out_channels, tolerance, int(check.get("seed", 0)))
+
+    def levels(self) -> list[Level]:
+        """The levels to try, most general first: dynamic sides in the network's multiple, then
+        in multiples of 32, then a dynamic batch at the training size, then a fixed shape. A
+        side multiple is only claimed where a check size tests it: with sides that are all
+        multiples of 32, the finer level is not tried."""
+        multiple, size = self.takes.multiple, self.takes.image_size
+        coarse = multiple < COARSE and COARSE % multiple == 0 and not any(s % COARSE for s in size)
+        fine = any(side % COARSE for shape in self.shapes for side in shape[2:])
+        levels = [Level(ALL_AXES, multiple)] if fine or not coarse else []
+        levels += [Level(ALL_AXES, COARSE)] if coarse else []
+        return [*levels, Level(("batch",), multiple), Level((), multiple)]
 
     def shapes_for(self, level: Level) -> list[tuple[int, int, int, int]]:
         """The check shapes an export at ``level`` accepts (at least its own)."""
