@@ -1,4 +1,5 @@
-"""Checkpoint files are all-or-nothing; random states survive a checkpoint round trip."""
+"""Checkpoint files are all-or-nothing; random states survive a checkpoint round trip; a
+checkpoint alone rebuilds its model, and what it holds is checked."""
 
 from __future__ import annotations
 
@@ -8,16 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from lightseg.errors import LightsegError
-from lightseg.utils import checkpoint
-from lightseg.utils.checkpoint import (
+from lightseg import checkpoints
+from lightseg.checkpoints import (
     AtomicCheckpointIO,
     atomic_save,
     check_readable,
+    load_module,
     random_states,
+    read_checkpoint,
     remove_partial_files,
     set_random_states,
 )
+from lightseg.errors import LightsegError
 
 
 def test_interrupted_write_keeps_the_old_file_and_leaves_no_part(tmp_path, monkeypatch):
@@ -29,7 +32,7 @@ def test_interrupted_write_keeps_the_old_file_and_leaves_no_part(tmp_path, monke
         file.write(b"PK\x03\x04 half a checkpoint")
         raise KeyboardInterrupt  # e.g. a second Ctrl+C while writing
 
-    monkeypatch.setattr(checkpoint.torch, "save", killed_midway)
+    monkeypatch.setattr(checkpoints.torch, "save", killed_midway)
     with pytest.raises(KeyboardInterrupt):
         atomic_save({"step": 2}, path)
     monkeypatch.undo()
@@ -64,3 +67,35 @@ def test_random_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
     assert torch.equal(torch.rand(3), expected[0])
     assert np.array_equal(np.random.rand(3), expected[1])
     assert [random.random() for _ in range(3)] == expected[2]
+
+
+def test_checkpoint_alone_rebuilds_the_trained_model(demo_checkpoint):
+    checkpoint = torch.load(demo_checkpoint, map_location="cpu", weights_only=True)
+    module = load_module(demo_checkpoint)
+    assert module.task.classes == ("background", "lesion")
+    assert module.hparams.inference == {"image_size": [64, 64], "mode": "whole"}
+    assert module.hparams.model["arch"] == "Unet"
+    for name, value in module.state_dict().items():
+        if name in checkpoint["state_dict"]:
+            assert torch.equal(value, checkpoint["state_dict"][name]), name
+    assert not module.training
+
+
+def test_missing_and_foreign_checkpoints_are_clear_errors(tmp_path):
+    with pytest.raises(LightsegError, match="does not exist"):
+        read_checkpoint(tmp_path / "nope.ckpt")
+    for empty in (None, "", " "):  # ckpt_path=null, ckpt_path= on the command line
+        with pytest.raises(LightsegError, match="ckpt_path is empty: give a checkpoint file"):
+            read_checkpoint(empty)
+    with pytest.raises(LightsegError, match=r"ckpt_path='.*' is a folder; give a checkpoint"):
+        read_checkpoint(tmp_path)
+    (tmp_path / "text.ckpt").write_text("not a checkpoint")
+    with pytest.raises(LightsegError, match="Cannot read checkpoint"):
+        read_checkpoint(tmp_path / "text.ckpt")
+    torch.save({"state_dict": {}, "hyper_parameters": {"lr": 0.1}}, tmp_path / "other.ckpt")
+    with pytest.raises(LightsegError, match="not a lightseg checkpoint"):
+        read_checkpoint(tmp_path / "other.ckpt")
+    old = {"model": {"arch": "Unet"}, "classes": ["a", "b"], "normalization": {}}
+    torch.save({"state_dict": {}, "hyper_parameters": old}, tmp_path / "old.ckpt")
+    with pytest.raises(LightsegError, match=r"lightseg 0\.1"):
+        read_checkpoint(tmp_path / "old.ckpt")

@@ -16,9 +16,10 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from lightseg import CONFIG_DIR
+from lightseg.checkpoints import load_module
 from lightseg.errors import LightsegError
 from lightseg.tools.eval import evaluate, main
-from lightseg.tools.inference import Segmenter, load_module
+from lightseg.tools.inference import Segmenter
 
 
 def eval_config(ckpt, tmp_path, *overrides):

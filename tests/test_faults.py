@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from lightseg import CONFIG_DIR
+from lightseg.checkpoints import check_resumable
 from lightseg.runs import RunFolder
-from lightseg.utils.checkpoint import check_resumable
 from tests.runs import run_cli
 
 REPOSITORY = Path(CONFIG_DIR).parent

@@ -5,12 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from torch import nn
 
+from lightseg import CONFIG_DIR
+from lightseg.checkpoints import load_module
 from lightseg.errors import LightsegError
 from lightseg.experiment import inference_defaults
 from lightseg.models import SegmentationModule
-from lightseg.tools.inference import Segmenter, build_segmenter, load_module, read_checkpoint
+from lightseg.tools.eval import evaluate
+from lightseg.tools.inference import Segmenter, build_segmenter
 from tests.conftest import CE_DICE, make_config, metrics_for
 
 SMP = "lightseg.models.smp_models.build"
@@ -37,33 +41,6 @@ def random_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
-def test_checkpoint_alone_rebuilds_the_trained_model(demo_checkpoint):
-    checkpoint = torch.load(demo_checkpoint, map_location="cpu", weights_only=True)
-    module = load_module(demo_checkpoint)
-    assert module.task.classes == ("background", "lesion")
-    assert module.hparams.inference == {"image_size": [64, 64], "mode": "whole"}
-    assert module.hparams.model["arch"] == "Unet"
-    for name, value in module.state_dict().items():
-        if name in checkpoint["state_dict"]:
-            assert torch.equal(value, checkpoint["state_dict"][name]), name
-    assert not module.training
-
-
-def test_missing_and_foreign_checkpoints_are_clear_errors(tmp_path):
-    with pytest.raises(LightsegError, match="does not exist"):
-        read_checkpoint(tmp_path / "nope.ckpt")
-    (tmp_path / "text.ckpt").write_text("not a checkpoint")
-    with pytest.raises(LightsegError, match="Cannot read checkpoint"):
-        read_checkpoint(tmp_path / "text.ckpt")
-    torch.save({"state_dict": {}, "hyper_parameters": {"lr": 0.1}}, tmp_path / "other.ckpt")
-    with pytest.raises(LightsegError, match="not a lightseg checkpoint"):
-        read_checkpoint(tmp_path / "other.ckpt")
-    old = {"model": {"arch": "Unet"}, "classes": ["a", "b"], "normalization": {}}
-    torch.save({"state_dict": {}, "hyper_parameters": old}, tmp_path / "old.ckpt")
-    with pytest.raises(LightsegError, match=r"lightseg 0\.1"):
-        read_checkpoint(tmp_path / "old.ckpt")
-
-
 def test_inference_defaults_follow_the_eval_pipeline(tmp_path):
     resize = make_config(tmp_path, "experiment=ph2_unet")
     pad = make_config(tmp_path, "experiment=voc_deeplabv3plus")
@@ -81,13 +58,17 @@ def test_slide_equals_whole_when_the_window_covers_the_image(demo_checkpoint):
 
 
 def test_overlapping_windows_average_to_the_full_image_output():
-    module = pointwise_module()
+    module = pointwise_module()  # pointwise: the same at any scale, so check_scale=False
     image = random_image(100, 150)
-    slide = Segmenter(module, image_size=(64, 64), mode="slide", stride=(32, 48))(image)
+    slide = Segmenter(
+        module, image_size=(64, 64), mode="slide", stride=(32, 48), check_scale=False
+    )(image)
     full = module.task.probabilities(module.net(Segmenter(module).normalize(image)))[0]
     assert slide.shape == (3, 100, 150)
     np.testing.assert_allclose(slide, full.detach().numpy(), atol=1e-6)
-    small = Segmenter(module, image_size=(64, 64), mode="slide")(random_image(40, 50))
+    small = Segmenter(module, image_size=(64, 64), mode="slide", check_scale=False)(
+        random_image(40, 50)
+    )
     assert small.shape == (3, 40, 50)  # smaller than a window: padded, then cropped back
 
 
@@ -120,3 +101,46 @@ def test_bad_inference_options_are_named():
     with pytest.raises(LightsegError, match="Unknown inference option"):
         build_segmenter(module, {"mode": "auto", "flipp": True})
     assert build_segmenter(module, {"mode": "auto", "image_size": None}).mode == "whole"
+
+
+# --- a mode that shows the model a scale it never saw ----------------------------------------
+
+
+def test_slide_on_a_model_trained_on_resized_whole_images_is_refused_with_the_fix():
+    module = pointwise_module()  # trained on whole images resized to 64x64
+    image = random_image(192, 256)
+    with pytest.raises(LightsegError) as error:
+        Segmenter(module, mode="slide")(image)
+    message = str(error.value)
+    assert "inference.mode=slide runs the network on this 256x192 image at its own scale" in message
+    assert "resized to 64x64 (its checkpoint's inference.mode=whole)" in message
+    assert "everything 4.0x larger than in training" in message  # 256 / 64, the wider side
+    assert "inference.mode=auto (whole for this model)" in message
+    assert "inference.scales=[0.25]" in message and "inference.check_scale=false" in message
+    # each fix the message names works
+    assert Segmenter(module, mode="slide", scales=(0.25,))(image).shape == (3, 192, 256)
+    assert Segmenter(module, mode="slide", check_scale=False)(image).shape == (3, 192, 256)
+    # at about the training size, sliding is what whole-image inference would see: allowed
+    assert Segmenter(module, mode="slide")(random_image(80, 90)).shape == (3, 80, 90)
+
+
+def test_whole_on_a_model_trained_on_windows_at_native_scale_is_refused():
+    module = pointwise_module()
+    module.hparams.inference = {"image_size": [64, 64], "mode": "slide"}
+    with pytest.raises(LightsegError, match=r"resizes this 256x256 image to 64x64.*4\.0x smaller"):
+        Segmenter(module, mode="whole")(random_image(256, 256))
+    assert Segmenter(module, mode="whole")(random_image(80, 70)).shape == (3, 80, 70)
+    assert build_segmenter(module, {"mode": "auto"}).mode == "slide"
+
+
+def test_make_eval_with_slide_on_the_demo_model_is_refused(demo_checkpoint, tmp_path):
+    """`make eval ARGS="inference.mode=slide"` on a model trained on resized whole images."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(
+            "eval",
+            [f"ckpt_path={demo_checkpoint}", f"output_dir={tmp_path}", "inference.mode=slide"],
+        )
+    with pytest.raises(LightsegError, match=r"trained on whole images resized to 64x64") as error:
+        evaluate(cfg, data_from_run=True)
+    assert "a scale it never learned" in str(error.value)
+    assert not tmp_path.joinpath("eval.json").exists()

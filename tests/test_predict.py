@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
+import tifffile
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
+import lightseg
 from lightseg import CONFIG_DIR
+from lightseg.checkpoints import load_module
 from lightseg.data.base import read_label_png
 from lightseg.errors import LightsegError
-from lightseg.tools.effects import apply_effect, color_splash, replace_background, soft_alpha
-from lightseg.tools.inference import Segmenter, load_module
+from lightseg.tools.effects import (
+    apply_effect,
+    color_splash,
+    hard_alpha,
+    replace_background,
+    soft_alpha,
+)
+from lightseg.tools.inference import Segmenter
 from lightseg.tools.predict import predict
+from tests.test_export import ARCHITECTURES, tiny_checkpoint
 
 EXIF_ORIENTATION = 0x0112
 
@@ -133,3 +148,206 @@ def test_feathering_softens_the_edge_only():
     assert 0.3 < alpha[4, 19] < 0.7 and 0.3 < alpha[4, 20] < 0.7
     with pytest.raises(LightsegError, match="Unknown effect"):
         apply_effect("sepia", np.zeros((2, 2, 3), np.uint8), np.zeros((2, 2)))
+
+
+# --- a hard mask for effects -----------------------------------------------------------------
+
+
+def distances_to(mask: np.ndarray) -> np.ndarray:
+    """Each pixel's distance to the nearest pixel of the other side of ``mask`` (brute force)."""
+    points = np.argwhere(np.ones_like(mask))
+    inside, outside = np.argwhere(mask), np.argwhere(~mask)
+    result = np.empty(mask.shape)
+    for (y, x), is_in in zip(points, mask.ravel(), strict=True):
+        other = outside if is_in else inside
+        result[y, x] = np.sqrt(((other - (y, x)) ** 2).sum(1)).min()
+    return result
+
+
+def test_with_a_threshold_no_background_pixel_beyond_the_feather_keeps_its_colour():
+    """An under-trained model: 0.9 on the person, 0.25 everywhere else."""
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (30, 44, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[:30, :44]
+    probability = np.where((yy - 14) ** 2 + (xx - 20) ** 2 < 81, 0.9, 0.25).astype(np.float32)
+    colour = np.array([0, 177, 64], np.uint8)
+    feather = 3.0
+    result = replace_background(image, probability, colour, feather, threshold=0.5)
+    mask = probability >= 0.5
+    beyond = distances_to(mask) - 0.5 > feather  # the edge lies half a pixel from each centre
+    background, person = beyond & ~mask, beyond & mask
+    assert background.sum() > 800 and person.sum() > 30
+    assert (result[background] == colour).all()  # only the new background
+    assert (result[person] == image[person]).all()  # only the person
+    edge = ~beyond
+    assert ((result[edge] != colour).any(1) & (result[edge] != image[edge]).any(1)).sum() > 50
+
+    soft = replace_background(image, probability, colour, feather=0, threshold=None)
+    leaked = np.round(0.25 * image[background] + 0.75 * colour.astype(np.float32))
+    np.testing.assert_allclose(soft[background], leaked, atol=1)  # a quarter shows through
+    assert (hard_alpha(probability, 0.5, feather=0) == mask).all()
+
+
+def test_predict_replaces_the_background_behind_a_hard_mask(demo_checkpoint, tmp_path):
+    photo = tmp_path / "p.png"
+    image = np.random.default_rng(4).integers(0, 256, (48, 60, 3), dtype=np.uint8)
+    Image.fromarray(image).save(photo)
+    out = tmp_path / "out"
+    predict(predict_config(demo_checkpoint, photo, out, "effect=background", "feather=2"))
+    result = np.asarray(Image.open(out / "p_background.png"))
+    foreground = 1 - Segmenter(load_module(demo_checkpoint))(image)[0]
+    mask = foreground >= 0.5  # configs/predict.yaml: threshold 0.5
+    beyond = distances_to(mask) - 0.5 > 2
+    assert (result[beyond & ~mask] == (0, 177, 64)).all()
+    assert (result[beyond & mask] == image[beyond & mask]).all()
+    assert (beyond & ~mask).sum() + (beyond & mask).sum() > 1000
+
+
+# --- every image type training accepts, on an RGB model ---------------------------------------
+
+
+def test_every_image_type_is_predicted_as_an_rgb_model_sees_it(demo_checkpoint, tmp_path):
+    rng = np.random.default_rng(5)
+    rgb = rng.integers(0, 256, (33, 47, 3), dtype=np.uint8)
+    gray = rng.integers(0, 256, (33, 47), dtype=np.uint8)
+    deep = rng.integers(0, 65536, (33, 47), dtype=np.uint16)
+    rgba = rng.integers(0, 256, (33, 47, 4), dtype=np.uint8)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(rgb).save(folder / "rgb.png")
+    Image.fromarray(rgb).save(folder / "bitmap.bmp")
+    Image.fromarray(gray).save(folder / "gray.png")
+    Image.fromarray(deep).save(folder / "deep.png")  # 16-bit grayscale PNG
+    Image.fromarray(rgba).save(folder / "rgba.png")
+    Image.fromarray(np.dstack([gray, rgba[..., 3]])).save(folder / "gray_alpha.png")
+    Image.fromarray(rgb).quantize(16).save(folder / "palette.png")
+    tifffile.imwrite(folder / "three.tif", rgb)
+    tifffile.imwrite(folder / "one.tif", deep)
+    tifffile.imwrite(folder / "four.tif", rgba)
+    out = tmp_path / "out"
+    summary = predict(predict_config(demo_checkpoint, folder, out))
+    assert summary.images == 9
+    assert summary.skipped == [
+        (
+            folder / "four.tif",
+            "4 channel(s) (RGBA or 4 bands), but the model takes 3 (the channels of the images "
+            "it was trained on)",
+        )
+    ]
+    segmenter = Segmenter(load_module(demo_checkpoint))
+    palette = np.asarray(Image.open(folder / "palette.png").convert("RGB"))
+    seen = {  # what the model must have been given for each file
+        "rgb": rgb,
+        "bitmap": rgb,
+        "three": rgb,
+        "gray": np.repeat(gray[..., None], 3, 2),
+        "gray_alpha": np.repeat(gray[..., None], 3, 2),
+        "deep": np.repeat(deep[..., None], 3, 2),  # uint16: scaled by 65535
+        "one": np.repeat(deep[..., None], 3, 2),
+        "rgba": rgba[..., :3],
+        "palette": palette,
+    }
+    for stem, pixels in seen.items():
+        expected = segmenter(pixels).argmax(0)
+        np.testing.assert_array_equal(read_label_png(out / f"{stem}_mask.png", 2), expected, stem)
+
+
+# --- path arguments, as a user types them ----------------------------------------------------
+
+
+def run_predict(tmp_path, *arguments: str) -> subprocess.CompletedProcess:
+    src = Path(lightseg.__file__).parents[1]  # this checkout's package, not an installed one
+    return subprocess.run(
+        [sys.executable, "-m", "lightseg.tools.predict", *arguments],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(src)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_command_line_errors_are_one_paragraph_and_exit_1(demo_checkpoint, photos, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "x.png").write_bytes(b"not a png")
+    (tmp_path / "taken").write_text("a file")
+    cases = {
+        "missing checkpoint": (
+            [f"ckpt_path={tmp_path / 'nope.ckpt'}", f"input={photos}", "output=o"],
+            "does not exist",
+        ),
+        "nothing readable": (
+            [f"ckpt_path={demo_checkpoint}", f"input={broken}", "output=o"],
+            f"No image of input='{broken}' could be predicted",
+        ),
+        "output is a file": (
+            [f"ckpt_path={demo_checkpoint}", f"input={photos}", f"output={tmp_path / 'taken'}"],
+            "is a file; give a folder",
+        ),
+    }
+    for name, (arguments, expected) in cases.items():
+        result = run_predict(tmp_path, *arguments)
+        assert result.returncode == 1, name
+        assert "Traceback" not in result.stderr and expected in result.stderr, name
+        assert result.stderr.count("lightseg: error:") == 1, name
+    result = run_predict(tmp_path, f"ckpt_path={demo_checkpoint}", f"input={photos}", "output=o")
+    assert result.returncode == 0, result.stderr
+    assert (
+        "Predicted 2 image(s)" in result.stdout and "c.jpg: not a readable image" in result.stdout
+    )
+    assert "not writable" not in result.stdout + result.stderr  # no NumPy warning
+
+
+def test_bad_paths_and_values_are_clear_errors(demo_checkpoint, demo_run, photos, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(LightsegError, match=r"is a folder; give a checkpoint file") as error:
+        predict(predict_config(demo_run, photos, out))
+    assert f"best checkpoint is '{demo_run / 'checkpoints' / 'best.ckpt'}'" in str(error.value)
+    with pytest.raises(LightsegError, match="not a readable image"):
+        predict(predict_config(demo_checkpoint, photos / "notes.txt", out))
+    with pytest.raises(LightsegError, match="Cannot write to output folder"):
+        predict(predict_config(demo_checkpoint, photos, photos / "notes.txt" / "sub"))
+    empty = tmp_path / "empty" / "deeper"
+    empty.mkdir(parents=True)
+    with pytest.raises(LightsegError, match="holds no images") as error:
+        predict(predict_config(demo_checkpoint, empty.parent, out))
+    assert "recursive" not in str(error.value)  # the subfolders hold none either
+
+    effect = "effect=background"
+    for background, message in [
+        (tmp_path / "beach.png", "neither an RGB colour"),
+        (photos / "notes.txt", "cannot be used as a picture: not a readable image"),
+        ("[0,255]", r"must be an RGB colour, 3 values in 0\.\.255"),
+        ("7", "must be an RGB colour"),
+    ]:
+        with pytest.raises(LightsegError, match=message):
+            predict(
+                predict_config(demo_checkpoint, photos, out, effect, f"background={background}")
+            )
+    for setting, message in [
+        ("threshold=1.5", "threshold=1.5 must be between 0 and 1"),
+        ("feather=-1", "feather=-1 must be >= 0"),
+        ("alpha=2", r"alpha=2 \(the overlay's opacity\) must be in 0\.\.1"),
+    ]:
+        with pytest.raises(LightsegError, match=message):
+            predict(predict_config(demo_checkpoint, photos, out, setting))
+    assert not out.exists()  # nothing was written for a refused request
+
+
+def test_a_16_bit_grayscale_picture_is_a_background(demo_checkpoint, photos, tmp_path):
+    deep = (np.arange(50 * 70, dtype=np.uint16).reshape(50, 70) * 18).astype(np.uint16)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    out = tmp_path / "out"
+    overrides = ("effect=background", f"background={tmp_path / 'deep.png'}", "threshold=0.999")
+    predict(predict_config(demo_checkpoint, photos / "a.png", out, *overrides))
+    result = np.asarray(Image.open(out / "a_background.png")).astype(int)
+    expected = np.round(deep / 65535 * 255)  # its grey, scaled by 16 bits, not clipped at 255
+    far = np.abs(result[..., 0] - expected) <= 1
+    assert far.mean() > 0.5 and result[..., 0].max() > 200
+
+
+def test_probabilities_of_a_multiclass_model_are_refused(photos, tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "m.ckpt", ARCHITECTURES["unet"], ["bg", "a", "b"])
+    with pytest.raises(LightsegError, match="binary models; this model has 3 classes"):
+        predict(predict_config(ckpt, photos, tmp_path / "out", "probabilities=true"))

@@ -21,13 +21,13 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, open_dict
 
+from lightseg.checkpoints import AtomicCheckpointIO
 from lightseg.config import image_size_hw, plain, validate
 from lightseg.data import SegmentationDataModule
 from lightseg.data.statistics import fill_from_data
 from lightseg.losses import loss_terms
 from lightseg.models import check_network
 from lightseg.models.network import takes
-from lightseg.utils.checkpoint import AtomicCheckpointIO  # TEMP until tools18 merge
 from lightseg.utils.console import quiet_third_party
 from lightseg.utils.devices import check_trainer
 

@@ -25,13 +25,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from lightseg import CONFIG_DIR
+from lightseg.checkpoints import check_resumable, checkpoint_position, remove_partial_files
 from lightseg.config import explained_overrides
 from lightseg.errors import LightsegError, user_errors, user_message
 from lightseg.experiment import build, group_choices
 from lightseg.metrics import finite_or_none
 from lightseg.runs import RunFolder, RunLock, recorded_run, resume
 from lightseg.runs.record import end_record
-from lightseg.utils.checkpoint import check_resumable, checkpoint_position, remove_partial_files
 from lightseg.utils.console import console, print_config, print_metrics
 from lightseg.utils.loggers import wandb_finished
 

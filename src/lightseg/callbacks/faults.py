@@ -14,9 +14,9 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from lightseg.checkpoints import random_states, set_random_states
 from lightseg.errors import LightsegError, TrainingInterrupted
 from lightseg.runs import RunFolder
-from lightseg.utils.checkpoint import random_states, set_random_states
 from lightseg.utils.signals import stop_signals
 
 log = logging.getLogger(__name__)

@@ -1,22 +1,29 @@
 """Portrait effects from a binary (person) model's foreground probability.
 
 ``background``: the person over a colour or another picture; ``color-splash``: the person in
-colour, the rest in grey. Both blend with a soft alpha (the probability, feathered with a
-Gaussian blur), so edges look natural rather than cut out.
+colour, the rest in grey. Both blend the image with the backdrop by a foreground weight:
+
+* with a ``threshold`` (predict's default 0.5): the hard mask ``probability >= threshold``, its
+  edge feathered linearly over ``feather`` pixels on each side. Farther than ``feather`` pixels
+  outside the mask only the backdrop shows, farther inside only the image: an under-trained
+  model's low background probability never lets the old background through;
+* without one (``threshold=None``): the soft probability itself, blurred by a Gaussian of sigma
+  ``feather`` -- every pixel mixes in proportion to the model's confidence.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
 
 from lightseg.errors import LightsegError
 
 EFFECTS = ("background", "color-splash")
+
+#: A backdrop: an RGB colour, or a picture (uint8 [h, w, 3], resized to the image).
+Backdrop = Sequence[int] | np.ndarray
 
 
 def soft_alpha(probability: np.ndarray, feather: float = 3.0) -> np.ndarray:
@@ -27,6 +34,28 @@ def soft_alpha(probability: np.ndarray, feather: float = 3.0) -> np.ndarray:
     return alpha
 
 
+def hard_alpha(probability: np.ndarray, threshold: float, feather: float = 3.0) -> np.ndarray:
+    """Foreground weight in [0, 1], float32 [H, W]: 1 where ``probability >= threshold``, ramping
+    linearly to 0 across the mask edge; exactly 0 (1) farther than ``feather`` px outside
+    (inside) it. The edge lies half a pixel from the centres of the pixels on either side."""
+    mask = (np.asarray(probability) >= threshold).astype(np.uint8)
+    if feather <= 0:
+        return mask.astype(np.float32)
+    inside = cv2.distanceTransform(mask, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    outside = cv2.distanceTransform(1 - mask, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    to_edge = np.where(mask == 1, inside - 0.5, 0.5 - outside)  # > 0 inside the mask
+    return np.clip(0.5 + to_edge / (2 * float(feather)), 0.0, 1.0).astype(np.float32)
+
+
+def foreground_weight(
+    probability: np.ndarray, feather: float, threshold: float | None
+) -> np.ndarray:
+    """The effects' blending weight (see the module docs)."""
+    if threshold is None:
+        return soft_alpha(probability, feather)
+    return hard_alpha(probability, threshold, feather)
+
+
 def blend(foreground: np.ndarray, background: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """``alpha * foreground + (1 - alpha) * background`` as uint8 [H, W, 3]."""
     weight = alpha[..., None]
@@ -34,18 +63,11 @@ def blend(foreground: np.ndarray, background: np.ndarray, alpha: np.ndarray) -> 
     return np.clip(np.round(mixed), 0, 255).astype(np.uint8)
 
 
-def background_pixels(background: str | Path | Sequence[int], size_hw: tuple[int, int]):
-    """A uint8 [H, W, 3] backdrop: an RGB colour, or an image file resized to ``size_hw``."""
+def background_pixels(background: Backdrop, size_hw: tuple[int, int]) -> np.ndarray:
+    """A uint8 [H, W, 3] backdrop: an RGB colour, or a picture resized to ``size_hw``."""
     height, width = size_hw
-    if isinstance(background, (str, Path)):
-        path = Path(background)
-        if not path.is_file():
-            raise LightsegError(
-                f"background='{background}' is neither an RGB colour like [0,255,0] nor an "
-                "existing image file."
-            )
-        picture = Image.open(path).convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
-        return np.asarray(picture)
+    if isinstance(background, np.ndarray) and background.ndim == 3:
+        return cv2.resize(background, (width, height), interpolation=cv2.INTER_LINEAR)
     colour = [int(c) for c in background]
     if len(colour) != 3 or not all(0 <= c <= 255 for c in colour):
         raise LightsegError(f"background={colour} must be an RGB colour, 3 values in 0..255.")
@@ -55,30 +77,35 @@ def background_pixels(background: str | Path | Sequence[int], size_hw: tuple[int
 def replace_background(
     image: np.ndarray,
     probability: np.ndarray,
-    background: str | Path | Sequence[int] = (0, 177, 64),
+    background: Backdrop = (0, 177, 64),
     feather: float = 3.0,
+    threshold: float | None = None,
 ) -> np.ndarray:
     """The foreground of ``image`` (uint8 RGB) over a colour or a picture."""
     backdrop = background_pixels(background, image.shape[:2])
-    return blend(image, backdrop, soft_alpha(probability, feather))
+    return blend(image, backdrop, foreground_weight(probability, feather, threshold))
 
 
-def color_splash(image: np.ndarray, probability: np.ndarray, feather: float = 3.0) -> np.ndarray:
+def color_splash(
+    image: np.ndarray, probability: np.ndarray, feather: float = 3.0, threshold: float | None = None
+) -> np.ndarray:
     """The foreground of ``image`` in colour, everything else in grey."""
     grey = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
-    return blend(image, np.repeat(grey[..., None], 3, axis=2), soft_alpha(probability, feather))
+    alpha = foreground_weight(probability, feather, threshold)
+    return blend(image, np.repeat(grey[..., None], 3, axis=2), alpha)
 
 
 def apply_effect(
     name: str,
     image: np.ndarray,
     probability: np.ndarray,
-    background: str | Path | Sequence[int] = (0, 177, 64),
+    background: Backdrop = (0, 177, 64),
     feather: float = 3.0,
+    threshold: float | None = None,
 ) -> np.ndarray:
     """Apply the effect ``name`` (one of ``EFFECTS``)."""
     if name == "background":
-        return replace_background(image, probability, background, feather)
+        return replace_background(image, probability, background, feather, threshold)
     if name == "color-splash":
-        return color_splash(image, probability, feather)
+        return color_splash(image, probability, feather, threshold)
     raise LightsegError(f"Unknown effect '{name}'. Available: {', '.join(EFFECTS)}.")

@@ -37,13 +37,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightseg import CONFIG_DIR
 from lightseg.callbacks.per_image import write_per_image_csv
+from lightseg.checkpoints import load_module, model_input
 from lightseg.config import plain
 from lightseg.data.base import Sample, SegmentationSource, read_pair
 from lightseg.errors import LightsegError, user_errors
 from lightseg.metrics import MetricSet, build_metrics, class_key, confusion_matrix, finite_or_none
 from lightseg.runs import RunFolder
 from lightseg.task import Task
-from lightseg.tools.inference import Segmenter, build_segmenter, load_module
+from lightseg.tools.inference import Segmenter, build_segmenter
 from lightseg.utils.console import console
 from lightseg.utils.devices import inference_device
 from lightseg.visualize import confusion_figure, letterbox, overlay_grid
@@ -155,6 +156,13 @@ def evaluate(
         raise LightsegError(
             f"The checkpoint predicts classes {list(task.classes)}, but the data config gives "
             f"{list(datamodule.classes)}. Evaluate on the dataset it was trained on "
+            "(experiment=... or data=...)."
+        )
+    channels = model_input(module).channels
+    if datamodule.in_channels != channels:
+        raise LightsegError(
+            f"The checkpoint's model takes {channels}-channel images, but the data config reads "
+            f"{datamodule.in_channels}-channel ones. Evaluate on the dataset it was trained on "
             "(experiment=... or data=...)."
         )
     datamodule.locate(prepare=True)  # the split lists only: eval reads full-size images

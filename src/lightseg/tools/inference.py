@@ -1,8 +1,4 @@
-"""Rebuild a trained model from its checkpoint and run it on images of any size.
-
-A lightseg checkpoint describes itself: architecture, encoder, classes, normalisation and the
-training input size are stored as plain hyperparameters, so ``load_module(path)`` needs nothing
-else and loads with ``torch.load(weights_only=True)``.
+"""Run a trained model on images of any size: whole images, sliding windows, TTA.
 
 :class:`Segmenter` turns images into class probabilities at their own resolution:
 
@@ -10,7 +6,14 @@ else and loads with ``torch.load(weights_only=True)``.
 * ``slide``: windows of the training size over the image at its own scale, with the logits of
   overlapping windows averaged (for images larger than what the model was trained on);
 
-optionally averaged over test-time augmentations (horizontal flip, several scales).
+optionally averaged over test-time augmentations (horizontal flip, several scales). Images
+have the channel count the checkpoint's model takes, with pixels as training read them
+(uint8, uint16 or float; scaled to 0..1 by their type as in training).
+
+A mode other than the one the model was validated with can show it images at a scale it never
+saw: ``slide`` on a model trained on whole images resized from 765x570 to 256x256 shows it every
+lesion three times larger than in training. Such a request is refused with the fix (the images'
+own size against the training size the checkpoint stores), unless ``check_scale=False``.
 """
 
 from __future__ import annotations
@@ -18,85 +21,20 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lightseg.checkpoints import model_input
 from lightseg.data.transforms import to_unit_range
 from lightseg.errors import LightsegError
-from lightseg.models import SegmentationModule, input_multiple
-from lightseg.models.network import logits_of, nearest_multiple, without_pretrained
+from lightseg.models import SegmentationModule
+from lightseg.models.network import logits_of, nearest_multiple
 
-#: Hyperparameters that make a checkpoint a lightseg checkpoint.
-REQUIRED_HPARAMS = ("model", "classes", "normalization")
-#: Training input size assumed for checkpoints that do not store one (hand-made ones).
-DEFAULT_IMAGE_SIZE = (256, 256)
-
-
-def read_checkpoint(path: str | Path) -> dict:
-    """The checkpoint dict at ``path``, loaded safely (``weights_only``) and checked."""
-    path = Path(path)
-    if not path.is_file():
-        hint = "" if path.suffix == ".ckpt" else " Checkpoints end in .ckpt."
-        raise LightsegError(
-            f"Checkpoint '{path}' does not exist.{hint} Training writes "
-            "logs/<experiment>/runs/<time>/checkpoints/best.ckpt (and last.ckpt); pass one as "
-            "ckpt_path=... ."
-        )
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle, zip and unsafe-type errors all mean the same here
-        raise LightsegError(
-            f"Cannot read checkpoint '{path}' ({type(error).__name__}: {_first_sentence(error)}). "
-            "It is damaged, still being written, or not a PyTorch checkpoint; use a best.ckpt or "
-            "last.ckpt that a lightseg run wrote."
-        ) from None
-    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
-    if not isinstance(hparams, dict) or any(key not in hparams for key in REQUIRED_HPARAMS):
-        raise LightsegError(
-            f"'{path}' is not a lightseg checkpoint: it lacks the hyperparameters "
-            f"{list(REQUIRED_HPARAMS)} that lightseg stores to rebuild the model. Use a "
-            "checkpoint written by `make train` (logs/<experiment>/runs/<time>/checkpoints/)."
-        )
-    if "state_dict" not in checkpoint:
-        raise LightsegError(f"Checkpoint '{path}' holds no weights (no 'state_dict').")
-    if "_target_" not in (hparams.get("model") or {}):
-        raise LightsegError(
-            f"Checkpoint '{path}' names its network by model.arch only, as lightseg 0.1 wrote "
-            "them; this version builds networks from model._target_. Retrain, or add the "
-            "network's _target_ (configs/model/*.yaml) to hyper_parameters.model."
-        )
-    return checkpoint
-
-
-def stored_image_size(module: SegmentationModule) -> tuple[int, int] | None:
-    """The training input size a checkpoint stores (``hparams.inference.image_size``), if any."""
-    size = (module.hparams.get("inference") or {}).get("image_size")
-    return (int(size[0]), int(size[1])) if size else None
-
-
-def _first_sentence(error: Exception) -> str:
-    return str(error).split(". ")[0].splitlines()[0][:200] if str(error) else ""
-
-
-def load_module(path: str | Path, device: str | torch.device = "cpu") -> SegmentationModule:
-    """The trained ``SegmentationModule`` stored at ``path``, in eval mode on ``device``."""
-    checkpoint = read_checkpoint(path)
-    hparams = dict(checkpoint["hyper_parameters"])
-    hparams["model"] = without_pretrained(hparams["model"])  # trained weights follow
-    hparams["compile"] = False
-    module = SegmentationModule(**hparams)
-    missing, unexpected = module.load_state_dict(checkpoint["state_dict"], strict=False)
-    # torchmetrics states are not saved; anything else missing means another architecture.
-    missing = [k for k in missing if not k.startswith(("eval_metrics.", "eval_losses."))]
-    if missing or unexpected:
-        raise LightsegError(
-            f"Checkpoint '{path}' does not match the model its hyperparameters describe "
-            f"(missing {missing[:5]}, unexpected {unexpected[:5]}). Was it edited by hand?"
-        )
-    return module.eval().to(device)
+#: How much larger or smaller than in training a network may see images before a mode other
+#: than the one it was validated with is refused (``check_scale``).
+SCALE_LIMIT = 1.5
 
 
 @dataclass
@@ -106,7 +44,8 @@ class Segmenter:
     ``image_size`` is the network input of ``whole`` mode and the window of ``slide`` mode
     (default: the training size stored in the checkpoint). ``stride`` is the window step
     (default: two thirds of the window). ``flip`` and ``scales`` are test-time augmentations:
-    probabilities are averaged over every (scale, flip) combination.
+    probabilities are averaged over every (scale, flip) combination. ``check_scale``: refuse
+    a mode that shows the network images at a scale it never saw (see the module docs).
     """
 
     module: SegmentationModule
@@ -116,14 +55,16 @@ class Segmenter:
     flip: bool = False
     scales: Sequence[float] = (1.0,)
     window_batch: int = 8
+    check_scale: bool = True
     device: torch.device = field(init=False)
 
     def __post_init__(self) -> None:
         if self.mode not in ("whole", "slide"):
             raise LightsegError(f"inference.mode='{self.mode}' is unknown: use whole or slide.")
-        size = self.image_size or stored_image_size(self.module) or DEFAULT_IMAGE_SIZE
+        self.input = model_input(self.module)
+        size = self.image_size or self.input.image_size
         self.image_size = (int(size[0]), int(size[1]))
-        self.multiple = input_multiple(self.module.net)
+        self.multiple = self.input.multiple
         if any(side % self.multiple for side in self.image_size):
             raise LightsegError(
                 f"inference.image_size={list(self.image_size)}: this network takes image sides "
@@ -154,25 +95,34 @@ class Segmenter:
         return self.flip or self.scales != (1.0,)
 
     def normalize(self, image: np.ndarray) -> torch.Tensor:
-        """Pixels [H, W, C] (uint8 RGB, or as the source reads them) -> normalised float
-        [1, C, H, W] on the model's device, by the module's own normalisation (the one its
-        training batches went through, 16-bit images scaled by their range as there)."""
-        pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
-        return self.module.normalize(to_unit_range(pixels).to(self.device))
+        """Pixels [H, W, C] (C: the channels the model takes; uint8, uint16 or float as
+        training read them) -> normalised float [1, C, H, W] on the model's device, by the
+        module's own normalisation (each pixel type scaled by its range as in training)."""
+        pixels = image[..., None] if image.ndim == 2 else image
+        if pixels.shape[-1] != self.input.channels:
+            raise LightsegError(
+                f"An image with {pixels.shape[-1]} channel(s) was given to a model that takes "
+                f"{self.input.channels} (the channels it was trained on)."
+            )
+        # np.require copies only arrays torch cannot share (read-only ones, as PIL gives)
+        tensor = torch.from_numpy(np.require(pixels, requirements=("C", "W")))
+        return self.module.normalize(to_unit_range(tensor.permute(2, 0, 1)[None]).to(self.device))
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        """Probabilities float32 [C, H, W] for a uint8 RGB image [H, W, 3] (C = classes)."""
+        """Probabilities float32 [C, H, W] for an image [H, W, channels] (C = classes)."""
         return self.probabilities(self.normalize(image))[0].cpu().numpy()
 
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        """Probabilities [N, C, H, W] for normalised images [N, 3, H, W], averaged over TTA."""
+        """Probabilities [N, C, H, W] for normalised images [N, channels, H, W], averaged
+        over TTA."""
         views = self.views(images)
         return sum(views.values()) / len(views)
 
     @torch.no_grad()
     def views(self, images: torch.Tensor) -> dict[tuple[float, bool], torch.Tensor]:
         """Probabilities [N, C, H, W] of each test-time augmentation, keyed (scale, flipped)."""
+        self.refuse_unseen_scale(*images.shape[-2:])
         flips = (False, True) if self.flip else (False,)
         views = {}
         for scale in self.scales:
@@ -197,6 +147,54 @@ class Segmenter:
             return plain[0].cpu().numpy(), None
         return plain[0].cpu().numpy(), (sum(views.values()) / len(views))[0].cpu().numpy()
 
+    def seen_scale(self, height: int, width: int, scale: float = 1.0) -> float:
+        """How many times larger (> 1) or smaller the network sees an image of this size than
+        training showed it, on the side where the two differ most."""
+        train_h, train_w = self.input.image_size
+        ratios = []
+        for side, trained, used in (
+            (height, train_h, self.image_size[0]),
+            (width, train_w, self.image_size[1]),
+        ):
+            at_inference = used * scale / side if self.mode == "whole" else scale
+            ratios.append(at_inference / (trained / side if self.input.mode == "whole" else 1.0))
+        return max(ratios, key=lambda ratio: abs(math.log(ratio)))
+
+    def refuse_unseen_scale(self, height: int, width: int) -> None:
+        """The error of :attr:`check_scale` (see the module docs)."""
+        trained = self.input.mode
+        if not self.check_scale or trained not in ("whole", "slide") or trained == self.mode:
+            return
+        ratio = min(
+            (self.seen_scale(height, width, s) for s in self.scales), key=lambda r: abs(math.log(r))
+        )
+        if 1 / SCALE_LIMIT <= ratio <= SCALE_LIMIT:
+            return
+        train_h, train_w = self.input.image_size
+        how = "larger" if ratio > 1 else "smaller"
+        if self.mode == "slide":
+            what = (
+                f"inference.mode=slide runs the network on this {width}x{height} image at its own "
+                f"scale, but the model was trained on whole images resized to {train_w}x{train_h}"
+            )
+            fix = (
+                f"inference.scales=[{1 / self.seen_scale(height, width):.2g}] to slide over "
+                "images shrunk to about the training scale, "
+            )
+        else:
+            what = (
+                f"inference.mode=whole resizes this {width}x{height} image to "
+                f"{self.image_size[1]}x{self.image_size[0]}, but the model was trained on windows "
+                "at the images' own scale"
+            )
+            fix = ""
+        raise LightsegError(
+            f"{what} (its checkpoint's inference.mode={trained}): it would see everything "
+            f"{max(ratio, 1 / ratio):.1f}x {how} than in training, a scale it never learned. Use "
+            f"inference.mode=auto ({trained} for this model), or {fix}or "
+            f"inference.check_scale=false to run inference.mode={self.mode} anyway."
+        )
+
     def logits(self, images: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
         """Logits [N, out_channels, H, W] at the input's resolution, for one scale."""
         height, width = images.shape[-2:]
@@ -209,7 +207,7 @@ class Segmenter:
         return _resize(logits, (height, width))
 
     def _forward(self, images: torch.Tensor) -> torch.Tensor:
-        logits, _ = logits_of(self.module(images))
+        logits = logits_of(self.module(images))
         return logits.float()
 
     def _slide(self, images: torch.Tensor) -> torch.Tensor:
@@ -259,7 +257,7 @@ def build_segmenter(module: SegmentationModule, inference: dict | None = None) -
     mode = options.pop("mode", "auto")
     if mode in (None, "auto"):
         mode = (module.hparams.get("inference") or {}).get("mode", "whole")
-    known = {"image_size", "stride", "flip", "scales", "window_batch"}
+    known = {"image_size", "stride", "flip", "scales", "window_batch", "check_scale"}
     unknown = sorted(set(options) - known)
     if unknown:
         raise LightsegError(

@@ -6,8 +6,20 @@
 For every image: ``<name>_mask.png`` (class indices in a palette PNG: viewers show colours,
 readers get indices), ``<name>_overlay.png``, with ``probabilities=true`` and a binary model
 ``<name>_prob.png``, and with ``effect=background|color-splash`` ``<name>_<effect>.png``.
-``recursive=true`` also reads subfolders. Images of any size are read upright (EXIF orientation
-applied); files that cannot be read are skipped, counted and listed at the end.
+``recursive=true`` also reads subfolders.
+
+Images are read as the model was trained to take them: with the checkpoint's channel count, by
+training's own reader (:func:`lightseg.data.pixels.read_image`: 8- and 16-bit PNG, JPEG, BMP,
+TIFF of any band count, EXIF orientation applied), pixels scaled by their type as in training.
+A 3-channel (RGB) model also takes what a photo viewer shows: grayscale images of any bit depth
+with their grey repeated in three channels, RGBA and palette images as their RGB colours. A
+file with another channel count, or one that cannot be read, is skipped and listed with the
+reason at the end; if no image can be predicted, the command fails.
+
+Effects blend the image with a backdrop by the foreground: with ``threshold`` (default 0.5) a
+hard mask whose edge is feathered over ``feather`` pixels on each side (beyond that only the
+backdrop, or only the image, shows); ``threshold=null`` blends by the soft probability instead
+(lightseg.tools.effects).
 """
 
 from __future__ import annotations
@@ -18,21 +30,30 @@ from pathlib import Path
 
 import hydra
 import numpy as np
+import tifffile
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from PIL import Image, ImageOps, UnidentifiedImageError
 from rich.progress import track
 
 from lightseg import CONFIG_DIR
+from lightseg.checkpoints import load_module
 from lightseg.config import plain
+from lightseg.data.pixels import TIFF_SUFFIXES, read_image
 from lightseg.errors import LightsegError, user_errors
 from lightseg.tools.effects import EFFECTS, apply_effect, background_pixels
-from lightseg.tools.inference import build_segmenter, load_module
+from lightseg.tools.inference import build_segmenter
 from lightseg.utils.console import console
 from lightseg.utils.devices import inference_device
-from lightseg.visualize import class_colors, overlay, palette_image
+from lightseg.visualize import class_colors, display_image, overlay, palette_image
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+#: PIL modes of 16-bit and float grayscale images, which an RGB conversion would clip.
+DEEP_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
+KINDS = {1: " (grayscale)", 2: " (grayscale + alpha)", 3: " (RGB)", 4: " (RGBA or 4 bands)"}
+SHOWN = 10  # skipped files named in an error
+#: What reading a file that is no (complete) image raises.
+UNREADABLE = (OSError, ValueError, IndexError, UnidentifiedImageError, Image.DecompressionBombError)
 
 
 @dataclass
@@ -48,20 +69,64 @@ def input_images(path: Path, recursive: bool = False) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise LightsegError(f"input='{path}' does not exist: give an image file or a folder.")
-    candidates = path.rglob("*") if recursive else path.iterdir()
-    files = sorted(p for p in candidates if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    try:
+        files = image_files(path, recursive)
+        nested = [] if files or recursive else image_files(path, True)
+    except OSError as error:
+        raise LightsegError(f"Cannot list input folder '{path}': {error.strerror}.") from None
     if not files:
-        where = "or its subfolders" if recursive else "(add recursive=true for subfolders)"
+        where = "or its subfolders " if recursive else ""
+        hint = f" Its subfolders hold {len(nested)}: add recursive=true." if nested else ""
         raise LightsegError(
-            f"input folder '{path}' {where} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})."
+            f"input folder '{path}' {where}holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})."
+            + hint
         )
     return files
 
 
-def read_upright(path: Path) -> np.ndarray:
-    """uint8 RGB [H, W, 3], turned as the camera's EXIF orientation says."""
+def image_files(folder: Path, recursive: bool) -> list[Path]:
+    candidates = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in candidates if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def channels_in(path: Path) -> int:
+    """How many channels :func:`read_image` finds in ``path``, from the file's header."""
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        with tifffile.TiffFile(path) as tiff:
+            series = tiff.series[0]
+            shape, axes = series.shape, series.axes
+        return 1 if len(shape) == 2 else shape[0] if axes[1:] == "YX" else shape[-1]
     with Image.open(path) as image:
-        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+        return 3 if image.mode in ("P", "CMYK", "YCbCr") else len(image.getbands())
+
+
+def read_input(path: Path, channels: int) -> np.ndarray:
+    """Pixels ``[H, W, channels]`` as training reads ``path`` (see the module docs); the
+    error's message is the reason to list the file as skipped."""
+    try:
+        found = channels_in(path)
+        if found == channels:
+            return read_image(path, channels)
+        tiff = path.suffix.lower() in TIFF_SUFFIXES
+        if channels == 3 and (found == 1 or (found in (2, 4) and not tiff)):
+            return read_photo(path)
+    except LightsegError as error:  # training's reader names the problem; its advice is
+        raise LightsegError(str(error).split(". ")[0]) from None  # for datasets: cut
+    except UNREADABLE as error:
+        raise LightsegError(f"not a readable image ({type(error).__name__}: {error})") from None
+    raise LightsegError(
+        f"{found} channel(s){KINDS.get(found, '')}, but the model takes {channels} (the "
+        "channels of the images it was trained on)"
+    )
+
+
+def read_photo(path: Path) -> np.ndarray:
+    """A grayscale or RGBA image as RGB: grey repeated (any bit depth), alpha dropped."""
+    if path.suffix.lower() not in TIFF_SUFFIXES:
+        with Image.open(path) as image:
+            if image.mode not in DEEP_GRAY_MODES:
+                return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    return np.repeat(read_image(path, 1), 3, axis=2)
 
 
 def output_names(files: list[Path]) -> dict[Path, str]:
@@ -70,62 +135,141 @@ def output_names(files: list[Path]) -> dict[Path, str]:
     return {f: f.stem if stems[f.stem] == 1 else f.name for f in files}
 
 
-def predict(cfg: DictConfig) -> PredictionSummary:
-    """Write the prediction files for ``cfg.input`` into ``cfg.output``."""
-    effect = cfg.get("effect")
+def output_folder(path: Path) -> Path:
+    """``path``, created if missing; a clear error if it cannot hold the predictions."""
+    if path.exists() and not path.is_dir():
+        raise LightsegError(
+            f"output='{path}' is a file; give a folder for the predictions (created if missing)."
+        )
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".lightseg-write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise LightsegError(
+            f"Cannot write to output folder '{path}': {error.strerror}. Give a folder you can "
+            "write to: output=... ."
+        ) from None
+    return path
+
+
+def backdrop(background) -> np.ndarray | list[int]:
+    """``background`` as an RGB colour or a uint8 RGB picture (read as an RGB model's input)."""
+    if not isinstance(background, str):
+        try:
+            colour = [int(c) for c in background]
+        except (TypeError, ValueError):
+            colour = [background]
+        background_pixels(colour, (1, 1))  # a bad colour fails before any work
+        return colour
+    path = Path(background)
+    if not path.is_file():
+        raise LightsegError(
+            f"background='{background}' is neither an RGB colour like [0,255,0] nor an "
+            "existing image file."
+        )
+    try:
+        return display_image(read_input(path, 3))
+    except LightsegError as error:
+        raise LightsegError(
+            f"background='{background}' cannot be used as a picture: {error}. Give an RGB or "
+            "grayscale image file, or a colour like [0,255,0]."
+        ) from None
+
+
+def check_options(cfg: DictConfig) -> None:
+    effect, threshold, feather = cfg.get("effect"), cfg.get("threshold"), cfg.get("feather")
     if effect is not None and effect not in EFFECTS:
         raise LightsegError(f"Unknown effect '{effect}'. Available: {', '.join(EFFECTS)}.")
+    if threshold is not None and not 0 < float(threshold) < 1:
+        raise LightsegError(f"threshold={threshold} must be between 0 and 1 (or null: soft).")
+    if not float(feather) >= 0:
+        raise LightsegError(f"feather={feather} must be >= 0 pixels (0: a hard edge).")
+    if not 0 <= float(cfg.alpha) <= 1:
+        raise LightsegError(f"alpha={cfg.alpha} (the overlay's opacity) must be in 0..1.")
+
+
+def predict(cfg: DictConfig) -> PredictionSummary:
+    """Write the prediction files for ``cfg.input`` into ``cfg.output``."""
+    check_options(cfg)
+    effect, threshold = cfg.get("effect"), cfg.get("threshold")
     module = load_module(cfg.ckpt_path, inference_device(str(cfg.get("device", "auto"))))
+    if cfg.get("probabilities") and not module.task.binary:
+        raise LightsegError(
+            "probabilities=true writes the foreground probability of binary models; this model "
+            f"has {module.task.num_classes} classes. Leave probabilities=false."
+        )
     files = input_images(Path(cfg.input), bool(cfg.get("recursive", False)))
     segmenter = build_segmenter(module, plain(cfg.get("inference")))
     crf = instantiate(cfg.postprocess) if cfg.get("postprocess") else None
-    task = module.task
-    background = cfg.background if isinstance(cfg.background, str) else list(cfg.background)
-    if effect == "background":
-        background_pixels(background, (1, 1))  # a bad colour or file fails before any work
-    output = Path(cfg.output)
-    output.mkdir(parents=True, exist_ok=True)
-    colors = class_colors()
+    background = backdrop(cfg.background) if effect == "background" else None
+    created = not Path(cfg.output).exists()
+    output = output_folder(Path(cfg.output))
+    colors, names = class_colors(), output_names(files)
     summary = PredictionSummary()
-    names = output_names(files)
     for path in track(files, description=f"Predicting {len(files)} image(s)", console=console):
         try:
-            image = read_upright(path)
-        except (UnidentifiedImageError, OSError, ValueError) as error:
-            summary.skipped.append((path, str(error).splitlines()[0][:120]))
+            image = read_input(path, segmenter.input.channels)
+        except LightsegError as error:
+            summary.skipped.append((path, str(error)))
             continue
         probabilities = segmenter(image)
+        shown = image if image.dtype == np.uint8 and image.shape[-1] == 3 else display_image(image)
         if crf is not None:
-            probabilities = crf(image, probabilities)
+            probabilities = crf(shown, probabilities)
         mask = probabilities.argmax(0).astype(np.uint8)
         files_out = {
             "mask": palette_image(mask),
-            "overlay": Image.fromarray(overlay(image, mask, colors, float(cfg.alpha))),
+            "overlay": Image.fromarray(overlay(shown, mask, colors, float(cfg.alpha))),
         }
         foreground = 1.0 - probabilities[0]  # binary: the class; multiclass: any non-background
-        if cfg.get("probabilities") and task.binary:
+        if cfg.get("probabilities"):
             files_out["prob"] = Image.fromarray(np.round(foreground * 255).astype(np.uint8))
         if effect is not None:
-            result = apply_effect(effect, image, foreground, background, float(cfg.feather))
-            files_out[effect] = Image.fromarray(result)
+            picture = apply_effect(
+                effect, shown, foreground, background, float(cfg.feather), threshold
+            )
+            files_out[effect] = Image.fromarray(picture)
         for kind, picture in files_out.items():
-            target = output / f"{names[path]}_{kind}.png"
-            picture.save(target)
-            summary.written.append(target)
+            summary.written.append(save(picture, output / f"{names[path]}_{kind}.png", summary))
         summary.images += 1
-    report(summary, output)
+    if not summary.images and created:
+        output.rmdir()  # nothing was predicted: leave no empty folder behind
+    report(summary, output, Path(cfg.input))
     return summary
 
 
-def report(summary: PredictionSummary, output: Path) -> None:
+def save(picture: Image.Image, target: Path, summary: PredictionSummary) -> Path:
+    try:
+        picture.save(target)
+    except OSError as error:
+        raise LightsegError(
+            f"Cannot write '{target}': {error.strerror or error}. The {len(summary.written)} "
+            "file(s) written before it are kept; free space or choose another output=... ."
+        ) from None
+    return target
+
+
+def report(summary: PredictionSummary, output: Path, source: Path) -> None:
+    skipped = [f"{path}: {why}" for path, why in summary.skipped]
+    if not summary.images:
+        more = len(skipped) - SHOWN
+        raise LightsegError(
+            f"No image of input='{source}' could be predicted; every file was skipped: "
+            + "; ".join(skipped[:SHOWN])
+            + (f"; ... and {more} more" if more > 0 else "")
+            + ". Give images this model can read: the file types and channel count it was "
+            "trained on."
+        )
     console.print(
         f"Predicted {summary.images} image(s); wrote {len(summary.written)} file(s) to "
         f"[bold]{output}[/]."
     )
-    if summary.skipped:
-        console.print(f"[yellow]Skipped {len(summary.skipped)} unreadable file(s):[/]")
-        for path, why in summary.skipped:
-            console.print(f"  {path}: {why}")
+    if skipped:
+        console.print(f"[yellow]Skipped {len(skipped)} file(s):[/]")
+        for line in skipped:
+            console.print(f"  {line}", soft_wrap=True, markup=False)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")

@@ -1,0 +1,270 @@
+"""Checkpoints, in one place: writing them whole, checking, reading and loading them.
+
+Writing. Lightning's own writer stages the file in the system temp folder and moves it into
+place; when that folder is on another file system (often: /tmp on tmpfs) the move is a copy,
+and a kill during the copy leaves a truncated ``last.ckpt``. :class:`AtomicCheckpointIO` writes
+next to the target and renames, which POSIX guarantees to be all-or-nothing; the random states
+a resume needs are saved as tensors and plain types, so checkpoints load ``weights_only``.
+
+Reading. A lightseg checkpoint describes itself: the network's ``_target_`` and keys, the
+classes, the normalisation and (``inference``) the training input size are plain
+hyperparameters, so :func:`load_module` needs nothing else. :func:`model_input` says what the
+loaded model takes: the channel count (the length of its normalisation), the side multiple of
+its network and its training size -- what eval, predict and export follow.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+from lightseg.errors import LightsegError
+from lightseg.models import SegmentationModule, input_multiple
+from lightseg.models.network import without_pretrained
+
+TEMP_INFIX = ".partial-"
+#: Hyperparameters that make a checkpoint a lightseg checkpoint.
+REQUIRED_HPARAMS = ("model", "classes", "normalization")
+#: Training input size assumed for checkpoints that do not store one (hand-made ones).
+DEFAULT_IMAGE_SIZE = (256, 256)
+WHERE = "logs/<experiment>/runs/<time>/checkpoints/best.ckpt (and last.ckpt)"
+
+
+# --- writing ---------------------------------------------------------------------------------
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes ``path`` via a temporary file in the same folder, fsync and ``os.replace``."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        if storage_options is not None or not _is_local(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        atomic_save(checkpoint, Path(path))
+
+
+def _is_local(path) -> bool:
+    return type(get_filesystem(str(path))).__name__ == "LocalFileSystem"
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to ``path``: either the old file or the complete new one, never a part.
+
+    The temporary file is this process's own (its PID in the name); files that other, killed,
+    processes left are removed by :func:`remove_partial_files` when a run resumes.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}{TEMP_INFIX}{os.getpid()}")
+    try:
+        with open(temp, "wb") as file:
+            torch.save(obj, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable (a power cut could otherwise undo it)."""
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:  # not possible on every platform; the rename is still atomic
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
+@rank_zero_only
+def remove_partial_files(folder: Path) -> None:
+    """Delete temporary checkpoint files a killed process left behind (the caller holds the
+    run's lock, so no live process is writing them)."""
+    for stale in Path(folder).glob(f".*{TEMP_INFIX}*"):
+        stale.unlink(missing_ok=True)
+
+
+def random_states() -> dict[str, Any]:
+    """The global random generators' states, as tensors and plain types (``weights_only`` loads)."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    states = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_random_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    kind, keys, position, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    cuda = states.get("cuda")
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+# --- checking --------------------------------------------------------------------------------
+
+
+def check_file(path: str | Path | None) -> Path:
+    """``path`` as a Path, or a clear error if it names no checkpoint file."""
+    if path is None or not str(path).strip():
+        raise LightsegError(f"ckpt_path is empty: give a checkpoint file, e.g. {WHERE}.")
+    path = Path(path)
+    if path.is_dir():
+        found = [p for p in (path / "checkpoints" / "best.ckpt", path / "best.ckpt") if p.is_file()]
+        hint = f" This run's best checkpoint is '{found[0]}'." if found else ""
+        raise LightsegError(
+            f"ckpt_path='{path}' is a folder; give a checkpoint file: {WHERE}.{hint}"
+        )
+    if not path.is_file():
+        hint = "" if path.suffix == ".ckpt" else " Checkpoints end in .ckpt."
+        raise LightsegError(
+            f"Checkpoint '{path}' does not exist.{hint} Training writes {WHERE}; pass one as "
+            "ckpt_path=... ."
+        )
+    return path
+
+
+def check_readable(path: str | Path) -> None:
+    """A clear error for a checkpoint that is not a complete PyTorch file (torn, truncated).
+
+    Reads only the zip directory at the end of the file, which a torn write never has.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile) as error:
+        raise LightsegError(
+            f"Checkpoint '{path}' is damaged ({type(error).__name__}: {error}): it is not a "
+            "complete PyTorch checkpoint, e.g. it was cut off while being copied. Use another "
+            "checkpoint of the run (best.ckpt, or a copy), or start the run afresh without "
+            "ckpt_path / resume."
+        ) from None
+    if not any(name.endswith("data.pkl") for name in names):
+        raise LightsegError(f"'{path}' is a zip file but not a PyTorch checkpoint.")
+
+
+def check_resumable(path: str | Path) -> None:
+    """A clear error for a checkpoint training cannot continue from (torn, or weights only)."""
+    check_readable(path)
+    contents = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if "optimizer_states" not in contents or "loops" not in contents:
+        raise LightsegError(
+            f"Checkpoint '{path}' holds the weights only (best.ckpt does), not the optimizer and "
+            "loop state a resume needs. Continue from the run's checkpoints/last.ckpt "
+            "(ckpt_path=last), or start a new run."
+        )
+
+
+def checkpoint_position(path: str | Path) -> dict[str, int]:
+    """The epoch and global step a checkpoint was saved at (read without loading weights)."""
+    contents = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return {"epoch": int(contents.get("epoch", -1)), "step": int(contents.get("global_step", -1))}
+
+
+# --- reading and loading ---------------------------------------------------------------------
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The checkpoint dict at ``path``, loaded safely (``weights_only``) and checked."""
+    path = check_file(path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as error:  # permissions, I/O: the file is fine, reading it is not
+        raise LightsegError(
+            f"Cannot read checkpoint '{path}': {error.strerror or error}."
+        ) from None
+    except Exception as error:  # pickle, zip and unsafe-type errors all mean the same here
+        raise LightsegError(
+            f"Cannot read checkpoint '{path}' ({type(error).__name__}: {_first_sentence(error)}). "
+            "It is damaged, still being written, or not a PyTorch checkpoint; use a best.ckpt or "
+            "last.ckpt that a lightseg run wrote."
+        ) from None
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    if not isinstance(hparams, dict) or any(key not in hparams for key in REQUIRED_HPARAMS):
+        raise LightsegError(
+            f"'{path}' is not a lightseg checkpoint: it lacks the hyperparameters "
+            f"{list(REQUIRED_HPARAMS)} that lightseg stores to rebuild the model. Use a "
+            f"checkpoint written by `make train` ({WHERE})."
+        )
+    if "state_dict" not in checkpoint:
+        raise LightsegError(f"Checkpoint '{path}' holds no weights (no 'state_dict').")
+    if "_target_" not in (hparams.get("model") or {}):
+        raise LightsegError(
+            f"Checkpoint '{path}' names its network by model.arch only, as lightseg 0.1 wrote "
+            "them; this version builds networks from model._target_. Retrain, or add the "
+            "network's _target_ (configs/model/*.yaml) to hyper_parameters.model."
+        )
+    return checkpoint
+
+
+def _first_sentence(error: Exception) -> str:
+    return str(error).split(". ")[0].splitlines()[0][:200] if str(error) else ""
+
+
+def load_module(path: str | Path, device: str | torch.device = "cpu") -> SegmentationModule:
+    """The trained ``SegmentationModule`` stored at ``path``, in eval mode on ``device``."""
+    checkpoint = read_checkpoint(path)
+    hparams = dict(checkpoint["hyper_parameters"])
+    hparams["model"] = without_pretrained(hparams["model"])  # trained weights follow
+    hparams["compile"] = False
+    module = SegmentationModule(**hparams)
+    missing, unexpected = module.load_state_dict(checkpoint["state_dict"], strict=False)
+    # torchmetrics states are not saved; anything else missing means another architecture.
+    missing = [k for k in missing if not k.startswith(("eval_metrics.", "eval_losses."))]
+    if missing or unexpected:
+        raise LightsegError(
+            f"Checkpoint '{path}' does not match the model its hyperparameters describe "
+            f"(missing {missing[:5]}, unexpected {unexpected[:5]}). Was it edited by hand?"
+        )
+    return module.eval().to(device)
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """What a trained module takes, as its checkpoint says.
+
+    ``channels`` per image (the length of the stored normalisation, which training checks
+    against the data's channel count), image sides in multiples of ``multiple`` (the network's
+    ``input_multiple``), the training input ``image_size`` (``stored``: whether the checkpoint
+    has one, else :data:`DEFAULT_IMAGE_SIZE`) and ``mode``: how its validation fed images to it
+    (``whole``: resized to the training size, ``slide``: at their own scale; None: unknown).
+    Pixels are scaled to 0..1 by their type as in training (``to_unit_range``).
+    """
+
+    channels: int
+    multiple: int
+    image_size: tuple[int, int]
+    stored: bool
+    mode: str | None
+
+
+def model_input(module: SegmentationModule) -> ModelInput:
+    stored = module.hparams.get("inference") or {}
+    size = stored.get("image_size")
+    return ModelInput(
+        channels=int(module.normalize.mean.shape[1]),
+        multiple=input_multiple(module.net),
+        image_size=(int(size[0]), int(size[1])) if size else DEFAULT_IMAGE_SIZE,
+        stored=bool(size),
+        mode=stored.get("mode"),
+    )
