@@ -19,13 +19,11 @@ from typing import Any
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from torch import nn
 
 from lightseg.config import LOSS_WEIGHT_KEY as WEIGHT_KEY
 from lightseg.errors import LightsegError
-from lightseg.task import IGNORE_INDEX, Task, task_arguments
+from lightseg.task import IGNORE_INDEX, Task, build_named
 
 
 class CrossEntropy(nn.Module):
@@ -149,31 +147,9 @@ class SegmentationLoss(nn.Module):
 
 def build_loss(config: Mapping[str, Mapping[str, Any] | None], task: Task) -> SegmentationLoss:
     """``{name: {_target_, weight, **options}}`` -> SegmentationLoss; ``null`` drops a term."""
-    terms = {}
-    for name, entry in config.items():
-        if entry is None:
-            continue
-        options = dict(entry)
-        weight = float(options.pop(WEIGHT_KEY, 1.0))
-        if "_target_" not in options:
-            raise LightsegError(
-                f"loss.{name} has no _target_: name the term's class, e.g. "
-                f"loss.{name}._target_=lightseg.losses.Dice (configs/loss/*.yaml show the "
-                "built-in ones)."
-            )
-        filled = task_arguments(options, task)
-        try:
-            term = instantiate(options, **filled, _convert_="all")
-        except InstantiationException as error:
-            cause = error.__cause__ or error
-            if isinstance(cause, LightsegError):
-                raise cause from None
-            raise LightsegError(
-                f"loss.{name} ({options['_target_']}): {type(cause).__name__}: {cause}"
-            ) from None
-        if not isinstance(term, nn.Module):
-            raise LightsegError(f"loss.{name}._target_ must build a torch.nn.Module.")
-        terms[name] = (weight, term)
+    entries = {name: dict(entry) for name, entry in config.items() if entry is not None}
+    weights = {name: float(entry.pop(WEIGHT_KEY, 1.0)) for name, entry in entries.items()}
+    terms = build_named("loss", entries, task, nn.Module, "lightseg.losses.Dice")
     if not terms:
         raise LightsegError("The loss config has no terms; choose one, e.g. loss=ce_dice.")
-    return SegmentationLoss(terms)
+    return SegmentationLoss({name: (weights[name], term) for name, term in terms.items()})

@@ -31,11 +31,12 @@ from lightseg.config import image_size_hw, plain, validate
 from lightseg.data.statistics import fill_from_data
 from lightseg.errors import LightsegError, user_errors, user_message
 from lightseg.launch import prepare_arguments
-from lightseg.metrics import finite_or_none
+from lightseg.metrics import finite_or_none, metrics_for
 from lightseg.models import SegmentationModule, check_network
 from lightseg.runs import RunFolder, RunLock, recorded_run
 from lightseg.runs.record import end_record
 from lightseg.runs.resume import checkpoint_to_resume, continued_config
+from lightseg.task import Task
 from lightseg.utils.checkpoint import (
     AtomicCheckpointIO,
     check_resumable,
@@ -50,15 +51,16 @@ log = logging.getLogger(__name__)
 
 
 def build_module(cfg: DictConfig, classes: tuple[str, ...]) -> SegmentationModule:
-    if not cfg.get("metrics"):
-        raise LightsegError(
-            "The config has no metrics: choose the set the task reports, metrics=binary or "
-            "metrics=multiclass (data configs choose one for their dataset)."
-        )
+    # -- metrics (issue 18, METRICS part): the chosen set (metrics=<set>), or the task's set
+    # with any +metrics.<name> on top; the module stores the concrete set.
+    metrics = plain(cfg.get("metrics")) or {}
+    if "metrics" not in group_choices():
+        metrics = {**metrics_for(Task(tuple(classes))), **metrics}
+    # -- end of the metrics block
     return SegmentationModule(
         model=plain(cfg.model),
         loss=plain(cfg.loss),
-        metrics=plain(cfg.metrics),
+        metrics=metrics,
         optimizer=plain(cfg.optimizer),
         scheduler=plain(cfg.get("scheduler")) or None,
         classes=list(classes),

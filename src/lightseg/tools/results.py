@@ -18,7 +18,6 @@ and debug runs are listed under the table. Writes ``results.md`` and ``results.t
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import statistics
@@ -31,6 +30,7 @@ from hydra.utils import get_class
 from lightseg.errors import LightsegError, user_errors
 from lightseg.runs import RunFolder, find_runs
 from lightseg.runs.folder import PER_IMAGE, read_yaml
+from lightseg.runs.per_image import read_per_image
 from lightseg.runs.resume import override_key
 from lightseg.tools.stats import LEVEL, RESAMPLES, SEED, bootstrap_ci, paired_p
 from lightseg.utils.console import console
@@ -131,22 +131,6 @@ def _flatten(node, prefix: str = "") -> dict[str, str]:
             if not isinstance(value, dict):
                 flat[f"{prefix}{key}"] = str(value)
     return flat
-
-
-def read_per_image(path: Path, prefix: str, variant: str | None = None) -> dict:
-    """``{<prefix><metric>: {image id: value}}`` from a per_image.csv (NaN: no value)."""
-    if not path.is_file():
-        return {}
-    out: dict[str, dict[str, float]] = {}
-    with path.open(newline="") as file:
-        for row in csv.DictReader(file):
-            if variant is not None and row.get("variant", variant) != variant:
-                continue
-            for name, text in row.items():
-                if name not in ("id", "variant"):
-                    value = float(text) if text else math.nan
-                    out.setdefault(f"{prefix}{name}", {})[row["id"]] = value
-    return out
 
 
 def eval_results(run: RunFolder, source: Source) -> tuple[dict | None, dict, str | None]:
