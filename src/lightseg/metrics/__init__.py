@@ -10,20 +10,15 @@ constructors that take them. States are synced across processes by torchmetrics.
 A class that occurs in neither the predictions nor the targets has no IoU or Dice: its value
 is NaN (shown empty, written as null) and it is left out of every mean.
 
-Built-in metrics over the whole split (pooled confusion matrix, one state shared by all of
-them): ``IoU``, ``Dice`` (binary: the foreground class, the PH2/ISIC convention; multiclass:
-the mean over classes present, VOC's mIoU), ``PixelAccuracy``, ``Sensitivity`` and
-``Specificity`` (binary), ``MeanAccuracy`` and ``FrequencyWeightedIoU`` (multiclass). Built-in
-metrics per image, averaged over images: ``DicePerImage``, ``JaccardThresholded`` (ISIC 2018)
-and the boundary distances ``HD95`` and ``ASSD`` in pixels (binary). Their rules for empty
-masks are in their docstrings.
+Built in: metrics of the split's confusion matrix, one state shared by all of them
+(``confusion.py``: IoU, Dice, accuracies, sensitivity, specificity), and metrics per image,
+averaged over images (``per_image.py``: Dice, ISIC's thresholded Jaccard, HD95, ASSD).
+``configs/metrics/`` holds the sets a binary and a multiclass task report.
 """
 
-from lightseg.metrics.base import TaskMetric
-from lightseg.metrics.boundary import ASSD, HD95, BoundaryDistance
+from lightseg.metrics.base import TaskMetric, class_key
 from lightseg.metrics.collection import (
     build_metrics,
-    class_key,
     finite_or_none,
     metric_values,
     metrics_for,
@@ -41,12 +36,12 @@ from lightseg.metrics.confusion import (
     Specificity,
     confusion_matrix,
 )
-from lightseg.metrics.per_image import DicePerImage, JaccardThresholded, PerImageMetric
+from lightseg.metrics.per_image import ASSD, HD95, DicePerImage, JaccardThresholded, PerImageMetric
 
+#: The classes the configs name as ``lightseg.metrics.<class>``, and the bases of a fork's own.
 __all__ = [
     "ASSD",
     "HD95",
-    "BoundaryDistance",
     "ConfusionMatrixMetric",
     "Dice",
     "DicePerImage",

@@ -12,25 +12,23 @@ from lightseg.metrics.base import TaskMetric, class_key
 from lightseg.task import IGNORE_INDEX, Task
 
 
-def confusion_matrix(
-    preds: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX
-) -> torch.Tensor:
-    """``[C, C]`` counts, rows = true class, columns = predicted class; ignored pixels dropped."""
-    valid = target != ignore_index
-    index = target[valid].long() * num_classes + preds[valid].long()
-    return torch.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
-
-
 def per_image_confusion(
     preds: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX
 ) -> torch.Tensor:
-    """``[N, C, C]``: the confusion matrix of each image of the batch."""
+    """``[N, C, C]``: the confusion matrix of each image of the batch (rows: true class)."""
     n = preds.shape[0]
     valid = target != ignore_index
     image = torch.arange(n, device=preds.device).view(n, *([1] * (preds.dim() - 1)))
     index = (image * num_classes + target.long()) * num_classes + preds.long()
     counts = torch.bincount(index[valid], minlength=n * num_classes**2)
     return counts.reshape(n, num_classes, num_classes)
+
+
+def confusion_matrix(
+    preds: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
+    """``[C, C]`` counts, rows = true class, columns = predicted class; ignored pixels dropped."""
+    return per_image_confusion(preds, target, num_classes, ignore_index).sum(0)
 
 
 def ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
@@ -56,10 +54,6 @@ def class_recall(confusion: torch.Tensor) -> torch.Tensor:
 def headline(per_class: torch.Tensor, task: Task) -> torch.Tensor:
     """The foreground value (binary) or the mean over classes present (multiclass)."""
     return per_class[..., 1] if task.binary else per_class.nanmean(-1)
-
-
-def per_class_values(values: torch.Tensor, task: Task) -> dict[str, torch.Tensor]:
-    return {class_key(name): values[..., i] for i, name in enumerate(task.classes)}
 
 
 class ConfusionMatrixMetric(TaskMetric):
@@ -91,7 +85,8 @@ class IoU(ConfusionMatrixMetric):
 
     def values(self, confusion: torch.Tensor) -> dict[str, torch.Tensor]:
         per_class = class_scores(confusion, self.kind)
-        return {"": headline(per_class, self.task), **per_class_values(per_class, self.task)}
+        named = {class_key(c): per_class[..., i] for i, c in enumerate(self.task.classes)}
+        return {"": headline(per_class, self.task), **named}
 
 
 class Dice(IoU):
