@@ -26,6 +26,7 @@ from lightseg.metrics import (
     named_values,
     update_per_image,
 )
+from lightseg.runs.per_image import read_per_image, write_per_image
 from lightseg.task import IGNORE_INDEX, Task
 from lightseg.train import train
 from tests.conftest import ONE_STEP, make_config
@@ -353,6 +354,30 @@ def test_named_values_accepts_scalars_vectors_and_dicts_only():
     )
     with pytest.raises(LightsegError, match="shape"):
         named_values("m", torch.zeros(3, 3), BINARY)
+
+
+def test_per_image_csv_keeps_six_decimals_and_empty_for_no_value(tmp_path):
+    path = tmp_path / "per_image.csv"
+    rows = [
+        {"id": "a", "variant": "plain", "dice": 2 / 3, "hd95": math.nan},
+        {"id": "a", "variant": "tta", "dice": 0.5, "hd95": 1.0},
+        {"id": "b", "variant": "plain", "dice": None, "iou_lesion": 1},  # a column of its own
+    ]
+    write_per_image(path, rows)
+    assert path.read_text().splitlines() == [
+        "id,variant,dice,hd95,iou_lesion",
+        "a,plain,0.666667,,",
+        "a,tta,0.500000,1.000000,",
+        "b,plain,,,1",
+    ]
+    plain = read_per_image(path, "test/", variant="plain")
+    assert plain["test/dice"]["a"] == 0.666667 and math.isnan(plain["test/dice"]["b"])
+    assert math.isnan(plain["test/hd95"]["a"]) and plain["test/iou_lesion"] == {
+        "a": pytest.approx(math.nan, nan_ok=True),
+        "b": 1.0,
+    }
+    assert read_per_image(path, "", variant="tta")["hd95"] == {"a": 1.0}
+    assert read_per_image(tmp_path / "missing.csv", "test/") == {}
 
 
 class NotAMetric:
