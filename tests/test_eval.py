@@ -92,20 +92,46 @@ def test_crf_is_reported_next_to_the_network_output(demo_checkpoint, tmp_path):
     assert 0 <= report["metrics"]["plain+crf"]["iou"] <= 1
 
 
-def test_command_line_reads_the_run_config_and_takes_data_split(
-    demo_checkpoint, monkeypatch, capsys
-):
-    monkeypatch.setattr(
-        sys, "argv", ["lightseg.tools.eval", f"ckpt_path={demo_checkpoint}", "data.split=val"]
-    )
+def run_eval(monkeypatch, *args: str) -> None:
+    """``python -m lightseg.tools.eval ARGS``, in this process."""
+    monkeypatch.setattr(sys, "argv", ["lightseg.tools.eval", *args])
     try:
         main()
     finally:
         GlobalHydra.instance().clear()
+
+
+def test_command_line_reads_the_run_config_and_takes_data_split(
+    demo_checkpoint, monkeypatch, capsys
+):
+    run_eval(monkeypatch, f"ckpt_path={demo_checkpoint}", "data.split=val")
     folders = sorted((demo_checkpoint.parent.parent / "eval").glob("val_*"))
     report = json.loads((folders[-1] / "eval.json").read_text())
     assert report["split"] == "val" and report["images"] == 3
     assert "dice_lesion" in capsys.readouterr().out
+
+
+def test_the_command_line_adds_a_metric_to_the_runs_set_or_chooses_another_set(
+    demo_checkpoint, tmp_path, monkeypatch
+):
+    extra = [
+        "+metrics.acc_tm._target_=torchmetrics.classification.MulticlassAccuracy",
+        "+metrics.acc_tm.average=micro",  # over labelled pixels: the pixel accuracy
+    ]
+    run_eval(monkeypatch, f"ckpt_path={demo_checkpoint}", f"output_dir={tmp_path / 'a'}", *extra)
+    added = json.loads((tmp_path / "a" / "eval.json").read_text())["metrics"]["plain"]
+    stored = load_module(demo_checkpoint).hparams.metrics  # the run's set, plus acc_tm
+    assert set(stored) < set(added) and "dice_per_image" in added
+    assert added["acc_tm"] == pytest.approx(added["acc"], abs=1e-6)
+    run_eval(
+        monkeypatch,
+        f"ckpt_path={demo_checkpoint}",
+        f"output_dir={tmp_path / 'b'}",
+        "metrics=multiclass",
+    )
+    chosen = json.loads((tmp_path / "b" / "eval.json").read_text())["metrics"]["plain"]
+    assert {"mean_acc", "fwiou"} <= set(chosen) and "dice_per_image" not in chosen
+    assert chosen["acc"] == added["acc"] and chosen["iou_lesion"] == added["iou_lesion"]
 
 
 def test_data_of_another_task_is_refused(demo_checkpoint, tmp_path, data_dir):

@@ -154,6 +154,7 @@ def test_terms_get_the_batch_in_its_spatial_layout():
         (term("ce", class_weights=[1, 2]), BINARY, "class_weights need a multiclass task"),
         (term("ce", class_weights=[1, 2]), MULTI, "2 values for 4 classes"),
         ({}, BINARY, "no terms"),
+        ({"x": {"_target_": "collections.OrderedDict"}}, BINARY, r"loss\.x\..* a torch Module"),
     ],
 )
 def test_bad_loss_config_is_a_clear_error(config, task, message):

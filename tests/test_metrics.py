@@ -8,17 +8,28 @@ import math
 import statistics
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 from torch import nn
 from torchmetrics import Metric
 
 from lightseg import CONFIG_DIR
 from lightseg.errors import LightsegError
-from lightseg.metrics import build_metrics, named_values
+from lightseg.metrics import (
+    build_metrics,
+    confusion,
+    metric_values,
+    metrics_for,
+    named_values,
+    update_per_image,
+)
+from lightseg.runs.per_image import read_per_image, write_per_image
 from lightseg.task import IGNORE_INDEX, Task
-from tests.conftest import make_config
+from lightseg.train import train
+from tests.conftest import ONE_STEP, make_config
 
 X = IGNORE_INDEX
 BINARY, MULTI = Task(("background", "lesion")), Task(("bg", "cat", "dog"))
@@ -33,7 +44,7 @@ def computed(task: Task, preds, target, config=None) -> dict[str, float]:
     config = config or metrics_config("binary" if task.binary else "multiclass")
     metrics = build_metrics(config, task)
     metrics.update(torch.tensor(preds), torch.tensor(target))
-    return metrics.compute()
+    return metric_values(metrics, task)
 
 
 def test_binary_foreground_scores_and_per_image_dice():
@@ -113,7 +124,7 @@ def one_metric(target: str, task: Task = BINARY, **options):
 def score(target: str, preds, truth, **options) -> float:
     metric = one_metric(target, **options)
     metric.update(torch.as_tensor(preds), torch.as_tensor(truth))
-    return metric.compute()["m"]
+    return metric_values(metric, BINARY)["m"]
 
 
 def blank(height: int, width: int) -> torch.Tensor:
@@ -202,11 +213,11 @@ def test_per_image_values_are_each_images_own_and_accumulate():
     metrics = build_metrics(metrics_config("binary"), BINARY)
     preds = torch.tensor([[[1, 1, 0, 0]], [[0, 0, 0, 0]]])
     target = torch.tensor([[[1, 0, 0, 0]], [[1, 1, 0, 0]]])
-    first, second = metrics.per_image(preds, target)
+    first, second = update_per_image(metrics, preds, target, BINARY)
     assert first["dice"] == pytest.approx(2 / 3) and first["hd95"] == pytest.approx(0.95)
     assert second["dice"] == 0.0 and second["hd95"] == pytest.approx(math.hypot(1, 4))
     assert first["specificity"] == pytest.approx(2 / 3) and second["sensitivity"] == 0.0
-    total = metrics.compute()
+    total = metric_values(metrics, BINARY)
     assert total["dice"] == pytest.approx(2 * 1 / (2 + 3))  # pooled over both images
     assert total["hd95"] == pytest.approx((0.95 + math.hypot(1, 4)) / 2)
 
@@ -215,18 +226,107 @@ def test_accumulates_over_batches_and_resets():
     metrics = build_metrics(metrics_config("binary"), BINARY)
     metrics.update(torch.tensor([[[1, 0]]]), torch.tensor([[[1, 1]]]))
     metrics.update(torch.tensor([[[1, 1]]]), torch.tensor([[[1, 0]]]))
-    assert metrics.compute()["iou"] == pytest.approx(2 / 4)
+    assert metric_values(metrics, BINARY)["iou"] == pytest.approx(2 / 4)
     metrics.reset()
     metrics.update(torch.tensor([[[1, 1]]]), torch.tensor([[[1, 1]]]))
-    assert metrics.compute()["iou"] == 1.0
+    assert metric_values(metrics, BINARY)["iou"] == 1.0
 
 
-def test_calling_the_set_gives_this_batchs_values_and_accumulates():
+def test_scoring_one_image_gives_its_values_and_accumulates():
     metrics = build_metrics(metrics_config("binary"), BINARY)
-    first = metrics(torch.tensor([[[1, 0]]]), torch.tensor([[[1, 1]]]))
-    second = metrics(torch.tensor([[[1, 1]]]), torch.tensor([[[1, 1]]]))
+    (first,) = update_per_image(metrics, torch.tensor([[[1, 0]]]), torch.tensor([[[1, 1]]]), BINARY)
+    (second,) = update_per_image(
+        metrics, torch.tensor([[[1, 1]]]), torch.tensor([[[1, 1]]]), BINARY
+    )
     assert first["dice"] == pytest.approx(2 / 3) and second["dice"] == 1.0
-    assert metrics.compute()["dice"] == pytest.approx(2 * 3 / (3 + 4))
+    assert metric_values(metrics, BINARY)["dice"] == pytest.approx(2 * 3 / (3 + 4))
+
+
+def test_confusion_metrics_share_one_matrix_counted_once_per_batch(monkeypatch):
+    metrics = build_metrics(metrics_config("binary"), BINARY)
+    shared = ["acc", "dice", "iou", "sensitivity", "specificity"]
+    assert sorted(metrics.compute_groups.values()) == sorted(
+        [shared, ["assd"], ["dice_per_image"], ["hd95"], ["jaccard_thresholded"]]
+    )
+    multiclass = build_metrics(metrics_config("multiclass"), MULTI).compute_groups
+    assert list(multiclass.values()) == [["acc", "dice", "fwiou", "iou", "mean_acc"]]
+    counted = []
+    count = confusion.confusion_matrix
+    monkeypatch.setattr(confusion, "confusion_matrix", lambda *a: counted.append(1) or count(*a))
+    # the hand-computed case of test_binary_foreground_scores_and_per_image_dice, in 2 batches
+    metrics.update(torch.tensor([[[1, 0, 0], [1, 1, 1]]]), torch.tensor([[[1, 1, 0], [0, 0, X]]]))
+    metrics.update(torch.tensor([[[1, 1, 1], [0, 0, 0]]]), torch.tensor([[[1, 1, 1], [1, 0, 0]]]))
+    assert len(counted) == 2  # once per batch, for all five
+    members = dict(metrics.items(keep_base=True, copy_state=False))
+    assert len({id(members[name].confusion) for name in shared}) == 1  # one tensor
+    assert members["iou"].confusion.tolist() == [[3, 2], [2, 4]]  # rows: truth
+    values = metric_values(metrics, BINARY)
+    assert values["iou"] == pytest.approx(4 / 8) and values["acc"] == pytest.approx(7 / 11)
+    assert values["sensitivity"] == pytest.approx(4 / 6)
+    assert values["specificity"] == pytest.approx(3 / 5)
+
+
+def test_per_image_metrics_equal_by_chance_on_a_first_batch_keep_their_own_states():
+    # torchmetrics' own grouping would merge HD95 and ASSD after a perfect first batch (both 0)
+    metrics = build_metrics(
+        {name: {"_target_": f"lightseg.metrics.{name.upper()}"} for name in ("hd95", "assd")},
+        BINARY,
+    )
+    perfect = blank(4, 9)
+    perfect[0, 1:3, 1:3] = 1
+    metrics.update(perfect, perfect)
+    preds, truth = blank(4, 9), blank(4, 9)  # the case of test_hd95_and_assd_by_hand...
+    preds[0, 1:3, 1:3] = 1
+    truth[0, 1:3, 5:8] = 1
+    metrics.update(preds, truth)
+    values = metric_values(metrics, BINARY)
+    assert values["hd95"] == pytest.approx(5.0 / 2) and values["assd"] == pytest.approx(3.8 / 2)
+
+
+def test_stage_clones_are_named_by_their_prefix_and_count_apart():
+    metrics = build_metrics(metrics_config("binary"), BINARY)
+    val, test = metrics.clone(prefix="val/"), metrics.clone(prefix="test/")
+    val.update(torch.tensor([[[1, 0]]]), torch.tensor([[[1, 1]]]))
+    (image,) = update_per_image(test, torch.tensor([[[1, 1]]]), torch.tensor([[[1, 1]]]), BINARY)
+    logged = metric_values(val, BINARY)
+    assert logged["val/dice"] == pytest.approx(2 / 3) and logged["val/iou_lesion"] == 0.5
+    assert logged["val/dice_per_image"] == pytest.approx(2 / 3)
+    assert set(logged) == {f"val/{name}" for name in image}  # per image: without the prefix
+    assert metric_values(test, BINARY)["test/dice"] == 1.0 == image["dice"]
+
+
+def test_any_metrics_per_image_values_are_its_value_on_each_image_alone():
+    config = {
+        "iou": {"_target_": "lightseg.metrics.IoU"},
+        "acc_tm": {
+            "_target_": "torchmetrics.classification.MulticlassAccuracy",
+            "average": "micro",
+        },
+    }
+    metrics = build_metrics(config, MULTI)
+    target = [[[0, 0, 1, 1], [0, 2, 1, X], [2, 2, X, 1]], [[1, 1, 2, 2], [1, 1, 2, 2], [X] * 4]]
+    preds = [[[0, 1, 1, 1], [0, 2, 2, 1], [2, 1, 2, 1]], [[1, 1, 2, 1], [1, 1, 2, 2], [0] * 4]]
+    first, second = update_per_image(metrics, torch.tensor(preds), torch.tensor(target), MULTI)
+    assert first["acc_tm"] == pytest.approx(7 / 10) and second["acc_tm"] == pytest.approx(7 / 8)
+    assert first["iou"] == pytest.approx((2 / 3 + 3 / 6 + 2 / 4) / 3)
+    # image 2: class bg only predicted on ignored pixels: no value, left out of its mean
+    assert math.isnan(second["iou_bg"]) and second["iou_cat"] == pytest.approx(4 / 5)
+    assert second["iou"] == pytest.approx((4 / 5 + 3 / 4) / 2)
+    total = metric_values(metrics, MULTI)  # the batch counted once, not once more per image
+    assert total["acc_tm"] == pytest.approx(14 / 18)
+    assert total["iou_dog"] == pytest.approx(5 / 8)  # TP 2 + 3; FN 1 + 1; FP 1 + 0
+
+
+def test_the_metric_set_follows_the_task_unless_one_is_chosen():
+    assert metrics_for(BINARY) == metrics_config("binary")
+    assert metrics_for(MULTI) == metrics_config("multiclass")
+    assert list(metrics_for(Task(("a", "b", "c", "d")))) == list(metrics_config("multiclass"))
+    for task, kind in ((BINARY, "binary"), (MULTI, "multiclass")):
+        for nothing in (None, {}):
+            assert set(build_metrics(nothing, task).keys()) == set(metrics_config(kind))
+    # an explicit choice wins, and the binary set on three classes stays a clear error
+    with pytest.raises(LightsegError, match=r"metrics\.sensitivity .*binary tasks"):
+        build_metrics(metrics_config("binary"), MULTI)
 
 
 def test_a_torchmetrics_metric_from_config_gets_the_task_filled_in():
@@ -256,6 +356,30 @@ def test_named_values_accepts_scalars_vectors_and_dicts_only():
         named_values("m", torch.zeros(3, 3), BINARY)
 
 
+def test_per_image_csv_keeps_six_decimals_and_empty_for_no_value(tmp_path):
+    path = tmp_path / "per_image.csv"
+    rows = [
+        {"id": "a", "variant": "plain", "dice": 2 / 3, "hd95": math.nan},
+        {"id": "a", "variant": "tta", "dice": 0.5, "hd95": 1.0},
+        {"id": "b", "variant": "plain", "dice": None, "iou_lesion": 1},  # a column of its own
+    ]
+    write_per_image(path, rows)
+    assert path.read_text().splitlines() == [
+        "id,variant,dice,hd95,iou_lesion",
+        "a,plain,0.666667,,",
+        "a,tta,0.500000,1.000000,",
+        "b,plain,,,1",
+    ]
+    plain = read_per_image(path, "test/", variant="plain")
+    assert plain["test/dice"]["a"] == 0.666667 and math.isnan(plain["test/dice"]["b"])
+    assert math.isnan(plain["test/hd95"]["a"]) and plain["test/iou_lesion"] == {
+        "a": pytest.approx(math.nan, nan_ok=True),
+        "b": 1.0,
+    }
+    assert read_per_image(path, "", variant="tta")["hd95"] == {"a": 1.0}
+    assert read_per_image(tmp_path / "missing.csv", "test/") == {}
+
+
 class NotAMetric:
     def __init__(self, num_classes: int) -> None:
         self.num_classes = num_classes
@@ -266,7 +390,7 @@ def test_bad_metric_configs_are_clear_errors():
         build_metrics({"x": {"average": "macro"}}, BINARY)
     with pytest.raises(LightsegError, match="is not a torchmetrics Metric"):
         build_metrics({"x": {"_target_": f"{__name__}.NotAMetric"}}, BINARY)
-    assert issubclass(type(build_metrics(metrics_config("binary"), BINARY).metrics["iou"]), Metric)
+    assert issubclass(type(build_metrics(metrics_config("binary"), BINARY)["iou"]), Metric)
 
 
 class Background(nn.Module):
@@ -283,8 +407,6 @@ class Background(nn.Module):
 
 
 def test_training_reports_a_class_absent_from_truth_and_prediction_as_empty(tmp_path, data_dir):
-    from lightseg.train import train
-
     cfg = make_config(
         tmp_path,
         "experiment=voc_unet",
@@ -308,3 +430,41 @@ def test_training_reports_a_class_absent_from_truth_and_prediction_as_empty(tmp_
     assert saved["val/iou"] == pytest.approx(statistics.fmean(saved[k] for k in present))
     rows = list(csv.DictReader((tmp_path / "run" / "per_image.csv").open()))
     assert rows and all(row[absent[0].replace("val/", "")] == "" for row in rows)
+
+
+def test_a_three_class_folder_reports_the_multiclass_set_without_naming_one(tmp_path):
+    root = tmp_path / "three"
+    for seed in range(8):  # index masks 0..2 (a, b, c) with an ignored border
+        label = np.zeros((24, 28), np.uint8)
+        label[12:, :] = 1
+        label[2 + seed : 9 + seed, 4:15] = 2
+        label[:, -2:] = 255
+        for folder, pixels in (("images", label[..., None].repeat(3, 2) * 60), ("masks", label)):
+            (root / folder).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(root / folder / f"case_{seed}.png")
+    cfg = make_config(
+        tmp_path,
+        "data=folder",
+        f"data.source.root={root}",
+        "data.source.classes=[a,b,c]",
+        # a metric added to the task's set (a torchmetrics one: micro accuracy = acc)
+        "+metrics.acc_tm._target_=torchmetrics.classification.MulticlassAccuracy",
+        "+metrics.acc_tm.average=micro",
+        *ONE_STEP,
+        "model=unet_resnet18",
+        "data.image_size=32",
+    )
+    metrics = train(cfg)
+    per_class = [f"{m}_{c}" for m in ("iou", "dice") for c in "abc"]
+    names = {"loss", "iou", "dice", "acc", "mean_acc", "fwiou", "acc_tm", *per_class}
+    assert {k for k in metrics if k.startswith("val/")} == {f"val/{n}" for n in names}
+    for stage in ("val", "test"):
+        assert metrics[f"{stage}/acc_tm"] == pytest.approx(metrics[f"{stage}/acc"], abs=1e-6)
+        present = [
+            metrics[f"{stage}/iou_{c}"] for c in "abc" if metrics[f"{stage}/iou_{c}"] is not None
+        ]
+        assert metrics[f"{stage}/iou"] == pytest.approx(statistics.fmean(present))
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    stored = checkpoint["hyper_parameters"]["metrics"]  # the concrete set, for eval
+    assert stored == {**metrics_config("multiclass"), "acc_tm": stored["acc_tm"]}
+    assert stored["acc_tm"]["average"] == "micro"

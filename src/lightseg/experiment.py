@@ -5,8 +5,8 @@ trainer. ``train``, ``make lr-find`` and the benchmarks all build it here, so th
 the network takes the image size), then builds what is slow (pretrained weights, the trainer).
 What the data decides is resolved into a NEW config, never written into the one given:
 ``auto`` mean/std and loss weights from the training split, the metric set of the task when
-none was chosen, the network's ``in_channels``. That config is what a run saves
-(``config.yaml``) and what its checkpoints store.
+none was chosen (``+metrics.<name>`` adds to it), the network's ``in_channels``. That config is
+what a run saves (``config.yaml``) and what its checkpoints store.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from lightseg.config import image_size_hw, plain, validate
 from lightseg.data import SegmentationDataModule
 from lightseg.data.statistics import fill_from_data
 from lightseg.losses import loss_terms
+from lightseg.metrics import metrics_for
 from lightseg.models import check_network
 from lightseg.models.network import takes
 from lightseg.utils.console import quiet_third_party
@@ -62,8 +63,8 @@ def resolve(cfg: DictConfig, datamodule: SegmentationDataModule) -> DictConfig:
     resolved = copy.deepcopy(cfg)
     fill_from_data(resolved, datamodule)
     with open_dict(resolved):
-        if not resolved.get("metrics"):  # TEMP until metrics18 merge: metrics_for(task)
-            raise ValueError("no metrics")
+        if "metrics" not in group_choices():  # the task's set, any +metrics.<name> on top
+            resolved.metrics = {**metrics_for(datamodule.task), **plain(cfg.get("metrics") or {})}
         if "in_channels" not in resolved.model and takes(resolved.model._target_, "in_channels"):
             resolved.model.in_channels = datamodule.in_channels
     return resolved

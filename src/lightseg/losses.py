@@ -19,12 +19,10 @@ from typing import Any
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from torch import nn
 
 from lightseg.errors import LightsegError
-from lightseg.task import IGNORE_INDEX, Task, task_arguments
+from lightseg.task import IGNORE_INDEX, Task, build_named
 
 
 class CrossEntropy(nn.Module):
@@ -173,19 +171,7 @@ def loss_terms(config: Mapping[str, Any] | None) -> dict[str, tuple[float, dict[
 def build_loss(config: Mapping[str, Mapping[str, Any] | None], task: Task) -> SegmentationLoss:
     """``{name: {weight, term: {_target_, **options}}}`` -> SegmentationLoss; ``null`` drops a
     term."""
-    terms = {}
-    for name, (weight, options) in loss_terms(config).items():
-        filled = task_arguments(options, task)
-        try:
-            term = instantiate(options, **filled, _convert_="all")
-        except InstantiationException as error:
-            cause = error.__cause__ or error
-            if isinstance(cause, LightsegError):
-                raise cause from None
-            raise LightsegError(
-                f"loss.{name} ({options['_target_']}): {type(cause).__name__}: {cause}"
-            ) from None
-        if not isinstance(term, nn.Module):
-            raise LightsegError(f"loss.{name}.term._target_ must build a torch.nn.Module.")
-        terms[name] = (weight, term)
-    return SegmentationLoss(terms)
+    terms = loss_terms(config)
+    options = {name: term for name, (_, term) in terms.items()}
+    built = build_named("loss", options, task, nn.Module, "lightseg.losses.Dice", ".term")
+    return SegmentationLoss({name: (terms[name][0], built[name]) for name in terms})

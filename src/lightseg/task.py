@@ -1,4 +1,5 @@
-"""What kind of segmentation task a class list implies, decided here and nowhere else."""
+"""What kind of segmentation task a class list implies, decided here and nowhere else, and
+what a task fills in for the loss terms and metrics a config names (:func:`build_named`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from hydra.utils import get_object
+from hydra.errors import InstantiationException
+from hydra.utils import get_object, instantiate
+
+from lightseg.errors import LightsegError
 
 #: Label value that marks pixels excluded from losses and metrics (VOC borders, COCO crowds).
 IGNORE_INDEX = 255
@@ -69,3 +73,42 @@ def task_arguments(config: Mapping[str, Any], task: Task) -> dict[str, Any]:
     except (ImportError, AttributeError, ValueError, TypeError):
         return {}  # instantiate() reports a target that cannot be imported
     return {k: v for k, v in values.items() if k in parameters and k not in config}
+
+
+def build_named(
+    group: str,
+    config: Mapping[str, Mapping[str, Any] | None],
+    task: Task,
+    kind: type,
+    example: str,
+    field: str = "",
+) -> dict[str, Any]:
+    """``{name: {_target_, **options}}`` (the ``loss`` terms or the ``metrics`` group) ->
+    ``{name: object}`` with :func:`task_arguments` filled in; ``null`` drops an entry. Every
+    mistake is a LightsegError naming ``<group>.<name><field>`` (``loss.ce.term``); ``example``
+    is a class to name in its message."""
+    built = {}
+    for key, entry in config.items():
+        if entry is None:
+            continue
+        name, options = f"{key}{field}", dict(entry)
+        if "_target_" not in options:
+            raise LightsegError(
+                f"{group}.{name} has no _target_: name its class, e.g. {group}.{name}._target_="
+                f"{example} (configs/{group}/*.yaml show the built-in ones)."
+            )
+        try:
+            built[key] = instantiate(options, **task_arguments(options, task), _convert_="all")
+        except InstantiationException as error:
+            cause = error.__cause__ or error
+            if isinstance(cause, LightsegError):
+                raise cause from None
+            raise LightsegError(
+                f"{group}.{name} ({options['_target_']}): {type(cause).__name__}: {cause}"
+            ) from None
+        if not isinstance(built[key], kind):
+            library = kind.__module__.split(".")[0]
+            raise LightsegError(
+                f"{group}.{name}._target_={options['_target_']} is not a {library} {kind.__name__}."
+            )
+    return built

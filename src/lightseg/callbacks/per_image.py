@@ -6,9 +6,7 @@ paired tests; ``make eval`` writes the same file, at native resolution, for what
 
 from __future__ import annotations
 
-import csv
-import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import lightning as L
@@ -16,23 +14,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lightseg.runs import RunFolder
-
-
-def write_per_image_csv(path: Path, rows: Iterable[Mapping[str, object]]) -> None:
-    """One row per image: its keys (``id``, ...) then every value; NaN (no value) as empty."""
-    rows = list(rows)
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    with Path(path).open("w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(columns)
-        for row in rows:
-            writer.writerow([text(row.get(column)) for column in columns])
-
-
-def text(value: object) -> str:
-    if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.6f}"
-    return "" if value is None else str(value)
+from lightseg.runs.per_image import write_per_image
 
 
 def gathered(rows: list) -> list:
@@ -65,4 +47,4 @@ class PerImageResults(Callback):
         rows = gathered(self.rows)
         if trainer.is_global_zero and rows:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            write_per_image_csv(self.path, ({"id": i, **values} for i, values in rows))
+            write_per_image(self.path, ({"id": i, **values} for i, values in rows))

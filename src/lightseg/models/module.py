@@ -31,7 +31,7 @@ from torchmetrics import MeanMetric
 from lightseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Normalize
 from lightseg.errors import LightsegError
 from lightseg.losses import build_loss
-from lightseg.metrics import build_metrics
+from lightseg.metrics import build_metrics, metric_values, update_per_image
 from lightseg.models.network import build_network, check_output, outputs_of
 from lightseg.task import Task
 from lightseg.utils.devices import compile_in_place
@@ -75,8 +75,9 @@ class SegmentationModule(L.LightningModule):
         if compile:
             compile_in_place(self.net)
         self.criterion = build_loss(loss, self.task)
+        chosen = build_metrics(metrics, self.task)  # None: the task's set
         self.eval_metrics = torch.nn.ModuleDict(
-            {stage: build_metrics(metrics, self.task) for stage in EVAL_STAGES}
+            {stage: chosen.clone(prefix=f"{stage}/") for stage in EVAL_STAGES}
         )
         self.eval_losses = torch.nn.ModuleDict({stage: MeanMetric() for stage in EVAL_STAGES})
         norm = normalization or {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
@@ -156,13 +157,13 @@ class SegmentationModule(L.LightningModule):
         return self.task.predict(outputs["logits"])
 
     def _log_eval_epoch(self, stage: str) -> None:
-        values = {"loss": float(self.eval_losses[stage].compute())}
-        values.update(self.eval_metrics[stage].compute())
+        values = {f"{stage}/loss": float(self.eval_losses[stage].compute())}
+        values.update(metric_values(self.eval_metrics[stage], self.task))
         self.eval_losses[stage].reset()
         self.eval_metrics[stage].reset()
         # torchmetrics already reduced the states over all ranks; the values are global.
         for name, value in values.items():
-            self.log(f"{stage}/{name}", value, prog_bar=name in PROGRESS_BAR_METRICS)
+            self.log(name, value, prog_bar=name.split("/", 1)[1] in PROGRESS_BAR_METRICS)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self.eval_metrics["val"].update(self._eval_step(batch, "val"), batch["mask"])
@@ -174,7 +175,7 @@ class SegmentationModule(L.LightningModule):
         """Also returns each image's metric values, ``{"per_image": [(id, {name: value})]}``:
         the PerImageResults callback writes them to the run's per_image.csv."""
         preds = self._eval_step(batch, "test")
-        values = self.eval_metrics["test"].per_image(preds, batch["mask"])
+        values = update_per_image(self.eval_metrics["test"], preds, batch["mask"], self.task)
         ids = batch.get("id") or [f"batch{batch_idx}_{i}" for i in range(len(values))]
         return {"per_image": list(zip(ids, values, strict=True))}
 

@@ -34,15 +34,24 @@ from PIL import Image
 from rich.progress import track
 from rich.table import Table
 from torch.utils.data import DataLoader, Dataset
+from torchmetrics import MetricCollection
 
 from lightseg import CONFIG_DIR
-from lightseg.callbacks.per_image import write_per_image_csv
 from lightseg.checkpoints import load_module, model_input
 from lightseg.config import plain
 from lightseg.data.base import Sample, SegmentationSource, read_pair
 from lightseg.errors import LightsegError, user_errors
-from lightseg.metrics import MetricSet, build_metrics, class_key, confusion_matrix, finite_or_none
+from lightseg.metrics import (
+    build_metrics,
+    class_key,
+    confusion_matrix,
+    finite_or_none,
+    metric_values,
+    metrics_for,
+    update_per_image,
+)
 from lightseg.runs import RunFolder
+from lightseg.runs.per_image import cell, write_per_image
 from lightseg.task import Task
 from lightseg.tools.inference import Segmenter, build_segmenter
 from lightseg.utils.console import console
@@ -84,7 +93,7 @@ class Scores:
     the split's confusion matrix for the figure (``confusion``: only the variant the figure
     shows counts one; the others keep None), and each image's values for per_image.csv."""
 
-    def __init__(self, metrics: MetricSet, task: Task, confusion: bool = True) -> None:
+    def __init__(self, metrics: MetricCollection, task: Task, confusion: bool = True) -> None:
         self.task, self.metrics = task, metrics
         self.confusion: torch.Tensor | None = None
         if confusion:
@@ -94,12 +103,13 @@ class Scores:
     def update(self, prediction: np.ndarray, target: torch.Tensor, sample_id: str) -> None:
         """Score one image; ``target``: its mask as [1, H, W] int64 (see :func:`as_target`)."""
         preds = torch.from_numpy(prediction.astype(np.int64))[None]
-        self.per_image.append((sample_id, self.metrics(preds, target)))
+        (values,) = update_per_image(self.metrics, preds, target, self.task)
+        self.per_image.append((sample_id, values))
         if self.confusion is not None:
             self.confusion += confusion_matrix(preds, target, self.task.num_classes)
 
     def compute(self) -> dict[str, float]:
-        return self.metrics.compute()
+        return metric_values(self.metrics, self.task)
 
     def ranked(self, metric: str, lower_is_better: bool = False) -> list[tuple[float, str]]:
         """(value, id) of every image that has a value of ``metric``, worst first."""
@@ -139,9 +149,15 @@ def output_folder(cfg: DictConfig) -> Path:
 
 
 def metrics_config(cfg: DictConfig, module, from_command_line: bool) -> dict:
-    """The checkpoint's own metrics (what training logged), or those the command line chose."""
-    stored = module.hparams.get("metrics")
-    return plain(cfg.metrics) if from_command_line or not stored else dict(stored)
+    """The checkpoint's own metrics (what training logged; the task's set if it stores none),
+    the set the command line chose (``metrics=<set>``), or the checkpoint's with the command
+    line's ``+metrics.<name>`` on top."""
+    stored = dict(module.hparams.get("metrics") or metrics_for(module.task))
+    if not from_command_line:
+        return stored
+    given = plain(cfg.get("metrics")) or {}
+    chosen = HydraConfig.initialized() and HydraConfig.get().runtime.choices.get("metrics")
+    return given if chosen else {**stored, **given}
 
 
 def evaluate(
@@ -233,7 +249,10 @@ def evaluate(
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "eval.json").write_text(json.dumps(without_nan(report), indent=2))
     write_per_class(folder / "per_class.csv", report)
-    write_per_image(folder / "per_image.csv", scores)
+    write_per_image(
+        folder / "per_image.csv",
+        ({"id": i, "variant": v, **values} for v, s in scores.items() for i, values in s.per_image),
+    )
     figure = confusion_figure(final.confusion.numpy(), task.classes, f"{cfg.split}: {names[-1]}")
     figure.savefig(folder / "confusion_matrix.png", dpi=120)
     save_examples(folder / "examples.png", report, datamodule.source, samples, segmenter, crf)
@@ -264,11 +283,6 @@ def per_class_metrics(values: dict[str, float], classes: list[str]) -> list[str]
     return [m for m in values if all(f"{m}_{k}" in values for k in keys)]
 
 
-def cell(value: float | None, digits: int = 6) -> str:
-    """A value for CSV files and tables; empty where there is none (NaN)."""
-    return "" if value is None or math.isnan(value) else f"{value:.{digits}f}"
-
-
 def write_per_class(path: Path, report: dict) -> None:
     """One row per class, one column per per-class metric and inference variant."""
     variants = list(report["metrics"])
@@ -280,16 +294,6 @@ def write_per_class(path: Path, report: dict) -> None:
             key = class_key(name)
             row = [report["metrics"][v][f"{m}_{key}"] for v in variants for m in names]
             writer.writerow([name, *(cell(value) for value in row)])
-
-
-def write_per_image(path: Path, scores: dict[str, Scores]) -> None:
-    """One row per image and inference variant: ``id, variant`` and every per-image value."""
-    rows = (
-        {"id": sample_id, "variant": variant, **values}
-        for variant, score in scores.items()
-        for sample_id, values in score.per_image
-    )
-    write_per_image_csv(path, rows)
 
 
 def save_examples(

@@ -9,7 +9,6 @@ the table; ``lightseg.tools.plot`` draws their training curves.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import statistics
@@ -21,6 +20,7 @@ from typing import Any
 from lightseg.errors import LightsegError
 from lightseg.runs import RunFolder, find_runs
 from lightseg.runs.folder import PER_IMAGE, read_yaml
+from lightseg.runs.per_image import read_per_image
 from lightseg.runs.resume import override_key
 
 #: Overrides that do not make a different configuration: replicates (seeds, data splits, the
@@ -120,22 +120,6 @@ def _flatten(node, prefix: str = "") -> dict[str, str]:
             if not isinstance(value, dict):
                 flat[f"{prefix}{key}"] = str(value)
     return flat
-
-
-def read_per_image(path: Path, prefix: str, variant: str | None = None) -> dict:
-    """``{<prefix><metric>: {image id: value}}`` from a per_image.csv (NaN: no value)."""
-    if not path.is_file():
-        return {}
-    out: dict[str, dict[str, float]] = {}
-    with path.open(newline="") as file:
-        for row in csv.DictReader(file):
-            if variant is not None and row.get("variant", variant) != variant:
-                continue
-            for name, text in row.items():
-                if name not in ("id", "variant"):
-                    value = float(text) if text else math.nan
-                    out.setdefault(f"{prefix}{name}", {})[row["id"]] = value
-    return out
 
 
 def eval_results(run: RunFolder, numbers_from: NumbersFrom) -> tuple[dict | None, dict, str | None]:

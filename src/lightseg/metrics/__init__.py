@@ -1,0 +1,65 @@
+"""Segmentation metrics as torchmetrics ``Metric`` objects, and the collection a run reports.
+
+The metric contract: a torchmetrics ``Metric`` updated with ``(preds, target)``, both
+``[N, H, W]`` class indices, ``target`` 255 where pixels are ignored. ``compute()`` returns a
+scalar, a vector of one value per class, or a dict of scalars; under the name ``iou`` these are
+logged as ``val/iou``, ``val/iou_<class>``, and ``val/iou`` / ``val/iou_<key>`` (key ``""`` is
+the metric itself). lightseg fills in ``num_classes``, ``classes`` and ``ignore_index`` for
+constructors that take them. States are synced across processes by torchmetrics.
+
+A class that occurs in neither the predictions nor the targets has no IoU or Dice: its value
+is NaN (shown empty, written as null) and it is left out of every mean.
+
+Built in: metrics of the split's confusion matrix, one state shared by all of them
+(``confusion.py``: IoU, Dice, accuracies, sensitivity, specificity), and metrics per image,
+averaged over images (``per_image.py``: Dice, ISIC's thresholded Jaccard, HD95, ASSD).
+``configs/metrics/`` holds the sets a binary and a multiclass task report.
+"""
+
+from lightseg.metrics.base import TaskMetric, class_key
+from lightseg.metrics.collection import (
+    build_metrics,
+    finite_or_none,
+    metric_values,
+    metrics_for,
+    named_values,
+    update_per_image,
+)
+from lightseg.metrics.confusion import (
+    ConfusionMatrixMetric,
+    Dice,
+    FrequencyWeightedIoU,
+    IoU,
+    MeanAccuracy,
+    PixelAccuracy,
+    Sensitivity,
+    Specificity,
+    confusion_matrix,
+)
+from lightseg.metrics.per_image import ASSD, HD95, DicePerImage, JaccardThresholded, PerImageMetric
+
+#: The classes the configs name as ``lightseg.metrics.<class>``, and the bases of a fork's own.
+__all__ = [
+    "ASSD",
+    "HD95",
+    "ConfusionMatrixMetric",
+    "Dice",
+    "DicePerImage",
+    "FrequencyWeightedIoU",
+    "IoU",
+    "JaccardThresholded",
+    "MeanAccuracy",
+    "PerImageMetric",
+    "PixelAccuracy",
+    "Sensitivity",
+    "Specificity",
+    "TaskMetric",
+    "build_metrics",
+    "class_key",
+    "confusion_matrix",
+    "finite_or_none",
+    "metric_values",
+    "metrics_for",
+    "named_values",
+    "update_per_image",
+]
