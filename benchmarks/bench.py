@@ -38,7 +38,7 @@ from rich.table import Table
 from torch.utils.data import DataLoader
 
 from lightseg.config import compose_config, image_size_hw
-from lightseg.data.base import SegmentationDataModule
+from lightseg.data import SegmentationDataModule
 from lightseg.errors import user_errors
 from lightseg.models.module import FINETUNE_KEYS
 from lightseg.tools.inference import Segmenter
@@ -335,7 +335,7 @@ def bench(argv: list[str] | None = None) -> dict[str, Any]:
         f"paths.output_dir={args.output}",
         f"trainer.accelerator={'gpu' if gpu else 'cpu'}",
     ]
-    base = [*common, "scheduler=none", "data.cache=true", "data.num_workers=0"]
+    base = [*common, "scheduler=none", "data.cache.enabled=true", "data.num_workers=0"]
     variants = [[]] + ([["trainer.precision=bf16-mixed", "channels_last=true"]] if gpu else [])
     results: dict[str, Any] = {"machine": machine()}
     cfg = compose_config([*base, *args.overrides])

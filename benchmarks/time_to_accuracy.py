@@ -34,7 +34,7 @@ from omegaconf import DictConfig, open_dict
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from lightseg.data.base import SegmentationDataModule
+from lightseg.data import SegmentationDataModule
 from lightseg.train import build_module, build_trainer
 
 #: The plain loop's recipe (the reference loop of issue 14).
@@ -115,7 +115,7 @@ def pooled_dice(net: nn.Module, loader: DataLoader, device: torch.device) -> flo
 def plain_time(cfg: DictConfig, target: float, seed: int, epochs: int) -> dict[str, Any]:
     """Seconds until the plain loop reaches ``target`` validation Dice (None: not in budget)."""
     datamodule = instantiate(cfg.data, _convert_="all")
-    datamodule.locate(prepare=True)
+    datamodule.locate()
     height, width = datamodule.image_size
     torch.manual_seed(seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

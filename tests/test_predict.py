@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from lightseg import CONFIG_DIR
-from lightseg.data.base import read_label_png
+from lightseg.data.source import read_label_png
 from lightseg.errors import LightsegError
 from lightseg.tools.effects import apply_effect, color_splash, replace_background, soft_alpha
 from lightseg.tools.inference import Segmenter, load_module

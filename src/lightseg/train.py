@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightseg import CONFIG_DIR
 from lightseg.config import image_size_hw, plain, validate
-from lightseg.data.statistics import fill_from_data
+from lightseg.data.statistics import resolve_auto
 from lightseg.errors import LightsegError, user_errors, user_message
 from lightseg.launch import prepare_arguments
 from lightseg.metrics import finite_or_none
@@ -136,8 +136,8 @@ def _train(cfg, run: RunFolder, ckpt_path, owner: bool, overrides) -> dict[str, 
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data, _convert_="all")
-    datamodule.locate(prepare=True)  # the data is there before anything slow happens
-    fill_from_data(cfg, datamodule)  # `auto` mean/std and class weights -> numbers
+    datamodule.locate()  # the data is there before anything slow happens
+    cfg = resolve_auto(cfg, datamodule)  # `auto` mean/std and class weights -> numbers
     out_channels = datamodule.task.out_channels
     check_network(plain(cfg.model), out_channels, datamodule.in_channels, datamodule.image_size)
     module = build_module(cfg, datamodule.classes)

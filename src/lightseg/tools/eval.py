@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 from lightseg import CONFIG_DIR
 from lightseg.callbacks.per_image import write_per_image_csv
 from lightseg.config import plain
-from lightseg.data.base import Sample, SegmentationSource, read_pair
+from lightseg.data.source import Sample, SegmentationSource, read_pair
 from lightseg.errors import LightsegError, user_errors
 from lightseg.metrics import MetricSet, build_metrics, class_key, confusion_matrix, finite_or_none
 from lightseg.runs import RunFolder
@@ -157,7 +157,7 @@ def evaluate(
             f"{list(datamodule.classes)}. Evaluate on the dataset it was trained on "
             "(experiment=... or data=...)."
         )
-    datamodule.locate(prepare=True)  # the split lists only: eval reads full-size images
+    datamodule.locate()  # the split lists only: eval reads full-size images
     if cfg.split not in datamodule.splits:
         raise LightsegError(f"split={cfg.split} is unknown: use test, val or train.")
     samples = datamodule.splits[cfg.split]

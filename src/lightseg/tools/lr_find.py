@@ -66,7 +66,7 @@ def lr_find(cfg: DictConfig) -> dict[str, Any]:
     validate(cfg, group_choices())
     output = Path(cfg.paths.output_dir)
     datamodule = instantiate(cfg.data, _convert_="all")
-    datamodule.locate(prepare=True)
+    datamodule.locate()
     check_network(
         plain(cfg.model),
         datamodule.task.out_channels,

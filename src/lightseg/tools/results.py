@@ -40,8 +40,8 @@ DEFAULT_METRICS = ("test/dice", "test/iou")
 #: folds of k-fold cross-validation), paths, logging, resuming.
 NOT_A_SETTING = (
     "seed",
-    "data.split_seed",
-    "data.fold",
+    "data.split.seed",
+    "data.split.fold",
     "ckpt_path",
     "resume",
     "print_config",
