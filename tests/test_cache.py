@@ -26,10 +26,9 @@ from torch.utils.data import DataLoader, Dataset
 from lightseg.data import Sample, SegmentationDataModule, SegmentationSource
 from lightseg.data.cache import INDEX, PIXELS, RECORD, open_cache, working_size
 from lightseg.data.demo import Demo
-from lightseg.data.fingerprint import fingerprint
 from lightseg.data.folder import Folder
 from lightseg.data.sampling import SeededAugmentation
-from lightseg.data.source import read_pair
+from lightseg.data.source import fingerprint, read_pair
 from lightseg.data.transforms import init_loader_worker
 from lightseg.errors import LightsegError
 
@@ -336,7 +335,7 @@ import sys, time
 from pathlib import Path
 from lightseg.data.cache import open_cache
 from lightseg.data.demo import Demo
-from lightseg.data.source import read_pair
+from lightseg.data.source import fingerprint, read_pair
 
 source = Demo(sys.argv[1], num_cases=10)
 def slow_read(sample):

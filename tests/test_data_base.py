@@ -15,9 +15,8 @@ from PIL import Image
 
 from lightseg.data import Sample, SegmentationDataModule, SegmentationSource
 from lightseg.data.demo import Demo
-from lightseg.data.fingerprint import fingerprint
 from lightseg.data.sampling import EvalDistributedSampler
-from lightseg.data.source import stratified_split
+from lightseg.data.source import fingerprint, stratified_split
 from lightseg.errors import LightsegError
 from tests.conftest import make_config
 from tests.sources import CountingDemo, locate_slow_source

@@ -1,23 +1,17 @@
 """A dataset decoded once into a memory-mapped file that every loader worker shares.
 
-Decoding BMPs, JPEGs or PNGs and shrinking large images cost more than the augmentations that
-follow, and they give the same result every epoch. With ``data.cache.enabled`` each sample is
-read once through its source, optionally shrunk to a working size (``data.cache.scale`` times
-the training size, so that augmentations still start from more pixels than the network sees),
-and appended to one flat file: the image's pixels as read (``[H, W, C]``, 8-bit, 16-bit or
-float), then its uint8 mask ``[H, W]``; the index keeps each sample's offset, pixel type and
-shape. Loader workers map that file (the operating system keeps one copy in its page cache for
-all of them) and read a sample as a slice, without decoding anything.
+Decoding and shrinking images cost more than the augmentations that follow and give the same
+result every epoch. With ``data.cache.enabled`` each sample is read once through its source,
+shrunk to a working size (``data.cache.scale`` x the training size, so augmentations still
+start from more pixels than the network sees; null: as read) and appended to one flat file,
+image pixels in their own type then the uint8 mask; the index keeps offsets, types and shapes.
+Workers map the file (one copy in the page cache for all) and read a sample as a slice.
 
-The cache lives in a folder named after the source and a key over everything that decides its
-contents (:func:`lightseg.data.fingerprint.fingerprint`, the format version, the working
-size): editing, adding or removing a file, changing a setting or asking for another size gives
-a fresh cache; the same data and size reuse the existing one. It is written to a scratch folder
-and renamed into place when complete, its last file a record of the pixel file's length and
-the index's checksum. Opening a cache checks both against the files: a damaged cache (a
-truncated pixel file, an unreadable index) is reported in one line and built again. A file
-lock beside the cache lets one process (of all nodes sharing the folder) build while the others
-wait and then read it; the builder first removes scratch folders that killed builds left.
+The folder is keyed on :func:`~lightseg.data.source.fingerprint` (files, settings), the format
+version and the working size. It is built in a scratch folder renamed into place when complete,
+whose last file records the pixel file's length and the index's checksum; opening checks both,
+so a damaged cache is reported in one line and built again. A file lock beside it lets one
+process of all nodes build while the others wait; the builder first removes killed builds.
 """
 
 from __future__ import annotations
@@ -33,8 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from lightseg.data.fingerprint import fingerprint
-from lightseg.data.source import Sample, SegmentationSource
+from lightseg.data.source import Sample, SegmentationSource, fingerprint
 from lightseg.errors import LightsegError
 from lightseg.utils.locks import file_lock
 

@@ -64,7 +64,6 @@ class Folder(SegmentationSource):
         self.mask_pattern = mask_pattern
         self.mask_stem = pattern_regex(mask_pattern)
         self.mask_reader = MaskReader(self.classes, palette, ignore_color)
-        self.palette, self.ignore_color = self.mask_reader.palette, self.mask_reader.ignore_color
         self.in_channels = at_least(in_channels, 1, "data.source.in_channels")
 
     # --- finding and pairing --------------------------------------------------------------

@@ -29,7 +29,9 @@ whose reading depends on more (a version of its own code) overrides ``settings()
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import os
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -136,6 +138,36 @@ class SegmentationSource:
             "paths.data_dir=... . To try lightseg without downloading anything, run `make train` "
             "(the built-in demo data)."
         )
+
+
+def file_stamp(path: Path | None) -> list | None:
+    """``[absolute path, size, mtime_ns]``; a missing file is stamped too (its read errs)."""
+    if path is None:
+        return None
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return [os.path.abspath(path), None]
+    return [os.path.abspath(path), stat.st_size, stat.st_mtime_ns]
+
+
+def fingerprint(source: SegmentationSource, samples: Sequence[Sample], **extra: Any) -> str:
+    """SHA-1 (hex) of what the caches derived from ``samples`` depend on: the source's class,
+    classes, channels and settings, each sample's id and files, and ``extra`` (what the cache
+    itself adds: its format version, a working size)."""
+    described = {
+        "source": f"{type(source).__module__}.{type(source).__qualname__}",
+        "classes": list(source.classes),
+        "in_channels": source.in_channels,
+        "settings": source.settings(),
+        "samples": [
+            [s.id, file_stamp(s.image), file_stamp(s.mask)]
+            for s in sorted(samples, key=lambda s: s.id)
+        ],
+        **extra,
+    }
+    text = json.dumps(described, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()
 
 
 def read_pair(source: SegmentationSource, sample: Sample) -> tuple[np.ndarray, np.ndarray]:

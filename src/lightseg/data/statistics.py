@@ -29,8 +29,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from lightseg.config import FROM_TRAINING_SPLIT
-from lightseg.data.fingerprint import fingerprint
-from lightseg.data.source import Sample, SegmentationSource, read_pair
+from lightseg.data.source import Sample, SegmentationSource, fingerprint, read_pair
 from lightseg.data.transforms import pixel_scale
 from lightseg.errors import LightsegError
 
