@@ -18,6 +18,7 @@ from PIL import Image
 from lightseg import CONFIG_DIR
 from lightseg.data import download
 from lightseg.data.folder import Folder
+from lightseg.data.source import read_pair
 from lightseg.errors import LightsegError
 from lightseg.tools.eval import evaluate
 from lightseg.train import train
@@ -432,7 +433,7 @@ def test_a_mask_of_another_size_is_named(photos):
     with pytest.raises(
         LightsegError, match=r"case_002.png' is 12x10 pixels but its image .* 42x32"
     ):
-        source.read(sample)
+        read_pair(source, sample)  # as training, make data and eval read every pair
 
 
 def test_an_empty_folder_and_a_missing_root_say_what_to_put_where(tmp_path):

@@ -174,8 +174,8 @@ class COCO(SegmentationSource):
             if manifest.get("key") != self.cache_key(subset):
                 raise LightsegError(
                     f"The COCO mask cache '{folder}' is missing or out of date with "
-                    f"'{self.annotations(subset)}'. It is built by prepare() (Lightning calls "
-                    "datamodule.prepare_data() before setup); call that first."
+                    f"'{self.annotations(subset)}'. It is built by prepare(), which lightseg "
+                    "calls before find(); call that first."
                 )
             for image_id, file_name, labelled in manifest["images"]:
                 image = self.root / subset / file_name

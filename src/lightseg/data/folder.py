@@ -245,15 +245,7 @@ class Folder(SegmentationSource):
     def read(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
         if not self.mask_reader.decided:
             self.find()  # decides how binary masks are encoded
-        image = self.read_image(sample.image)
-        mask = self.mask_reader.read(sample.mask)
-        if image.shape[:2] != mask.shape:
-            raise LightsegError(
-                f"The mask '{sample.mask}' is {mask.shape[1]}x{mask.shape[0]} pixels but its image "
-                f"'{sample.image}' is {image.shape[1]}x{image.shape[0]}: a mask must match its "
-                "image pixel for pixel. Export the mask again at the image's size."
-            )
-        return image, mask
+        return self.read_image(sample.image), self.mask_reader.read(sample.mask)
 
     def read_image(self, path: Path) -> np.ndarray:
         return read_image(path, self.in_channels)

@@ -175,9 +175,11 @@ def read_pair(source: SegmentationSource, sample: Sample) -> tuple[np.ndarray, n
     image, mask = source.read(sample)
     if image.shape[:2] != mask.shape[:2]:
         raise LightsegError(
-            f"Image and mask of sample '{sample.id}' differ in size: {sample.image} is "
-            f"{image.shape[1]}x{image.shape[0]} but {sample.mask} is "
-            f"{mask.shape[1]}x{mask.shape[0]}. Re-extract both files from the official archive."
+            f"Image and mask of sample '{sample.id}' differ in size: the mask '{sample.mask}' is "
+            f"{mask.shape[1]}x{mask.shape[0]} pixels but its image '{sample.image}' is "
+            f"{image.shape[1]}x{image.shape[0]}. A mask must match its image pixel for pixel: "
+            "export the mask again at the image's size, or re-extract both files from the "
+            "dataset's archive."
         )
     return image, mask
 
