@@ -325,7 +325,7 @@ def bench(argv: list[str] | None = None) -> dict[str, Any]:
         f"paths.output_dir={args.output}",
         f"trainer.accelerator={'gpu' if gpu else 'cpu'}",
     ]
-    base = [*common, "scheduler=none", "data.cache=true", "data.num_workers=0"]
+    base = [*common, "scheduler=none", "data.cache.enabled=true", "data.num_workers=0"]
     variants = [[]] + (
         [["trainer.precision=bf16-mixed", "module.channels_last=true"]] if gpu else []
     )

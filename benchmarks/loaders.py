@@ -23,7 +23,7 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from lightseg.config import compose_config
-from lightseg.data.base import SegmentationDataModule
+from lightseg.data import SegmentationDataModule
 from lightseg.data.demo import write_demo
 from lightseg.data.ph2 import IMAGES_FOLDER
 from lightseg.errors import LightsegError
@@ -58,7 +58,7 @@ def data_config(name: str, size: int, data_dir: str, output: Path):
     overrides = [f"paths.data_dir={data_dir}", f"paths.output_dir={output}"]
     if name == PH2_SIZED:
         root = write_ph2_sized(output.parent / "fixtures" / PH2_SIZED / "PH2Dataset", 120)
-        overrides += ["data=ph2", f"data.source.root={root}", f"data.cache_dir={root.parent}/cache"]
+        overrides += ["data=ph2", f"data.source.root={root}", f"data.cache.dir={root.parent}/cache"]
     else:
         overrides.append(f"data={name}")
     overrides += [f"data.image_size={size}", "data.split_dir=null"]
@@ -91,13 +91,15 @@ def loader_rows(args, data_dir: str) -> list[dict[str, Any]]:
     for name in args.datasets:
         try:
             data_cfg = data_config(name, args.loader_size, data_dir, args.output)
-            probe = instantiate(data_cfg, _convert_="all", cache=False)
-            probe.locate(prepare=True)
+            probe = instantiate(data_cfg, _convert_="all", cache={"enabled": False})
+            probe.locate()
         except LightsegError:
             console.print(f"  {name}: dataset not present, skipped")
             continue
         for cache in (False, True):  # without a cache, the probe is that datamodule
-            datamodule = instantiate(data_cfg, _convert_="all", cache=True) if cache else probe
+            datamodule = (
+                instantiate(data_cfg, _convert_="all", cache={"enabled": True}) if cache else probe
+            )
             start = time.perf_counter()
             datamodule.prepare_data()
             row: dict[str, Any] = {

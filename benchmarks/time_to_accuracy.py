@@ -111,7 +111,7 @@ def pooled_dice(net: nn.Module, loader: DataLoader, device: torch.device) -> flo
 def plain_time(cfg: DictConfig, target: float, seed: int, epochs: int) -> dict[str, Any]:
     """Seconds until the plain loop reaches ``target`` validation Dice (None: not in budget)."""
     datamodule = instantiate(cfg.data, _convert_="all")
-    datamodule.locate(prepare=True)
+    datamodule.locate()
     height, width = datamodule.image_size
     torch.manual_seed(seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,15 @@ def metrics_for(classes) -> dict:
 
 
 CE_DICE = {**group_option("loss", "ce"), **group_option("loss", "dice")}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cache_dir(tmp_path_factory) -> Path:
+    """lightseg's cache folder (paths.cache_dir) for the whole session, subprocesses included:
+    tests never write into the user's ~/.cache/lightseg."""
+    folder = tmp_path_factory.mktemp("lightseg_cache")
+    os.environ["LIGHTSEG_CACHE_DIR"] = str(folder)
+    return folder
 
 
 @pytest.fixture(scope="module")

@@ -79,4 +79,4 @@ def test_the_ph2_sized_fixture_has_ph2_layout_and_size(tmp_path):
         assert Image.open(sample.mask).mode == "1" and Image.open(sample.mask).size == image.size
     mask = np.asarray(Image.open(samples[0].mask).convert("L"))
     assert 0 < (mask > 0).mean() < 0.5  # the lesion survived the rescaling
-    assert make_config(tmp_path, "data=ph2").data.cache is True  # PH2 trains from the cache
+    assert make_config(tmp_path, "data=ph2").data.cache.enabled is True  # PH2 trains from it

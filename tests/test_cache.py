@@ -1,10 +1,18 @@
-"""The preprocessed data cache: built once, reused, rebuilt when data or size change, shared."""
+"""The preprocessed data cache: built once, reused, rebuilt when data, settings or size change,
+shared, verified when opened, rebuilt when damaged."""
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
+import logging
 import multiprocessing
 import os
 import pickle
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,16 +23,19 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lightseg.data.base import Sample, SegmentationDataModule, SegmentationSource, read_pair
-from lightseg.data.cache import INDEX, open_cache, working_size
+from lightseg.data import Sample, SegmentationDataModule, SegmentationSource
+from lightseg.data.cache import INDEX, PIXELS, RECORD, open_cache, working_size
 from lightseg.data.demo import Demo
+from lightseg.data.folder import Folder
 from lightseg.data.sampling import SeededAugmentation
+from lightseg.data.source import fingerprint, read_pair
 from lightseg.data.transforms import init_loader_worker
 from lightseg.errors import LightsegError
 
 
-def datamodule(tmp_path, transforms=(), **kwargs) -> SegmentationDataModule:
-    kwargs = {"cache": True, "cache_dir": tmp_path / "cache", "num_workers": 0, **kwargs}
+def datamodule(tmp_path, transforms=(), scale=None, **kwargs) -> SegmentationDataModule:
+    cache = {"enabled": True, "scale": scale, "dir": tmp_path / "cache"}
+    kwargs = {"cache": cache, "num_workers": 0, **kwargs}
     pipelines = {"train": list(transforms), "eval": list(transforms)}
     return SegmentationDataModule(Demo(tmp_path / "demo", num_cases=10), pipelines, 32, **kwargs)
 
@@ -40,7 +51,8 @@ def reads(monkeypatch) -> list[str]:
 
 def caches(tmp_path) -> list[str]:
     """The built caches (not their lock files, nor temporary build folders)."""
-    return sorted(p.name for p in (tmp_path / "cache").iterdir() if not p.name.startswith("."))
+    folder = tmp_path / "cache" / "samples"
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
 
 
 def test_each_sample_is_read_once_and_later_runs_reuse_the_cache(tmp_path, reads):
@@ -48,7 +60,7 @@ def test_each_sample_is_read_once_and_later_runs_reuse_the_cache(tmp_path, reads
     first.prepare_data()
     every_id = sorted(s.id for split in first.splits.values() for s in split)
     assert sorted(reads) == every_id and len(every_id) == 10
-    uncached = datamodule(tmp_path, cache=False)
+    uncached = datamodule(tmp_path, cache={"enabled": False})
     for split in ("train", "val", "test"):
         dataset, plain = first.dataset(split), uncached.dataset(split)
         for _ in range(3):  # three epochs, nothing read again
@@ -71,9 +83,9 @@ def test_an_edited_file_or_another_size_builds_a_new_cache(tmp_path, reads):
     reads.clear()
     datamodule(tmp_path).prepare_data()
     assert len(reads) == 10 and len(caches(tmp_path)) == 2
-    datamodule(tmp_path, cache_scale=2.0).prepare_data()
+    datamodule(tmp_path, scale=2.0).prepare_data()
     assert len(caches(tmp_path)) == 3
-    datamodule(tmp_path, cache_scale=2.0).prepare_data()
+    datamodule(tmp_path, scale=2.0).prepare_data()
     assert len(caches(tmp_path)) == 3
 
 
@@ -85,8 +97,8 @@ def test_working_size_keeps_the_aspect_ratio_and_never_enlarges():
 
 
 def test_cache_scale_stores_images_shrunk_to_the_working_size(tmp_path):
-    dm = datamodule(tmp_path, cache_scale=1.5)  # at least 48 px per side for 32 px training
-    sample = dm.locate(prepare=True)["train"][0]
+    dm = datamodule(tmp_path, scale=1.5)  # at least 48 px per side for 32 px training
+    sample = dm.locate()["train"][0]
     original_image, original_mask = dm.source.read(sample)
     height, width = original_image.shape[:2]
     image, mask = dm.sample_cache().read(sample.id)
@@ -135,13 +147,19 @@ def test_transforms_may_write_into_cached_arrays_without_changing_the_cache(tmp_
 def test_an_unwritable_cache_folder_is_a_clear_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    with pytest.raises(LightsegError, match=r"data\.cache_dir.*data\.cache=false"):
-        datamodule(tmp_path, cache_dir=blocker / "cache").prepare_data()
+    cache = {"enabled": True, "dir": blocker / "cache"}
+    with pytest.raises(LightsegError, match=r"Cannot lock .*paths\.cache_dir"):
+        datamodule(tmp_path, cache=cache).prepare_data()  # the demo's prepare() needs its lock
+    deep = SegmentationDataModule(
+        DeepGray(tmp_path), {"train": [], "eval": []}, mean=[0.5], std=[0.25], cache=cache
+    )
+    with pytest.raises(LightsegError, match=r"data\.cache\.dir.*data\.cache\.enabled=false"):
+        deep.prepare_data()
 
 
 def test_a_failed_build_leaves_nothing_behind(tmp_path, monkeypatch):
     dm = datamodule(tmp_path)
-    dm.locate(prepare=True)
+    dm.locate()
     original, count = Demo.read, []
 
     def fail_on_third(self, sample):
@@ -153,16 +171,11 @@ def test_a_failed_build_leaves_nothing_behind(tmp_path, monkeypatch):
     monkeypatch.setattr(Demo, "read", fail_on_third)
     with pytest.raises(LightsegError, match="Cannot read image file"):
         dm.prepare_data()
-    assert [p.suffix for p in (tmp_path / "cache").iterdir()] == [".lock"]  # no partial build
+    assert [p.suffix for p in (tmp_path / "cache" / "samples").iterdir()] == [".lock"]
     monkeypatch.setattr(Demo, "read", original)
     dm.prepare_data()
     (folder,) = caches(tmp_path)
-    assert (tmp_path / "cache" / folder / INDEX).is_file()
-
-
-def test_cache_scale_must_be_positive(tmp_path):
-    with pytest.raises(LightsegError, match=r"data\.cache_scale=0 must be > 0"):
-        datamodule(tmp_path, cache_scale=0)
+    assert (tmp_path / "cache" / "samples" / folder / INDEX).is_file()
 
 
 class OpenCVThreads(Dataset):
@@ -198,14 +211,14 @@ class DeepGray(SegmentationSource):
 
 @pytest.mark.parametrize("cache_scale", [None, 1.0])
 def test_16_bit_single_channel_images_keep_their_type_and_axis_in_the_cache(tmp_path, cache_scale):
-    def deep(**kwargs) -> SegmentationDataModule:
+    def deep(enabled: bool) -> SegmentationDataModule:
         pipelines = {"train": [A.Resize(32, 32)], "eval": [A.Resize(32, 32)]}
-        kwargs = {"cache_dir": tmp_path / "cache", "num_workers": 0, **kwargs}
+        cache = {"enabled": enabled, "scale": cache_scale, "dir": tmp_path / "cache"}
         return SegmentationDataModule(
-            DeepGray(tmp_path), pipelines, 32, mean=[0.5], std=[0.25], **kwargs
+            DeepGray(tmp_path), pipelines, 32, 8, 0, mean=[0.5], std=[0.25], cache=cache
         )
 
-    cached, uncached = deep(cache=True, cache_scale=cache_scale), deep(cache=False)
+    cached, uncached = deep(True), deep(False)
     cached.prepare_data()
     sample = cached.splits["train"][0]
     image, mask = cached.sample_cache().read(sample.id)
@@ -238,7 +251,7 @@ def build_demo_cache(root: str, cache_dir: str, reads_file: str) -> None:
         time.sleep(0.05)  # long enough for the other process to arrive mid-build
         return read_pair(source, sample)
 
-    open_cache(source, samples, read, Path(cache_dir)).read(samples[0].id)
+    open_cache(source, samples, read, Path(cache_dir) / "samples").read(samples[0].id)
 
 
 def test_two_nodes_sharing_the_cache_folder_build_it_once(tmp_path):
@@ -253,4 +266,145 @@ def test_two_nodes_sharing_the_cache_folder_build_it_once(tmp_path):
         node.join(120)
     assert [node.exitcode for node in nodes] == [0, 0]
     assert len(reads.read_text().split()) == 10  # every sample read once, by one of them
-    assert len(caches(tmp_path)) == 1 and not list((tmp_path / "cache").glob("*.partial"))
+    assert len(caches(tmp_path)) == 1 and not list((tmp_path / "cache").glob("*/*.partial"))
+
+
+# --- damage, as the world makes it ---------------------------------------------------------
+
+
+def assert_reads_as_the_source(cache, source, samples) -> None:
+    for sample in samples:
+        for cached, read in zip(cache.read(sample.id), read_pair(source, sample), strict=True):
+            np.testing.assert_array_equal(cached, read)
+
+
+def truncate_pixels(folder: Path) -> str:
+    size = (folder / PIXELS).stat().st_size
+    os.truncate(folder / PIXELS, size // 2)  # a copy cut short, a full disk
+    return f"pixels.u8 has {size // 2} bytes, {size} were written"
+
+
+def empty_pixels(folder: Path) -> str:
+    size = (folder / PIXELS).stat().st_size
+    os.truncate(folder / PIXELS, 0)  # once: numpy's "cannot reshape array of size 0"
+    return f"pixels.u8 has 0 bytes, {size} were written"
+
+
+def garbage_index(folder: Path) -> str:
+    (folder / INDEX).write_text('{"version": 3, "samples": {"IMD0')  # JSONDecodeError once
+    return "index.json does not match the checksum in complete.json"
+
+
+def index_without_samples(folder: Path) -> str:
+    """An index missing its field, with a record that matches it (a foreign writer's)."""
+    text = json.dumps({"version": 3}).encode()
+    (folder / INDEX).write_bytes(text)
+    record = json.loads((folder / RECORD).read_text())
+    record["index"] = hashlib.sha1(text).hexdigest()
+    (folder / RECORD).write_text(json.dumps(record))
+    return "index.json is not a cache index (KeyError: 'samples')"
+
+
+def record_missing(folder: Path) -> str:
+    (folder / RECORD).unlink()  # a cache copied without its last file
+    return "complete.json is missing"
+
+
+@pytest.mark.parametrize(
+    "damage", [truncate_pixels, empty_pixels, garbage_index, index_without_samples, record_missing]
+)
+def test_a_damaged_cache_is_reported_in_one_line_and_rebuilt(tmp_path, reads, caplog, damage):
+    datamodule(tmp_path).prepare_data()
+    (name,) = caches(tmp_path)
+    folder = tmp_path / "cache" / "samples" / name
+    before = (folder / PIXELS).read_bytes()
+    reason = damage(folder)
+    reads.clear()
+    with caplog.at_level(logging.INFO):
+        dm = datamodule(tmp_path)
+        dm.prepare_data()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == [f"The data cache '{folder}' is damaged ({reason}): rebuilding it."]
+    assert len(reads) == 10 and caches(tmp_path) == [name]  # rebuilt in place, read once more
+    assert (folder / PIXELS).read_bytes() == before
+    assert_reads_as_the_source(dm.sample_cache(), dm.source, dm.splits["train"])
+
+
+KILLED_BUILD = """
+import sys, time
+from pathlib import Path
+from lightseg.data.cache import open_cache
+from lightseg.data.demo import Demo
+from lightseg.data.source import fingerprint, read_pair
+
+source = Demo(sys.argv[1], num_cases=10)
+def slow_read(sample):
+    print(sample.id, flush=True)
+    time.sleep(0.3)
+    return read_pair(source, sample)
+open_cache(source, source.find(), slow_read, Path(sys.argv[2]))
+"""
+
+
+def test_a_build_killed_midway_is_removed_and_rebuilt_by_the_next_process(tmp_path):
+    source, folder = Demo(tmp_path / "demo", num_cases=10), tmp_path / "cache" / "samples"
+    source.prepare()
+    builder = subprocess.Popen(
+        [sys.executable, "-c", KILLED_BUILD, str(source.root), str(folder)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    started = [builder.stdout.readline() for _ in range(3)]  # three samples into the build
+    os.kill(builder.pid, signal.SIGKILL)
+    builder.wait(60)
+    assert builder.returncode == -signal.SIGKILL and all(started)
+    (left,) = folder.glob(".*.partial")  # what the killed process left behind
+    assert (left / PIXELS).is_file() and not (left / RECORD).exists()
+
+    samples = source.find()
+    cache = open_cache(source, samples, lambda s: read_pair(source, s), folder)
+    assert not list(folder.glob(".*.partial")) and len(caches(tmp_path)) == 1
+    assert_reads_as_the_source(cache, source, samples)
+
+
+#: Another valid value for every setting of the folder source.
+FOLDER_CHANGES = {
+    "root": "other",
+    "classes": ["bg", "fg"],
+    "images": "pictures",
+    "masks": "labels",
+    "mask_pattern": "{stem}_mask",
+    "split_lists": None,
+    "csv": "pairs.csv",
+    "palette": [[0, 0, 0], [255, 255, 255]],
+    "ignore_color": [255, 0, 0],
+    "in_channels": 1,
+}
+
+
+def test_changing_any_setting_of_the_folder_source_keys_a_new_cache(tmp_path):
+    assert set(FOLDER_CHANGES) == set(inspect.signature(Folder).parameters)  # every setting
+    samples = [Sample("a", tmp_path / "a.png", tmp_path / "a_mask.png")]
+    key = fingerprint(Folder(tmp_path), samples)
+    for name, value in FOLDER_CHANGES.items():
+        value = tmp_path / value if name == "root" else value
+        assert fingerprint(Folder(**{"root": tmp_path, name: value}), samples) != key, name
+    assert fingerprint(Folder(tmp_path), samples) == key
+
+
+def test_a_changed_setting_builds_a_new_cache_through_the_datamodule(tmp_path):
+    from tests.fixtures_datasets import write_folder
+
+    root = write_folder(tmp_path / "photos")
+
+    def cached(**source_settings) -> set[str]:
+        pipelines = {"train": [], "eval": []}
+        dm = SegmentationDataModule(
+            Folder(root, **source_settings), pipelines, cache={"enabled": True, "dir": tmp_path}
+        )
+        dm.prepare_data()
+        return {p.name for p in (tmp_path / "samples").iterdir() if not p.name.startswith(".")}
+
+    assert len(cached()) == 1
+    assert len(cached()) == 1  # the same settings reuse it
+    assert len(cached(classes=["skin", "lesion"])) == 2

@@ -15,7 +15,7 @@ from PIL import Image
 
 from lightseg import CONFIG_DIR
 from lightseg.checkpoints import load_module, model_input
-from lightseg.data.base import read_label_png
+from lightseg.data.source import read_label_png
 from lightseg.data.pixels import read_image
 from lightseg.errors import LightsegError
 from lightseg.tools.eval import evaluate
@@ -64,7 +64,7 @@ def trained_folder_model(tmp_path: Path, channels: int) -> Path:
         tmp_path,
         "data=folder",
         f"data.source.root={root}",
-        f"data.source.channels={channels}",
+        f"data.source.in_channels={channels}",
         "data.mean=auto",
         "data.std=auto",
         *TRAIN_FAST,

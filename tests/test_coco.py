@@ -1,4 +1,5 @@
-"""COCO 2017: instance annotations to semantic masks, label sets, crowds, and the PNG cache."""
+"""COCO 2017: instance annotations to semantic masks, label sets, crowds, and the PNG cache
+(in lightseg's cache folder, never in the data folder)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 from torchvision.models._meta import _COCO_CATEGORIES
 
+from lightseg.data import SegmentationDataModule
 from lightseg.data import coco as coco_module
 from lightseg.data.coco import COCO, LABEL_SETS
 from lightseg.data.voc import VOC_CLASSES
@@ -18,9 +20,21 @@ from lightseg.errors import LightsegError
 from tests.fixtures_datasets import BIG, COCO_IMAGES, CROWD_ID, coco_json, coco_label, write_coco
 
 
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path: Path, monkeypatch) -> Path:
+    """A cache folder of each test's own (masks are keyed on the json, which tests share)."""
+    monkeypatch.setenv("LIGHTSEG_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
 @pytest.fixture
 def coco_root(tmp_path: Path) -> Path:
     return write_coco(tmp_path / "coco")
+
+
+def files(folder: Path) -> dict[str, int]:
+    """Every file under ``folder`` with its modification time."""
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
 
 
 def prepared(root: Path, **options) -> tuple[COCO, dict]:
@@ -98,10 +112,14 @@ def cache_files(source: COCO) -> dict[str, int]:
     }
 
 
-def test_cache_is_reused_then_rebuilt_when_the_json_changes(coco_root, monkeypatch, caplog):
+def test_cache_is_reused_then_rebuilt_when_the_json_changes(
+    coco_root, cache_dir, monkeypatch, caplog
+):
+    data = files(coco_root)
     with caplog.at_level("INFO"):
         source, _ = prepared(coco_root)
     assert caplog.text.count("Building the COCO") == 2  # train2017 and val2017
+    assert source.cache_root == cache_dir / "coco_masks" and files(coco_root) == data
     first = cache_files(source)
     assert len(first) == 3 + 1 + 2 + 1  # one PNG per image plus a manifest, per subset
 
@@ -197,6 +215,8 @@ def test_bad_options():
 TWO_NODE_SCRIPT = """
 import logging, sys, time
 from lightseg.data import coco
+from lightseg.data.module import prepare_source
+from lightseg.data.source import cache_home
 logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
 build = coco.build_cache
 
@@ -205,12 +225,13 @@ def slow_build(*args):  # a real cache takes minutes: make the two preparations 
     build(*args)
 
 coco.build_cache = slow_build
-coco.COCO(sys.argv[1]).prepare()
+prepare_source(coco.COCO(sys.argv[1]), cache_home())  # as lightseg prepares before find()
 """
 
 
-def test_two_nodes_sharing_the_data_folder_build_the_cache_once(coco_root):
-    """Lightning runs prepare_data once per node; on shared storage both see one folder."""
+def test_two_nodes_sharing_the_data_folder_build_the_cache_once(coco_root, cache_dir):
+    """Every process prepares before it finds: on shared storage, one builds, one waits."""
+    data = files(coco_root)
     nodes = [
         subprocess.Popen(
             [sys.executable, "-c", TWO_NODE_SCRIPT, str(coco_root)],
@@ -225,7 +246,17 @@ def test_two_nodes_sharing_the_data_folder_build_the_cache_once(coco_root):
     both = "".join(logs)
     assert both.count("Building the COCO") == 2  # train2017 and val2017, once each
     assert both.count("Reusing the COCO") == 2  # the other node waited, then reused them
-    assert not list(coco_root.rglob("*.partial*"))  # no half-built cache left behind
+    assert not list(cache_dir.rglob("*.partial*"))  # no half-built cache left behind
+    assert files(coco_root) == data  # nothing written into the data folder, no lock file
     source, splits = prepared(coco_root)
     sample = next(s for s in splits["val"] if s.id == "000000000285")
     np.testing.assert_array_equal(source.read(sample)[1], coco_label(285, "voc21"))
+
+
+def test_a_failed_start_leaves_nothing_in_the_data_folder(coco_root, tmp_path):
+    (coco_root / "annotations" / "instances_val2017.json").unlink()
+    data = files(coco_root)
+    module = SegmentationDataModule(COCO(coco_root), {"train": [], "eval": []})
+    with pytest.raises(LightsegError, match=r"instances_val2017\.json"):
+        module.locate()
+    assert files(coco_root) == data

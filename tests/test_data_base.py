@@ -1,8 +1,11 @@
-"""Shared data logic: splits, the unpadded evaluation sampler, config checks, the demo writer."""
+"""Shared data logic: splits, the unpadded evaluation sampler, config checks, the demo writer,
+declared source settings and the locked prepare()."""
 
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
+import pickle
 from collections import Counter
 from pathlib import Path
 
@@ -10,15 +13,13 @@ import pytest
 from hydra.utils import instantiate
 from PIL import Image
 
-from lightseg.data.base import (
-    EvalDistributedSampler,
-    Sample,
-    SegmentationDataModule,
-    stratified_split,
-)
+from lightseg.data import Sample, SegmentationDataModule, SegmentationSource
 from lightseg.data.demo import Demo
+from lightseg.data.sampling import EvalDistributedSampler
+from lightseg.data.source import fingerprint, stratified_split
 from lightseg.errors import LightsegError
 from tests.conftest import make_config
+from tests.sources import CountingDemo, locate_slow_source
 
 
 def samples(counts: dict[str, int]) -> list[Sample]:
@@ -80,6 +81,10 @@ def test_image_size_is_one_number_or_height_and_width(tmp_path, size, height_wid
         ({"batch_size": 0}, "data.batch_size=0 must be a whole number >= 1"),
         ({"num_workers": -1}, "data.num_workers=-1 must be a whole number >= 0"),
         ({"mean": [0.5]}, "data.mean and data.std need one value per image channel"),
+        ({"split": {"vla": 0.2}}, r"data\.split\.vla is not a setting: data\.split takes val, "),
+        ({"cache": {"size": 2}}, r"data\.cache\.size is not a setting: .* enabled, scale, dir"),
+        ({"cache": {"scale": 0}}, r"data\.cache\.scale=0 must be > 0"),
+        ({"split": {"folds": 5, "fold": 5}}, r"data\.split\.fold=5 must be one of 0\.\.4"),
     ],
 )
 def test_bad_data_values_are_named(tmp_path, options, message):
@@ -121,7 +126,68 @@ def test_the_split_depends_on_split_seed_not_on_the_runs_seed(tmp_path, data_dir
         cfg = make_config(tmp_path, "experiment=demo", "data.source.num_cases=20", *overrides)
         cfg.paths.data_dir = str(data_dir)
         datamodule = instantiate(cfg.data, _convert_="all")
-        return [s.id for s in datamodule.locate(prepare=True)["test"]]
+        return [s.id for s in datamodule.locate()["test"]]
 
     assert test_ids("seed=1") == test_ids("seed=2")  # seeds of one study share a test set
-    assert test_ids("seed=1") != test_ids("seed=1", "data.split_seed=5")  # varied on purpose
+    assert test_ids("seed=1") != test_ids("seed=1", "data.split.seed=5")  # varied on purpose
+
+
+class Renamed(SegmentationSource):
+    """Settings kept under other names, or only as what they decide."""
+
+    def __init__(self, root, threshold: int = 128, mode: str = "a", **extra) -> None:
+        super().__init__(root)
+        self._cut, self.flipped = threshold, mode == "b"
+
+
+def test_settings_are_the_constructor_arguments_whatever_a_source_stores(tmp_path):
+    source = Renamed(tmp_path, threshold=100, colour="red")
+    assert source.settings() == {
+        "root": tmp_path,
+        "threshold": 100,
+        "mode": "a",
+        "extra": {"colour": "red"},
+    }
+    assert pickle.loads(pickle.dumps(source)).settings() == source.settings()  # spawned workers
+    assert SegmentationSource(tmp_path).settings() == {"root": tmp_path}
+    variants = [{}, {"threshold": 100}, {"mode": "b"}, {"colour": "red"}, {"root": tmp_path / "x"}]
+    keys = {fingerprint(Renamed(**{"root": tmp_path, **v}), []) for v in variants}
+    assert len(keys) == len(variants)  # each setting keys the caches
+
+
+def test_prepare_runs_once_per_process_before_find_holding_the_datasets_lock(tmp_path):
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    spawn = multiprocessing.get_context("spawn")
+    jobs = [spawn.Process(target=locate_slow_source, args=(str(data), str(cache))) for _ in "ab"]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join(120)
+    assert [job.exitcode for job in jobs] == [0, 0]
+    calls = [line.split() for line in (data / "calls.txt").read_text().splitlines()]
+    prepares = [call for call in calls if call[0] != "find"]
+    first, second = prepares[0][1], prepares[2][1]
+    # one prepare at a time: the other process waited for the lock
+    assert first != second and prepares == [
+        ["begin", first],
+        ["end", first],
+        ["begin", second],
+        ["end", second],
+    ]
+    for pid in (first, second):  # each process found its samples after its own prepare
+        assert calls.index(["find", pid]) > calls.index(["end", pid])
+    assert len(calls) == 6
+    assert [p.name for p in data.iterdir()] == ["calls.txt"]  # no lock in the data folder
+    assert len(list((cache / "locks").glob("data-*.lock"))) == 1
+
+
+def test_one_process_prepares_once_however_often_it_asks_for_the_data(tmp_path):
+    source = CountingDemo(tmp_path / "demo" / "PH2Dataset", num_cases=6)
+    module = SegmentationDataModule(
+        source, {"train": [], "eval": []}, cache={"dir": tmp_path / "cache"}, mean="auto"
+    )
+    module.prepare_data()
+    module.setup("fit")
+    module.locate()
+    module.dataset("train")
+    assert (tmp_path / "demo" / "prepare_calls.txt").read_text() == "prepare\n"

@@ -16,7 +16,9 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from lightseg import CONFIG_DIR
+from lightseg.data import download
 from lightseg.data.folder import Folder
+from lightseg.data.source import read_pair
 from lightseg.errors import LightsegError
 from lightseg.tools.eval import evaluate
 from lightseg.train import train
@@ -213,7 +215,7 @@ def test_grayscale_and_16_bit_images_have_one_channel(tmp_path):
     tifffile.imwrite(root / "images" / "c.tif", deep)
     for name in "abc":
         save(root / "masks" / f"{name}.png", box(1))
-    source = Folder(root, channels=1)
+    source = Folder(root, in_channels=1)
     images = [source.read(s)[0] for s in source.find()]
     assert [(i.dtype, i.shape) for i in images] == [(np.uint8, (16, 20, 1))] + 2 * [
         (np.uint16, (16, 20, 1))
@@ -235,7 +237,7 @@ def test_multiband_tiff_with_bands_last_or_first(tmp_path, bands, planar):
     label = box(1, (18, 22))
     (root / "masks").mkdir()
     tifffile.imwrite(root / "masks" / "scene.tif", label)
-    source = Folder(root, channels=bands)
+    source = Folder(root, in_channels=bands)
     (sample,) = source.find()
     image, mask = source.read(sample)
     np.testing.assert_array_equal(image, pixels)
@@ -338,7 +340,8 @@ def test_csv_without_split_column_gives_a_split_stratified_by_its_stratum(photos
 def test_k_fold_test_folds_are_disjoint_and_cover_the_folder_once(photos, tmp_path):
     tests = []
     for fold in range(5):
-        splits = ids(datamodule(photos, tmp_path, "data.folds=5", f"data.fold={fold}").locate())
+        overrides = ("data.split.folds=5", f"data.split.fold={fold}")
+        splits = ids(datamodule(photos, tmp_path, *overrides).locate())
         assert len(splits["test"]) == 2 and len(splits["val"]) == 2 and len(splits["train"]) == 6
         assert not set(splits["test"]) & set(splits["val"] + splits["train"])
         tests += splits["test"]
@@ -352,7 +355,7 @@ def test_k_fold_is_refused_with_split_lists(photos, tmp_path):
     with pytest.raises(
         LightsegError, match=r"fixed splits \(test, train\).*remove the split lists"
     ):
-        datamodule(photos, tmp_path, "data.folds=5").locate()
+        datamodule(photos, tmp_path, "data.split.folds=5").locate()
 
 
 # --- bad input: one clear paragraph each ----------------------------------------------------
@@ -430,7 +433,7 @@ def test_a_mask_of_another_size_is_named(photos):
     with pytest.raises(
         LightsegError, match=r"case_002.png' is 12x10 pixels but its image .* 42x32"
     ):
-        source.read(sample)
+        read_pair(source, sample)  # as training, make data and eval read every pair
 
 
 def test_an_empty_folder_and_a_missing_root_say_what_to_put_where(tmp_path):
@@ -456,11 +459,11 @@ def test_a_channel_count_that_differs_between_images_is_named(photos):
     gray = photos / "images" / "case_004.jpg"
     Image.open(gray).convert("L").save(gray)
     source = Folder(photos)
-    samples = source.find()  # the first image is RGB, as data.source.channels says
+    samples = source.find()  # the first image is RGB, as data.source.in_channels says
     with pytest.raises(LightsegError) as error:
         source.read(next(s for s in samples if s.id == "case_004"))
     message = str(error.value)
-    assert f"Image '{gray}' has 1 channel(s) (grayscale), but data.source.channels=3" in message
+    assert f"Image '{gray}' has 1 channel(s) (grayscale), but data.source.in_channels=3" in message
     assert "every image must have the same number of channels" in message
 
 
@@ -488,7 +491,7 @@ def test_bad_split_lists_are_named(photos):
         ({"classes": ["a", "b"], "palette": [[0, 0, 0]]}, r"palette has 1 colours for 2 classes"),
         ({"palette": [[0, 0, 0], [0, 0, 300]]}, r"is not a colour; write \[red, green, blue\]"),
         ({"mask_pattern": "mask"}, r"mask_pattern='mask' must contain \{stem\} once"),
-        ({"channels": 0}, r"data.source.channels=0 must be a whole number >= 1"),
+        ({"in_channels": 0}, r"data.source.in_channels=0 must be a whole number >= 1"),
     ],
 )
 def test_bad_settings_are_named(tmp_path, options, message):
@@ -547,7 +550,7 @@ def test_a_16_bit_grayscale_folder_trains_with_one_input_channel_and_evaluates(t
         tmp_path,
         "data=folder",
         f"data.source.root={root}",
-        "data.source.channels=1",
+        "data.source.in_channels=1",
         "data.mean=auto",
         "data.std=auto",
         *TRAIN_FAST,
@@ -572,3 +575,36 @@ def test_a_16_bit_grayscale_folder_trains_with_one_input_channel_and_evaluates(t
     assert report["images"] == len((run / "splits" / "test.txt").read_text().split())
     assert 0.0 <= report["metrics"]["plain"]["iou_foreground"] <= 1.0
     assert Image.open(run / "ev" / "examples.png").mode == "RGB"  # 16-bit gray, displayed
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every path under ``folder`` with its size and modification time."""
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+def test_a_read_only_data_folder_trains_and_checks_with_caches_elsewhere(
+    photos, tmp_path, cache_dir, capsys
+):
+    before = snapshot(photos)
+    modes = {p: p.stat().st_mode for p in [photos, *photos.rglob("*")]}
+    for path in modes:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    try:
+        download.main(["folder", f"data.source.root={photos}"])  # make data DATASET=folder
+        assert "data.mean=" in capsys.readouterr().out
+        cfg = make_config(
+            tmp_path,
+            "data=folder",
+            f"data.source.root={photos}",
+            "data.cache.enabled=true",
+            "data.mean=auto",
+            "data.std=auto",
+            *TRAIN_FAST,
+        )
+        train(cfg)
+    finally:
+        for path, mode in modes.items():
+            path.chmod(mode)
+    assert snapshot(photos) == before  # (root may write anywhere: this is what shows it did not)
+    assert len(list((cache_dir / "samples").glob("Folder-*"))) >= 1
+    assert list((cache_dir / "statistics").glob("statistics-*.json"))

@@ -11,7 +11,7 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
-from lightseg.data.base import SegmentationDataset
+from lightseg.data import SegmentationDataset
 from lightseg.data.ph2 import PH2
 from lightseg.errors import LightsegError
 from tests.conftest import PH2_CASES, make_config, ph2_arrays

@@ -1,4 +1,5 @@
-"""Two CPU processes (gloo): same numbers as one process, data prepared once, rank 0 writes."""
+"""Two CPU processes (gloo): same numbers as one process, data prepared once per process, rank 0
+writes."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def untrained_demo(tmp_path, data_dir, trainer: str, *overrides: str):
         "data.batch_size=2",
         "data.image_size=[64,64]",
         "data.source.num_cases=20",
-        "data.cache_scale=null",  # cached as read: the same pixels as without the cache
+        "data.cache.scale=null",  # cached as read: the same pixels as without the cache
         *overrides,
         data_dir=data_dir,
     )
@@ -55,7 +56,9 @@ def test_ddp_validation_metrics_equal_single_process(tmp_path, data_dir):
     calls = data_dir / "demo" / "20-cases-seed0" / "prepare_calls.txt"
     calls.unlink(missing_ok=True)
     double = validate(tmp_path / "two", data_dir, "ddp_sim")
-    assert calls.read_text() == "prepare\n"  # once for the node, not once per process
+    # prepare() runs once in each process that finds samples, under the dataset's lock: here
+    # both spawned ranks (the main process never looked); tests/test_data_base.py checks the lock
+    assert calls.read_text() == "prepare\n" * 2
     assert single.keys() == double.keys() and "val/dice_per_image" in single
     assert 0.0 < single["val/iou"] < 1.0  # an untrained net: a non-trivial number to match
     assert double == pytest.approx(single, abs=1e-6)

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from hydra.utils import instantiate
 
-from lightseg.data.base import kfold_split
+from lightseg.data.source import kfold_split
 from lightseg.errors import LightsegError
 from lightseg.tools.results import write_tables
 from tests.conftest import make_config
@@ -54,11 +54,11 @@ def test_folds_are_deterministic_given_the_split_seed_and_balanced_in_size():
 @pytest.mark.parametrize(
     ("folds", "fold", "val", "message"),
     [
-        (1, 0, 0.2, r"data\.folds=1 must be a whole number >= 2"),
-        (5, 5, 0.2, r"data\.fold=5 must be one of 0\.\.4 \(data\.folds=5\)"),
-        (5, -1, 0.2, r"data\.fold=-1 must be one of 0\.\.4"),
-        (20, 0, 0.2, r"data\.folds=20 needs at least 20 samples; the dataset has 11"),
-        (5, 0, 0.9, r"data\.split\.val=0\.9 with data\.folds=5 leaves no training data"),
+        (1, 0, 0.2, r"data\.split\.folds=1 must be a whole number >= 2"),
+        (5, 5, 0.2, r"data\.split\.fold=5 must be one of 0\.\.4 \(data\.split\.folds=5\)"),
+        (5, -1, 0.2, r"data\.split\.fold=-1 must be one of 0\.\.4"),
+        (20, 0, 0.2, r"data\.split\.folds=20 needs at least 20 samples; the dataset has 11"),
+        (5, 0, 0.9, r"data\.split\.val=0\.9 with data\.split\.folds=5 leaves no training data"),
     ],
 )
 def test_bad_fold_settings_are_named(folds, fold, val, message):
@@ -71,8 +71,8 @@ def test_ph2_layout_folds_through_the_config(tmp_path, ph2_root):
         cfg = make_config(
             tmp_path,
             "data=ph2",
-            "data.folds=3",
-            f"data.fold={fold}",
+            "data.split.folds=3",
+            f"data.split.fold={fold}",
             "data.split.val=0.34",
             "data.split_dir=null",
             data_dir=ph2_root.parent,
@@ -89,7 +89,7 @@ def test_ph2_layout_folds_through_the_config(tmp_path, ph2_root):
 
 def test_official_splits_refuse_folds(tmp_path, data_dir):
     cfg = make_config(
-        tmp_path, "data=voc", "+data.folds=5", "data.split_dir=null", data_dir=data_dir
+        tmp_path, "data=voc", "data.split.folds=5", "data.split_dir=null", data_dir=data_dir
     )
     with pytest.raises(LightsegError, match=r"VOC comes with fixed splits \(train, val\)"):
         instantiate(cfg.data, _convert_="all").locate()
@@ -98,15 +98,16 @@ def test_official_splits_refuse_folds(tmp_path, data_dir):
 def test_five_fold_multirun_on_the_demo_gives_a_table_over_folds(
     one_thread, monkeypatch, tmp_path, data_dir
 ):
-    # as in: make train EXP=demo ARGS="-m data.folds=5 data.fold=0,1,2,3,4"
-    overrides = [*tiny_cli_run(tmp_path, data_dir), "-m", "data.folds=5", "data.fold=0,1,2,3,4"]
+    # as in: make train EXP=demo ARGS="-m data.split.folds=5 data.split.fold=0,1,2,3,4"
+    overrides = [*tiny_cli_run(tmp_path, data_dir), "-m", "data.split.folds=5"]
+    overrides.append("data.split.fold=0,1,2,3,4")
     run_cli(monkeypatch, *overrides)
     (sweep,) = (tmp_path / "logs" / "demo" / "multiruns").iterdir()
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert len(jobs) == 5
     tested, dice = [], []
     for job in jobs:
-        assert "data.fold=" in " ".join(
+        assert "data.split.fold=" in " ".join(
             yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
         )
         tested += (job / "splits" / "test.txt").read_text().split()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,16 @@ def test_image_without_mask_names_both_files(tmp_path):
 def test_missing_dataset_says_where_and_how(tmp_path):
     with pytest.raises(LightsegError, match=r"MADS not found.*mads.*kaggle datasets download"):
         MADS(tmp_path / "mads").find()
+
+
+def test_images_without_a_masks_folder_name_the_missing_folder(tmp_path):
+    folder = write_mads(tmp_path / "mads") / MADS_FOLDER / MADS_FOLDER
+    shutil.rmtree(folder / "masks")
+    with pytest.raises(LightsegError) as error:
+        MADS(tmp_path / "mads").find()
+    message = str(error.value)
+    assert f"'{folder / 'masks'}' does not exist next to '{folder / 'images'}'" in message
+    assert "MADS not found" not in message  # the images were found
 
 
 def test_df_csv_without_the_columns(tmp_path):

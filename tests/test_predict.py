@@ -16,7 +16,7 @@ from PIL import Image
 import lightseg
 from lightseg import CONFIG_DIR
 from lightseg.checkpoints import load_module
-from lightseg.data.base import read_label_png
+from lightseg.data.source import read_label_png
 from lightseg.errors import LightsegError
 from lightseg.tools.effects import (
     apply_effect,

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lightseg.data.base import SegmentationDataModule
+from lightseg.data import SegmentationDataModule
 from lightseg.data.demo import Demo
 from lightseg.errors import LightsegError
 from lightseg.utils.devices import check_trainer, compile_in_place

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from hydra.utils import instantiate
 from PIL import Image
 
 from lightseg.config import validate
-from lightseg.data.base import Sample, SegmentationSource
-from lightseg.data.statistics import measure, training_statistics
+from lightseg.data import Sample, SegmentationSource
+from lightseg.data.statistics import measure, resolve_auto, training_statistics
 from lightseg.errors import LightsegError
 from lightseg.train import train
 from tests.conftest import FAST, make_config
@@ -147,8 +148,6 @@ def test_class_weights_on_a_binary_task_point_to_pos_weight(tmp_path, data_dir):
 
 def test_mean_auto_normalises_with_the_training_split_values(tmp_path):
     cfg = street_config(tmp_path, "data.mean=auto", "data.std=auto", "data.split_dir=null")
-    from hydra.utils import instantiate
-
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.locate()
     images = np.stack(
@@ -158,3 +157,19 @@ def test_mean_auto_normalises_with_the_training_split_values(tmp_path):
     assert datamodule.std == pytest.approx(tuple(images.std(0)), abs=1e-6)
     batch = next(iter(datamodule.train_dataloader()))
     assert batch["image"].shape[1] == 3
+
+
+def test_resolve_auto_returns_a_new_config_with_numbers_and_leaves_the_given_one(tmp_path):
+    overrides = ("loss=ce", "loss.ce.class_weights=inverse", "data.mean=auto", "data.std=auto")
+    cfg = street_config(tmp_path, *overrides, "data.split_dir=null")
+    datamodule = instantiate(cfg.data, _convert_="all")
+    resolved = resolve_auto(cfg, datamodule)
+    assert cfg.data.mean == "auto" and cfg.loss.ce.class_weights == "inverse"  # untouched
+    train = datamodule.splits["train"]
+    images = np.stack([np.asarray(Image.open(s.image)) / 255.0 for s in train]).reshape(-1, 3)
+    assert resolved.data.mean == pytest.approx(images.mean(0).tolist(), abs=1e-6)
+    assert resolved.data.std == pytest.approx(images.std(0).tolist(), abs=1e-6)
+    labels = np.stack([street_label(int(s.id.split("_")[1])) for s in train])
+    pixels = np.array([(labels == c).sum() for c in range(3)])
+    expected = pixels.sum() / (3 * pixels)  # every class is present in the training split
+    assert resolved.loss.ce.class_weights == pytest.approx(expected.tolist(), rel=1e-5)

@@ -109,7 +109,7 @@ def as_rgb(path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("damage", "message"),
-    [(out_of_range, r"holds values \[21, 22, 200\]"), (as_rgb, "is a RGB image")],
+    [(out_of_range, r"holds the value\(s\) \[21, 22, 200\]"), (as_rgb, "is a RGB image")],
 )
 def test_damaged_palette_mask_names_the_file(voc_dirs, damage, message):
     damage(voc_dirs[0] / "SegmentationClass" / "2007_000033.png")

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, open_dict
 from lightseg.checkpoints import AtomicCheckpointIO
 from lightseg.config import image_size_hw, plain, validate
 from lightseg.data import SegmentationDataModule
-from lightseg.data.statistics import fill_from_data
+from lightseg.data.statistics import resolve_auto
 from lightseg.losses import loss_terms
 from lightseg.metrics import metrics_for
 from lightseg.models import check_network
@@ -48,7 +48,7 @@ def build(cfg: DictConfig, **trainer_options: Any) -> Experiment:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data, _convert_="all")
-    datamodule.locate(prepare=True)  # the data is there before anything slow happens
+    datamodule.locate()  # the data is there (prepared, found, split) before anything slow
     resolved = resolve(cfg, datamodule)
     task = datamodule.task
     check_network(
@@ -60,8 +60,7 @@ def build(cfg: DictConfig, **trainer_options: Any) -> Experiment:
 
 def resolve(cfg: DictConfig, datamodule: SegmentationDataModule) -> DictConfig:
     """A copy of ``cfg`` with what the data decides filled in (see the module docstring)."""
-    resolved = copy.deepcopy(cfg)
-    fill_from_data(resolved, datamodule)
+    resolved = resolve_auto(cfg, datamodule)
     with open_dict(resolved):
         if "metrics" not in group_choices():  # the task's set, any +metrics.<name> on top
             resolved.metrics = {**metrics_for(datamodule.task), **plain(cfg.get("metrics") or {})}

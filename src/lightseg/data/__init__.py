@@ -1,10 +1,7 @@
-"""Datasets as LightningDataModules: one file per dataset, shared logic in ``base``."""
+"""Datasets as LightningDataModules: the contract a dataset implements in ``source``, the
+DataModule in ``module``, one file per dataset."""
 
-from lightseg.data.base import (
-    Sample,
-    SegmentationDataModule,
-    SegmentationDataset,
-    SegmentationSource,
-)
+from lightseg.data.module import SegmentationDataModule, SegmentationDataset
+from lightseg.data.source import Sample, SegmentationSource
 
 __all__ = ["Sample", "SegmentationDataModule", "SegmentationDataset", "SegmentationSource"]

@@ -1,50 +1,43 @@
 """A dataset decoded once into a memory-mapped file that every loader worker shares.
 
-Decoding BMPs, JPEGs or PNGs and shrinking large images cost more than the augmentations that
-follow, and they give the same result every epoch. With ``data.cache=true`` each sample is read
-once through its source, optionally shrunk to a working size (``data.cache_scale`` times the
-training size, so that augmentations still start from more pixels than the network sees), and
-appended to one flat file: the image's pixels as read (``[H, W, C]``, 8-bit, 16-bit or float),
-then its uint8 mask ``[H, W]``; the index keeps each sample's offset, pixel type and shape.
-Loader workers map that file (the operating system keeps one copy in its page cache for all
-of them) and read a sample as a slice, without decoding anything.
+Decoding and shrinking images cost more than the augmentations that follow and give the same
+result every epoch. With ``data.cache.enabled`` each sample is read once through its source,
+shrunk to a working size (``data.cache.scale`` x the training size, so augmentations still
+start from more pixels than the network sees; null: as read) and appended to one flat file,
+image pixels in their own type then the uint8 mask; the index keeps offsets, types and shapes.
+Workers map the file (one copy in the page cache for all) and read a sample as a slice.
 
-The cache lives in a folder named after the source and a key over everything that decides its
-contents: the format version, the source's class and settings, the working size, and each
-sample's id, file paths, sizes and modification times. Editing, adding or removing a file, or
-asking for another size, gives another key and a fresh cache; the same data and size reuse the
-existing one. A cache is written to a temporary folder and renamed into place when complete,
-so an interrupted build leaves nothing half-written; a file lock beside it lets one process (of
-all nodes sharing the folder) build while the others wait and then read the same cache.
+The folder is keyed on :func:`~lightseg.data.source.fingerprint` (files, settings), the format
+version and the working size. It is built in a scratch folder renamed into place when complete,
+whose last file records the pixel file's length and the index's checksum; opening checks both,
+so a damaged cache is reported in one line and built again. A file lock beside it lets one
+process of all nodes build while the others wait; the builder first removes killed builds.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
-from lightseg.data.fingerprint import fingerprint
+from lightseg.data.source import Sample, SegmentationSource, fingerprint
 from lightseg.errors import LightsegError
 from lightseg.utils.locks import file_lock
-
-if TYPE_CHECKING:
-    from lightseg.data.base import Sample, SegmentationSource
 
 log = logging.getLogger(__name__)
 
 #: Bump when the layout or the resizing changes, so that old caches are not read.
-FORMAT_VERSION = 2
-INDEX, PIXELS = "index.json", "pixels.u8"
+FORMAT_VERSION = 3
+INDEX, PIXELS, RECORD = "index.json", "pixels.u8", "complete.json"
 
-Reader = Callable[["Sample"], tuple[np.ndarray, np.ndarray]]
+Reader = Callable[[Sample], tuple[np.ndarray, np.ndarray]]
 
 
 def working_size(height: int, width: int, minimum_hw: Sequence[int] | None) -> tuple[int, int]:
@@ -69,16 +62,43 @@ def shrink(image: np.ndarray, mask: np.ndarray, size_hw: tuple[int, int]):
     )
 
 
-def cache_key(
-    source: SegmentationSource, samples: Sequence[Sample], minimum_hw: Sequence[int] | None
-) -> str:
-    """A short hash of everything that decides the cache's contents (see the module doc)."""
-    minimum = list(minimum_hw) if minimum_hw else None
-    return fingerprint(source, samples, version=FORMAT_VERSION, minimum_hw=minimum)[:16]
+class Damaged(Exception):
+    """A cache folder whose files do not match its record (the message says how)."""
+
+
+def sample_bytes(entry: list) -> tuple[int, int]:
+    """Bytes of one sample's image and of its uint8 mask in the pixel file."""
+    _, dtype, *shape = entry
+    return int(np.prod(shape)) * np.dtype(dtype).itemsize, shape[0] * shape[1]
+
+
+def verified_entries(folder: Path, ids: Sequence[str]) -> dict[str, list]:
+    """The index entries of a complete cache holding ``ids``; :class:`Damaged` otherwise."""
+    try:
+        record = json.loads((folder / RECORD).read_text())
+        index_text = (folder / INDEX).read_bytes()
+        size = (folder / PIXELS).stat().st_size
+    except FileNotFoundError as error:
+        raise Damaged(f"{Path(error.filename).name} is missing") from None
+    except (OSError, ValueError) as error:
+        raise Damaged(f"{RECORD} is unreadable: {error}") from None
+    if not isinstance(record, dict) or hashlib.sha1(index_text).hexdigest() != record.get("index"):
+        raise Damaged(f"{INDEX} does not match the checksum in {RECORD}")
+    if size != record.get("bytes"):
+        raise Damaged(f"{PIXELS} has {size} bytes, {record.get('bytes')} were written")
+    try:
+        entries = json.loads(index_text)["samples"]
+        ends = [entry[0] + sum(sample_bytes(entry)) for entry in entries.values()]
+    except (ValueError, KeyError, IndexError, TypeError) as error:
+        raise Damaged(f"{INDEX} is not a cache index ({type(error).__name__}: {error})") from None
+    absent = [i for i in ids if i not in entries]
+    if absent or max(ends, default=0) > size:
+        raise Damaged(f"{INDEX} lacks samples {absent[:3]} or points past {PIXELS}")
+    return entries
 
 
 class SampleCache:
-    """Read access to a built cache: ``read(sample_id) -> (image, mask)`` as the source read
+    """Read access to a verified cache: ``read(sample_id) -> (image, mask)`` as the source read
     them (the image in its own pixel type, the mask uint8).
 
     The file is mapped read-only on first use in each process (a pickled cache, as sent to
@@ -86,10 +106,8 @@ class SampleCache:
     than decoding), so transforms may change them in place without changing the next epoch.
     """
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = Path(folder)
-        index = json.loads((self.folder / INDEX).read_text())
-        self.entries: dict[str, list[int]] = index["samples"]
+    def __init__(self, folder: Path, entries: dict[str, list]) -> None:
+        self.folder, self.entries = Path(folder), entries
         self._pixels: np.memmap | None = None
 
     def __getstate__(self) -> dict:
@@ -98,11 +116,11 @@ class SampleCache:
     def read(self, sample_id: str) -> tuple[np.ndarray, np.ndarray]:
         if self._pixels is None:
             self._pixels = np.memmap(self.folder / PIXELS, dtype=np.uint8, mode="r")
-        offset, dtype, *shape = self.entries[sample_id]
-        image_bytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        entry = self.entries[sample_id]
+        (offset, dtype, *shape), (image_bytes, mask_bytes) = entry, sample_bytes(entry)
         end = offset + image_bytes
         image = np.array(self._pixels[offset:end]).view(dtype).reshape(shape)
-        mask = np.array(self._pixels[end : end + shape[0] * shape[1]]).reshape(shape[:2])
+        mask = np.array(self._pixels[end : end + mask_bytes]).reshape(shape[:2])
         return image, mask
 
 
@@ -113,21 +131,34 @@ def open_cache(
     folder: Path,
     minimum_hw: Sequence[int] | None = None,
 ) -> SampleCache:
-    """The cache of ``samples`` under ``folder``, built first if there is none for this key."""
-    target = Path(folder) / f"{type(source).__name__}-{cache_key(source, samples, minimum_hw)}"
-    if not (target / INDEX).is_file():
-        # one builder across processes and nodes on shared storage; the others wait, then read
-        try:
-            with file_lock(target.with_name(f".{target.name}.lock"), "building the data cache"):
-                if not (target / INDEX).is_file():
-                    _build(samples, read, target, minimum_hw)
-        except OSError as error:
-            raise LightsegError(
-                f"Cannot write the data cache in '{target.parent}' ({error}). Point "
-                "data.cache_dir at a writable folder with room for the decoded images, or set "
-                "data.cache=false."
-            ) from None
-    return SampleCache(target)
+    """The cache of ``samples`` under ``folder``, built (or rebuilt, if damaged) first."""
+    minimum = list(minimum_hw) if minimum_hw else None
+    key = fingerprint(source, samples, version=FORMAT_VERSION, minimum_hw=minimum)[:16]
+    target = Path(folder) / f"{type(source).__name__}-{key}"
+    ids = [s.id for s in samples]
+    try:
+        return SampleCache(target, verified_entries(target, ids))
+    except Damaged:
+        pass
+    try:  # one builder across processes and nodes on shared storage; the others wait, then read
+        with file_lock(target.with_name(f".{target.name}.lock"), "building the data cache"):
+            try:
+                return SampleCache(target, verified_entries(target, ids))
+            except Damaged as damage:
+                if target.exists():
+                    log.warning(
+                        "The data cache '%s' is damaged (%s): rebuilding it.", target, damage
+                    )
+            for stale in [target, *target.parent.glob(f".{target.name}.*.partial")]:
+                shutil.rmtree(stale, ignore_errors=True)  # no one else builds: killed builds
+            _build(samples, read, target, minimum_hw)
+            return SampleCache(target, verified_entries(target, ids))
+    except OSError as error:
+        raise LightsegError(
+            f"Cannot write the data cache in '{target.parent}' ({error}). Point "
+            "data.cache.dir (or paths.cache_dir, LIGHTSEG_CACHE_DIR) at a writable folder with "
+            "room for the decoded images, or set data.cache.enabled=false."
+        ) from None
 
 
 def _build(
@@ -148,13 +179,11 @@ def _build(
                 pixels.write(image.tobytes())
                 pixels.write(mask.astype(np.uint8, copy=False).tobytes())
                 offset += image.nbytes + mask.size
-        index = {"version": FORMAT_VERSION, "minimum_hw": minimum_hw, "samples": entries}
-        (scratch / INDEX).write_text(json.dumps(index))
-        try:
-            scratch.rename(target)
-        except OSError:  # another process finished the same cache first: use theirs
-            if not (target / INDEX).is_file():
-                raise
+        index = json.dumps({"version": FORMAT_VERSION, "samples": entries}).encode()
+        (scratch / INDEX).write_bytes(index)
+        record = {"bytes": offset, "index": hashlib.sha1(index).hexdigest()}
+        (scratch / RECORD).write_text(json.dumps(record))  # last: the cache is complete
+        scratch.rename(target)
     finally:  # an OSError becomes open_cache's message
         shutil.rmtree(scratch, ignore_errors=True)
     log.info("Data cache ready: %.0f MB", offset / 2**20)

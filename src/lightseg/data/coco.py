@@ -14,8 +14,9 @@ uncompressed RLE in the real files) are 255 where no individual annotation label
 the label set stay in as all background, unless ``drop_empty`` removes them from training.
 
 Decoding polygons every epoch is slow, so ``prepare()`` writes each image's mask once as a PNG
-under ``cache_dir/<subset>-<label_set>-crowd_<crowd>/``, with a manifest holding the json's
-SHA-1; a changed json (or label set, or crowd policy) rebuilds it.
+under ``cache_dir/<subset>-<label_set>-crowd_<crowd>/`` (default: in lightseg's cache folder,
+outside the dataset), with a manifest holding the json's SHA-1; a changed json (or label set,
+or crowd policy) rebuilds it.
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ import numpy as np
 from PIL import Image
 from pycocotools.coco import COCO as CocoApi
 
-from lightseg.data.base import (
+from lightseg.data.source import (
     Sample,
     SegmentationSource,
+    cache_home,
     official_split,
     read_label_png,
     read_rgb,
@@ -47,7 +49,6 @@ from lightseg.data.base import (
 from lightseg.data.voc import VOC_CLASSES
 from lightseg.errors import LightsegError
 from lightseg.task import IGNORE_INDEX
-from lightseg.utils.locks import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ class COCO(SegmentationSource):
         self.label_set, self.crowd, self.drop_empty = label_set, crowd, bool(drop_empty)
         self.classes, self.class_of = LABEL_SETS[label_set]
         self.splits = subset_map(splits or DEFAULT_SPLITS)
-        self.cache_root = Path(cache_dir) if cache_dir else self.root / "lightseg_masks"
+        self.cache_root = Path(cache_dir or cache_home() / "coco_masks").expanduser()
         self.unlabelled: set[str] = set()  # ids of images with no pixel of the label set
 
     @property
@@ -142,29 +143,28 @@ class COCO(SegmentationSource):
     def prepare(self) -> None:
         """Build (or keep) the PNG mask cache of every subset the splits use.
 
-        Nodes that share the data folder all call this: one builds each subset's cache under a
-        file lock, the others wait and reuse it. A cache is complete once its manifest is in
-        place; a half-built one lives in a folder of its builder's own until then.
+        A cache is complete once its manifest is in place; a half-built one lives in a folder
+        of its builder's own until then (lightseg holds the dataset's lock meanwhile).
         """
         for subset in self.subsets:
-            with file_lock(self.cache(subset).with_suffix(".lock"), f"the COCO {subset} cache"):
-                self._prepare(subset)
-
-    def _prepare(self, subset: str) -> None:
-        key = self.cache_key(subset)
-        if read_manifest(self.cache(subset)).get("key") == key:
-            log.info("Reusing the COCO %s mask cache in %s", subset, self.cache(subset))
-            return
-        log.info(
-            "Building the COCO %s mask cache (%s, crowd=%s) in %s: each mask is decoded once "
-            "and reused until %s changes.",
-            subset,
-            self.label_set,
-            self.crowd,
-            self.cache(subset),
-            self.annotations(subset).name,
-        )
-        build_cache(self.annotations(subset), self.cache(subset), key, self.class_of, self.crowd)
+            key, folder, annotations = (
+                self.cache_key(subset),
+                self.cache(subset),
+                self.annotations(subset),
+            )
+            if read_manifest(folder).get("key") == key:
+                log.info("Reusing the COCO %s mask cache in %s", subset, folder)
+                continue
+            log.info(
+                "Building the COCO %s mask cache (%s, crowd=%s) in %s: each mask is decoded "
+                "once and reused until %s changes.",
+                subset,
+                self.label_set,
+                self.crowd,
+                folder,
+                annotations.name,
+            )
+            build_cache(annotations, folder, key, self.class_of, self.crowd)
 
     def find(self) -> list[Sample]:
         samples = []
@@ -174,8 +174,8 @@ class COCO(SegmentationSource):
             if manifest.get("key") != self.cache_key(subset):
                 raise LightsegError(
                     f"The COCO mask cache '{folder}' is missing or out of date with "
-                    f"'{self.annotations(subset)}'. It is built by prepare() (Lightning calls "
-                    "datamodule.prepare_data() before setup); call that first."
+                    f"'{self.annotations(subset)}'. It is built by prepare(), which lightseg "
+                    "calls before find(); call that first."
                 )
             for image_id, file_name, labelled in manifest["images"]:
                 image = self.root / subset / file_name

@@ -16,7 +16,6 @@ import openpyxl
 from PIL import Image
 
 from lightseg.data.ph2 import DIAGNOSES_FILE, IMAGES_FOLDER, PH2
-from lightseg.utils.locks import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +33,7 @@ class Demo(PH2):
         self.num_cases, self.seed = int(num_cases), int(seed)
 
     def prepare(self) -> None:
-        """Write the cases once; processes that start together wait for the first one.
+        """Write the cases once (lightseg holds the dataset's lock while it runs).
 
         Each (num_cases, seed) has a folder of its own (configs/data/demo.yaml), so a run with
         other settings never rewrites the data of one that is training.
@@ -43,13 +42,10 @@ class Demo(PH2):
         stamp = f"{VERSION} {self.num_cases} {self.seed}"
         if marker.is_file() and marker.read_text() == stamp:
             return
-        with file_lock(self.root.parent / f".{self.root.name}.lock", "writing the demo data"):
-            if marker.is_file() and marker.read_text() == stamp:
-                return  # another process wrote it while this one waited
-            log.info("Writing %d demo cases in PH2 layout to %s", self.num_cases, self.root)
-            shutil.rmtree(self.root / IMAGES_FOLDER, ignore_errors=True)  # a partial copy
-            write_demo(self.root, self.num_cases, self.seed)
-            marker.write_text(stamp)
+        log.info("Writing %d demo cases in PH2 layout to %s", self.num_cases, self.root)
+        shutil.rmtree(self.root / IMAGES_FOLDER, ignore_errors=True)  # a partial copy
+        write_demo(self.root, self.num_cases, self.seed)
+        marker.write_text(stamp)
 
 
 def smooth_noise(rng: np.random.Generator, height: int, width: int, cells: int) -> np.ndarray:

@@ -34,7 +34,8 @@ from rich.table import Table
 from torchvision.datasets.utils import download_and_extract_archive
 
 from lightseg import CONFIG_DIR
-from lightseg.data.base import read_pair
+from lightseg.data.module import prepare_source
+from lightseg.data.source import read_pair
 from lightseg.data.statistics import Accumulator
 from lightseg.errors import LightsegError, user_errors
 from lightseg.utils.console import console
@@ -156,7 +157,7 @@ def prepare_dataset(cfg: DictConfig, name: str, given: set[str] = frozenset()) -
     for archive in ARCHIVES.get(name, ()):
         fetch(archive, data_dir)
     source = instantiate(cfg.data.source)
-    source.prepare()
+    prepare_source(source, cfg.data.cache.dir)
     samples = source.find()
     console.print(
         f"[green]{type(source).__name__} is ready[/] under {source.root}: {len(samples)} "

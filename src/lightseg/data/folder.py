@@ -10,7 +10,7 @@ Layout under ``root`` (folder names and the mask name pattern are settings)::
 or a CSV (``csv``) with columns ``image`` and ``mask`` (paths relative to ``root``) and
 optionally ``split`` (train/val/test) and ``stratum`` (what the generated split balances).
 Without split lists the split is the generic deterministic one (stratified by ``stratum``),
-and k-fold cross-validation (``data.folds``) works as for PH2.
+and k-fold cross-validation (``data.split.folds``) works as for PH2.
 
 How image and mask files are read (channels, bit depths, TIFF bands, the mask encodings and
 their checks) is :mod:`lightseg.data.pixels`; this module finds the pairs and the splits.
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lightseg.data.base import SPLITS, Sample, SegmentationSource, at_least, stratified_split
 from lightseg.data.pixels import MaskReader, read_image
+from lightseg.data.source import SPLITS, Sample, SegmentationSource, at_least, stratified_split
 from lightseg.errors import LightsegError
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class Folder(SegmentationSource):
         csv: str | None = None,
         palette: Sequence[Sequence[int]] | None = None,
         ignore_color: Sequence[int] | None = None,
-        channels: int = 3,
+        in_channels: int = 3,
     ) -> None:
         super().__init__(root)
         self.classes = check_classes(classes)
@@ -64,12 +64,7 @@ class Folder(SegmentationSource):
         self.mask_pattern = mask_pattern
         self.mask_stem = pattern_regex(mask_pattern)
         self.mask_reader = MaskReader(self.classes, palette, ignore_color)
-        self.palette, self.ignore_color = self.mask_reader.palette, self.mask_reader.ignore_color
-        self.channels = at_least(channels, 1, "data.source.channels")
-
-    @property
-    def in_channels(self) -> int:
-        return self.channels
+        self.in_channels = at_least(in_channels, 1, "data.source.in_channels")
 
     # --- finding and pairing --------------------------------------------------------------
 
@@ -250,18 +245,10 @@ class Folder(SegmentationSource):
     def read(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
         if not self.mask_reader.decided:
             self.find()  # decides how binary masks are encoded
-        image = self.read_image(sample.image)
-        mask = self.mask_reader.read(sample.mask)
-        if image.shape[:2] != mask.shape:
-            raise LightsegError(
-                f"The mask '{sample.mask}' is {mask.shape[1]}x{mask.shape[0]} pixels but its image "
-                f"'{sample.image}' is {image.shape[1]}x{image.shape[0]}: a mask must match its "
-                "image pixel for pixel. Export the mask again at the image's size."
-            )
-        return image, mask
+        return self.read_image(sample.image), self.mask_reader.read(sample.mask)
 
     def read_image(self, path: Path) -> np.ndarray:
-        return read_image(path, self.channels)
+        return read_image(path, self.in_channels)
 
     def describe_masks(self) -> str:
         """How masks are read, in words (``make data DATASET=folder``)."""

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lightseg.data.base import (
+from lightseg.data.source import (
     Sample,
     SegmentationSource,
     open_image,
@@ -53,15 +53,20 @@ class MADS(SegmentationSource):
 
     def folder(self) -> Path:
         """The shallowest folder under ``root`` that holds ``images/`` and ``masks/``."""
-        for depth in range(4):
-            pattern = "/".join(["*"] * depth + ["images"])
-            found = sorted(
-                path.parent
-                for path in self.root.glob(pattern)
-                if path.is_dir() and (path.parent / "masks").is_dir()
+        images = [
+            path
+            for depth in range(4)
+            for path in sorted(self.root.glob("/".join(["*"] * depth + ["images"])))
+            if path.is_dir()
+        ]
+        for path in images:
+            if (path.parent / "masks").is_dir():
+                return path.parent
+        if images:
+            raise LightsegError(
+                f"MADS masks not found: '{images[0].parent / 'masks'}' does not exist next to "
+                f"'{images[0]}'. Re-extract the Kaggle archive so that both folders are there."
             )
-            if found:
-                return found[0]
         raise self.missing(self.root / ARCHIVE_FOLDER / "images")
 
     def find(self) -> list[Sample]:

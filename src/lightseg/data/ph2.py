@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import openpyxl
 
-from lightseg.data.base import Sample, SegmentationSource, open_image, read_rgb
+from lightseg.data.source import Sample, SegmentationSource, open_image, read_rgb
 from lightseg.errors import LightsegError
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """Pixels from your own files (``data=folder``): images of any channel count and bit depth,
 and masks read by rules that are checked on every file, never guessed.
 
-Images have ``channels`` channels each: 1 (grayscale, 8 or 16 bit), 3 (RGB) or any number from
+Images have ``in_channels`` channels each: 1 (grayscale, 8 or 16 bit), 3 (RGB) or any number from
 TIFF (read with tifffile, bands last or first). They are returned as stored: uint8, uint16 or
 float32; the pipelines scale each type by its range (lightseg.data.transforms.pixel_scale).
 
@@ -28,7 +28,7 @@ import numpy as np
 import tifffile
 from PIL import ImageOps
 
-from lightseg.data.base import BINARY_THRESHOLD, open_image, threshold_binary
+from lightseg.data.source import BINARY_THRESHOLD, check_labels, open_image, threshold_binary
 from lightseg.errors import LightsegError
 from lightseg.task import IGNORE_INDEX
 
@@ -52,9 +52,9 @@ def read_image(path: Path, channels: int) -> np.ndarray:
     if found != channels:
         kind = {1: " (grayscale)", 3: " (RGB)", 4: " (RGBA or 4 bands)"}.get(found, "")
         raise LightsegError(
-            f"Image '{path}' has {found} channel(s){kind}, but data.source.channels={channels}: "
-            "every image must have the same number of channels. Convert the images that "
-            f"differ, or set data.source.channels={found} if all of them have {found} (the "
+            f"Image '{path}' has {found} channel(s){kind}, but data.source.in_channels="
+            f"{channels}: every image must have the same number of channels. Convert the images "
+            f"that differ, or set data.source.in_channels={found} if all of them have {found} (the "
             "network follows it; set data.mean=auto data.std=auto unless you give one value "
             "per channel)."
         )
@@ -121,15 +121,11 @@ class MaskReader:
         return threshold_binary(values, path, "Mask", hint)
 
     def indices(self, values: np.ndarray, path: Path) -> np.ndarray:
-        bad = np.unique(values[(values >= len(self.classes)) & (values != IGNORE_INDEX)])
-        if bad.size:
-            raise LightsegError(
-                f"Mask '{path}' holds the value(s) {bad.tolist()[:10]}, but data.source.classes "
-                f"names {len(self.classes)} classes, so values must be 0..{len(self.classes) - 1} "
-                f"(or {IGNORE_INDEX} = ignore). Name every class in data.source.classes, in index "
-                "order; if the masks are colour images, set data.source.palette instead."
-            )
-        return values.astype(np.uint8)
+        fix = (
+            f"data.source.classes names {len(self.classes)} classes: name every class there, in "
+            "index order; if the masks are colour images, set data.source.palette instead."
+        )
+        return check_labels(values, len(self.classes), path, fix).astype(np.uint8)
 
     def map_colours(self, rgb: np.ndarray, path: Path) -> np.ndarray:
         """Each palette colour becomes its class index, ``ignore_color`` becomes 255."""

@@ -1,20 +1,24 @@
 """Training data order and augmentations as pure functions of (seed, epoch, sample).
 
-Nothing here draws from a random stream whose state would have to be saved: the order of an
-epoch comes from ``(seed, epoch)`` and each sample's augmentations from ``(seed, epoch, index)``.
-Runs are therefore the same whatever ``num_workers`` is, and a run resumed in the middle of an
-epoch sees exactly the batches an uninterrupted run would have seen.
+The training sampler is a config choice (``data.sampler``, default torch's ``RandomSampler``);
+:class:`SeededSampler` wraps whichever it is. Each epoch it reseeds the sampler's random
+generator from ``(seed, epoch)`` and pairs every index it yields with an augmentation seed from
+``(seed, epoch, index)``. Nothing draws from a random stream whose state would have to be saved,
+so runs are the same whatever ``num_workers`` is, augmentations differ from epoch to epoch with
+any sampler, and a run resumed in the middle of an epoch sees exactly the batches an
+uninterrupted run would have seen.
 """
 
 from __future__ import annotations
 
 import itertools
 import random
+from collections import Counter
 from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 
 def mixed_seed(*parts: int) -> int:
@@ -22,42 +26,57 @@ def mixed_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) % 2**64 for p in parts]).generate_state(1)[0])
 
 
-class EpochSampler(Sampler):
-    """Shuffles ``size`` indices anew each epoch; yields ``(index, augmentation seed)`` pairs.
+class SeededSampler(Sampler):
+    """Yields ``(index, augmentation seed)`` for each index of ``sampler``, epoch by epoch.
+
+    A sampler with a ``generator`` attribute (``RandomSampler``, ``WeightedRandomSampler``)
+    gets a generator seeded from ``(seed, epoch)`` before each epoch, so its draws repeat when
+    an epoch is replayed. An index that comes again within an epoch (sampling with replacement)
+    gets a new augmentation seed each time.
 
     Lightning calls :meth:`set_epoch` before every epoch (also through its DDP sampler wrapper);
-    a plain loop that never does still gets a new order on each pass.
+    a plain loop that never does still gets the next epoch on each pass.
     """
 
-    def __init__(self, size: int, seed: int) -> None:
-        self.size, self.seed, self.epoch = int(size), int(seed), 0
+    def __init__(self, sampler: Sampler, seed: int) -> None:
+        self.sampler, self.seed, self.epoch = sampler, int(seed), 0
         self._skip, self._epoch_given, self._passes = 0, False, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch, self._epoch_given = int(epoch), True
+        if callable(getattr(self.sampler, "set_epoch", None)):
+            self.sampler.set_epoch(epoch)
 
     def skip_next(self, count: int) -> None:
         """Start the next pass ``count`` positions into the epoch's order."""
         self._skip = int(count)
 
     def __len__(self) -> int:
-        return self.size
+        return len(self.sampler)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         if self._passes and not self._epoch_given:
-            self.epoch += 1
+            self.set_epoch(self.epoch + 1)
         self._passes, self._epoch_given = self._passes + 1, False
-        generator = torch.Generator().manual_seed(mixed_seed(self.seed, self.epoch))
-        order = torch.randperm(self.size, generator=generator).tolist()
+        if hasattr(self.sampler, "generator"):
+            self.sampler.generator = torch.Generator().manual_seed(
+                mixed_seed(self.seed, self.epoch)
+            )
+        seen: Counter[int] = Counter()
+        keys = []
+        for index in self.sampler:
+            repeat, seen[index] = seen[index], seen[index] + 1
+            parts = (self.seed, self.epoch, index) + ((repeat,) if repeat else ())
+            keys.append((int(index), mixed_seed(*parts)))
         start, self._skip = self._skip, 0
-        return iter([(i, mixed_seed(self.seed, self.epoch, i)) for i in order[start:]])
+        return iter(keys[start:])
 
 
 class SeededAugmentation(Dataset):
     """Seeds a dataset's albumentations pipeline per sample before reading it.
 
-    Keys are ``(index, seed)`` from :class:`EpochSampler`, or plain indices (seeded by index
-    alone, e.g. when Lightning swaps in a sequential sampler for ``overfit_batches``).
+    Keys are ``(index, seed)`` from :class:`SeededSampler`, or plain indices (seeded by index
+    alone: only when Lightning swaps in its own sequential sampler for ``overfit_batches``).
     One generator pair is shared by all transforms of the pipeline: albumentations' own
     ``Compose(seed=...)`` gives each transform an identical stream, which makes e.g. the
     horizontal and vertical flips always fire together.
@@ -89,7 +108,7 @@ class ResumableDataLoader(DataLoader):
     """A DataLoader that starts each epoch after the batches the trainer says are done.
 
     The position comes from Lightning's own restored progress (``batches_done``), so there is
-    no second copy of it to keep in sync. With an :class:`EpochSampler` the done batches are
+    no second copy of it to keep in sync. Behind a :class:`SeededSampler` the done batches are
     skipped by index (nothing is read); behind another sampler (DDP, overfit) they are read
     and dropped. The iterator is created on the first ``next()``, after Lightning has set the
     epoch, so the first epoch after a resume is ordered like the uninterrupted run's.
@@ -104,7 +123,7 @@ class ResumableDataLoader(DataLoader):
 
     def _epoch(self) -> Iterator:
         done = self.batches_done() if self.batches_done else 0
-        if done and isinstance(self.sampler, EpochSampler) and self.batch_size:
+        if done and isinstance(self.sampler, SeededSampler) and self.batch_size:
             self.sampler.skip_next(done * self.batch_size)
             done = 0
         yield from itertools.islice(super().__iter__(), done, None)
@@ -115,3 +134,14 @@ class ResumableDataLoader(DataLoader):
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+class EvalDistributedSampler(DistributedSampler):
+    """Shards evaluation data across ranks without padding, so no sample is counted twice."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.num_samples = len(range(rank, len(dataset), num_replicas))
+
+    def __iter__(self):
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))

@@ -6,13 +6,15 @@ and mask exactly as the source reads them (stored resolution, no augmentation). 
 are in the unit the pipelines normalise in: divided by their type's range (255 for 8-bit,
 65535 for 16-bit images; floats as stored). Ignored pixels (255) count for no class.
 
-The result is cached as JSON under the statistics folder, keyed on the source's settings and
-on the training samples' paths, sizes and modification times: a changed split, file or
-setting computes it again, nothing else does.
+The result is cached as JSON in ``<data.cache.dir>/statistics``, keyed on the source's
+settings and on the training samples' paths, sizes and modification times: a changed split,
+file or setting computes it again, nothing else does. :func:`resolve_auto` turns a config's
+``auto`` values into these numbers.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -24,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from omegaconf import DictConfig
 
 from lightseg.config import FROM_TRAINING_SPLIT
-from lightseg.data.fingerprint import fingerprint
+from lightseg.data.source import Sample, SegmentationSource, fingerprint, read_pair
 from lightseg.data.transforms import pixel_scale
 from lightseg.errors import LightsegError
 
@@ -135,10 +138,8 @@ class Accumulator:
         )
 
 
-def measure(source, samples: Sequence) -> SplitStatistics:
+def measure(source: SegmentationSource, samples: Sequence[Sample]) -> SplitStatistics:
     """Statistics of ``samples`` as ``source`` reads them."""
-    from lightseg.data.base import read_pair  # base builds on this module
-
     accumulator = Accumulator(source.classes)
     for sample in samples:  # size-checked, as training reads them
         accumulator.add(*read_pair(source, sample))
@@ -146,7 +147,10 @@ def measure(source, samples: Sequence) -> SplitStatistics:
 
 
 def training_statistics(
-    source, samples: Sequence, folder: Path, measured: SplitStatistics | None = None
+    source: SegmentationSource,
+    samples: Sequence[Sample],
+    folder: Path,
+    measured: SplitStatistics | None = None,
 ) -> SplitStatistics:
     """:func:`measure` of the training ``samples``, read from / written to ``folder``
     (``measured``: the result of a pass the caller made anyway, stored if not cached yet)."""
@@ -175,16 +179,19 @@ def _tuple(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-def fill_from_data(cfg, datamodule) -> None:
-    """Replace what ``auto`` stands for in ``cfg`` by numbers from the training split.
+def resolve_auto(cfg: DictConfig, datamodule) -> DictConfig:
+    """A copy of ``cfg`` with what ``auto`` stands for replaced by numbers from the training
+    split (``cfg`` itself is left as it is).
 
-    ``data.mean``/``data.std`` take the values the DataModule computed; every loss term with
+    ``data.mean``/``data.std`` take the values the DataModule uses; every loss term with
     ``class_weights`` (``auto``/``median``/``inverse``) or ``pos_weight: auto`` gets them from
-    :meth:`SplitStatistics.class_weights` / :meth:`~SplitStatistics.pos_weight`. The run's
-    saved config and its checkpoints then hold the numbers that were used.
+    :meth:`SplitStatistics.class_weights` / :meth:`~SplitStatistics.pos_weight`. Saved with the
+    run and its checkpoints, the resolved config holds the numbers that were used.
     """
-    cfg.data.mean, cfg.data.std = list(datamodule.mean), list(datamodule.std)
-    for name, entry in (cfg.get("loss") or {}).items():
+    datamodule.locate()  # measures `auto` mean/std
+    resolved = copy.deepcopy(cfg)
+    resolved.data.mean, resolved.data.std = list(datamodule.mean), list(datamodule.std)
+    for name, entry in (resolved.get("loss") or {}).items():
         term = (entry or {}).get("term")
         if term is None:
             continue
@@ -197,3 +204,4 @@ def fill_from_data(cfg, datamodule) -> None:
         if term.get("pos_weight") == "auto":
             term.pos_weight = datamodule.statistics().pos_weight()
             log.info("loss.%s.term.pos_weight=%s (background/foreground)", name, term.pos_weight)
+    return resolved

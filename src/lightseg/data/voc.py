@@ -26,7 +26,7 @@ import numpy as np
 import scipy.io
 from scipy.io.matlab import MatReadError
 
-from lightseg.data.base import (
+from lightseg.data.source import (
     Sample,
     SegmentationSource,
     check_labels,

@@ -39,7 +39,7 @@ from torchmetrics import MetricCollection
 from lightseg import CONFIG_DIR
 from lightseg.checkpoints import load_module, model_input
 from lightseg.config import plain
-from lightseg.data.base import Sample, SegmentationSource, read_pair
+from lightseg.data.source import Sample, SegmentationSource, read_pair
 from lightseg.errors import LightsegError, user_errors
 from lightseg.metrics import (
     build_metrics,
@@ -181,7 +181,7 @@ def evaluate(
             f"{datamodule.in_channels}-channel ones. Evaluate on the dataset it was trained on "
             "(experiment=... or data=...)."
         )
-    datamodule.locate(prepare=True)  # the split lists only: eval reads full-size images
+    datamodule.locate()  # the split lists only: eval reads full-size images
     if cfg.split not in datamodule.splits:
         raise LightsegError(f"split={cfg.split} is unknown: use test, val or train.")
     samples = datamodule.splits[cfg.split]

@@ -27,8 +27,8 @@ from lightseg.runs.resume import override_key
 #: folds of k-fold cross-validation), paths, logging, resuming.
 NOT_A_SETTING = (
     "seed",
-    "data.split_seed",
-    "data.fold",
+    "data.split.seed",
+    "data.split.fold",
     "ckpt_path",
     "resume",
     "print_config",

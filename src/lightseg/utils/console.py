@@ -37,7 +37,7 @@ console = _console()
 CONFIG_ORDER = ("data", "model", "loss", "optimizer", "scheduler", "trainer", "callbacks", "logger")
 #: Groups whose chosen option the start-up summary names.
 SUMMARY_GROUPS = ("experiment", "data", "model", "loss", "optimizer", "scheduler", "trainer")
-SUMMARY_DATA_KEYS = ("image_size", "batch_size", "num_workers", "split", "cache", "cache_scale")
+SUMMARY_DATA_KEYS = ("image_size", "batch_size", "num_workers", "split", "cache")
 SUMMARY_TRAINER_KEYS = (
     "accelerator",
     "devices",

@@ -1,0 +1,331 @@
+"""The LightningDataModule: a source's samples, prepared, split, cached and served as batches.
+
+Its settings are described where they are set, ``configs/data/base/default.yaml``; grouped ones
+are ``split: {val, test, seed, folds, fold}`` (fractions, or k-fold cross-validation with test
+= fold ``fold``; ``seed`` decides which samples are which and is fixed by default, so runs over
+several seeds test the same images) and ``cache: {enabled, scale, dir}`` (the decoded-sample
+cache of :mod:`lightseg.data.cache`; ``dir`` also holds the statistics behind ``auto`` and the
+datasets' locks). ``sampler`` is the training sampler's class (``_partial_``): lightseg fills
+``data_source`` (the training dataset) and ``num_samples`` where it takes them, and wraps it in
+a :class:`~lightseg.data.sampling.SeededSampler`. Batch sizes are per device (process): the
+global batch is ``batch_size x devices x nodes``, unless ``global_batch_size`` fixes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
+
+from lightseg.config import image_size_hw
+from lightseg.data.cache import SampleCache, open_cache
+from lightseg.data.sampling import (
+    EvalDistributedSampler,
+    ResumableDataLoader,
+    SeededAugmentation,
+    SeededSampler,
+    batches_done_in_epoch,
+)
+from lightseg.data.source import (
+    SPLITS,
+    Sample,
+    SegmentationSource,
+    at_least,
+    cache_home,
+    check_fold,
+    read_pair,
+)
+from lightseg.data.statistics import SplitStatistics, training_statistics
+from lightseg.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    build_pipeline,
+    init_loader_worker,
+    one_opencv_thread,
+    to_unit_range,
+)
+from lightseg.errors import LightsegError
+from lightseg.task import Task
+from lightseg.utils.locks import file_lock
+
+log = logging.getLogger(__name__)
+
+#: ``data.mean`` / ``data.std`` value meaning "per-channel values of the training split".
+AUTO = "auto"
+
+
+#: The grouped settings and their defaults (None: lightseg.data.source.cache_home()).
+SPLIT = {"val": 0.2, "test": 0.2, "seed": 0, "folds": None, "fold": 0}
+CACHE = {"enabled": False, "scale": None, "dir": None}
+
+
+def grouped(defaults: dict, given: Mapping[str, Any] | None, key: str) -> SimpleNamespace:
+    """``defaults`` updated from a config mapping; an unknown key is an error naming it."""
+    unknown = [k for k in given or {} if k not in defaults]
+    if unknown:
+        raise LightsegError(
+            f"data.{key}.{unknown[0]} is not a setting: data.{key} takes {', '.join(defaults)}."
+        )
+    return SimpleNamespace(**{**defaults, **(given or {})})
+
+
+def prepare_source(source: SegmentationSource, cache_dir: str | Path) -> None:
+    """``source.prepare()`` holding the lock of its data folder (a file under ``cache_dir``):
+    the contract's promise (:mod:`lightseg.data.source`) that no two run at once."""
+    if type(source).prepare is SegmentationSource.prepare:
+        return  # nothing to prepare, nothing to lock
+    cache_dir, folder = Path(cache_dir).expanduser(), str(source.root.resolve())
+    name = f"{source.root.name}-{hashlib.sha1(folder.encode()).hexdigest()[:12]}.lock"
+    try:
+        with file_lock(cache_dir / "locks" / name, f"preparing {type(source).__name__}"):
+            source.prepare()
+    except OSError as error:
+        raise LightsegError(
+            f"Cannot lock '{cache_dir / 'locks' / name}' ({error}) to prepare '{folder}'. Point "
+            "paths.cache_dir (or LIGHTSEG_CACHE_DIR) at a writable folder."
+        ) from None
+
+
+class SegmentationDataset(Dataset):
+    """Reads samples through a source (or its cache) and applies an albumentations pipeline.
+
+    Items are tensors, image ``[C, H, W]`` (uint8 for 8-bit data, else float32 in [0, 1]) and
+    mask uint8 ``[H, W]``: the model normalises the image and widens the mask on its device
+    (``SegmentationModule.on_after_batch_transfer``).
+    """
+
+    def __init__(
+        self, source: SegmentationSource, samples: Sequence[Sample], transform, cache=None
+    ) -> None:
+        self.source, self.samples, self.transform = source, list(samples), transform
+        self.cache: SampleCache | None = cache
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.samples[index]
+        pair = self.cache.read(sample.id) if self.cache else read_pair(self.source, sample)
+        out = self.transform(image=pair[0], mask=pair[1])
+        return {"image": to_unit_range(out["image"]), "mask": out["mask"], "id": sample.id}
+
+
+class SegmentationDataModule(L.LightningDataModule):
+    """Prepares and splits a source, builds the train/eval pipelines, serves per-device
+    batches (see the module docs)."""
+
+    def __init__(
+        self,
+        source: SegmentationSource,
+        transforms: Mapping[str, Sequence],
+        image_size: int | Sequence[int] = (256, 256),
+        batch_size: int = 8,
+        num_workers: int = 2,
+        mean: Sequence[float] | Literal["auto"] = IMAGENET_MEAN,
+        std: Sequence[float] | Literal["auto"] = IMAGENET_STD,
+        seed: int = 0,
+        split: Mapping[str, Any] | None = None,
+        cache: Mapping[str, Any] | None = None,
+        sampler: Callable[..., Sampler] | None = None,
+        global_batch_size: int | None = None,
+        pin_memory: bool | None = None,
+        split_dir: str | Path | None = None,
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.image_size = image_size_hw(image_size)
+        self.batch_size = at_least(batch_size, 1, "data.batch_size")
+        self.num_workers = at_least(num_workers, 0, "data.num_workers")
+        self.global_batch_size = global_batch_size
+        if global_batch_size is not None:
+            at_least(global_batch_size, 1, "data.global_batch_size")
+        self.mean = mean if mean == AUTO else tuple(mean)
+        self.std = std if std == AUTO else tuple(std)
+        self.check_normalization()
+        self.seed = int(seed)  # data order and augmentations
+        self.split = grouped(SPLIT, split, "split")
+        if self.split.folds is not None:
+            check_fold(self.split.folds, self.split.fold)
+        self.cache = grouped(CACHE, cache, "cache")
+        if self.cache.scale is not None and not self.cache.scale > 0:
+            raise LightsegError(
+                f"data.cache.scale={self.cache.scale} must be > 0 (e.g. 2: keep twice the "
+                "training size), or null to cache images as read."
+            )
+        self.cache_dir = Path(self.cache.dir or cache_home()).expanduser()
+        self.sampler = sampler or RandomSampler
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.split_dir = Path(split_dir) if split_dir else None
+        self.pipelines = {name: build_pipeline(transforms[name]) for name in ("train", "eval")}
+        self.splits: dict[str, list[Sample]] | None = None
+        self.datasets: dict[str, SegmentationDataset] = {}
+        self._sample_cache: SampleCache | None = None
+        self._statistics: SplitStatistics | None = None
+
+    def check_normalization(self) -> None:
+        """One mean and std per image channel (``auto`` ones are checked once computed)."""
+        for key, values in (("data.mean", self.mean), ("data.std", self.std)):
+            if values != AUTO and len(values) != self.in_channels:
+                raise LightsegError(
+                    f"{key} has {len(values)} values, but the images have {self.in_channels} "
+                    "channel(s): data.mean and data.std need one value per image channel. Give "
+                    f"{self.in_channels}, or set {key}=auto (computed from the training split)."
+                )
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.source.in_channels)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.source.classes)
+
+    @property
+    def task(self) -> Task:
+        return Task(self.classes)
+
+    def locate(self) -> dict[str, list[Sample]]:
+        """Prepare the source (under its lock), find its samples and split them: once per
+        process. Cheap next to building a pretrained network, so training calls it first."""
+        if self.splits is None:
+            prepare_source(self.source, self.cache_dir)
+            samples = self.source.find()
+            fractions = {"val": self.split.val, "test": self.split.test}
+            if self.split.folds:
+                splits = self.source.fold_split(
+                    samples, self.split.folds, self.split.fold, self.split.val, self.split.seed
+                )
+            else:
+                splits = self.source.split(samples, fractions, self.split.seed)
+            empty = [name for name in SPLITS if not splits.get(name)]
+            if empty:
+                sizes = {name: len(splits.get(name, [])) for name in SPLITS}
+                raise LightsegError(
+                    f"{type(self.source).__name__} under '{self.source.root}' gives empty "
+                    f"split(s) {empty} (sizes {sizes}). Add data or change data.split (val/test "
+                    "fractions)."
+                )
+            self.splits = splits
+        if AUTO in (self.mean, self.std):
+            stats = self.statistics()
+            self.mean = stats.mean if self.mean == AUTO else self.mean
+            self.std = stats.std if self.std == AUTO else self.std
+            log.info("data.mean=%s data.std=%s (training split)", list(self.mean), list(self.std))
+            self.check_normalization()
+        return self.splits
+
+    def prepare_data(self) -> None:
+        """Lightning's hook (once per node, before the other processes set up): the splits,
+        and the sample cache, so that the other processes find it built."""
+        self.locate()
+        self.sample_cache()
+
+    def setup(self, stage: str | None = None) -> None:
+        self.locate()
+        if self.split_dir is not None and (self.trainer is None or self.trainer.is_global_zero):
+            self.split_dir.mkdir(parents=True, exist_ok=True)  # the exact samples a run used
+            for name, samples in self.splits.items():
+                (self.split_dir / f"{name}.txt").write_text("".join(f"{s.id}\n" for s in samples))
+
+    @property
+    def statistics_folder(self) -> Path:
+        """Where :meth:`statistics` are cached."""
+        return self.cache_dir / "statistics"
+
+    def statistics(self, measured: SplitStatistics | None = None) -> SplitStatistics:
+        """Channel mean/std and class frequencies of the training split (computed once and
+        cached; ``measured``: already computed by the caller, to be cached)."""
+        if self._statistics is None:
+            train = self.locate()["train"] if self.splits is None else self.splits["train"]
+            self._statistics = training_statistics(
+                self.source, train, self.statistics_folder, measured
+            )
+        return self._statistics
+
+    def sample_cache(self) -> SampleCache | None:
+        """The cache of every sample in the splits (built on first use), or None without one."""
+        if self.cache.enabled and self._sample_cache is None:
+            unique = {s.id: s for split in self.locate().values() for s in split}
+            scale = self.cache.scale
+            minimum = None if scale is None else [max(1, round(n * scale)) for n in self.image_size]
+            self._sample_cache = open_cache(
+                self.source,
+                list(unique.values()),
+                lambda sample: read_pair(self.source, sample),
+                self.cache_dir / "samples",
+                minimum,
+            )
+        return self._sample_cache
+
+    def dataset(self, split: str) -> SegmentationDataset:
+        if split not in self.datasets:
+            pipeline = self.pipelines["train" if split == "train" else "eval"]
+            samples = self.locate()[split]
+            self.datasets[split] = SegmentationDataset(
+                self.source, samples, pipeline, self.sample_cache()
+            )
+        return self.datasets[split]
+
+    def device_batch_size(self) -> int:
+        """Samples per batch on each process."""
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if self.global_batch_size is None:
+            return self.batch_size
+        if self.global_batch_size < world or self.global_batch_size % world:
+            raise LightsegError(
+                f"data.global_batch_size={self.global_batch_size} cannot be split evenly over "
+                f"{world} processes (devices x nodes). Use a multiple of {world}, or set the "
+                "per-device data.batch_size instead (data.global_batch_size=null)."
+            )
+        return self.global_batch_size // world
+
+    def training_sampler(self, dataset: Dataset) -> SeededSampler:
+        """``data.sampler`` for ``dataset``, wrapped to seed order and augmentations."""
+        preset = getattr(self.sampler, "keywords", {})  # what the config set (a partial)
+        offered = {"data_source": dataset, "num_samples": len(dataset)}
+        takes = inspect.signature(self.sampler).parameters
+        chosen = {k: v for k, v in offered.items() if k in takes and k not in preset}
+        return SeededSampler(self.sampler(**chosen), self.seed)
+
+    def _loader(self, split: str) -> DataLoader:
+        dataset, train = self.dataset(split), split == "train"
+        batch_size, sampler, loader, extra = self.device_batch_size(), None, DataLoader, {}
+        trainer = self.trainer
+        if train:  # order and augmentations from (seed, epoch, sample): see data/sampling.py
+            sampler = self.training_sampler(dataset)
+            dataset, loader = SeededAugmentation(dataset, self.seed), ResumableDataLoader
+            extra = {
+                "batches_done": lambda: batches_done_in_epoch(self.trainer),
+                "generator": torch.Generator().manual_seed(self.seed),
+            }
+        elif trainer is not None and trainer.world_size > 1:
+            sampler = EvalDistributedSampler(dataset, trainer.world_size, trainer.global_rank)
+        one_opencv_thread()  # before any worker forks
+        return loader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            drop_last=train and len(dataset) > batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            worker_init_fn=init_loader_worker,  # stop signals left to the main process
+            **extra,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")

@@ -1,0 +1,374 @@
+"""The dataset contract: what a fork writes to train lightseg on data of its own.
+
+A dataset is a subclass of :class:`SegmentationSource` and one YAML file naming it
+(``data.source._target_``) with its settings. lightseg asks it, in this order:
+
+``prepare()``  optional: download, unpack, generate or convert files. lightseg calls it once in
+               every process that finds samples, just before ``find()``, holding a file lock of
+               the dataset folder (shared by every process and node using the same cache folder),
+               so the second caller finds the work done: a ``prepare`` needs no lock of its own.
+               Write results into a scratch folder and rename it when complete, so that a killed
+               ``prepare`` leaves nothing that looks finished; derived files (converted masks)
+               belong under :func:`cache_home`, not in the data folder, which may be read-only.
+``find()``     the :class:`Sample` list. Raise ``self.missing(path)`` when the data is absent.
+``split()``    optional: train/val/test. Default: deterministic and stratified by
+               ``Sample.stratum`` (:func:`stratified_split`); :meth:`fold_split` serves k-fold
+               cross-validation (``data.split.folds``); official lists use :func:`official_split`.
+``read(s)``    ``(image [H, W, C], mask uint8 [H, W])``: class indices, 255 = ignore. Images are
+               uint8, uint16 or float32 (each scaled by its range) with ``in_channels`` channels.
+               The readers below turn missing or damaged files into errors that name them.
+
+A source declares ``classes`` (background first; two make a binary task), ``in_channels``
+(default 3; the network is built for it) and ``how_to_get`` (what ``missing()`` tells a user).
+Its settings are its constructor's arguments: lightseg records them as the source is made
+(:meth:`~SegmentationSource.settings`) and keys its caches (decoded samples, statistics) on
+them, on the class, and on each sample file's path, size and modification time. Whatever a
+source stores its settings as, a changed setting is never served from a stale cache. A source
+whose reading depends on more (a version of its own code) overrides ``settings()`` to add it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from lightseg.errors import LightsegError
+from lightseg.task import IGNORE_INDEX
+
+SPLITS = ("train", "val", "test")
+
+
+def cache_home() -> Path:
+    """lightseg's cache folder (``paths.cache_dir``): ``$LIGHTSEG_CACHE_DIR``, else
+    ``~/.cache/lightseg``. Shared by runs; never inside a dataset's folder."""
+    return Path(os.environ.get("LIGHTSEG_CACHE_DIR") or "~/.cache/lightseg").expanduser()
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One (image, mask) pair on disk.
+
+    ``stratum`` groups samples for stratified splits; ``subset`` names the official list a
+    sample comes from (VOC's ``train``/``val``, COCO's ``train2017``) for official splits.
+    """
+
+    id: str
+    image: Path
+    mask: Path | None = None
+    stratum: str | None = None
+    subset: str | None = None
+
+
+class SegmentationSource:
+    """A dataset in its official on-disk layout under ``root`` (see the module docs)."""
+
+    #: Class names, background first. Two names make a binary task.
+    classes: tuple[str, ...] = ()
+    #: Channels of every image ``read`` returns; the network takes as many.
+    in_channels: int = 3
+    #: What to tell a user whose ``root`` is missing: where to get the data.
+    how_to_get: str = ""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> SegmentationSource:
+        source = super().__new__(cls)
+        try:  # unpickling passes no arguments: the recorded settings come back with __dict__
+            bound = inspect.signature(cls.__init__).bind(source, *args, **kwargs)
+        except TypeError:
+            return source  # (or a wrong call, which __init__ reports)
+        bound.apply_defaults()
+        source._settings = dict(list(bound.arguments.items())[1:])  # without self
+        return source
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def settings(self) -> dict[str, Any]:
+        """The constructor's arguments as given, defaults filled in: what keys the caches."""
+        return dict(getattr(self, "_settings", {}))
+
+    def prepare(self) -> None:
+        """Download, generate or convert files; see the module docs for when it runs."""
+
+    def find(self) -> list[Sample]:
+        raise NotImplementedError
+
+    def split(
+        self, samples: list[Sample], fractions: Mapping[str, float], seed: int
+    ) -> dict[str, list[Sample]]:
+        """Deterministic split stratified by ``Sample.stratum``; override for official splits."""
+        return stratified_split(samples, fractions, seed)
+
+    def fold_split(
+        self, samples: list[Sample], folds: int, fold: int, val: float, seed: int
+    ) -> dict[str, list[Sample]]:
+        """k-fold cross-validation (``data.split.folds``/``fold``): see :func:`kfold_split`.
+
+        Refused for samples of official subsets (VOC, COCO, a folder's split lists), which a
+        re-split would silently ignore.
+        """
+        fixed = sorted({s.subset for s in samples if s.subset})
+        if fixed:
+            raise LightsegError(
+                f"{type(self).__name__} comes with fixed splits ({', '.join(fixed)}), which "
+                "data.split.folds would ignore. Remove data.split.folds for the fixed splits, or "
+                "remove the split lists (a folder's splits/*.txt or its CSV split column) to "
+                "cross-validate."
+            )
+        return kfold_split(samples, folds, fold, val, seed)
+
+    def read(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+        """``(image [H, W, in_channels], mask uint8 [H, W] of class indices, 255 = ignore)``."""
+        raise NotImplementedError
+
+    def missing(self, looked_for: Path | str) -> LightsegError:
+        """The error for a dataset that is not where the config says."""
+        return LightsegError(
+            f"{type(self).__name__} not found: looked for '{looked_for}' under root "
+            f"'{self.root}'. {self.how_to_get} Set the data folder with LIGHTSEG_DATA_DIR or "
+            "paths.data_dir=... . To try lightseg without downloading anything, run `make train` "
+            "(the built-in demo data)."
+        )
+
+
+def file_stamp(path: Path | None) -> list | None:
+    """``[absolute path, size, mtime_ns]``; a missing file is stamped too (its read errs)."""
+    if path is None:
+        return None
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return [os.path.abspath(path), None]
+    return [os.path.abspath(path), stat.st_size, stat.st_mtime_ns]
+
+
+def fingerprint(source: SegmentationSource, samples: Sequence[Sample], **extra: Any) -> str:
+    """SHA-1 (hex) of what the caches derived from ``samples`` depend on: the source's class,
+    classes, channels and settings, each sample's id and files, and ``extra`` (what the cache
+    itself adds: its format version, a working size)."""
+    described = {
+        "source": f"{type(source).__module__}.{type(source).__qualname__}",
+        "classes": list(source.classes),
+        "in_channels": source.in_channels,
+        "settings": source.settings(),
+        "samples": [
+            [s.id, file_stamp(s.image), file_stamp(s.mask)]
+            for s in sorted(samples, key=lambda s: s.id)
+        ],
+        **extra,
+    }
+    text = json.dumps(described, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def read_pair(source: SegmentationSource, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+    """``source.read(sample)``, checked: image and mask must have the same size."""
+    image, mask = source.read(sample)
+    if image.shape[:2] != mask.shape[:2]:
+        raise LightsegError(
+            f"Image and mask of sample '{sample.id}' differ in size: the mask '{sample.mask}' is "
+            f"{mask.shape[1]}x{mask.shape[0]} pixels but its image '{sample.image}' is "
+            f"{image.shape[1]}x{image.shape[0]}. A mask must match its image pixel for pixel: "
+            "export the mask again at the image's size, or re-extract both files from the "
+            "dataset's archive."
+        )
+    return image, mask
+
+
+# --- readers --------------------------------------------------------------------------------
+
+
+def open_image(path: Path) -> Image.Image:
+    """Open an image file, turning a missing or corrupt file into an error that names it."""
+    try:
+        image = Image.open(path)
+        image.load()
+    except (FileNotFoundError, UnidentifiedImageError, OSError) as error:
+        raise LightsegError(
+            f"Cannot read image file '{path}' ({error}). Re-extract this file from the "
+            "dataset's official archive, or remove the sample from the dataset folder."
+        ) from None
+    return image
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """uint8 ``[H, W, 3]``: grayscale, palette and RGBA files converted to RGB."""
+    return np.asarray(open_image(path).convert("RGB"))
+
+
+def read_label_png(path: Path, num_classes: int) -> np.ndarray:
+    """Class indices stored in a palette or grayscale PNG, checked by :func:`check_labels`.
+
+    A palette PNG's pixels are already indices; its colours are only for display and ignored.
+    """
+    image = open_image(path)
+    if image.mode not in ("P", "L"):
+        raise LightsegError(
+            f"Label mask '{path}' is a {image.mode} image, but must hold class indices (a "
+            "palette or grayscale PNG). Re-extract it from the official archive; do not save "
+            "masks through tools that convert them to RGB."
+        )
+    return check_labels(np.asarray(image), num_classes, path)
+
+
+REEXTRACT = (
+    "The file is damaged or belongs to another dataset: re-extract it from the official archive."
+)
+
+
+def check_labels(mask: np.ndarray, num_classes: int, path: Path, fix: str = REEXTRACT):
+    """``mask`` unchanged if every value is a class index or 255 (ignore), else an error
+    naming the file and the values; ``fix`` says what to do."""
+    values = np.unique(mask)
+    bad = values[(values >= num_classes) & (values != IGNORE_INDEX)]
+    if bad.size:
+        raise LightsegError(
+            f"Mask '{path}' holds the value(s) {bad.tolist()[:10]}, but only class indices "
+            f"0..{num_classes - 1} and {IGNORE_INDEX} (ignore) are allowed. {fix}"
+        )
+    return mask
+
+
+#: 0/255 masks: foreground >= BINARY_THRESHOLD. More than MAX_UNCLEAR of the pixels strictly
+#: between UNCLEAR_LOW and UNCLEAR_HIGH means the mask is not binary (a photo, a soft matte, a
+#: multi-class mask), while JPEG noise and anti-aliased edges pass.
+BINARY_THRESHOLD, UNCLEAR_LOW, UNCLEAR_HIGH, MAX_UNCLEAR = 128, 32, 223, 0.05
+
+
+def threshold_binary(values: np.ndarray, path: Path, what: str, hint: str) -> np.ndarray:
+    """A 0/255 mask as 0/1 uint8 (foreground >= BINARY_THRESHOLD), or an error naming the file
+    if it is not binary; ``what`` names the mask (``"MADS mask"``), ``hint`` says what to do."""
+    unclear = float(((values > UNCLEAR_LOW) & (values < UNCLEAR_HIGH)).mean())
+    if unclear > MAX_UNCLEAR:
+        raise LightsegError(
+            f"{what} '{path}' is not a binary mask: {unclear:.0%} of its pixels have values "
+            f"between {UNCLEAR_LOW} and {UNCLEAR_HIGH} (values seen: {np.unique(values)[:8]}...). "
+            f"{hint}"
+        )
+    return (values >= BINARY_THRESHOLD).astype(np.uint8)
+
+
+# --- splits ---------------------------------------------------------------------------------
+
+
+def at_least(value, minimum: int, key: str) -> int:
+    """``value`` as an int >= ``minimum``, or an error naming the config key."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise LightsegError(f"{key}={value!r} must be a whole number >= {minimum}.")
+    return int(value)
+
+
+def by_stratum(samples: Sequence[Sample], seed: int) -> list[list[Sample]]:
+    """Each ``Sample.stratum``'s samples (strata in name order), shuffled with ``seed``.
+
+    The input order does not matter: members are sorted by id before shuffling.
+    """
+    strata: dict[str | None, list[Sample]] = defaultdict(list)
+    for sample in sorted(samples, key=lambda s: s.id):
+        strata[sample.stratum].append(sample)
+    rng = np.random.default_rng(seed)
+    ordered = sorted(strata.items(), key=lambda item: str(item[0]))
+    return [[members[i] for i in rng.permutation(len(members))] for _, members in ordered]
+
+
+def stratified_split(
+    samples: Sequence[Sample], fractions: Mapping[str, float], seed: int
+) -> dict[str, list[Sample]]:
+    """Shuffle each stratum with ``seed`` and cut val/test fractions off; the rest is train.
+
+    Each stratum's shuffled members get evenly spaced positions in [0, 1) and the strata are
+    merged by position, so any prefix keeps the strata proportions and split sizes come out
+    exact for the whole set rather than rounded per stratum.
+    """
+    val, test = float(fractions.get("val", 0.0)), float(fractions.get("test", 0.0))
+    if val < 0 or test < 0 or val + test >= 1:
+        raise LightsegError(
+            f"data.split fractions val={val} and test={test} must be >= 0 and sum to less than 1."
+        )
+    keyed = [
+        ((rank + 0.5) / len(members), str(sample.stratum), sample)
+        for members in by_stratum(samples, seed)
+        for rank, sample in enumerate(members)
+    ]
+    ordered = [sample for *_, sample in sorted(keyed, key=lambda item: item[:2])]
+    n_val, n_test = round(val * len(ordered)), round(test * len(ordered))
+    groups = {
+        "val": ordered[:n_val],
+        "test": ordered[n_val : n_val + n_test],
+        "train": ordered[n_val + n_test :],
+    }
+    return {name: sorted(groups[name], key=lambda s: s.id) for name in SPLITS}
+
+
+def check_fold(folds, fold) -> int:
+    """``data.split.folds`` as an int >= 2, checked to have a fold number ``data.split.fold``."""
+    folds = at_least(folds, 2, "data.split.folds")
+    if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < folds:
+        raise LightsegError(
+            f"data.split.fold={fold!r} must be one of 0..{folds - 1} (data.split.folds={folds})."
+        )
+    return folds
+
+
+def kfold_split(
+    samples: Sequence[Sample], folds: int, fold: int, val: float, seed: int
+) -> dict[str, list[Sample]]:
+    """Test = fold ``fold`` of ``folds`` stratified folds; val = ``val`` of all samples, taken
+    stratified from the other folds; the rest trains.
+
+    Every stratum is shuffled with ``seed`` and dealt round-robin onto the folds, the deal
+    continuing from one stratum to the next: each stratum is spread evenly over the folds and
+    fold sizes differ by at most one. The folds are disjoint and cover every sample once, and
+    they do not depend on ``fold``, so ``fold=0..folds-1`` tests each sample exactly once.
+    """
+    folds = check_fold(folds, fold)
+    if len(samples) < folds:
+        raise LightsegError(
+            f"data.split.folds={folds} needs at least {folds} samples; the dataset has "
+            f"{len(samples)}."
+        )
+    dealt = [s for members in by_stratum(samples, seed) for s in members]
+    rest = [s for position, s in enumerate(dealt) if position % folds != fold]
+    n_val = round(float(val) * len(samples))
+    if not 0 <= n_val < len(rest):
+        raise LightsegError(
+            f"data.split.val={val} with data.split.folds={folds} leaves no training data: the "
+            f"validation set is taken from the {len(rest)} samples outside the test fold. Use a "
+            "smaller data.split.val."
+        )
+    inner = stratified_split(rest, {"val": n_val / len(rest)}, seed)
+    tested = sorted(dealt[fold::folds], key=lambda s: s.id)
+    return {"train": inner["train"], "val": inner["val"], "test": tested}
+
+
+def subset_map(splits: Mapping[str, str]) -> dict[str, str]:
+    """``data.source.splits``, checked to map each of train/val/test to an official subset.
+
+    Two splits may share a subset (``test: val`` where the official test labels are withheld).
+    """
+    unmapped = [name for name in SPLITS if not splits.get(name)]
+    if unmapped:
+        raise LightsegError(
+            f"data.source.splits={dict(splits)} names no subset for {unmapped}: map each of "
+            f"{list(SPLITS)} to one of the dataset's official subsets."
+        )
+    return {name: str(splits[name]) for name in SPLITS}
+
+
+def official_split(
+    samples: Sequence[Sample], subsets: Mapping[str, str]
+) -> dict[str, list[Sample]]:
+    """Each split takes the samples of the subset ``subsets`` maps it to (``Sample.subset``)."""
+    return {
+        name: sorted((s for s in samples if s.subset == subsets[name]), key=lambda s: s.id)
+        for name in SPLITS
+    }
