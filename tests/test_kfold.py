@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 
 from lightseg.data.source import kfold_split
 from lightseg.errors import LightsegError
-from lightseg.tools.results import write_tables
+from lightseg.tools.table import write_tables
 from tests.conftest import make_config
 from tests.runs import run_cli, tiny_cli_run
 from tests.test_data_base import samples
