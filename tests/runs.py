@@ -45,6 +45,17 @@ def run_cli(monkeypatch, *args: str) -> None:
         GlobalHydra.instance().clear()
 
 
+def run_app(main, *args: str) -> None:
+    """``python -m <tool> ARGS`` in this process, as the command line runs the Hydra app."""
+    argv = sys.argv
+    sys.argv = ["tool", *args]
+    try:
+        main()
+    finally:
+        sys.argv = argv
+        GlobalHydra.instance().clear()
+
+
 def tiny_cli_run(tmp_path: Path, data_dir: Path) -> list[str]:
     """Overrides for a one-epoch, one-batch demo run at 64x64 with logs under ``tmp_path``."""
     return [

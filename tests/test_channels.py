@@ -15,8 +15,8 @@ from PIL import Image
 
 from lightseg import CONFIG_DIR
 from lightseg.checkpoints import load_module, model_input
-from lightseg.data.source import read_label_png
 from lightseg.data.pixels import read_image
+from lightseg.data.source import read_label_png
 from lightseg.errors import LightsegError
 from lightseg.tools.eval import evaluate
 from lightseg.tools.export import export

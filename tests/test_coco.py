@@ -161,7 +161,7 @@ def test_find_before_prepare_is_a_clear_error(coco_root):
 
 
 def test_missing_dataset(tmp_path):
-    with pytest.raises(LightsegError, match=r"instances_train2017\.json.*data.download coco"):
+    with pytest.raises(LightsegError, match=r"instances_train2017\.json.*data.download data=coco"):
         COCO(tmp_path / "coco").prepare()
 
 

@@ -59,7 +59,7 @@ def test_a_bad_override_gets_hydras_message_and_the_closest_valid_key(
 
 
 def test_a_key_of_another_option_of_its_group_names_the_options_that_have_it():
-    message = explained("data=ph2", "data.source.mask_pattern={stem}_mask")
+    message = explained("data=ph2", "data.source.mask_pattern='{stem}_mask'")
     assert "data.source.mask_pattern is a setting of data=folder, not of data=ph2." in message
     assert "Did you mean" not in message
 

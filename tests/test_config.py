@@ -121,7 +121,7 @@ CORE = (
     "data",
     "models",
     "losses.py",
-    "metrics.py",
+    "metrics",
     "task.py",
     "train.py",
     "experiment.py",

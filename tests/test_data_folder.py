@@ -24,7 +24,7 @@ from lightseg.tools.eval import evaluate
 from lightseg.train import train
 from tests.conftest import ONE_STEP, make_config
 from tests.fixtures_datasets import FOLDER_CASES, folder_label, write_folder
-from tests.runs import run_cli
+from tests.runs import run_app, run_cli
 
 #: Colour masks: class colours in class order, and the colour of ignored pixels.
 PALETTE = {"background": (0, 0, 0), "road": (128, 64, 128), "car": (0, 0, 142)}
@@ -590,7 +590,9 @@ def test_a_read_only_data_folder_trains_and_checks_with_caches_elsewhere(
     for path in modes:
         path.chmod(0o555 if path.is_dir() else 0o444)
     try:
-        download.main(["folder", f"data.source.root={photos}"])  # make data DATASET=folder
+        run_app(
+            download.main, "data=folder", f"data.source.root={photos}"
+        )  # make data DATASET=folder
         assert "data.mean=" in capsys.readouterr().out
         cfg = make_config(
             tmp_path,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from lightseg.experiment import build_module, build_trainer
+from lightseg.experiment import build_module, build_trainer, resolve
 from tests.conftest import make_config
 
 
@@ -30,6 +30,7 @@ def untrained_demo(tmp_path, data_dir, trainer: str, *overrides: str):
         data_dir=data_dir,
     )
     datamodule = instantiate(cfg.data, _convert_="all")
+    cfg = resolve(cfg, datamodule)  # the task's metric set
     torch.manual_seed(0)
     module = build_module(cfg, datamodule)
     trainer = build_trainer(cfg, enable_progress_bar=False, enable_model_summary=False)
@@ -57,8 +58,9 @@ def test_ddp_validation_metrics_equal_single_process(tmp_path, data_dir):
     calls.unlink(missing_ok=True)
     double = validate(tmp_path / "two", data_dir, "ddp_sim")
     # prepare() runs once in each process that finds samples, under the dataset's lock: here
-    # both spawned ranks (the main process never looked); tests/test_data_base.py checks the lock
-    assert calls.read_text() == "prepare\n" * 2
+    # the main process (resolve reads the task), whose splits the spawned ranks inherit;
+    # tests/test_data_base.py checks the lock
+    assert calls.read_text() == "prepare\n"
     assert single.keys() == double.keys() and "val/dice_per_image" in single
     assert 0.0 < single["val/iou"] < 1.0  # an untrained net: a non-trivial number to match
     assert double == pytest.approx(single, abs=1e-6)

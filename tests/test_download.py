@@ -20,7 +20,7 @@ from lightseg.data import download
 from lightseg.data.download import Archive, main, prepare_dataset
 from lightseg.errors import LightsegError
 from tests.fixtures_datasets import write_sbd, write_voc
-from tests.test_results import run_app
+from tests.runs import run_app
 
 VOC_URL = "https://example.test/VOCtrainval.tar"
 SBD_URL = "https://example.test/benchmark.tgz"

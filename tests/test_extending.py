@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from lightseg import CONFIG_DIR
+from lightseg.tools.plot import read_csv_log
 
 README = Path(CONFIG_DIR).parent / "README.md"
 BLOCK = re.compile(r"```(?:python|yaml)\n# ((?:extensions|configs)/[^\n]+)\n(.*?)```", re.S)
@@ -97,7 +98,7 @@ def test_a_forks_dataset_network_loss_and_metric_train_and_evaluate(fork):
     for stage in ("val", "test"):
         assert 0.0 <= metrics[f"{stage}/area_error"] <= 1.0
         assert 0.0 <= metrics[f"{stage}/dice"] <= 1.0
-    log = pd.read_csv(folder / "csv" / "metrics.csv")
+    log = read_csv_log(folder)
     smoothness = log["train/loss_smoothness"].dropna()
     assert len(smoothness) == 2 and (smoothness > 0).all()
     assert log["val/area_error"].notna().sum() == 3  # two epochs, then the best checkpoint

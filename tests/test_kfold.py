@@ -99,7 +99,7 @@ def test_five_fold_multirun_on_the_demo_gives_a_table_over_folds(
     one_thread, monkeypatch, tmp_path, data_dir
 ):
     # as in: make train EXP=demo ARGS="-m data.split.folds=5 data.split.fold=0,1,2,3,4"
-    overrides = [*tiny_cli_run(tmp_path, data_dir), "-m", "data.split.folds=5"]
+    overrides = ["-m", *tiny_cli_run(tmp_path, data_dir), "data.split.folds=5"]
     overrides.append("data.split.fold=0,1,2,3,4")
     run_cli(monkeypatch, *overrides)
     (sweep,) = (tmp_path / "logs" / "demo" / "multiruns").iterdir()

@@ -30,10 +30,12 @@ def case(task: Task, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return logits, target
 
 
-def term(name: str, **options) -> dict:
-    """``loss.<name>`` as configs/loss/<name>.yaml declares it, with ``options`` on top."""
+def term(name: str, weight: float | None = None, **options) -> dict:
+    """``loss.<name>`` as configs/loss/<name>.yaml declares it, with the term's ``options`` and
+    ``weight`` on top."""
     entry = yaml.safe_load((Path(CONFIG_DIR) / "loss" / f"{name}.yaml").read_text())[name]
-    return {name: {**entry, **options}}
+    entry = {**entry, "term": {**entry["term"], **options}}
+    return {name: entry if weight is None else {**entry, "weight": weight}}
 
 
 def loss_of(config: dict, task: Task):
@@ -139,7 +141,9 @@ class ShapeRecorder(nn.Module):
 
 
 def test_terms_get_the_batch_in_its_spatial_layout():
-    loss = loss_of({"shape": {"_target_": f"{__name__}.ShapeRecorder", "weight": 2.0}}, MULTI)
+    loss = loss_of(
+        {"shape": {"term": {"_target_": f"{__name__}.ShapeRecorder"}, "weight": 2.0}}, MULTI
+    )
     logits, target = case(MULTI)
     loss(logits, target)
     assert loss.terms["shape"].seen == [((2, 4, 6, 7), (2, 6, 7), torch.long)]
@@ -148,13 +152,17 @@ def test_terms_get_the_batch_in_its_spatial_layout():
 @pytest.mark.parametrize(
     ("config", "task", "message"),
     [
-        ({"cross_entropy": {"weight": 1.0}}, MULTI, "loss.cross_entropy has no _target_"),
+        ({"cross_entropy": {"weight": 1.0}}, MULTI, "loss.cross_entropy must be .*term"),
         (term("bce"), MULTI, "loss=bce needs a binary task"),
-        (term("dice", gama=2), BINARY, "loss.dice .*gama"),
+        (term("dice", gama=2), BINARY, r"loss\.dice\.term .*gama"),
         (term("ce", class_weights=[1, 2]), BINARY, "class_weights need a multiclass task"),
         (term("ce", class_weights=[1, 2]), MULTI, "2 values for 4 classes"),
         ({}, BINARY, "no terms"),
-        ({"x": {"_target_": "collections.OrderedDict"}}, BINARY, r"loss\.x\..* a torch Module"),
+        (
+            {"x": {"term": {"_target_": "collections.OrderedDict"}}},
+            BINARY,
+            r"loss\.x\..* a torch Module",
+        ),
     ],
 )
 def test_bad_loss_config_is_a_clear_error(config, task, message):

@@ -80,13 +80,17 @@ def test_output_channels_follow_the_task(classes, channels):
 def test_schedule_length_is_filled_in_from_the_trainer():
     net = module(
         {
-            "_target_": "torch.optim.lr_scheduler.PolynomialLR",
-            "total_iters": None,
-            "power": 0.9,
             "interval": "step",
+            "scheduler": {
+                "_target_": "torch.optim.lr_scheduler.PolynomialLR",
+                "total_iters": None,
+                "power": 0.9,
+            },
         }
     )
-    net.trainer = type("T", (), {"estimated_stepping_batches": 40, "max_epochs": 5})()
+    net.trainer = type(
+        "T", (), {"estimated_stepping_batches": 40, "max_epochs": 5, "callbacks": []}
+    )()
     config = net.configure_optimizers()
     scheduler = config["lr_scheduler"]["scheduler"]
     assert config["lr_scheduler"]["interval"] == "step" and scheduler.total_iters == 40
@@ -161,7 +165,7 @@ def test_a_network_returning_aux_logits_needs_an_aux_weight():
     net = module()
     net.net = TwoHeads(1)
     batch = {"image": torch.randn(2, 3, 32, 32), "mask": torch.randint(0, 2, (2, 32, 32))}
-    with pytest.raises(LightsegError, match="has no aux_weight attribute"):
+    with pytest.raises(LightsegError, match="aux_weight attribute does not weigh them"):
         net.training_step(batch, 0)
     net.net.aux_weight = 0.25
     total = net.training_step(batch, 0)

@@ -21,7 +21,8 @@ from lightseg.tools.plot import (
     run_tables,
 )
 from lightseg.tools.results import collect
-from tests.test_results import fake_run, run_app
+from tests.runs import run_app
+from tests.test_results import fake_run
 
 # Lightning's layout, in one file as runs before per-part logs wrote it (csv/metrics.csv): step
 # rows, epoch rows, a resumed part appended that re-logs epoch 1, and the evaluation of the

@@ -19,7 +19,7 @@ RECIPES = ("ph2_unet", "ph2_fpn", "ph2_deeplabv3plus", "ph2_segnet", "mads_unet"
 
 def test_one_cycle_warms_up_to_the_peak_then_anneals(tmp_path):
     cfg = make_config(tmp_path, "experiment=demo")
-    settings = {k: v for k, v in plain(cfg.scheduler).items() if k != "interval"}
+    settings = plain(cfg.scheduler.scheduler)
     optimizer = torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=cfg.optimizer.lr)
     scheduler = instantiate(settings, optimizer=optimizer, total_steps=100)
     lrs = []
@@ -38,7 +38,8 @@ def test_one_cycle_warms_up_to_the_peak_then_anneals(tmp_path):
 @pytest.mark.parametrize("experiment", RECIPES)
 def test_recipes_warm_up_and_augment_with_flips_rotations_scale_and_colour(tmp_path, experiment):
     cfg = make_config(tmp_path, f"experiment={experiment}", data_dir=tmp_path)
-    assert cfg.scheduler._target_.endswith("OneCycleLR") and cfg.scheduler.pct_start == 0.15
+    assert cfg.scheduler.scheduler._target_.endswith("OneCycleLR")
+    assert cfg.scheduler.scheduler.pct_start == 0.15
     assert cfg.data.cache.enabled is True and cfg.data.cache.scale >= 1.5
     train = [type(t) for t in instantiate(cfg.data.transforms.train)]
     assert A.HorizontalFlip in train and A.ColorJitter in train
@@ -48,7 +49,7 @@ def test_recipes_warm_up_and_augment_with_flips_rotations_scale_and_colour(tmp_p
 
 def test_the_folder_recipe_shares_the_schedule_and_augments_any_channel_count(tmp_path):
     cfg = make_config(tmp_path, "experiment=folder_unet", data_dir=tmp_path)
-    assert cfg.scheduler._target_.endswith("OneCycleLR") and cfg.optimizer.lr == 1e-3
+    assert cfg.scheduler.scheduler._target_.endswith("OneCycleLR") and cfg.optimizer.lr == 1e-3
     assert cfg.data.batch_size == 8 and cfg.data.cache.enabled is True and cfg.data.cache.scale == 2
     train = [type(t) for t in instantiate(cfg.data.transforms.train)]
     assert A.HorizontalFlip in train and A.RandomBrightnessContrast in train

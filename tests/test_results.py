@@ -7,14 +7,12 @@ import csv
 import json
 import math
 import statistics
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from scipy import stats
 
 from lightseg import CONFIG_DIR
@@ -22,7 +20,7 @@ from lightseg.errors import LightsegError
 from lightseg.tools.eval import evaluate
 from lightseg.tools.results import NumbersFrom, short_names
 from lightseg.tools.table import main, results, write_tables
-from tests.runs import run_cli, tiny_cli_run
+from tests.runs import run_app, run_cli, tiny_cli_run
 
 #: The paired differences of scipy's documentation of ``wilcoxon`` (two-sided exact p-value
 #: 0.041259765625 = 338 / 8192: 24 is the smaller rank sum of 15 distinct differences).
@@ -70,17 +68,6 @@ def fake_run(
         (folder / "run_info.json").write_text(json.dumps({"status": "failed", "message": status}))
     if per_image:
         write_csv(folder / "per_image.csv", per_image)
-
-
-def run_app(main, *args: str) -> None:
-    """``python -m <tool> ARGS`` in this process, as the command line runs the Hydra app."""
-    argv = sys.argv
-    sys.argv = ["tool", *args]
-    try:
-        main()
-    finally:
-        sys.argv = argv
-        GlobalHydra.instance().clear()
 
 
 def write_csv(path: Path, columns: dict[str, dict[str, float]], **keys: str) -> None:
@@ -361,7 +348,7 @@ def expected_image_columns(values: dict[str, list[float]], best: dict[str, list[
 
 def test_demo_multirun_turns_into_tables(one_thread, monkeypatch, tmp_path, data_dir):
     # as in: make train EXP=demo ARGS="-m seed=0,1 model.arch=Unet,FPN ..."
-    run_cli(monkeypatch, *tiny_cli_run(tmp_path, data_dir), "-m", "seed=0,1", "model.arch=Unet,FPN")
+    run_cli(monkeypatch, "-m", *tiny_cli_run(tmp_path, data_dir), "seed=0,1", "model.arch=Unet,FPN")
     (sweep,) = (tmp_path / "logs" / "demo" / "multiruns").iterdir()
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert [p.name for p in jobs] == ["0", "1", "2", "3"]

@@ -46,7 +46,7 @@ def make_module(arch: str, classes: list[str], **model) -> SegmentationModule:
         model.setdefault("weights", None)
     return SegmentationModule(
         model=network_config(arch, **model),
-        loss={"ce": {"_target_": "lightseg.losses.CrossEntropy", "weight": 1.0}},
+        loss={"ce": {"term": {"_target_": "lightseg.losses.CrossEntropy"}, "weight": 1.0}},
         metrics=metrics_for(classes),
         optimizer={"_target_": "torch.optim.SGD", "lr": 0.1},
         classes=classes,

@@ -268,8 +268,8 @@ def explain(error: HydraException, overrides: list[str], config_name: str) -> st
 
 
 def suggest_key(key: str, overrides: list[str], config_name: str) -> str:
-    """Where ``key`` belongs to another option of its group (``data.source.mask_pattern`` on PH2), say so;
-    else the closest key of this composition."""
+    """Where ``key`` belongs to another option of its group (``data.source.mask_pattern`` on
+    PH2), say so; else the closest key of this composition."""
     group = key.split(".")[0]
     composed = _compose_what_works(overrides, config_name)
     chosen = OmegaConf.select(composed, f"hydra.runtime.choices.{group}", default=None)

@@ -41,14 +41,16 @@ class CrossEntropy(nn.Module):
         self.binary, self.ignore_index = task.binary, int(ignore_index)
         if self.binary and class_weights is not None:
             raise LightsegError(
-                "loss.ce.class_weights need a multiclass task; a binary one weighs its "
-                "foreground with pos_weight (loss.ce.pos_weight=auto: from the training split)."
+                "loss.ce.term.class_weights need a multiclass task; a binary one weighs its "
+                "foreground with pos_weight (loss.ce.term.pos_weight=auto: from the training "
+                "split)."
             )
         if not self.binary and pos_weight is not None:
-            raise LightsegError("loss.ce.pos_weight is for binary tasks; use class_weights.")
+            raise LightsegError("loss.ce.term.pos_weight is for binary tasks; use class_weights.")
         if class_weights is not None and len(class_weights) != num_classes:
             raise LightsegError(
-                f"loss.ce.class_weights has {len(class_weights)} values for {num_classes} classes."
+                f"loss.ce.term.class_weights has {len(class_weights)} values for "
+                f"{num_classes} classes."
             )
         weights = class_weights if class_weights is not None else pos_weight
         self.register_buffer("weights", None if weights is None else torch.tensor(weights))

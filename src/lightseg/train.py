@@ -13,9 +13,6 @@ then takes the checkpoint to continue from, locks the folder, builds the experim
 from __future__ import annotations
 
 import json
-import os
-import shlex
-import sys
 from pathlib import Path
 
 import hydra
@@ -39,50 +36,47 @@ from lightseg.utils.loggers import wandb_finished
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     with user_errors():
-        continue_as_composed(cfg)
-        return train(cfg).get(cfg.monitor)  # what Hydra sweepers optimise
+        cfg, overrides = as_composed(cfg)
+        return train(cfg, overrides).get(cfg.monitor)  # what Hydra sweepers optimise
 
 
-def continue_as_composed(cfg: DictConfig) -> None:
-    """A run continued by a command composed from other overrides than the run was (e.g.
-    ``ckpt_path=last`` alone) is composed again, as it was started plus this command's changes:
-    this process runs the same command line again with them (os.execv keeps its PID, so the
-    scheduler's signals still reach it)."""
+def as_composed(cfg: DictConfig) -> tuple[DictConfig, list[str]]:
+    """The config a run is trained with, and its overrides: a run continued by a command
+    composed from other overrides than the run was (e.g. ``ckpt_path=last`` alone) is composed
+    again, as it was started plus this command's changes (its run folder stays Hydra's)."""
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
     if hydra_cfg.mode == RunMode.MULTIRUN:
         check_sweep(cfg)
-        return
+        return cfg, overrides
     run = RunFolder(cfg.paths.output_dir)
     checkpoint = resume.checkpoint_for(cfg.get("ckpt_path"), cfg.get("resume"), run)
     changed = resume.continuation(run, overrides) if checkpoint else None
     if changed is None:
-        return
-    command = ["-m", "lightseg.train", *changed, f"ckpt_path={resume.quoted(checkpoint)}"]
-    os.environ[resume.CONTINUED] = shlex.join(["python", "-m", "lightseg.train", *sys.argv[1:]])
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, *command])
+        return cfg, overrides
+    overrides = [*changed, f"ckpt_path={resume.quoted(checkpoint)}"]
+    return hydra.compose(hydra_cfg.job.config_name, overrides), overrides
 
 
-def train(cfg: DictConfig) -> dict[str, float | None]:
-    """Fit, then validate and test the best checkpoint; returns and saves the final metrics."""
+def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, float | None]:
+    """Fit, then validate and test the best checkpoint; returns and saves the final metrics
+    (``overrides``: the command line's, recorded in run_info.json)."""
     run = RunFolder(cfg.paths.output_dir)
-    checkpoint = resume.checkpoint_for(cfg.get("ckpt_path"), cfg.get("resume"), run)
-    if checkpoint:
-        try:
-            check_resumable(checkpoint)
-        except LightsegError as error:
-            if Path(checkpoint) == run.last and run.is_run:  # this run cannot continue
-                end_record(run.path, "failed", str(error))
-            raise
-    print_config(cfg, group_choices())  # a few lines; print_config=full: the whole tree
     owner = resume.is_first_process()  # the first process of a job owns the folder
     lock = RunLock(run.path) if owner else None
-    if lock:
-        lock.acquire()
     try:
-        return _train(cfg, run, checkpoint)
+        checkpoint = resume.checkpoint_for(cfg.get("ckpt_path"), cfg.get("resume"), run)
+        if checkpoint:
+            try:
+                check_resumable(checkpoint)
+            except LightsegError as error:
+                if Path(checkpoint) == run.last and run.is_run:  # this run cannot continue
+                    end_record(run.path, "failed", str(error))
+                raise
+        print_config(cfg, group_choices())  # a few lines; print_config=full: the whole tree
+        if lock:
+            lock.acquire()
+        return _train(cfg, run, checkpoint, overrides or [])
     except Exception as error:
         if user_message(error) is not None and not run.is_run:
             run.discard_if_unused()  # a mistake caught before the run began: no empty folder
@@ -92,7 +86,9 @@ def train(cfg: DictConfig) -> dict[str, float | None]:
             lock.release()
 
 
-def _train(cfg: DictConfig, run: RunFolder, checkpoint: str | None) -> dict[str, float | None]:
+def _train(
+    cfg: DictConfig, run: RunFolder, checkpoint: str | None, overrides: list[str]
+) -> dict[str, float | None]:
     experiment = build(cfg)
     trainer, module, datamodule = experiment.trainer, experiment.module, experiment.datamodule
     if trainer.is_global_zero:
@@ -100,7 +96,6 @@ def _train(cfg: DictConfig, run: RunFolder, checkpoint: str | None) -> dict[str,
         OmegaConf.save(experiment.cfg, run.config, resolve=True)
         if checkpoint:
             remove_partial_files(Path(checkpoint).parent)
-    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     with (  # the run's status is written (recorded_run) before W&B's copy of it (wandb_finished)
         wandb_finished(run.run_info),
         recorded_run(run.path, checkpoint, enabled=trainer.is_global_zero, overrides=overrides),

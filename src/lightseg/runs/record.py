@@ -23,7 +23,6 @@ import torch
 import lightseg
 from lightseg.errors import TrainingInterrupted
 from lightseg.runs.folder import RunFolder
-from lightseg.runs.resume import CONTINUED
 from lightseg.runs.snapshot import git_state, save_snapshot
 from lightseg.utils.locks import owner_record
 
@@ -70,10 +69,8 @@ def key_versions() -> dict[str, str | None]:
 
 
 def command_line() -> str:
-    """The command as typed, e.g. ``python -m lightseg.train experiment=demo seed=1`` (for a
-    continued run recomposed with its own overrides: the command that continued it)."""
-    typed = os.environ.get(CONTINUED)
-    return typed or shlex.join(["python", "-m", "lightseg.train", *sys.argv[1:]])
+    """The command as typed, e.g. ``python -m lightseg.train experiment=demo seed=1``."""
+    return shlex.join(["python", "-m", "lightseg.train", *sys.argv[1:]])
 
 
 def read_run_info(folder: str | Path) -> dict[str, Any] | None:

@@ -16,9 +16,8 @@ Hydra asks :func:`run_folder` for ``hydra.run.dir`` (configs/hydra/default.yaml)
 :func:`hydra_record` whether to write its ``.hydra/`` record (a continued run keeps the one it
 started with). ``train`` asks :func:`checkpoint_for` what to load. A continued run keeps its
 own composition: when the continuing command was composed from other overrides than the run
-was (``ckpt_path=last`` alone), :func:`continuation` gives the command line that composes the
-run's saved overrides plus this command's values, and the entry point runs itself again with
-it (``os.execv``: the same process, so schedulers' signals still reach it).
+was (``ckpt_path=last`` alone), :func:`continuation` gives the overrides that compose the
+run's saved overrides plus this command's values, and the entry point composes them.
 """
 
 from __future__ import annotations
@@ -34,8 +33,6 @@ from lightseg.utils.locks import describe, held_by_live_process
 STAMP = "%Y-%m-%d_%H-%M-%S"
 #: How many processes a launcher (torchrun, srun) started for one job.
 PROCESS_COUNT_VARIABLES = ("WORLD_SIZE", "SLURM_NTASKS")
-#: Set in a command that :func:`continuation` started: it must not start another.
-CONTINUED = "LIGHTSEG_CONTINUED_FROM"
 
 
 def override_key(override: str) -> str:
@@ -192,7 +189,7 @@ def continuation(run: RunFolder, overrides: list[str]) -> list[str] | None:
     """
     saved = [o for o in run.overrides() if not _resume_or_hydra(o)]
     own = [o for o in overrides if not _resume_or_hydra(o)]
-    if os.environ.get(CONTINUED) or not run.hydra.is_dir() or set(saved) <= set(own):
+    if not run.hydra.is_dir() or set(saved) <= set(own):
         return None
     choices, given = run.group_choices(), {override_key(o): o for o in own}
     for key, override in given.items():
