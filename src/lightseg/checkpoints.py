@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from hydra.utils import get_class
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
@@ -222,12 +223,21 @@ def _first_sentence(error: Exception) -> str:
 
 
 def load_module(path: str | Path, device: str | torch.device = "cpu") -> SegmentationModule:
-    """The trained ``SegmentationModule`` stored at ``path``, in eval mode on ``device``."""
+    """The trained module stored at ``path`` (its own class: a fork's subclass of
+    ``SegmentationModule`` too), in eval mode on ``device``."""
     checkpoint = read_checkpoint(path)
     hparams = dict(checkpoint["hyper_parameters"])
     hparams["model"] = without_pretrained(hparams["model"])  # trained weights follow
     hparams["compile"] = False
-    module = SegmentationModule(**hparams)
+    name = checkpoint.get("module", "lightseg.models.SegmentationModule")
+    try:
+        module_class = get_class(name)
+    except Exception as error:
+        raise LightsegError(
+            f"Checkpoint '{path}' was trained with the module {name}, which cannot be imported "
+            f"here ({error.__cause__ or error}). Run from the fork's root, where it imports."
+        ) from None
+    module = module_class(**hparams)
     missing, unexpected = module.load_state_dict(checkpoint["state_dict"], strict=False)
     # torchmetrics states are not saved; anything else missing means another architecture.
     missing = [k for k in missing if not k.startswith(("eval_metrics.", "eval_losses."))]

@@ -115,7 +115,8 @@ class SegmentationDataset(Dataset):
         sample = self.samples[index]
         pair = self.cache.read(sample.id) if self.cache else read_pair(self.source, sample)
         out = self.transform(image=pair[0], mask=pair[1])
-        return {"image": to_unit_range(out["image"]), "mask": out["mask"], "id": sample.id}
+        image = to_unit_range(out["image"])
+        return {**sample.extras, "image": image, "mask": out["mask"], "id": sample.id}
 
 
 class SegmentationDataModule(L.LightningDataModule):

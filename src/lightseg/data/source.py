@@ -35,7 +35,7 @@ import json
 import os
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,8 @@ class Sample:
 
     ``stratum`` groups samples for stratified splits; ``subset`` names the official list a
     sample comes from (VOC's ``train``/``val``, COCO's ``train2017``) for official splits.
+    ``extras`` are more fields of the sample's batch entry (an image-level label, a weight):
+    a fork's training step reads them as ``batch[<name>]``.
     """
 
     id: str
@@ -67,6 +69,7 @@ class Sample:
     mask: Path | None = None
     stratum: str | None = None
     subset: str | None = None
+    extras: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
 class SegmentationSource:

@@ -101,6 +101,10 @@ class SegmentationModule(L.LightningModule):
             images = images.contiguous(memory_format=torch.channels_last)
         return self.net(images)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The class itself is stored too: tools rebuild a fork's subclass (load_module)."""
+        checkpoint["module"] = f"{type(self).__module__}.{type(self).__qualname__}"
+
     # --- the fork points ----------------------------------------------------------------
 
     def outputs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
