@@ -23,7 +23,7 @@ from lightseg import CONFIG_DIR
 from lightseg.tools.plot import read_csv_log
 
 README = Path(CONFIG_DIR).parent / "README.md"
-BLOCK = re.compile(r"```(?:python|yaml)\n# ((?:extensions|configs)/[^\n]+)\n(.*?)```", re.S)
+BLOCK = re.compile(r"```(?:python|yaml)\n# ((?:extensions|configs|tests)/[^\n]+)\n(.*?)```", re.S)
 
 
 def recipes() -> dict[str, str]:
@@ -63,15 +63,37 @@ def run(fork: Path, module: str, *args: str) -> subprocess.CompletedProcess:
     return done
 
 
-def test_the_readme_shows_all_four_recipes():
+def test_the_readme_shows_all_five_recipes_and_their_contract_test():
     paths = set(recipes())
     assert {p.split("/")[1] for p in paths if p.startswith("configs/")} == {
         "data",
         "model",
         "loss",
         "metrics",
+        "module",
     }
-    assert len([p for p in paths if p.startswith("extensions/")]) == 4
+    assert len([p for p in paths if p.startswith("extensions/")]) == 5
+    assert "tests/test_extensions.py" in paths
+
+
+def test_the_recipes_pass_the_contract_tests(fork):
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "tests/test_extensions.py",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+        ],
+        cwd=fork,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert re.search(r"\b1[0-9] passed", done.stdout), done.stdout[-1000:]
 
 
 def test_a_forks_dataset_network_loss_and_metric_train_and_evaluate(fork):
@@ -83,6 +105,7 @@ def test_a_forks_dataset_network_loss_and_metric_train_and_evaluate(fork):
         "model=tiny_net",
         "loss=[ce,dice,smoothness]",
         "metrics=binary_area",
+        "module=flip_consistency",
         "trainer.max_epochs=2",
         "trainer.accelerator=cpu",
         "logger=csv",
@@ -99,13 +122,18 @@ def test_a_forks_dataset_network_loss_and_metric_train_and_evaluate(fork):
         assert 0.0 <= metrics[f"{stage}/area_error"] <= 1.0
         assert 0.0 <= metrics[f"{stage}/dice"] <= 1.0
     log = read_csv_log(folder)
-    smoothness = log["train/loss_smoothness"].dropna()
-    assert len(smoothness) == 2 and (smoothness > 0).all()
+    for term in ("smoothness", "consistency"):  # a loss term's and the training step's
+        values = log[f"train/loss_{term}"].dropna()
+        assert len(values) == 2 and (values > 0).all(), term
     assert log["val/area_error"].notna().sum() == 3  # two epochs, then the best checkpoint
     checkpoint = torch.load(folder / "checkpoints" / "best.ckpt", weights_only=True)
     hparams = checkpoint["hyper_parameters"]
-    assert hparams["model"] == {"_target_": "extensions.tiny_net.TinyNet", "width": 16}
+    # in_channels: filled in from the data (the network takes it)
+    model = {"_target_": "extensions.tiny_net.TinyNet", "width": 16, "in_channels": 3}
+    assert hparams["model"] == model
     assert "smoothness" in hparams["loss"] and "area_error" in hparams["metrics"]
+    assert hparams["consistency"] == 0.1
+    assert checkpoint["module"] == "extensions.flip_consistency.FlipConsistency"
     assert any(k.startswith("net.body.") for k in checkpoint["state_dict"])
 
     out = fork / "eval"

@@ -161,7 +161,9 @@ def test_sigterm_to_the_process_group_mid_epoch_is_a_clean_stop_then_resume(
     assert_same_result(folder, reference)
     info = folder.info()
     assert info["status"] == "finished"
-    assert info["resumes"][0]["overrides"][-2:] == ["ckpt_path=last", "data.num_workers=0"]
+    resume = info["resumes"][0]  # as typed, and as composed (the run's own, this one's on top)
+    assert resume["command"].endswith("ckpt_path=last data.num_workers=0")
+    assert resume["overrides"][-2:] == ["data.num_workers=0", f"ckpt_path='{folder.last}'"]
     original = (folder.hydra / "overrides.yaml").read_text()
     assert "data.num_workers=2" in original and "ckpt_path" not in original  # not rewritten
 
@@ -241,7 +243,7 @@ def test_a_second_run_in_a_folder_a_live_run_holds_is_refused(
     with pytest.raises(SystemExit) as exit_code:
         run_cli(monkeypatch, *command(tmp_path, data_dir, f"hydra.run.dir={folder}", "seed=8")[3:])
     assert exit_code.value.code == 1
-    assert "in use by a training process that is still alive" in capsys.readouterr().err
+    assert "is in use by another training process" in capsys.readouterr().err
     _, err = first.communicate(timeout=300)
     assert first.returncode == 0, err[-3000:]
     assert (folder / "config.yaml").read_text() == config_before  # the first run, untouched
