@@ -15,6 +15,7 @@ import shlex
 import sys
 from collections.abc import Iterator
 from datetime import datetime
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,6 @@ from lightseg.runs.folder import RunFolder
 from lightseg.runs.snapshot import git_state, save_snapshot
 from lightseg.utils.locks import owner_record
 
-STATUSES = ("running", "finished", "interrupted", "failed")
 #: Versions worth seeing at a glance; packages.txt has all of them.
 KEY_PACKAGES = (
     "torch",
@@ -57,14 +57,10 @@ def machine() -> dict[str, Any]:
 
 
 def key_versions() -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions: dict[str, str | None] = {}
+    versions: dict[str, str | None] = dict.fromkeys(KEY_PACKAGES)
     for name in KEY_PACKAGES:
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             versions[name] = version(name)
-        except PackageNotFoundError:
-            versions[name] = None
     return versions
 
 
