@@ -50,9 +50,12 @@ def build_network(config: Mapping[str, Any], out_channels: int) -> nn.Module:
     try:
         network = instantiate(config, out_channels=out_channels, _convert_="all")
     except InstantiationException as error:
-        if isinstance(error.__cause__, LightsegError):
-            raise error.__cause__ from None
-        raise LightsegError(f"model._target_={target}: {_cause(error)}") from None
+        cause = error.__cause__ or error
+        if isinstance(cause, LightsegError):
+            raise cause from None
+        raise LightsegError(
+            f"model._target_={target}: {type(cause).__name__}: {_first_line(cause)}"
+        ) from None
     if not isinstance(network, nn.Module):
         raise LightsegError(
             f"model._target_={target} returned a {type(network).__name__}, not a torch.nn.Module."
@@ -126,11 +129,8 @@ def check_output(logits: torch.Tensor, images: torch.Tensor, out_channels: int) 
 def check_network(
     config: Mapping[str, Any], out_channels: int, in_channels: int, image_size: Sequence[int]
 ) -> None:
-    """Build the network without pretrained weights and run it once at ``image_size``.
-
-    Cheap next to downloading weights or training, and the only test that covers every
-    network: each one says for itself which input sizes it takes.
-    """
+    """Build the network without pretrained weights and run it once at ``image_size``: cheap,
+    and the only check that covers every network's own constraints on input sizes."""
     network = build_network(without_pretrained(config), out_channels).eval()
     height, width = (int(side) for side in image_size)
     multiple = input_multiple(network)
@@ -172,11 +172,6 @@ def weights_unavailable(what: str, weights: str, error: Exception) -> LightsegEr
 def _describe(config: Mapping[str, Any]) -> str:
     shown = [f"{k}={config[k]}" for k in ("arch", "encoder_name") if config.get(k) is not None]
     return ", ".join(shown) or "its defaults"
-
-
-def _cause(error: BaseException) -> str:
-    cause = error.__cause__ or error
-    return f"{type(cause).__name__}: {_first_line(cause)}"
 
 
 def _first_line(error: BaseException) -> str:
