@@ -6,16 +6,11 @@ where the target takes ``in_channels`` and the config leaves it out, lightseg se
 data's (``data.source.in_channels``). The module maps ``[N, in_channels, H, W]`` to logits
 ``[N, out_channels, H, W]``. In training it may also return auxiliary logits: a tuple
 ``(logits, aux, ...)`` or a dict ``{"logits": ..., "aux": [...], ...}`` (other keys reach a
-module subclass's loss); it then has an ``aux_weight`` attribute, the weight of the auxiliary
-losses (one number, or one per auxiliary output). Optional attributes refine the contract:
-
-* ``input_multiple``: image sides must be multiples of it (smp models: their encoder's output
-  stride when they require it). Inference rounds sizes to it; training checks the data size.
-* keys named in :data:`PRETRAINED_KEYS` are set to ``null`` when lightseg rebuilds a trained
-  network (eval, predict, export, the size check), so nothing is downloaded there.
-* ``encoder``: the (pretrained) feature extractor that ``callbacks.finetuning`` freezes or
-  gives its own learning rate (smp models and SegNet have one; torchvision's models name
-  their backbone).
+module subclass's loss), weighted by its ``aux_weight`` attribute (one number, or one per
+auxiliary output). Optional: ``input_multiple`` (image sides must be multiples of it; inference
+rounds to it, training checks the data size) and ``encoder`` (what ``callbacks.finetuning``
+freezes or gives its own learning rate); keys in :data:`PRETRAINED_KEYS` are set to ``null``
+when lightseg rebuilds a trained network, so nothing is downloaded there.
 """
 
 from __future__ import annotations

@@ -1,9 +1,5 @@
-"""``run_info.json``: what a run ran with, who runs it, and how it ended.
-
-Written when training starts (or a resume entry is added), and again when it ends: status
-``running`` (also what a run killed without notice keeps), ``finished``, ``interrupted``
-(stopped by a signal, resumable) or ``failed`` with the reason.
-"""
+"""``run_info.json``: what a run ran with, who runs it, and how it ended (``running``, also
+what a run killed without notice keeps, ``finished``, ``interrupted`` or ``failed``)."""
 
 from __future__ import annotations
 

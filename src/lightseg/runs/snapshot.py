@@ -1,9 +1,6 @@
-"""What a run folder keeps so the run can be rebuilt: code state and exact package versions.
-
-* ``git_diff.patch``: uncommitted changes to tracked files (``git diff --binary HEAD``);
-* ``untracked.tar.gz``: the files git does not track and does not ignore (a new dataset,
-  network or config: how a fork adds things), so ``git apply`` + unpacking restores the tree;
-* ``packages.txt``: every installed distribution as ``name==version`` (pip freeze's format).
+"""What a run folder keeps so the run can be rebuilt: ``git_diff.patch`` (uncommitted changes),
+``untracked.tar.gz`` (files a fork added and git does not ignore) and ``packages.txt`` (every
+installed distribution, in pip freeze's format).
 """
 
 from __future__ import annotations
