@@ -21,11 +21,6 @@ from lightseg.utils.signals import stop_signals
 
 log = logging.getLogger(__name__)
 
-RESUME_HINT = (
-    "Continue it with the same command plus ckpt_path=last, or put resume=auto in job scripts "
-    "that may be pre-empted."
-)
-
 
 def last_checkpoint_path(trainer: L.Trainer) -> Path:
     """Where ``last.ckpt`` is kept (the file resumes start from): the checkpoint callback named
@@ -136,7 +131,8 @@ class CheckpointOnSignal(Callback):
             f"Training stopped by {signal.Signals(signum).name} in epoch {trainer.current_epoch} "
             f"at global step {trainer.global_step}; its state is saved in '{path}'. "
             + ("The SLURM job is requeued. " if requeued else "")
-            + RESUME_HINT,
+            + "Continue it with the same command plus ckpt_path=last, or put resume=auto in job "
+            "scripts that may be pre-empted.",
             signum,
         )
 

@@ -60,11 +60,6 @@ def key_versions() -> dict[str, str | None]:
     return versions
 
 
-def command_line() -> str:
-    """The command as typed, e.g. ``python -m lightseg.train experiment=demo seed=1``."""
-    return shlex.join(["python", "-m", "lightseg.train", *sys.argv[1:]])
-
-
 def read_run_info(folder: str | Path) -> dict[str, Any] | None:
     return RunFolder(folder).info()
 
@@ -86,7 +81,7 @@ def start_record(
     info = run.info() if resumed_from else None
     entry = {
         "at": now(),
-        "command": command_line(),
+        "command": shlex.join(["python", "-m", "lightseg.train", *sys.argv[1:]]),  # as typed
         "overrides": list(overrides or []),
         "owner": owner_record(),
         "git": git,

@@ -60,11 +60,6 @@ def package_versions() -> dict[str, str]:
     return dict(sorted(versions.items(), key=lambda item: item[0].lower()))
 
 
-def untracked_files() -> list[str]:
-    listed = git("ls-files", "--others", "--exclude-standard", "-z")
-    return [name for name in (listed or "").split("\0") if name]
-
-
 def save_snapshot(folder: Path, git_info: dict[str, Any]) -> dict[str, Any]:
     """Write the rebuild files into ``folder``; returns what run_info.json should say of them."""
     record: dict[str, Any] = {"packages": PACKAGES}
@@ -77,9 +72,10 @@ def save_snapshot(folder: Path, git_info: dict[str, Any]) -> dict[str, Any]:
     (folder / GIT_DIFF).write_bytes(diff)
     archived, too_large = [], []
     with tarfile.open(folder / UNTRACKED, "w:gz") as archive:
-        for name in untracked_files():
+        untracked = git("ls-files", "--others", "--exclude-standard", "-z") or ""
+        for name in untracked.split("\0"):
             path = REPOSITORY / name
-            if not path.is_file():
+            if not name or not path.is_file():
                 continue
             if path.stat().st_size > MAX_UNTRACKED_BYTES:
                 too_large.append(name)
