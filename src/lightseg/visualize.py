@@ -1,8 +1,5 @@
-"""Pictures of masks: class colours, overlays, prediction grids, palette PNGs and plots.
-
-Shared by the validation-overlay callback, ``eval`` (best/worst grids, confusion matrix) and
-``predict`` (mask and overlay files).
-"""
+"""Pictures of masks: class colours, overlays, prediction grids, palette PNGs and plots, shared
+by the validation-overlay callback, ``eval`` and ``predict``."""
 
 from __future__ import annotations
 

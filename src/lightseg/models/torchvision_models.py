@@ -113,13 +113,9 @@ def build(
     atrous_rates: Sequence[int] | None = None,
     in_channels: int = 3,
 ) -> TorchvisionSegmentation:
-    """Build ``arch`` with torchvision's builder; see configs/model/torchvision.yaml for the keys.
-
-    ``weights`` are whole-model weights (``COCO_WITH_VOC_LABELS_V1``: 21 VOC classes; other
-    class counts get fresh class convolutions), ``encoder_weights`` the backbone's ImageNet
-    weights (torchvision's ``weights_backbone``). The auxiliary head exists iff ``aux_weight > 0``
-    (FCN and DeepLabV3 only).
-    """
+    """Build ``arch`` with torchvision's builder (keys: configs/model/torchvision.yaml); other
+    class counts than ``weights``' get fresh class convolutions, and the auxiliary head exists
+    iff ``aux_weight > 0`` (FCN and DeepLabV3 only)."""
     arch = str(arch).lower()
     if arch not in TORCHVISION_ARCHS:
         raise LightsegError(

@@ -140,8 +140,8 @@ def read_yaml(path: Path) -> Any:
 
 
 def find_runs(root: str | Path) -> list[RunFolder]:
-    """Every run folder under ``root`` (any depth), sorted by path: those training recorded,
-    and those Hydra started that never got that far (they are listed as missing runs)."""
+    """Every run folder under ``root`` (any depth), sorted, those Hydra started that training
+    never recorded included (listed as missing runs)."""
     root = Path(root)
     found = {path.parent for pattern in (CONFIG, RUN_INFO) for path in root.rglob(pattern)}
     found |= {path.parent.parent for path in root.rglob(f"{HYDRA}/overrides.yaml")}

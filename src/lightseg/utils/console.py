@@ -81,10 +81,8 @@ def quiet_third_party() -> None:
 
 
 def print_config(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> None:
-    """``print_config``: true = the summary, ``full`` = the whole tree, false = nothing.
-
-    The full resolved config is saved as ``config.yaml`` in the run folder either way.
-    """
+    """``print_config``: true = the summary, ``full`` = the whole tree, false = nothing (the
+    run folder's ``config.yaml`` has it all either way)."""
     mode = cfg.get("print_config")
     if str(mode).lower() == "full":
         print_config_tree(cfg)
