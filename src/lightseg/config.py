@@ -1,15 +1,9 @@
 """The composed config: checked once before any work, explained when Hydra cannot compose it,
 and the resolvers the configs use.
 
-:func:`validate` walks every node with a ``_target_`` (model, data and its source and
-transforms, loss terms, metrics, optimizer, scheduler, trainer, callbacks, loggers) and checks
-its keys against the signature of the class or function it names: a key the target does not
-take, or a value of the wrong type, is an error naming the key, the config group option it
-came from, and what the target accepts. Ranges are checked by the classes themselves.
-
-:func:`explained_overrides` wraps an entry point: when Hydra cannot apply an override, the
-command ends with Hydra's message plus the nearest valid key or option (worked out then, on
-the failure path only).
+:func:`validate` checks the keys and value types of every ``_target_`` node against the
+signature it names (ranges are the classes' own business); :func:`explained_overrides` adds the
+nearest valid key or option to Hydra's message, worked out on the failure path only.
 """
 
 from __future__ import annotations
@@ -33,6 +27,7 @@ from hydra.errors import HydraException
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from lightseg import CONFIG_DIR
 from lightseg.errors import LightsegError, user_errors
 from lightseg.runs import resume
 
@@ -218,11 +213,8 @@ def _shown(value: Any) -> str:
 def compose_config(
     overrides: Sequence[str] = (), config_name: str = "train", hydra: bool = False
 ) -> DictConfig:
-    """``configs/<config_name>.yaml`` composed with ``overrides``, outside a Hydra app (the
-    benchmarks, explaining a failed command line); ``hydra``: with Hydra's own node (its
-    ``runtime.choices``: the options chosen)."""
-    from lightseg import CONFIG_DIR  # set before this module is imported
-
+    """``configs/<config_name>.yaml`` composed with ``overrides`` outside a Hydra app (the
+    benchmarks, explaining a failed command line); ``hydra``: with Hydra's own node."""
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose(config_name, list(overrides), return_hydra_config=hydra)
 
@@ -233,12 +225,7 @@ def compose_config(
 @contextlib.contextmanager
 def explained_overrides(config_name: str) -> Iterator[None]:
     """Run a Hydra entry point; an override it cannot apply ends in one paragraph: Hydra's
-    message plus the nearest valid key or option (exit code 1, no traceback).
-
-    Hydra reports composition errors itself and exits; ``HYDRA_FULL_ERROR`` hands them to this
-    block instead. The search for a suggestion composes the config again, so it runs here, on
-    the failure path only.
-    """
+    message plus the nearest valid key or option (``HYDRA_FULL_ERROR`` hands the error here)."""
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     with user_errors():
         try:
@@ -288,8 +275,6 @@ def suggest_key(key: str, overrides: list[str], config_name: str) -> str:
 
 
 def group_options(group: str) -> list[str]:
-    from lightseg import CONFIG_DIR  # set before this module is imported
-
     return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
 
 
@@ -320,16 +305,13 @@ def _compose_what_works(overrides: list[str], config_name: str) -> DictConfig:
 
 def config_keys(cfg: DictConfig) -> list[str]:
     """Every dotted key of a config, inner nodes included (``trainer``, ``trainer.max_epochs``)."""
-    keys: list[str] = []
 
-    def walk(node, prefix: str) -> None:
-        if isinstance(node, dict):
-            for name, value in node.items():
-                keys.append(f"{prefix}{name}")
-                walk(value, f"{prefix}{name}.")
+    def walk(node, prefix: str) -> Iterator[str]:
+        for name, value in node.items() if isinstance(node, dict) else ():
+            yield f"{prefix}{name}"
+            yield from walk(value, f"{prefix}{name}.")
 
-    walk(OmegaConf.to_container(cfg, resolve=False), "")
-    return keys
+    return list(walk(OmegaConf.to_container(cfg, resolve=False), ""))
 
 
 def closest(key: str, keys: list[str]) -> str | None:

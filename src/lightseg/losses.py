@@ -5,10 +5,8 @@ The loss-term contract: any ``nn.Module`` called as ``term(logits, target)`` wit
 indices in which :data:`IGNORE_INDEX` (255) marks pixels that must not count. No mask is
 passed: ``target != 255`` is the valid-pixel mask. Terms see the batch in its spatial layout,
 so boundary or topology terms work as written. lightseg fills in ``num_classes`` and
-``ignore_index`` for constructors that take them (:func:`lightseg.task.task_arguments`).
-
-The built-in terms handle the ignore label exactly: a term's value on a batch equals its value
-on the labelled pixels alone (tests compare each against torch and smp references).
+``ignore_index`` for constructors that take them. The built-in terms equal their value on the
+labelled pixels alone (tests compare each against torch and smp references).
 """
 
 from __future__ import annotations

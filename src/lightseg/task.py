@@ -59,10 +59,6 @@ class Task:
         return logits.argmax(dim=1)
 
 
-#: What lightseg fills in for metric and loss-term constructors that take these arguments.
-TASK_ARGUMENTS = ("num_classes", "classes", "ignore_index")
-
-
 def task_arguments(config: Mapping[str, Any], task: Task) -> dict[str, Any]:
     """``num_classes``, ``classes`` and ``ignore_index`` for the ``_target_`` of ``config``,
     where its constructor takes them and the config does not set them already."""

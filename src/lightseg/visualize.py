@@ -1,8 +1,5 @@
-"""Pictures of masks: class colours, overlays, prediction grids, palette PNGs and plots.
-
-Shared by the validation-overlay callback, ``eval`` (best/worst grids, confusion matrix) and
-``predict`` (mask and overlay files).
-"""
+"""Pictures of masks: class colours, overlays, prediction grids, palette PNGs and plots, shared
+by the validation-overlay callback, ``eval`` and ``predict``."""
 
 from __future__ import annotations
 
@@ -18,11 +15,8 @@ GAP = 2  # white pixels between panels
 
 
 def class_colors() -> np.ndarray:
-    """RGB colour per mask value 0..255 (255 = ignore): class index bits spread over RGB.
-
-    Each class index's bits are dealt out over the high bits of R, G and B, so neighbouring
-    indices get clearly different colours; index 0 (background) is black.
-    """
+    """RGB colour per mask value 0..255: each index's bits dealt out over the high bits of R, G
+    and B, so neighbouring indices differ clearly; 0 (background) is black."""
     colors = np.zeros((256, 3), np.uint8)
     for index in range(256):
         value, rgb = index, [0, 0, 0]
@@ -106,22 +100,16 @@ def display_rgb(pixels: np.ndarray) -> np.ndarray:
 
 
 def palette_image(mask: np.ndarray) -> Image.Image:
-    """A palette PNG-ready image whose pixel values are the class indices of ``mask``.
-
-    Any viewer shows the class colours; any reader (PIL mode "P", ``read_label_png``) gets the
-    indices back unchanged, as with VOC's own masks.
-    """
+    """A palette image of ``mask``'s class indices: viewers show the class colours, readers get
+    the indices back unchanged (as with VOC's own masks)."""
     image = Image.fromarray(np.asarray(mask, dtype=np.uint8), mode="P")
     image.putpalette(class_colors().reshape(-1).tolist())
     return image
 
 
 def letterbox(image: np.ndarray, size: int, fill: int = 0) -> np.ndarray:
-    """Scale ``image`` (HxW mask or HxWxC image) to fit ``size`` x ``size``, pad with ``fill``.
-
-    Masks (2-D) are scaled with nearest neighbours so that they keep their class indices;
-    images of any channel count and bit depth are shown as uint8 RGB (:func:`display_image`).
-    """
+    """Scale ``image`` to fit ``size`` x ``size``, padded with ``fill``: masks (HxW) by nearest
+    neighbours, keeping their class indices; images (HxWxC) as uint8 RGB (:func:`display_image`)."""
     if image.ndim == 3:
         image = display_image(image)
     height, width = image.shape[:2]
@@ -135,11 +123,8 @@ def letterbox(image: np.ndarray, size: int, fill: int = 0) -> np.ndarray:
 
 
 def confusion_figure(confusion: np.ndarray, classes: Sequence[str], title: str):
-    """Row-normalised confusion matrix (rows: true class, sums to 1) as a matplotlib figure.
-
-    A plain ``Figure``, not pyplot's: it needs no display, leaves the caller's backend alone
-    (a notebook's inline plots keep working) and is freed like any object.
-    """
+    """Row-normalised confusion matrix (rows: true class) as a plain matplotlib ``Figure``, not
+    pyplot's: no display needed, the caller's backend left alone, freed like any object."""
     from matplotlib.figure import Figure
 
     counts = np.asarray(confusion, dtype=np.float64)
@@ -158,14 +143,9 @@ def confusion_figure(confusion: np.ndarray, classes: Sequence[str], title: str):
         for row in range(n):
             for column in range(n):
                 value = normalised[row, column]
+                color = "white" if value > 0.5 else "black"
                 axes.text(
-                    column,
-                    row,
-                    f"{value:.2f}",
-                    ha="center",
-                    va="center",
-                    fontsize=8,
-                    color="white" if value > 0.5 else "black",
+                    column, row, f"{value:.2f}", ha="center", va="center", fontsize=8, color=color
                 )
     figure.tight_layout()
     return figure

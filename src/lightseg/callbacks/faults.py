@@ -21,11 +21,6 @@ from lightseg.utils.signals import stop_signals
 
 log = logging.getLogger(__name__)
 
-RESUME_HINT = (
-    "Continue it with the same command plus ckpt_path=last, or put resume=auto in job scripts "
-    "that may be pre-empted."
-)
-
 
 def last_checkpoint_path(trainer: L.Trainer) -> Path:
     """Where ``last.ckpt`` is kept (the file resumes start from): the checkpoint callback named
@@ -55,15 +50,11 @@ def requeue_slurm_job() -> bool:
 class CheckpointOnSignal(Callback):
     """On SIGTERM, SIGINT or SIGUSR1: finish the batch, save ``last.ckpt``, stop cleanly.
 
-    During training the checkpoint holds the position inside the epoch, so a resumed run
-    continues with the next batch; a signal during validation or an epoch's last batch lets the
-    epoch end first. During the evaluation of the best checkpoint after training, the run stops
-    at once (training is complete; ``ckpt_path=last`` evaluates again). Either way the run is
-    recorded as ``interrupted`` and the process exits with 128 + signal. A second Ctrl+C stops
-    at once, without saving. Inside a SLURM job, SIGUSR1 (sent before the time limit with
-    ``--signal=USR1@<seconds>``) also requeues the job, which continues the run when its
-    command has ``resume=auto``. This replaces Lightning's own SIGTERM/SIGUSR1 handling, which
-    stops without saving or saves from inside the signal handler, at an arbitrary point.
+    The checkpoint holds the position inside the epoch, so a resumed run continues with the next
+    batch (a signal during validation lets the epoch end first; one while the best checkpoint is
+    evaluated after training stops at once). The run ends ``interrupted``, exit code 128 +
+    signal; a second Ctrl+C stops without saving; in SLURM, SIGUSR1 also requeues the job. This
+    replaces Lightning's handling, which stops without saving or saves mid-step in the handler.
     """
 
     def __init__(self, requeue_on_slurm: bool = True) -> None:
@@ -124,8 +115,7 @@ class CheckpointOnSignal(Callback):
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *_) -> None:
         self._evaluation_batch_end(trainer)
 
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *_) -> None:
-        self._evaluation_batch_end(trainer)
+    on_test_batch_end = on_validation_batch_end
 
     def _save_and_stop(self, trainer: L.Trainer) -> None:
         path = last_checkpoint_path(trainer)
@@ -141,7 +131,8 @@ class CheckpointOnSignal(Callback):
             f"Training stopped by {signal.Signals(signum).name} in epoch {trainer.current_epoch} "
             f"at global step {trainer.global_step}; its state is saved in '{path}'. "
             + ("The SLURM job is requeued. " if requeued else "")
-            + RESUME_HINT,
+            + "Continue it with the same command plus ckpt_path=last, or put resume=auto in job "
+            "scripts that may be pre-empted.",
             signum,
         )
 
@@ -176,11 +167,8 @@ class StopOnNonFiniteLoss(Callback):
 
 
 class RandomStateCheckpoint(Callback):
-    """Keeps the global random states in every checkpoint and restores them on resume.
-
-    Data order and augmentations do not depend on them (see ``lightseg.data.sampling``); the
-    model's own randomness (dropout, stochastic depth) does.
-    """
+    """Keeps the global random states in every checkpoint and restores them on resume: the
+    model's own randomness (dropout) needs them; data order does not (lightseg.data.sampling)."""
 
     def state_dict(self) -> dict[str, Any]:
         return random_states()

@@ -1,11 +1,9 @@
-"""Transfer learning: the encoder frozen for the first epochs, and learning at its own rate.
+"""Transfer learning: the network's ``encoder`` frozen for the first epochs (no gradients,
+batch norm statistics kept), and learning at its own rate.
 
-Both act on the network's ``encoder`` (smp models and SegNet have one; torchvision's models
-name their backbone so). Frozen means no gradients and batch norm statistics kept as they are
-(smp's ``freeze_encoder`` where the network has it). The encoder's parameters stay in the
-optimizer throughout (without gradients it skips them), so every scheduler, one-cycle
-included, sees the same groups from start to end, and a resumed run freezes or thaws by its
-epoch exactly as the uninterrupted run did.
+The encoder's parameters stay in the optimizer throughout (without gradients it skips them), so
+every scheduler sees the same groups from start to end, and a resumed run freezes or thaws by
+its epoch exactly as the uninterrupted run did.
 """
 
 from __future__ import annotations

@@ -1,8 +1,5 @@
-"""A fixed set of validation images with true and predicted masks, every few epochs.
-
-The same pictures go to W&B (as mask overlays with named classes, toggled in the UI), to
-TensorBoard, and to PNG files in the run folder for people who use neither.
-"""
+"""A fixed set of validation images with true and predicted masks, every few epochs: to W&B (as
+mask overlays), to TensorBoard, and as PNG files in the run folder for people who use neither."""
 
 from __future__ import annotations
 

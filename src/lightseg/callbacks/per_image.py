@@ -1,8 +1,5 @@
-"""Each test image's metric values in the run folder (``per_image.csv``), after the test stage.
-
-``make table`` pairs these rows between runs (same image ids) for its confidence intervals and
-paired tests; ``make eval`` writes the same file, at native resolution, for what it scores.
-"""
+"""Each test image's metric values in the run folder (``per_image.csv``), after the test stage:
+``make table`` pairs these rows between runs for its confidence intervals and paired tests."""
 
 from __future__ import annotations
 

@@ -21,14 +21,9 @@ RUN_FILES = (CONFIG, RUN_INFO, GIT_DIFF, UNTRACKED, PACKAGES, f"{SPLITS}/*.txt")
 
 
 class LogRunFiles(Callback):
-    """When fitting starts: the resolved config (``config.yaml``) as every logger's
-    hyperparameters; for W&B also the git state in its config and the run's record in its
-    files (``run_info.json`` is uploaded again, final, when the W&B run ends:
-    ``lightseg.utils.loggers.wandb_finished``).
-
-    This runs in the training process of rank 0, after the data module has written the split
-    lists: a logger first used there (``ddp_spawn``) writes nothing from the launching process.
-    """
+    """When fitting starts: ``config.yaml`` as every logger's hyperparameters; for W&B also the
+    git state and the run's record files. Rank 0 of the training processes, after the split
+    lists are written: a ``ddp_spawn`` logger writes nothing from the launching process."""
 
     def __init__(self, folder: str | Path, files: tuple[str, ...] = RUN_FILES) -> None:
         self.folder, self.files = Path(folder), tuple(files)

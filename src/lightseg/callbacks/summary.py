@@ -1,10 +1,6 @@
-"""The network in one line at the start of training, instead of Lightning's summary table.
-
-Lightning's table lists lightseg's own bookkeeping modules (loss, metrics, normalisation) next
-to the network and reports ``FLOPs 0`` for modules without an example input, which reads as a
-measurement. What a researcher checks at start-up is which network was built and how large it
-is; the table stays one override away
-(``callbacks.model_summary._target_=lightning.pytorch.callbacks.RichModelSummary``).
+"""The network in one line at the start of training, instead of Lightning's summary table,
+which lists lightseg's bookkeeping modules and reports ``FLOPs 0`` as if measured (it stays one
+override away: ``callbacks.model_summary._target_=lightning.pytorch.callbacks.RichModelSummary``).
 """
 
 from __future__ import annotations

@@ -5,15 +5,9 @@ The metric contract: a torchmetrics ``Metric`` updated with ``(preds, target)``,
 scalar, a vector of one value per class, or a dict of scalars; under the name ``iou`` these are
 logged as ``val/iou``, ``val/iou_<class>``, and ``val/iou`` / ``val/iou_<key>`` (key ``""`` is
 the metric itself). lightseg fills in ``num_classes``, ``classes`` and ``ignore_index`` for
-constructors that take them. States are synced across processes by torchmetrics.
-
-A class that occurs in neither the predictions nor the targets has no IoU or Dice: its value
-is NaN (shown empty, written as null) and it is left out of every mean.
-
-Built in: metrics of the split's confusion matrix, one state shared by all of them
-(``confusion.py``: IoU, Dice, accuracies, sensitivity, specificity), and metrics per image,
-averaged over images (``per_image.py``: Dice, ISIC's thresholded Jaccard, HD95, ASSD).
-``configs/metrics/`` holds the sets a binary and a multiclass task report.
+constructors that take them. A class in neither predictions nor targets has no IoU or Dice: NaN
+(shown empty, written as null), left out of every mean. ``configs/metrics/`` holds the sets a
+binary and a multiclass task report.
 """
 
 from lightseg.metrics.base import TaskMetric, class_key

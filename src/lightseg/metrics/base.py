@@ -9,11 +9,8 @@ from lightseg.task import IGNORE_INDEX, Task
 
 class TaskMetric(Metric):
     """A metric that knows the task's classes and the ignore label (filled in by lightseg).
-
-    Subclasses add their states in ``add_states`` rather than in ``__init__``, and a subclass
-    with options of its own repeats this signature: lightseg fills in only the arguments a
-    constructor's signature names.
-    """
+    Subclasses add states in ``add_states``; one with options repeats this signature, since
+    lightseg fills in only the arguments a constructor's signature names."""
 
     is_differentiable = False
     higher_is_better = True

@@ -31,14 +31,9 @@ def metrics_for(task: Task) -> dict[str, dict[str, Any]]:
 def build_metrics(
     config: Mapping[str, Mapping[str, Any] | None] | None, task: Task
 ) -> MetricCollection:
-    """``{name: {_target_, **options}}`` (the ``metrics`` group; null drops one) -> the
-    collection; None or empty: the task's set (:func:`metrics_for`).
-
-    The confusion-matrix metrics of one task share one state, counted once per batch (a compute
-    group). The groups are named here rather than found by torchmetrics, which merges metrics
-    whose states are equal after the first batch: per-image states can be equal by chance
-    (HD95 and ASSD are both 0 on a batch of perfect predictions).
-    """
+    """``{name: {_target_, **options}}`` (null drops one; none: :func:`metrics_for`) -> the
+    collection. Confusion-matrix metrics of one task share one state (a compute group), named
+    here: torchmetrics' own search merges states equal by chance (HD95, ASSD on perfect masks)."""
     metrics = build_named(
         "metrics", config or metrics_for(task), task, Metric, "lightseg.metrics.IoU"
     )
@@ -63,12 +58,8 @@ def metric_values(metrics: MetricCollection, task: Task) -> dict[str, float]:
 def update_per_image(
     metrics: MetricCollection, preds: torch.Tensor, target: torch.Tensor, task: Task
 ) -> list[dict[str, float]]:
-    """``metrics.update(preds, target)``, then each image's own values by name (no prefix).
-
-    Exact, and cheap: confusion-matrix metrics score each image's matrix (counted once for all
-    of them), per-image metrics give the values they just stored, and any other metric scores
-    each image alone, on a copy.
-    """
+    """``metrics.update(preds, target)``, then each image's own values by name (no prefix):
+    each image's confusion matrix, the per-image values just stored, or a copy scoring it alone."""
     metrics.update(preds, target)
     images, confusions, columns = range(preds.shape[0]), {}, {}
     for key, metric in metrics.items(keep_base=True, copy_state=False):

@@ -1,8 +1,5 @@
-"""Metrics of the split's confusion matrix, and the counts and per-class scores behind them.
-
-Each metric is a function of ``[..., C, C]`` counts (``values``): of the split's matrix for its
-value, of each image's (``[N, C, C]``) for per-image values.
-"""
+"""Metrics of the split's confusion matrix: each a function of ``[..., C, C]`` counts
+(``values``), of the split's matrix for its value and of each image's for per-image values."""
 
 from __future__ import annotations
 

@@ -98,14 +98,10 @@ def surface_distances(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 class BoundaryDistance(PerImageMetric):
-    """A distance between the predicted and the true foreground boundary of each image, in
-    pixels of the image as scored, averaged over images; lower is better.
-
-    Empty masks: no foreground in truth nor prediction scores 0; foreground in only one of
-    them scores the image diagonal (the largest distance possible), so a missed or invented
-    lesion counts as the worst case instead of dropping out. Predictions on ignored pixels
-    count as background.
-    """
+    """A distance (pixels) between the predicted and true foreground boundary of each image,
+    averaged over images. No foreground in either scores 0; in only one, the image diagonal, so
+    a missed or invented lesion counts as the worst case. Predictions on ignored pixels are
+    background."""
 
     higher_is_better = False
     binary_only = True

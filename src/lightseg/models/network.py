@@ -6,16 +6,11 @@ where the target takes ``in_channels`` and the config leaves it out, lightseg se
 data's (``data.source.in_channels``). The module maps ``[N, in_channels, H, W]`` to logits
 ``[N, out_channels, H, W]``. In training it may also return auxiliary logits: a tuple
 ``(logits, aux, ...)`` or a dict ``{"logits": ..., "aux": [...], ...}`` (other keys reach a
-module subclass's loss); it then has an ``aux_weight`` attribute, the weight of the auxiliary
-losses (one number, or one per auxiliary output). Optional attributes refine the contract:
-
-* ``input_multiple``: image sides must be multiples of it (smp models: their encoder's output
-  stride when they require it). Inference rounds sizes to it; training checks the data size.
-* keys named in :data:`PRETRAINED_KEYS` are set to ``null`` when lightseg rebuilds a trained
-  network (eval, predict, export, the size check), so nothing is downloaded there.
-* ``encoder``: the (pretrained) feature extractor that ``callbacks.finetuning`` freezes or
-  gives its own learning rate (smp models and SegNet have one; torchvision's models name
-  their backbone).
+module subclass's loss), weighted by its ``aux_weight`` attribute (one number, or one per
+auxiliary output). Optional: ``input_multiple`` (image sides must be multiples of it; inference
+rounds to it, training checks the data size) and ``encoder`` (what ``callbacks.finetuning``
+freezes or gives its own learning rate); keys in :data:`PRETRAINED_KEYS` are set to ``null``
+when lightseg rebuilds a trained network, so nothing is downloaded there.
 """
 
 from __future__ import annotations
@@ -50,9 +45,12 @@ def build_network(config: Mapping[str, Any], out_channels: int) -> nn.Module:
     try:
         network = instantiate(config, out_channels=out_channels, _convert_="all")
     except InstantiationException as error:
-        if isinstance(error.__cause__, LightsegError):
-            raise error.__cause__ from None
-        raise LightsegError(f"model._target_={target}: {_cause(error)}") from None
+        cause = error.__cause__ or error
+        if isinstance(cause, LightsegError):
+            raise cause from None
+        raise LightsegError(
+            f"model._target_={target}: {type(cause).__name__}: {_first_line(cause)}"
+        ) from None
     if not isinstance(network, nn.Module):
         raise LightsegError(
             f"model._target_={target} returned a {type(network).__name__}, not a torch.nn.Module."
@@ -126,11 +124,8 @@ def check_output(logits: torch.Tensor, images: torch.Tensor, out_channels: int) 
 def check_network(
     config: Mapping[str, Any], out_channels: int, in_channels: int, image_size: Sequence[int]
 ) -> None:
-    """Build the network without pretrained weights and run it once at ``image_size``.
-
-    Cheap next to downloading weights or training, and the only test that covers every
-    network: each one says for itself which input sizes it takes.
-    """
+    """Build the network without pretrained weights and run it once at ``image_size``: cheap,
+    and the only check that covers every network's own constraints on input sizes."""
     network = build_network(without_pretrained(config), out_channels).eval()
     height, width = (int(side) for side in image_size)
     multiple = input_multiple(network)
@@ -172,11 +167,6 @@ def weights_unavailable(what: str, weights: str, error: Exception) -> LightsegEr
 def _describe(config: Mapping[str, Any]) -> str:
     shown = [f"{k}={config[k]}" for k in ("arch", "encoder_name") if config.get(k) is not None]
     return ", ".join(shown) or "its defaults"
-
-
-def _cause(error: BaseException) -> str:
-    cause = error.__cause__ or error
-    return f"{type(cause).__name__}: {_first_line(cause)}"
 
 
 def _first_line(error: BaseException) -> str:

@@ -48,11 +48,8 @@ def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
 
 
 class SegNet(nn.Module):
-    """Encoder = VGG16-BN's 13 convolutions; decoder mirrors it; logits at the input size.
-
-    Inputs need at least 32 pixels per side (five poolings); any size works, odd ones too,
-    because each unpooling restores the exact size its pooling saw.
-    """
+    """Encoder = VGG16-BN's 13 convolutions; decoder mirrors it; logits at the input size. Any
+    size of at least 32 pixels a side works, odd ones too: each unpooling restores its size."""
 
     def __init__(self, out_channels: int, in_channels: int = 3) -> None:
         super().__init__()

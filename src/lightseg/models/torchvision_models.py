@@ -1,10 +1,6 @@
-"""torchvision's segmentation models (``model=torchvision``), as torch.hub's ``pytorch/vision``
-entry points build them.
-
-FCN (Long et al., 2015), DeepLabV3 (Chen et al., 2017) and LR-ASPP (Howard et al., 2019), built
-by ``torchvision.models.segmentation`` and wrapped so that they return plain logits like every
-other network here: a Tensor at inference, ``(logits, aux_logits)`` in training when the model
-has an auxiliary head.
+"""torchvision's segmentation models (``model=torchvision``): FCN (Long et al., 2015), DeepLabV3
+(Chen et al., 2017) and LR-ASPP (Howard et al., 2019), wrapped to return logits at the input
+size like every other network here (and ``(logits, aux_logits)`` in training with an aux head).
 """
 
 from __future__ import annotations
@@ -38,12 +34,8 @@ TORCHVISION_ARCHS = (
 
 
 class TorchvisionSegmentation(nn.Module):
-    """A torchvision segmentation model returning logits at the input resolution.
-
-    In eval mode the auxiliary head is skipped, so inference, export and metrics see one
-    Tensor; in training it also returns the auxiliary logits, whose loss is weighted by
-    ``aux_weight`` (the network contract, lightseg.models.network).
-    """
+    """A torchvision segmentation model returning logits at the input resolution; in training
+    also the auxiliary logits, whose loss ``aux_weight`` weighs (lightseg.models.network)."""
 
     def __init__(self, net: nn.Module, aux_weight: float = AUX_WEIGHT) -> None:
         super().__init__()
@@ -81,12 +73,6 @@ def config_weights(enum: type[WeightsEnum], value: str | None, key: str, owner: 
         raise LightsegError(
             f"model.{key}='{value}' is not a weight set of {owner}. Available: {names}, or null."
         ) from None
-
-
-def _backbone_weights_enum(arch: str) -> type[WeightsEnum]:
-    # the type of the builder's default backbone weights, e.g. ResNet50_Weights
-    default = inspect.signature(get_model_builder(arch)).parameters["weights_backbone"].default
-    return type(default)
 
 
 def _replace_class_convs(head: nn.Module, old: int, new: int) -> None:
@@ -127,13 +113,9 @@ def build(
     atrous_rates: Sequence[int] | None = None,
     in_channels: int = 3,
 ) -> TorchvisionSegmentation:
-    """Build ``arch`` with torchvision's builder; see configs/model/torchvision.yaml for the keys.
-
-    ``weights`` are whole-model weights (``COCO_WITH_VOC_LABELS_V1``: 21 VOC classes; other
-    class counts get fresh class convolutions), ``encoder_weights`` the backbone's ImageNet
-    weights (torchvision's ``weights_backbone``). The auxiliary head exists iff ``aux_weight > 0``
-    (FCN and DeepLabV3 only).
-    """
+    """Build ``arch`` with torchvision's builder (keys: configs/model/torchvision.yaml); other
+    class counts than ``weights``' get fresh class convolutions, and the auxiliary head exists
+    iff ``aux_weight > 0`` (FCN and DeepLabV3 only)."""
     arch = str(arch).lower()
     if arch not in TORCHVISION_ARCHS:
         raise LightsegError(
@@ -152,8 +134,10 @@ def build(
             f"model.atrous_rates sets DeepLabV3's ASPP; {arch} has none. Set it to null."
         )
     full = config_weights(get_model_weights(arch), weights, "weights", arch)
+    # the backbone's weights enum: the type of the builder's default, e.g. ResNet50_Weights
+    default = inspect.signature(get_model_builder(arch)).parameters["weights_backbone"].default
     backbone = config_weights(
-        _backbone_weights_enum(arch), encoder_weights, "encoder_weights", f"{arch}'s backbone"
+        type(default), encoder_weights, "encoder_weights", f"{arch}'s backbone"
     )
     has_aux = not arch.startswith("lraspp")
     options: dict = {"weights": full, "weights_backbone": backbone}

@@ -45,6 +45,11 @@ EVAL = "eval"
 STARTUP_FILES = {HYDRA, "train.log", LOCK}
 
 
+def _inside(*parts: str | Path) -> property:
+    """A path of the run folder's layout, as a read-only property."""
+    return property(lambda run: run.path.joinpath(*parts))
+
+
 @dataclass(frozen=True)
 class RunFolder:
     """One run's folder (it need not exist yet)."""
@@ -57,58 +62,20 @@ class RunFolder:
     def __str__(self) -> str:
         return str(self.path)
 
-    @property
-    def config(self) -> Path:
-        return self.path / CONFIG
-
-    @property
-    def hydra(self) -> Path:
-        return self.path / HYDRA
-
-    @property
-    def hydra_config(self) -> Path:
-        """Hydra's composition of the run, interpolations intact (what a resume restores)."""
-        return self.hydra / "config.yaml"
-
-    @property
-    def wandb_run_id(self) -> Path:
-        return self.path / WANDB_RUN_ID
-
-    @property
-    def run_info(self) -> Path:
-        return self.path / RUN_INFO
-
-    @property
-    def lock(self) -> Path:
-        return self.path / LOCK
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / CHECKPOINTS
-
-    @property
-    def last(self) -> Path:
-        return self.checkpoints / LAST
-
-    @property
-    def best(self) -> Path:
-        return self.checkpoints / BEST
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / METRICS
-
-    @property
-    def csv_log(self) -> Path:
-        return self.path / CSV_LOG
-
-    @property
-    def per_image(self) -> Path:
-        return self.path / PER_IMAGE
-
-    @property
-    def evaluations(self) -> Path:
-        return self.path / EVAL
+    config = _inside(CONFIG)
+    hydra = _inside(HYDRA)
+    #: Hydra's composition of the run, interpolations intact (what a resume restores).
+    hydra_config = _inside(HYDRA, "config.yaml")
+    wandb_run_id = _inside(WANDB_RUN_ID)
+    run_info = _inside(RUN_INFO)
+    lock = _inside(LOCK)
+    checkpoints = _inside(CHECKPOINTS)
+    last = _inside(CHECKPOINTS, LAST)
+    best = _inside(CHECKPOINTS, BEST)
+    metrics = _inside(METRICS)
+    csv_log = _inside(CSV_LOG)
+    per_image = _inside(PER_IMAGE)
+    evaluations = _inside(EVAL)
 
     def info(self) -> dict[str, Any] | None:
         """``run_info.json``, or None if there is none (or it cannot be read)."""
@@ -173,8 +140,8 @@ def read_yaml(path: Path) -> Any:
 
 
 def find_runs(root: str | Path) -> list[RunFolder]:
-    """Every run folder under ``root`` (any depth), sorted by path: those training recorded,
-    and those Hydra started that never got that far (they are listed as missing runs)."""
+    """Every run folder under ``root`` (any depth), sorted, those Hydra started that training
+    never recorded included (listed as missing runs)."""
     root = Path(root)
     found = {path.parent for pattern in (CONFIG, RUN_INFO) for path in root.rglob(pattern)}
     found |= {path.parent.parent for path in root.rglob(f"{HYDRA}/overrides.yaml")}

@@ -1,9 +1,5 @@
-"""``run_info.json``: what a run ran with, who runs it, and how it ended.
-
-Written when training starts (or a resume entry is added), and again when it ends: status
-``running`` (also what a run killed without notice keeps), ``finished``, ``interrupted``
-(stopped by a signal, resumable) or ``failed`` with the reason.
-"""
+"""``run_info.json``: what a run ran with, who runs it, and how it ended (``running``, also
+what a run killed without notice keeps, ``finished``, ``interrupted`` or ``failed``)."""
 
 from __future__ import annotations
 
@@ -15,6 +11,7 @@ import shlex
 import sys
 from collections.abc import Iterator
 from datetime import datetime
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +23,6 @@ from lightseg.runs.folder import RunFolder
 from lightseg.runs.snapshot import git_state, save_snapshot
 from lightseg.utils.locks import owner_record
 
-STATUSES = ("running", "finished", "interrupted", "failed")
 #: Versions worth seeing at a glance; packages.txt has all of them.
 KEY_PACKAGES = (
     "torch",
@@ -57,20 +53,11 @@ def machine() -> dict[str, Any]:
 
 
 def key_versions() -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions: dict[str, str | None] = {}
+    versions: dict[str, str | None] = dict.fromkeys(KEY_PACKAGES)
     for name in KEY_PACKAGES:
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             versions[name] = version(name)
-        except PackageNotFoundError:
-            versions[name] = None
     return versions
-
-
-def command_line() -> str:
-    """The command as typed, e.g. ``python -m lightseg.train experiment=demo seed=1``."""
-    return shlex.join(["python", "-m", "lightseg.train", *sys.argv[1:]])
 
 
 def read_run_info(folder: str | Path) -> dict[str, Any] | None:
@@ -94,7 +81,7 @@ def start_record(
     info = run.info() if resumed_from else None
     entry = {
         "at": now(),
-        "command": command_line(),
+        "command": shlex.join(["python", "-m", "lightseg.train", *sys.argv[1:]]),  # as typed
         "overrides": list(overrides or []),
         "owner": owner_record(),
         "git": git,

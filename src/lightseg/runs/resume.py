@@ -1,23 +1,14 @@
 """Which folder a run writes to, and what it continues from: decided here and nowhere else.
 
-A command continues a run in one of three ways, all with ``ckpt_path``:
+``ckpt_path=<file.ckpt>`` continues that checkpoint in its run folder (one from elsewhere trains
+on in a new folder), ``ckpt_path=<run folder>`` that run's ``last.ckpt``, and ``ckpt_path=last``
+the newest unfinished run of the experiment (a ``last.ckpt``, no ``metrics.json``, not failed,
+no live process holding its run.lock). ``resume=auto`` is ``ckpt_path=last`` for job scripts
+that may be pre-empted: it starts a fresh run when there is nothing to continue.
 
-* ``ckpt_path=<file.ckpt>``: that checkpoint, in its run folder (a checkpoint from elsewhere
-  trains on in a new folder);
-* ``ckpt_path=<run folder>``: that run's ``checkpoints/last.ckpt``;
-* ``ckpt_path=last``: the newest unfinished run of the experiment (``logs/<name>/runs/``): a
-  ``last.ckpt``, no ``metrics.json``, not failed, and not held by a live process (run.lock).
-
-``resume=auto`` is ``ckpt_path=last`` for job scripts that may be pre-empted: it continues the
-newest unfinished run (or, with an explicit ``hydra.run.dir``, that folder's ``last.ckpt``)
-when there is one, and starts a fresh run otherwise.
-
-Hydra asks :func:`run_folder` for ``hydra.run.dir`` (configs/hydra/default.yaml), and
-:func:`hydra_record` whether to write its ``.hydra/`` record (a continued run keeps the one it
-started with). ``train`` asks :func:`checkpoint_for` what to load. A continued run keeps its
-own composition: when the continuing command was composed from other overrides than the run
-was (``ckpt_path=last`` alone), :func:`continuation` gives the overrides that compose the
-run's saved overrides plus this command's values, and the entry point composes them.
+Hydra asks :func:`run_folder` for ``hydra.run.dir`` and :func:`hydra_record` whether to write
+``.hydra/``; ``train`` asks :func:`checkpoint_for` what to load and :func:`continuation` for the
+overrides that recompose a continued run as it was started.
 """
 
 from __future__ import annotations
@@ -31,8 +22,6 @@ from lightseg.runs.folder import RunFolder, newest_first, runs_of
 from lightseg.utils.locks import describe, held_by_live_process
 
 STAMP = "%Y-%m-%d_%H-%M-%S"
-#: How many processes a launcher (torchrun, srun) started for one job.
-PROCESS_COUNT_VARIABLES = ("WORLD_SIZE", "SLURM_NTASKS")
 
 
 def override_key(override: str) -> str:
@@ -53,32 +42,9 @@ def check_resume(resume) -> bool:
     return resume == "auto"
 
 
-def launched_processes() -> int:
-    counts = [os.environ.get(name, "1") for name in PROCESS_COUNT_VARIABLES]
-    return max(int(c) if c.isdigit() else 1 for c in counts)
-
-
 def is_first_process() -> bool:
     """Rank 0 of a launched job (torchrun's RANK, SLURM's SLURM_PROCID), or a lone process."""
     return all(os.environ.get(name, "0") == "0" for name in ("RANK", "SLURM_PROCID"))
-
-
-def refuse_if_alive(run: RunFolder) -> None:
-    owner = held_by_live_process(run.path)
-    if owner is not None and is_first_process():  # the other ranks join rank 0's run
-        raise LightsegError(
-            f"Run folder '{run}' is in use by a training process that is still alive "
-            f"({describe(owner)}); a run is never taken over while it trains. Wait for it to "
-            "end, or start a new run (without ckpt_path / resume)."
-        )
-
-
-def newest_resumable(runs: Path) -> RunFolder | None:
-    """The newest unfinished run under ``runs`` that no live process holds."""
-    for run in newest_first(runs):
-        if run.resumable and held_by_live_process(run.path) is None:
-            return run
-    return None
 
 
 def new_run_folder(parent: Path, now: datetime | None = None) -> Path:
@@ -125,7 +91,8 @@ def continued_run(log_dir, name, ckpt_path, resume) -> RunFolder | None:
                 )
             return run
         return RunFolder.of_checkpoint(existing_checkpoint(ckpt_path))
-    run = newest_resumable(runs)
+    free = (r for r in newest_first(runs) if r.resumable and held_by_live_process(r.path) is None)
+    run = next(free, None)
     if run is None and ckpt_path == "last":
         raise LightsegError(
             f"ckpt_path=last: no unfinished run of experiment '{name}' under '{runs}' "
@@ -138,17 +105,24 @@ def continued_run(log_dir, name, ckpt_path, resume) -> RunFolder | None:
 
 
 def run_folder(log_dir, name, ckpt_path, resume) -> str:
-    """``hydra.run.dir`` of a single run: the run a resume request continues, else a new one.
-
-    A Hydra resolver (registered with ``use_cache``: called once per composition).
-    """
+    """``hydra.run.dir``: the run a resume request continues, else a new one (a Hydra resolver,
+    cached: called once per composition)."""
     run = continued_run(log_dir, name, ckpt_path, resume)
     if run is not None:
-        refuse_if_alive(run)
+        owner = held_by_live_process(run.path)
+        if owner is not None and is_first_process():  # the other ranks join rank 0's run
+            raise LightsegError(
+                f"Run folder '{run}' is in use by a training process that is still alive "
+                f"({describe(owner)}); a run is never taken over while it trains. Wait for it "
+                "to end, or start a new run (without ckpt_path / resume)."
+            )
         return str(run.path)
-    if launched_processes() > 1:
+    # how many processes a launcher (torchrun, srun) started for this job
+    counts = [os.environ.get(name, "1") for name in ("WORLD_SIZE", "SLURM_NTASKS")]
+    processes = max(int(c) if c.isdigit() else 1 for c in counts)
+    if processes > 1:
         raise LightsegError(
-            f"This is one of {launched_processes()} processes of a multi-process launch (srun, "
+            f"This is one of {processes} processes of a multi-process launch (srun, "
             "torchrun), but no hydra.run.dir is given, so each process would pick a folder of "
             "its own. Give every process the same one, e.g. hydra.run.dir=logs/<name>/runs/"
             "job-$SLURM_JOB_ID (scripts/slurm/train.sbatch does)."
@@ -181,12 +155,8 @@ def checkpoint_for(ckpt_path, resume, run: RunFolder) -> str | None:
 
 
 def continuation(run: RunFolder, overrides: list[str]) -> list[str] | None:
-    """The overrides that compose ``run`` as it was started plus this command's (``overrides``,
-    without its resume request), or None when this command already composed it so.
-
-    Value overrides of this command win; choosing another config group option for a run in
-    progress is refused.
-    """
+    """The overrides that compose ``run`` as it was started plus this command's values (which
+    win; another group option is refused), or None when this command already composed it so."""
     saved = [o for o in run.overrides() if not _resume_or_hydra(o)]
     own = [o for o in overrides if not _resume_or_hydra(o)]
     if not run.hydra.is_dir() or set(saved) <= set(own):

@@ -1,9 +1,6 @@
-"""What a run folder keeps so the run can be rebuilt: code state and exact package versions.
-
-* ``git_diff.patch``: uncommitted changes to tracked files (``git diff --binary HEAD``);
-* ``untracked.tar.gz``: the files git does not track and does not ignore (a new dataset,
-  network or config: how a fork adds things), so ``git apply`` + unpacking restores the tree;
-* ``packages.txt``: every installed distribution as ``name==version`` (pip freeze's format).
+"""What a run folder keeps so the run can be rebuilt: ``git_diff.patch`` (uncommitted changes),
+``untracked.tar.gz`` (files a fork added and git does not ignore) and ``packages.txt`` (every
+installed distribution, in pip freeze's format).
 """
 
 from __future__ import annotations
@@ -63,11 +60,6 @@ def package_versions() -> dict[str, str]:
     return dict(sorted(versions.items(), key=lambda item: item[0].lower()))
 
 
-def untracked_files() -> list[str]:
-    listed = git("ls-files", "--others", "--exclude-standard", "-z")
-    return [name for name in (listed or "").split("\0") if name]
-
-
 def save_snapshot(folder: Path, git_info: dict[str, Any]) -> dict[str, Any]:
     """Write the rebuild files into ``folder``; returns what run_info.json should say of them."""
     record: dict[str, Any] = {"packages": PACKAGES}
@@ -80,9 +72,10 @@ def save_snapshot(folder: Path, git_info: dict[str, Any]) -> dict[str, Any]:
     (folder / GIT_DIFF).write_bytes(diff)
     archived, too_large = [], []
     with tarfile.open(folder / UNTRACKED, "w:gz") as archive:
-        for name in untracked_files():
+        untracked = git("ls-files", "--others", "--exclude-standard", "-z") or ""
+        for name in untracked.split("\0"):
             path = REPOSITORY / name
-            if not path.is_file():
+            if not name or not path.is_file():
                 continue
             if path.stat().st_size > MAX_UNTRACKED_BYTES:
                 too_large.append(name)

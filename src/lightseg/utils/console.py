@@ -1,9 +1,8 @@
 """Console output: a few lines about the run at the start, the metrics table at the end.
 
-What is printed reads the same in a terminal and in a log file (CI, SLURM): text is never
-wrapped, so a path stays one line that can be copied. Known third-party chatter is filtered
-where it is emitted (:func:`quiet_third_party`), message by message, so that real warnings,
-from libraries or from your own code, still show.
+Text is never wrapped, so it reads the same in a terminal and a log file (a path stays one line
+that can be copied); known third-party chatter is dropped message by message, so real warnings
+still show.
 """
 
 from __future__ import annotations
@@ -24,14 +23,10 @@ from rich.tree import Tree
 PIPED_WIDTH = 160
 
 
-def _console() -> Console:
-    """Text never wraps; tables get the terminal's width, or PIPED_WIDTH in logs and pipes."""
-    probe = Console()
-    piped = not (probe.is_terminal or probe.is_jupyter or os.environ.get("COLUMNS"))
-    return Console(soft_wrap=True, width=PIPED_WIDTH if piped else None)
-
-
-console = _console()
+_probe = Console()
+_piped = not (_probe.is_terminal or _probe.is_jupyter or os.environ.get("COLUMNS"))
+#: Tables get the terminal's width, or PIPED_WIDTH in logs and pipes.
+console = Console(soft_wrap=True, width=PIPED_WIDTH if _piped else None)
 
 #: Top-level groups shown first in the config tree.
 CONFIG_ORDER = ("data", "model", "loss", "optimizer", "scheduler", "trainer", "callbacks", "logger")
@@ -60,23 +55,14 @@ LIGHTNING_LOGGERS = (
 )
 
 
-class DropMessages(logging.Filter):
-    """Drops log records whose message starts with one of ``starts``."""
-
-    def __init__(self, starts: Iterable[str]) -> None:
-        super().__init__()
-        self.starts = tuple(starts)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.starts)
+def _not_chatter(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(LIGHTNING_CHATTER)
 
 
 def quiet_third_party() -> None:
     """Filter the chatter of libraries lightseg drives, each message by name, at its source."""
     for name in LIGHTNING_LOGGERS:
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, DropMessages) for f in logger.filters):
-            logger.addFilter(DropMessages(LIGHTNING_CHATTER))
+        logging.getLogger(name).addFilter(_not_chatter)  # added once: a filter is kept once
     # Lightning's own code uses a torch class that torch has deprecated; nothing to act on.
     warnings.filterwarnings(
         "ignore",
@@ -95,10 +81,8 @@ def quiet_third_party() -> None:
 
 
 def print_config(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> None:
-    """``print_config``: true = the summary, ``full`` = the whole tree, false = nothing.
-
-    The full resolved config is saved as ``config.yaml`` in the run folder either way.
-    """
+    """``print_config``: true = the summary, ``full`` = the whole tree, false = nothing (the
+    run folder's ``config.yaml`` has it all either way)."""
     mode = cfg.get("print_config")
     if str(mode).lower() == "full":
         print_config_tree(cfg)

@@ -50,11 +50,8 @@ def check_trainer(trainer: dict[str, Any]) -> dict[str, Any]:
 
 
 def compile_in_place(net: nn.Module) -> None:
-    """torch.compile the network's forward, keeping parameter names (checkpoints stay portable).
-
-    Where compilation fails (no C++ compiler, unsupported Python or op), torch falls back to
-    eager execution with a warning instead of stopping the run.
-    """
+    """torch.compile the network's forward, keeping parameter names (checkpoints stay portable);
+    where compilation fails, torch falls back to eager execution with a warning."""
     import torch._dynamo
 
     torch._dynamo.config.suppress_errors = True

@@ -1,20 +1,12 @@
 """File locks, one implementation: a waiting lock for builds, and the run folder's lock.
 
-Both are ``flock`` locks on a file, so the operating system releases them when their process
-ends, however it ends (SIGKILL included): a dead process never leaves a lock held.
-
-* :func:`file_lock` waits its turn. Work that several processes or nodes may start at once on
-  shared storage (data caches, the demo data, COCO masks): the first does it, the others wait,
-  then find it done.
-* :class:`RunLock` does not wait. The process that trains in a run folder holds
-  ``<folder>/run.lock``, which records who it is (host, PID, SLURM job, since); a second
-  process is refused with an error naming that owner, and :func:`held_by_live_process` answers
-  the same question for resume decisions.
-
-File systems without ``flock`` (some cluster mounts) cannot say whether a lock is held. There
-the run lock trusts the owner recorded in the file when it can be checked, a PID on this host,
-and otherwise goes on unguarded with a warning; a build goes on unguarded with a warning. A PID
-that the system has since reused for another process counts as alive (the cautious error).
+Both are ``flock`` locks, which the operating system releases when their process ends however
+it ends (SIGKILL included). :func:`file_lock` waits its turn (data caches that several
+processes may build at once: the first builds, the others then find it done). :class:`RunLock`
+never waits: the process training in a run folder holds ``run.lock``, recording who it is, and
+a second one is refused with an error naming that owner. Where the file system has no
+``flock``, the run lock trusts a recorded owner it can check (a PID on this host; a reused PID
+counts as alive, the cautious error) and otherwise goes on unguarded with a warning.
 """
 
 from __future__ import annotations
@@ -140,11 +132,7 @@ def held_by_live_process(folder: str | Path) -> dict[str, Any] | None:
 
 
 class RunLock:
-    """Hold ``<folder>/run.lock`` while training there; a context manager.
-
-    :meth:`acquire` never waits: a folder another live process holds is a
-    :class:`LightsegError` naming that process.
-    """
+    """Hold ``<folder>/run.lock`` while training there (a context manager that never waits)."""
 
     def __init__(self, folder: str | Path) -> None:
         self.path = Path(folder) / RUN_LOCK
@@ -159,32 +147,26 @@ class RunLock:
         held = _lock(handle, wait=False)
         if held is False or (held is None and _alive_here(previous)):
             handle.close()
-            raise self._in_use(_recorded(self.path) or previous or {})
+            raise LightsegError(
+                f"Run folder '{self.path.parent}' is in use by another training process "
+                f"({describe(_recorded(self.path) or previous or {})}). One folder holds one "
+                "run: wait for that run to end, or start this one elsewhere (leave "
+                "hydra.run.dir out for a new folder)."
+            )
         if previous and not previous.get("released"):
-            if held is None and previous.get("host") != socket.gethostname():
-                log.warning(
-                    "No file locks on this file system: cannot tell whether the process holding "
-                    "%s (%s) still trains. Going on unguarded; make sure only one process "
-                    "trains there.",
-                    self.path.parent,
-                    describe(previous),
-                )
-            else:
-                log.warning(
-                    "Run folder %s was held by %s, which ended without releasing it; taking "
-                    "it over.",
-                    self.path.parent,
-                    describe(previous),
-                )
+            unknowable = held is None and previous.get("host") != socket.gethostname()
+            log.warning(
+                "No file locks on this file system: cannot tell whether the process holding "
+                "%s (%s) still trains. Going on unguarded; make sure only one process trains "
+                "there."
+                if unknowable
+                else "Run folder %s was held by %s, which ended without releasing it; taking "
+                "it over.",
+                self.path.parent,
+                describe(previous),
+            )
         self.handle, self.owner, self.flocked = handle, owner_record(), bool(held)
         _record(handle, self.owner)
-
-    def _in_use(self, owner: dict[str, Any]) -> LightsegError:
-        return LightsegError(
-            f"Run folder '{self.path.parent}' is in use by another training process "
-            f"({describe(owner)}). One folder holds one run: wait for that run to end, or "
-            "start this one elsewhere (leave hydra.run.dir out for a new folder)."
-        )
 
     def release(self) -> None:
         if self.handle is None:

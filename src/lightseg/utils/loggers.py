@@ -1,15 +1,9 @@
 """Experiment loggers, configured before they are built: Lightning's own classes, unchanged.
 
-* W&B (:func:`wandb_logger`): whether it logs online is decided before the logger exists.
-  ``WANDB_MODE`` if set; else online with credentials (``wandb login``, ``WANDB_API_KEY``)
-  and offline without; and online only if the W&B server answers a short probe, so an
-  unreachable server means offline logging after seconds, not a failed start after a
-  minute. The run id is kept in a file the config names (``<run>/wandb_run_id.txt``) and
-  Lightning resumes W&B runs (``resume="allow"``), so a resumed run continues the same W&B
-  run. Quiet by default: W&B's start and summary messages are off, its warnings stay.
-* CSV: Lightning's CSVLogger, which starts a new ``csv/version_<n>/metrics.csv`` each time
-  the run starts or resumes (it would empty an existing file); ``lightseg.tools.plot``
-  reads the parts as one log.
+W&B's mode is decided before the logger exists, so an unreachable server means offline logging
+after seconds, not a failed start after a minute; its run id is kept in the run folder, so a
+resumed run continues the same W&B run. The CSV logger starts a new ``csv/version_<n>/`` at each
+start or resume (it would empty an existing file); ``lightseg.tools.plot`` reads them as one log.
 """
 
 from __future__ import annotations
@@ -35,9 +29,8 @@ log = logging.getLogger(__name__)
 
 #: Where W&B logs to unless WANDB_BASE_URL (a W&B server of one's own) says otherwise.
 WANDB_HOST = "https://api.wandb.ai"
-#: What W&B prints because Lightning's WandbLogger passes ``anonymous`` to ``wandb.init`` even
-#: when it is unset (wandb/wandb#10909): noise about no choice of ours. W&B prints it once per
-#: process, so :func:`wandb_logger` has it printed once where no one sees it.
+#: Noise W&B prints because Lightning passes ``anonymous`` even when unset (wandb/wandb#10909);
+#: printed once per process, so :func:`wandb_logger` prints it once where no one sees it.
 ANONYMOUS_WARNING = "The anonymous setting has no effect and will be removed in a future version."
 
 
@@ -56,11 +49,8 @@ def wandb_credentials_present(host: str | None = None) -> bool:
 
 
 def answers(url: str, timeout: float) -> bool:
-    """Whether an HTTP server answers at ``url`` (any status) within ``timeout`` seconds.
-
-    Proxies in the environment are used, as W&B uses them. The probe runs in a thread so that
-    a name lookup that hangs is bounded too.
-    """
+    """Whether an HTTP server answers at ``url`` (any status) within ``timeout`` seconds; in a
+    thread, so that a name lookup that hangs is bounded too (proxies used, as W&B uses them)."""
     answered: list[bool] = []
 
     def probe() -> None:
@@ -96,12 +86,10 @@ def wandb_mode(requested: str = "auto", save_dir: str = ".", probe_timeout: floa
         say, why = log.warning, f"{host} does not answer (waited {probe_timeout:g} s)"
     else:
         return "online"
-    say(
-        "W&B: %s; logging offline to %s (upload later with `wandb sync %s/wandb/offline-run-*`).",
-        why,
-        save_dir,
-        save_dir,
+    message = (
+        "W&B: %s; logging offline to %s (upload later with `wandb sync %s/wandb/offline-run-*`)."
     )
+    say(message, why, save_dir, save_dir)
     return "offline"
 
 
@@ -128,15 +116,9 @@ def wandb_logger(
     quiet: bool = True,
     **kwargs,
 ) -> WandbLogger:
-    """Lightning's WandbLogger in the mode :func:`wandb_mode` decides.
-
-    ``id_file``: where the run's W&B id is kept (none: a new W&B run at each start).
-    ``probe_timeout``: how long the W&B server has to answer before the run logs offline;
-    ``init_timeout``: how long W&B's own start may then take. ``quiet`` turns off W&B's
-    informational messages (start banner, run history and summary); warnings stay.
-    Other keys go to WandbLogger (``project``, ``entity``, ``name``, ``group``, ``tags``,
-    ``log_model``, ...).
-    """
+    """Lightning's WandbLogger in the mode :func:`wandb_mode` decides; ``id_file`` keeps the
+    run's W&B id (none: a new W&B run at each start), ``quiet`` turns off W&B's informational
+    messages (warnings stay), other keys go to WandbLogger (``project``, ``tags``, ...)."""
     import wandb
 
     mode = wandb_mode(mode, save_dir, probe_timeout)
@@ -152,9 +134,8 @@ def wandb_logger(
 
 
 def upload_files(run, folder: Path, patterns: Iterable[str]) -> None:
-    """Copy the files of ``folder`` matching ``patterns`` (globs) into the W&B run's files
-    and upload them now. Copies inside the run's own folder: W&B then uploads them as they are,
-    instead of symlinking each file and warning that it did."""
+    """Upload the files of ``folder`` matching ``patterns`` (globs) now, as copies in the W&B
+    run's own folder (else W&B symlinks each file and warns that it did)."""
     files = Path(run.dir)
     for pattern in patterns:
         found = sorted(Path(folder).glob(pattern))

@@ -1,9 +1,7 @@
-"""Stop signals, as schedulers send them: to the whole process group.
+"""Stop signals, as schedulers send them: to the whole process group, DataLoader workers too.
 
-SLURM, ``timeout`` and Ctrl+C in a terminal signal every process of the job, DataLoader
-workers included. A worker that dies of SIGTERM turns a clean stop into a crash ("DataLoader
-worker is killed by signal"), so workers ignore the stop signals: the main process decides,
-saves its checkpoint, and shuts its workers down itself.
+A worker that dies of SIGTERM turns a clean stop into a crash, so workers ignore the stop
+signals: the main process decides, saves its checkpoint, and shuts its workers down itself.
 """
 
 from __future__ import annotations
