@@ -1,14 +1,11 @@
 """The LightningDataModule: a source's samples, prepared, split, cached and served as batches.
 
-Its settings are described where they are set, ``configs/data/base/default.yaml``; grouped ones
-are ``split: {val, test, seed, folds, fold}`` (fractions, or k-fold cross-validation with test
-= fold ``fold``; ``seed`` decides which samples are which and is fixed by default, so runs over
-several seeds test the same images) and ``cache: {enabled, scale, dir}`` (the decoded-sample
-cache of :mod:`lightseg.data.cache`; ``dir`` also holds the statistics behind ``auto`` and the
-datasets' locks). ``sampler`` is the training sampler's class (``_partial_``): lightseg fills
-``data_source`` (the training dataset) and ``num_samples`` where it takes them, and wraps it in
-a :class:`~lightseg.data.sampling.SeededSampler`. Batch sizes are per device (process): the
-global batch is ``batch_size x devices x nodes``, unless ``global_batch_size`` fixes it.
+Settings are described in ``configs/data/base/default.yaml``. ``split.seed`` is fixed by default
+so runs over several seeds test the same images; ``cache.dir`` also holds the statistics behind
+``auto`` and the datasets' locks; ``sampler`` (a ``_partial_``) gets ``data_source`` and
+``num_samples`` where it takes them and is wrapped in a
+:class:`~lightseg.data.sampling.SeededSampler`. Batch sizes are per device unless
+``global_batch_size`` fixes the global one.
 """
 
 from __future__ import annotations
@@ -58,11 +55,7 @@ from lightseg.utils.locks import file_lock
 
 log = logging.getLogger(__name__)
 
-#: ``data.mean`` / ``data.std`` value meaning "per-channel values of the training split".
-AUTO = "auto"
-
-
-#: The grouped settings and their defaults (None: lightseg.data.source.cache_home()).
+AUTO = "auto"  # data.mean / data.std: per-channel values of the training split
 SPLIT = {"val": 0.2, "test": 0.2, "seed": 0, "folds": None, "fold": 0}
 CACHE = {"enabled": False, "scale": None, "dir": None}
 
@@ -78,8 +71,7 @@ def grouped(defaults: dict, given: Mapping[str, Any] | None, key: str) -> Simple
 
 
 def prepare_source(source: SegmentationSource, cache_dir: str | Path) -> None:
-    """``source.prepare()`` holding the lock of its data folder (a file under ``cache_dir``):
-    the contract's promise (:mod:`lightseg.data.source`) that no two run at once."""
+    """``source.prepare()`` holding its data folder's lock: no two run at once (the contract)."""
     if type(source).prepare is SegmentationSource.prepare:
         return  # nothing to prepare, nothing to lock
     cache_dir, folder = Path(cache_dir).expanduser(), str(source.root.resolve())
@@ -95,11 +87,10 @@ def prepare_source(source: SegmentationSource, cache_dir: str | Path) -> None:
 
 
 class SegmentationDataset(Dataset):
-    """Reads samples through a source (or its cache) and applies an albumentations pipeline.
+    """Samples read through a source (or its cache) and an albumentations pipeline.
 
-    Items are tensors, image ``[C, H, W]`` (uint8 for 8-bit data, else float32 in [0, 1]) and
-    mask uint8 ``[H, W]``: the model normalises the image and widens the mask on its device
-    (``SegmentationModule.on_after_batch_transfer``).
+    Image ``[C, H, W]`` (uint8 for 8-bit data, else float32 in [0, 1]) and mask uint8 ``[H, W]``:
+    the model normalises and widens them on its device (``on_after_batch_transfer``).
     """
 
     def __init__(
@@ -120,8 +111,7 @@ class SegmentationDataset(Dataset):
 
 
 class SegmentationDataModule(L.LightningDataModule):
-    """Prepares and splits a source, builds the train/eval pipelines, serves per-device
-    batches (see the module docs)."""
+    """Prepares and splits a source and serves per-device batches (see the module docs)."""
 
     def __init__(
         self,
@@ -194,8 +184,7 @@ class SegmentationDataModule(L.LightningDataModule):
         return Task(self.classes)
 
     def locate(self) -> dict[str, list[Sample]]:
-        """Prepare the source (under its lock), find its samples and split them: once per
-        process. Cheap next to building a pretrained network, so training calls it first."""
+        """Prepare, find and split the samples once per process (training calls it first)."""
         if self.splits is None:
             prepare_source(self.source, self.cache_dir)
             samples = self.source.find()
@@ -224,8 +213,7 @@ class SegmentationDataModule(L.LightningDataModule):
         return self.splits
 
     def prepare_data(self) -> None:
-        """Lightning's hook (once per node, before the other processes set up): the splits,
-        and the sample cache, so that the other processes find it built."""
+        """Once per node, before the other processes: build the splits and sample cache."""
         self.locate()
         self.sample_cache()
 
@@ -238,12 +226,10 @@ class SegmentationDataModule(L.LightningDataModule):
 
     @property
     def statistics_folder(self) -> Path:
-        """Where :meth:`statistics` are cached."""
         return self.cache_dir / "statistics"
 
     def statistics(self, measured: SplitStatistics | None = None) -> SplitStatistics:
-        """Channel mean/std and class frequencies of the training split (computed once and
-        cached; ``measured``: already computed by the caller, to be cached)."""
+        """The training split's statistics, cached (``measured``: the caller's, to store)."""
         if self._statistics is None:
             train = self.locate()["train"] if self.splits is None else self.splits["train"]
             self._statistics = training_statistics(
@@ -252,7 +238,7 @@ class SegmentationDataModule(L.LightningDataModule):
         return self._statistics
 
     def sample_cache(self) -> SampleCache | None:
-        """The cache of every sample in the splits (built on first use), or None without one."""
+        """The cache of every sample in the splits (built on first use), if enabled."""
         if self.cache.enabled and self._sample_cache is None:
             unique = {s.id: s for split in self.locate().values() for s in split}
             scale = self.cache.scale
@@ -276,7 +262,6 @@ class SegmentationDataModule(L.LightningDataModule):
         return self.datasets[split]
 
     def device_batch_size(self) -> int:
-        """Samples per batch on each process."""
         world = self.trainer.world_size if self.trainer is not None else 1
         if self.global_batch_size is None:
             return self.batch_size
