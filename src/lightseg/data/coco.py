@@ -6,17 +6,14 @@ Layout under ``root`` (``${paths.data_dir}/coco``), as the official zips unpack:
     train2017/000000000009.jpg ...         val2017/000000000139.jpg ...
 
 Label sets: ``voc21`` maps the 20 COCO categories that are VOC classes to VOC's indices (as
-torchvision's segmentation reference does), other categories are background; ``coco81`` maps
-the 80 thing categories, in COCO id order, to 1..80. 0 is background in both. Pixels claimed
-by annotations of two different classes are 255 (ignore). Crowd regions (``iscrowd=1``,
-uncompressed RLE in the real files) are 255 where no individual annotation labels the pixel
-(``crowd="ignore"``), or take their class (``crowd="label"``). Images without annotations of
-the label set stay in as all background, unless ``drop_empty`` removes them from training.
+torchvision's reference does), others are background; ``coco81`` maps the 80 thing categories,
+in id order, to 1..80. Pixels claimed by two classes are 255 (ignore); crowd regions are 255
+where no individual annotation labels them (``crowd="ignore"``) or take their class
+(``crowd="label"``). ``drop_empty`` removes images without a labelled pixel from training.
 
-Decoding polygons every epoch is slow, so ``prepare()`` writes each image's mask once as a PNG
-under ``cache_dir/<subset>-<label_set>-crowd_<crowd>/`` (default: in lightseg's cache folder,
-outside the dataset), with a manifest holding the json's SHA-1; a changed json (or label set,
-or crowd policy) rebuilds it.
+Decoding polygons every epoch is slow, so ``prepare()`` writes each mask once as a PNG under
+``cache_dir/<subset>-<label_set>-crowd_<crowd>/`` with a manifest holding the json's SHA-1; a
+changed json, label set or crowd policy rebuilds it.
 """
 
 from __future__ import annotations
@@ -129,7 +126,7 @@ class COCO(SegmentationSource):
         return self.cache_root / f"{subset}-{self.label_set}-crowd_{self.crowd}"
 
     def cache_key(self, subset: str) -> dict:
-        """What a cache was built from: a different key means the cache is stale."""
+        """What a cache was built from: another key means it is stale."""
         path = self.annotations(subset)
         if not path.is_file() or not (self.root / subset).is_dir():
             raise self.missing(path if not path.is_file() else self.root / subset)
@@ -141,28 +138,16 @@ class COCO(SegmentationSource):
         }
 
     def prepare(self) -> None:
-        """Build (or keep) the PNG mask cache of every subset the splits use.
-
-        A cache is complete once its manifest is in place; a half-built one lives in a folder
-        of its builder's own until then (lightseg holds the dataset's lock meanwhile).
-        """
+        """Build (or keep) the PNG mask cache of every subset the splits use."""
         for subset in self.subsets:
-            key, folder, annotations = (
-                self.cache_key(subset),
-                self.cache(subset),
-                self.annotations(subset),
-            )
+            key, folder = self.cache_key(subset), self.cache(subset)
             if read_manifest(folder).get("key") == key:
                 log.info("Reusing the COCO %s mask cache in %s", subset, folder)
                 continue
+            annotations = self.annotations(subset)
             log.info(
-                "Building the COCO %s mask cache (%s, crowd=%s) in %s: each mask is decoded "
-                "once and reused until %s changes.",
-                subset,
-                self.label_set,
-                self.crowd,
-                folder,
-                annotations.name,
+                f"Building the COCO {subset} mask cache ({self.label_set}, crowd={self.crowd}) in "
+                f"{folder}: each mask is decoded once and reused until {annotations.name} changes."
             )
             build_cache(annotations, folder, key, self.class_of, self.crowd)
 

@@ -9,11 +9,8 @@ more inside itself; the shallowest folder holding ``images/`` and ``masks/`` is 
         masks/HipHop_HipHop4_C1_00810.png      person mask, same file name
         df.csv                                 columns images, masks: paths relative to here
 
-Mask encoding is checked, not assumed: values are read as stored (RGB: the brightest channel)
-and binarised as follows. A mask whose values are all 0 or 1 is used as is. Otherwise a pixel
-is the person where its value is >= 128, and the mask is refused if more than 5% of its pixels
-lie in the unclear band 33..222 (a photo, a soft matte or a multi-class mask, not a binary one).
-Splits: the generic deterministic split, stratified by activity (the name's first word).
+Masks are checked, not assumed (:func:`binarise`). Splits are stratified by activity (the
+name's first word).
 """
 
 from __future__ import annotations
@@ -114,7 +111,8 @@ def read_pairs(table: Path, folder: Path) -> list[tuple[Path, Path]]:
 
 
 def binarise(values: np.ndarray, path: Path) -> np.ndarray:
-    """A 0/1 uint8 person mask from a stored mask, following the rules in the module docs."""
+    """A 0/1 person mask: 0/1 masks as they are, 0/255 ones thresholded and checked to be
+    binary (RGB: the brightest channel)."""
     if values.ndim == 3:
         values = values[..., :3].max(axis=-1)
     if values.dtype == bool or values.max(initial=0) <= 1:

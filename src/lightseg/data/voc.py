@@ -9,11 +9,10 @@ unpacks::
     ImageSets/Segmentation/{train,val,trainval}.txt   one id per line (1,464 / 1,449 / 2,913)
 
 SBD (Hariharan et al., ICCV 2011) under ``sbd_root`` (``${paths.data_dir}/benchmark_RELEASE/
-dataset``), as benchmark.tgz unpacks: ``cls/<id>.mat`` (MATLAB struct ``GTcls`` whose
-``Segmentation`` field holds the class indices), ``img/<id>.jpg``, ``train.txt`` (8,498) and
-``val.txt`` (2,857). With ``use_sbd`` the train split becomes the usual ``train_aug``: VOC train
-plus SBD train and val, minus every id of the val/test lists (10,582 images with the full
-releases). Ids with a VOC mask use it (it has the 255 borders); the others use SBD's.
+dataset``): ``cls/<id>.mat`` (``GTcls.Segmentation`` holds the class indices), ``img/<id>.jpg``,
+``train.txt`` and ``val.txt``. With ``use_sbd`` the train split is the usual ``train_aug``: VOC
+train plus SBD train and val, minus the val/test ids (10,582 images); ids with a VOC mask use
+it (it has the 255 borders).
 """
 
 from __future__ import annotations
@@ -121,28 +120,20 @@ class VOC(SegmentationSource):
         merged = dict.fromkeys([*voc_train, *sbd["train"], *sbd["val"]])  # ordered, unique
         ids = [i for i in merged if i not in held_out]
         in_voc = set(voc_train)
-        samples = []
-        for image_id in ids:
-            if image_id in in_voc:
-                samples.append(self.voc_sample(image_id, self.voc_train, TRAIN_AUG))
-            else:
-                samples.append(self.sbd_sample(image_id))
+        samples = [
+            self.voc_sample(i, self.voc_train, TRAIN_AUG) if i in in_voc else self.sbd_sample(i)
+            for i in ids
+        ]
         full = len(voc_train) == FULL_SIZES["train"] and len(held_out) == FULL_SIZES["val"]
         if full and len(ids) != FULL_SIZES[TRAIN_AUG]:
             log.warning(
-                "train_aug has %d images; the full VOC 2012 + SBD releases give %d. Check that "
-                "SBD's train.txt and val.txt are complete.",
-                len(ids),
-                FULL_SIZES[TRAIN_AUG],
+                f"train_aug has {len(ids)} images; the full VOC 2012 + SBD releases give "
+                f"{FULL_SIZES[TRAIN_AUG]}. Check that SBD's train.txt and val.txt are complete."
             )
         log.info(
-            "VOC train_aug: %d images (VOC train %d + SBD train %d + SBD val %d, unique, minus "
-            "%d held-out ids)",
-            len(ids),
-            len(voc_train),
-            len(sbd["train"]),
-            len(sbd["val"]),
-            len(held_out),
+            f"VOC train_aug: {len(ids)} images (VOC train {len(voc_train)} + SBD train "
+            f"{len(sbd['train'])} + SBD val {len(sbd['val'])}, unique, minus {len(held_out)} "
+            "held-out ids)"
         )
         return samples
 
