@@ -1,21 +1,19 @@
 """A dataset decoded once into a memory-mapped file that every loader worker shares.
 
-Decoding and shrinking images cost more than the augmentations that follow and give the same
-result every epoch. With ``data.cache.enabled`` each sample is read once through its source,
-shrunk to a working size (``data.cache.scale`` x the training size, so augmentations still
-start from more pixels than the network sees; null: as read) and appended to one flat file,
-image pixels in their own type then the uint8 mask; the index keeps offsets, types and shapes.
-Workers map the file (one copy in the page cache for all) and read a sample as a slice.
+Decoding and shrinking cost more than the augmentations and give the same result every epoch.
+Each sample is read once, shrunk to ``data.cache.scale`` x the training size (augmentations
+still start from more pixels than the network sees) and appended to one flat file, image then
+uint8 mask; workers map the file (one copy in the page cache) and read a sample as a slice.
 
-The folder is keyed on :func:`~lightseg.data.source.fingerprint` (files, settings), the format
-version and the working size. It is built in a scratch folder renamed into place when complete,
-whose last file records the pixel file's length and the index's checksum; opening checks both,
-so a damaged cache is reported in one line and built again. A file lock beside it lets one
-process of all nodes build while the others wait; the builder first removes killed builds.
+The folder is keyed on :func:`~lightseg.data.source.fingerprint`, the format version and the
+working size, built in a scratch folder renamed when complete, and checked on opening against
+a record of its length and index checksum, so a damaged cache is rebuilt. A file lock lets one
+process of all nodes build while the others wait.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -41,8 +39,7 @@ Reader = Callable[[Sample], tuple[np.ndarray, np.ndarray]]
 
 
 def working_size(height: int, width: int, minimum_hw: Sequence[int] | None) -> tuple[int, int]:
-    """The size an image is stored at: shrunk, keeping its aspect ratio, until one side
-    reaches its minimum (both stay at least that large); never enlarged. None: as read."""
+    """Shrunk, keeping the aspect ratio, until one side reaches its minimum; never enlarged."""
     if minimum_hw is None:
         return height, width
     scale = min(1.0, max(minimum_hw[0] / height, minimum_hw[1] / width))
@@ -98,12 +95,10 @@ def verified_entries(folder: Path, ids: Sequence[str]) -> dict[str, list]:
 
 
 class SampleCache:
-    """Read access to a verified cache: ``read(sample_id) -> (image, mask)`` as the source read
-    them (the image in its own pixel type, the mask uint8).
+    """``read(sample_id) -> (image, mask)`` of a verified cache, as the source read them.
 
-    The file is mapped read-only on first use in each process (a pickled cache, as sent to
-    spawned workers, maps it anew). Each read returns fresh arrays (a copy costs far less
-    than decoding), so transforms may change them in place without changing the next epoch.
+    Mapped on first use in each process (pickled workers map anew); reads return fresh arrays,
+    so transforms may change them in place without changing the next epoch.
     """
 
     def __init__(self, folder: Path, entries: dict[str, list]) -> None:
@@ -136,10 +131,8 @@ def open_cache(
     key = fingerprint(source, samples, version=FORMAT_VERSION, minimum_hw=minimum)[:16]
     target = Path(folder) / f"{type(source).__name__}-{key}"
     ids = [s.id for s in samples]
-    try:
+    with contextlib.suppress(Damaged):
         return SampleCache(target, verified_entries(target, ids))
-    except Damaged:
-        pass
     try:  # one builder across processes and nodes on shared storage; the others wait, then read
         with file_lock(target.with_name(f".{target.name}.lock"), "building the data cache"):
             try:

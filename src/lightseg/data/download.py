@@ -2,16 +2,11 @@
 
     python -m lightseg.data.download data=voc [overrides]    (or: make data DATASET=voc)
 
-VOC (+SBD) and COCO are downloaded with torchvision's helpers and verified against their MD5
-sums; each archive is fetched and unpacked in a scratch folder that is removed on failure, so
-nothing partial is left. PH2 and MADS need a registration or a Kaggle account: for those (and
-for any download that fails, e.g. offline) the error says what to fetch and where to put it.
-Finally the dataset's source is prepared (COCO: its mask cache is built) and its samples found.
-
-``folder`` (your own data, ``ARGS="data.source.root=..."``) is checked in full: every pair is
-read as training reads it, and the command prints the pairs and splits, how masks are
-encoded, the class pixel shares, the image sizes, and the training split's per-channel
-mean/std, which it stores where ``data.mean=auto data.std=auto`` finds them.
+VOC (+SBD) and COCO archives are MD5-checked and unpacked in a scratch folder removed on
+failure, so nothing partial is left; for PH2, MADS or a failed download the error says what to
+fetch and where to put it. Then the source is prepared and its samples found. ``folder`` is
+checked in full: every pair is read as training reads it, and the command prints pairs, splits,
+mask encoding, class shares, image sizes and the mean/std that ``data.mean=auto`` will use.
 """
 
 from __future__ import annotations
@@ -94,8 +89,7 @@ ARCHIVES: dict[str, tuple[Archive, ...]] = {
         ),
     ),
 }
-#: Settings that make the check after downloading cover everything that was fetched (unless
-#: the command line sets them): VOC with SBD; for a folder, no split lists written.
+#: Defaults (unless the command line sets them) so that the check covers all that was fetched.
 CHECK_SETTINGS = {"voc": {"data.source.use_sbd": True}, "folder": {"data.split_dir": None}}
 
 
@@ -138,14 +132,9 @@ def move_into(source: Path, target: Path) -> None:
             entry.rename(destination)
 
 
-def summary(samples) -> str:
-    counts = Counter(sample.subset or sample.stratum or "all" for sample in samples)
-    return ", ".join(f"{name}: {count}" for name, count in sorted(counts.items()))
-
-
 def prepare_dataset(cfg: DictConfig, name: str, given: set[str] = frozenset()) -> None:
-    """Fetch dataset ``name``'s archives (if it has public ones), then prepare and find its
-    samples. ``cfg``: the composed download config; ``given``: the keys the command line set."""
+    """Fetch dataset ``name``'s public archives, then prepare and find its samples (``given``:
+    the keys the command line set)."""
     cfg = copy.deepcopy(cfg)  # the caller's config stays as it is
     for key, value in CHECK_SETTINGS.get(name, {}).items():
         if key not in given:
@@ -159,9 +148,11 @@ def prepare_dataset(cfg: DictConfig, name: str, given: set[str] = frozenset()) -
     source = instantiate(cfg.data.source)
     prepare_source(source, cfg.data.cache.dir)
     samples = source.find()
+    counts = Counter(sample.subset or sample.stratum or "all" for sample in samples)
+    summary = ", ".join(f"{name}: {count}" for name, count in sorted(counts.items()))
     console.print(
         f"[green]{type(source).__name__} is ready[/] under {source.root}: {len(samples)} "
-        f"samples ({summary(samples)})."
+        f"samples ({summary})."
     )
 
 

@@ -1,12 +1,10 @@
 """Training data order and augmentations as pure functions of (seed, epoch, sample).
 
-The training sampler is a config choice (``data.sampler``, default torch's ``RandomSampler``);
-:class:`SeededSampler` wraps whichever it is. Each epoch it reseeds the sampler's random
-generator from ``(seed, epoch)`` and pairs every index it yields with an augmentation seed from
-``(seed, epoch, index)``. Nothing draws from a random stream whose state would have to be saved,
-so runs are the same whatever ``num_workers`` is, augmentations differ from epoch to epoch with
-any sampler, and a run resumed in the middle of an epoch sees exactly the batches an
-uninterrupted run would have seen.
+:class:`SeededSampler` wraps the configured sampler (``data.sampler``): each epoch it reseeds
+its generator from ``(seed, epoch)`` and pairs every index with an augmentation seed from
+``(seed, epoch, index)``. No random state needs saving, so runs are the same whatever
+``num_workers`` is, and a run resumed mid-epoch sees exactly the batches an uninterrupted one
+would have seen.
 """
 
 from __future__ import annotations
@@ -29,13 +27,9 @@ def mixed_seed(*parts: int) -> int:
 class SeededSampler(Sampler):
     """Yields ``(index, augmentation seed)`` for each index of ``sampler``, epoch by epoch.
 
-    A sampler with a ``generator`` attribute (``RandomSampler``, ``WeightedRandomSampler``)
-    gets a generator seeded from ``(seed, epoch)`` before each epoch, so its draws repeat when
-    an epoch is replayed. An index that comes again within an epoch (sampling with replacement)
-    gets a new augmentation seed each time.
-
-    Lightning calls :meth:`set_epoch` before every epoch (also through its DDP sampler wrapper);
-    a plain loop that never does still gets the next epoch on each pass.
+    A sampler's ``generator`` is seeded from ``(seed, epoch)`` so a replayed epoch repeats; an
+    index drawn again within an epoch gets a new augmentation seed. Without :meth:`set_epoch`
+    calls (Lightning makes them), each pass is the next epoch.
     """
 
     def __init__(self, sampler: Sampler, seed: int) -> None:
@@ -75,11 +69,9 @@ class SeededSampler(Sampler):
 class SeededAugmentation(Dataset):
     """Seeds a dataset's albumentations pipeline per sample before reading it.
 
-    Keys are ``(index, seed)`` from :class:`SeededSampler`, or plain indices (seeded by index
-    alone: only when Lightning swaps in its own sequential sampler for ``overfit_batches``).
-    One generator pair is shared by all transforms of the pipeline: albumentations' own
-    ``Compose(seed=...)`` gives each transform an identical stream, which makes e.g. the
-    horizontal and vertical flips always fire together.
+    Keys are ``(index, seed)`` from :class:`SeededSampler`, or plain indices (Lightning's own
+    sampler for ``overfit_batches``). One generator pair serves all transforms: albumentations'
+    ``Compose(seed=...)`` gives each an identical stream, so e.g. both flips fire together.
     """
 
     def __init__(self, dataset: Dataset, seed: int) -> None:
@@ -95,33 +87,24 @@ class SeededAugmentation(Dataset):
 
 
 def batches_done_in_epoch(trainer) -> int:
-    """Training batches the trainer has already run in its current epoch.
-
-    Read when an epoch's first batch is fetched: zero, except right after a mid-epoch resume.
-    """
+    """Training batches already run in the current epoch: non-zero only after a resume."""
     if trainer is None or not trainer.training:
         return 0
     return int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
 
 
 class ResumableDataLoader(DataLoader):
-    """A DataLoader that starts each epoch after the batches the trainer says are done.
+    """A DataLoader that starts each epoch after the batches Lightning's progress says are done.
 
-    The position comes from Lightning's own restored progress (``batches_done``), so there is
-    no second copy of it to keep in sync. Behind a :class:`SeededSampler` the done batches are
-    skipped by index (nothing is read); behind another sampler (DDP, overfit) they are read
-    and dropped. The iterator is created on the first ``next()``, after Lightning has set the
-    epoch, so the first epoch after a resume is ordered like the uninterrupted run's.
+    Behind a :class:`SeededSampler` they are skipped by index, behind another sampler read and
+    dropped. The iterator starts on the first ``next()``, after Lightning has set the epoch.
     """
 
     def __init__(self, *args, batches_done: Callable[[], int] | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.batches_done = batches_done
 
-    def __iter__(self) -> Iterator:
-        return self._epoch()
-
-    def _epoch(self) -> Iterator:
+    def __iter__(self) -> Iterator:  # a generator: runs from the first next()
         done = self.batches_done() if self.batches_done else 0
         if done and isinstance(self.sampler, SeededSampler) and self.batch_size:
             self.sampler.skip_next(done * self.batch_size)
