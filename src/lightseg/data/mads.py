@@ -16,7 +16,6 @@ name's first word).
 from __future__ import annotations
 
 import csv
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +28,6 @@ from lightseg.data.source import (
     threshold_binary,
 )
 from lightseg.errors import LightsegError
-
-log = logging.getLogger(__name__)
 
 ARCHIVE_FOLDER = "segmentation_full_body_mads_dataset_1192_img"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
