@@ -139,9 +139,7 @@ def open_cache(
                 return SampleCache(target, verified_entries(target, ids))
             except Damaged as damage:
                 if target.exists():
-                    log.warning(
-                        "The data cache '%s' is damaged (%s): rebuilding it.", target, damage
-                    )
+                    log.warning(f"The data cache '{target}' is damaged ({damage}): rebuilding it.")
             for stale in [target, *target.parent.glob(f".{target.name}.*.partial")]:
                 shutil.rmtree(stale, ignore_errors=True)  # no one else builds: killed builds
             _build(samples, read, target, minimum_hw)

@@ -20,13 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lightseg.data.source import (
-    Sample,
-    SegmentationSource,
-    open_image,
-    read_rgb,
-    threshold_binary,
-)
+from lightseg.data.source import Sample, SegmentationSource, open_image, read_rgb, threshold_binary
 from lightseg.errors import LightsegError
 
 ARCHIVE_FOLDER = "segmentation_full_body_mads_dataset_1192_img"

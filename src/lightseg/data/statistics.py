@@ -90,19 +90,13 @@ class Accumulator:
 
     def __init__(self, classes: Sequence[str]) -> None:
         self.classes = tuple(classes)
-        size = len(self.classes)
-        self.images, self.pixels = 0, 0
-        self.sums: np.ndarray | None = None
-        self.squares: np.ndarray | None = None
-        self.class_pixels = np.zeros(size, np.int64)
-        self.class_images = np.zeros(size, np.int64)
-        self.pixels_with_class = np.zeros(size, np.int64)
+        self.images, self.pixels, self.sums, self.squares = 0, 0, 0.0, 0.0  # sums: per channel
+        counts = np.zeros((3, len(self.classes)), np.int64)
+        self.class_pixels, self.class_images, self.pixels_with_class = counts
 
     def add(self, image: np.ndarray, mask: np.ndarray) -> None:
         values = image.reshape(-1, image.shape[-1] if image.ndim == 3 else 1)
         values = values.astype(np.float64) / pixel_scale(image.dtype)
-        if self.sums is None:
-            self.sums, self.squares = np.zeros(values.shape[1]), np.zeros(values.shape[1])
         self.sums += values.sum(0)
         self.squares += np.square(values).sum(0)
         self.pixels += values.shape[0]
