@@ -1,14 +1,9 @@
 """A dataset decoded once into a memory-mapped file that every loader worker shares.
 
-Decoding and shrinking cost more than the augmentations and give the same result every epoch.
-Each sample is read once, shrunk to ``data.cache.scale`` x the training size (augmentations
-still start from more pixels than the network sees) and appended to one flat file, image then
-uint8 mask; workers map the file (one copy in the page cache) and read a sample as a slice.
-
-The folder is keyed on :func:`~lightseg.data.source.fingerprint`, the format version and the
-working size, built in a scratch folder renamed when complete, and checked on opening against
-a record of its length and index checksum, so a damaged cache is rebuilt. A file lock lets one
-process of all nodes build while the others wait.
+Decoding and shrinking cost more than augmenting and give the same result every epoch. Each
+sample is shrunk to ``data.cache.scale`` x the training size and appended, image then uint8
+mask, to one file that workers map. The folder is keyed on the source's fingerprint, built in a
+scratch folder under a file lock, and checked on opening, so a damaged cache is rebuilt.
 """
 
 from __future__ import annotations
@@ -95,11 +90,8 @@ def verified_entries(folder: Path, ids: Sequence[str]) -> dict[str, list]:
 
 
 class SampleCache:
-    """``read(sample_id) -> (image, mask)`` of a verified cache, as the source read them.
-
-    Mapped on first use in each process (pickled workers map anew); reads return fresh arrays,
-    so transforms may change them in place without changing the next epoch.
-    """
+    """``read(sample_id) -> (image, mask)`` as the source read them, in fresh arrays that
+    transforms may change in place; mapped on first use in each process."""
 
     def __init__(self, folder: Path, entries: dict[str, list]) -> None:
         self.folder, self.entries = Path(folder), entries

@@ -1,19 +1,10 @@
 """COCO 2017 (Lin et al., ECCV 2014) as semantic segmentation from its instance annotations.
 
-Layout under ``root`` (``${paths.data_dir}/coco``), as the official zips unpack::
-
-    annotations/instances_train2017.json   annotations/instances_val2017.json
-    train2017/000000000009.jpg ...         val2017/000000000139.jpg ...
-
-Label sets: ``voc21`` maps the 20 COCO categories that are VOC classes to VOC's indices (as
-torchvision's reference does), others are background; ``coco81`` maps the 80 thing categories,
-in id order, to 1..80. Pixels claimed by two classes are 255 (ignore); crowd regions are 255
-where no individual annotation labels them (``crowd="ignore"``) or take their class
-(``crowd="label"``). ``drop_empty`` removes images without a labelled pixel from training.
-
-Decoding polygons every epoch is slow, so ``prepare()`` writes each mask once as a PNG under
-``cache_dir/<subset>-<label_set>-crowd_<crowd>/`` with a manifest holding the json's SHA-1; a
-changed json, label set or crowd policy rebuilds it.
+``root`` (``${paths.data_dir}/coco``) is read as the official zips unpack (README: Datasets).
+``voc21`` maps the 20 VOC categories to VOC's indices (as torchvision's reference does),
+``coco81`` the 80 thing categories in id order to 1..80. Decoding polygons every epoch is slow,
+so ``prepare()`` writes each mask once as a PNG under ``cache_dir``, with a manifest keyed on
+the json's SHA-1, the label set and the crowd rule.
 """
 
 from __future__ import annotations
@@ -287,7 +278,8 @@ def semantic_mask(
     crowd: str,
     decode: Callable[[dict], np.ndarray],
 ) -> np.ndarray:
-    """One image's uint8 class-index mask from its instance annotations (see module docs)."""
+    """One image's uint8 class-index mask: pixels two classes claim are 255, and so are crowd
+    regions no individual annotation labels (``crowd="ignore"``)."""
     regions: dict[int, np.ndarray] = {}  # class index -> union of its individual annotations
     crowd_region = np.zeros(shape, bool)
     for annotation in annotations:

@@ -1,16 +1,9 @@
 """MADS full-body person masks: Kaggle's "Segmentation Full Body MADS Dataset" (1,192 frames).
 
-The frames come from MADS (Martial Arts, Dancing and Sports; Zhang et al., 2017). The Kaggle
-archive unzips under ``root`` (``${paths.data_dir}/mads``) to a folder that may be nested once
-more inside itself; the shallowest folder holding ``images/`` and ``masks/`` is used::
-
-    segmentation_full_body_mads_dataset_1192_img/[segmentation_full_body_mads_dataset_1192_img/]
-        images/HipHop_HipHop4_C1_00810.png     RGB frame
-        masks/HipHop_HipHop4_C1_00810.png      person mask, same file name
-        df.csv                                 columns images, masks: paths relative to here
-
-Masks are checked, not assumed (:func:`binarise`). Splits are stratified by activity (the
-name's first word).
+The archive unzips under ``root`` (``${paths.data_dir}/mads``) to
+``segmentation_full_body_mads_dataset_1192_img/``, maybe nested once more, holding ``images/``,
+``masks/`` (same names) and ``df.csv``. Masks are checked, not assumed (:func:`binarise`);
+splits are stratified by activity (the name's first word).
 """
 
 from __future__ import annotations

@@ -1,15 +1,12 @@
 """The LightningDataModule: a source's samples, prepared, split, cached and served as batches.
 
-Settings are described in ``configs/data/base/default.yaml``. ``split.seed`` is fixed by default
-so runs over several seeds test the same images; ``cache.dir`` also holds the statistics behind
-``auto`` and the datasets' locks; ``sampler`` (a ``_partial_``) gets ``data_source`` and
-``num_samples`` where it takes them and is wrapped in a
-:class:`~lightseg.data.sampling.SeededSampler`. Batch sizes are per device unless
-``global_batch_size`` fixes the global one.
+Settings are described in ``configs/data/base/default.yaml``. ``sampler`` (a ``_partial_``) gets
+``data_source`` and ``num_samples`` where it takes them, wrapped in a ``SeededSampler``.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import logging
@@ -87,11 +84,8 @@ def prepare_source(source: SegmentationSource, cache_dir: str | Path) -> None:
 
 
 class SegmentationDataset(Dataset):
-    """Samples read through a source (or its cache) and an albumentations pipeline.
-
-    Image ``[C, H, W]`` (uint8 for 8-bit data, else float32 in [0, 1]) and mask uint8 ``[H, W]``:
-    the model normalises and widens them on its device (``on_after_batch_transfer``).
-    """
+    """Samples through a source (or its cache) and a pipeline: image ``[C, H, W]`` (uint8 for
+    8-bit data, else float32 in [0, 1]) and mask uint8 ``[H, W]``, normalised on the device."""
 
     def __init__(
         self, source: SegmentationSource, samples: Sequence[Sample], transform, cache=None
@@ -240,16 +234,11 @@ class SegmentationDataModule(L.LightningDataModule):
     def sample_cache(self) -> SampleCache | None:
         """The cache of every sample in the splits (built on first use), if enabled."""
         if self.cache.enabled and self._sample_cache is None:
-            unique = {s.id: s for split in self.locate().values() for s in split}
-            scale = self.cache.scale
+            unique = list({s.id: s for split in self.locate().values() for s in split}.values())
+            scale, read = self.cache.scale, functools.partial(read_pair, self.source)
             minimum = None if scale is None else [max(1, round(n * scale)) for n in self.image_size]
-            self._sample_cache = open_cache(
-                self.source,
-                list(unique.values()),
-                lambda sample: read_pair(self.source, sample),
-                self.cache_dir / "samples",
-                minimum,
-            )
+            folder = self.cache_dir / "samples"
+            self._sample_cache = open_cache(self.source, unique, read, folder, minimum)
         return self._sample_cache
 
     def dataset(self, split: str) -> SegmentationDataset:

@@ -1,10 +1,7 @@
 """Training data order and augmentations as pure functions of (seed, epoch, sample).
 
-:class:`SeededSampler` wraps the configured sampler (``data.sampler``): each epoch it reseeds
-its generator from ``(seed, epoch)`` and pairs every index with an augmentation seed from
-``(seed, epoch, index)``. No random state needs saving, so runs are the same whatever
-``num_workers`` is, and a run resumed mid-epoch sees exactly the batches an uninterrupted one
-would have seen.
+No random state needs saving, so runs are the same whatever ``num_workers`` is, and a run
+resumed mid-epoch sees exactly the batches an uninterrupted one would have seen.
 """
 
 from __future__ import annotations
@@ -53,9 +50,8 @@ class SeededSampler(Sampler):
             self.set_epoch(self.epoch + 1)
         self._passes, self._epoch_given = self._passes + 1, False
         if hasattr(self.sampler, "generator"):
-            self.sampler.generator = torch.Generator().manual_seed(
-                mixed_seed(self.seed, self.epoch)
-            )
+            seed = mixed_seed(self.seed, self.epoch)
+            self.sampler.generator = torch.Generator().manual_seed(seed)
         seen: Counter[int] = Counter()
         keys = []
         for index in self.sampler:

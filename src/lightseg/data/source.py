@@ -51,10 +51,9 @@ def cache_home() -> Path:
 class Sample:
     """One (image, mask) pair on disk.
 
-    ``stratum`` groups samples for stratified splits; ``subset`` names the official list a
-    sample comes from (VOC's ``train``/``val``, COCO's ``train2017``) for official splits.
-    ``extras`` are more fields of the sample's batch entry (an image-level label, a weight):
-    a fork's training step reads them as ``batch[<name>]``.
+    ``stratum`` groups samples for stratified splits; ``subset`` names the official list it
+    comes from (VOC's ``val``, COCO's ``train2017``); ``extras`` are more batch fields (an
+    image-level label, a weight) a fork's training step reads as ``batch[<name>]``.
     """
 
     id: str

@@ -1,9 +1,7 @@
 """What the training split looks like in numbers: per-channel mean/std and class frequencies.
 
-Computed on request only (``auto`` values, ``make data DATASET=folder``) from every training
-pair as the source reads it (no augmentation), pixels divided by their type's range as the
-pipelines do; ignored pixels count for no class. Cached as JSON in
-``<data.cache.dir>/statistics``, keyed on :func:`~lightseg.data.source.fingerprint`.
+Computed on request (``auto`` values) from the training pairs as read, in pipeline units;
+cached as JSON in ``<data.cache.dir>/statistics``, keyed on the samples' fingerprint.
 """
 
 from __future__ import annotations

@@ -55,10 +55,8 @@ def to_unit_range(image: torch.Tensor) -> torch.Tensor:
 
 
 def one_opencv_thread() -> None:
-    """One OpenCV thread here and in the loader workers, which are the parallelism.
-
-    Set before workers fork: a forked child that changes the count hangs on the parent's pool.
-    """
+    """One OpenCV thread here and in loader workers (the parallelism); set before they fork,
+    since a forked child that changes it hangs on the parent's pool."""
     if cv2.getNumThreads() != 1:
         cv2.setNumThreads(1)
 
@@ -70,10 +68,8 @@ def init_loader_worker(worker_id: int) -> None:
 
 
 class Normalize(nn.Module):
-    """``(pixels / 255 - mean) / std`` of uint8 ``[N, C, H, W]``, or of floats in 0..1.
-
-    Mean and std are not in ``state_dict``: checkpoints keep them as hyperparameters.
-    """
+    """``(pixels / 255 - mean) / std`` of uint8 ``[N, C, H, W]``, or of floats in 0..1; mean
+    and std are hyperparameters, not ``state_dict`` entries."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()

@@ -1,18 +1,9 @@
 """PASCAL VOC 2012 segmentation (Everingham et al., IJCV 2010), with optional SBD augmentation.
 
-Layout under ``root`` (``${paths.data_dir}/VOCdevkit/VOC2012``), as VOCtrainval_11-May-2012.tar
-unpacks::
-
-    JPEGImages/2007_000032.jpg                 all 17,125 images (SBD's included)
-    SegmentationClass/2007_000032.png          palette PNG: pixel value = class index 0..20,
-                                               255 on object borders (ignore)
-    ImageSets/Segmentation/{train,val,trainval}.txt   one id per line (1,464 / 1,449 / 2,913)
-
-SBD (Hariharan et al., ICCV 2011) under ``sbd_root`` (``${paths.data_dir}/benchmark_RELEASE/
-dataset``): ``cls/<id>.mat`` (``GTcls.Segmentation`` holds the class indices), ``img/<id>.jpg``,
-``train.txt`` and ``val.txt``. With ``use_sbd`` the train split is the usual ``train_aug``: VOC
-train plus SBD train and val, minus the val/test ids (10,582 images); ids with a VOC mask use
-it (it has the 255 borders).
+``root`` (``${paths.data_dir}/VOCdevkit/VOC2012``) and ``sbd_root`` (``benchmark_RELEASE/
+dataset``) are read as the official archives unpack (README: Datasets). With ``use_sbd`` the
+train split is the usual ``train_aug`` (10,582 images): VOC train plus SBD train and val, minus
+the val/test ids; ids with a VOC mask use it, as it has the 255 borders.
 """
 
 from __future__ import annotations
