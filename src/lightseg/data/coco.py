@@ -103,12 +103,9 @@ class COCO(SegmentationSource):
         self.label_set, self.crowd, self.drop_empty = label_set, crowd, bool(drop_empty)
         self.classes, self.class_of = LABEL_SETS[label_set]
         self.splits = subset_map(splits or DEFAULT_SPLITS)
+        self.subsets = sorted(set(self.splits.values()))
         self.cache_root = Path(cache_dir or cache_home() / "coco_masks").expanduser()
         self.unlabelled: set[str] = set()  # ids of images with no pixel of the label set
-
-    @property
-    def subsets(self) -> list[str]:
-        return sorted(set(self.splits.values()))
 
     def annotations(self, subset: str) -> Path:
         return self.root / "annotations" / f"instances_{subset}.json"

@@ -244,10 +244,8 @@ class SegmentationDataModule(L.LightningDataModule):
     def dataset(self, split: str) -> SegmentationDataset:
         if split not in self.datasets:
             pipeline = self.pipelines["train" if split == "train" else "eval"]
-            samples = self.locate()[split]
-            self.datasets[split] = SegmentationDataset(
-                self.source, samples, pipeline, self.sample_cache()
-            )
+            samples, cache = self.locate()[split], self.sample_cache()
+            self.datasets[split] = SegmentationDataset(self.source, samples, pipeline, cache)
         return self.datasets[split]
 
     def device_batch_size(self) -> int:
@@ -262,20 +260,16 @@ class SegmentationDataModule(L.LightningDataModule):
             )
         return self.global_batch_size // world
 
-    def training_sampler(self, dataset: Dataset) -> SeededSampler:
-        """``data.sampler`` for ``dataset``, wrapped to seed order and augmentations."""
-        preset = getattr(self.sampler, "keywords", {})  # what the config set (a partial)
-        offered = {"data_source": dataset, "num_samples": len(dataset)}
-        takes = inspect.signature(self.sampler).parameters
-        chosen = {k: v for k, v in offered.items() if k in takes and k not in preset}
-        return SeededSampler(self.sampler(**chosen), self.seed)
-
     def _loader(self, split: str) -> DataLoader:
         dataset, train = self.dataset(split), split == "train"
         batch_size, sampler, loader, extra = self.device_batch_size(), None, DataLoader, {}
         trainer = self.trainer
         if train:  # order and augmentations from (seed, epoch, sample): see data/sampling.py
-            sampler = self.training_sampler(dataset)
+            preset = getattr(self.sampler, "keywords", {})  # what the config set (a partial)
+            offered = {"data_source": dataset, "num_samples": len(dataset)}
+            takes = inspect.signature(self.sampler).parameters
+            chosen = {k: v for k, v in offered.items() if k in takes and k not in preset}
+            sampler = SeededSampler(self.sampler(**chosen), self.seed)
             dataset, loader = SeededAugmentation(dataset, self.seed), ResumableDataLoader
             extra = {
                 "batches_done": lambda: batches_done_in_epoch(self.trainer),

@@ -1,15 +1,10 @@
 """Pixels from your own files (``data=folder``): images of any channel count and bit depth,
 and masks read by rules that are checked on every file, never guessed.
 
-Images have ``in_channels`` channels: 1, 3, or any number from TIFF (bands last or first), as
-stored (uint8, uint16 or float32; the pipelines scale each type by its range).
-
-Masks with a ``palette`` (one [r, g, b] per class) are colour images, each colour its class,
-``ignore_color`` ignored. Otherwise a mask holds one value per pixel: class indices (255 =
-ignore), or for two classes either ``0/1`` (1-bit and palette PNGs too) or ``0/255``
-(foreground >= 128, so JPEG noise is harmless; over 5% of pixels in 33..222 is not binary).
-The first mask by id that tells 0/1 from 0/255 decides for the dataset; another kind later is
-an error ("mixed mask encodings").
+Images have ``in_channels`` channels (any number from TIFF, bands last or first), as stored.
+Masks follow the README's table (Train on your own data): colours through ``palette``, else
+class indices, or for two classes 0/1 or 0/255 (foreground >= 128, so JPEG noise is harmless),
+the first mask by id that tells those apart deciding for the dataset.
 """
 
 from __future__ import annotations

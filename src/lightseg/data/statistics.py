@@ -169,9 +169,7 @@ def resolve_auto(cfg: DictConfig, datamodule) -> DictConfig:
         weighting = term.get("class_weights")
         if isinstance(weighting, str) and weighting in WEIGHTINGS:
             term.class_weights = datamodule.statistics().class_weights(weighting)
-            log.info(
-                "loss.%s.term.class_weights=%s (%s)", name, list(term.class_weights), weighting
-            )
+            log.info(f"loss.{name}.term.class_weights={list(term.class_weights)} ({weighting})")
         if term.get("pos_weight") == "auto":
             term.pos_weight = datamodule.statistics().pos_weight()
             log.info("loss.%s.term.pos_weight=%s (background/foreground)", name, term.pos_weight)

@@ -1,8 +1,7 @@
 """albumentations pipelines from config, ending in tensors; normalisation on the device.
 
-Workers only decode, augment and convert: 8-bit images stay ``uint8`` (a quarter of float32's
-bytes to copy), others become float32 in [0, 1]. The model normalises on its device with
-:class:`Normalize`, shared by training, evaluation, prediction and export: one definition.
+Workers keep 8-bit images ``uint8`` (a quarter of float32's bytes to copy); :class:`Normalize`
+on the device is the one input scaling that training, evaluation, prediction and export share.
 """
 
 from __future__ import annotations

@@ -107,7 +107,15 @@ class VOC(SegmentationSource):
                 "data.source.use_sbd=false."
             )
         voc_train = self.read_list(self.voc_train)
-        sbd = {name: read_ids(self.sbd_list(name)) for name in ("train", "val")}
+        sbd = {}
+        for name in ("train", "val"):
+            path = self.sbd_root / f"{name}.txt"
+            if not path.is_file():
+                raise LightsegError(
+                    f"SBD list '{path}' not found: re-extract SBD's benchmark.tgz so that "
+                    f"'{self.sbd_root}' holds cls/, img/, train.txt and val.txt."
+                )
+            sbd[name] = read_ids(path)
         merged = dict.fromkeys([*voc_train, *sbd["train"], *sbd["val"]])  # ordered, unique
         ids = [i for i in merged if i not in held_out]
         in_voc = set(voc_train)
@@ -127,15 +135,6 @@ class VOC(SegmentationSource):
             "held-out ids)"
         )
         return samples
-
-    def sbd_list(self, name: str) -> Path:
-        path = self.sbd_root / f"{name}.txt"
-        if not path.is_file():
-            raise LightsegError(
-                f"SBD list '{path}' not found: re-extract SBD's benchmark.tgz so that "
-                f"'{self.sbd_root}' holds cls/, img/, train.txt and val.txt."
-            )
-        return path
 
     def sbd_sample(self, image_id: str) -> Sample:
         image = self.root / "JPEGImages" / f"{image_id}.jpg"
