@@ -18,7 +18,7 @@ import logging
 import os
 import shutil
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -236,16 +236,6 @@ def build_cache(
         shutil.rmtree(stale, ignore_errors=True)  # caller holds the lock, no one else builds
     partial = folder.with_name(f"{folder.name}.partial-{socket.gethostname()}-{os.getpid()}")
     partial.mkdir(parents=True)
-
-    def decode(annotation: dict) -> np.ndarray:
-        try:
-            return api.annToMask(annotation).astype(bool)
-        except Exception as error:  # pycocotools raises many types for a bad segmentation
-            raise LightsegError(
-                f"'{annotations}': cannot decode the segmentation of annotation "
-                f"{annotation.get('id')} ({type(error).__name__}: {error})."
-            ) from None
-
     images = []
     ids = sorted(api.imgs)
     for count, image_id in enumerate(ids, 1):
@@ -256,9 +246,7 @@ def build_cache(
             raise LightsegError(
                 f"'{annotations}': image entry {info} lacks height, width or file_name."
             ) from None
-        mask = semantic_mask(
-            api.imgToAnns.get(image_id, []), (height, width), class_of, crowd, decode
-        )
+        mask = semantic_mask(api, annotations, image_id, (height, width), class_of, crowd)
         Image.fromarray(mask).save(partial / f"{Path(file_name).stem}.png")
         images.append((image_id, file_name, bool(((mask > 0) & (mask != IGNORE_INDEX)).any())))
         if count % 5000 == 0:
@@ -269,21 +257,23 @@ def build_cache(
 
 
 def semantic_mask(
-    annotations: list[dict],
-    shape: tuple[int, int],
-    class_of: Mapping[int, int],
-    crowd: str,
-    decode: Callable[[dict], np.ndarray],
+    api: CocoApi, path: Path, image_id: int, shape: tuple, class_of: Mapping[int, int], crowd: str
 ) -> np.ndarray:
     """One image's uint8 class-index mask: pixels two classes claim are 255, and so are crowd
     regions no individual annotation labels (``crowd="ignore"``)."""
     regions: dict[int, np.ndarray] = {}  # class index -> union of its individual annotations
     crowd_region = np.zeros(shape, bool)
-    for annotation in annotations:
+    for annotation in api.imgToAnns.get(image_id, []):
         index = class_of.get(annotation.get("category_id"))
         if index is None:  # a category outside the label set: background
             continue
-        pixels = decode(annotation)
+        try:
+            pixels = api.annToMask(annotation).astype(bool)
+        except Exception as error:  # pycocotools raises many types for a bad segmentation
+            raise LightsegError(
+                f"'{path}': cannot decode the segmentation of annotation "
+                f"{annotation.get('id')} ({type(error).__name__}: {error})."
+            ) from None
         if annotation.get("iscrowd") and crowd == "ignore":
             crowd_region |= pixels
         else:

@@ -15,8 +15,8 @@ import copy
 import shutil
 import tempfile
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import hydra
 import numpy as np
@@ -35,8 +35,7 @@ from lightseg.errors import LightsegError, user_errors
 from lightseg.utils.console import console
 
 
-@dataclass(frozen=True)
-class Archive:
+class Archive(NamedTuple):
     url: str
     md5: str
     into: str  # folder under data_dir the archive is unpacked into

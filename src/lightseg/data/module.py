@@ -146,6 +146,7 @@ class SegmentationDataModule(L.LightningDataModule):
                 "training size), or null to cache images as read."
             )
         self.cache_dir = Path(self.cache.dir or cache_home()).expanduser()
+        self.statistics_folder = self.cache_dir / "statistics"
         self.sampler = sampler or RandomSampler
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.split_dir = Path(split_dir) if split_dir else None
@@ -181,14 +182,11 @@ class SegmentationDataModule(L.LightningDataModule):
         """Prepare, find and split the samples once per process (training calls it first)."""
         if self.splits is None:
             prepare_source(self.source, self.cache_dir)
-            samples = self.source.find()
-            fractions = {"val": self.split.val, "test": self.split.test}
-            if self.split.folds:
-                splits = self.source.fold_split(
-                    samples, self.split.folds, self.split.fold, self.split.val, self.split.seed
-                )
+            samples, cfg = self.source.find(), self.split  # cfg: data.split
+            if cfg.folds:
+                splits = self.source.fold_split(samples, cfg.folds, cfg.fold, cfg.val, cfg.seed)
             else:
-                splits = self.source.split(samples, fractions, self.split.seed)
+                splits = self.source.split(samples, {"val": cfg.val, "test": cfg.test}, cfg.seed)
             empty = [name for name in SPLITS if not splits.get(name)]
             if empty:
                 sizes = {name: len(splits.get(name, [])) for name in SPLITS}
@@ -217,10 +215,6 @@ class SegmentationDataModule(L.LightningDataModule):
             self.split_dir.mkdir(parents=True, exist_ok=True)  # the exact samples a run used
             for name, samples in self.splits.items():
                 (self.split_dir / f"{name}.txt").write_text("".join(f"{s.id}\n" for s in samples))
-
-    @property
-    def statistics_folder(self) -> Path:
-        return self.cache_dir / "statistics"
 
     def statistics(self, measured: SplitStatistics | None = None) -> SplitStatistics:
         """The training split's statistics, cached (``measured``: the caller's, to store)."""

@@ -163,10 +163,8 @@ class MaskReader:
         if not self.binary:
             return f"index masks, values 0..{len(self.classes) - 1} (255 = ignore)"
         encoding, decided_by = self.encoding
-        rule = (
-            "foreground = value >= 128" if encoding == "0/255" else "1 = foreground, 255 = ignore"
-        )
-        return f"binary {encoding} masks ({rule}), decided by '{decided_by}'"
+        rule = {"0/255": "foreground = value >= 128", "0/1": "1 = foreground, 255 = ignore"}
+        return f"binary {encoding} masks ({rule[encoding]}), decided by '{decided_by}'"
 
 
 def colour(value, key: str) -> tuple[int, int, int]:
