@@ -47,11 +47,8 @@ def shrink(image: np.ndarray, mask: np.ndarray, size_hw: tuple[int, int]):
         return image, mask
     dsize = (size_hw[1], size_hw[0])
     shrunk = cv2.resize(image, dsize, interpolation=cv2.INTER_AREA)
-    # OpenCV drops a single channel's axis; the pipelines expect [H, W, C] as the source gave
-    return (
-        shrunk.reshape(*size_hw, *image.shape[2:]),
-        cv2.resize(mask, dsize, interpolation=cv2.INTER_NEAREST),
-    )
+    mask = cv2.resize(mask, dsize, interpolation=cv2.INTER_NEAREST)
+    return shrunk.reshape(*size_hw, *image.shape[2:]), mask  # OpenCV drops a lone channel axis
 
 
 class Damaged(Exception):

@@ -118,9 +118,10 @@ class COCO(SegmentationSource):
         path = self.annotations(subset)
         if not path.is_file() or not (self.root / subset).is_dir():
             raise self.missing(path if not path.is_file() else self.root / subset)
+        stat = path.stat()
         return {
             "version": CACHE_VERSION,
-            "annotations_sha1": file_sha1(path),
+            "annotations_sha1": file_sha1(str(path.resolve()), stat.st_size, stat.st_mtime_ns),
             "label_set": self.label_set,
             "crowd": self.crowd,
         }
@@ -176,13 +177,8 @@ class COCO(SegmentationSource):
         return read_rgb(sample.image), read_label_png(sample.mask, len(self.classes))
 
 
-def file_sha1(path: Path) -> str:
-    stat = path.stat()
-    return _sha1(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-
-
 @functools.lru_cache(maxsize=16)
-def _sha1(path: str, size: int, mtime_ns: int) -> str:
+def file_sha1(path: str, size: int, mtime_ns: int) -> str:
     """SHA-1 of a file's bytes; memoised per (path, size, mtime) as the json may be 450 MB."""
     digest = hashlib.sha1()
     with open(path, "rb") as stream:

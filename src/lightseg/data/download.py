@@ -2,11 +2,9 @@
 
     python -m lightseg.data.download data=voc [overrides]    (or: make data DATASET=voc)
 
-VOC (+SBD) and COCO archives are MD5-checked and unpacked in a scratch folder removed on
-failure, so nothing partial is left; for PH2, MADS or a failed download the error says what to
-fetch and where to put it. Then the source is prepared and its samples found. ``folder`` is
-checked in full: every pair is read as training reads it, and the command prints pairs, splits,
-mask encoding, class shares, image sizes and the mean/std that ``data.mean=auto`` will use.
+Archives are MD5-checked and unpacked in a scratch folder removed on failure, so nothing
+partial is left. ``folder`` is checked in full: every pair is read as training reads it, and
+the command prints what training will see (README: Datasets).
 """
 
 from __future__ import annotations

@@ -1,14 +1,9 @@
 """Your own images and masks (``data=folder``), paired by name, every mask checked as it is read.
 
-Layout under ``root`` (folder names and the mask name pattern are settings)::
-
-    images/case_001.jpg      .jpg .jpeg .png .bmp .tif .tiff; subfolders are kept in the ids
-    masks/case_001.png       the image's stem through mask_pattern ("{stem}", "{stem}_mask")
-    splits/{train,val,test}.txt   optional split lists, one id per line (val.txt optional)
-
-or a CSV (``csv``) with columns ``image`` and ``mask`` (relative to ``root``), optionally
-``split`` and ``stratum``. Without split lists the split is the generated stratified one.
-This module finds the pairs and splits; :mod:`lightseg.data.pixels` reads the files.
+``root`` holds ``images/`` and ``masks/`` (paired by stem through ``mask_pattern``; subfolders
+are kept in the ids) or a CSV of pairs, and optional ``splits/*.txt``, as the README describes
+(Train on your own data). This module finds the pairs and splits; :mod:`lightseg.data.pixels`
+reads the files.
 """
 
 from __future__ import annotations
@@ -54,7 +49,12 @@ class Folder(SegmentationSource):
         in_channels: int = 3,
     ) -> None:
         super().__init__(root)
-        self.classes = check_classes(classes)
+        names = self.classes = tuple(str(c) for c in classes)
+        if len(names) < 2 or len(set(names)) != len(names) or any(not n or "/" in n for n in names):
+            raise LightsegError(
+                f"data.source.classes={list(names)} must name at least two different classes, "
+                "background first (metric names use them, so no '/' and no empty names)."
+            )
         self.images, self.masks, self.split_lists, self.csv = images, masks, split_lists, csv
         self.mask_pattern = mask_pattern
         self.mask_stem = pattern_regex(mask_pattern)  # its group "stem": the image's stem
@@ -235,16 +235,6 @@ class Folder(SegmentationSource):
         if not self.mask_reader.decided:
             self.find()  # decides the binary encoding
         return self.mask_reader.describe()
-
-
-def check_classes(classes: Sequence[str]) -> tuple[str, ...]:
-    names = tuple(str(c) for c in classes)
-    if len(names) < 2 or len(set(names)) != len(names) or any(not n or "/" in n for n in names):
-        raise LightsegError(
-            f"data.source.classes={list(names)} must name at least two different classes, "
-            "background first (metric names use them, so no '/' and no empty names)."
-        )
-    return names
 
 
 def pattern_regex(pattern: str) -> re.Pattern:

@@ -95,8 +95,8 @@ class VOC(SegmentationSource):
         image = self.root / "JPEGImages" / f"{image_id}.jpg"
         mask = self.root / "SegmentationClass" / f"{image_id}.png"
         listed_in = f"'{self.root / LISTS / list_name}.txt'"
-        archive = "VOCtrainval_11-May-2012.tar"
-        return listed_sample(image_id, image, mask, subset or list_name, listed_in, archive)
+        check_listed(image_id, (image, mask), listed_in, "VOCtrainval_11-May-2012.tar")
+        return Sample(image_id, image, mask, subset=subset or list_name)
 
     def train_aug(self, held_out: set[str]) -> list[Sample]:
         """VOC train + SBD train + SBD val, minus ``held_out``; VOC masks where they exist."""
@@ -142,7 +142,8 @@ class VOC(SegmentationSource):
             image = self.sbd_root / "img" / f"{image_id}.jpg"
         mask = self.sbd_root / "cls" / f"{image_id}.mat"
         listed_in = f"SBD's '{self.sbd_root}/train.txt' or val.txt"
-        return listed_sample(image_id, image, mask, TRAIN_AUG, listed_in, "SBD's benchmark.tgz")
+        check_listed(image_id, (image, mask), listed_in, "SBD's benchmark.tgz")
+        return Sample(image_id, image, mask, subset=TRAIN_AUG)
 
     def split(
         self, samples: list[Sample], fractions: Mapping[str, float], seed: int
@@ -155,17 +156,14 @@ class VOC(SegmentationSource):
         return read_rgb(sample.image), read_mask(sample.mask, len(self.classes))
 
 
-def listed_sample(
-    image_id: str, image: Path, mask: Path, subset: str, listed_in: str, archive: str
-) -> Sample:
-    """The sample of a list entry, or an error naming the list and its missing file."""
-    for path in (image, mask):
+def check_listed(image_id: str, paths: tuple[Path, ...], listed_in: str, archive: str) -> None:
+    """The error for a list entry whose image or mask file is missing."""
+    for path in paths:
         if not path.is_file():
             raise LightsegError(
                 f"{listed_in} lists '{image_id}', but '{path}' does not exist. Re-extract "
                 f"{archive} into the data folder."
             )
-    return Sample(image_id, image, mask, subset=subset)
 
 
 def read_ids(path: Path) -> list[str]:
