@@ -22,12 +22,9 @@ def mixed_seed(*parts: int) -> int:
 
 
 class SeededSampler(Sampler):
-    """Yields ``(index, augmentation seed)`` for each index of ``sampler``, epoch by epoch.
-
-    A sampler's ``generator`` is seeded from ``(seed, epoch)`` so a replayed epoch repeats; an
-    index drawn again within an epoch gets a new augmentation seed. Without :meth:`set_epoch`
-    calls (Lightning makes them), each pass is the next epoch.
-    """
+    """Yields ``(index, augmentation seed)`` per index of ``sampler``, whose ``generator`` is
+    seeded from ``(seed, epoch)`` so a replayed epoch repeats; a repeated index gets a new seed,
+    and without :meth:`set_epoch` calls each pass is the next epoch."""
 
     def __init__(self, sampler: Sampler, seed: int) -> None:
         self.sampler, self.seed, self.epoch = sampler, int(seed), 0
@@ -63,12 +60,9 @@ class SeededSampler(Sampler):
 
 
 class SeededAugmentation(Dataset):
-    """Seeds a dataset's albumentations pipeline per sample before reading it.
-
-    Keys are ``(index, seed)`` from :class:`SeededSampler`, or plain indices (Lightning's own
-    sampler for ``overfit_batches``). One generator pair serves all transforms: albumentations'
-    ``Compose(seed=...)`` gives each an identical stream, so e.g. both flips fire together.
-    """
+    """Seeds a dataset's pipeline per ``(index, seed)`` key (a plain index under Lightning's
+    ``overfit_batches`` sampler) with one generator pair for all transforms: albumentations'
+    ``Compose(seed=...)`` gives each the same stream, so e.g. both flips would fire together."""
 
     def __init__(self, dataset: Dataset, seed: int) -> None:
         self.dataset, self.seed = dataset, int(seed)
@@ -90,17 +84,14 @@ def batches_done_in_epoch(trainer) -> int:
 
 
 class ResumableDataLoader(DataLoader):
-    """A DataLoader that starts each epoch after the batches Lightning's progress says are done.
-
-    Behind a :class:`SeededSampler` they are skipped by index, behind another sampler read and
-    dropped. The iterator starts on the first ``next()``, after Lightning has set the epoch.
-    """
+    """A DataLoader that starts each epoch after the batches Lightning's progress says are done
+    (skipped by index behind a :class:`SeededSampler`, else read and dropped)."""
 
     def __init__(self, *args, batches_done: Callable[[], int] | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.batches_done = batches_done
 
-    def __iter__(self) -> Iterator:  # a generator: runs from the first next()
+    def __iter__(self) -> Iterator:  # a generator: runs on the first next(), once the epoch is set
         done = self.batches_done() if self.batches_done else 0
         if done and isinstance(self.sampler, SeededSampler) and self.batch_size:
             self.sampler.skip_next(done * self.batch_size)

@@ -49,12 +49,9 @@ def cache_home() -> Path:
 
 @dataclass(frozen=True)
 class Sample:
-    """One (image, mask) pair on disk.
-
-    ``stratum`` groups samples for stratified splits; ``subset`` names the official list it
-    comes from (VOC's ``val``, COCO's ``train2017``); ``extras`` are more batch fields (an
-    image-level label, a weight) a fork's training step reads as ``batch[<name>]``.
-    """
+    """One (image, mask) pair on disk: ``stratum`` groups samples for stratified splits,
+    ``subset`` names the official list it comes from (VOC's ``val``), and ``extras`` are more
+    batch fields (a label, a weight) that a fork's training step reads as ``batch[<name>]``."""
 
     id: str
     image: Path
@@ -265,11 +262,8 @@ def by_stratum(samples: Sequence[Sample], seed: int) -> list[list[Sample]]:
 def stratified_split(
     samples: Sequence[Sample], fractions: Mapping[str, float], seed: int
 ) -> dict[str, list[Sample]]:
-    """Shuffle each stratum with ``seed`` and cut val/test fractions off; the rest is train.
-
-    Strata are merged by evenly spaced positions in [0, 1), so any prefix keeps their
-    proportions and split sizes are exact for the whole set, not rounded per stratum.
-    """
+    """Shuffle each stratum with ``seed`` and cut val/test fractions off, the rest training;
+    strata merge by evenly spaced positions, so sizes are exact and any prefix keeps the mix."""
     val, test = float(fractions.get("val", 0.0)), float(fractions.get("test", 0.0))
     if val < 0 or test < 0 or val + test >= 1:
         raise LightsegError(
@@ -303,11 +297,8 @@ def check_fold(folds, fold) -> int:
 def kfold_split(
     samples: Sequence[Sample], folds: int, fold: int, val: float, seed: int
 ) -> dict[str, list[Sample]]:
-    """Test = fold ``fold`` of ``folds``; val = ``val`` of all samples, stratified from the rest.
-
-    Shuffled strata are dealt round-robin onto the folds in one continuing deal, so strata
-    spread evenly, sizes differ by at most one, and ``fold=0..folds-1`` tests each sample once.
-    """
+    """Test = fold ``fold`` of ``folds`` dealt round-robin from the shuffled strata (even strata,
+    sizes within one, each sample tested once over all folds); val = ``val`` of the rest."""
     folds = check_fold(folds, fold)
     if len(samples) < folds:
         raise LightsegError(
