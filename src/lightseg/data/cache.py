@@ -1,21 +1,14 @@
 """A dataset decoded once into a memory-mapped file that every loader worker shares.
 
-Decoding and shrinking images cost more than the augmentations that follow and give the same
-result every epoch. With ``data.cache.enabled`` each sample is read once through its source,
-shrunk to a working size (``data.cache.scale`` x the training size, so augmentations still
-start from more pixels than the network sees; null: as read) and appended to one flat file,
-image pixels in their own type then the uint8 mask; the index keeps offsets, types and shapes.
-Workers map the file (one copy in the page cache for all) and read a sample as a slice.
-
-The folder is keyed on :func:`~lightseg.data.source.fingerprint` (files, settings), the format
-version and the working size. It is built in a scratch folder renamed into place when complete,
-whose last file records the pixel file's length and the index's checksum; opening checks both,
-so a damaged cache is reported in one line and built again. A file lock beside it lets one
-process of all nodes build while the others wait; the builder first removes killed builds.
+Decoding and shrinking cost more than augmenting and give the same result every epoch. Each
+sample is shrunk to ``data.cache.scale`` x the training size and appended, image then uint8
+mask, to one file that workers map. The folder is keyed on the source's fingerprint, built in a
+scratch folder under a file lock, and checked on opening, so a damaged cache is rebuilt.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -41,8 +34,7 @@ Reader = Callable[[Sample], tuple[np.ndarray, np.ndarray]]
 
 
 def working_size(height: int, width: int, minimum_hw: Sequence[int] | None) -> tuple[int, int]:
-    """The size an image is stored at: shrunk, keeping its aspect ratio, until one side
-    reaches its minimum (both stay at least that large); never enlarged. None: as read."""
+    """Shrunk, keeping the aspect ratio, until one side reaches its minimum; never enlarged."""
     if minimum_hw is None:
         return height, width
     scale = min(1.0, max(minimum_hw[0] / height, minimum_hw[1] / width))
@@ -55,11 +47,8 @@ def shrink(image: np.ndarray, mask: np.ndarray, size_hw: tuple[int, int]):
         return image, mask
     dsize = (size_hw[1], size_hw[0])
     shrunk = cv2.resize(image, dsize, interpolation=cv2.INTER_AREA)
-    # OpenCV drops a single channel's axis; the pipelines expect [H, W, C] as the source gave
-    return (
-        shrunk.reshape(*size_hw, *image.shape[2:]),
-        cv2.resize(mask, dsize, interpolation=cv2.INTER_NEAREST),
-    )
+    mask = cv2.resize(mask, dsize, interpolation=cv2.INTER_NEAREST)
+    return shrunk.reshape(*size_hw, *image.shape[2:]), mask  # OpenCV drops a lone channel axis
 
 
 class Damaged(Exception):
@@ -98,13 +87,8 @@ def verified_entries(folder: Path, ids: Sequence[str]) -> dict[str, list]:
 
 
 class SampleCache:
-    """Read access to a verified cache: ``read(sample_id) -> (image, mask)`` as the source read
-    them (the image in its own pixel type, the mask uint8).
-
-    The file is mapped read-only on first use in each process (a pickled cache, as sent to
-    spawned workers, maps it anew). Each read returns fresh arrays (a copy costs far less
-    than decoding), so transforms may change them in place without changing the next epoch.
-    """
+    """``read(sample_id) -> (image, mask)`` as the source read them, in fresh arrays that
+    transforms may change in place; mapped on first use in each process."""
 
     def __init__(self, folder: Path, entries: dict[str, list]) -> None:
         self.folder, self.entries = Path(folder), entries
@@ -136,19 +120,15 @@ def open_cache(
     key = fingerprint(source, samples, version=FORMAT_VERSION, minimum_hw=minimum)[:16]
     target = Path(folder) / f"{type(source).__name__}-{key}"
     ids = [s.id for s in samples]
-    try:
+    with contextlib.suppress(Damaged):
         return SampleCache(target, verified_entries(target, ids))
-    except Damaged:
-        pass
     try:  # one builder across processes and nodes on shared storage; the others wait, then read
         with file_lock(target.with_name(f".{target.name}.lock"), "building the data cache"):
             try:
                 return SampleCache(target, verified_entries(target, ids))
             except Damaged as damage:
                 if target.exists():
-                    log.warning(
-                        "The data cache '%s' is damaged (%s): rebuilding it.", target, damage
-                    )
+                    log.warning(f"The data cache '{target}' is damaged ({damage}): rebuilding it.")
             for stale in [target, *target.parent.glob(f".{target.name}.*.partial")]:
                 shutil.rmtree(stale, ignore_errors=True)  # no one else builds: killed builds
             _build(samples, read, target, minimum_hw)

@@ -1,22 +1,10 @@
 """COCO 2017 (Lin et al., ECCV 2014) as semantic segmentation from its instance annotations.
 
-Layout under ``root`` (``${paths.data_dir}/coco``), as the official zips unpack::
-
-    annotations/instances_train2017.json   annotations/instances_val2017.json
-    train2017/000000000009.jpg ...         val2017/000000000139.jpg ...
-
-Label sets: ``voc21`` maps the 20 COCO categories that are VOC classes to VOC's indices (as
-torchvision's segmentation reference does), other categories are background; ``coco81`` maps
-the 80 thing categories, in COCO id order, to 1..80. 0 is background in both. Pixels claimed
-by annotations of two different classes are 255 (ignore). Crowd regions (``iscrowd=1``,
-uncompressed RLE in the real files) are 255 where no individual annotation labels the pixel
-(``crowd="ignore"``), or take their class (``crowd="label"``). Images without annotations of
-the label set stay in as all background, unless ``drop_empty`` removes them from training.
-
-Decoding polygons every epoch is slow, so ``prepare()`` writes each image's mask once as a PNG
-under ``cache_dir/<subset>-<label_set>-crowd_<crowd>/`` (default: in lightseg's cache folder,
-outside the dataset), with a manifest holding the json's SHA-1; a changed json (or label set,
-or crowd policy) rebuilds it.
+``root`` (``${paths.data_dir}/coco``) is read as the official zips unpack (README: Datasets).
+``voc21`` maps the 20 VOC categories to VOC's indices (as torchvision's reference does),
+``coco81`` the 80 thing categories in id order to 1..80. Decoding polygons every epoch is slow,
+so ``prepare()`` writes each mask once as a PNG under ``cache_dir``, with a manifest keyed on
+the json's SHA-1, the label set and the crowd rule.
 """
 
 from __future__ import annotations
@@ -30,7 +18,7 @@ import logging
 import os
 import shutil
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -115,12 +103,9 @@ class COCO(SegmentationSource):
         self.label_set, self.crowd, self.drop_empty = label_set, crowd, bool(drop_empty)
         self.classes, self.class_of = LABEL_SETS[label_set]
         self.splits = subset_map(splits or DEFAULT_SPLITS)
+        self.subsets = sorted(set(self.splits.values()))
         self.cache_root = Path(cache_dir or cache_home() / "coco_masks").expanduser()
         self.unlabelled: set[str] = set()  # ids of images with no pixel of the label set
-
-    @property
-    def subsets(self) -> list[str]:
-        return sorted(set(self.splits.values()))
 
     def annotations(self, subset: str) -> Path:
         return self.root / "annotations" / f"instances_{subset}.json"
@@ -129,40 +114,29 @@ class COCO(SegmentationSource):
         return self.cache_root / f"{subset}-{self.label_set}-crowd_{self.crowd}"
 
     def cache_key(self, subset: str) -> dict:
-        """What a cache was built from: a different key means the cache is stale."""
+        """What a cache was built from: another key means it is stale."""
         path = self.annotations(subset)
         if not path.is_file() or not (self.root / subset).is_dir():
             raise self.missing(path if not path.is_file() else self.root / subset)
+        stat = path.stat()
         return {
             "version": CACHE_VERSION,
-            "annotations_sha1": file_sha1(path),
+            "annotations_sha1": file_sha1(str(path.resolve()), stat.st_size, stat.st_mtime_ns),
             "label_set": self.label_set,
             "crowd": self.crowd,
         }
 
     def prepare(self) -> None:
-        """Build (or keep) the PNG mask cache of every subset the splits use.
-
-        A cache is complete once its manifest is in place; a half-built one lives in a folder
-        of its builder's own until then (lightseg holds the dataset's lock meanwhile).
-        """
+        """Build (or keep) the PNG mask cache of every subset the splits use."""
         for subset in self.subsets:
-            key, folder, annotations = (
-                self.cache_key(subset),
-                self.cache(subset),
-                self.annotations(subset),
-            )
+            key, folder = self.cache_key(subset), self.cache(subset)
             if read_manifest(folder).get("key") == key:
                 log.info("Reusing the COCO %s mask cache in %s", subset, folder)
                 continue
+            annotations = self.annotations(subset)
             log.info(
-                "Building the COCO %s mask cache (%s, crowd=%s) in %s: each mask is decoded "
-                "once and reused until %s changes.",
-                subset,
-                self.label_set,
-                self.crowd,
-                folder,
-                annotations.name,
+                f"Building the COCO {subset} mask cache ({self.label_set}, crowd={self.crowd}) in "
+                f"{folder}: each mask is decoded once and reused until {annotations.name} changes."
             )
             build_cache(annotations, folder, key, self.class_of, self.crowd)
 
@@ -203,13 +177,8 @@ class COCO(SegmentationSource):
         return read_rgb(sample.image), read_label_png(sample.mask, len(self.classes))
 
 
-def file_sha1(path: Path) -> str:
-    stat = path.stat()
-    return _sha1(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-
-
 @functools.lru_cache(maxsize=16)
-def _sha1(path: str, size: int, mtime_ns: int) -> str:
+def file_sha1(path: str, size: int, mtime_ns: int) -> str:
     """SHA-1 of a file's bytes; memoised per (path, size, mtime) as the json may be 450 MB."""
     digest = hashlib.sha1()
     with open(path, "rb") as stream:
@@ -263,16 +232,6 @@ def build_cache(
         shutil.rmtree(stale, ignore_errors=True)  # caller holds the lock, no one else builds
     partial = folder.with_name(f"{folder.name}.partial-{socket.gethostname()}-{os.getpid()}")
     partial.mkdir(parents=True)
-
-    def decode(annotation: dict) -> np.ndarray:
-        try:
-            return api.annToMask(annotation).astype(bool)
-        except Exception as error:  # pycocotools raises many types for a bad segmentation
-            raise LightsegError(
-                f"'{annotations}': cannot decode the segmentation of annotation "
-                f"{annotation.get('id')} ({type(error).__name__}: {error})."
-            ) from None
-
     images = []
     ids = sorted(api.imgs)
     for count, image_id in enumerate(ids, 1):
@@ -283,9 +242,7 @@ def build_cache(
             raise LightsegError(
                 f"'{annotations}': image entry {info} lacks height, width or file_name."
             ) from None
-        mask = semantic_mask(
-            api.imgToAnns.get(image_id, []), (height, width), class_of, crowd, decode
-        )
+        mask = semantic_mask(api, annotations, image_id, (height, width), class_of, crowd)
         Image.fromarray(mask).save(partial / f"{Path(file_name).stem}.png")
         images.append((image_id, file_name, bool(((mask > 0) & (mask != IGNORE_INDEX)).any())))
         if count % 5000 == 0:
@@ -296,20 +253,23 @@ def build_cache(
 
 
 def semantic_mask(
-    annotations: list[dict],
-    shape: tuple[int, int],
-    class_of: Mapping[int, int],
-    crowd: str,
-    decode: Callable[[dict], np.ndarray],
+    api: CocoApi, path: Path, image_id: int, shape: tuple, class_of: Mapping[int, int], crowd: str
 ) -> np.ndarray:
-    """One image's uint8 class-index mask from its instance annotations (see module docs)."""
+    """One image's uint8 class-index mask: pixels two classes claim are 255, and so are crowd
+    regions no individual annotation labels (``crowd="ignore"``)."""
     regions: dict[int, np.ndarray] = {}  # class index -> union of its individual annotations
     crowd_region = np.zeros(shape, bool)
-    for annotation in annotations:
+    for annotation in api.imgToAnns.get(image_id, []):
         index = class_of.get(annotation.get("category_id"))
         if index is None:  # a category outside the label set: background
             continue
-        pixels = decode(annotation)
+        try:
+            pixels = api.annToMask(annotation).astype(bool)
+        except Exception as error:  # pycocotools raises many types for a bad segmentation
+            raise LightsegError(
+                f"'{path}': cannot decode the segmentation of annotation "
+                f"{annotation.get('id')} ({type(error).__name__}: {error})."
+            ) from None
         if annotation.get("iscrowd") and crowd == "ignore":
             crowd_region |= pixels
         else:

@@ -1,8 +1,7 @@
 """Deterministic synthetic lesions written in PH2's exact on-disk layout.
 
-The demo exists so that ``make train`` works on a fresh machine and exercises the real PH2
-reader: same folders, 24-bit BMP images of odd sizes, 1-bit BMP masks, an ``_roi`` folder that
-must be ignored, and a ``PH2_dataset.xlsx`` with the legend and two-row header of the original.
+So that ``make train`` works on a fresh machine and exercises the real PH2 reader: 24-bit BMPs
+of odd sizes, 1-bit masks, ``_roi`` folders to ignore, and a ``PH2_dataset.xlsx`` like PH2's.
 """
 
 from __future__ import annotations
@@ -33,11 +32,8 @@ class Demo(PH2):
         self.num_cases, self.seed = int(num_cases), int(seed)
 
     def prepare(self) -> None:
-        """Write the cases once (lightseg holds the dataset's lock while it runs).
-
-        Each (num_cases, seed) has a folder of its own (configs/data/demo.yaml), so a run with
-        other settings never rewrites the data of one that is training.
-        """
+        """Write the cases once; each (num_cases, seed) has its own folder (configs/data/demo.yaml)
+        so that other settings never rewrite the data of a run that is training."""
         marker = self.root / ".lightseg-demo"
         stamp = f"{VERSION} {self.num_cases} {self.seed}"
         if marker.is_file() and marker.read_text() == stamp:

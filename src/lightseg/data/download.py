@@ -2,27 +2,19 @@
 
     python -m lightseg.data.download data=voc [overrides]    (or: make data DATASET=voc)
 
-VOC (+SBD) and COCO are downloaded with torchvision's helpers and verified against their MD5
-sums; each archive is fetched and unpacked in a scratch folder that is removed on failure, so
-nothing partial is left. PH2 and MADS need a registration or a Kaggle account: for those (and
-for any download that fails, e.g. offline) the error says what to fetch and where to put it.
-Finally the dataset's source is prepared (COCO: its mask cache is built) and its samples found.
-
-``folder`` (your own data, ``ARGS="data.source.root=..."``) is checked in full: every pair is
-read as training reads it, and the command prints the pairs and splits, how masks are
-encoded, the class pixel shares, the image sizes, and the training split's per-channel
-mean/std, which it stores where ``data.mean=auto data.std=auto`` finds them.
+Archives are MD5-checked and unpacked in a scratch folder removed on failure, so nothing
+partial is left. ``folder`` is checked in full: every pair is read as training reads it, and
+the command prints what training will see (README: Datasets).
 """
 
 from __future__ import annotations
 
 import copy
-import logging
 import shutil
 import tempfile
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import hydra
 import numpy as np
@@ -40,26 +32,18 @@ from lightseg.data.statistics import Accumulator
 from lightseg.errors import LightsegError, user_errors
 from lightseg.utils.console import console
 
-log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class Archive:
+class Archive(NamedTuple):
     url: str
     md5: str
     into: str  # folder under data_dir the archive is unpacked into
-    gives: str  # a path under data_dir that exists once it is unpacked
-
-    @property
-    def filename(self) -> str:
-        return self.url.rsplit("/", 1)[-1]
+    gives: str  # a path under ``into`` that exists once it is unpacked
 
 
-COCO_URL = "http://images.cocodataset.org"
+COCO_ZIPS = "http://images.cocodataset.org/zips"
 ARCHIVES: dict[str, tuple[Archive, ...]] = {
     "voc": (
-        Archive(
-            # the mirror torchvision downloads VOC from
+        Archive(  # the mirror torchvision downloads VOC from
             "https://thor.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
             "6cd6e144f989b92b3379bac3b3de84fd",
             ".",
@@ -75,34 +59,26 @@ ARCHIVES: dict[str, tuple[Archive, ...]] = {
     ),
     "coco": (
         Archive(
-            f"{COCO_URL}/annotations/annotations_trainval2017.zip",
+            "http://images.cocodataset.org/annotations/annotations_trainval2017.zip",
             "f4bbac642086de4f52a3fdda2de5fa2c",
             "coco",
-            "coco/annotations/instances_val2017.json",
+            "annotations/instances_val2017.json",
         ),
+        Archive(f"{COCO_ZIPS}/val2017.zip", "442b8da7639aecaf257c1dceb8ba8c80", "coco", "val2017"),
         Archive(
-            f"{COCO_URL}/zips/val2017.zip",
-            "442b8da7639aecaf257c1dceb8ba8c80",
-            "coco",
-            "coco/val2017",
-        ),
-        Archive(
-            f"{COCO_URL}/zips/train2017.zip",
-            "cced6f7f71b7629ddf16f17bbcfab6b2",
-            "coco",
-            "coco/train2017",
+            f"{COCO_ZIPS}/train2017.zip", "cced6f7f71b7629ddf16f17bbcfab6b2", "coco", "train2017"
         ),
     ),
 }
-#: Settings that make the check after downloading cover everything that was fetched (unless
-#: the command line sets them): VOC with SBD; for a folder, no split lists written.
+#: Defaults (unless the command line sets them) so that the check covers all that was fetched.
 CHECK_SETTINGS = {"voc": {"data.source.use_sbd": True}, "folder": {"data.split_dir": None}}
 
 
 def fetch(archive: Archive, data_dir: Path) -> None:
     """Download, verify and unpack one archive, unless what it gives is already there."""
-    if (data_dir / archive.gives).exists():
-        console.print(f"[green]Found[/] {data_dir / archive.gives}: skipping {archive.filename}")
+    gives = data_dir / archive.into / archive.gives
+    if gives.exists():
+        console.print(f"[green]Found[/] {gives}: skipping {archive.url.rsplit('/', 1)[-1]}")
         return
     console.print(f"Downloading {archive.url} (MD5 {archive.md5}) into {data_dir / archive.into}")
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -120,7 +96,7 @@ def fetch(archive: Archive, data_dir: Path) -> None:
         raise LightsegError(
             f"Could not fetch {archive.url} ({type(error).__name__}: {error}). Download it "
             f"yourself (browser, wget or curl), check its MD5 is {archive.md5}, and unpack it "
-            f"into '{data_dir / archive.into}' so that '{data_dir / archive.gives}' exists. "
+            f"into '{data_dir / archive.into}' so that '{gives}' exists. "
             "Then run this command again to check the result."
         ) from None
     finally:
@@ -138,14 +114,9 @@ def move_into(source: Path, target: Path) -> None:
             entry.rename(destination)
 
 
-def summary(samples) -> str:
-    counts = Counter(sample.subset or sample.stratum or "all" for sample in samples)
-    return ", ".join(f"{name}: {count}" for name, count in sorted(counts.items()))
-
-
 def prepare_dataset(cfg: DictConfig, name: str, given: set[str] = frozenset()) -> None:
-    """Fetch dataset ``name``'s archives (if it has public ones), then prepare and find its
-    samples. ``cfg``: the composed download config; ``given``: the keys the command line set."""
+    """Fetch dataset ``name``'s public archives, then prepare and find its samples (``given``:
+    the keys the command line set)."""
     cfg = copy.deepcopy(cfg)  # the caller's config stays as it is
     for key, value in CHECK_SETTINGS.get(name, {}).items():
         if key not in given:
@@ -159,9 +130,11 @@ def prepare_dataset(cfg: DictConfig, name: str, given: set[str] = frozenset()) -
     source = instantiate(cfg.data.source)
     prepare_source(source, cfg.data.cache.dir)
     samples = source.find()
+    counts = Counter(sample.subset or sample.stratum or "all" for sample in samples)
+    summary = ", ".join(f"{name}: {count}" for name, count in sorted(counts.items()))
     console.print(
         f"[green]{type(source).__name__} is ready[/] under {source.root}: {len(samples)} "
-        f"samples ({summary(samples)})."
+        f"samples ({summary})."
     )
 
 
@@ -207,15 +180,13 @@ def size_histogram(shapes: Counter, listed: int = 12, bins: int = 8) -> Table:
         for (width, height), count in sorted(shapes.items()):
             table.add_row(f"{width} x {height}", str(count))
         return table
-    widths = np.array([w for (w, _), n in shapes.items() for _ in range(n)])
-    heights = np.array([h for (_, h), n in shapes.items() for _ in range(n)])
-    low, high = int(min(widths.min(), heights.min())), int(max(widths.max(), heights.max()))
+    sizes, counts = np.array(list(shapes)), np.array(list(shapes.values()))
+    low, high = int(sizes.min()), int(sizes.max())
     edges = np.linspace(low, high + 1, min(bins, high - low + 1) + 1)
+    widths, heights = (np.histogram(sizes[:, i], edges, weights=counts)[0] for i in (0, 1))
     table = Table("pixels", "widths", "heights", title="Image sizes")
-    for index in range(len(edges) - 1):
-        start, stop = edges[index], edges[index + 1]
-        counts = [int(((side >= start) & (side < stop)).sum()) for side in (widths, heights)]
-        table.add_row(f"{start:.0f} - {stop - 1:.0f}", *map(str, counts))
+    for start, stop, *binned in zip(edges, edges[1:], widths, heights, strict=False):
+        table.add_row(f"{start:.0f} - {stop - 1:.0f}", *map(str, binned))
     return table
 
 

@@ -1,19 +1,9 @@
 """Your own images and masks (``data=folder``), paired by name, every mask checked as it is read.
 
-Layout under ``root`` (folder names and the mask name pattern are settings)::
-
-    images/case_001.jpg      .jpg .jpeg .png .bmp .tif .tiff; subfolders are kept in the ids
-    masks/case_001.png       the image's stem through mask_pattern ("{stem}", "{stem}_mask")
-    splits/train.txt         optional split lists, one id per line (val.txt optional)
-    splits/val.txt  splits/test.txt
-
-or a CSV (``csv``) with columns ``image`` and ``mask`` (paths relative to ``root``) and
-optionally ``split`` (train/val/test) and ``stratum`` (what the generated split balances).
-Without split lists the split is the generic deterministic one (stratified by ``stratum``),
-and k-fold cross-validation (``data.split.folds``) works as for PH2.
-
-How image and mask files are read (channels, bit depths, TIFF bands, the mask encodings and
-their checks) is :mod:`lightseg.data.pixels`; this module finds the pairs and the splits.
+``root`` holds ``images/`` and ``masks/`` (paired by stem through ``mask_pattern``; subfolders
+are kept in the ids) or a CSV of pairs, and optional ``splits/*.txt``, as the README describes
+(Train on your own data). This module finds the pairs and splits; :mod:`lightseg.data.pixels`
+reads the files.
 """
 
 from __future__ import annotations
@@ -59,14 +49,17 @@ class Folder(SegmentationSource):
         in_channels: int = 3,
     ) -> None:
         super().__init__(root)
-        self.classes = check_classes(classes)
+        names = self.classes = tuple(str(c) for c in classes)
+        if len(names) < 2 or len(set(names)) != len(names) or any(not n or "/" in n for n in names):
+            raise LightsegError(
+                f"data.source.classes={list(names)} must name at least two different classes, "
+                "background first (metric names use them, so no '/' and no empty names)."
+            )
         self.images, self.masks, self.split_lists, self.csv = images, masks, split_lists, csv
         self.mask_pattern = mask_pattern
-        self.mask_stem = pattern_regex(mask_pattern)
+        self.mask_stem = pattern_regex(mask_pattern)  # its group "stem": the image's stem
         self.mask_reader = MaskReader(self.classes, palette, ignore_color)
         self.in_channels = at_least(in_channels, 1, "data.source.in_channels")
-
-    # --- finding and pairing --------------------------------------------------------------
 
     def find(self) -> list[Sample]:
         if not self.root.is_dir():
@@ -84,7 +77,7 @@ class Folder(SegmentationSource):
                     "set data.source.split_lists=null)."
                 )
             samples = self.listed(samples)
-        self.read_image(samples[0].image)  # a wrong channel count stops before anything slow
+        read_image(samples[0].image, self.in_channels)  # a wrong channel count stops early
         self.mask_reader.detect([s.mask for s in sorted(samples, key=lambda s: s.id)])
         return samples
 
@@ -99,7 +92,7 @@ class Folder(SegmentationSource):
                     f"'{self.root}'): create it, set data.source.{key}=<its folder name>, or "
                     "list the pairs in a CSV (data.source.csv=<file>)."
                 )
-        images = files_by_stem(image_dir, lambda stem: stem)
+        images = files_by_stem(image_dir, pattern_regex("{stem}"), [])
         if not images:
             raise LightsegError(
                 f"No images in '{image_dir}': found no file ending in {', '.join(IMAGE_SUFFIXES)} "
@@ -107,7 +100,7 @@ class Folder(SegmentationSource):
                 "the folder that holds images/ and masks/."
             )
         unmatched: list[Path] = []
-        masks = files_by_stem(mask_dir, self.image_stem_of, unmatched)
+        masks = files_by_stem(mask_dir, self.mask_stem, unmatched)
         for found, what in ((images, "images"), (masks, "masks")):
             clashes = {key: paths for key, paths in found.items() if len(paths) > 1}
             if clashes:
@@ -136,10 +129,6 @@ class Folder(SegmentationSource):
                 "files, move the unpaired ones out of the folder, or fix data.source.mask_pattern."
             )
         return [Sample(key, images[key][0], masks[key][0]) for key in sorted(images, key=str)]
-
-    def image_stem_of(self, mask_stem: str) -> str | None:
-        match = self.mask_stem.fullmatch(mask_stem)
-        return match.group("stem") if match else None
 
     def from_csv(self) -> list[Sample]:
         """Pairs (and optional split and stratum) from the CSV, every file checked to exist."""
@@ -228,10 +217,7 @@ class Folder(SegmentationSource):
         return [Sample(s.id, s.image, s.mask, s.stratum, subsets.get(s.id)) for s in samples]
 
     def split(self, samples, fractions, seed) -> dict[str, list[Sample]]:
-        """The split lists (or CSV split column) where given, else the generated split.
-
-        Without a val list, ``data.split.val`` of the train list becomes validation.
-        """
+        """The split lists (without val.txt, val is cut from train) or the generated split."""
         if not any(s.subset for s in samples):
             return stratified_split(samples, fractions, seed)
         groups = {name: [s for s in samples if s.subset == name] for name in SPLITS}
@@ -240,34 +226,15 @@ class Folder(SegmentationSource):
             groups["train"], groups["val"] = inner["train"], inner["val"]
         return groups
 
-    # --- reading --------------------------------------------------------------------------
-
     def read(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
         if not self.mask_reader.decided:
             self.find()  # decides how binary masks are encoded
-        return self.read_image(sample.image), self.mask_reader.read(sample.mask)
-
-    def read_image(self, path: Path) -> np.ndarray:
-        return read_image(path, self.in_channels)
+        return read_image(sample.image, self.in_channels), self.mask_reader.read(sample.mask)
 
     def describe_masks(self) -> str:
-        """How masks are read, in words (``make data DATASET=folder``)."""
         if not self.mask_reader.decided:
             self.find()  # decides the binary encoding
         return self.mask_reader.describe()
-
-
-# --- helpers --------------------------------------------------------------------------------
-
-
-def check_classes(classes: Sequence[str]) -> tuple[str, ...]:
-    names = tuple(str(c) for c in classes)
-    if len(names) < 2 or len(set(names)) != len(names) or any(not n or "/" in n for n in names):
-        raise LightsegError(
-            f"data.source.classes={list(names)} must name at least two different classes, "
-            "background first (metric names use them, so no '/' and no empty names)."
-        )
-    return names
 
 
 def pattern_regex(pattern: str) -> re.Pattern:
@@ -281,25 +248,20 @@ def pattern_regex(pattern: str) -> re.Pattern:
     return re.compile(f"{re.escape(before)}(?P<stem>.+){re.escape(after)}")
 
 
-def files_by_stem(folder: Path, stem_of, unmatched: list[Path] | None = None) -> dict:
-    """``{id: [paths]}`` of the image files under ``folder``; id = subfolder/stem (POSIX).
-
-    Hidden files and folders (names starting with '.') are skipped; ``stem_of`` maps a file's
-    stem to the image stem it belongs to (None: it matches no image: added to ``unmatched``).
-    """
+def files_by_stem(folder: Path, stem: re.Pattern, unmatched: list[Path]) -> dict:
+    """``{subfolder/image stem: [paths]}`` of the visible image files under ``folder``; a file
+    whose stem ``stem`` does not match goes to ``unmatched``."""
     found = defaultdict(list)
     for path in sorted(folder.rglob("*")):
         relative = path.relative_to(folder)
-        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
+        hidden = any(part.startswith(".") for part in relative.parts)
+        if hidden or not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
             continue
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
-            continue
-        stem = stem_of(path.stem)
-        if stem is None:
-            if unmatched is not None:
-                unmatched.append(path)
-            continue
-        found[relative.with_name(stem).as_posix()].append(path)
+        match = stem.fullmatch(path.stem)
+        if match is None:
+            unmatched.append(path)
+        else:
+            found[relative.with_name(match["stem"]).as_posix()].append(path)
     return dict(found)
 
 

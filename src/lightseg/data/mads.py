@@ -1,39 +1,20 @@
 """MADS full-body person masks: Kaggle's "Segmentation Full Body MADS Dataset" (1,192 frames).
 
-The frames come from MADS (Martial Arts, Dancing and Sports; Zhang et al., 2017). The Kaggle
-archive unzips under ``root`` (``${paths.data_dir}/mads``) to a folder that may be nested once
-more inside itself; the shallowest folder holding ``images/`` and ``masks/`` is used::
-
-    segmentation_full_body_mads_dataset_1192_img/[segmentation_full_body_mads_dataset_1192_img/]
-        images/HipHop_HipHop4_C1_00810.png     RGB frame
-        masks/HipHop_HipHop4_C1_00810.png      person mask, same file name
-        df.csv                                 columns images, masks: paths relative to here
-
-Mask encoding is checked, not assumed: values are read as stored (RGB: the brightest channel)
-and binarised as follows. A mask whose values are all 0 or 1 is used as is. Otherwise a pixel
-is the person where its value is >= 128, and the mask is refused if more than 5% of its pixels
-lie in the unclear band 33..222 (a photo, a soft matte or a multi-class mask, not a binary one).
-Splits: the generic deterministic split, stratified by activity (the name's first word).
+The archive unzips under ``root`` (``${paths.data_dir}/mads``) to
+``segmentation_full_body_mads_dataset_1192_img/``, maybe nested once more, holding ``images/``,
+``masks/`` (same names) and ``df.csv``. Masks are checked, not assumed (:func:`binarise`);
+splits are stratified by activity (the name's first word).
 """
 
 from __future__ import annotations
 
 import csv
-import logging
 from pathlib import Path
 
 import numpy as np
 
-from lightseg.data.source import (
-    Sample,
-    SegmentationSource,
-    open_image,
-    read_rgb,
-    threshold_binary,
-)
+from lightseg.data.source import Sample, SegmentationSource, open_image, read_rgb, threshold_binary
 from lightseg.errors import LightsegError
-
-log = logging.getLogger(__name__)
 
 ARCHIVE_FOLDER = "segmentation_full_body_mads_dataset_1192_img"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -114,7 +95,8 @@ def read_pairs(table: Path, folder: Path) -> list[tuple[Path, Path]]:
 
 
 def binarise(values: np.ndarray, path: Path) -> np.ndarray:
-    """A 0/1 uint8 person mask from a stored mask, following the rules in the module docs."""
+    """A 0/1 person mask: 0/1 masks as they are, 0/255 ones thresholded and checked to be
+    binary (RGB: the brightest channel)."""
     if values.ndim == 3:
         values = values[..., :3].max(axis=-1)
     if values.dtype == bool or values.max(initial=0) <= 1:

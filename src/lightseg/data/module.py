@@ -1,18 +1,12 @@
 """The LightningDataModule: a source's samples, prepared, split, cached and served as batches.
 
-Its settings are described where they are set, ``configs/data/base/default.yaml``; grouped ones
-are ``split: {val, test, seed, folds, fold}`` (fractions, or k-fold cross-validation with test
-= fold ``fold``; ``seed`` decides which samples are which and is fixed by default, so runs over
-several seeds test the same images) and ``cache: {enabled, scale, dir}`` (the decoded-sample
-cache of :mod:`lightseg.data.cache`; ``dir`` also holds the statistics behind ``auto`` and the
-datasets' locks). ``sampler`` is the training sampler's class (``_partial_``): lightseg fills
-``data_source`` (the training dataset) and ``num_samples`` where it takes them, and wraps it in
-a :class:`~lightseg.data.sampling.SeededSampler`. Batch sizes are per device (process): the
-global batch is ``batch_size x devices x nodes``, unless ``global_batch_size`` fixes it.
+Settings are described in ``configs/data/base/default.yaml``. ``sampler`` (a ``_partial_``) gets
+``data_source`` and ``num_samples`` where it takes them, wrapped in a ``SeededSampler``.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import logging
@@ -58,11 +52,7 @@ from lightseg.utils.locks import file_lock
 
 log = logging.getLogger(__name__)
 
-#: ``data.mean`` / ``data.std`` value meaning "per-channel values of the training split".
-AUTO = "auto"
-
-
-#: The grouped settings and their defaults (None: lightseg.data.source.cache_home()).
+AUTO = "auto"  # data.mean / data.std: per-channel values of the training split
 SPLIT = {"val": 0.2, "test": 0.2, "seed": 0, "folds": None, "fold": 0}
 CACHE = {"enabled": False, "scale": None, "dir": None}
 
@@ -78,8 +68,7 @@ def grouped(defaults: dict, given: Mapping[str, Any] | None, key: str) -> Simple
 
 
 def prepare_source(source: SegmentationSource, cache_dir: str | Path) -> None:
-    """``source.prepare()`` holding the lock of its data folder (a file under ``cache_dir``):
-    the contract's promise (:mod:`lightseg.data.source`) that no two run at once."""
+    """``source.prepare()`` holding its data folder's lock: no two run at once (the contract)."""
     if type(source).prepare is SegmentationSource.prepare:
         return  # nothing to prepare, nothing to lock
     cache_dir, folder = Path(cache_dir).expanduser(), str(source.root.resolve())
@@ -95,12 +84,8 @@ def prepare_source(source: SegmentationSource, cache_dir: str | Path) -> None:
 
 
 class SegmentationDataset(Dataset):
-    """Reads samples through a source (or its cache) and applies an albumentations pipeline.
-
-    Items are tensors, image ``[C, H, W]`` (uint8 for 8-bit data, else float32 in [0, 1]) and
-    mask uint8 ``[H, W]``: the model normalises the image and widens the mask on its device
-    (``SegmentationModule.on_after_batch_transfer``).
-    """
+    """Samples through a source (or its cache) and a pipeline: image ``[C, H, W]`` (uint8 for
+    8-bit data, else float32 in [0, 1]) and mask uint8 ``[H, W]``, normalised on the device."""
 
     def __init__(
         self, source: SegmentationSource, samples: Sequence[Sample], transform, cache=None
@@ -120,8 +105,7 @@ class SegmentationDataset(Dataset):
 
 
 class SegmentationDataModule(L.LightningDataModule):
-    """Prepares and splits a source, builds the train/eval pipelines, serves per-device
-    batches (see the module docs)."""
+    """Prepares and splits a source and serves per-device batches (see the module docs)."""
 
     def __init__(
         self,
@@ -162,6 +146,7 @@ class SegmentationDataModule(L.LightningDataModule):
                 "training size), or null to cache images as read."
             )
         self.cache_dir = Path(self.cache.dir or cache_home()).expanduser()
+        self.statistics_folder = self.cache_dir / "statistics"
         self.sampler = sampler or RandomSampler
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.split_dir = Path(split_dir) if split_dir else None
@@ -194,18 +179,14 @@ class SegmentationDataModule(L.LightningDataModule):
         return Task(self.classes)
 
     def locate(self) -> dict[str, list[Sample]]:
-        """Prepare the source (under its lock), find its samples and split them: once per
-        process. Cheap next to building a pretrained network, so training calls it first."""
+        """Prepare, find and split the samples once per process (training calls it first)."""
         if self.splits is None:
             prepare_source(self.source, self.cache_dir)
-            samples = self.source.find()
-            fractions = {"val": self.split.val, "test": self.split.test}
-            if self.split.folds:
-                splits = self.source.fold_split(
-                    samples, self.split.folds, self.split.fold, self.split.val, self.split.seed
-                )
+            samples, cfg = self.source.find(), self.split  # cfg: data.split
+            if cfg.folds:
+                splits = self.source.fold_split(samples, cfg.folds, cfg.fold, cfg.val, cfg.seed)
             else:
-                splits = self.source.split(samples, fractions, self.split.seed)
+                splits = self.source.split(samples, {"val": cfg.val, "test": cfg.test}, cfg.seed)
             empty = [name for name in SPLITS if not splits.get(name)]
             if empty:
                 sizes = {name: len(splits.get(name, [])) for name in SPLITS}
@@ -224,8 +205,7 @@ class SegmentationDataModule(L.LightningDataModule):
         return self.splits
 
     def prepare_data(self) -> None:
-        """Lightning's hook (once per node, before the other processes set up): the splits,
-        and the sample cache, so that the other processes find it built."""
+        """Once per node, before the other processes: build the splits and sample cache."""
         self.locate()
         self.sample_cache()
 
@@ -236,14 +216,8 @@ class SegmentationDataModule(L.LightningDataModule):
             for name, samples in self.splits.items():
                 (self.split_dir / f"{name}.txt").write_text("".join(f"{s.id}\n" for s in samples))
 
-    @property
-    def statistics_folder(self) -> Path:
-        """Where :meth:`statistics` are cached."""
-        return self.cache_dir / "statistics"
-
     def statistics(self, measured: SplitStatistics | None = None) -> SplitStatistics:
-        """Channel mean/std and class frequencies of the training split (computed once and
-        cached; ``measured``: already computed by the caller, to be cached)."""
+        """The training split's statistics, cached (``measured``: the caller's, to store)."""
         if self._statistics is None:
             train = self.locate()["train"] if self.splits is None else self.splits["train"]
             self._statistics = training_statistics(
@@ -252,31 +226,23 @@ class SegmentationDataModule(L.LightningDataModule):
         return self._statistics
 
     def sample_cache(self) -> SampleCache | None:
-        """The cache of every sample in the splits (built on first use), or None without one."""
+        """The cache of every sample in the splits (built on first use), if enabled."""
         if self.cache.enabled and self._sample_cache is None:
-            unique = {s.id: s for split in self.locate().values() for s in split}
-            scale = self.cache.scale
+            unique = list({s.id: s for split in self.locate().values() for s in split}.values())
+            scale, read = self.cache.scale, functools.partial(read_pair, self.source)
             minimum = None if scale is None else [max(1, round(n * scale)) for n in self.image_size]
-            self._sample_cache = open_cache(
-                self.source,
-                list(unique.values()),
-                lambda sample: read_pair(self.source, sample),
-                self.cache_dir / "samples",
-                minimum,
-            )
+            folder = self.cache_dir / "samples"
+            self._sample_cache = open_cache(self.source, unique, read, folder, minimum)
         return self._sample_cache
 
     def dataset(self, split: str) -> SegmentationDataset:
         if split not in self.datasets:
             pipeline = self.pipelines["train" if split == "train" else "eval"]
-            samples = self.locate()[split]
-            self.datasets[split] = SegmentationDataset(
-                self.source, samples, pipeline, self.sample_cache()
-            )
+            samples, cache = self.locate()[split], self.sample_cache()
+            self.datasets[split] = SegmentationDataset(self.source, samples, pipeline, cache)
         return self.datasets[split]
 
     def device_batch_size(self) -> int:
-        """Samples per batch on each process."""
         world = self.trainer.world_size if self.trainer is not None else 1
         if self.global_batch_size is None:
             return self.batch_size
@@ -288,20 +254,16 @@ class SegmentationDataModule(L.LightningDataModule):
             )
         return self.global_batch_size // world
 
-    def training_sampler(self, dataset: Dataset) -> SeededSampler:
-        """``data.sampler`` for ``dataset``, wrapped to seed order and augmentations."""
-        preset = getattr(self.sampler, "keywords", {})  # what the config set (a partial)
-        offered = {"data_source": dataset, "num_samples": len(dataset)}
-        takes = inspect.signature(self.sampler).parameters
-        chosen = {k: v for k, v in offered.items() if k in takes and k not in preset}
-        return SeededSampler(self.sampler(**chosen), self.seed)
-
     def _loader(self, split: str) -> DataLoader:
         dataset, train = self.dataset(split), split == "train"
         batch_size, sampler, loader, extra = self.device_batch_size(), None, DataLoader, {}
         trainer = self.trainer
         if train:  # order and augmentations from (seed, epoch, sample): see data/sampling.py
-            sampler = self.training_sampler(dataset)
+            preset = getattr(self.sampler, "keywords", {})  # what the config set (a partial)
+            offered = {"data_source": dataset, "num_samples": len(dataset)}
+            takes = inspect.signature(self.sampler).parameters
+            chosen = {k: v for k, v in offered.items() if k in takes and k not in preset}
+            sampler = SeededSampler(self.sampler(**chosen), self.seed)
             dataset, loader = SeededAugmentation(dataset, self.seed), ResumableDataLoader
             extra = {
                 "batches_done": lambda: batches_done_in_epoch(self.trainer),

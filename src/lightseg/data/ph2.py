@@ -42,7 +42,7 @@ class PH2(SegmentationSource):
         images = self.root / IMAGES_FOLDER
         if not images.is_dir():
             raise self.missing(images)
-        diagnoses = self.diagnoses()
+        diagnoses = read_diagnoses(self.root / DIAGNOSES_FILE)
         samples = []
         for case in sorted(p for p in images.iterdir() if CASE_ID.match(p.name)):
             image = case / f"{case.name}_Dermoscopic_Image" / f"{case.name}.bmp"
@@ -58,21 +58,17 @@ class PH2(SegmentationSource):
             raise self.missing(images / "IMDxxx")
         return samples
 
-    def diagnoses(self) -> dict[str, str]:
-        """Case id -> clinical diagnosis from PH2_dataset.xlsx (empty if the file is absent)."""
-        path = self.root / DIAGNOSES_FILE
-        if not path.is_file():
-            log.warning("%s not found: PH2 splits will not be stratified by diagnosis.", path)
-            return {}
-        return read_diagnoses(path)
-
     def read(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
         mask = np.asarray(open_image(sample.mask).convert("L")) > 127
         return read_rgb(sample.image), mask.astype(np.uint8)
 
 
 def read_diagnoses(path: Path) -> dict[str, str]:
-    """Parse the sheet: a legend on top, a two-row header, then one row per case with an "X"."""
+    """Case id -> diagnosis from the sheet: a legend, a two-row header, a row per case with an
+    "X" (empty if the file is absent)."""
+    if not path.is_file():
+        log.warning("%s not found: PH2 splits will not be stratified by diagnosis.", path)
+        return {}
     try:
         rows = list(openpyxl.load_workbook(path, read_only=True).active.iter_rows(values_only=True))
     except Exception as error:  # openpyxl raises many types for a damaged file

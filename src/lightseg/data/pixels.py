@@ -1,21 +1,10 @@
 """Pixels from your own files (``data=folder``): images of any channel count and bit depth,
 and masks read by rules that are checked on every file, never guessed.
 
-Images have ``in_channels`` channels each: 1 (grayscale, 8 or 16 bit), 3 (RGB) or any number from
-TIFF (read with tifffile, bands last or first). They are returned as stored: uint8, uint16 or
-float32; the pipelines scale each type by its range (lightseg.data.transforms.pixel_scale).
-
-Masks. With a ``palette`` (one [r, g, b] per class, in class order) masks are colour images and
-each colour is its class; ``ignore_color`` marks pixels to ignore; palette PNGs are read by their
-colours. Without it masks hold one value per pixel (a grayscale image, a palette PNG's indices,
-or an RGB image whose three channels are equal):
-
-* more than two classes: the values are class indices 0..len(classes)-1, 255 = ignore;
-* two classes: either ``0/1`` masks (1 = foreground, 255 = ignore; 1-bit and palette PNGs are
-  read this way) or ``0/255`` masks (foreground = value >= 128, so JPEG noise is harmless; a
-  mask with more than 5% of its pixels in 33..222 is refused as not binary).
-  The first mask (by id) that tells the two apart decides for the dataset, and is logged; a
-  mask of the other kind later is an error ("mixed mask encodings").
+Images have ``in_channels`` channels (any number from TIFF, bands last or first), as stored.
+Masks follow the README's table (Train on your own data): colours through ``palette``, else
+class indices, or for two classes 0/1 or 0/255 (foreground >= 128, so JPEG noise is harmless),
+the first mask by id that tells those apart deciding for the dataset.
 """
 
 from __future__ import annotations
@@ -38,7 +27,7 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 
 
 def read_image(path: Path, channels: int) -> np.ndarray:
-    """Pixels ``[H, W, channels]`` as uint8, uint16 or float32; another count is an error."""
+    """Pixels ``[H, W, channels]`` as uint8, uint16 or float32."""
     if path.suffix.lower() in TIFF_SUFFIXES:
         pixels = read_tiff(path)
     else:
@@ -86,11 +75,11 @@ class MaskReader:
 
     @property
     def decided(self) -> bool:
-        """Whether masks can be read: only binary masks without a palette need :meth:`detect`."""
+        """Only binary masks without a palette need :meth:`detect` before they can be read."""
         return self.palette is not None or not self.binary or self.encoding is not None
 
     def read(self, path: Path) -> np.ndarray:
-        """Class indices ``[H, W]`` uint8 (255 = ignore), following the module docs' rules."""
+        """Class indices ``[H, W]`` uint8 (255 = ignore)."""
         values, indexed = read_mask_values(path, colours=self.palette is not None)
         if self.palette is not None:
             if values.ndim != 3:
@@ -106,9 +95,11 @@ class MaskReader:
         encoding, decided_by = self.encoding  # detect() has run: see decided
         kind = binary_kind(values, indexed, path)
         if kind not in (None, encoding):
+            present = np.unique(values).tolist()
+            shown_values = str(present) if len(present) <= 8 else f"{present[:8]}..."
             raise LightsegError(
                 f"Mixed mask encodings: '{path}' is a {kind} mask (values "
-                f"{shown_values(values)}), but '{decided_by}' made this dataset's masks "
+                f"{shown_values}), but '{decided_by}' made this dataset's masks "
                 f"{encoding}. Save every mask the same way: 0/1 (1 = foreground, 255 = ignore) "
                 "or 0/255 (255 = foreground)."
             )
@@ -172,10 +163,8 @@ class MaskReader:
         if not self.binary:
             return f"index masks, values 0..{len(self.classes) - 1} (255 = ignore)"
         encoding, decided_by = self.encoding
-        rule = (
-            "foreground = value >= 128" if encoding == "0/255" else "1 = foreground, 255 = ignore"
-        )
-        return f"binary {encoding} masks ({rule}), decided by '{decided_by}'"
+        rule = {"0/255": "foreground = value >= 128", "0/1": "1 = foreground, 255 = ignore"}
+        return f"binary {encoding} masks ({rule[encoding]}), decided by '{decided_by}'"
 
 
 def colour(value, key: str) -> tuple[int, int, int]:
@@ -235,8 +224,8 @@ def pixel_type(pixels: np.ndarray, path: Path) -> np.ndarray:
 
 
 def read_mask_values(path: Path, colours: bool) -> tuple[np.ndarray, bool]:
-    """A mask file's stored values (``[H, W]``, or ``[H, W, 3]`` for colours), and whether they
-    are a palette PNG's indices. ``colours``: read palette PNGs as their colours."""
+    """A mask's stored values (``[H, W]`` or ``[H, W, 3]``) and whether they are a palette
+    PNG's indices (``colours``: read palette PNGs as their colours)."""
     if path.suffix.lower() in TIFF_SUFFIXES:
         values = read_tiff(path)
         return (values[..., :3] if values.ndim == 3 else values), False
@@ -257,7 +246,8 @@ def single_channel(values: np.ndarray, path: Path) -> np.ndarray:
     if values.ndim == 2:
         return values
     if not (values == values[..., :1]).all():
-        examples = ", ".join(map(str, distinct_colours(values)[:5]))
+        codes = np.unique(colour_codes(values))[:5]
+        examples = ", ".join(str(list(decode_colour(code))) for code in codes)
         raise LightsegError(
             f"Mask '{path}' is a colour image (colours {examples}, ...). Set "
             "data.source.palette to the colour of each class, in the order of "
@@ -268,11 +258,8 @@ def single_channel(values: np.ndarray, path: Path) -> np.ndarray:
 
 
 def binary_kind(values: np.ndarray, indexed: bool, path: Path) -> str | None:
-    """``"0/1"``, ``"0/255"``, or None for a mask both read alike (all 0, or all 255).
-
-    Values 0..127 other than 0/1 in a two-class mask are an error: they look like the indices
-    of more classes than ``classes`` names.
-    """
+    """``"0/1"``, ``"0/255"``, or None for a mask both read alike (all 0, or all 255); other
+    values below 128 look like the indices of more classes and are an error."""
     present = set(np.unique(values).tolist())
     if indexed or (1 in present and present <= {0, 1, IGNORE_INDEX}):
         return "0/1"
@@ -294,12 +281,3 @@ def colour_codes(rgb: np.ndarray) -> np.ndarray:
 
 def decode_colour(code: int) -> tuple[int, int, int]:
     return int(code) >> 16 & 255, int(code) >> 8 & 255, int(code) & 255
-
-
-def distinct_colours(rgb: np.ndarray) -> list[list[int]]:
-    return [list(decode_colour(c)) for c in np.unique(colour_codes(rgb))]
-
-
-def shown_values(values: np.ndarray) -> str:
-    present = np.unique(values).tolist()
-    return str(present) if len(present) <= 8 else f"{present[:8]}..."

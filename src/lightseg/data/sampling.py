@@ -1,12 +1,7 @@
 """Training data order and augmentations as pure functions of (seed, epoch, sample).
 
-The training sampler is a config choice (``data.sampler``, default torch's ``RandomSampler``);
-:class:`SeededSampler` wraps whichever it is. Each epoch it reseeds the sampler's random
-generator from ``(seed, epoch)`` and pairs every index it yields with an augmentation seed from
-``(seed, epoch, index)``. Nothing draws from a random stream whose state would have to be saved,
-so runs are the same whatever ``num_workers`` is, augmentations differ from epoch to epoch with
-any sampler, and a run resumed in the middle of an epoch sees exactly the batches an
-uninterrupted run would have seen.
+No random state needs saving, so runs are the same whatever ``num_workers`` is, and a run
+resumed mid-epoch sees exactly the batches an uninterrupted one would have seen.
 """
 
 from __future__ import annotations
@@ -27,16 +22,9 @@ def mixed_seed(*parts: int) -> int:
 
 
 class SeededSampler(Sampler):
-    """Yields ``(index, augmentation seed)`` for each index of ``sampler``, epoch by epoch.
-
-    A sampler with a ``generator`` attribute (``RandomSampler``, ``WeightedRandomSampler``)
-    gets a generator seeded from ``(seed, epoch)`` before each epoch, so its draws repeat when
-    an epoch is replayed. An index that comes again within an epoch (sampling with replacement)
-    gets a new augmentation seed each time.
-
-    Lightning calls :meth:`set_epoch` before every epoch (also through its DDP sampler wrapper);
-    a plain loop that never does still gets the next epoch on each pass.
-    """
+    """Yields ``(index, augmentation seed)`` per index of ``sampler``, whose ``generator`` is
+    seeded from ``(seed, epoch)`` so a replayed epoch repeats; a repeated index gets a new seed,
+    and without :meth:`set_epoch` calls each pass is the next epoch."""
 
     def __init__(self, sampler: Sampler, seed: int) -> None:
         self.sampler, self.seed, self.epoch = sampler, int(seed), 0
@@ -59,9 +47,8 @@ class SeededSampler(Sampler):
             self.set_epoch(self.epoch + 1)
         self._passes, self._epoch_given = self._passes + 1, False
         if hasattr(self.sampler, "generator"):
-            self.sampler.generator = torch.Generator().manual_seed(
-                mixed_seed(self.seed, self.epoch)
-            )
+            seed = mixed_seed(self.seed, self.epoch)
+            self.sampler.generator = torch.Generator().manual_seed(seed)
         seen: Counter[int] = Counter()
         keys = []
         for index in self.sampler:
@@ -73,14 +60,9 @@ class SeededSampler(Sampler):
 
 
 class SeededAugmentation(Dataset):
-    """Seeds a dataset's albumentations pipeline per sample before reading it.
-
-    Keys are ``(index, seed)`` from :class:`SeededSampler`, or plain indices (seeded by index
-    alone: only when Lightning swaps in its own sequential sampler for ``overfit_batches``).
-    One generator pair is shared by all transforms of the pipeline: albumentations' own
-    ``Compose(seed=...)`` gives each transform an identical stream, which makes e.g. the
-    horizontal and vertical flips always fire together.
-    """
+    """Seeds a dataset's pipeline per ``(index, seed)`` key (a plain index under Lightning's
+    ``overfit_batches`` sampler) with one generator pair for all transforms: albumentations'
+    ``Compose(seed=...)`` gives each the same stream, so e.g. both flips would fire together."""
 
     def __init__(self, dataset: Dataset, seed: int) -> None:
         self.dataset, self.seed = dataset, int(seed)
@@ -95,33 +77,21 @@ class SeededAugmentation(Dataset):
 
 
 def batches_done_in_epoch(trainer) -> int:
-    """Training batches the trainer has already run in its current epoch.
-
-    Read when an epoch's first batch is fetched: zero, except right after a mid-epoch resume.
-    """
+    """Training batches already run in the current epoch: non-zero only after a resume."""
     if trainer is None or not trainer.training:
         return 0
     return int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
 
 
 class ResumableDataLoader(DataLoader):
-    """A DataLoader that starts each epoch after the batches the trainer says are done.
-
-    The position comes from Lightning's own restored progress (``batches_done``), so there is
-    no second copy of it to keep in sync. Behind a :class:`SeededSampler` the done batches are
-    skipped by index (nothing is read); behind another sampler (DDP, overfit) they are read
-    and dropped. The iterator is created on the first ``next()``, after Lightning has set the
-    epoch, so the first epoch after a resume is ordered like the uninterrupted run's.
-    """
+    """A DataLoader that starts each epoch after the batches Lightning's progress says are done
+    (skipped by index behind a :class:`SeededSampler`, else read and dropped)."""
 
     def __init__(self, *args, batches_done: Callable[[], int] | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.batches_done = batches_done
 
-    def __iter__(self) -> Iterator:
-        return self._epoch()
-
-    def _epoch(self) -> Iterator:
+    def __iter__(self) -> Iterator:  # a generator: runs on the first next(), once the epoch is set
         done = self.batches_done() if self.batches_done else 0
         if done and isinstance(self.sampler, SeededSampler) and self.batch_size:
             self.sampler.skip_next(done * self.batch_size)

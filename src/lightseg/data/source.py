@@ -3,28 +3,22 @@
 A dataset is a subclass of :class:`SegmentationSource` and one YAML file naming it
 (``data.source._target_``) with its settings. lightseg asks it, in this order:
 
-``prepare()``  optional: download, unpack, generate or convert files. lightseg calls it once in
-               every process that finds samples, just before ``find()``, holding a file lock of
-               the dataset folder (shared by every process and node using the same cache folder),
-               so the second caller finds the work done: a ``prepare`` needs no lock of its own.
-               Write results into a scratch folder and rename it when complete, so that a killed
-               ``prepare`` leaves nothing that looks finished; derived files (converted masks)
-               belong under :func:`cache_home`, not in the data folder, which may be read-only.
+``prepare()``  optional: download, unpack or convert files. Called before ``find()`` in every
+               process, holding a file lock of the dataset folder, so it needs no lock of its
+               own. Write into a scratch folder renamed when complete, so a killed ``prepare``
+               leaves nothing that looks finished; derived files go under :func:`cache_home`.
 ``find()``     the :class:`Sample` list. Raise ``self.missing(path)`` when the data is absent.
-``split()``    optional: train/val/test. Default: deterministic and stratified by
-               ``Sample.stratum`` (:func:`stratified_split`); :meth:`fold_split` serves k-fold
-               cross-validation (``data.split.folds``); official lists use :func:`official_split`.
+``split()``    optional: train/val/test. Default: deterministic, stratified by ``Sample.stratum``
+               (:func:`stratified_split`); :meth:`fold_split` serves k-fold cross-validation;
+               official lists use :func:`official_split`.
 ``read(s)``    ``(image [H, W, C], mask uint8 [H, W])``: class indices, 255 = ignore. Images are
                uint8, uint16 or float32 (each scaled by its range) with ``in_channels`` channels.
-               The readers below turn missing or damaged files into errors that name them.
 
 A source declares ``classes`` (background first; two make a binary task), ``in_channels``
-(default 3; the network is built for it) and ``how_to_get`` (what ``missing()`` tells a user).
-Its settings are its constructor's arguments: lightseg records them as the source is made
-(:meth:`~SegmentationSource.settings`) and keys its caches (decoded samples, statistics) on
-them, on the class, and on each sample file's path, size and modification time. Whatever a
-source stores its settings as, a changed setting is never served from a stale cache. A source
-whose reading depends on more (a version of its own code) overrides ``settings()`` to add it.
+(default 3) and ``how_to_get`` (what ``missing()`` tells a user). Its constructor's arguments
+are its settings (:meth:`~SegmentationSource.settings`): the caches are keyed on them, on the
+class and on each sample file's path, size and mtime, so a changed setting never serves a stale
+cache. A source whose reading depends on more (a code version) overrides ``settings()``.
 """
 
 from __future__ import annotations
@@ -49,20 +43,15 @@ SPLITS = ("train", "val", "test")
 
 
 def cache_home() -> Path:
-    """lightseg's cache folder (``paths.cache_dir``): ``$LIGHTSEG_CACHE_DIR``, else
-    ``~/.cache/lightseg``. Shared by runs; never inside a dataset's folder."""
+    """``paths.cache_dir``: ``$LIGHTSEG_CACHE_DIR`` or ``~/.cache/lightseg``, shared by runs."""
     return Path(os.environ.get("LIGHTSEG_CACHE_DIR") or "~/.cache/lightseg").expanduser()
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One (image, mask) pair on disk.
-
-    ``stratum`` groups samples for stratified splits; ``subset`` names the official list a
-    sample comes from (VOC's ``train``/``val``, COCO's ``train2017``) for official splits.
-    ``extras`` are more fields of the sample's batch entry (an image-level label, a weight):
-    a fork's training step reads them as ``batch[<name>]``.
-    """
+    """One (image, mask) pair on disk: ``stratum`` groups samples for stratified splits,
+    ``subset`` names the official list it comes from (VOC's ``val``), and ``extras`` are more
+    batch fields (a label, a weight) that a fork's training step reads as ``batch[<name>]``."""
 
     id: str
     image: Path
@@ -114,11 +103,7 @@ class SegmentationSource:
     def fold_split(
         self, samples: list[Sample], folds: int, fold: int, val: float, seed: int
     ) -> dict[str, list[Sample]]:
-        """k-fold cross-validation (``data.split.folds``/``fold``): see :func:`kfold_split`.
-
-        Refused for samples of official subsets (VOC, COCO, a folder's split lists), which a
-        re-split would silently ignore.
-        """
+        """:func:`kfold_split`; refused for official subsets, which a re-split would ignore."""
         fixed = sorted({s.subset for s in samples if s.subset})
         if fixed:
             raise LightsegError(
@@ -155,9 +140,8 @@ def file_stamp(path: Path | None) -> list | None:
 
 
 def fingerprint(source: SegmentationSource, samples: Sequence[Sample], **extra: Any) -> str:
-    """SHA-1 (hex) of what the caches derived from ``samples`` depend on: the source's class,
-    classes, channels and settings, each sample's id and files, and ``extra`` (what the cache
-    itself adds: its format version, a working size)."""
+    """SHA-1 of what caches of ``samples`` depend on: the source, its settings, each sample's
+    files, and ``extra`` (the cache's own format version, working size)."""
     described = {
         "source": f"{type(source).__module__}.{type(source).__qualname__}",
         "classes": list(source.classes),
@@ -209,10 +193,7 @@ def read_rgb(path: Path) -> np.ndarray:
 
 
 def read_label_png(path: Path, num_classes: int) -> np.ndarray:
-    """Class indices stored in a palette or grayscale PNG, checked by :func:`check_labels`.
-
-    A palette PNG's pixels are already indices; its colours are only for display and ignored.
-    """
+    """Class indices of a palette (its colours are only for display) or grayscale PNG."""
     image = open_image(path)
     if image.mode not in ("P", "L"):
         raise LightsegError(
@@ -229,8 +210,7 @@ REEXTRACT = (
 
 
 def check_labels(mask: np.ndarray, num_classes: int, path: Path, fix: str = REEXTRACT):
-    """``mask`` unchanged if every value is a class index or 255 (ignore), else an error
-    naming the file and the values; ``fix`` says what to do."""
+    """``mask`` if every value is a class index or 255, else an error saying ``fix``."""
     values = np.unique(mask)
     bad = values[(values >= num_classes) & (values != IGNORE_INDEX)]
     if bad.size:
@@ -248,8 +228,7 @@ BINARY_THRESHOLD, UNCLEAR_LOW, UNCLEAR_HIGH, MAX_UNCLEAR = 128, 32, 223, 0.05
 
 
 def threshold_binary(values: np.ndarray, path: Path, what: str, hint: str) -> np.ndarray:
-    """A 0/255 mask as 0/1 uint8 (foreground >= BINARY_THRESHOLD), or an error naming the file
-    if it is not binary; ``what`` names the mask (``"MADS mask"``), ``hint`` says what to do."""
+    """A 0/255 mask as 0/1 uint8, or an error naming ``what`` and ``hint`` if not binary."""
     unclear = float(((values > UNCLEAR_LOW) & (values < UNCLEAR_HIGH)).mean())
     if unclear > MAX_UNCLEAR:
         raise LightsegError(
@@ -271,10 +250,7 @@ def at_least(value, minimum: int, key: str) -> int:
 
 
 def by_stratum(samples: Sequence[Sample], seed: int) -> list[list[Sample]]:
-    """Each ``Sample.stratum``'s samples (strata in name order), shuffled with ``seed``.
-
-    The input order does not matter: members are sorted by id before shuffling.
-    """
+    """Each stratum's samples (strata by name), sorted by id then shuffled with ``seed``."""
     strata: dict[str | None, list[Sample]] = defaultdict(list)
     for sample in sorted(samples, key=lambda s: s.id):
         strata[sample.stratum].append(sample)
@@ -286,12 +262,8 @@ def by_stratum(samples: Sequence[Sample], seed: int) -> list[list[Sample]]:
 def stratified_split(
     samples: Sequence[Sample], fractions: Mapping[str, float], seed: int
 ) -> dict[str, list[Sample]]:
-    """Shuffle each stratum with ``seed`` and cut val/test fractions off; the rest is train.
-
-    Each stratum's shuffled members get evenly spaced positions in [0, 1) and the strata are
-    merged by position, so any prefix keeps the strata proportions and split sizes come out
-    exact for the whole set rather than rounded per stratum.
-    """
+    """Shuffle each stratum with ``seed`` and cut val/test fractions off, the rest training;
+    strata merge by evenly spaced positions, so sizes are exact and any prefix keeps the mix."""
     val, test = float(fractions.get("val", 0.0)), float(fractions.get("test", 0.0))
     if val < 0 or test < 0 or val + test >= 1:
         raise LightsegError(
@@ -325,14 +297,8 @@ def check_fold(folds, fold) -> int:
 def kfold_split(
     samples: Sequence[Sample], folds: int, fold: int, val: float, seed: int
 ) -> dict[str, list[Sample]]:
-    """Test = fold ``fold`` of ``folds`` stratified folds; val = ``val`` of all samples, taken
-    stratified from the other folds; the rest trains.
-
-    Every stratum is shuffled with ``seed`` and dealt round-robin onto the folds, the deal
-    continuing from one stratum to the next: each stratum is spread evenly over the folds and
-    fold sizes differ by at most one. The folds are disjoint and cover every sample once, and
-    they do not depend on ``fold``, so ``fold=0..folds-1`` tests each sample exactly once.
-    """
+    """Test = fold ``fold`` of ``folds`` dealt round-robin from the shuffled strata (even strata,
+    sizes within one, each sample tested once over all folds); val = ``val`` of the rest."""
     folds = check_fold(folds, fold)
     if len(samples) < folds:
         raise LightsegError(
@@ -354,10 +320,7 @@ def kfold_split(
 
 
 def subset_map(splits: Mapping[str, str]) -> dict[str, str]:
-    """``data.source.splits``, checked to map each of train/val/test to an official subset.
-
-    Two splits may share a subset (``test: val`` where the official test labels are withheld).
-    """
+    """``data.source.splits``, checked to map each split to a subset (two may share one)."""
     unmapped = [name for name in SPLITS if not splits.get(name)]
     if unmapped:
         raise LightsegError(

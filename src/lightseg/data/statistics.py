@@ -1,15 +1,7 @@
 """What the training split looks like in numbers: per-channel mean/std and class frequencies.
 
-Computed on request only (``data.mean=auto``, ``data.std=auto``,
-``loss.<term>.class_weights=auto``, ``make data DATASET=folder``), from every training image
-and mask exactly as the source reads them (stored resolution, no augmentation). Pixel values
-are in the unit the pipelines normalise in: divided by their type's range (255 for 8-bit,
-65535 for 16-bit images; floats as stored). Ignored pixels (255) count for no class.
-
-The result is cached as JSON in ``<data.cache.dir>/statistics``, keyed on the source's
-settings and on the training samples' paths, sizes and modification times: a changed split,
-file or setting computes it again, nothing else does. :func:`resolve_auto` turns a config's
-``auto`` values into these numbers.
+Computed on request (``auto`` values) from the training pairs as read, in pipeline units;
+cached as JSON in ``<data.cache.dir>/statistics``, keyed on the samples' fingerprint.
 """
 
 from __future__ import annotations
@@ -23,7 +15,6 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig
@@ -61,9 +52,7 @@ class SplitStatistics:
     def class_weights(self, method: str) -> list[float]:
         """Per-class loss weights: ``median`` frequency balancing (Eigen & Fergus, ICCV 2015:
         median(freq) / freq(c), freq(c) = pixels of c / pixels of the images containing c) or
-        ``inverse`` frequency (pixels / (classes present x pixels of c): weighted mean 1).
-
-        A class without a pixel in the training split gets weight 1 (it is never a target).
+        ``inverse`` frequency (weighted mean 1); a class never in the split (no target) gets 1.
         """
         if method not in WEIGHTINGS:
             raise LightsegError(
@@ -99,19 +88,13 @@ class Accumulator:
 
     def __init__(self, classes: Sequence[str]) -> None:
         self.classes = tuple(classes)
-        size = len(self.classes)
-        self.images, self.pixels = 0, 0
-        self.sums: np.ndarray | None = None
-        self.squares: np.ndarray | None = None
-        self.class_pixels = np.zeros(size, np.int64)
-        self.class_images = np.zeros(size, np.int64)
-        self.pixels_with_class = np.zeros(size, np.int64)
+        self.images, self.pixels, self.sums, self.squares = 0, 0, 0.0, 0.0  # sums: per channel
+        counts = np.zeros((3, len(self.classes)), np.int64)
+        self.class_pixels, self.class_images, self.pixels_with_class = counts
 
     def add(self, image: np.ndarray, mask: np.ndarray) -> None:
         values = image.reshape(-1, image.shape[-1] if image.ndim == 3 else 1)
         values = values.astype(np.float64) / pixel_scale(image.dtype)
-        if self.sums is None:
-            self.sums, self.squares = np.zeros(values.shape[1]), np.zeros(values.shape[1])
         self.sums += values.sum(0)
         self.squares += np.square(values).sum(0)
         self.pixels += values.shape[0]
@@ -152,14 +135,12 @@ def training_statistics(
     folder: Path,
     measured: SplitStatistics | None = None,
 ) -> SplitStatistics:
-    """:func:`measure` of the training ``samples``, read from / written to ``folder``
-    (``measured``: the result of a pass the caller made anyway, stored if not cached yet)."""
+    """:func:`measure` of ``samples``, cached in ``folder`` (``measured``: the caller's own)."""
     path = Path(folder) / f"statistics-{fingerprint(source, samples, version=VERSION)[:20]}.json"
     if path.is_file():
         try:
-            return SplitStatistics(
-                **{k: _tuple(v) for k, v in json.loads(path.read_text()).items()}
-            )
+            stored = json.loads(path.read_text()).items()
+            return SplitStatistics(**{k: tuple(v) if isinstance(v, list) else v for k, v in stored})
         except (ValueError, TypeError):
             log.warning("Ignoring unreadable statistics cache %s", path)
     if measured is None:
@@ -175,19 +156,9 @@ def training_statistics(
     return measured
 
 
-def _tuple(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
-
-
 def resolve_auto(cfg: DictConfig, datamodule) -> DictConfig:
-    """A copy of ``cfg`` with what ``auto`` stands for replaced by numbers from the training
-    split (``cfg`` itself is left as it is).
-
-    ``data.mean``/``data.std`` take the values the DataModule uses; every loss term with
-    ``class_weights`` (``auto``/``median``/``inverse``) or ``pos_weight: auto`` gets them from
-    :meth:`SplitStatistics.class_weights` / :meth:`~SplitStatistics.pos_weight`. Saved with the
-    run and its checkpoints, the resolved config holds the numbers that were used.
-    """
+    """A copy of ``cfg`` whose ``auto`` mean/std, class weights and pos weights are numbers
+    from the training split, so the saved config holds the numbers that were used."""
     datamodule.locate()  # measures `auto` mean/std
     resolved = copy.deepcopy(cfg)
     resolved.data.mean, resolved.data.std = list(datamodule.mean), list(datamodule.std)
@@ -198,9 +169,7 @@ def resolve_auto(cfg: DictConfig, datamodule) -> DictConfig:
         weighting = term.get("class_weights")
         if isinstance(weighting, str) and weighting in WEIGHTINGS:
             term.class_weights = datamodule.statistics().class_weights(weighting)
-            log.info(
-                "loss.%s.term.class_weights=%s (%s)", name, list(term.class_weights), weighting
-            )
+            log.info(f"loss.{name}.term.class_weights={list(term.class_weights)} ({weighting})")
         if term.get("pos_weight") == "auto":
             term.pos_weight = datamodule.statistics().pos_weight()
             log.info("loss.%s.term.pos_weight=%s (background/foreground)", name, term.pos_weight)

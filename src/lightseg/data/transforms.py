@@ -1,10 +1,7 @@
 """albumentations pipelines from config, ending in tensors; normalisation on the device.
 
-Loader workers only decode (or read the cache), augment and convert to tensors: 8-bit images
-stay ``uint8`` (a quarter of float32's bytes to copy between processes and to the GPU); 16-bit
-and float images become float32 in [0, 1] (:func:`to_unit_range`). The model turns either into
-normalised floats on its device with :class:`Normalize`, which training, evaluation, prediction
-and export share, so there is one definition of the input scaling.
+Workers keep 8-bit images ``uint8`` (a quarter of float32's bytes to copy); :class:`Normalize`
+on the device is the one input scaling that training, evaluation, prediction and export share.
 """
 
 from __future__ import annotations
@@ -28,12 +25,7 @@ NOT_IN_CONFIG = (A.Normalize, ToTensorV2)
 
 
 def build_pipeline(transforms: Sequence[A.BasicTransform]) -> A.Compose:
-    """Apply ``transforms`` (image and mask together), then convert to tensors.
-
-    ``transforms`` come instantiated from ``data.transforms.train`` / ``.eval`` in the config;
-    geometric ones move the mask with the image (nearest-neighbour), pads fill masks with 255.
-    The image keeps its pixel type; :func:`to_unit_range` and :class:`Normalize` scale it.
-    """
+    """``data.transforms.train`` / ``.eval`` (image and mask together), then to tensors."""
     for transform in transforms:
         if isinstance(transform, NOT_IN_CONFIG):
             raise LightsegError(
@@ -54,39 +46,29 @@ def pixel_scale(dtype: np.dtype | torch.dtype) -> float:
 
 
 def to_unit_range(image: torch.Tensor) -> torch.Tensor:
-    """uint8 images as they are (:class:`Normalize` divides by 255 on the device); any other
-    pixel type as float32 in [0, 1], scaled by its range (16-bit: 65535) as 8-bit ones are."""
+    """uint8 images as they are (:class:`Normalize` divides by 255 on the device), any other
+    pixel type as float32 in [0, 1]."""
     if image.dtype == torch.uint8:
         return image
     return image.float() / pixel_scale(image.dtype)
 
 
 def one_opencv_thread() -> None:
-    """Run OpenCV on one thread in this process and the loader workers it starts.
-
-    The workers are the parallelism: OpenCV's own thread pool in each of them would only
-    contend for the same cores (one thread halves the time per sample on a busy machine).
-    Set in the parent before workers fork, because a forked child that changes OpenCV's
-    thread count waits forever on the parent's pool; a spawned worker sets it itself.
-    """
+    """One OpenCV thread here and in loader workers (the parallelism); set before they fork,
+    since a forked child that changes it hangs on the parent's pool."""
     if cv2.getNumThreads() != 1:
         cv2.setNumThreads(1)
 
 
 def init_loader_worker(worker_id: int) -> None:
-    """Loader workers: one OpenCV thread, stop signals left to the main process and
-    Lightning's worker seeding (:func:`lightseg.utils.signals.worker_init`)."""
+    """One OpenCV thread, then :func:`lightseg.utils.signals.worker_init`."""
     one_opencv_thread()
     worker_init(worker_id)
 
 
 class Normalize(nn.Module):
-    """``(pixels / 255 - mean) / std`` on whatever device the images are on.
-
-    Takes uint8 images ``[N, C, H, W]`` in 0..255 (what loaders deliver for 8-bit data) or
-    float images already scaled to 0..1 (16-bit data, and what exported models take). Mean and
-    std are not saved in ``state_dict``: checkpoints keep them as hyperparameters.
-    """
+    """``(pixels / 255 - mean) / std`` of uint8 ``[N, C, H, W]``, or of floats in 0..1; mean
+    and std are hyperparameters, not ``state_dict`` entries."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
@@ -100,11 +82,8 @@ class Normalize(nn.Module):
 
 
 class ShrinkToFit(A.LongestMaxSize):
-    """Scale down, keeping the aspect ratio, to fit within ``max_size_hw``; never enlarge.
-
-    Evaluation pipelines follow it with a ``PadIfNeeded`` to a fixed size (mask fill 255), so
-    images of any size batch together while those that already fit keep their own pixels.
-    """
+    """Scale down to fit within ``max_size_hw``, never up: with a ``PadIfNeeded`` after it,
+    images of any size batch together and those that fit keep their own pixels."""
 
     def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:
         return {"scale": min(1.0, super().get_params_dependent_on_data(params, data)["scale"])}

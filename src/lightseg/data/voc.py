@@ -1,19 +1,9 @@
 """PASCAL VOC 2012 segmentation (Everingham et al., IJCV 2010), with optional SBD augmentation.
 
-Layout under ``root`` (``${paths.data_dir}/VOCdevkit/VOC2012``), as VOCtrainval_11-May-2012.tar
-unpacks::
-
-    JPEGImages/2007_000032.jpg                 all 17,125 images (SBD's included)
-    SegmentationClass/2007_000032.png          palette PNG: pixel value = class index 0..20,
-                                               255 on object borders (ignore)
-    ImageSets/Segmentation/{train,val,trainval}.txt   one id per line (1,464 / 1,449 / 2,913)
-
-SBD (Hariharan et al., ICCV 2011) under ``sbd_root`` (``${paths.data_dir}/benchmark_RELEASE/
-dataset``), as benchmark.tgz unpacks: ``cls/<id>.mat`` (MATLAB struct ``GTcls`` whose
-``Segmentation`` field holds the class indices), ``img/<id>.jpg``, ``train.txt`` (8,498) and
-``val.txt`` (2,857). With ``use_sbd`` the train split becomes the usual ``train_aug``: VOC train
-plus SBD train and val, minus every id of the val/test lists (10,582 images with the full
-releases). Ids with a VOC mask use it (it has the 255 borders); the others use SBD's.
+``root`` (``${paths.data_dir}/VOCdevkit/VOC2012``) and ``sbd_root`` (``benchmark_RELEASE/
+dataset``) are read as the official archives unpack (README: Datasets). With ``use_sbd`` the
+train split is the usual ``train_aug`` (10,582 images): VOC train plus SBD train and val, minus
+the val/test ids; ids with a VOC mask use it, as it has the 255 borders.
 """
 
 from __future__ import annotations
@@ -117,43 +107,34 @@ class VOC(SegmentationSource):
                 "data.source.use_sbd=false."
             )
         voc_train = self.read_list(self.voc_train)
-        sbd = {name: read_ids(self.sbd_list(name)) for name in ("train", "val")}
+        sbd = {}
+        for name in ("train", "val"):
+            path = self.sbd_root / f"{name}.txt"
+            if not path.is_file():
+                raise LightsegError(
+                    f"SBD list '{path}' not found: re-extract SBD's benchmark.tgz so that "
+                    f"'{self.sbd_root}' holds cls/, img/, train.txt and val.txt."
+                )
+            sbd[name] = read_ids(path)
         merged = dict.fromkeys([*voc_train, *sbd["train"], *sbd["val"]])  # ordered, unique
         ids = [i for i in merged if i not in held_out]
         in_voc = set(voc_train)
-        samples = []
-        for image_id in ids:
-            if image_id in in_voc:
-                samples.append(self.voc_sample(image_id, self.voc_train, TRAIN_AUG))
-            else:
-                samples.append(self.sbd_sample(image_id))
+        samples = [
+            self.voc_sample(i, self.voc_train, TRAIN_AUG) if i in in_voc else self.sbd_sample(i)
+            for i in ids
+        ]
         full = len(voc_train) == FULL_SIZES["train"] and len(held_out) == FULL_SIZES["val"]
         if full and len(ids) != FULL_SIZES[TRAIN_AUG]:
             log.warning(
-                "train_aug has %d images; the full VOC 2012 + SBD releases give %d. Check that "
-                "SBD's train.txt and val.txt are complete.",
-                len(ids),
-                FULL_SIZES[TRAIN_AUG],
+                f"train_aug has {len(ids)} images; the full VOC 2012 + SBD releases give "
+                f"{FULL_SIZES[TRAIN_AUG]}. Check that SBD's train.txt and val.txt are complete."
             )
         log.info(
-            "VOC train_aug: %d images (VOC train %d + SBD train %d + SBD val %d, unique, minus "
-            "%d held-out ids)",
-            len(ids),
-            len(voc_train),
-            len(sbd["train"]),
-            len(sbd["val"]),
-            len(held_out),
+            f"VOC train_aug: {len(ids)} images (VOC train {len(voc_train)} + SBD train "
+            f"{len(sbd['train'])} + SBD val {len(sbd['val'])}, unique, minus {len(held_out)} "
+            "held-out ids)"
         )
         return samples
-
-    def sbd_list(self, name: str) -> Path:
-        path = self.sbd_root / f"{name}.txt"
-        if not path.is_file():
-            raise LightsegError(
-                f"SBD list '{path}' not found: re-extract SBD's benchmark.tgz so that "
-                f"'{self.sbd_root}' holds cls/, img/, train.txt and val.txt."
-            )
-        return path
 
     def sbd_sample(self, image_id: str) -> Sample:
         image = self.root / "JPEGImages" / f"{image_id}.jpg"
@@ -171,11 +152,8 @@ class VOC(SegmentationSource):
         return official_split(samples, self.splits)
 
     def read(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
-        if sample.mask.suffix == ".mat":
-            mask = read_sbd_mask(sample.mask, len(self.classes))
-        else:
-            mask = read_label_png(sample.mask, len(self.classes))
-        return read_rgb(sample.image), mask
+        read_mask = read_sbd_mask if sample.mask.suffix == ".mat" else read_label_png
+        return read_rgb(sample.image), read_mask(sample.mask, len(self.classes))
 
 
 def check_listed(image_id: str, paths: tuple[Path, ...], listed_in: str, archive: str) -> None:
