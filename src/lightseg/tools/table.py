@@ -181,7 +181,12 @@ def results(
             f"One run only (no standard deviation over runs; the CI is over test images "
             f"alone): {'; '.join(single)}."
         )
-    failed = unfinished(rows, root)
+    failed = [
+        f"{run.folder.relative_to(root)} ({row.label}, seed={run.setting('seed')}): {run.status}"
+        for row in rows
+        for run in row.runs
+        if run.metrics is None
+    ]
     if failed:
         notes.append(f"Missing or failed runs ({len(failed)} of {len(runs)}):")
         notes += [f"  - {line}" for line in failed]
@@ -226,21 +231,6 @@ def caption(numbers_from: NumbersFrom, resamples: int, seed: int) -> str:
     )
 
 
-def unfinished(rows: list[Row], root: Path) -> list[str]:
-    """One line per run without metrics: folder, configuration, seed, how it ended."""
-    return [
-        f"{run.folder.relative_to(root)} ({row.label}, seed={run.setting('seed')}): {run.status}"
-        for row in rows
-        for run in row.runs
-        if run.metrics is None
-    ]
-
-
-def runs_cell(row: Row) -> str:
-    total = len(row.runs)
-    return str(total) if row.finished == total else f"{row.finished}/{total}"
-
-
 def mean_text(values: list[float], digits: int, plus_minus: str) -> str:
     if not values:
         return "-"
@@ -259,6 +249,20 @@ def image_text(cell: Cell, digits: int) -> str:
     return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
+def row_cells(table: Results, row: Row, digits: int, plus_minus: str, bold: str, less: str) -> list:
+    """Per metric: the mean ± std over runs (``bold`` if best), per-image mean [CI] and p (its
+    ``<`` written ``less``); then the run count (``finished/total`` where some did not finish)."""
+    cells = []
+    for metric in table.metrics:
+        cell = table.cells[metric, row.label]
+        text = mean_text(cell.runs, digits, plus_minus)
+        best = row.label in table.best[metric]
+        p_text = cell.p_text.replace("<", less)
+        cells += [bold.format(text) if best else text, image_text(cell, digits), p_text]
+    total = len(row.runs)
+    return [*cells, str(total) if row.finished == total else f"{row.finished}/{total}"]
+
+
 def markdown(table: Results, digits: int) -> str:
     header = [f"{m} | per image [95% CI] | p" for m in table.metrics]
     lines = [
@@ -266,16 +270,8 @@ def markdown(table: Results, digits: int) -> str:
         "|---|" + "---:|---:|---:|" * len(table.metrics) + "---:|",
     ]
     for row in table.rows:
-        cells = []
-        for metric in table.metrics:
-            cell = table.cells[metric, row.label]
-            text = mean_text(cell.runs, digits, " ± ")
-            cells += [
-                f"**{text}**" if row.label in table.best[metric] else text,
-                image_text(cell, digits),
-                cell.p_text,
-            ]
-        lines.append(f"| {row.label} | " + " | ".join(cells) + f" | {runs_cell(row)} |")
+        cells = row_cells(table, row, digits, " ± ", "**{}**", "<")
+        lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
     lines += ["", table.caption]
     if table.notes:  # sub-items (a note's list) are indented already
         lines += ["", *(n if n.startswith("  - ") else f"- {n}" for n in table.notes)]
@@ -313,16 +309,7 @@ def latex(table: Results, digits: int, root: Path) -> str:
         r"\midrule",
     ]
     for row in table.rows:
-        cells = []
-        for metric in table.metrics:
-            cell = table.cells[metric, row.label]
-            text = mean_text(cell.runs, digits, r" $\pm$ ")
-            cells += [
-                rf"\textbf{{{text}}}" if row.label in table.best[metric] else text,
-                image_text(cell, digits),
-                latex_escape(cell.p_text).replace("<", r"$<$"),
-            ]
-        cells.append(runs_cell(row))
+        cells = row_cells(table, row, digits, r" $\pm$ ", r"\textbf{{{}}}", "$<$")
         lines.append(latex_escape(row.label) + " & " + " & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}", r"\end{table}"]
     lines += [f"% {note}" for note in table.notes]
