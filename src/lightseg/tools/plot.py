@@ -45,12 +45,10 @@ def csv_logs(run: str | Path) -> list[Path]:
 def read_csv_log(run: str | Path) -> pd.DataFrame:
     """A run's CSV log as one table in which everything logged counts once.
 
-    A resume replays the run from its checkpoint, so each part that trained (logged ``train/``
-    values) replaces what earlier parts logged from its first step on: after a hard kill, the
-    steps and the validation that ran twice appear once, as the resumed run logged them. A
-    part without training values is an evaluation in a process of its own (``ddp_spawn``
-    validates and tests the best checkpoint in new processes, which log epoch 0, step 0): it
-    is left out; its numbers are in ``metrics.json``.
+    A resume replays the run from its checkpoint, so each part that trained replaces what
+    earlier parts logged from its first step on. A part without ``train/`` values is an
+    evaluation in a process of its own (``ddp_spawn``; logged at step 0): it is left out, its
+    numbers are in ``metrics.json``.
     """
     parts: list[pd.DataFrame] = []
     for path in csv_logs(run):
@@ -67,11 +65,8 @@ def read_csv_log(run: str | Path) -> pd.DataFrame:
 
 
 def epoch_table(run: str | Path) -> pd.DataFrame:
-    """One row per epoch of a run's CSV log, each column its last logged value in that epoch.
-
-    Lightning writes epoch-level values on separate rows. The validation of the best
-    checkpoint after training (an epoch without training values) is left out.
-    """
+    """One row per epoch of a run's CSV log, each column its last logged value in that epoch
+    (Lightning writes epoch-level values on rows of their own)."""
     frame = read_csv_log(run)
     if "epoch" not in frame:
         raise LightsegError(
@@ -88,14 +83,13 @@ def epoch_table(run: str | Path) -> pd.DataFrame:
     return table
 
 
-def pyplot():
-    """matplotlib's pyplot on the file-only backend (imported late: it is slow to import)."""
-    import matplotlib
+def panels(count: int):
+    """A figure of ``count`` panels side by side; not pyplot's, so no backend is chosen or held
+    (matplotlib is imported late: it is slow to import)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    figure = Figure(figsize=(5 * count, 3.8), layout="tight")
+    return figure, figure.subplots(1, count, squeeze=False)[0]
 
 
 def epoch_axis(axis, title: str) -> None:
@@ -110,15 +104,12 @@ def epoch_axis(axis, title: str) -> None:
 
 def save(figure, title: str, out: Path) -> Path:
     figure.suptitle(title, fontsize=8)
-    figure.tight_layout()
     figure.savefig(out, dpi=120)
-    pyplot().close(figure)
     return out
 
 
 def plot_curves(run: Path, out: Path | None = None) -> Path:
     """Draw the run's curves into ``out`` (default ``<run>/curves.png``)."""
-    plt = pyplot()
     folder = RunFolder(run).csv_log.parent
     if not csv_logs(run):
         raise LightsegError(
@@ -131,13 +122,13 @@ def plot_curves(run: Path, out: Path | None = None) -> Path:
     losses = [c for c in table if c in ("train/loss_epoch", "train/loss", "val/loss")]
     scores = [c for c in table if c.startswith("val/") and c != "val/loss" and "loss" not in c]
     rates = [c for c in table if c.startswith("lr-")]
-    panels = [
+    drawn = [
         (p, title)
         for p, title in ((losses, "loss"), (scores, "validation"), (rates, "learning rate"))
         if p
     ]
-    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
-    for axis, (columns, title) in zip(axes[0], panels, strict=True):
+    figure, axes = panels(len(drawn))
+    for axis, (columns, title) in zip(axes, drawn, strict=True):
         for column in columns:
             series = table[column].dropna()
             axis.plot(series.index, series.values, marker="o", markersize=3, label=column)
@@ -170,7 +161,6 @@ def plot_configurations(
     include_debug: bool = False,
 ) -> Path:
     """Overlay the configurations' mean ± std validation curves into ``<root>/curves.png``."""
-    plt = pyplot()
     rows, _, _ = collect(Path(root), aliases=aliases, include_debug=include_debug)
     tables = {row.label: run_tables(row) for row in rows}
     logged = sorted({c for ts in tables.values() for t in ts for c in t if c.startswith("val/")})
@@ -186,8 +176,8 @@ def plot_configurations(
             f"Curve(s) {unknown or list(DEFAULT_CURVES)} are in no CSV log under '{root}'. "
             f"Logged: {', '.join(logged)}."
         )
-    figure, axes = plt.subplots(1, len(chosen), figsize=(5 * len(chosen), 3.8), squeeze=False)
-    for axis, metric in zip(axes[0], chosen, strict=True):
+    figure, axes = panels(len(chosen))
+    for axis, metric in zip(axes, chosen, strict=True):
         for label, runs in tables.items():
             curve = band(runs, metric)
             if curve.empty:
