@@ -11,9 +11,8 @@ have the channel count the checkpoint's model takes, with pixels as training rea
 (uint8, uint16 or float; scaled to 0..1 by their type as in training).
 
 A mode other than the one the model was validated with can show it images at a scale it never
-saw: ``slide`` on a model trained on whole images resized from 765x570 to 256x256 shows it every
-lesion three times larger than in training. Such a request is refused with the fix (the images'
-own size against the training size the checkpoint stores), unless ``check_scale=False``.
+saw (``slide`` on a model trained on 765x570 images resized to 256x256 shows every lesion three
+times larger); such a request is refused with the fix, unless ``check_scale=False``.
 """
 
 from __future__ import annotations
@@ -41,11 +40,9 @@ SCALE_LIMIT = 1.5
 class Segmenter:
     """Class probabilities for images of any size from a trained module.
 
-    ``image_size`` is the network input of ``whole`` mode and the window of ``slide`` mode
-    (default: the training size stored in the checkpoint). ``stride`` is the window step
-    (default: two thirds of the window). ``flip`` and ``scales`` are test-time augmentations:
-    probabilities are averaged over every (scale, flip) combination. ``check_scale``: refuse
-    a mode that shows the network images at a scale it never saw (see the module docs).
+    ``image_size``: the input of ``whole`` mode and the window of ``slide`` mode (default: the
+    training size); ``stride``: the window step (default: two thirds of the window); ``flip``
+    and ``scales``: test-time augmentations, probabilities averaged over every combination.
     """
 
     module: SegmentationModule
@@ -109,15 +106,10 @@ class Segmenter:
         return self.module.normalize(to_unit_range(tensor.permute(2, 0, 1)[None]).to(self.device))
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        """Probabilities float32 [C, H, W] for an image [H, W, channels] (C = classes)."""
-        return self.probabilities(self.normalize(image))[0].cpu().numpy()
-
-    @torch.no_grad()
-    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        """Probabilities [N, C, H, W] for normalised images [N, channels, H, W], averaged
+        """Probabilities float32 [C, H, W] (C = classes) for an image [H, W, channels], averaged
         over TTA."""
-        views = self.views(images)
-        return sum(views.values()) / len(views)
+        views = self.views(self.normalize(image))
+        return (sum(views.values()) / len(views))[0].cpu().numpy()
 
     @torch.no_grad()
     def views(self, images: torch.Tensor) -> dict[tuple[float, bool], torch.Tensor]:
@@ -143,9 +135,8 @@ class Segmenter:
         if plain is None:  # no scale is 1: the plain view is one more pass
             with torch.no_grad():
                 plain = self.task.probabilities(self.logits(images))
-        if not self.augmented:
-            return plain[0].cpu().numpy(), None
-        return plain[0].cpu().numpy(), (sum(views.values()) / len(views))[0].cpu().numpy()
+        augmented = (sum(views.values()) / len(views))[0].cpu().numpy() if self.augmented else None
+        return plain[0].cpu().numpy(), augmented
 
     def seen_scale(self, height: int, width: int, scale: float = 1.0) -> float:
         """How many times larger (> 1) or smaller the network sees an image of this size than
@@ -207,8 +198,7 @@ class Segmenter:
         return _resize(logits, (height, width))
 
     def _forward(self, images: torch.Tensor) -> torch.Tensor:
-        logits = logits_of(self.module(images))
-        return logits.float()
+        return logits_of(self.module(images)).float()
 
     def _slide(self, images: torch.Tensor) -> torch.Tensor:
         """Average the logits of overlapping windows; images smaller than one are padded."""
