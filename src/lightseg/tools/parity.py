@@ -1,15 +1,9 @@
 """Does an exported model compute what PyTorch computes? The check ``make export`` runs.
 
-The export and PyTorch run on the same random images (every configured batch and image size
-the export accepts). Per input shape, the error is::
-
-    max |export logits - PyTorch logits| / max(1, max |PyTorch logits|)
-
-float32 rounding grows with the size of the numbers (a trained model's logits reach hundreds,
-where one float32 step is 6e-5), so the difference is judged against the logits' scale; below
-1 it is the absolute difference. An error above ``tolerance`` fails the export. Each shape also
-reports the share of pixels whose predicted class differs (binary: the sign of the logit;
-multiclass: the argmax), which is what a user of the masks would see.
+Both run on the same random images of every configured shape the export accepts. The error,
+``max |export - PyTorch| / max(1, max |PyTorch|)``, judges the difference against the logits'
+scale because float32 rounding grows with it (trained logits reach hundreds); an error above
+``tolerance`` fails the export. The share of pixels whose class differs is reported too.
 """
 
 from __future__ import annotations
@@ -110,9 +104,8 @@ class Check:
 
     def levels(self) -> list[Level]:
         """The levels to try, most general first: dynamic sides in the network's multiple, then
-        in multiples of 32, then a dynamic batch at the training size, then a fixed shape. A
-        side multiple is only claimed where a check size tests it: with sides that are all
-        multiples of 32, the finer level is not tried."""
+        in multiples of 32 (alone where no check size tests a finer one), then a dynamic batch
+        at the training size, then a fixed shape."""
         multiple, size = self.takes.multiple, self.takes.image_size
         coarse = multiple < COARSE and COARSE % multiple == 0 and not any(s % COARSE for s in size)
         fine = any(side % COARSE for shape in self.shapes for side in shape[2:])
