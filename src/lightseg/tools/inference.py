@@ -1,18 +1,11 @@
 """Run a trained model on images of any size: whole images, sliding windows, TTA.
 
-:class:`Segmenter` turns images into class probabilities at their own resolution:
-
-* ``whole``: resize to the training size, predict, resize the logits back;
-* ``slide``: windows of the training size over the image at its own scale, with the logits of
-  overlapping windows averaged (for images larger than what the model was trained on);
-
-optionally averaged over test-time augmentations (horizontal flip, several scales). Images
-have the channel count the checkpoint's model takes, with pixels as training read them
-(uint8, uint16 or float; scaled to 0..1 by their type as in training).
-
-A mode other than the one the model was validated with can show it images at a scale it never
-saw (``slide`` on a model trained on 765x570 images resized to 256x256 shows every lesion three
-times larger); such a request is refused with the fix, unless ``check_scale=False``.
+:class:`Segmenter` turns images (pixels as training read them) into class probabilities at their
+own resolution: ``whole`` resizes to the training size and the logits back; ``slide`` averages
+the logits of overlapping training-size windows over the image at its own scale; both may
+average test-time augmentations. A mode other than the one the model was validated with can show
+it images at a scale it never saw (``slide`` on a model trained on 765x570 images resized to
+256x256 sees every lesion three times larger): refused with the fix unless ``check_scale=False``.
 """
 
 from __future__ import annotations
@@ -70,9 +63,7 @@ class Segmenter:
         if self.stride is None:
             self.stride = tuple(max(1, math.ceil(side * 2 / 3)) for side in self.image_size)
         self.stride = (int(self.stride[0]), int(self.stride[1]))
-        if min(self.stride) < 1 or any(
-            s > w for s, w in zip(self.stride, self.image_size, strict=True)
-        ):
+        if not all(1 <= s <= w for s, w in zip(self.stride, self.image_size, strict=True)):
             raise LightsegError(
                 f"inference.stride={list(self.stride)} must be between 1 and the window "
                 f"{list(self.image_size)}, or windows would skip pixels."
@@ -92,9 +83,8 @@ class Segmenter:
         return self.flip or self.scales != (1.0,)
 
     def normalize(self, image: np.ndarray) -> torch.Tensor:
-        """Pixels [H, W, C] (C: the channels the model takes; uint8, uint16 or float as
-        training read them) -> normalised float [1, C, H, W] on the model's device, by the
-        module's own normalisation (each pixel type scaled by its range as in training)."""
+        """Pixels [H, W, C] as training read them -> float [1, C, H, W] on the model's device,
+        scaled and normalised as in training."""
         pixels = image[..., None] if image.ndim == 2 else image
         if pixels.shape[-1] != self.input.channels:
             raise LightsegError(
@@ -141,12 +131,9 @@ class Segmenter:
     def seen_scale(self, height: int, width: int, scale: float = 1.0) -> float:
         """How many times larger (> 1) or smaller the network sees an image of this size than
         training showed it, on the side where the two differ most."""
-        train_h, train_w = self.input.image_size
         ratios = []
-        for side, trained, used in (
-            (height, train_h, self.image_size[0]),
-            (width, train_w, self.image_size[1]),
-        ):
+        sides = zip((height, width), self.input.image_size, self.image_size, strict=True)
+        for side, trained, used in sides:
             at_inference = used * scale / side if self.mode == "whole" else scale
             ratios.append(at_inference / (trained / side if self.input.mode == "whole" else 1.0))
         return max(ratios, key=lambda ratio: abs(math.log(ratio)))
@@ -210,8 +197,7 @@ class Segmenter:
         tops = _starts(full_h, window_h, step_h)
         lefts = _starts(full_w, window_w, step_w)
         boxes = [(top, left) for top in tops for left in lefts]
-        channels = self.task.out_channels
-        total = padded.new_zeros((padded.shape[0], channels, full_h, full_w))
+        total = padded.new_zeros((padded.shape[0], self.task.out_channels, full_h, full_w))
         count = padded.new_zeros((1, 1, full_h, full_w))
         for image_index in range(padded.shape[0]):
             image = padded[image_index : image_index + 1]
@@ -230,9 +216,7 @@ class Segmenter:
 def _starts(full: int, window: int, step: int) -> list[int]:
     """Window offsets covering [0, full): every ``step``, plus one flush with the end."""
     starts = list(range(0, full - window + 1, step))
-    if starts[-1] != full - window:
-        starts.append(full - window)
-    return starts
+    return starts if starts[-1] == full - window else [*starts, full - window]
 
 
 def _resize(tensor: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

@@ -119,16 +119,14 @@ def plot_curves(run: Path, out: Path | None = None) -> Path:
     table = epoch_table(run)
     if table.empty:
         raise LightsegError(f"The CSV log in '{folder}' holds no epoch-level values yet.")
-    losses = [c for c in table if c in ("train/loss_epoch", "train/loss", "val/loss")]
-    scores = [c for c in table if c.startswith("val/") and c != "val/loss" and "loss" not in c]
-    rates = [c for c in table if c.startswith("lr-")]
-    drawn = [
-        (p, title)
-        for p, title in ((losses, "loss"), (scores, "validation"), (rates, "learning rate"))
-        if p
-    ]
+    drawn = {
+        "loss": [c for c in table if c in ("train/loss_epoch", "train/loss", "val/loss")],
+        "validation": [c for c in table if c.startswith("val/") and "loss" not in c],
+        "learning rate": [c for c in table if c.startswith("lr-")],
+    }
+    drawn = {title: columns for title, columns in drawn.items() if columns}
     figure, axes = panels(len(drawn))
-    for axis, (columns, title) in zip(axes, drawn, strict=True):
+    for axis, (title, columns) in zip(axes, drawn.items(), strict=True):
         for column in columns:
             series = table[column].dropna()
             axis.plot(series.index, series.values, marker="o", markersize=3, label=column)

@@ -76,11 +76,8 @@ CRF_PARAMS = set(inspect.signature(dense_crf).parameters) - {"image", "probabili
 
 
 class DenseCRF:
-    """``dense_crf`` with fixed parameters; what ``instantiate(cfg.postprocess)`` returns.
-
-    Creating it checks the parameter names and that the CRF package is installed, so a run
-    fails before it evaluates anything.
-    """
+    """``dense_crf`` with fixed parameters (``instantiate(cfg.postprocess)``); creating it checks
+    them and the CRF package, so a run fails before it evaluates anything."""
 
     def __init__(self, **params: float) -> None:
         unknown = sorted(set(params) - CRF_PARAMS)

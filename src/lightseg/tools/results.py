@@ -1,10 +1,8 @@
 """Each run's results in a folder of runs, grouped into the rows of a table (``make table``).
 
-A run's results are its final metrics and each test image's values: from ``metrics.json`` and
-``per_image.csv`` (training's test stage), or from its newest ``eval/<split>_<time>/``
-(``make eval``). Runs that differ only in replicates (seeds, data splits, folds) form one row,
-labelled by the settings that differ. ``lightseg.tools.table`` compares the rows and writes
-the table; ``lightseg.tools.plot`` draws their training curves.
+A run's results are its final metrics and each test image's values (training's test stage, or
+its newest ``make eval``). Runs that differ only in replicates (seeds, data splits, folds) form
+one row, labelled by the settings that differ.
 """
 
 from __future__ import annotations

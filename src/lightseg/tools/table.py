@@ -4,15 +4,12 @@
         [split=test] [variant=tta] [labels={model.arch:arch}] [digits=3] [resamples=10000]
         [seed=0] [include_debug=true] [out=DIR]                     (configs/table.yaml)
 
-One row per configuration: the settings that differ between the runs (seeds and data splits
-are replicates, not settings), labelled by their shortest unambiguous key (``arch=FPN`` for
-``model.arch=FPN``) or a label given in ``labels``. For each metric: the mean ± sample
-standard deviation over the runs (best in bold); the mean over test images of each image's
-value with a 95 % bootstrap confidence interval; and the p-value of a Wilcoxon signed-rank
-test of the per-image values against the best row's on the same images. Values come from each
-run's ``metrics.json`` and ``per_image.csv`` (training's test stage), or with ``eval=true``
-from its newest ``eval/<split>_<time>/`` (``make eval``: native resolution, TTA). Failed,
-missing and debug runs are listed under the table. Writes ``results.md`` and ``results.tex``.
+One row per configuration (:mod:`lightseg.tools.results`). For each metric: the mean ± sample
+standard deviation over the runs (best in bold); the mean over test images with a 95 % bootstrap
+confidence interval; and the p-value of a Wilcoxon signed-rank test against the best row on the
+same images. ``eval=true`` reads each run's newest ``make eval`` instead of its test stage.
+Failed, missing and debug runs are listed under the table. Writes ``results.md`` and
+``results.tex``.
 """
 
 from __future__ import annotations
@@ -323,11 +320,8 @@ def write_tables(
     out: Path | None = None,
     **options,
 ) -> tuple[Path, Path]:
-    """Collect the runs under ``root`` and write results.md and results.tex (into ``out``).
-
-    ``options``: ``numbers_from``, ``aliases``, ``include_debug``, ``resamples``, ``seed`` (see
-    :func:`results`).
-    """
+    """Write results.md and results.tex of the runs under ``root`` into ``out``; ``options``
+    go to :func:`results`."""
     table = results(Path(root), metrics, digits, **options)
     out = Path(out or root)
     out.mkdir(parents=True, exist_ok=True)
