@@ -4,13 +4,10 @@
     make eval CKPT=... ARGS="split=val inference.flip=true inference.scales=[0.75,1,1.25]"
     make eval CKPT=... ARGS="postprocess=crf"                    (needs the .[crf] extra)
 
-Prints the run's metrics (the ``metrics`` its checkpoint stores: the same objects that logged
-``val/*`` and ``test/*`` in training) for plain inference and, side by side, with test-time
-augmentation and dense-CRF post-processing when those are configured. Writes ``eval.json``,
-``per_class.csv``, ``per_image.csv`` (every image's value of every metric: what
-``make table --eval`` pairs between runs), ``confusion_matrix.png`` (row-normalised) and
-``examples.png`` (the worst and best images by the run's ``monitor`` metric) to the output
-folder. ``metrics=...`` on the command line scores other metrics.
+Prints the metrics the checkpoint stores (those training logged; ``metrics=...`` chooses
+others) for plain inference and, side by side, with the configured TTA and dense CRF. Writes
+``eval.json``, ``per_class.csv``, ``per_image.csv`` (what ``make table eval=true`` pairs),
+``confusion_matrix.png`` and ``examples.png`` (the worst and best images by ``monitor``).
 """
 
 from __future__ import annotations
@@ -71,9 +68,8 @@ def read_sample(source: SegmentationSource, sample: Sample) -> tuple[np.ndarray,
 
 
 class Scores:
-    """One inference variant: the run's own metric set (the classes training logged with),
-    the split's confusion matrix for the figure (``confusion``: only the variant the figure
-    shows counts one; the others keep None), and each image's values for per_image.csv."""
+    """One inference variant's metrics, each image's values and, for the variant the figure
+    shows (``confusion``), the split's confusion matrix."""
 
     def __init__(self, metrics: MetricCollection, task: Task, confusion: bool = True) -> None:
         self.task, self.metrics = task, metrics
@@ -88,11 +84,6 @@ class Scores:
         self.per_image.append((sample_id, values))
         if self.confusion is not None:
             self.confusion += confusion_matrix(preds, target, self.task.num_classes)
-
-    def ranked(self, metric: str, lower_is_better: bool = False) -> list[tuple[float, str]]:
-        """(value, id) of every image that has a value of ``metric``, worst first."""
-        scored = [(values.get(metric, math.nan), i) for i, values in self.per_image]
-        return sorted(((v, i) for v, i in scored if not math.isnan(v)), reverse=lower_is_better)
 
 
 def data_config(cfg: DictConfig, from_run: bool) -> DictConfig:
@@ -139,8 +130,7 @@ def evaluate(
     cfg: DictConfig, data_from_run: bool = False, metrics_from_command_line: bool = False
 ) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` on ``cfg.split``; returns what ``eval.json`` holds."""
-    device = inference_device(str(cfg.get("device", "auto")))
-    module = load_module(cfg.ckpt_path, device)
+    module = load_module(cfg.ckpt_path, inference_device(str(cfg.get("device", "auto"))))
     task = module.task
     datamodule = instantiate(data_config(cfg, data_from_run), _convert_="all")
     if tuple(datamodule.classes) != task.classes:
@@ -215,7 +205,8 @@ def evaluate(
         monitor if monitor in computed else next(iter(computed))
     )
     lower = rank_by == monitor and cfg.monitor_mode == "min"
-    ranked = final.ranked(rank_by, lower_is_better=lower)
+    scored = [(values.get(rank_by, math.nan), i) for i, values in final.per_image]
+    ranked = sorted(((v, i) for v, i in scored if not math.isnan(v)), reverse=lower)  # worst first
     count = min(int(cfg.get("num_examples", 4)), math.ceil(len(ranked) / 2))
     report["worst"] = [{"id": i, "score": s} for s, i in ranked[:count]]
     best = ranked[count:][::-1][:count]  # best first; never an image already among the worst
@@ -269,11 +260,8 @@ def save_examples(
     segmenter: Segmenter,
     crf,
 ) -> None:
-    """Worst predictions first, then the best: image | truth | prediction per row.
-
-    The few shown images are read and predicted again rather than kept from the scoring pass,
-    which would hold every image of the split in memory until the ranking is known.
-    """
+    """Worst predictions first, then the best: image | truth | prediction per row. The images are
+    predicted again: keeping them from the scoring pass would hold the whole split in memory."""
     by_id = {sample.id: sample for sample in samples}
     rows = [entry["id"] for entry in report["worst"] + report["best"]]
     if not rows:

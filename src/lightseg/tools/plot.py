@@ -4,11 +4,9 @@
     python -m lightseg.tools.plot runs=FOLDER [curves=[val/loss,val/dice]]
         [labels={model.arch:arch}] [include_debug=true]              make plot RUNS=<folder>
 
-One run: three panels over epochs: losses (train and val), validation metrics (IoU, Dice, per
-class), and the learning rate; writes ``<RUN>/curves.png``. A folder: one panel per validation
-metric, one curve per configuration (grouped as ``make table`` groups them: seeds and data
-splits are replicates) with its mean over the runs and a band of ± one sample standard
-deviation; writes ``<FOLDER>/curves.png``. Settings: configs/plot.yaml.
+One run: losses, validation metrics and learning rate over epochs. A folder: one panel per
+validation metric, one curve per configuration (grouped as ``make table`` groups them) with its
+mean over the runs and a band of ± one sample standard deviation. Writes ``curves.png`` into it.
 """
 
 from __future__ import annotations

@@ -84,8 +84,7 @@ def channels_in(path: Path) -> int:
     """How many channels :func:`read_image` finds in ``path``, from the file's header."""
     if path.suffix.lower() in TIFF_SUFFIXES:
         with tifffile.TiffFile(path) as tiff:
-            series = tiff.series[0]
-            shape, axes = series.shape, series.axes
+            shape, axes = tiff.series[0].shape, tiff.series[0].axes
         return 1 if len(shape) == 2 else shape[0] if axes[1:] == "YX" else shape[-1]
     with Image.open(path) as image:
         return 3 if image.mode in ("P", "CMYK", "YCbCr") else len(image.getbands())
@@ -183,7 +182,7 @@ def check_options(cfg: DictConfig) -> None:
 def predict(cfg: DictConfig) -> PredictionSummary:
     """Write the prediction files for ``cfg.input`` into ``cfg.output``."""
     check_options(cfg)
-    effect, threshold = cfg.get("effect"), cfg.get("threshold")
+    effect, threshold, feather = cfg.get("effect"), cfg.get("threshold"), float(cfg.feather)
     module = load_module(cfg.ckpt_path, inference_device(str(cfg.get("device", "auto"))))
     if cfg.get("probabilities") and not module.task.binary:
         raise LightsegError(
@@ -217,9 +216,7 @@ def predict(cfg: DictConfig) -> PredictionSummary:
         if cfg.get("probabilities"):
             files_out["prob"] = Image.fromarray(np.round(foreground * 255).astype(np.uint8))
         if effect is not None:
-            picture = apply_effect(
-                effect, shown, foreground, background, float(cfg.feather), threshold
-            )
+            picture = apply_effect(effect, shown, foreground, background, feather, threshold)
             files_out[effect] = Image.fromarray(picture)
         for kind, picture in files_out.items():
             target = output / f"{names[path]}_{kind}.png"

@@ -235,27 +235,17 @@ def mean_text(values: list[float], digits: int, plus_minus: str) -> str:
     return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f}{plus_minus}{std:.{digits}f}"
 
 
-def image_text(cell: Cell, digits: int) -> str:
-    """``mean [low, high]`` of the per-image values; ``-`` without any."""
-    mean = cell.image_mean
-    if mean is None:
-        return "-"
-    if cell.ci is None:
-        return f"{mean:.{digits}f}"
-    low, high = cell.ci
-    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
-
-
 def row_cells(table: Results, row: Row, digits: int, plus_minus: str, bold: str, less: str) -> list:
-    """Per metric: the mean ± std over runs (``bold`` if best), per-image mean [CI] and p (its
-    ``<`` written ``less``); then the run count (``finished/total`` where some did not finish)."""
+    """Per metric: the mean ± std over runs (``bold`` if best), the per-image mean [CI] (``-``
+    without values) and p (its ``<`` written ``less``); then the run count (``finished/total``)."""
     cells = []
     for metric in table.metrics:
         cell = table.cells[metric, row.label]
         text = mean_text(cell.runs, digits, plus_minus)
         best = row.label in table.best[metric]
-        p_text = cell.p_text.replace("<", less)
-        cells += [bold.format(text) if best else text, image_text(cell, digits), p_text]
+        ci = f" [{cell.ci[0]:.{digits}f}, {cell.ci[1]:.{digits}f}]" if cell.ci else ""
+        image = "-" if cell.image_mean is None else f"{cell.image_mean:.{digits}f}{ci}"
+        cells += [bold.format(text) if best else text, image, cell.p_text.replace("<", less)]
     total = len(row.runs)
     return [*cells, str(total) if row.finished == total else f"{row.finished}/{total}"]
 
