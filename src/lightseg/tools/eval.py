@@ -87,10 +87,8 @@ class Scores:
 
 
 def data_config(cfg: DictConfig, from_run: bool) -> DictConfig:
-    """The ``data`` config: the run's own (same dataset, same split) or the composed one.
-
-    Evaluation reads the split lists but writes none (``split_dir``: the training run's job).
-    """
+    """The ``data`` config: the run's own (same dataset, same split) or the composed one; without
+    ``split_dir``, since writing split lists is the training run's job."""
     data = cfg.data
     if from_run:
         run = RunFolder.of_checkpoint(cfg.ckpt_path)
@@ -294,8 +292,7 @@ def print_report(report: dict) -> None:
     for variant in variants:
         table.add_column(variant, justify="right")
     for name in metrics[variants[0]]:
-        values = [metrics[v].get(name) for v in variants]
-        table.add_row(name, *(cell(v, 4) for v in values))
+        table.add_row(name, *(cell(metrics[v].get(name), 4) for v in variants))
     console.print(table)
 
 

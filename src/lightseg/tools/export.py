@@ -189,12 +189,8 @@ def get_format(name: str) -> Format:
 
 def export_and_compare(model: ExportModel, fmt: Format, path: Path, check: Check, opset: int):
     """Export at the most general level that works; returns it, the comparisons and why more
-    general levels were dropped (None if they were not).
-
-    A level fails if its export cannot be written or run, or if its logits are right only at the
-    next level's shapes (sizes baked into the graph); other misses are numerical, and another
-    level would not fix them.
-    """
+    general levels were dropped (None if none was). A level fails if its file cannot be written
+    or run, or if its logits are right only at the next level's shapes (sizes baked in)."""
     levels, reasons, arch, takes = check.levels(), [], type(model.net).__name__, check.takes
     for index, level in enumerate(levels):
         example = torch.rand(level.example_batch, takes.channels, *takes.image_size)
@@ -313,7 +309,6 @@ def describe(
     """The sidecar's description of the exported file: what goes in, what comes out."""
     task = module.task
     norm = module.hparams.get("normalization") or {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
-    dynamic_sides = "height" in level.axes
     return {
         "format": fmt.name,
         "file": path.name,
@@ -333,7 +328,7 @@ def describe(
             "normalization": "inside the graph: (image - mean) / std",
             "mean": list(norm["mean"]),
             "std": list(norm["std"]),
-            "sides_multiple_of": level.multiple if dynamic_sides else None,
+            "sides_multiple_of": level.multiple if "height" in level.axes else None,
         },
         "output": {
             "name": "logits",

@@ -31,12 +31,9 @@ SCALE_LIMIT = 1.5
 
 @dataclass
 class Segmenter:
-    """Class probabilities for images of any size from a trained module.
-
-    ``image_size``: the input of ``whole`` mode and the window of ``slide`` mode (default: the
-    training size); ``stride``: the window step (default: two thirds of the window); ``flip``
-    and ``scales``: test-time augmentations, probabilities averaged over every combination.
-    """
+    """Class probabilities for images of any size. ``image_size``: the input of ``whole`` mode
+    and the window of ``slide`` (default: the training size); ``stride``: the window step
+    (default: two thirds of it); ``flip``, ``scales``: test-time augmentations, averaged over."""
 
     module: SegmentationModule
     image_size: Sequence[int] | None = None
@@ -60,9 +57,8 @@ class Segmenter:
                 f"inference.image_size={list(self.image_size)}: this network takes image sides "
                 f"that are multiples of {self.multiple}."
             )
-        if self.stride is None:
-            self.stride = tuple(max(1, math.ceil(side * 2 / 3)) for side in self.image_size)
-        self.stride = (int(self.stride[0]), int(self.stride[1]))
+        stride = self.stride or [max(1, math.ceil(side * 2 / 3)) for side in self.image_size]
+        self.stride = (int(stride[0]), int(stride[1]))
         if not all(1 <= s <= w for s, w in zip(self.stride, self.image_size, strict=True)):
             raise LightsegError(
                 f"inference.stride={list(self.stride)} must be between 1 and the window "
@@ -83,8 +79,7 @@ class Segmenter:
         return self.flip or self.scales != (1.0,)
 
     def normalize(self, image: np.ndarray) -> torch.Tensor:
-        """Pixels [H, W, C] as training read them -> float [1, C, H, W] on the model's device,
-        scaled and normalised as in training."""
+        """Pixels [H, W, C] -> float [1, C, H, W] on the model's device, as training scales them."""
         pixels = image[..., None] if image.ndim == 2 else image
         if pixels.shape[-1] != self.input.channels:
             raise LightsegError(
@@ -96,8 +91,7 @@ class Segmenter:
         return self.module.normalize(to_unit_range(tensor.permute(2, 0, 1)[None]).to(self.device))
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        """Probabilities float32 [C, H, W] (C = classes) for an image [H, W, channels], averaged
-        over TTA."""
+        """Probabilities float32 [C, H, W] for an image [H, W, channels], averaged over TTA."""
         views = self.views(self.normalize(image))
         return (sum(views.values()) / len(views))[0].cpu().numpy()
 
@@ -115,10 +109,8 @@ class Segmenter:
         return views
 
     def with_and_without_tta(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Probabilities [C, H, W] without TTA, and averaged over TTA (None when it is off).
-
-        The un-augmented view is part of most TTA settings; it is computed once for both.
-        """
+        """Probabilities [C, H, W] without TTA and averaged over TTA (None when off); the plain
+        view, part of most TTA settings, is computed once for both."""
         images = self.normalize(image)
         views = self.views(images)
         plain = views.get((1.0, False))

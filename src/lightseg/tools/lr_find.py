@@ -33,11 +33,8 @@ def steepest_fall(
     lrs: list[float], losses: list[float], mode: str, skip_begin: int = 10, skip_end: int = 1
 ) -> float | None:
     """The learning rate where the smoothed loss falls fastest, or None with too few points.
-
-    The slope is taken along the axis the sweep is evenly spaced on (log10(lr) when exponential):
-    Lightning's ``suggestion()`` takes it against lr, which favours the smallest rates
-    (Lightning issue #21141). Like Lightning, the first 10 and the last point are skipped.
-    """
+    The slope is taken along the sweep's even axis (log10(lr) when exponential), not against lr
+    as Lightning's ``suggestion()``, which favours the smallest rates (Lightning #21141)."""
     points = [
         (lr, loss)
         for lr, loss in zip(lrs, losses, strict=True)

@@ -41,13 +41,9 @@ def csv_logs(run: str | Path) -> list[Path]:
 
 
 def read_csv_log(run: str | Path) -> pd.DataFrame:
-    """A run's CSV log as one table in which everything logged counts once.
-
-    A resume replays the run from its checkpoint, so each part that trained replaces what
-    earlier parts logged from its first step on. A part without ``train/`` values is an
-    evaluation in a process of its own (``ddp_spawn``; logged at step 0): it is left out, its
-    numbers are in ``metrics.json``.
-    """
+    """A run's CSV log as one table in which everything logged counts once: a resume replays
+    the run, so each part that trained replaces what earlier parts logged from its first step
+    on; a part without ``train/`` values (an evaluation in a ``ddp_spawn`` process) is left out."""
     parts: list[pd.DataFrame] = []
     for path in csv_logs(run):
         try:
@@ -82,8 +78,7 @@ def epoch_table(run: str | Path) -> pd.DataFrame:
 
 
 def panels(count: int):
-    """A figure of ``count`` panels side by side; not pyplot's, so no backend is chosen or held
-    (matplotlib is imported late: it is slow to import)."""
+    """A figure of ``count`` panels side by side, not pyplot's (no backend is chosen or held)."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(5 * count, 3.8), layout="tight")

@@ -36,12 +36,9 @@ def dense_crf(
     bilateral_srgb: float = 3,
     bilateral_compat: float = 4,
 ) -> np.ndarray:
-    """Refine ``probabilities`` [C, H, W] (summing to 1 over C) with the colours of ``image``.
-
-    ``image``: uint8 [H, W, 3] RGB, un-normalised, at the probabilities' resolution. Returns
-    float32 [C, H, W]. Binary tasks pass (background, foreground), e.g. Task.probabilities.
-    Defaults: DeepLab v2 (ResNet-101) on VOC.
-    """
+    """Refine ``probabilities`` [C, H, W] (summing to 1 over C; binary: background and
+    foreground) with the colours of ``image``, uint8 [H, W, 3] RGB at their resolution; returns
+    float32 [C, H, W]. Defaults: DeepLab v2 (ResNet-101) on VOC."""
     densecrf = _densecrf()
     probabilities = np.asarray(probabilities, dtype=np.float32)
     image = np.asarray(image)

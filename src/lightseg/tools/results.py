@@ -122,19 +122,17 @@ def _flatten(node, prefix: str = "") -> dict[str, str]:
 
 def eval_results(run: RunFolder, numbers_from: NumbersFrom) -> tuple[dict | None, dict, str | None]:
     """(the newest ``make eval`` of the split, its per-image values, why there are none)."""
-    reports = sorted(run.evaluations.glob(f"{numbers_from.split}_*/eval.json"))
+    split = numbers_from.split
+    reports = sorted(run.evaluations.glob(f"{split}_*/eval.json"))
     if not reports:
-        missing = (
-            f"no eval/{numbers_from.split}_*/eval.json (make eval CKPT=<run>/checkpoints/best.ckpt)"
-        )
-        return None, {}, missing
+        return None, {}, f"no eval/{split}_*/eval.json (make eval CKPT=<run>/checkpoints/best.ckpt)"
     try:
         report = json.loads(reports[-1].read_text())
         variant = numbers_from.variant or report["examples_from"]
         metrics = report["metrics"][variant]
     except (OSError, ValueError, KeyError):
         return None, {}, f"{reports[-1]} has no metrics for variant {numbers_from.variant}"
-    prefix = f"{numbers_from.split}/"
+    prefix = f"{split}/"
     per_image = read_per_image(reports[-1].parent / PER_IMAGE, prefix, variant)
     return {f"{prefix}{k}": v for k, v in metrics.items()}, per_image, None
 

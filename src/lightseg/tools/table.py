@@ -310,8 +310,7 @@ def write_tables(
     out: Path | None = None,
     **options,
 ) -> tuple[Path, Path]:
-    """Write results.md and results.tex of the runs under ``root`` into ``out``; ``options``
-    go to :func:`results`."""
+    """Write results.md and results.tex of the runs under ``root`` (into ``out``)."""
     table = results(Path(root), metrics, digits, **options)
     out = Path(out or root)
     out.mkdir(parents=True, exist_ok=True)
