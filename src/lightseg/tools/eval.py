@@ -1,6 +1,6 @@
 """Evaluate a checkpoint on a split at each image's own resolution.
 
-    python -m lightseg.tools.eval ckpt_path=logs/demo/runs/<time>/checkpoints/best.ckpt
+    make eval CKPT=logs/demo/runs/<time>/checkpoints/best.ckpt
     make eval CKPT=... ARGS="split=val inference.flip=true inference.scales=[0.75,1,1.25]"
     make eval CKPT=... ARGS="postprocess=crf"                    (needs the .[crf] extra)
 

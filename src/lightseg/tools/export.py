@@ -53,8 +53,7 @@ from lightseg.utils.console import console
 
 log = logging.getLogger(__name__)
 
-#: Logits this many tolerances off at other sizes, but right at the export's own, mean the
-#: sizes were baked into the graph (not float32 noise): the export falls back to fixed sizes.
+#: Logits this many tolerances off at other sizes only mean sizes baked into the graph.
 BAKED_FACTOR = 10
 #: Terminal colour codes, which torch's export errors contain.
 ANSI_CODES = re.compile(r"\x1b\[[0-9;]*m")
@@ -131,8 +130,7 @@ def load_onnx(path: Path) -> Runner:
 
 
 def save_torchscript(model: nn.Module, example: torch.Tensor, path: Path, level, opset) -> None:
-    # Tracing records shapes as they flow, so one trace serves every size the code allows;
-    # the parity check finds out which sizes that is.
+    # One trace serves every size the traced code allows; the parity check finds out which.
     with quiet(), torch.no_grad():
         traced = torch.jit.trace(model, example, check_trace=False)
         torch.jit.save(traced, str(path))

@@ -24,8 +24,7 @@ from lightseg.errors import LightsegError
 from lightseg.models import SegmentationModule
 from lightseg.models.network import logits_of, nearest_multiple
 
-#: How much larger or smaller than in training a network may see images before a mode other
-#: than the one it was validated with is refused (``check_scale``).
+#: How far from the training scale a mode other than the validated one may show images.
 SCALE_LIMIT = 1.5
 
 

@@ -1,7 +1,6 @@
 """Learning-rate range test: the loss against the learning rate, and a suggested rate.
 
     make lr-find EXP=ph2_unet [ARGS="lr_find.num_training=200 data.batch_size=16"]
-    python -m lightseg.tools.lr_find experiment=demo
 
 Lightning's ``Tuner.lr_find`` (Smith, 2017) trains ``lr_find.num_training`` steps while the
 learning rate grows from ``min_lr`` to ``max_lr``, then restores the weights. The suggestion, a

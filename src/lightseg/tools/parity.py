@@ -21,8 +21,7 @@ from lightseg.checkpoints import ModelInput
 from lightseg.errors import LightsegError
 from lightseg.utils.console import console
 
-#: Side multiple to fall back to where the network's own does not export (the output stride of
-#: most encoders), and the step between the default check sizes.
+#: Side multiple to fall back to (most encoders' output stride); the default check sizes' step.
 COARSE = 32
 ALL_AXES = ("batch", "height", "width")
 RULE = "max |export - pytorch| / max(1, max |pytorch logit|) <= tolerance, at every input shape"

@@ -1,8 +1,6 @@
 """Training curves from CSV logs: of one run, or of the configurations in a folder of runs.
 
-    python -m lightseg.tools.plot run=RUN [out=curves.png]           make plot RUN=<run folder>
-    python -m lightseg.tools.plot runs=FOLDER [curves=[val/loss,val/dice]]
-        [labels={model.arch:arch}] [include_debug=true]              make plot RUNS=<folder>
+    make plot RUN=<run folder>  |  make plot RUNS=<folder> [METRICS=val/loss,val/dice]
 
 One run: losses, validation metrics and learning rate over epochs. A folder: one panel per
 validation metric, one curve per configuration (grouped as ``make table`` groups them) with its

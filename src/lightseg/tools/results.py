@@ -21,8 +21,7 @@ from lightseg.runs.folder import PER_IMAGE, read_yaml
 from lightseg.runs.per_image import read_per_image
 from lightseg.runs.resume import override_key
 
-#: Overrides that do not make a different configuration: replicates (seeds, data splits, the
-#: folds of k-fold cross-validation), paths, logging, resuming.
+#: Overrides that make no other configuration: replicates (seeds, splits, folds), paths, logging.
 NOT_A_SETTING = (
     "seed",
     "data.split.seed",
@@ -51,7 +50,6 @@ class NumbersFrom:
         return f"eval.json and per_image.csv of make eval ({self.split} split, {variant})"
 
 
-#: Numbers from training's test stage (the default).
 TEST_STAGE = NumbersFrom()
 
 

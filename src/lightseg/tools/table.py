@@ -1,8 +1,5 @@
-"""A results table from a folder of runs: ``make table RUNS=logs/demo/multiruns/<time>``.
-
-    python -m lightseg.tools.table runs=RUNS [columns=[test/dice,test/iou]] [eval=true]
-        [split=test] [variant=tta] [labels={model.arch:arch}] [digits=3] [resamples=10000]
-        [seed=0] [include_debug=true] [out=DIR]                     (configs/table.yaml)
+"""A results table from a folder of runs: ``make table RUNS=logs/demo/multiruns/<time>``
+(settings: configs/table.yaml).
 
 One row per configuration (:mod:`lightseg.tools.results`). For each metric: the mean ± sample
 standard deviation over the runs (best in bold); the mean over test images with a 95 % bootstrap
@@ -39,8 +36,6 @@ from lightseg.tools.significance import LEVEL, RESAMPLES, SEED, bootstrap_ci, pa
 from lightseg.utils.console import console
 
 DEFAULT_METRICS = ("test/dice", "test/iou")
-#: Metric names that are lower-is-better whatever their class says (the loss terms).
-LOSS = "loss"
 
 
 def mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -51,7 +46,7 @@ def mean_std(values: list[float]) -> tuple[float, float | None]:
 def lower_is_better(metric: str, runs: list[RunResult]) -> bool:
     """Losses, and metrics whose class says ``higher_is_better = False`` (HD95, ASSD)."""
     name = metric.split("/", 1)[-1]
-    if LOSS in name:
+    if "loss" in name:  # a loss term, whatever its class says
         return True
     for run in runs:
         targets = {
