@@ -245,8 +245,7 @@ def write_per_class(path: Path, report: dict) -> None:
         writer = csv.writer(file)
         writer.writerow(["class", *(f"{m}_{v}" for v in variants for m in names)])
         for name in report["classes"]:
-            key = class_key(name)
-            row = [report["metrics"][v][f"{m}_{key}"] for v in variants for m in names]
+            row = [report["metrics"][v][f"{m}_{class_key(name)}"] for v in variants for m in names]
             writer.writerow([name, *(cell(value) for value in row)])
 
 

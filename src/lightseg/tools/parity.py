@@ -143,10 +143,8 @@ def compare(model: nn.Module, run: Runner, shapes, check: Check) -> list[Compari
         got = np.asarray(run(images.numpy()))
         if got.shape != (shape[0], check.out_channels, *shape[2:]):
             raise RuntimeError(f"output shape {list(got.shape)} for input {list(shape)}")
-        if check.out_channels == 1:
-            differ = (got > 0) != (expected > 0)
-        else:
-            differ = got.argmax(1) != expected.argmax(1)
+        binary = check.out_channels == 1  # binary: the logit's sign; else the argmax
+        differ = (got > 0) != (expected > 0) if binary else got.argmax(1) != expected.argmax(1)
         diff, scale = float(np.abs(got - expected).max()), float(np.abs(expected).max())
         results.append(Comparison(shape, got.shape, diff, scale, float(differ.mean())))
     return results
