@@ -1,14 +1,10 @@
 """Portrait effects from a binary (person) model's foreground probability.
 
 ``background``: the person over a colour or another picture; ``color-splash``: the person in
-colour, the rest in grey. Both blend the image with the backdrop by a foreground weight:
-
-* with a ``threshold`` (predict's default 0.5): the hard mask ``probability >= threshold``, its
-  edge feathered linearly over ``feather`` pixels on each side. Farther than ``feather`` pixels
-  outside the mask only the backdrop shows, farther inside only the image: an under-trained
-  model's low background probability never lets the old background through;
-* without one (``threshold=None``): the soft probability itself, blurred by a Gaussian of sigma
-  ``feather`` -- every pixel mixes in proportion to the model's confidence.
+colour, the rest in grey. Both blend the image with the backdrop by a foreground weight: with a
+``threshold``, the hard mask with its edge feathered over ``feather`` pixels (so a low background
+probability never lets the old background through); without one, the probability itself,
+blurred by a Gaussian of sigma ``feather``.
 """
 
 from __future__ import annotations

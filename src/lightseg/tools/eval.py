@@ -1,16 +1,13 @@
 """Evaluate a checkpoint on a split at each image's own resolution.
 
-    python -m lightseg.tools.eval ckpt_path=logs/demo/runs/<time>/checkpoints/best.ckpt
+    make eval CKPT=logs/demo/runs/<time>/checkpoints/best.ckpt
     make eval CKPT=... ARGS="split=val inference.flip=true inference.scales=[0.75,1,1.25]"
     make eval CKPT=... ARGS="postprocess=crf"                    (needs the .[crf] extra)
 
-Prints the run's metrics (the ``metrics`` its checkpoint stores: the same objects that logged
-``val/*`` and ``test/*`` in training) for plain inference and, side by side, with test-time
-augmentation and dense-CRF post-processing when those are configured. Writes ``eval.json``,
-``per_class.csv``, ``per_image.csv`` (every image's value of every metric: what
-``make table --eval`` pairs between runs), ``confusion_matrix.png`` (row-normalised) and
-``examples.png`` (the worst and best images by the run's ``monitor`` metric) to the output
-folder. ``metrics=...`` on the command line scores other metrics.
+Prints the metrics the checkpoint stores (those training logged; ``metrics=...`` chooses
+others) for plain inference and, side by side, with the configured TTA and dense CRF. Writes
+``eval.json``, ``per_class.csv``, ``per_image.csv`` (what ``make table eval=true`` pairs),
+``confusion_matrix.png`` and ``examples.png`` (the worst and best images by ``monitor``).
 """
 
 from __future__ import annotations
@@ -21,6 +18,7 @@ import logging
 import math
 import sys
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from rich.progress import track
 from rich.table import Table
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from torchmetrics import MetricCollection
 
 from lightseg import CONFIG_DIR
@@ -64,79 +62,45 @@ SPLIT_ALIASES = {f"data.split={name}" for name in ("train", "val", "test")}
 THUMBNAIL = 256  # side of each panel in examples.png
 
 
-class NativeImages(Dataset):
-    """(image, mask, id) of each sample as the source reads it: no resizing, no normalising."""
-
-    def __init__(self, source: SegmentationSource, samples: list[Sample]) -> None:
-        self.source, self.samples = source, samples
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
-        image, mask = read_pair(self.source, self.samples[index])
-        return image, mask, self.samples[index].id
-
-
-def as_read(item):
-    """Keep loader items as numpy arrays (the default would make tensors of them)."""
-    return item
-
-
-def as_target(mask: np.ndarray) -> torch.Tensor:
-    """A mask as the metrics take it: [1, H, W] int64 (built once per image, for every variant)."""
-    return torch.from_numpy(mask.astype(np.int64))[None]
+def read_sample(source: SegmentationSource, sample: Sample) -> tuple[np.ndarray, np.ndarray, str]:
+    """(image, mask, id) as the source reads them: no resizing, no normalising, no tensors."""
+    return (*read_pair(source, sample), sample.id)
 
 
 class Scores:
-    """One inference variant: the run's own metric set (the classes training logged with),
-    the split's confusion matrix for the figure (``confusion``: only the variant the figure
-    shows counts one; the others keep None), and each image's values for per_image.csv."""
+    """One inference variant's metrics, each image's values and, for the variant the figure
+    shows (``confusion``), the split's confusion matrix."""
 
     def __init__(self, metrics: MetricCollection, task: Task, confusion: bool = True) -> None:
         self.task, self.metrics = task, metrics
-        self.confusion: torch.Tensor | None = None
-        if confusion:
-            self.confusion = torch.zeros(task.num_classes, task.num_classes, dtype=torch.long)
+        classes = task.num_classes
+        self.confusion = torch.zeros(classes, classes, dtype=torch.long) if confusion else None
         self.per_image: list[tuple[str, dict[str, float]]] = []
 
     def update(self, prediction: np.ndarray, target: torch.Tensor, sample_id: str) -> None:
-        """Score one image; ``target``: its mask as [1, H, W] int64 (see :func:`as_target`)."""
+        """Score one image against its mask ``target`` [1, H, W] int64 (made once per image)."""
         preds = torch.from_numpy(prediction.astype(np.int64))[None]
         (values,) = update_per_image(self.metrics, preds, target, self.task)
         self.per_image.append((sample_id, values))
         if self.confusion is not None:
             self.confusion += confusion_matrix(preds, target, self.task.num_classes)
 
-    def compute(self) -> dict[str, float]:
-        return metric_values(self.metrics, self.task)
-
-    def ranked(self, metric: str, lower_is_better: bool = False) -> list[tuple[float, str]]:
-        """(value, id) of every image that has a value of ``metric``, worst first."""
-        scored = [(values.get(metric, math.nan), i) for i, values in self.per_image]
-        return sorted(((v, i) for v, i in scored if not math.isnan(v)), reverse=lower_is_better)
-
 
 def data_config(cfg: DictConfig, from_run: bool) -> DictConfig:
-    """The ``data`` config: the run's own (same dataset, same split) or the composed one.
-
-    Evaluation reads the split lists but writes none (``split_dir``: the training run's job).
-    """
-    return OmegaConf.merge(_data_config(cfg, from_run), {"split_dir": None})
-
-
-def _data_config(cfg: DictConfig, from_run: bool) -> DictConfig:
-    if not from_run:
-        return cfg.data
-    run = RunFolder.of_checkpoint(cfg.ckpt_path)
-    saved = run.config if run else None
-    if saved is None or not saved.is_file():
-        raise LightsegError(
-            f"No config.yaml next to checkpoint '{cfg.ckpt_path}' (expected <run>/config.yaml for "
-            "<run>/checkpoints/*.ckpt), so the dataset is unknown. Name it: experiment=... or "
-            "data=... ."
-        )
-    return OmegaConf.load(saved).data
+    """The ``data`` config: the run's own (same dataset, same split) or the composed one; without
+    ``split_dir``, since writing split lists is the training run's job."""
+    data = cfg.data
+    if from_run:
+        run = RunFolder.of_checkpoint(cfg.ckpt_path)
+        saved = run.config if run else None
+        if saved is None or not saved.is_file():
+            raise LightsegError(
+                f"No config.yaml next to checkpoint '{cfg.ckpt_path}' (expected <run>/config.yaml "
+                "for <run>/checkpoints/*.ckpt), so the dataset is unknown. Name it: "
+                "experiment=... or data=... ."
+            )
+        data = OmegaConf.load(saved).data
+    return OmegaConf.merge(data, {"split_dir": None})
 
 
 def output_folder(cfg: DictConfig) -> Path:
@@ -164,8 +128,7 @@ def evaluate(
     cfg: DictConfig, data_from_run: bool = False, metrics_from_command_line: bool = False
 ) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` on ``cfg.split``; returns what ``eval.json`` holds."""
-    device = inference_device(str(cfg.get("device", "auto")))
-    module = load_module(cfg.ckpt_path, device)
+    module = load_module(cfg.ckpt_path, inference_device(str(cfg.get("device", "auto"))))
     task = module.task
     datamodule = instantiate(data_config(cfg, data_from_run), _convert_="all")
     if tuple(datamodule.classes) != task.classes:
@@ -196,11 +159,9 @@ def evaluate(
         for name in names
     }
 
+    read = partial(read_sample, datamodule.source)  # on each sample, in the loader's workers
     loader = DataLoader(
-        NativeImages(datamodule.source, samples),
-        batch_size=None,
-        collate_fn=as_read,
-        num_workers=datamodule.num_workers,
+        samples, batch_size=None, collate_fn=read, num_workers=datamodule.num_workers
     )
     for image, mask, sample_id in track(
         loader,
@@ -209,7 +170,7 @@ def evaluate(
         console=console,
         transient=True,
     ):
-        target = as_target(mask)
+        target = torch.from_numpy(mask.astype(np.int64))[None]
         probabilities, augmented = segmenter.with_and_without_tta(image)
         scores["plain"].update(probabilities.argmax(0), target, sample_id)
         if augmented is not None:
@@ -233,13 +194,17 @@ def evaluate(
             "scales": list(segmenter.scales),
         },
         "postprocess": plain(cfg.get("postprocess")),
-        "metrics": {name: scores[name].compute() for name in names},
+        "metrics": {name: metric_values(scores[name].metrics, task) for name in names},
         "examples_from": names[-1],
     }
-    rank_by = ranking_metric(cfg, report["metrics"][names[-1]])
-    report["examples_ranked_by"] = rank_by
-    lower = rank_by == str(cfg.get("monitor")).split("/", 1)[-1] and cfg.monitor_mode == "min"
-    ranked = final.ranked(rank_by, lower_is_better=lower)
+    computed = report["metrics"][names[-1]]
+    monitor = str(cfg.get("monitor") or "").split("/", 1)[-1]  # ranks the examples if computed
+    rank_by = report["examples_ranked_by"] = (
+        monitor if monitor in computed else next(iter(computed))
+    )
+    lower = rank_by == monitor and cfg.monitor_mode == "min"
+    scored = [(values.get(rank_by, math.nan), i) for i, values in final.per_image]
+    ranked = sorted(((v, i) for v, i in scored if not math.isnan(v)), reverse=lower)  # worst first
     count = min(int(cfg.get("num_examples", 4)), math.ceil(len(ranked) / 2))
     report["worst"] = [{"id": i, "score": s} for s, i in ranked[:count]]
     best = ranked[count:][::-1][:count]  # best first; never an image already among the worst
@@ -262,12 +227,6 @@ def evaluate(
     return report
 
 
-def ranking_metric(cfg: DictConfig, values: dict[str, float]) -> str:
-    """The per-image value that orders examples: the run's ``monitor`` metric if it has one."""
-    name = str(cfg.get("monitor") or "").split("/", 1)[-1]
-    return name if name in values else next(iter(values))
-
-
 def without_nan(node: Any) -> Any:
     """NaN (no value, e.g. an absent class) as null, so the JSON file stays valid JSON."""
     if isinstance(node, dict):
@@ -277,22 +236,16 @@ def without_nan(node: Any) -> Any:
     return finite_or_none(node)
 
 
-def per_class_metrics(values: dict[str, float], classes: list[str]) -> list[str]:
-    """Metrics with a value per class (``iou`` for ``iou_<class>`` of every class)."""
-    keys = [class_key(c) for c in classes]
-    return [m for m in values if all(f"{m}_{k}" in values for k in keys)]
-
-
 def write_per_class(path: Path, report: dict) -> None:
     """One row per class, one column per per-class metric and inference variant."""
-    variants = list(report["metrics"])
-    names = per_class_metrics(report["metrics"][variants[0]], report["classes"])
+    variants, keys = list(report["metrics"]), [class_key(c) for c in report["classes"]]
+    values = report["metrics"][variants[0]]
+    names = [m for m in values if all(f"{m}_{k}" in values for k in keys)]  # iou for iou_<class>
     with path.open("w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["class", *(f"{m}_{v}" for v in variants for m in names)])
         for name in report["classes"]:
-            key = class_key(name)
-            row = [report["metrics"][v][f"{m}_{key}"] for v in variants for m in names]
+            row = [report["metrics"][v][f"{m}_{class_key(name)}"] for v in variants for m in names]
             writer.writerow([name, *(cell(value) for value in row)])
 
 
@@ -304,11 +257,8 @@ def save_examples(
     segmenter: Segmenter,
     crf,
 ) -> None:
-    """Worst predictions first, then the best: image | truth | prediction per row.
-
-    The few shown images are read and predicted again rather than kept from the scoring pass,
-    which would hold every image of the split in memory until the ranking is known.
-    """
+    """Worst predictions first, then the best: image | truth | prediction per row. The images are
+    predicted again: keeping them from the scoring pass would hold the whole split in memory."""
     by_id = {sample.id: sample for sample in samples}
     rows = [entry["id"] for entry in report["worst"] + report["best"]]
     if not rows:
@@ -341,8 +291,7 @@ def print_report(report: dict) -> None:
     for variant in variants:
         table.add_column(variant, justify="right")
     for name in metrics[variants[0]]:
-        values = [metrics[v].get(name) for v in variants]
-        table.add_row(name, *(cell(v, 4) for v in values))
+        table.add_row(name, *(cell(metrics[v].get(name), 4) for v in variants))
     console.print(table)
 
 

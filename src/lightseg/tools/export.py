@@ -3,25 +3,18 @@
     python -m lightseg.tools.export ckpt_path=logs/demo/runs/<time>/checkpoints/best.ckpt
     make export CKPT=... FORMAT=torchscript
 
-The exported model takes what the checkpoint's model takes: float32 images ``[N, C, H, W]``,
-C its channel count (3 for RGB, 1 for grayscale, N bands), pixels scaled to 0..1 by their type
-as in training (8-bit / 255, 16-bit / 65535, float as is); the normalisation is inside the
-graph. It returns logits ``[N, out_channels, H, W]``. Batch and sides stay dynamic where the
-architecture allows, sides in multiples of the network's ``input_multiple`` when the check tests
-such sides (by default it does); where that fails, the export falls back to sides in multiples
-of 32, then to the training size (then batch 1), with a warning.
-
-After writing ``<stem>.onnx`` or ``<stem>.torchscript.pt`` (next to the checkpoint by default),
-the file is loaded back (onnxruntime / ``torch.jit.load``) and run next to PyTorch on random
-inputs of several batch and image sizes (:mod:`lightseg.tools.parity`); an error above
-``tolerance`` fails the command. A sidecar ``<file>.json`` describes the input and output and
-records the check.
+The exported graph takes float32 images ``[N, C, H, W]`` scaled to 0..1 as in training (the
+normalisation is inside it) and returns logits ``[N, out_channels, H, W]``. Batch and sides stay
+dynamic where the architecture allows; where not, the export falls back to sides in multiples of
+32, then to the training size (then batch 1), with a warning. The written file is run next to
+PyTorch (:mod:`lightseg.tools.parity`); an error above ``tolerance`` fails the command. A sidecar
+``<file>.json`` describes the input and output and records the check.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -29,6 +22,7 @@ import re
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +53,7 @@ from lightseg.utils.console import console
 
 log = logging.getLogger(__name__)
 
-#: Logits this many tolerances off at other sizes, but right at the export's own, mean the
-#: sizes were baked into the graph (not float32 noise): the export falls back to fixed sizes.
+#: Logits this many tolerances off at other sizes only mean sizes baked into the graph.
 BAKED_FACTOR = 10
 #: Terminal colour codes, which torch's export errors contain.
 ANSI_CODES = re.compile(r"\x1b\[[0-9;]*m")
@@ -76,8 +69,7 @@ class ExportModel(nn.Module):
         self.eval()
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        logits = logits_of(self.net(self.normalize(image)))
-        return logits
+        return logits_of(self.net(self.normalize(image)))
 
 
 @dataclass(frozen=True)
@@ -94,8 +86,7 @@ class Format:
 
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
-    """Silence the exporters' warnings and log lines (deprecations, tracer and opset notes):
-    the parity check, not their commentary, says whether the export is right."""
+    """Silence the exporters' warnings and logs: the parity check says whether it is right."""
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)
     try:
@@ -139,8 +130,7 @@ def load_onnx(path: Path) -> Runner:
 
 
 def save_torchscript(model: nn.Module, example: torch.Tensor, path: Path, level, opset) -> None:
-    # Tracing records shapes as they flow, so one trace serves every size the code allows;
-    # the parity check finds out which sizes that is.
+    # One trace serves every size the traced code allows; the parity check finds out which.
     with quiet(), torch.no_grad():
         traced = torch.jit.trace(model, example, check_trace=False)
         torch.jit.save(traced, str(path))
@@ -157,10 +147,6 @@ def load_torchscript(path: Path) -> Runner:
     return run
 
 
-def _version(package: str) -> str:
-    return importlib.import_module(package).__version__
-
-
 FORMATS = {
     "onnx": Format(
         "onnx",
@@ -168,7 +154,7 @@ FORMATS = {
         ("onnx", "onnxscript", "onnxruntime"),
         save_onnx,
         load_onnx,
-        lambda: f"onnxruntime {_version('onnxruntime')} (CPUExecutionProvider)",
+        lambda: f"onnxruntime {version('onnxruntime')} (CPUExecutionProvider)",
     ),
     "torchscript": Format(
         "torchscript",
@@ -189,12 +175,7 @@ def get_format(name: str) -> Format:
             "(e.g. format=onnx or FORMAT=onnx with make)."
         )
     fmt = FORMATS[name]
-    missing = []
-    for package in fmt.requires:
-        try:
-            importlib.import_module(package)
-        except ImportError:
-            missing.append(package)
+    missing = [package for package in fmt.requires if importlib.util.find_spec(package) is None]
     if missing:
         raise LightsegError(
             f"format={name} needs {', '.join(fmt.requires)}, but {', '.join(missing)} "
@@ -205,18 +186,12 @@ def get_format(name: str) -> Format:
 
 
 def export_and_compare(model: ExportModel, fmt: Format, path: Path, check: Check, opset: int):
-    """Export at the most general level (dynamic axes, side multiple) that works; returns it,
-    the comparisons and why more general levels were dropped (None if they were not).
-
-    A level does not work if its export fails to be written, to run or to give the right output
-    shape, or if its logits are right at the shapes the next level accepts but far off
-    (``BAKED_FACTOR`` x tolerance) at the others: sizes baked into the graph. Smaller misses,
-    or misses everywhere, are numerical, and another level would not fix them: those results
-    are returned as they are.
-    """
-    levels, reasons = check.levels(), []
+    """Export at the most general level that works; returns it, the comparisons and why more
+    general levels were dropped (None if none was). A level fails if its file cannot be written
+    or run, or if its logits are right only at the next level's shapes (sizes baked in)."""
+    levels, reasons, arch, takes = check.levels(), [], type(model.net).__name__, check.takes
     for index, level in enumerate(levels):
-        example = torch.rand(level.example_batch, check.takes.channels, *check.takes.image_size)
+        example = torch.rand(level.example_batch, takes.channels, *takes.image_size)
         try:
             fmt.save(model, example, path, level, opset)
             results = compare(model, fmt.load(path), check.shapes_for(level), check)
@@ -235,22 +210,16 @@ def export_and_compare(model: ExportModel, fmt: Format, path: Path, check: Check
                 )
                 continue
         if reasons:
+            shape = ", ".join(map(str, shape_text(level, takes.image_size, takes.channels)))
             log.warning(
-                "The %s export of %s does not work with %s (%s). Fell back to %s: the file "
-                "only accepts inputs of shape %s.",
-                fmt.name,
-                _arch(model),
-                axes_text(levels[0]),
-                "; ".join(reasons),
-                axes_text(level),
-                str(shape_text(level, check.takes.image_size, check.takes.channels)).replace(
-                    "'", ""
-                ),
+                f"The {fmt.name} export of {arch} does not work with {axes_text(levels[0])} "
+                f"({'; '.join(reasons)}). Fell back to {axes_text(level)}: the file only accepts "
+                f"inputs of shape [{shape}]."
             )
         return level, results, "; ".join(reasons) or None
-    fixed = [1, check.takes.channels, *check.takes.image_size]
+    fixed = [1, takes.channels, *takes.image_size]
     raise LightsegError(
-        f"Could not export {_arch(model)} to {fmt.name}, not even at a fixed input of {fixed} "
+        f"Could not export {arch} to {fmt.name}, not even at a fixed input of {fixed} "
         f"({'; '.join(reasons)}). Try the other format "
         f"({', '.join(n for n in FORMATS if n != fmt.name)})."
     )
@@ -264,13 +233,9 @@ def _root_cause(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[0][:300] if lines else ''}"
 
 
-def _arch(model: ExportModel) -> str:
-    return type(model.net).__name__
-
-
 def output_path(ckpt_path: Path, fmt: Format, output: str | None) -> Path:
     """``output`` (a file, or a folder for ``<stem><suffix>``), or that file next to the
-    checkpoint; its folder is created and must be writable."""
+    checkpoint; its folder is created and probed, so a bad one fails before the export."""
     name = ckpt_path.stem + fmt.suffix
     path = Path(output) if output else ckpt_path.with_name(name)
     if path.is_dir() or (output and str(output).endswith(("/", os.sep))):
@@ -342,7 +307,6 @@ def describe(
     """The sidecar's description of the exported file: what goes in, what comes out."""
     task = module.task
     norm = module.hparams.get("normalization") or {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
-    dynamic_sides = "height" in level.axes
     return {
         "format": fmt.name,
         "file": path.name,
@@ -362,7 +326,7 @@ def describe(
             "normalization": "inside the graph: (image - mean) / std",
             "mean": list(norm["mean"]),
             "std": list(norm["std"]),
-            "sides_multiple_of": level.multiple if dynamic_sides else None,
+            "sides_multiple_of": level.multiple if "height" in level.axes else None,
         },
         "output": {
             "name": "logits",
@@ -381,13 +345,9 @@ def describe(
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
-def hydra_main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> None:
     with user_errors():
         export(cfg)
-
-
-def main() -> None:
-    hydra_main()
 
 
 if __name__ == "__main__":

@@ -1,19 +1,11 @@
 """Run a trained model on images of any size: whole images, sliding windows, TTA.
 
-:class:`Segmenter` turns images into class probabilities at their own resolution:
-
-* ``whole``: resize to the training size, predict, resize the logits back;
-* ``slide``: windows of the training size over the image at its own scale, with the logits of
-  overlapping windows averaged (for images larger than what the model was trained on);
-
-optionally averaged over test-time augmentations (horizontal flip, several scales). Images
-have the channel count the checkpoint's model takes, with pixels as training read them
-(uint8, uint16 or float; scaled to 0..1 by their type as in training).
-
-A mode other than the one the model was validated with can show it images at a scale it never
-saw: ``slide`` on a model trained on whole images resized from 765x570 to 256x256 shows it every
-lesion three times larger than in training. Such a request is refused with the fix (the images'
-own size against the training size the checkpoint stores), unless ``check_scale=False``.
+:class:`Segmenter` turns images (pixels as training read them) into class probabilities at their
+own resolution: ``whole`` resizes to the training size and the logits back; ``slide`` averages
+the logits of overlapping training-size windows over the image at its own scale; both may
+average test-time augmentations. A mode other than the one the model was validated with can show
+it images at a scale it never saw (``slide`` on a model trained on 765x570 images resized to
+256x256 sees every lesion three times larger): refused with the fix unless ``check_scale=False``.
 """
 
 from __future__ import annotations
@@ -32,21 +24,15 @@ from lightseg.errors import LightsegError
 from lightseg.models import SegmentationModule
 from lightseg.models.network import logits_of, nearest_multiple
 
-#: How much larger or smaller than in training a network may see images before a mode other
-#: than the one it was validated with is refused (``check_scale``).
+#: How far from the training scale a mode other than the validated one may show images.
 SCALE_LIMIT = 1.5
 
 
 @dataclass
 class Segmenter:
-    """Class probabilities for images of any size from a trained module.
-
-    ``image_size`` is the network input of ``whole`` mode and the window of ``slide`` mode
-    (default: the training size stored in the checkpoint). ``stride`` is the window step
-    (default: two thirds of the window). ``flip`` and ``scales`` are test-time augmentations:
-    probabilities are averaged over every (scale, flip) combination. ``check_scale``: refuse
-    a mode that shows the network images at a scale it never saw (see the module docs).
-    """
+    """Class probabilities for images of any size. ``image_size``: the input of ``whole`` mode
+    and the window of ``slide`` (default: the training size); ``stride``: the window step
+    (default: two thirds of it); ``flip``, ``scales``: test-time augmentations, averaged over."""
 
     module: SegmentationModule
     image_size: Sequence[int] | None = None
@@ -70,12 +56,9 @@ class Segmenter:
                 f"inference.image_size={list(self.image_size)}: this network takes image sides "
                 f"that are multiples of {self.multiple}."
             )
-        if self.stride is None:
-            self.stride = tuple(max(1, math.ceil(side * 2 / 3)) for side in self.image_size)
-        self.stride = (int(self.stride[0]), int(self.stride[1]))
-        if min(self.stride) < 1 or any(
-            s > w for s, w in zip(self.stride, self.image_size, strict=True)
-        ):
+        stride = self.stride or [max(1, math.ceil(side * 2 / 3)) for side in self.image_size]
+        self.stride = (int(stride[0]), int(stride[1]))
+        if not all(1 <= s <= w for s, w in zip(self.stride, self.image_size, strict=True)):
             raise LightsegError(
                 f"inference.stride={list(self.stride)} must be between 1 and the window "
                 f"{list(self.image_size)}, or windows would skip pixels."
@@ -95,9 +78,7 @@ class Segmenter:
         return self.flip or self.scales != (1.0,)
 
     def normalize(self, image: np.ndarray) -> torch.Tensor:
-        """Pixels [H, W, C] (C: the channels the model takes; uint8, uint16 or float as
-        training read them) -> normalised float [1, C, H, W] on the model's device, by the
-        module's own normalisation (each pixel type scaled by its range as in training)."""
+        """Pixels [H, W, C] -> float [1, C, H, W] on the model's device, as training scales them."""
         pixels = image[..., None] if image.ndim == 2 else image
         if pixels.shape[-1] != self.input.channels:
             raise LightsegError(
@@ -109,15 +90,9 @@ class Segmenter:
         return self.module.normalize(to_unit_range(tensor.permute(2, 0, 1)[None]).to(self.device))
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        """Probabilities float32 [C, H, W] for an image [H, W, channels] (C = classes)."""
-        return self.probabilities(self.normalize(image))[0].cpu().numpy()
-
-    @torch.no_grad()
-    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        """Probabilities [N, C, H, W] for normalised images [N, channels, H, W], averaged
-        over TTA."""
-        views = self.views(images)
-        return sum(views.values()) / len(views)
+        """Probabilities float32 [C, H, W] for an image [H, W, channels], averaged over TTA."""
+        views = self.views(self.normalize(image))
+        return (sum(views.values()) / len(views))[0].cpu().numpy()
 
     @torch.no_grad()
     def views(self, images: torch.Tensor) -> dict[tuple[float, bool], torch.Tensor]:
@@ -133,29 +108,23 @@ class Segmenter:
         return views
 
     def with_and_without_tta(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Probabilities [C, H, W] without TTA, and averaged over TTA (None when it is off).
-
-        The un-augmented view is part of most TTA settings; it is computed once for both.
-        """
+        """Probabilities [C, H, W] without TTA and averaged over TTA (None when off); the plain
+        view, part of most TTA settings, is computed once for both."""
         images = self.normalize(image)
         views = self.views(images)
         plain = views.get((1.0, False))
         if plain is None:  # no scale is 1: the plain view is one more pass
             with torch.no_grad():
                 plain = self.task.probabilities(self.logits(images))
-        if not self.augmented:
-            return plain[0].cpu().numpy(), None
-        return plain[0].cpu().numpy(), (sum(views.values()) / len(views))[0].cpu().numpy()
+        augmented = (sum(views.values()) / len(views))[0].cpu().numpy() if self.augmented else None
+        return plain[0].cpu().numpy(), augmented
 
     def seen_scale(self, height: int, width: int, scale: float = 1.0) -> float:
         """How many times larger (> 1) or smaller the network sees an image of this size than
         training showed it, on the side where the two differ most."""
-        train_h, train_w = self.input.image_size
         ratios = []
-        for side, trained, used in (
-            (height, train_h, self.image_size[0]),
-            (width, train_w, self.image_size[1]),
-        ):
+        sides = zip((height, width), self.input.image_size, self.image_size, strict=True)
+        for side, trained, used in sides:
             at_inference = used * scale / side if self.mode == "whole" else scale
             ratios.append(at_inference / (trained / side if self.input.mode == "whole" else 1.0))
         return max(ratios, key=lambda ratio: abs(math.log(ratio)))
@@ -207,8 +176,7 @@ class Segmenter:
         return _resize(logits, (height, width))
 
     def _forward(self, images: torch.Tensor) -> torch.Tensor:
-        logits = logits_of(self.module(images))
-        return logits.float()
+        return logits_of(self.module(images)).float()
 
     def _slide(self, images: torch.Tensor) -> torch.Tensor:
         """Average the logits of overlapping windows; images smaller than one are padded."""
@@ -220,8 +188,7 @@ class Segmenter:
         tops = _starts(full_h, window_h, step_h)
         lefts = _starts(full_w, window_w, step_w)
         boxes = [(top, left) for top in tops for left in lefts]
-        channels = self.task.out_channels
-        total = padded.new_zeros((padded.shape[0], channels, full_h, full_w))
+        total = padded.new_zeros((padded.shape[0], self.task.out_channels, full_h, full_w))
         count = padded.new_zeros((1, 1, full_h, full_w))
         for image_index in range(padded.shape[0]):
             image = padded[image_index : image_index + 1]
@@ -240,9 +207,7 @@ class Segmenter:
 def _starts(full: int, window: int, step: int) -> list[int]:
     """Window offsets covering [0, full): every ``step``, plus one flush with the end."""
     starts = list(range(0, full - window + 1, step))
-    if starts[-1] != full - window:
-        starts.append(full - window)
-    return starts
+    return starts if starts[-1] == full - window else [*starts, full - window]
 
 
 def _resize(tensor: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

@@ -1,18 +1,12 @@
 """Learning-rate range test: the loss against the learning rate, and a suggested rate.
 
     make lr-find EXP=ph2_unet [ARGS="lr_find.num_training=200 data.batch_size=16"]
-    python -m lightseg.tools.lr_find experiment=demo
 
-The experiment's model trains for ``lr_find.num_training`` steps while the learning rate grows
-(exponentially by default) from ``min_lr`` to ``max_lr``, with Lightning's ``Tuner.lr_find``
-(Smith, "Cyclical Learning Rates", 2017); the weights are restored afterwards. The suggestion is
-where the smoothed loss falls fastest per decade of learning rate (:func:`steepest_fall`). It
-is a starting point for ``optimizer.lr`` (the peak of ``scheduler=onecycle``); the batch size
-and augmentations should be the ones you will train with, since they change it. The
-experiment's scheduler is not used: the test sets the learning rate of every step itself.
-
-Writes ``lr_find.png`` (the curve, the suggestion marked) and ``lr_find.json`` (every step's
-learning rate and smoothed loss, and the suggestion) to ``logs/<name>/lr_find/<time>/``.
+Lightning's ``Tuner.lr_find`` (Smith, 2017) trains ``lr_find.num_training`` steps while the
+learning rate grows from ``min_lr`` to ``max_lr``, then restores the weights. The suggestion, a
+starting point for ``optimizer.lr``, is where the smoothed loss falls fastest per decade
+(:func:`steepest_fall`); batch size and augmentations change it, so use the ones you will train
+with. Writes ``lr_find.png`` and ``lr_find.json`` to ``logs/<name>/lr_find/<time>/``.
 """
 
 from __future__ import annotations
@@ -38,12 +32,8 @@ def steepest_fall(
     lrs: list[float], losses: list[float], mode: str, skip_begin: int = 10, skip_end: int = 1
 ) -> float | None:
     """The learning rate where the smoothed loss falls fastest, or None with too few points.
-
-    The slope is taken along the axis the sweep is evenly spaced on: log10(lr) for the
-    exponential sweep, lr itself for the linear one. (Lightning's ``suggestion()`` always takes
-    it against lr, which on an exponential sweep favours the smallest rates that lower the loss
-    at all: Lightning issue #21141.) Like Lightning, the first 10 and the last point are skipped.
-    """
+    The slope is taken along the sweep's even axis (log10(lr) when exponential), not against lr
+    as Lightning's ``suggestion()``, which favours the smallest rates (Lightning #21141)."""
     points = [
         (lr, loss)
         for lr, loss in zip(lrs, losses, strict=True)

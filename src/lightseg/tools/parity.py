@@ -1,15 +1,9 @@
 """Does an exported model compute what PyTorch computes? The check ``make export`` runs.
 
-The export and PyTorch run on the same random images (every configured batch and image size
-the export accepts). Per input shape, the error is::
-
-    max |export logits - PyTorch logits| / max(1, max |PyTorch logits|)
-
-float32 rounding grows with the size of the numbers (a trained model's logits reach hundreds,
-where one float32 step is 6e-5), so the difference is judged against the logits' scale; below
-1 it is the absolute difference. An error above ``tolerance`` fails the export. Each shape also
-reports the share of pixels whose predicted class differs (binary: the sign of the logit;
-multiclass: the argmax), which is what a user of the masks would see.
+Both run on the same random images of every configured shape the export accepts. The error,
+``max |export - PyTorch| / max(1, max |PyTorch|)``, judges the difference against the logits'
+scale because float32 rounding grows with it (trained logits reach hundreds); an error above
+``tolerance`` fails the export. The share of pixels whose class differs is reported too.
 """
 
 from __future__ import annotations
@@ -27,8 +21,7 @@ from lightseg.checkpoints import ModelInput
 from lightseg.errors import LightsegError
 from lightseg.utils.console import console
 
-#: Side multiple to fall back to where the network's own does not export (the output stride of
-#: most encoders), and the step between the default check sizes.
+#: Side multiple to fall back to (most encoders' output stride); the default check sizes' step.
 COARSE = 32
 ALL_AXES = ("batch", "height", "width")
 RULE = "max |export - pytorch| / max(1, max |pytorch logit|) <= tolerance, at every input shape"
@@ -110,9 +103,8 @@ class Check:
 
     def levels(self) -> list[Level]:
         """The levels to try, most general first: dynamic sides in the network's multiple, then
-        in multiples of 32, then a dynamic batch at the training size, then a fixed shape. A
-        side multiple is only claimed where a check size tests it: with sides that are all
-        multiples of 32, the finer level is not tried."""
+        in multiples of 32 (alone where no check size tests a finer one), then a dynamic batch
+        at the training size, then a fixed shape."""
         multiple, size = self.takes.multiple, self.takes.image_size
         coarse = multiple < COARSE and COARSE % multiple == 0 and not any(s % COARSE for s in size)
         fine = any(side % COARSE for shape in self.shapes for side in shape[2:])
@@ -151,10 +143,8 @@ def compare(model: nn.Module, run: Runner, shapes, check: Check) -> list[Compari
         got = np.asarray(run(images.numpy()))
         if got.shape != (shape[0], check.out_channels, *shape[2:]):
             raise RuntimeError(f"output shape {list(got.shape)} for input {list(shape)}")
-        if check.out_channels == 1:
-            differ = (got > 0) != (expected > 0)
-        else:
-            differ = got.argmax(1) != expected.argmax(1)
+        binary = check.out_channels == 1  # binary: the logit's sign; else the argmax
+        differ = (got > 0) != (expected > 0) if binary else got.argmax(1) != expected.argmax(1)
         diff, scale = float(np.abs(got - expected).max()), float(np.abs(expected).max())
         results.append(Comparison(shape, got.shape, diff, scale, float(differ.mean())))
     return results

@@ -1,14 +1,10 @@
 """Training curves from CSV logs: of one run, or of the configurations in a folder of runs.
 
-    python -m lightseg.tools.plot run=RUN [out=curves.png]           make plot RUN=<run folder>
-    python -m lightseg.tools.plot runs=FOLDER [curves=[val/loss,val/dice]]
-        [labels={model.arch:arch}] [include_debug=true]              make plot RUNS=<folder>
+    make plot RUN=<run folder>  |  make plot RUNS=<folder> [METRICS=val/loss,val/dice]
 
-One run: three panels over epochs: losses (train and val), validation metrics (IoU, Dice, per
-class), and the learning rate; writes ``<RUN>/curves.png``. A folder: one panel per validation
-metric, one curve per configuration (grouped as ``make table`` groups them: seeds and data
-splits are replicates) with its mean over the runs and a band of ± one sample standard
-deviation; writes ``<FOLDER>/curves.png``. Settings: configs/plot.yaml.
+One run: losses, validation metrics and learning rate over epochs. A folder: one panel per
+validation metric, one curve per configuration (grouped as ``make table`` groups them) with its
+mean over the runs and a band of ± one sample standard deviation. Writes ``curves.png`` into it.
 """
 
 from __future__ import annotations
@@ -43,15 +39,9 @@ def csv_logs(run: str | Path) -> list[Path]:
 
 
 def read_csv_log(run: str | Path) -> pd.DataFrame:
-    """A run's CSV log as one table in which everything logged counts once.
-
-    A resume replays the run from its checkpoint, so each part that trained (logged ``train/``
-    values) replaces what earlier parts logged from its first step on: after a hard kill, the
-    steps and the validation that ran twice appear once, as the resumed run logged them. A
-    part without training values is an evaluation in a process of its own (``ddp_spawn``
-    validates and tests the best checkpoint in new processes, which log epoch 0, step 0): it
-    is left out; its numbers are in ``metrics.json``.
-    """
+    """A run's CSV log as one table in which everything logged counts once: a resume replays
+    the run, so each part that trained replaces what earlier parts logged from its first step
+    on; a part without ``train/`` values (an evaluation in a ``ddp_spawn`` process) is left out."""
     parts: list[pd.DataFrame] = []
     for path in csv_logs(run):
         try:
@@ -67,11 +57,8 @@ def read_csv_log(run: str | Path) -> pd.DataFrame:
 
 
 def epoch_table(run: str | Path) -> pd.DataFrame:
-    """One row per epoch of a run's CSV log, each column its last logged value in that epoch.
-
-    Lightning writes epoch-level values on separate rows. The validation of the best
-    checkpoint after training (an epoch without training values) is left out.
-    """
+    """One row per epoch of a run's CSV log, each column its last logged value in that epoch
+    (Lightning writes epoch-level values on rows of their own)."""
     frame = read_csv_log(run)
     if "epoch" not in frame:
         raise LightsegError(
@@ -88,14 +75,12 @@ def epoch_table(run: str | Path) -> pd.DataFrame:
     return table
 
 
-def pyplot():
-    """matplotlib's pyplot on the file-only backend (imported late: it is slow to import)."""
-    import matplotlib
+def panels(count: int):
+    """A figure of ``count`` panels side by side, not pyplot's (no backend is chosen or held)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    figure = Figure(figsize=(5 * count, 3.8), layout="tight")
+    return figure, figure.subplots(1, count, squeeze=False)[0]
 
 
 def epoch_axis(axis, title: str) -> None:
@@ -110,15 +95,12 @@ def epoch_axis(axis, title: str) -> None:
 
 def save(figure, title: str, out: Path) -> Path:
     figure.suptitle(title, fontsize=8)
-    figure.tight_layout()
     figure.savefig(out, dpi=120)
-    pyplot().close(figure)
     return out
 
 
 def plot_curves(run: Path, out: Path | None = None) -> Path:
     """Draw the run's curves into ``out`` (default ``<run>/curves.png``)."""
-    plt = pyplot()
     folder = RunFolder(run).csv_log.parent
     if not csv_logs(run):
         raise LightsegError(
@@ -128,16 +110,14 @@ def plot_curves(run: Path, out: Path | None = None) -> Path:
     table = epoch_table(run)
     if table.empty:
         raise LightsegError(f"The CSV log in '{folder}' holds no epoch-level values yet.")
-    losses = [c for c in table if c in ("train/loss_epoch", "train/loss", "val/loss")]
-    scores = [c for c in table if c.startswith("val/") and c != "val/loss" and "loss" not in c]
-    rates = [c for c in table if c.startswith("lr-")]
-    panels = [
-        (p, title)
-        for p, title in ((losses, "loss"), (scores, "validation"), (rates, "learning rate"))
-        if p
-    ]
-    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
-    for axis, (columns, title) in zip(axes[0], panels, strict=True):
+    drawn = {
+        "loss": [c for c in table if c in ("train/loss_epoch", "train/loss", "val/loss")],
+        "validation": [c for c in table if c.startswith("val/") and "loss" not in c],
+        "learning rate": [c for c in table if c.startswith("lr-")],
+    }
+    drawn = {title: columns for title, columns in drawn.items() if columns}
+    figure, axes = panels(len(drawn))
+    for axis, (title, columns) in zip(axes, drawn.items(), strict=True):
         for column in columns:
             series = table[column].dropna()
             axis.plot(series.index, series.values, marker="o", markersize=3, label=column)
@@ -170,7 +150,6 @@ def plot_configurations(
     include_debug: bool = False,
 ) -> Path:
     """Overlay the configurations' mean ± std validation curves into ``<root>/curves.png``."""
-    plt = pyplot()
     rows, _, _ = collect(Path(root), aliases=aliases, include_debug=include_debug)
     tables = {row.label: run_tables(row) for row in rows}
     logged = sorted({c for ts in tables.values() for t in ts for c in t if c.startswith("val/")})
@@ -186,8 +165,8 @@ def plot_configurations(
             f"Curve(s) {unknown or list(DEFAULT_CURVES)} are in no CSV log under '{root}'. "
             f"Logged: {', '.join(logged)}."
         )
-    figure, axes = plt.subplots(1, len(chosen), figsize=(5 * len(chosen), 3.8), squeeze=False)
-    for axis, metric in zip(axes[0], chosen, strict=True):
+    figure, axes = panels(len(chosen))
+    for axis, metric in zip(axes, chosen, strict=True):
         for label, runs in tables.items():
             curve = band(runs, metric)
             if curve.empty:

@@ -36,12 +36,9 @@ def dense_crf(
     bilateral_srgb: float = 3,
     bilateral_compat: float = 4,
 ) -> np.ndarray:
-    """Refine ``probabilities`` [C, H, W] (summing to 1 over C) with the colours of ``image``.
-
-    ``image``: uint8 [H, W, 3] RGB, un-normalised, at the probabilities' resolution. Returns
-    float32 [C, H, W]. Binary tasks pass (background, foreground), e.g. Task.probabilities.
-    Defaults: DeepLab v2 (ResNet-101) on VOC.
-    """
+    """Refine ``probabilities`` [C, H, W] (summing to 1 over C; binary: background and
+    foreground) with the colours of ``image``, uint8 [H, W, 3] RGB at their resolution; returns
+    float32 [C, H, W]. Defaults: DeepLab v2 (ResNet-101) on VOC."""
     densecrf = _densecrf()
     probabilities = np.asarray(probabilities, dtype=np.float32)
     image = np.asarray(image)
@@ -76,11 +73,8 @@ CRF_PARAMS = set(inspect.signature(dense_crf).parameters) - {"image", "probabili
 
 
 class DenseCRF:
-    """``dense_crf`` with fixed parameters; what ``instantiate(cfg.postprocess)`` returns.
-
-    Creating it checks the parameter names and that the CRF package is installed, so a run
-    fails before it evaluates anything.
-    """
+    """``dense_crf`` with fixed parameters (``instantiate(cfg.postprocess)``); creating it checks
+    them and the CRF package, so a run fails before it evaluates anything."""
 
     def __init__(self, **params: float) -> None:
         unknown = sorted(set(params) - CRF_PARAMS)

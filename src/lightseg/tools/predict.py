@@ -3,23 +3,14 @@
     python -m lightseg.tools.predict ckpt_path=best.ckpt input=photos/ output=masks/
     make predict CKPT=best.ckpt INPUT=photos/ OUTPUT=masks/ ARGS="effect=color-splash"
 
-For every image: ``<name>_mask.png`` (class indices in a palette PNG: viewers show colours,
-readers get indices), ``<name>_overlay.png``, with ``probabilities=true`` and a binary model
-``<name>_prob.png``, and with ``effect=background|color-splash`` ``<name>_<effect>.png``.
+For every image: ``<name>_mask.png`` (class indices in a palette PNG), ``<name>_overlay.png``,
+with ``probabilities=true`` (binary models) ``<name>_prob.png``, and with
+``effect=background|color-splash`` ``<name>_<effect>.png`` (:mod:`lightseg.tools.effects`).
 ``recursive=true`` also reads subfolders.
 
-Images are read as the model was trained to take them: with the checkpoint's channel count, by
-training's own reader (:func:`lightseg.data.pixels.read_image`: 8- and 16-bit PNG, JPEG, BMP,
-TIFF of any band count, EXIF orientation applied), pixels scaled by their type as in training.
-A 3-channel (RGB) model also takes what a photo viewer shows: grayscale images of any bit depth
-with their grey repeated in three channels, RGBA and palette images as their RGB colours. A
-file with another channel count, or one that cannot be read, is skipped and listed with the
-reason at the end; if no image can be predicted, the command fails.
-
-Effects blend the image with a backdrop by the foreground: with ``threshold`` (default 0.5) a
-hard mask whose edge is feathered over ``feather`` pixels on each side (beyond that only the
-backdrop, or only the image, shows); ``threshold=null`` blends by the soft probability instead
-(lightseg.tools.effects).
+Images are read by training's own reader with the checkpoint's channel count; a 3-channel (RGB)
+model also takes grayscale, RGBA and palette images as a photo viewer shows them. A file that
+cannot be read so is skipped and listed with the reason; if none can, the command fails.
 """
 
 from __future__ import annotations
@@ -93,16 +84,14 @@ def channels_in(path: Path) -> int:
     """How many channels :func:`read_image` finds in ``path``, from the file's header."""
     if path.suffix.lower() in TIFF_SUFFIXES:
         with tifffile.TiffFile(path) as tiff:
-            series = tiff.series[0]
-            shape, axes = series.shape, series.axes
+            shape, axes = tiff.series[0].shape, tiff.series[0].axes
         return 1 if len(shape) == 2 else shape[0] if axes[1:] == "YX" else shape[-1]
     with Image.open(path) as image:
         return 3 if image.mode in ("P", "CMYK", "YCbCr") else len(image.getbands())
 
 
 def read_input(path: Path, channels: int) -> np.ndarray:
-    """Pixels ``[H, W, channels]`` as training reads ``path`` (see the module docs); the
-    error's message is the reason to list the file as skipped."""
+    """Pixels ``[H, W, channels]`` as training reads ``path``; an error says why it is skipped."""
     try:
         found = channels_in(path)
         if found == channels:
@@ -136,7 +125,7 @@ def output_names(files: list[Path]) -> dict[Path, str]:
 
 
 def output_folder(path: Path) -> Path:
-    """``path``, created if missing; a clear error if it cannot hold the predictions."""
+    """``path``, created if missing and probed, so a bad one fails before any prediction."""
     if path.exists() and not path.is_dir():
         raise LightsegError(
             f"output='{path}' is a file; give a folder for the predictions (created if missing)."
@@ -193,7 +182,7 @@ def check_options(cfg: DictConfig) -> None:
 def predict(cfg: DictConfig) -> PredictionSummary:
     """Write the prediction files for ``cfg.input`` into ``cfg.output``."""
     check_options(cfg)
-    effect, threshold = cfg.get("effect"), cfg.get("threshold")
+    effect, threshold, feather = cfg.get("effect"), cfg.get("threshold"), float(cfg.feather)
     module = load_module(cfg.ckpt_path, inference_device(str(cfg.get("device", "auto"))))
     if cfg.get("probabilities") and not module.task.binary:
         raise LightsegError(
@@ -227,28 +216,24 @@ def predict(cfg: DictConfig) -> PredictionSummary:
         if cfg.get("probabilities"):
             files_out["prob"] = Image.fromarray(np.round(foreground * 255).astype(np.uint8))
         if effect is not None:
-            picture = apply_effect(
-                effect, shown, foreground, background, float(cfg.feather), threshold
-            )
+            picture = apply_effect(effect, shown, foreground, background, feather, threshold)
             files_out[effect] = Image.fromarray(picture)
         for kind, picture in files_out.items():
-            summary.written.append(save(picture, output / f"{names[path]}_{kind}.png", summary))
+            target = output / f"{names[path]}_{kind}.png"
+            try:
+                picture.save(target)
+            except OSError as error:
+                raise LightsegError(
+                    f"Cannot write '{target}': {error.strerror or error}. The "
+                    f"{len(summary.written)} file(s) written before it are kept; free space or "
+                    "choose another output=... ."
+                ) from None
+            summary.written.append(target)
         summary.images += 1
     if not summary.images and created:
         output.rmdir()  # nothing was predicted: leave no empty folder behind
     report(summary, output, Path(cfg.input))
     return summary
-
-
-def save(picture: Image.Image, target: Path, summary: PredictionSummary) -> Path:
-    try:
-        picture.save(target)
-    except OSError as error:
-        raise LightsegError(
-            f"Cannot write '{target}': {error.strerror or error}. The {len(summary.written)} "
-            "file(s) written before it are kept; free space or choose another output=... ."
-        ) from None
-    return target
 
 
 def report(summary: PredictionSummary, output: Path, source: Path) -> None:
@@ -273,13 +258,9 @@ def report(summary: PredictionSummary, output: Path, source: Path) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
-def hydra_main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> None:
     with user_errors():
         predict(cfg)
-
-
-def main() -> None:
-    hydra_main()
 
 
 if __name__ == "__main__":

@@ -1,10 +1,8 @@
 """Each run's results in a folder of runs, grouped into the rows of a table (``make table``).
 
-A run's results are its final metrics and each test image's values: from ``metrics.json`` and
-``per_image.csv`` (training's test stage), or from its newest ``eval/<split>_<time>/``
-(``make eval``). Runs that differ only in replicates (seeds, data splits, folds) form one row,
-labelled by the settings that differ. ``lightseg.tools.table`` compares the rows and writes
-the table; ``lightseg.tools.plot`` draws their training curves.
+A run's results are its final metrics and each test image's values (training's test stage, or
+its newest ``make eval``). Runs that differ only in replicates (seeds, data splits, folds) form
+one row, labelled by the settings that differ.
 """
 
 from __future__ import annotations
@@ -23,8 +21,7 @@ from lightseg.runs.folder import PER_IMAGE, read_yaml
 from lightseg.runs.per_image import read_per_image
 from lightseg.runs.resume import override_key
 
-#: Overrides that do not make a different configuration: replicates (seeds, data splits, the
-#: folds of k-fold cross-validation), paths, logging, resuming.
+#: Overrides that make no other configuration: replicates (seeds, splits, folds), paths, logging.
 NOT_A_SETTING = (
     "seed",
     "data.split.seed",
@@ -53,7 +50,6 @@ class NumbersFrom:
         return f"eval.json and per_image.csv of make eval ({self.split} split, {variant})"
 
 
-#: Numbers from training's test stage (the default).
 TEST_STAGE = NumbersFrom()
 
 
@@ -124,19 +120,17 @@ def _flatten(node, prefix: str = "") -> dict[str, str]:
 
 def eval_results(run: RunFolder, numbers_from: NumbersFrom) -> tuple[dict | None, dict, str | None]:
     """(the newest ``make eval`` of the split, its per-image values, why there are none)."""
-    reports = sorted(run.evaluations.glob(f"{numbers_from.split}_*/eval.json"))
+    split = numbers_from.split
+    reports = sorted(run.evaluations.glob(f"{split}_*/eval.json"))
     if not reports:
-        missing = (
-            f"no eval/{numbers_from.split}_*/eval.json (make eval CKPT=<run>/checkpoints/best.ckpt)"
-        )
-        return None, {}, missing
+        return None, {}, f"no eval/{split}_*/eval.json (make eval CKPT=<run>/checkpoints/best.ckpt)"
     try:
         report = json.loads(reports[-1].read_text())
         variant = numbers_from.variant or report["examples_from"]
         metrics = report["metrics"][variant]
     except (OSError, ValueError, KeyError):
         return None, {}, f"{reports[-1]} has no metrics for variant {numbers_from.variant}"
-    prefix = f"{numbers_from.split}/"
+    prefix = f"{split}/"
     per_image = read_per_image(reports[-1].parent / PER_IMAGE, prefix, variant)
     return {f"{prefix}{k}": v for k, v in metrics.items()}, per_image, None
 

@@ -1,8 +1,5 @@
-"""The statistics behind results tables: bootstrap confidence intervals and paired tests.
-
-Both work on per-image scores (one value per test image), from scipy: a percentile bootstrap
-of the mean over images (seeded, so a table is the same every time it is made), and the
-two-sided Wilcoxon signed-rank test of two configurations' scores on the same images.
+"""The statistics behind results tables, on per-image scores, from scipy: a seeded percentile
+bootstrap of the mean (a table is the same every time it is made) and the paired Wilcoxon test.
 """
 
 from __future__ import annotations
@@ -41,8 +38,7 @@ def bootstrap_ci(
 
 def paired_p(x: Sequence[float], y: Sequence[float]) -> float:
     """Two-sided Wilcoxon signed-rank p-value of the paired differences ``x - y`` (scipy's
-    defaults: zero differences dropped, exact distribution for small samples without ties);
-    1 when every difference is zero (nothing differs)."""
+    defaults); 1 when every difference is zero, where scipy has no answer."""
     difference = np.asarray(x, dtype=float) - np.asarray(y, dtype=float)
     if not difference.any():
         return 1.0

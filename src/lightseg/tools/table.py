@@ -1,18 +1,12 @@
-"""A results table from a folder of runs: ``make table RUNS=logs/demo/multiruns/<time>``.
+"""A results table from a folder of runs: ``make table RUNS=logs/demo/multiruns/<time>``
+(settings: configs/table.yaml).
 
-    python -m lightseg.tools.table runs=RUNS [columns=[test/dice,test/iou]] [eval=true]
-        [split=test] [variant=tta] [labels={model.arch:arch}] [digits=3] [resamples=10000]
-        [seed=0] [include_debug=true] [out=DIR]                     (configs/table.yaml)
-
-One row per configuration: the settings that differ between the runs (seeds and data splits
-are replicates, not settings), labelled by their shortest unambiguous key (``arch=FPN`` for
-``model.arch=FPN``) or a label given in ``labels``. For each metric: the mean ± sample
-standard deviation over the runs (best in bold); the mean over test images of each image's
-value with a 95 % bootstrap confidence interval; and the p-value of a Wilcoxon signed-rank
-test of the per-image values against the best row's on the same images. Values come from each
-run's ``metrics.json`` and ``per_image.csv`` (training's test stage), or with ``eval=true``
-from its newest ``eval/<split>_<time>/`` (``make eval``: native resolution, TTA). Failed,
-missing and debug runs are listed under the table. Writes ``results.md`` and ``results.tex``.
+One row per configuration (:mod:`lightseg.tools.results`). For each metric: the mean ± sample
+standard deviation over the runs (best in bold); the mean over test images with a 95 % bootstrap
+confidence interval; and the p-value of a Wilcoxon signed-rank test against the best row on the
+same images. ``eval=true`` reads each run's newest ``make eval`` instead of its test stage.
+Failed, missing and debug runs are listed under the table. Writes ``results.md`` and
+``results.tex``.
 """
 
 from __future__ import annotations
@@ -42,8 +36,6 @@ from lightseg.tools.significance import LEVEL, RESAMPLES, SEED, bootstrap_ci, pa
 from lightseg.utils.console import console
 
 DEFAULT_METRICS = ("test/dice", "test/iou")
-#: Metric names that are lower-is-better whatever their class says (the loss terms).
-LOSS = "loss"
 
 
 def mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -54,7 +46,7 @@ def mean_std(values: list[float]) -> tuple[float, float | None]:
 def lower_is_better(metric: str, runs: list[RunResult]) -> bool:
     """Losses, and metrics whose class says ``higher_is_better = False`` (HD95, ASSD)."""
     name = metric.split("/", 1)[-1]
-    if LOSS in name:
+    if "loss" in name:  # a loss term, whatever its class says
         return True
     for run in runs:
         targets = {
@@ -181,7 +173,12 @@ def results(
             f"One run only (no standard deviation over runs; the CI is over test images "
             f"alone): {'; '.join(single)}."
         )
-    failed = unfinished(rows, root)
+    failed = [
+        f"{run.folder.relative_to(root)} ({row.label}, seed={run.setting('seed')}): {run.status}"
+        for row in rows
+        for run in row.runs
+        if run.metrics is None
+    ]
     if failed:
         notes.append(f"Missing or failed runs ({len(failed)} of {len(runs)}):")
         notes += [f"  - {line}" for line in failed]
@@ -226,21 +223,6 @@ def caption(numbers_from: NumbersFrom, resamples: int, seed: int) -> str:
     )
 
 
-def unfinished(rows: list[Row], root: Path) -> list[str]:
-    """One line per run without metrics: folder, configuration, seed, how it ended."""
-    return [
-        f"{run.folder.relative_to(root)} ({row.label}, seed={run.setting('seed')}): {run.status}"
-        for row in rows
-        for run in row.runs
-        if run.metrics is None
-    ]
-
-
-def runs_cell(row: Row) -> str:
-    total = len(row.runs)
-    return str(total) if row.finished == total else f"{row.finished}/{total}"
-
-
 def mean_text(values: list[float], digits: int, plus_minus: str) -> str:
     if not values:
         return "-"
@@ -248,15 +230,19 @@ def mean_text(values: list[float], digits: int, plus_minus: str) -> str:
     return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f}{plus_minus}{std:.{digits}f}"
 
 
-def image_text(cell: Cell, digits: int) -> str:
-    """``mean [low, high]`` of the per-image values; ``-`` without any."""
-    mean = cell.image_mean
-    if mean is None:
-        return "-"
-    if cell.ci is None:
-        return f"{mean:.{digits}f}"
-    low, high = cell.ci
-    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+def row_cells(table: Results, row: Row, digits: int, plus_minus: str, bold: str, less: str) -> list:
+    """Per metric: the mean ± std over runs (``bold`` if best), the per-image mean [CI] (``-``
+    without values) and p (its ``<`` written ``less``); then the run count (``finished/total``)."""
+    cells = []
+    for metric in table.metrics:
+        cell = table.cells[metric, row.label]
+        text = mean_text(cell.runs, digits, plus_minus)
+        best = row.label in table.best[metric]
+        ci = f" [{cell.ci[0]:.{digits}f}, {cell.ci[1]:.{digits}f}]" if cell.ci else ""
+        image = "-" if cell.image_mean is None else f"{cell.image_mean:.{digits}f}{ci}"
+        cells += [bold.format(text) if best else text, image, cell.p_text.replace("<", less)]
+    total = len(row.runs)
+    return [*cells, str(total) if row.finished == total else f"{row.finished}/{total}"]
 
 
 def markdown(table: Results, digits: int) -> str:
@@ -266,16 +252,8 @@ def markdown(table: Results, digits: int) -> str:
         "|---|" + "---:|---:|---:|" * len(table.metrics) + "---:|",
     ]
     for row in table.rows:
-        cells = []
-        for metric in table.metrics:
-            cell = table.cells[metric, row.label]
-            text = mean_text(cell.runs, digits, " ± ")
-            cells += [
-                f"**{text}**" if row.label in table.best[metric] else text,
-                image_text(cell, digits),
-                cell.p_text,
-            ]
-        lines.append(f"| {row.label} | " + " | ".join(cells) + f" | {runs_cell(row)} |")
+        cells = row_cells(table, row, digits, " ± ", "**{}**", "<")
+        lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
     lines += ["", table.caption]
     if table.notes:  # sub-items (a note's list) are indented already
         lines += ["", *(n if n.startswith("  - ") else f"- {n}" for n in table.notes)]
@@ -313,16 +291,7 @@ def latex(table: Results, digits: int, root: Path) -> str:
         r"\midrule",
     ]
     for row in table.rows:
-        cells = []
-        for metric in table.metrics:
-            cell = table.cells[metric, row.label]
-            text = mean_text(cell.runs, digits, r" $\pm$ ")
-            cells += [
-                rf"\textbf{{{text}}}" if row.label in table.best[metric] else text,
-                image_text(cell, digits),
-                latex_escape(cell.p_text).replace("<", r"$<$"),
-            ]
-        cells.append(runs_cell(row))
+        cells = row_cells(table, row, digits, r" $\pm$ ", r"\textbf{{{}}}", "$<$")
         lines.append(latex_escape(row.label) + " & " + " & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}", r"\end{table}"]
     lines += [f"% {note}" for note in table.notes]
@@ -336,11 +305,7 @@ def write_tables(
     out: Path | None = None,
     **options,
 ) -> tuple[Path, Path]:
-    """Collect the runs under ``root`` and write results.md and results.tex (into ``out``).
-
-    ``options``: ``numbers_from``, ``aliases``, ``include_debug``, ``resamples``, ``seed`` (see
-    :func:`results`).
-    """
+    """Write results.md and results.tex of the runs under ``root`` (into ``out``)."""
     table = results(Path(root), metrics, digits, **options)
     out = Path(out or root)
     out.mkdir(parents=True, exist_ok=True)
