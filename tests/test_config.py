@@ -154,3 +154,36 @@ def test_the_core_never_imports_the_tools():
         tools = {m for m in imported_modules(path) if m.startswith("lightseg.tools")}
         assert not tools, f"{path.relative_to(package)} imports {tools}"
     assert not (package / "bench.py").exists()  # the benchmark is not part of the library
+
+
+def test_the_package_import_graph_has_no_cycles():
+    """Every import counts, function-local ones too: a cycle is a cycle wherever it hides."""
+    package = CONFIGS.parent / "src" / "lightseg"
+    graph: dict[str, set[str]] = {}
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(package.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        graph[name] = set()
+        for imported in imported_modules(path):
+            while imported.startswith("lightseg.") and imported not in graph.get(name, ()):
+                graph[name].add(imported)
+                imported = imported.rsplit(".", 1)[0]
+    modules = set(graph)
+    edges = {
+        m: {i for i in graph[m] if i in modules and i != m and not m.startswith(i + ".")}
+        for m in modules
+    }
+    state: dict[str, int] = {}
+
+    def visit(module: str, trail: list[str]) -> None:
+        state[module] = 1
+        for target in sorted(edges[module]):
+            assert state.get(target) != 1, " -> ".join([*trail, module, target])
+            if target not in state:
+                visit(target, [*trail, module])
+        state[module] = 2
+
+    for module in sorted(modules):
+        if module not in state:
+            visit(module, [])
+    assert len(modules) > 50
