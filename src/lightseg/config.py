@@ -226,6 +226,7 @@ def compose_config(
 def explained_overrides(config_name: str) -> Iterator[None]:
     """Run a Hydra entry point; an override it cannot apply ends in one paragraph: Hydra's
     message plus the nearest valid key or option (``HYDRA_FULL_ERROR`` hands the error here)."""
+    given = os.environ.get("HYDRA_FULL_ERROR")
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     with user_errors():
         try:
@@ -234,6 +235,9 @@ def explained_overrides(config_name: str) -> Iterator[None]:
             GlobalHydra.instance().clear()  # the failed app's; explaining composes anew
             overrides = [a for a in sys.argv[1:] if not a.startswith("-")]
             raise LightsegError(explain(error, overrides, config_name)) from None
+        finally:  # only this app's errors come here; later apps in the process keep Hydra's
+            if given is None:
+                os.environ.pop("HYDRA_FULL_ERROR", None)
 
 
 def explain(error: HydraException, overrides: list[str], config_name: str) -> str:
