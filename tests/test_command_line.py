@@ -3,6 +3,7 @@ path; the run folder and what a run continues from, decided in lightseg.runs.res
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -28,6 +29,7 @@ from lightseg.runs.resume import (
     new_run_folder,
     run_folder,
 )
+from tests.runs import run_app
 from tests.test_faults import environment
 
 REPOSITORY = Path(CONFIG_DIR).parent
@@ -95,6 +97,31 @@ def test_the_command_line_ends_a_mistake_in_one_paragraph(tmp_path, args, sugges
     assert "Traceback" not in done.stderr and suggestion in done.stderr
     assert done.stderr.startswith("lightseg: error: Could not override")
     assert not list((tmp_path / "logs").rglob("*.ckpt")) + list((tmp_path / "logs").rglob("*.json"))
+
+
+@pytest.mark.parametrize(
+    ("module", "typo", "suggestion"),
+    [
+        ("lightseg.train", "trainer.max_epoch=3", "'trainer.max_epochs'"),
+        ("lightseg.tools.lr_find", "lr_find.num_trainin=5", "'lr_find.num_training'"),
+        ("lightseg.tools.eval", "splt=val", "'split'"),
+        ("lightseg.tools.predict", "outptu=x", "'output'"),
+        ("lightseg.tools.export", "opst=17", "'opset'"),
+        ("lightseg.tools.table", "digit=2", "'digits'"),
+        ("lightseg.tools.plot", "curve=[]", "'curves'"),
+        ("lightseg.data.download", "data=ph22", "data=ph2?"),
+    ],
+)
+def test_every_entry_point_explains_a_typo_in_one_paragraph(module, typo, suggestion, capsys):
+    """One command-line style: each tool is a lightseg.config.app."""
+    main = importlib.import_module(module).main
+    with pytest.raises(SystemExit) as exit_:
+        run_app(main, typo)
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("lightseg: error: ") and "Traceback" not in err
+    assert f"Did you mean {suggestion}" in err
+    assert "HYDRA_FULL_ERROR" not in os.environ
 
 
 # --- the run folder ---------------------------------------------------------------------------

@@ -2,24 +2,25 @@
 and the resolvers the configs use.
 
 :func:`validate` checks the keys and value types of every ``_target_`` node against the
-signature it names (ranges are the classes' own business); :func:`explained_overrides` adds the
+signature it names (ranges are the classes' own business); :func:`app` adds the
 nearest valid key or option to Hydra's message, worked out on the failure path only.
 """
 
 from __future__ import annotations
 
-import contextlib
 import difflib
+import functools
 import inspect
 import os
 import re
 import sys
 import types
 import typing
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import hydra
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -222,22 +223,40 @@ def compose_config(
 # --- when Hydra cannot compose: its message, and the nearest valid key or option ---------------
 
 
-@contextlib.contextmanager
-def explained_overrides(config_name: str) -> Iterator[None]:
-    """Run a Hydra entry point; an override it cannot apply ends in one paragraph: Hydra's
-    message plus the nearest valid key or option (``HYDRA_FULL_ERROR`` hands the error here)."""
-    given = os.environ.get("HYDRA_FULL_ERROR")
-    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
-    with user_errors():
-        try:
-            yield
-        except HydraException as error:
-            GlobalHydra.instance().clear()  # the failed app's; explaining composes anew
-            overrides = [a for a in sys.argv[1:] if not a.startswith("-")]
-            raise LightsegError(explain(error, overrides, config_name)) from None
-        finally:  # only this app's errors come here; later apps in the process keep Hydra's
-            if given is None:
-                os.environ.pop("HYDRA_FULL_ERROR", None)
+T = TypeVar("T")
+
+
+def app(config_name: str) -> Callable[[Callable[[DictConfig], T]], Callable[[], T]]:
+    """The command line of every lightseg entry point: Hydra's app for
+    ``configs/<config_name>.yaml`` whose mistakes end in one paragraph and a non-zero exit. An
+    override Hydra cannot apply gets Hydra's message plus the nearest valid key or option, worked
+    out on this failure path only (``HYDRA_FULL_ERROR`` hands the error here)."""
+
+    def decorate(task: Callable[[DictConfig], T]) -> Callable[[], T]:
+        @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)
+        @functools.wraps(task)
+        def hydra_app(cfg: DictConfig) -> T:
+            with user_errors():  # per job: a sweep's failed job is reported as it ends
+                return task(cfg)
+
+        @functools.wraps(task)
+        def main() -> T:
+            given = os.environ.get("HYDRA_FULL_ERROR")
+            os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+            with user_errors():
+                try:
+                    return hydra_app()
+                except HydraException as error:
+                    GlobalHydra.instance().clear()  # the failed app's; explaining composes anew
+                    overrides = [a for a in sys.argv[1:] if not a.startswith("-")]
+                    raise LightsegError(explain(error, overrides, config_name)) from None
+                finally:  # only this app's errors come here; later apps keep Hydra's handling
+                    if given is None:
+                        os.environ.pop("HYDRA_FULL_ERROR", None)
+
+        return main
+
+    return decorate
 
 
 def explain(error: HydraException, overrides: list[str], config_name: str) -> str:

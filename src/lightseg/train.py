@@ -21,10 +21,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from lightseg import CONFIG_DIR
 from lightseg.checkpoints import check_resumable, checkpoint_position, remove_partial_files
-from lightseg.config import explained_overrides
-from lightseg.errors import LightsegError, user_errors, user_message
+from lightseg.config import app
+from lightseg.errors import LightsegError, user_message
 from lightseg.experiment import build, group_choices
 from lightseg.metrics import finite_or_none
 from lightseg.runs import RunFolder, RunLock, recorded_run, resume
@@ -33,11 +32,10 @@ from lightseg.utils.console import console, print_config, print_metrics
 from lightseg.utils.loggers import wandb_finished
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@app("train")
 def main(cfg: DictConfig) -> float | None:
-    with user_errors():
-        cfg, overrides = as_composed(cfg)
-        return train(cfg, overrides).get(cfg.monitor)  # what Hydra sweepers optimise
+    cfg, overrides = as_composed(cfg)
+    return train(cfg, overrides).get(cfg.monitor)  # what Hydra sweepers optimise
 
 
 def as_composed(cfg: DictConfig) -> tuple[DictConfig, list[str]]:
@@ -151,11 +149,5 @@ def check_sweep(cfg: DictConfig) -> None:
         )
 
 
-def cli() -> None:
-    """``python -m lightseg.train`` / ``lightseg-train``: Hydra's app, its mistakes explained."""
-    with explained_overrides("train"):
-        main()
-
-
 if __name__ == "__main__":
-    cli()
+    main()

@@ -16,7 +16,6 @@ from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
 
-import hydra
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
@@ -25,11 +24,11 @@ from rich.progress import track
 from rich.table import Table
 from torchvision.datasets.utils import download_and_extract_archive
 
-from lightseg import CONFIG_DIR
+from lightseg.config import app
 from lightseg.data.module import prepare_source
 from lightseg.data.source import read_pair
 from lightseg.data.statistics import Accumulator
-from lightseg.errors import LightsegError, user_errors
+from lightseg.errors import LightsegError
 from lightseg.utils.console import console
 
 
@@ -190,12 +189,11 @@ def size_histogram(shapes: Counter, listed: int = 12, bins: int = 8) -> Table:
     return table
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="download")
+@app("download")
 def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     given = {o.split("=", 1)[0].lstrip("+~") for o in hydra_cfg.overrides.task}
-    with user_errors():
-        prepare_dataset(cfg, hydra_cfg.runtime.choices["data"], given)
+    prepare_dataset(cfg, hydra_cfg.runtime.choices["data"], given)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -34,11 +33,10 @@ from rich.table import Table
 from torch.utils.data import DataLoader
 from torchmetrics import MetricCollection
 
-from lightseg import CONFIG_DIR
 from lightseg.checkpoints import load_module, model_input
-from lightseg.config import plain
+from lightseg.config import app, plain
 from lightseg.data.source import Sample, SegmentationSource, read_pair
-from lightseg.errors import LightsegError, user_errors
+from lightseg.errors import LightsegError
 from lightseg.metrics import (
     build_metrics,
     class_key,
@@ -301,13 +299,11 @@ def chosen_on_command_line(*groups: str) -> bool:
     return any(k.split(".")[0].split("/")[0] in groups for k in keys)
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
-def hydra_main(cfg: DictConfig) -> None:
-    with user_errors():
-        choice = cfg.get("data_from_run", "auto")
-        data_chosen = chosen_on_command_line("experiment", "data")
-        from_run = not data_chosen if choice == "auto" else bool(choice)
-        evaluate(cfg, from_run, metrics_from_command_line=chosen_on_command_line("metrics"))
+@app("eval")
+def evaluate_command_line(cfg: DictConfig) -> None:
+    choice = cfg.get("data_from_run", "auto")
+    from_run = not chosen_on_command_line("experiment", "data") if choice == "auto" else choice
+    evaluate(cfg, bool(from_run), metrics_from_command_line=chosen_on_command_line("metrics"))
 
 
 def main() -> None:
@@ -315,7 +311,7 @@ def main() -> None:
     sys.argv[1:] = [
         a.replace("data.split=", "split=", 1) if a in SPLIT_ALIASES else a for a in sys.argv[1:]
     ]
-    hydra_main()
+    evaluate_command_line()
 
 
 if __name__ == "__main__":

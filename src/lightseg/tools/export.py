@@ -26,17 +26,16 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from lightseg import CONFIG_DIR, __version__
+from lightseg import __version__
 from lightseg.checkpoints import ModelInput, check_file, load_module, model_input
-from lightseg.config import plain
+from lightseg.config import app, plain
 from lightseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from lightseg.errors import LightsegError, user_errors
+from lightseg.errors import LightsegError
 from lightseg.models import SegmentationModule
 from lightseg.models.network import logits_of
 from lightseg.tools.parity import (
@@ -344,10 +343,9 @@ def describe(
     }
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
+@app("export")
 def main(cfg: DictConfig) -> None:
-    with user_errors():
-        export(cfg)
+    export(cfg)
 
 
 if __name__ == "__main__":

@@ -16,14 +16,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from lightning.pytorch.tuner import Tuner
 from omegaconf import DictConfig
 
-from lightseg import CONFIG_DIR
-from lightseg.config import explained_overrides, plain
-from lightseg.errors import user_errors
+from lightseg.config import app, plain
 from lightseg.experiment import build, group_choices, with_changes
 from lightseg.utils.console import console, print_config
 
@@ -105,17 +102,10 @@ def lr_find(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="lr_find")
-def hydra_main(cfg: DictConfig) -> None:
-    with user_errors():
-        print_config(cfg, group_choices())
-        lr_find(cfg)
-
-
-def main() -> None:
-    """``python -m lightseg.tools.lr_find``: Hydra's app, its mistakes explained."""
-    with explained_overrides("lr_find"):
-        hydra_main()
+@app("lr_find")
+def main(cfg: DictConfig) -> None:
+    print_config(cfg, group_choices())
+    lr_find(cfg)
 
 
 if __name__ == "__main__":

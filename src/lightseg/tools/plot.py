@@ -12,12 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import hydra
 import pandas as pd
 from omegaconf import DictConfig
 
-from lightseg import CONFIG_DIR
-from lightseg.errors import LightsegError, user_errors
+from lightseg.config import app
+from lightseg.errors import LightsegError
 from lightseg.runs import RunFolder
 from lightseg.tools.results import Row, check_types, collect, names
 from lightseg.utils.console import console
@@ -179,23 +178,20 @@ def plot_configurations(
     return save(figure, f"{root}: mean ± std over runs", Path(out or Path(root) / "curves.png"))
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="plot")
+@app("plot")
 def main(cfg: DictConfig) -> None:
-    with user_errors():
-        check_types(cfg, include_debug=bool)
-        if (cfg.run is None) == (cfg.runs is None):
-            raise LightsegError(
-                "Give run=<run folder> (its curves) or runs=<folder of runs> (configurations "
-                "compared), one of them."
-            )
-        if cfg.run is not None:
-            out = plot_curves(cfg.run, cfg.out)
-        else:
-            aliases = dict(cfg.labels or {})
-            out = plot_configurations(
-                cfg.runs, names(cfg.curves), cfg.out, aliases, cfg.include_debug
-            )
-        console.print(f"Wrote {out}")
+    check_types(cfg, include_debug=bool)
+    if (cfg.run is None) == (cfg.runs is None):
+        raise LightsegError(
+            "Give run=<run folder> (its curves) or runs=<folder of runs> (configurations "
+            "compared), one of them."
+        )
+    if cfg.run is not None:
+        out = plot_curves(cfg.run, cfg.out)
+    else:
+        aliases = dict(cfg.labels or {})
+        out = plot_configurations(cfg.runs, names(cfg.curves), cfg.out, aliases, cfg.include_debug)
+    console.print(f"Wrote {out}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import hydra
 import numpy as np
 import tifffile
 from hydra.utils import instantiate
@@ -27,11 +26,10 @@ from omegaconf import DictConfig
 from PIL import Image, ImageOps, UnidentifiedImageError
 from rich.progress import track
 
-from lightseg import CONFIG_DIR
 from lightseg.checkpoints import load_module
-from lightseg.config import plain
+from lightseg.config import app, plain
 from lightseg.data.pixels import TIFF_SUFFIXES, read_image
-from lightseg.errors import LightsegError, user_errors
+from lightseg.errors import LightsegError
 from lightseg.tools.effects import EFFECTS, apply_effect, background_pixels
 from lightseg.tools.inference import build_segmenter
 from lightseg.utils.console import console
@@ -257,10 +255,9 @@ def report(summary: PredictionSummary, output: Path, source: Path) -> None:
             console.print(f"  {line}", soft_wrap=True, markup=False)
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
+@app("predict")
 def main(cfg: DictConfig) -> None:
-    with user_errors():
-        predict(cfg)
+    predict(cfg)
 
 
 if __name__ == "__main__":

@@ -16,12 +16,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import hydra
 from hydra.utils import get_class
 from omegaconf import DictConfig
 
-from lightseg import CONFIG_DIR
-from lightseg.errors import LightsegError, user_errors
+from lightseg.config import app
+from lightseg.errors import LightsegError
 from lightseg.runs.folder import PER_IMAGE
 from lightseg.tools.results import (
     TEST_STAGE,
@@ -315,23 +314,22 @@ def write_tables(
     return md, tex
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="table")
+@app("table")
 def main(cfg: DictConfig) -> None:
-    with user_errors():
-        check_types(cfg, eval=bool, include_debug=bool, digits=int, resamples=int, seed=int)
-        md, tex = write_tables(
-            cfg.runs,
-            names(cfg.columns),
-            cfg.digits,
-            cfg.out,
-            numbers_from=NumbersFrom(cfg.eval, cfg.split, cfg.variant),
-            aliases=dict(cfg.labels or {}),
-            include_debug=cfg.include_debug,
-            resamples=cfg.resamples,
-            seed=cfg.seed,
-        )
-        console.print(md.read_text(), markup=False, soft_wrap=True)
-        console.print(f"Wrote {md} and {tex}")
+    check_types(cfg, eval=bool, include_debug=bool, digits=int, resamples=int, seed=int)
+    md, tex = write_tables(
+        cfg.runs,
+        names(cfg.columns),
+        cfg.digits,
+        cfg.out,
+        numbers_from=NumbersFrom(cfg.eval, cfg.split, cfg.variant),
+        aliases=dict(cfg.labels or {}),
+        include_debug=cfg.include_debug,
+        resamples=cfg.resamples,
+        seed=cfg.seed,
+    )
+    console.print(md.read_text(), markup=False, soft_wrap=True)
+    console.print(f"Wrote {md} and {tex}")
 
 
 if __name__ == "__main__":
