@@ -11,15 +11,3 @@ from lightseg.callbacks.overlays import PredictionOverlays
 from lightseg.callbacks.per_image import PerImageResults
 from lightseg.callbacks.run_files import LogRunFiles
 from lightseg.callbacks.summary import NetworkSummary
-
-__all__ = [
-    "CheckpointOnSignal",
-    "Finetuning",
-    "LogRunFiles",
-    "NetworkSummary",
-    "PerImageResults",
-    "PredictionOverlays",
-    "RandomStateCheckpoint",
-    "StopOnNonFiniteLoss",
-    "TrainingInterrupted",
-]

@@ -3,5 +3,3 @@ DataModule in ``module``, one file per dataset."""
 
 from lightseg.data.module import SegmentationDataModule, SegmentationDataset
 from lightseg.data.source import Sample, SegmentationSource
-
-__all__ = ["Sample", "SegmentationDataModule", "SegmentationDataset", "SegmentationSource"]

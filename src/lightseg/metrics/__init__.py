@@ -31,29 +31,3 @@ from lightseg.metrics.confusion import (
     confusion_matrix,
 )
 from lightseg.metrics.per_image import ASSD, HD95, DicePerImage, JaccardThresholded, PerImageMetric
-
-#: The classes the configs name as ``lightseg.metrics.<class>``, and the bases of a fork's own.
-__all__ = [
-    "ASSD",
-    "HD95",
-    "ConfusionMatrixMetric",
-    "Dice",
-    "DicePerImage",
-    "FrequencyWeightedIoU",
-    "IoU",
-    "JaccardThresholded",
-    "MeanAccuracy",
-    "PerImageMetric",
-    "PixelAccuracy",
-    "Sensitivity",
-    "Specificity",
-    "TaskMetric",
-    "build_metrics",
-    "class_key",
-    "confusion_matrix",
-    "finite_or_none",
-    "metric_values",
-    "metrics_for",
-    "named_values",
-    "update_per_image",
-]

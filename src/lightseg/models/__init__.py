@@ -6,5 +6,3 @@
 
 from lightseg.models.module import SegmentationModule
 from lightseg.models.network import build_network, check_network, input_multiple
-
-__all__ = ["SegmentationModule", "build_network", "check_network", "input_multiple"]

@@ -4,13 +4,3 @@ from lightseg.runs import snapshot
 from lightseg.runs.folder import RunFolder, find_runs, runs_of
 from lightseg.runs.record import read_run_info, recorded_run
 from lightseg.utils.locks import RunLock
-
-__all__ = [
-    "RunFolder",
-    "RunLock",
-    "find_runs",
-    "read_run_info",
-    "recorded_run",
-    "runs_of",
-    "snapshot",
-]
