@@ -156,7 +156,7 @@ def test_the_core_never_imports_the_tools():
     assert not (package / "bench.py").exists()  # the benchmark is not part of the library
 
 
-def test_the_package_import_graph_has_no_cycles():
+def test_the_package_import_graph_has_no_cycles_and_no_upward_imports():
     """Every import counts, function-local ones too: a cycle is a cycle wherever it hides."""
     package = CONFIGS.parent / "src" / "lightseg"
     graph: dict[str, set[str]] = {}
@@ -187,3 +187,33 @@ def test_the_package_import_graph_has_no_cycles():
         if module not in state:
             visit(module, [])
     assert len(modules) > 50
+    # no upward imports: the core never imports the tools; utils import only utils and errors
+    for module, targets in edges.items():
+        if not module.startswith("lightseg.tools"):
+            assert not {t for t in targets if t.startswith("lightseg.tools")}, module
+        if module.startswith("lightseg.utils"):
+            below = ("lightseg.utils", "lightseg.errors")
+            assert all(t.startswith(below) or t == "lightseg" for t in targets), module
+
+
+def test_train_lr_find_and_the_benchmarks_build_the_experiment_in_one_place():
+    """One assembly: each caller builds through lightseg.experiment.build and none of them
+    instantiates the DataModule, module or Trainer itself (the copy that drifted into a crash)."""
+    root = Path(__file__).resolve().parents[1]
+    callers = [
+        "src/lightseg/train.py",
+        "src/lightseg/tools/lr_find.py",
+        "benchmarks/bench.py",
+        "benchmarks/time_to_accuracy.py",
+    ]
+    for caller in callers:
+        tree = ast.parse((root / caller).read_text())
+        called = {
+            node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", "")
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Call)
+        }
+        assert "build" in called, caller
+        assert not called & {"build_module", "build_trainer", "SegmentationModule", "Trainer"}, (
+            caller
+        )

@@ -35,6 +35,8 @@ def test_range_test_writes_the_curve_and_a_suggestion(
         "data.image_size=32",
         "data.source.num_cases=20",
         "model.encoder_name=resnet18",
+        "data.mean=auto",  # resolved from the training split, as train resolves it
+        "data.std=auto",
         f"lr_find.num_training={steps}",
         f"lr_find.min_lr={low}",
         f"lr_find.max_lr={high}",
