@@ -21,7 +21,6 @@ import os
 import platform
 import resource
 import statistics
-import time
 import warnings
 from datetime import datetime
 from pathlib import Path
@@ -29,64 +28,18 @@ from typing import Any
 
 import lightning as L
 import torch
+from benchmarks.ddp import ddp_rows
 from benchmarks.loaders import PH2_SIZED, loader_rows
+from benchmarks.loops import Clock, StepTimer, plain_loop
 from benchmarks.time_to_accuracy import time_to_accuracy
-from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 from rich.table import Table
-from torch.utils.data import DataLoader
 
 from lightseg.config import compose_config, image_size_hw
 from lightseg.errors import user_errors
 from lightseg.experiment import build
 from lightseg.tools.inference import Segmenter
 from lightseg.utils.console import console
-
-AMP_DTYPES = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class Clock:
-    """Wall time and this process's CPU time (all its threads) between ``start`` and ``stop``.
-
-    On a shared machine other processes stretch wall time but hardly the CPU time a step
-    needs, so the CPU-time ratio shows the Trainer's own cost even when wall times are noisy.
-    """
-
-    def __init__(self, device: torch.device) -> None:
-        self.device, self.started = device, (0.0, 0.0)
-
-    def start(self) -> None:
-        sync(self.device)
-        self.started = (time.perf_counter(), time.process_time())
-
-    def stop(self, images: int) -> dict[str, float]:
-        """Images per second of wall time and of CPU time since ``start``."""
-        sync(self.device)
-        wall, cpu = time.perf_counter() - self.started[0], time.process_time() - self.started[1]
-        return {"wall": images / wall, "cpu": images / cpu}
-
-
-class StepTimer(Callback):
-    """Times ``steps`` optimizer steps that follow ``warmup`` steps, as the plain loop does."""
-
-    def __init__(self, warmup: int, steps: int, images: int) -> None:
-        self.warmup, self.steps, self.images, self.done = warmup, steps, images, 0
-        self.rates: dict[str, float] = {}
-        self.clock: Clock | None = None
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.done += 1
-        if self.done == self.warmup:
-            self.clock = Clock(pl_module.device)
-            self.clock.start()
-        elif self.done == self.warmup + self.steps:
-            self.rates = self.clock.stop(self.steps * self.images)
 
 
 def lightseg_run(cfg: DictConfig, warmup: int, steps: int) -> dict[str, float]:
@@ -111,40 +64,9 @@ def plain_run(cfg: DictConfig, warmup: int, steps: int) -> dict[str, float]:
     """Images/s of a hand-written loop: same network, loss, optimizer, loader and precision,
     and the same normalisation on the device (the module's own batch-transfer hook)."""
     experiment = build(cfg)
-    module, datamodule = experiment.module, experiment.datamodule
-    datamodule.setup("fit")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    module.to(device)
-    net, criterion = module.net.train(), module.criterion
-    # one group, as written by hand
-    optimizer = instantiate(module.hparams.optimizer, params=net.parameters())
-    dtype = AMP_DTYPES.get(str(cfg.trainer.precision))
-    scaler = torch.amp.GradScaler(enabled=dtype is torch.float16 and device.type == "cuda")
-    channels_last = module.hparams.channels_last and device.type == "cuda"
-    if channels_last:
-        net.to(memory_format=torch.channels_last)
-    loader: DataLoader = datamodule.train_dataloader()
-    done, clock = 0, Clock(device)
-    while True:
-        for batch in loader:
-            batch = {k: batch[k].to(device, non_blocking=True) for k in ("image", "mask")}
-            batch = module.on_after_batch_transfer(batch, 0)
-            images, masks = batch["image"], batch["mask"]
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(
-                device.type, dtype=dtype or torch.float32, enabled=dtype is not None
-            ):
-                loss, _ = criterion(net(images), masks)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            done += 1
-            if done == warmup:
-                clock.start()
-            elif done == warmup + steps:
-                return clock.stop(steps * loader.batch_size)
+    experiment.datamodule.setup("fit")
+    loader = experiment.datamodule.train_dataloader()
+    return plain_loop(experiment.module, None, loader, cfg, warmup, steps)
 
 
 def training_rows(cfg: DictConfig, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -278,7 +200,7 @@ def accuracy_row(result: dict[str, Any]) -> dict[str, Any]:
 
 
 #: What ``make bench`` measures, in order; ``--parts`` picks some.
-PARTS = ("training", "time-to-accuracy", "loaders", "inference")
+PARTS = ("training", "ddp", "time-to-accuracy", "loaders", "inference")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -287,6 +209,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=16, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each run")
     parser.add_argument("--repeats", type=int, default=9, help="alternating runs of each path")
+    parser.add_argument("--ddp-repeats", type=int, default=3, help="alternating DDP runs")
     parser.add_argument("--target", type=float, default=0.95, help="val Dice to reach (demo)")
     parser.add_argument("--seeds", default="0,1,2", help="seeds of the time-to-accuracy runs")
     parser.add_argument("--datasets", default=f"demo,{PH2_SIZED},ph2,mads", help="loader table")
@@ -337,6 +260,9 @@ def bench(argv: list[str] | None = None) -> dict[str, Any]:
             variant_cfg = compose_config([*base, *variant, *args.overrides]) if variant else cfg
             console.print(f"Training throughput, {variant_cfg.trainer.precision}:")
             results["training"] += training_rows(variant_cfg, args)
+    if "ddp" in args.parts:
+        console.print("DDP training throughput, 2 CPU processes over gloo:")
+        results["ddp"] = ddp_rows(cfg, args.warmup, args.steps, args.ddp_repeats)
     if "time-to-accuracy" in args.parts:
         console.print(f"Time to val/dice >= {args.target} on the demo, seeds {args.seeds}:")
         accuracy_cfg = compose_config([*common, *args.overrides])  # its own schedule: no base
@@ -362,6 +288,9 @@ def write_results(results: dict[str, Any], args: argparse.Namespace) -> None:
     sections = []
     if results.get("training"):
         sections.append(("Training (images/s, median; goal: ratio <= 1.02)", results["training"]))
+    if results.get("ddp"):
+        title = "DDP training (images/s over all processes, median; goal: ratio <= 1.03)"
+        sections.append((title, results["ddp"]))
     if results.get("time_to_accuracy"):
         title = "Time to accuracy on the demo (seconds, median; goal: ratio >= 1)"
         sections.append((title, [accuracy_row(results["time_to_accuracy"])]))

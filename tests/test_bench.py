@@ -24,7 +24,8 @@ def test_loader_table_and_time_to_accuracy(tmp_path, data_dir):
         sys.executable,
         "-m",
         "benchmarks.bench",
-        "--parts=training,loaders,time-to-accuracy",
+        "--parts=training,ddp,loaders,time-to-accuracy",
+        "--ddp-repeats=1",
         "--steps=2",
         "--warmup=1",
         "--repeats=1",
@@ -52,6 +53,11 @@ def test_loader_table_and_time_to_accuracy(tmp_path, data_dir):
     assert training["plain/lightseg"] == training["plain"] / training["lightseg"]
     assert [len(training["runs"][name]) for name in ("plain", "lightseg")] == [1, 1]
 
+    (ddp,) = results["ddp"]  # 2 processes over gloo: lightseg's ddp_spawn vs a plain DDP loop
+    assert ddp["processes"] == "2 x CPU (gloo)" and ddp["plain"] > 0 and ddp["lightseg"] > 0
+    assert ddp["plain/lightseg"] == ddp["plain"] / ddp["lightseg"]
+    assert [len(ddp["runs"][name]) for name in ("plain", "lightseg")] == [1, 1]
+
     rows = results["loaders"]
     assert [(r["dataset"], r["cache"]) for r in rows] == [("demo", "no"), ("demo", "yes")]
     for row in rows:
@@ -64,7 +70,8 @@ def test_loader_table_and_time_to_accuracy(tmp_path, data_dir):
     assert accuracy["plain_s"] > 0 and accuracy["lightseg_s"] > 0
     assert accuracy["ratio"] == accuracy["plain_s"] / accuracy["lightseg_s"]
     markdown = (output / "bench.md").read_text()
-    assert "Time to accuracy" in markdown and "| demo | 32px | yes |" in markdown
+    assert "DDP training" in markdown and "Time to accuracy" in markdown
+    assert "| demo | 32px | yes |" in markdown
 
 
 def test_the_ph2_sized_fixture_has_ph2_layout_and_size(tmp_path):
