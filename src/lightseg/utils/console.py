@@ -32,15 +32,9 @@ console = Console(soft_wrap=True, width=PIPED_WIDTH if _piped else None)
 CONFIG_ORDER = ("data", "model", "loss", "optimizer", "scheduler", "trainer", "callbacks", "logger")
 #: Groups whose chosen option the start-up summary names.
 SUMMARY_GROUPS = ("experiment", "data", "model", "loss", "optimizer", "scheduler", "trainer")
-SUMMARY_DATA_KEYS = ("image_size", "batch_size", "num_workers", "split", "cache")
-SUMMARY_TRAINER_KEYS = (
-    "accelerator",
-    "devices",
-    "num_nodes",
-    "precision",
-    "max_epochs",
-    "max_steps",
-)
+#: The data and trainer values it shows.
+DATA_KEYS = ("image_size", "batch_size", "num_workers", "split", "cache")
+TRAINER_KEYS = ("accelerator", "devices", "num_nodes", "precision", "max_epochs", "max_steps")
 #: Lightning log lines (starts of messages) that say nothing about the run: an advertisement,
 #: and remarks on choices lightseg makes on purpose (a Rich model summary, per-step schedules).
 LIGHTNING_CHATTER = (
@@ -97,14 +91,14 @@ def config_summary(cfg: DictConfig, choices: Mapping[str, str]) -> list[tuple[st
     data = cfg.get("data") or {}
     source = _short(str((data.get("source") or {}).get("_target_", "")))
     lines = [(str(cfg.get("name", "")), picked or "(config as composed)")]
-    lines.append(("data", f"{source} {_values(data, SUMMARY_DATA_KEYS)}".strip()))
+    lines.append(("data", f"{source} {_values(data, DATA_KEYS)}".strip()))
     for group in ("model", "optimizer", "scheduler"):
         node = cfg.get(group) or {}
         lines.append((group, _described(node) if node else "none"))
     loss = cfg.get("loss") or {}
     terms = [f"{name} x{term.get('weight', 1.0)}" for name, term in loss.items() if term]
     lines.append(("loss", " + ".join(terms) or "none"))
-    trainer = _values(cfg.get("trainer") or {}, SUMMARY_TRAINER_KEYS)
+    trainer = _values(cfg.get("trainer") or {}, TRAINER_KEYS)
     lines.append(("trainer", f"{trainer} monitor={cfg.get('monitor')} seed={cfg.get('seed')}"))
     output = (cfg.get("paths") or {}).get("output_dir")
     lines.append(("run", f"{output} (config.yaml there; print_config=full prints it all)"))
@@ -144,9 +138,7 @@ def print_config_tree(cfg: DictConfig) -> None:
     keys = [k for k in CONFIG_ORDER if k in cfg] + [k for k in cfg if k not in CONFIG_ORDER]
     for key in keys:
         value = cfg[key]
-        text = (
-            OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
-        )
+        text = OmegaConf.to_yaml(value, resolve=True) if OmegaConf.is_dict(value) else str(value)
         tree.add(f"[bold]{key}[/]").add(Syntax(text.rstrip(), "yaml", background_color="default"))
     console.print(tree)
 
