@@ -38,16 +38,7 @@ from lightseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from lightseg.errors import LightsegError
 from lightseg.models import SegmentationModule
 from lightseg.models.network import logits_of
-from lightseg.tools.parity import (
-    Check,
-    Level,
-    Runner,
-    axes_text,
-    compare,
-    parity_report,
-    print_parity,
-    shape_text,
-)
+from lightseg.tools.parity import Check, Level, Runner, compare, parity_report, print_parity
 from lightseg.utils.console import console
 
 log = logging.getLogger(__name__)
@@ -195,7 +186,7 @@ def export_and_compare(model: ExportModel, fmt: Format, path: Path, check: Check
             fmt.save(model, example, path, level, opset)
             results = compare(model, fmt.load(path), check.shapes_for(level), check)
         except Exception as error:  # whatever went wrong, a less general level may work
-            reasons.append(f"{axes_text(level)}: {_root_cause(error)}")
+            reasons.append(f"{level}: {_root_cause(error)}")
             continue
         too_far = check.too_far(results)
         if too_far and index + 1 < len(levels):
@@ -204,15 +195,15 @@ def export_and_compare(model: ExportModel, fmt: Format, path: Path, check: Check
             baked = not worst.error <= BAKED_FACTOR * check.tolerance
             if baked and not any(r.shape in kept for r in too_far):
                 reasons.append(
-                    f"{axes_text(level)}: logits off by {worst.max_abs_diff:.3g} at "
+                    f"{level}: logits off by {worst.max_abs_diff:.3g} at "
                     f"{list(worst.shape)}, though right at {[list(s) for s in kept]}"
                 )
                 continue
         if reasons:
-            shape = ", ".join(map(str, shape_text(level, takes.image_size, takes.channels)))
+            shape = ", ".join(map(str, level.shape(takes.image_size, takes.channels)))
             log.warning(
-                f"The {fmt.name} export of {arch} does not work with {axes_text(levels[0])} "
-                f"({'; '.join(reasons)}). Fell back to {axes_text(level)}: the file only accepts "
+                f"The {fmt.name} export of {arch} does not work with {levels[0]} "
+                f"({'; '.join(reasons)}). Fell back to {level}: the file only accepts "
                 f"inputs of shape [{shape}]."
             )
         return level, results, "; ".join(reasons) or None
@@ -275,7 +266,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         sidecar.write_text(json.dumps(report, indent=2))
     except OSError as error:
         raise LightsegError(f"Cannot write '{sidecar}': {error.strerror}.") from None
-    print_parity(report, axes_text(level))
+    print_parity(report, str(level))
     too_far = check.too_far(results)
     if too_far:
         worst = max(too_far, key=lambda r: r.error)
@@ -317,7 +308,7 @@ def describe(
         "input": {
             "name": "image",
             "dtype": "float32",
-            "shape": shape_text(level, takes.image_size, takes.channels),
+            "shape": level.shape(takes.image_size, takes.channels),
             "channels": takes.channels,
             "layout": f"NCHW, {takes.channels} channel(s) in the order training read them "
             "(RGB for colour images), values in 0..1",
@@ -330,7 +321,7 @@ def describe(
         "output": {
             "name": "logits",
             "dtype": "float32",
-            "shape": shape_text(level, takes.image_size, task.out_channels),
+            "shape": level.shape(takes.image_size, task.out_channels),
             "meaning": (
                 "foreground logit: sigmoid > 0.5 (logit > 0) is the foreground class"
                 if task.binary
