@@ -45,18 +45,8 @@ def overlay_grid(
         _join([image, *(overlay(image, mask, colors, alpha) for mask in masks)], axis=1)
         for image, *masks in zip(images, truths, predictions, strict=True)
     ]
-    return _with_legend(_join(rows, axis=0), classes, colors)
-
-
-def _join(parts: list[np.ndarray], axis: int) -> np.ndarray:
-    shape = list(parts[0].shape)
-    shape[axis] = GAP
-    gap = np.full(shape, 255, np.uint8)
-    return np.concatenate([x for part in parts for x in (gap, part)][1:], axis=axis)
-
-
-def _with_legend(grid: np.ndarray, classes: Sequence[str], colors: np.ndarray) -> np.ndarray:
-    line = 14
+    grid = _join(rows, axis=0)
+    line = 14  # legend underneath: a header, then a line per class, "ignore" last
     entries = [(name, colors[i]) for i, name in enumerate(classes) if i != 0]
     entries.append(("ignore", colors[IGNORE_INDEX]))
     top = grid.shape[0] + 2
@@ -69,6 +59,13 @@ def _with_legend(grid: np.ndarray, classes: Sequence[str], colors: np.ndarray) -
         draw.rectangle((2, y + 2, 11, y + 11), fill=tuple(int(c) for c in color))
         draw.text((16, y), name, fill="black")
     return np.asarray(canvas)
+
+
+def _join(parts: list[np.ndarray], axis: int) -> np.ndarray:
+    shape = list(parts[0].shape)
+    shape[axis] = GAP
+    gap = np.full(shape, 255, np.uint8)
+    return np.concatenate([x for part in parts for x in (gap, part)][1:], axis=axis)
 
 
 def display_image(image: np.ndarray) -> np.ndarray:
