@@ -87,11 +87,9 @@ def build_module(cfg: DictConfig, datamodule: SegmentationDataModule) -> L.Light
 
 
 def inference_defaults(data: DictConfig) -> dict[str, Any]:
-    """How eval/predict should feed images to this model, stored in its checkpoints.
-
-    Pipelines that resize for evaluation (PH2, MADS, demo) get ``whole``-image inference at the
-    training size; those that keep native resolution and pad (VOC, COCO) get ``slide``.
-    """
+    """How eval/predict should feed images to this model (stored in its checkpoints): pipelines
+    that resize for evaluation (PH2, MADS, demo) get ``whole``-image inference at the training
+    size; those that keep native resolution and pad (VOC, COCO) get ``slide``."""
     eval_transforms = plain(data.get("transforms", {})).get("eval") or []
     resizes = any(
         str(t.get("_target_", "")).rsplit(".", 1)[-1] == "Resize" for t in eval_transforms
@@ -101,21 +99,17 @@ def inference_defaults(data: DictConfig) -> dict[str, Any]:
 
 
 def build_trainer(cfg: DictConfig, **options: Any) -> L.Trainer:
-    """Lightning's Trainer from the trainer, logger and callbacks groups (``null`` entries are
-    left out); checkpoints are written atomically."""
-    loggers = instantiate_group(cfg.get("logger"))
-    callbacks = instantiate_group(cfg.get("callbacks"))
+    """Lightning's Trainer from the trainer, logger and callbacks groups (null entries left out)."""
+    loggers, callbacks = (
+        [instantiate(n) for n in (cfg.get(group) or {}).values() if n and "_target_" in n]
+        for group in ("logger", "callbacks")
+    )
     if not loggers:  # LearningRateMonitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     options.setdefault("plugins", [AtomicCheckpointIO()])  # never a half-written checkpoint
     quiet_third_party()  # Lightning's tips and notes on lightseg's own choices
     trainer = check_trainer(plain(cfg.trainer))
     return instantiate(trainer, callbacks=callbacks, logger=loggers or False, **options)
-
-
-def instantiate_group(group: DictConfig | None) -> list[Any]:
-    """Each named entry of a callbacks/logger group (``null`` entries skipped)."""
-    return [instantiate(node) for node in (group or {}).values() if node and "_target_" in node]
 
 
 def group_choices() -> dict[str, str]:
@@ -129,6 +123,5 @@ def with_changes(cfg: DictConfig, **values: Any) -> DictConfig:
     """A copy of ``cfg`` with top-level ``values`` set (lr-find drops the scheduler)."""
     changed = copy.deepcopy(cfg)
     with open_dict(changed):
-        for key, value in values.items():
-            changed[key] = value
+        changed.update(values)
     return changed

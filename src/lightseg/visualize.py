@@ -17,14 +17,10 @@ GAP = 2  # white pixels between panels
 def class_colors() -> np.ndarray:
     """RGB colour per mask value 0..255: each index's bits dealt out over the high bits of R, G
     and B, so neighbouring indices differ clearly; 0 (background) is black."""
-    colors = np.zeros((256, 3), np.uint8)
-    for index in range(256):
-        value, rgb = index, [0, 0, 0]
-        for shift in range(7, -1, -1):
-            for channel in range(3):
-                rgb[channel] |= ((value >> channel) & 1) << shift
-            value >>= 3
-        colors[index] = rgb
+    index, colors = np.arange(256, dtype=np.uint8), np.zeros((256, 3), np.uint8)
+    for bit in range(3):  # bit 3 * bit + channel of the index -> bit 7 - bit of the channel
+        for channel in range(3):
+            colors[:, channel] |= ((index >> (3 * bit + channel)) & 1) << (7 - bit)
     return colors
 
 
@@ -45,40 +41,19 @@ def overlay_grid(
 ) -> np.ndarray:
     """One row per sample: image | truth overlay | prediction overlay; a legend underneath."""
     colors = class_colors()
-    rows = []
-    for image, truth, prediction in zip(images, truths, predictions, strict=True):
-        panels = [
-            image,
-            overlay(image, truth, colors, alpha),
-            overlay(image, prediction, colors, alpha),
-        ]
-        rows.append(_join(panels, axis=1))
+    rows = [
+        _join([image, *(overlay(image, mask, colors, alpha) for mask in masks)], axis=1)
+        for image, *masks in zip(images, truths, predictions, strict=True)
+    ]
     grid = _join(rows, axis=0)
-    return _with_legend(grid, classes, colors)
-
-
-def _join(parts: list[np.ndarray], axis: int) -> np.ndarray:
-    shape = list(parts[0].shape)
-    shape[axis] = GAP
-    gap = np.full(shape, 255, np.uint8)
-    joined = [parts[0]]
-    for part in parts[1:]:
-        joined += [gap, part]
-    return np.concatenate(joined, axis=axis)
-
-
-def _with_legend(grid: np.ndarray, classes: Sequence[str], colors: np.ndarray) -> np.ndarray:
-    line = 14
+    line = 14  # legend underneath: a header, then a line per class, "ignore" last
     entries = [(name, colors[i]) for i, name in enumerate(classes) if i != 0]
     entries.append(("ignore", colors[IGNORE_INDEX]))
-    header = "columns: image | truth | prediction"
-    canvas = Image.new(
-        "RGB", (grid.shape[1], grid.shape[0] + line * (len(entries) + 1) + 4), "white"
-    )
+    top = grid.shape[0] + 2
+    canvas = Image.new("RGB", (grid.shape[1], top + line * (len(entries) + 1) + 2), "white")
     canvas.paste(Image.fromarray(grid), (0, 0))
     draw = ImageDraw.Draw(canvas)
-    top = grid.shape[0] + 2
-    draw.text((2, top), header, fill="black")
+    draw.text((2, top), "columns: image | truth | prediction", fill="black")
     for row, (name, color) in enumerate(entries, start=1):
         y = top + row * line
         draw.rectangle((2, y + 2, 11, y + 11), fill=tuple(int(c) for c in color))
@@ -86,15 +61,17 @@ def _with_legend(grid: np.ndarray, classes: Sequence[str], colors: np.ndarray) -
     return np.asarray(canvas)
 
 
+def _join(parts: list[np.ndarray], axis: int) -> np.ndarray:
+    shape = list(parts[0].shape)
+    shape[axis] = GAP
+    gap = np.full(shape, 255, np.uint8)
+    return np.concatenate([x for part in parts for x in (gap, part)][1:], axis=axis)
+
+
 def display_image(image: np.ndarray) -> np.ndarray:
-    """An image as a source reads it ([H, W, C] of 8-bit, 16-bit or float pixels): uint8 RGB."""
-    pixels = image.reshape(*image.shape[:2], -1).astype(np.float32)
-    return display_rgb(pixels / pixel_scale(image.dtype))
-
-
-def display_rgb(pixels: np.ndarray) -> np.ndarray:
-    """uint8 [..., 3] from values in [0, 1] with C channels in the last axis: one channel is
-    shown as gray; of more than three (spectral bands), the first three."""
+    """An image as a source reads it ([H, W, C] of 8-bit, 16-bit or float pixels): uint8 RGB.
+    One channel is shown as gray; of more than three (spectral bands), the first three."""
+    pixels = image.reshape(*image.shape[:2], -1).astype(np.float32) / pixel_scale(image.dtype)
     pixels = pixels[..., :3] if pixels.shape[-1] >= 3 else np.repeat(pixels[..., :1], 3, -1)
     return np.round(np.clip(pixels, 0, 1) * 255).astype(np.uint8)
 
@@ -140,12 +117,8 @@ def confusion_figure(confusion: np.ndarray, classes: Sequence[str], title: str):
     axes.set_xticklabels(classes, rotation=60 if n > 4 else 0, ha="right" if n > 4 else "center")
     axes.set_yticklabels(classes)
     if n <= 25:
-        for row in range(n):
-            for column in range(n):
-                value = normalised[row, column]
-                color = "white" if value > 0.5 else "black"
-                axes.text(
-                    column, row, f"{value:.2f}", ha="center", va="center", fontsize=8, color=color
-                )
+        for (row, column), value in np.ndenumerate(normalised):
+            ink = "white" if value > 0.5 else "black"
+            axes.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=8, color=ink)
     figure.tight_layout()
     return figure

@@ -33,14 +33,9 @@ CONFIG = "config.yaml"
 HYDRA = ".hydra"
 RUN_INFO = "run_info.json"
 CHECKPOINTS = "checkpoints"
-LAST = "last.ckpt"
-BEST = "best.ckpt"
-METRICS = "metrics.json"
 SPLITS = "splits"
-CSV_LOG = Path("csv") / "metrics.csv"
 PER_IMAGE = "per_image.csv"
 WANDB_RUN_ID = "wandb_run_id.txt"
-EVAL = "eval"
 #: What a folder holds before training records anything: Hydra's record and log, the lock.
 STARTUP_FILES = {HYDRA, "train.log", LOCK}
 
@@ -70,12 +65,12 @@ class RunFolder:
     run_info = _inside(RUN_INFO)
     lock = _inside(LOCK)
     checkpoints = _inside(CHECKPOINTS)
-    last = _inside(CHECKPOINTS, LAST)
-    best = _inside(CHECKPOINTS, BEST)
-    metrics = _inside(METRICS)
-    csv_log = _inside(CSV_LOG)
+    last = _inside(CHECKPOINTS, "last.ckpt")
+    best = _inside(CHECKPOINTS, "best.ckpt")
+    metrics = _inside("metrics.json")
+    csv_log = _inside("csv", "metrics.csv")
     per_image = _inside(PER_IMAGE)
-    evaluations = _inside(EVAL)
+    evaluations = _inside("eval")
 
     def info(self) -> dict[str, Any] | None:
         """``run_info.json``, or None if there is none (or it cannot be read)."""

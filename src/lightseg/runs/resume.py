@@ -13,6 +13,7 @@ overrides that recompose a continued run as it was started.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from datetime import datetime
 from pathlib import Path
@@ -54,11 +55,9 @@ def new_run_folder(parent: Path, now: datetime | None = None) -> Path:
     parent.mkdir(parents=True, exist_ok=True)
     for attempt in range(1, 1000):
         folder = parent / (stamp if attempt == 1 else f"{stamp}_{attempt}")
-        try:
+        with contextlib.suppress(FileExistsError):
             folder.mkdir()
-        except FileExistsError:
-            continue
-        return folder
+            return folder
     raise LightsegError(f"Could not create a new run folder under '{parent}'.")
 
 
@@ -176,8 +175,7 @@ def continuation(run: RunFolder, overrides: list[str]) -> list[str] | None:
 
 def quoted(path: str | Path) -> str:
     """A path as a Hydra override value (quoted: paths may hold characters Hydra parses)."""
-    text = str(path).replace("\\", "\\\\").replace("'", "\\'")
-    return f"'{text}'"
+    return "'" + str(path).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _resume_or_hydra(override: str) -> bool:

@@ -38,16 +38,7 @@ from lightseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from lightseg.errors import LightsegError
 from lightseg.models import SegmentationModule
 from lightseg.models.network import logits_of
-from lightseg.tools.parity import (
-    Check,
-    Level,
-    Runner,
-    axes_text,
-    compare,
-    parity_report,
-    print_parity,
-    shape_text,
-)
+from lightseg.tools.parity import Check, Level, Runner, compare, parity_report, print_parity
 from lightseg.utils.console import console
 
 log = logging.getLogger(__name__)
@@ -131,8 +122,7 @@ def load_onnx(path: Path) -> Runner:
 def save_torchscript(model: nn.Module, example: torch.Tensor, path: Path, level, opset) -> None:
     # One trace serves every size the traced code allows; the parity check finds out which.
     with quiet(), torch.no_grad():
-        traced = torch.jit.trace(model, example, check_trace=False)
-        torch.jit.save(traced, str(path))
+        torch.jit.save(torch.jit.trace(model, example, check_trace=False), str(path))
 
 
 def load_torchscript(path: Path) -> Runner:
@@ -195,7 +185,10 @@ def export_and_compare(model: ExportModel, fmt: Format, path: Path, check: Check
             fmt.save(model, example, path, level, opset)
             results = compare(model, fmt.load(path), check.shapes_for(level), check)
         except Exception as error:  # whatever went wrong, a less general level may work
-            reasons.append(f"{axes_text(level)}: {_root_cause(error)}")
+            while error.__cause__ is not None:  # exporters wrap the real error
+                error = error.__cause__
+            lines = ANSI_CODES.sub("", str(error)).strip().splitlines()  # say its first line
+            reasons.append(f"{level}: {type(error).__name__}: {lines[0][:300] if lines else ''}")
             continue
         too_far = check.too_far(results)
         if too_far and index + 1 < len(levels):
@@ -204,15 +197,15 @@ def export_and_compare(model: ExportModel, fmt: Format, path: Path, check: Check
             baked = not worst.error <= BAKED_FACTOR * check.tolerance
             if baked and not any(r.shape in kept for r in too_far):
                 reasons.append(
-                    f"{axes_text(level)}: logits off by {worst.max_abs_diff:.3g} at "
+                    f"{level}: logits off by {worst.max_abs_diff:.3g} at "
                     f"{list(worst.shape)}, though right at {[list(s) for s in kept]}"
                 )
                 continue
         if reasons:
-            shape = ", ".join(map(str, shape_text(level, takes.image_size, takes.channels)))
+            shape = ", ".join(map(str, level.shape(takes.image_size, takes.channels)))
             log.warning(
-                f"The {fmt.name} export of {arch} does not work with {axes_text(levels[0])} "
-                f"({'; '.join(reasons)}). Fell back to {axes_text(level)}: the file only accepts "
+                f"The {fmt.name} export of {arch} does not work with {levels[0]} "
+                f"({'; '.join(reasons)}). Fell back to {level}: the file only accepts "
                 f"inputs of shape [{shape}]."
             )
         return level, results, "; ".join(reasons) or None
@@ -222,14 +215,6 @@ def export_and_compare(model: ExportModel, fmt: Format, path: Path, check: Check
         f"({'; '.join(reasons)}). Try the other format "
         f"({', '.join(n for n in FORMATS if n != fmt.name)})."
     )
-
-
-def _root_cause(error: BaseException) -> str:
-    """``Type: first line`` of the innermost cause (exporters wrap the real error)."""
-    while error.__cause__ is not None:
-        error = error.__cause__
-    lines = ANSI_CODES.sub("", str(error)).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0][:300] if lines else ''}"
 
 
 def output_path(ckpt_path: Path, fmt: Format, output: str | None) -> Path:
@@ -266,16 +251,21 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     with console.status(f"Exporting {ckpt_path.name} to {fmt.name} ..."):
         level, results, fallback = export_and_compare(model, fmt, path, check, int(cfg.opset))
 
-    report = describe(module, fmt, path, ckpt_path, level, takes)
-    report["fallback_reason"] = fallback
-    report["opset"] = int(cfg.opset) if fmt.name == "onnx" else None
-    report["parity"] = parity_report(results, check, fmt.runtime())
+    report = {
+        "format": fmt.name,
+        "file": path.name,
+        "checkpoint": str(ckpt_path),
+        **describe(module, level, takes),
+        "fallback_reason": fallback,
+        "opset": int(cfg.opset) if fmt.name == "onnx" else None,
+        "parity": parity_report(results, check, fmt.runtime()),
+    }
     sidecar = path.with_name(path.name + ".json")
     try:
         sidecar.write_text(json.dumps(report, indent=2))
     except OSError as error:
         raise LightsegError(f"Cannot write '{sidecar}': {error.strerror}.") from None
-    print_parity(report, axes_text(level))
+    print_parity(report, str(level))
     too_far = check.too_far(results)
     if too_far:
         worst = max(too_far, key=lambda r: r.error)
@@ -295,21 +285,11 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     return {**report, "path": str(path)}
 
 
-def describe(
-    module: SegmentationModule,
-    fmt: Format,
-    path: Path,
-    ckpt_path: Path,
-    level: Level,
-    takes: ModelInput,
-) -> dict[str, Any]:
-    """The sidecar's description of the exported file: what goes in, what comes out."""
+def describe(module: SegmentationModule, level: Level, takes: ModelInput) -> dict[str, Any]:
+    """The sidecar's description of the exported model: what goes in, what comes out."""
     task = module.task
     norm = module.hparams.get("normalization") or {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
     return {
-        "format": fmt.name,
-        "file": path.name,
-        "checkpoint": str(ckpt_path),
         "model": plain(module.hparams.model),
         "classes": list(task.classes),
         "binary": task.binary,
@@ -317,7 +297,7 @@ def describe(
         "input": {
             "name": "image",
             "dtype": "float32",
-            "shape": shape_text(level, takes.image_size, takes.channels),
+            "shape": level.shape(takes.image_size, takes.channels),
             "channels": takes.channels,
             "layout": f"NCHW, {takes.channels} channel(s) in the order training read them "
             "(RGB for colour images), values in 0..1",
@@ -330,7 +310,7 @@ def describe(
         "output": {
             "name": "logits",
             "dtype": "float32",
-            "shape": shape_text(level, takes.image_size, task.out_channels),
+            "shape": level.shape(takes.image_size, task.out_channels),
             "meaning": (
                 "foreground logit: sigmoid > 0.5 (logit > 0) is the foreground class"
                 if task.binary

@@ -87,17 +87,14 @@ def lr_find(cfg: DictConfig) -> dict[str, Any]:
         "loss": losses,
     }
     (output / "lr_find.json").write_text(json.dumps(result, indent=2))
-    if suggestion is None:
-        console.print(
-            "No suggestion: too few steps ran before the loss diverged. Raise "
-            "lr_find.num_training or lower lr_find.max_lr."
-        )
-    else:
-        console.print(
-            f"Suggested: optimizer.lr={suggestion:.2g}, where the smoothed loss falls fastest "
-            f"(the experiment has optimizer.lr={cfg.optimizer.lr}). Check it on the curve: a "
-            "good peak rate is one where the loss still falls steeply, below where it turns up."
-        )
+    console.print(
+        "No suggestion: too few steps ran before the loss diverged. Raise "
+        "lr_find.num_training or lower lr_find.max_lr."
+        if suggestion is None
+        else f"Suggested: optimizer.lr={suggestion:.2g}, where the smoothed loss falls fastest "
+        f"(the experiment has optimizer.lr={cfg.optimizer.lr}). Check it on the curve: a "
+        "good peak rate is one where the loss still falls steeply, below where it turns up."
+    )
     console.print(f"Curve: {output / 'lr_find.png'}, values: {output / 'lr_find.json'}")
     return result
 

@@ -26,6 +26,9 @@ COARSE = 32
 ALL_AXES = ("batch", "height", "width")
 RULE = "max |export - pytorch| / max(1, max |pytorch logit|) <= tolerance, at every input shape"
 
+#: A comparison's numbers, as the sidecar reports them (each check's, and the worst).
+STATS = ("error", "max_abs_diff", "max_abs_logit", "mask_disagreement")
+
 Runner = Callable[[np.ndarray], np.ndarray]
 
 
@@ -40,6 +43,18 @@ class Level:
     def example_batch(self) -> int:
         """Batch size of the example input: not 1 where it is dynamic, or export would fix it."""
         return 2 if "batch" in self.axes else 1
+
+    def __str__(self) -> str:
+        if not self.axes:
+            return "a fixed input shape"
+        sides = f" (sides x{self.multiple})" if self.multiple > 1 and "height" in self.axes else ""
+        return "dynamic " + ", ".join(self.axes) + sides
+
+    def shape(self, size: Sequence[int], channels: int) -> list:
+        """A shape for people: N, H and W where the axis is dynamic."""
+        n = "N" if "batch" in self.axes else self.example_batch
+        h, w = ("H", "W") if "height" in self.axes else size
+        return [n, channels, h, w]
 
 
 def default_sizes(size: Sequence[int], multiple: int) -> list[tuple[int, int]]:
@@ -114,18 +129,14 @@ class Check:
 
     def shapes_for(self, level: Level) -> list[tuple[int, int, int, int]]:
         """The check shapes an export at ``level`` accepts (at least its own)."""
-        size = self.takes.image_size
+        size, batch, sides = self.takes.image_size, level.example_batch, "height" in level.axes
         kept = [
             s
             for s in self.shapes
-            if ("batch" in level.axes or s[0] == level.example_batch)
-            and (
-                s[2:] == size
-                if "height" not in level.axes
-                else not any(side % level.multiple for side in s[2:])
-            )
+            if ("batch" in level.axes or s[0] == batch)
+            and (not any(side % level.multiple for side in s[2:]) if sides else s[2:] == size)
         ]
-        return kept or [(level.example_batch, self.takes.channels, *size)]
+        return kept or [(batch, self.takes.channels, *size)]
 
     def too_far(self, results: list[Comparison]) -> list[Comparison]:
         return [r for r in results if not r.error <= self.tolerance]  # NaN is too far
@@ -157,36 +168,13 @@ def parity_report(results: list[Comparison], check: Check, runtime: str) -> dict
         "rule": RULE,
         "tolerance": check.tolerance,
         "passed": not check.too_far(results),
-        "error": max(r.error for r in results),
-        "max_abs_diff": max(r.max_abs_diff for r in results),
-        "max_abs_logit": max(r.max_abs_logit for r in results),
-        "mask_disagreement": max(r.mask_disagreement for r in results),
+        **{stat: max(getattr(r, stat) for r in results) for stat in STATS},
         "checks": [
-            {
-                "input": list(r.shape),
-                "output": list(r.output_shape),
-                "max_abs_diff": r.max_abs_diff,
-                "max_abs_logit": r.max_abs_logit,
-                "error": r.error,
-                "mask_disagreement": r.mask_disagreement,
-            }
+            {"input": list(r.shape), "output": list(r.output_shape)}
+            | {stat: getattr(r, stat) for stat in STATS}
             for r in results
         ],
     }
-
-
-def axes_text(level: Level) -> str:
-    if not level.axes:
-        return "a fixed input shape"
-    multiple = level.multiple > 1 and "height" in level.axes
-    return "dynamic " + ", ".join(level.axes) + (f" (sides x{level.multiple})" if multiple else "")
-
-
-def shape_text(level: Level, size: Sequence[int], channels: int) -> list:
-    """A shape for people: N, H and W where the axis is dynamic."""
-    n = "N" if "batch" in level.axes else level.example_batch
-    h, w = ("H", "W") if "height" in level.axes else size
-    return [n, channels, h, w]
 
 
 def print_parity(report: dict, how: str) -> None:

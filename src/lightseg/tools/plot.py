@@ -49,8 +49,7 @@ def read_csv_log(run: str | Path) -> pd.DataFrame:
             continue
         if "step" not in part or not any(str(c).startswith("train/") for c in part):
             continue
-        start = part["step"].min()
-        parts = [earlier[earlier["step"] < start] for earlier in parts]
+        parts = [earlier[earlier["step"] < part["step"].min()] for earlier in parts]
         parts.append(part)
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
@@ -66,8 +65,7 @@ def epoch_table(run: str | Path) -> pd.DataFrame:
     # LearningRateMonitor's rows carry no epoch: they belong to the epoch that follows them.
     frame["epoch"] = frame["epoch"].bfill().ffill()
     frame = frame.dropna(subset=["epoch"]).astype({"epoch": int})
-    columns = [c for c in frame.columns if c not in ("epoch", "step")]
-    table = frame.groupby("epoch")[columns].last().dropna(axis=1, how="all")
+    table = frame.drop(columns="step").groupby("epoch").last().dropna(axis=1, how="all")
     trained = [c for c in table if c.startswith("train/")]
     if trained:  # drop the evaluation of the best checkpoint that follows training
         table = table[table[trained].notna().any(axis=1)]

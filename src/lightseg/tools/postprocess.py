@@ -64,8 +64,7 @@ def dense_crf(
         rgbim=np.require(image, np.uint8, ["C", "W"]),  # pydensecrf needs a writable buffer
         compat=bilateral_compat,
     )
-    refined = crf.inference(int(iterations))
-    return np.asarray(refined, dtype=np.float32).reshape(classes, height, width)
+    return np.asarray(crf.inference(int(iterations)), np.float32).reshape(classes, height, width)
 
 
 #: The kernel and inference parameters ``dense_crf`` takes besides its inputs.

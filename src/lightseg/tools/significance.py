@@ -23,16 +23,10 @@ def bootstrap_ci(
     data = np.asarray(values, dtype=float)
     if data.size < 2:
         return None
-    result = stats.bootstrap(
-        (data,),
-        np.mean,
-        n_resamples=resamples,
-        confidence_level=level,
-        method="percentile",
-        vectorized=True,
-        rng=np.random.default_rng(seed),
-    )
-    interval = result.confidence_interval
+    rng = np.random.default_rng(seed)  # np.mean takes axis=: scipy resamples it vectorised
+    interval = stats.bootstrap(
+        [data], np.mean, n_resamples=resamples, confidence_level=level, method="percentile", rng=rng
+    ).confidence_interval
     return float(interval.low), float(interval.high)
 
 

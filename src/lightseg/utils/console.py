@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.syntax import Syntax
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 from rich.tree import Tree
 
@@ -32,15 +32,9 @@ console = Console(soft_wrap=True, width=PIPED_WIDTH if _piped else None)
 CONFIG_ORDER = ("data", "model", "loss", "optimizer", "scheduler", "trainer", "callbacks", "logger")
 #: Groups whose chosen option the start-up summary names.
 SUMMARY_GROUPS = ("experiment", "data", "model", "loss", "optimizer", "scheduler", "trainer")
-SUMMARY_DATA_KEYS = ("image_size", "batch_size", "num_workers", "split", "cache")
-SUMMARY_TRAINER_KEYS = (
-    "accelerator",
-    "devices",
-    "num_nodes",
-    "precision",
-    "max_epochs",
-    "max_steps",
-)
+#: The data and trainer values it shows.
+DATA_KEYS = ("image_size", "batch_size", "num_workers", "split", "cache")
+TRAINER_KEYS = ("accelerator", "devices", "num_nodes", "precision", "max_epochs", "max_steps")
 #: Lightning log lines (starts of messages) that say nothing about the run: an advertisement,
 #: and remarks on choices lightseg makes on purpose (a Rich model summary, per-step schedules).
 LIGHTNING_CHATTER = (
@@ -85,7 +79,14 @@ def print_config(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> N
     run folder's ``config.yaml`` has it all either way)."""
     mode = cfg.get("print_config")
     if str(mode).lower() == "full":
-        print_config_tree(cfg)
+        tree = Tree("config", guide_style="dim")
+        keys = [k for k in CONFIG_ORDER if k in cfg] + [k for k in cfg if k not in CONFIG_ORDER]
+        for key in keys:
+            node = cfg[key]
+            text = OmegaConf.to_yaml(node, resolve=True) if OmegaConf.is_dict(node) else str(node)
+            syntax = Syntax(text.rstrip(), "yaml", background_color="default")
+            tree.add(f"[bold]{key}[/]").add(syntax)
+        console.print(tree)
     elif mode:
         for label, value in config_summary(cfg, choices or {}):
             console.print(Text.assemble((f"{label:<9}", "bold"), " ", value))
@@ -97,14 +98,16 @@ def config_summary(cfg: DictConfig, choices: Mapping[str, str]) -> list[tuple[st
     data = cfg.get("data") or {}
     source = _short(str((data.get("source") or {}).get("_target_", "")))
     lines = [(str(cfg.get("name", "")), picked or "(config as composed)")]
-    lines.append(("data", f"{source} {_values(data, SUMMARY_DATA_KEYS)}".strip()))
+    lines.append(("data", f"{source} {_values(data, DATA_KEYS)}".strip()))
     for group in ("model", "optimizer", "scheduler"):
         node = cfg.get(group) or {}
-        lines.append((group, _described(node) if node else "none"))
+        keys = [k for k in node if k != "_target_" and not isinstance(node[k], DictConfig)]
+        target = _short(str(node.get("_target_", "")))
+        lines.append((group, f"{target} {_values(node, keys)}".strip() if node else "none"))
     loss = cfg.get("loss") or {}
     terms = [f"{name} x{term.get('weight', 1.0)}" for name, term in loss.items() if term]
     lines.append(("loss", " + ".join(terms) or "none"))
-    trainer = _values(cfg.get("trainer") or {}, SUMMARY_TRAINER_KEYS)
+    trainer = _values(cfg.get("trainer") or {}, TRAINER_KEYS)
     lines.append(("trainer", f"{trainer} monitor={cfg.get('monitor')} seed={cfg.get('seed')}"))
     output = (cfg.get("paths") or {}).get("output_dir")
     lines.append(("run", f"{output} (config.yaml there; print_config=full prints it all)"))
@@ -115,12 +118,6 @@ def _short(target: str) -> str:
     """A class by its name (``AdamW``), a function with its module (``smp_models.build``)."""
     parts = target.split(".")
     return ".".join(parts[-2:]) if parts[-1][:1].islower() else parts[-1]
-
-
-def _described(node: DictConfig) -> str:
-    """``Target key=value ...`` for the plain values of a ``_target_`` node."""
-    keys = [k for k in node if k != "_target_" and not isinstance(node[k], DictConfig)]
-    return f"{_short(str(node.get('_target_', '')))} {_values(node, keys)}".strip()
 
 
 def _values(node: DictConfig, keys: Iterable[str]) -> str:
@@ -139,27 +136,12 @@ def _values(node: DictConfig, keys: Iterable[str]) -> str:
     return " ".join(shown)
 
 
-def print_config_tree(cfg: DictConfig) -> None:
-    tree = Tree("config", guide_style="dim")
-    keys = [k for k in CONFIG_ORDER if k in cfg] + [k for k in cfg if k not in CONFIG_ORDER]
-    for key in keys:
-        value = cfg[key]
-        text = (
-            OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
-        )
-        tree.add(f"[bold]{key}[/]").add(Syntax(text.rstrip(), "yaml", background_color="default"))
-    console.print(tree)
-
-
 def print_metrics(metrics: Mapping[str, float], title: str = "Final metrics") -> None:
     """Metrics as a table with one row per name, and val/test side by side (empty: no value,
     e.g. a class in neither the truth nor the predictions)."""
     stages = [s for s in ("val", "test") if any(k.startswith(f"{s}/") for k in metrics)]
     names = sorted({key.split("/", 1)[1] for key in metrics if key.split("/", 1)[0] in stages})
-    table = Table()
-    table.add_column("metric")
-    for stage in stages:
-        table.add_column(stage, justify="right")
+    table = Table("metric", *(Column(stage, justify="right") for stage in stages))
     for name in names:
         cells = [metrics.get(f"{s}/{name}") for s in stages]
         table.add_row(name, *("" if c is None or c != c else f"{c:.4f}" for c in cells))
