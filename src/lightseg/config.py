@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import importlib
 import inspect
 import os
 import re
@@ -24,12 +25,14 @@ import hydra
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
+from hydra.types import RunMode
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lightseg import CONFIG_DIR
-from lightseg.errors import LightsegError, user_errors
+from lightseg.errors import LightsegError, SweepJob, sweep_summary, user_errors
 from lightseg.runs import resume
 
 #: Hydra's own keys in a ``_target_`` node.
@@ -226,33 +229,64 @@ def compose_config(
 T = TypeVar("T")
 
 
-def app(config_name: str) -> Callable[[Callable[[DictConfig], T]], Callable[[], T]]:
+def app(config_name: str) -> Callable[[Callable[[DictConfig], T]], Callable[[], T | None]]:
     """The command line of every lightseg entry point: Hydra's app for
     ``configs/<config_name>.yaml`` whose mistakes end in one paragraph and a non-zero exit. An
     override Hydra cannot apply gets Hydra's message plus the nearest valid key or option, worked
-    out on this failure path only (``HYDRA_FULL_ERROR`` hands the error here)."""
+    out on this failure path only (``HYDRA_FULL_ERROR`` hands the error here). In a sweep (-m)
+    a failed job is reported and the sweep goes on (:class:`SweepJob`); the command then ends
+    with a summary of the failed jobs and exit 1."""
 
-    def decorate(task: Callable[[DictConfig], T]) -> Callable[[], T]:
+    def decorate(task: Callable[[DictConfig], T]) -> Callable[[], T | None]:
+        jobs: list[SweepJob] = []  # this command's sweep jobs, in the order they ran
+        command = os.getpid()  # the process of the command line (a worker gets a copy)
+
         @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)
         @functools.wraps(task)
-        def hydra_app(cfg: DictConfig) -> T:
-            with user_errors():  # per job: a sweep's failed job is reported as it ends
-                return task(cfg)
+        def hydra_app(cfg: DictConfig) -> T | None:
+            hydra_cfg = HydraConfig.get()
+            if hydra_cfg.mode != RunMode.MULTIRUN:
+                with user_errors():  # a single run's error: its paragraph and exit code
+                    return task(cfg)
+            if os.getpid() != command:  # a launcher's worker (SLURM): Hydra's record of
+                return task(cfg)  # the job takes its error back to the sweep, which raises it
+            job = SweepJob(
+                hydra_cfg.job.num,
+                hydra_cfg.runtime.output_dir,
+                list(hydra_cfg.overrides.task),
+                hydra_cfg.sweep.dir,
+            )
+            jobs.append(job)
+            with user_errors():  # an error that stops the sweep: its paragraph and exit code
+                return job.run(task, cfg)
 
         @functools.wraps(task)
-        def main() -> T:
-            given = os.environ.get("HYDRA_FULL_ERROR")
+        def main() -> T | None:
+            spec = sys.modules["__main__"].__spec__
+            if task.__module__ == "__main__" and spec is not None:  # python -m lightseg.<x>:
+                # the module's importable copy, which a launcher (SLURM) pickles by reference
+                return getattr(importlib.import_module(spec.name), task.__name__)()
+            jobs.clear()
+            given, stopped = os.environ.get("HYDRA_FULL_ERROR"), ""
             os.environ.setdefault("HYDRA_FULL_ERROR", "1")
             with user_errors():
                 try:
-                    return hydra_app()
+                    result = hydra_app()
                 except HydraException as error:
                     GlobalHydra.instance().clear()  # the failed app's; explaining composes anew
                     overrides = [a for a in sys.argv[1:] if not a.startswith("-")]
                     raise LightsegError(explain(error, overrides, config_name)) from None
+                except Exception as error:  # the sweeper's own end (Optuna: no trial finished)
+                    if not any(job.failure for job in jobs):
+                        raise
+                    result = None
+                    stopped = f" The sweep then stopped: {type(error).__name__}: {error}"
                 finally:  # only this app's errors come here; later apps keep Hydra's handling
                     if given is None:
                         os.environ.pop("HYDRA_FULL_ERROR", None)
+                if any(job.failure for job in jobs):
+                    raise LightsegError(sweep_summary(jobs) + stopped)
+                return result
 
         return main
 

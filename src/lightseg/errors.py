@@ -1,10 +1,14 @@
-"""User-facing errors: one clear paragraph, a non-zero exit, no traceback."""
+"""User-facing errors: one clear paragraph, a non-zero exit, no traceback; in a sweep, a failed
+job is reported as it ends and the sweep goes on to the next (:class:`SweepJob`)."""
 
 from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from hydra.errors import InstantiationException
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -12,11 +16,17 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from rich.console import Console
 from rich.panel import Panel
 
+T = TypeVar("T")
+
 
 class LightsegError(Exception):
     """A mistake the user can fix (missing data, bad config, bad file); the message says how."""
 
     exit_code = 1
+
+
+class SweepRefused(LightsegError):
+    """A sweep (-m) that no job of it can run as asked: it stops before the next job."""
 
 
 class TrainingInterrupted(LightsegError):
@@ -76,10 +86,68 @@ def user_errors() -> Iterator[None]:
         message = user_message(error)
         if message is None:
             raise
-        console = Console(stderr=True)
-        if console.is_terminal:
-            console.print(Panel(message, title="lightseg: error", border_style="red", expand=False))
-        else:  # logs and pipes: one unwrapped paragraph that grep can find
-            print(f"lightseg: error: {message}", file=sys.stderr)
+        show_error(message)
         cause = lightseg_cause(error)
         sys.exit(cause.exit_code if cause is not None else 1)
+
+
+def show_error(message: str) -> None:
+    """The paragraph on stderr: a red panel on a terminal, one greppable line elsewhere."""
+    console = Console(stderr=True)
+    if console.is_terminal:
+        console.print(Panel(message, title="lightseg: error", border_style="red", expand=False))
+    else:  # logs and pipes: one unwrapped paragraph that grep can find
+        print(f"lightseg: error: {message}", file=sys.stderr)
+
+
+def one_line(message: str, limit: int = 400) -> str:
+    """A reason as one line for summaries and tables: whitespace collapsed, at most ``limit``
+    characters (a traceback folded into a message would fill a screen)."""
+    text = " ".join(message.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@dataclass
+class SweepJob:
+    """One job of a sweep (-m): where it ran, and the paragraph it failed with, if it did."""
+
+    number: int
+    folder: str
+    overrides: list[str]
+    sweep_dir: str
+    failure: str | None = None
+
+    def run(self, task: Callable[[Any], T], cfg: Any) -> T | None:
+        """``task(cfg)``; its error is shown (a bug with its traceback) and remembered, and the
+        job returns None, so that Hydra's sweepers go on (Optuna marks the trial FAIL). A stop
+        signal (TrainingInterrupted) and SweepRefused stop the whole sweep. The task records
+        the failure in the job's folder (run_info.json)."""
+        try:
+            return task(cfg)
+        except Exception as error:
+            if isinstance(lightseg_cause(error), TrainingInterrupted | SweepRefused):
+                raise
+            self.failure = user_message(error)
+            if self.failure is None:  # not a user's mistake: the traceback shows where
+                traceback.print_exc()
+                self.failure = f"{type(error).__name__}: {error}"
+            else:
+                show_error(self.failure)
+            return None
+
+
+def sweep_summary(jobs: list[SweepJob]) -> str:
+    """One paragraph: which jobs failed (number, folder, the overrides that set it apart from
+    the other jobs) and why."""
+    failed = [job for job in jobs if job.failure]
+    shared = set.intersection(*(set(job.overrides) for job in jobs)) if len(jobs) > 1 else set()
+    listed = "; ".join(
+        f"job {job.number} ({job.folder}, {' '.join(o for o in job.overrides if o not in shared)})"
+        f": {one_line(job.failure or '').rstrip('.')}"
+        for job in failed
+    )
+    return (
+        f"{len(failed)} of {len(jobs)} sweep jobs failed (the others ran to their end): {listed}. "
+        "Each job's run_info.json records how it ended; python -m lightseg.tools.table "
+        f"runs={jobs[0].sweep_dir} tabulates the sweep and lists the failed jobs."
+    )

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightseg.checkpoints import check_resumable, checkpoint_position, remove_partial_files
 from lightseg.config import app
-from lightseg.errors import LightsegError, user_message
+from lightseg.errors import LightsegError, SweepRefused, user_message
 from lightseg.experiment import build, group_choices
 from lightseg.metrics import finite_or_none
 from lightseg.runs import RunFolder, RunLock, recorded_run, resume
@@ -76,7 +76,11 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, floa
             lock.acquire()
         return _train(cfg, run, checkpoint, overrides or [])
     except Exception as error:
-        if user_message(error) is not None and not run.is_run:
+        if not run.is_run and owner and sweep_job():  # a table lists the failed job
+            end_record(
+                run.path, "failed", user_message(error) or f"{type(error).__name__}: {error}"
+            )
+        elif user_message(error) is not None and not run.is_run:
             run.discard_if_unused()  # a mistake caught before the run began: no empty folder
         raise
     finally:
@@ -127,26 +131,35 @@ def evaluate_best(trainer: L.Trainer, module, datamodule) -> dict[str, float]:
     return metrics
 
 
+def sweep_job() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def check_sweep(cfg: DictConfig) -> None:
     """What a sweep (-m) cannot do: start every job from one checkpoint, or run Lightning's
-    ``ddp``, which re-runs the command line per device (the sweep would run N times)."""
+    ``ddp``, which re-runs the command line per device (the sweep would run N times). Either
+    stops the sweep at its first job (SweepRefused), whose folder is not kept."""
     checkpoint = cfg.get("ckpt_path")
+    strategy = str(cfg.trainer.get("strategy") or "")
+    several = cfg.trainer.get("devices") not in (1, "1")
     if checkpoint is not None:
-        raise LightsegError(
+        refusal = (
             f"ckpt_path={checkpoint} in a sweep would start every job from that one checkpoint. "
             "Continue one sweep job on its own (python -m lightseg.train ckpt_path=<job "
             "folder>), or give the sweep resume=auto with the sweep's folder "
             "(hydra.sweep.dir=<it>): each job then continues its own folder."
         )
-    strategy = str(cfg.trainer.get("strategy") or "")
-    devices = cfg.trainer.get("devices")
-    if strategy.startswith("ddp") and "spawn" not in strategy and devices not in (1, "1"):
-        raise LightsegError(
+    elif strategy.startswith("ddp") and "spawn" not in strategy and several:
+        refusal = (
             "A sweep (-m) with trainer.strategy=ddp on several devices is not possible: Lightning "
             "starts each device's process by re-running the command line, sweep included. Run "
-            "each sweep job as its own job: hydra/launcher=submitit_slurm (configs/hydra/"
-            "launcher/slurm.yaml), or trainer.strategy=ddp_spawn."
+            "each sweep job as its own job: hydra/launcher=slurm (Hydra's submitit launcher, "
+            "configs/hydra/launcher/slurm.yaml), or trainer.strategy=ddp_spawn."
         )
+    else:
+        return
+    RunFolder(cfg.paths.output_dir).discard_if_unused()
+    raise SweepRefused(refusal)
 
 
 if __name__ == "__main__":

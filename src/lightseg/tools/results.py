@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lightseg.errors import LightsegError
+from lightseg.errors import LightsegError, one_line
 from lightseg.runs import RunFolder, find_runs
 from lightseg.runs.folder import PER_IMAGE, read_yaml
 from lightseg.runs.per_image import read_per_image
@@ -154,7 +154,8 @@ def read_run(run: RunFolder, numbers_from: NumbersFrom = TEST_STAGE) -> RunResul
         elif info.get("status") in ("finished", "running"):
             status = "no metrics.json (still running, or killed)"
         else:
-            status = f"{info.get('status')}: {info.get('message') or ''}".strip(": ")
+            reason = one_line(info.get("message") or "")
+            status = f"{info.get('status')}: {reason}".strip(": ")
     return RunResult(run.path, run.overrides(), values, metrics, status, per_image)
 
 
