@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -17,6 +19,7 @@ from hydra import compose, initialize_config_dir
 from lightseg import CONFIG_DIR
 from lightseg.errors import LightsegError
 from lightseg.runs import RunFolder, RunLock, snapshot
+from lightseg.runs.record import write_run_info
 from lightseg.train import check_sweep, train
 from lightseg.utils.locks import held_by_live_process
 from tests.conftest import FAST, make_config
@@ -53,6 +56,22 @@ def test_a_dirty_tree_is_kept_whole_diff_new_files_and_packages(tmp_path, monkey
     assert record["untracked_files"] == ["extensions/net.py"]
     packages = (run / "packages.txt").read_text().splitlines()
     assert f"torch=={version('torch')}" in packages
+
+
+def test_a_full_disk_keeps_the_last_whole_run_info(tmp_path, monkeypatch):
+    write_run_info(tmp_path, {"status": "running"})
+    original = Path.write_text
+
+    def disk_fills(path, text, *args, **kwargs):
+        original(path, text[:10])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Path, "write_text", disk_fills)
+    with pytest.raises(LightsegError, match=f"run_info.json could not be written in '{tmp_path}'"):
+        write_run_info(tmp_path, {"status": "finished"})
+    monkeypatch.undo()
+    assert RunFolder(tmp_path).info() == {"status": "running"}
+    assert [p.name for p in tmp_path.iterdir()] == ["run_info.json"]
 
 
 def test_the_lock_tells_live_from_dead(tmp_path):
