@@ -44,6 +44,7 @@ def confusion_by_hand(ckpt, split="test"):
     return confusion, len(datamodule.splits[split])
 
 
+@pytest.mark.filterwarnings("error:The given NumPy array is not writable")  # read-only images
 def test_eval_numbers_equal_the_confusion_matrix(demo_checkpoint, tmp_path):
     report = evaluate(eval_config(demo_checkpoint, tmp_path), data_from_run=True)
     confusion, images = confusion_by_hand(demo_checkpoint)
