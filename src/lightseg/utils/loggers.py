@@ -183,7 +183,7 @@ def drop_replayed_rows(logger: CSVLogger, step: int) -> None:
         if not rows or "step" not in rows[0]:
             continue
         at = rows[0].index("step")
-        kept = [rows[0], *(row for row in rows[1:] if not row[at] or int(row[at]) < step)]
+        kept = [rows[0], *(row for row in rows[1:] if not row[at] or float(row[at]) < step)]
         if len(kept) < len(rows):
             temp = path.with_name(f".{path.name}.partial-{os.getpid()}")
             with temp.open("w", newline="") as file:
