@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 import lightning as L
 from hydra.core.global_hydra import GlobalHydra
 
+from lightseg import checkpoints
 from lightseg.train import main
 
 
@@ -34,6 +36,46 @@ class PoisonAt(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch_idx):
             batch["image"][0, 0, 0, 0] = float("nan")
+
+
+class FullDisk:
+    """A file on a disk with ``room`` bytes left: a write past it fails as the kernel's does."""
+
+    def __init__(self, file, room: int = 4096) -> None:
+        self.file, self.room = file, room
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            self.file.write(bytes(data[: self.room]))
+            self.room = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.file.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
+
+
+def full_disk_open(path, mode="r", *args, room: int = 4096, **kwargs):
+    return FullDisk(open(path, mode, *args, **kwargs), room)
+
+
+class DiskFullFrom(L.Callback):
+    """From ``epoch`` on, the checkpoint files lightseg writes hit a full disk (the caller
+    restores ``lightseg.checkpoints.open``, e.g. with monkeypatch)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            checkpoints.open = full_disk_open
 
 
 def run_cli(monkeypatch, *args: str) -> None:

@@ -10,10 +10,12 @@ import logging
 import multiprocessing
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import albumentations as A
@@ -23,7 +25,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lightseg.data import Sample, SegmentationDataModule, SegmentationSource
+from lightseg.data import Sample, SegmentationDataModule, SegmentationSource, cache
 from lightseg.data.cache import INDEX, PIXELS, RECORD, open_cache, working_size
 from lightseg.data.demo import Demo
 from lightseg.data.folder import Folder
@@ -31,6 +33,7 @@ from lightseg.data.sampling import SeededAugmentation
 from lightseg.data.source import fingerprint, read_pair
 from lightseg.data.transforms import init_loader_worker
 from lightseg.errors import LightsegError
+from tests.runs import full_disk_open
 
 
 def datamodule(tmp_path, transforms=(), scale=None, **kwargs) -> SegmentationDataModule:
@@ -176,6 +179,27 @@ def test_a_failed_build_leaves_nothing_behind(tmp_path, monkeypatch):
     dm.prepare_data()
     (folder,) = caches(tmp_path)
     assert (tmp_path / "cache" / "samples" / folder / INDEX).is_file()
+
+
+def test_a_full_disk_during_a_build_is_one_paragraph_with_the_space_needed(tmp_path, monkeypatch):
+    dm = datamodule(tmp_path)
+    dm.locate()
+    room = 200_000  # two or three of the demo's samples
+    monkeypatch.setattr(cache, "open", partial(full_disk_open, room=room), raising=False)
+    with pytest.raises(LightsegError) as raised:
+        dm.prepare_data()
+    folder = tmp_path / "cache" / "samples"
+    assert f"The disk is full: the data cache could not be written in '{folder}'" in str(
+        raised.value
+    )
+    assert "data.cache.dir" in str(raised.value)
+    assert [p.suffix for p in folder.iterdir()] == [".lock"]  # no partial build left
+    monkeypatch.undo()
+    dm.prepare_data()
+    (built,) = caches(tmp_path)
+    size = (folder / built / PIXELS).stat().st_size
+    needed = re.search(r"about ([\d.]+) KiB needed", str(raised.value))
+    assert abs(float(needed[1]) * 1024 - size) < 0.05 * size  # estimated from the first ones
 
 
 class OpenCVThreads(Dataset):

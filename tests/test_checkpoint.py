@@ -3,6 +3,7 @@ checkpoint alone rebuilds its model, and what it holds is checked."""
 
 from __future__ import annotations
 
+import builtins
 import random
 
 import numpy as np
@@ -21,6 +22,8 @@ from lightseg.checkpoints import (
     set_random_states,
 )
 from lightseg.errors import LightsegError
+from lightseg.runs import RunFolder
+from tests.runs import full_disk_open, run_cli, tiny_cli_run
 
 
 def test_interrupted_write_keeps_the_old_file_and_leaves_no_part(tmp_path, monkeypatch):
@@ -38,6 +41,41 @@ def test_interrupted_write_keeps_the_old_file_and_leaves_no_part(tmp_path, monke
     monkeypatch.undo()
     assert torch.load(path, weights_only=True) == {"step": 1}
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
+
+
+def test_a_full_disk_while_saving_is_one_paragraph_and_keeps_the_old_checkpoint(
+    tmp_path, monkeypatch
+):
+    path = tmp_path / "last.ckpt"
+    atomic_save({"step": 1, "weights": torch.ones(10)}, path)
+    monkeypatch.setattr(checkpoints, "open", full_disk_open, raising=False)
+    with pytest.raises(LightsegError) as raised:  # torch.save: "unexpected pos", from ENOSPC
+        atomic_save({"step": 2, "weights": torch.zeros(100_000)}, path)
+    message = str(raised.value)
+    assert f"could not be written in '{tmp_path}'" in message
+    assert "about 390.6 KiB needed" in message and "paths.log_dir" in message
+    assert torch.load(path, weights_only=True)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_a_disk_that_fills_during_training_ends_in_one_paragraph_with_last_ckpt_intact(
+    tmp_path, data_dir, monkeypatch, capsys
+):
+    monkeypatch.setattr(checkpoints, "open", builtins.open, raising=False)  # undone after
+    args = [*tiny_cli_run(tmp_path, data_dir), "trainer.max_epochs=2"]
+    fill = ["+callbacks.full._target_=tests.runs.DiskFullFrom", "+callbacks.full.epoch=1"]
+    with pytest.raises(SystemExit) as exited:
+        run_cli(monkeypatch, *args, *fill)
+    assert exited.value.code == 1
+    error = capsys.readouterr().err
+    (folder,) = (tmp_path / "logs" / "demo" / "runs").iterdir()
+    run = RunFolder(folder)
+    assert "lightseg: error: The disk is full: checkpoint" in error, error[-2000:]
+    assert f"in '{run.last.parent}'" in error and "Traceback" not in error
+    saved = torch.load(run.last, weights_only=True)
+    assert saved["epoch"] == 0 and "optimizer_states" in saved  # epoch 0's, whole
+    assert sorted(p.name for p in run.last.parent.iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert run.status == "failed"
 
 
 def test_another_processs_part_is_left_alone_until_a_resume_clears_it(tmp_path):

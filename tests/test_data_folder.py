@@ -443,6 +443,10 @@ def test_an_empty_folder_and_a_missing_root_say_what_to_put_where(tmp_path):
         Folder(tmp_path / "data").find()
     with pytest.raises(LightsegError, match=r"data\.source\.root='.*nowhere' does not exist"):
         Folder(tmp_path / "nowhere").find()
+    (tmp_path / "data" / "masks").rmdir()  # images but no masks: the masks are named
+    save(tmp_path / "data" / "images" / "a.png", np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(LightsegError, match=r"'.*data/masks' does not exist.*data\.source\.masks="):
+        Folder(tmp_path / "data").find()
 
 
 def test_a_csv_naming_a_missing_file_names_the_line(photos):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import subprocess
 import sys
@@ -69,6 +71,22 @@ def test_errors_from_constructors_called_by_hydra_are_unwrapped(capsys):
         raise wrapped
     assert exit_info.value.code == 1
     assert "data.image_size must be multiples of 32" in capsys.readouterr().err
+
+
+def test_a_full_disk_at_any_write_is_one_paragraph_naming_the_folder(tmp_path):
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "metrics.json"))
+    message = user_message(full)
+    assert message.startswith("The disk is full ([Errno 28]") and f"in '{tmp_path}'" in message
+    quota = OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+    assert "Free space" in user_message(quota)
+    try:  # what torch.save raises when its file's write fails
+        try:
+            raise full
+        except OSError:
+            raise RuntimeError("inline_container.cc:672 unexpected pos 7 vs 5")  # noqa: B904
+    except RuntimeError as wrapped:
+        assert user_message(wrapped).startswith("The disk is full")
+    assert user_message(OSError(errno.EACCES, "Permission denied")) is None  # not this one
 
 
 def test_bugs_are_not_disguised_as_user_errors():

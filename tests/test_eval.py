@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from PIL import Image
 from lightseg import CONFIG_DIR
 from lightseg.checkpoints import load_module
 from lightseg.errors import LightsegError
+from lightseg.tools import eval as eval_tool
 from lightseg.tools.eval import evaluate, main
 from lightseg.tools.inference import Segmenter
 
@@ -41,6 +44,7 @@ def confusion_by_hand(ckpt, split="test"):
     return confusion, len(datamodule.splits[split])
 
 
+@pytest.mark.filterwarnings("error:The given NumPy array is not writable")  # read-only images
 def test_eval_numbers_equal_the_confusion_matrix(demo_checkpoint, tmp_path):
     report = evaluate(eval_config(demo_checkpoint, tmp_path), data_from_run=True)
     confusion, images = confusion_by_hand(demo_checkpoint)
@@ -194,3 +198,24 @@ def test_an_image_and_mask_of_different_sizes_are_named(demo_checkpoint, tmp_pat
     )
     with pytest.raises(LightsegError, match=rf"sample '{test_ids[0]}' differ in size: .*20x10"):
         evaluate(cfg, data_from_run=False)
+
+
+def test_a_full_disk_is_one_paragraph_and_keeps_the_earlier_evaluation(
+    demo_checkpoint, tmp_path, monkeypatch
+):
+    cfg = eval_config(demo_checkpoint, tmp_path)
+    evaluate(cfg, data_from_run=True)
+    folder = tmp_path / "eval"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    def disk_fills(path, *args):
+        path.write_bytes(b"\x89PNG half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(eval_tool, "save_examples", disk_fills)
+    with pytest.raises(LightsegError) as raised:
+        evaluate(eval_config(demo_checkpoint, tmp_path, "split=val"), data_from_run=True)
+    message = str(raised.value)
+    assert f"The disk is full: the evaluation could not be written in '{folder}'" in message
+    assert "output_dir=" in message
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # whole, and no part

@@ -5,6 +5,7 @@ resumed from the command line and must end with the same numbers as one that nev
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -122,6 +123,16 @@ def reference(tmp_path_factory, data_dir) -> dict:
     return {"folder": folder, **final_numbers(folder)}
 
 
+def csv_rows(run: RunFolder) -> list[dict[str, str]]:
+    """The run's CSV log, its parts one after another, each row's non-empty values."""
+    parts = run.csv_log.parent.glob("version_*/metrics.csv")
+    return [
+        {key: value for key, value in row.items() if value}
+        for part in sorted(parts, key=lambda p: int(p.parent.name.removeprefix("version_")))
+        for row in csv.DictReader(part.open(newline=""))
+    ]
+
+
 def assert_same_result(run: RunFolder, reference: dict) -> None:
     numbers = final_numbers(run)
     assert numbers["metrics"] == reference["metrics"]
@@ -184,6 +195,8 @@ def test_sigkill_leaves_a_whole_last_checkpoint_and_resume_auto_continues(
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert only_run(tmp_path) == folder
     assert_same_result(folder, reference)
+    logged = csv_rows(folder)  # the replayed batches and validation are in the log once
+    assert logged == csv_rows(reference["folder"]), "the resumed CSV log differs"
 
 
 def test_slurm_requeue_on_sigusr1_continues_in_the_jobs_folder(tmp_path, data_dir, reference):

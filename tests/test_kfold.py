@@ -95,6 +95,13 @@ def test_official_splits_refuse_folds(tmp_path, data_dir):
         instantiate(cfg.data, _convert_="all").locate()
 
 
+def test_folds_at_the_wrong_level_point_to_data_split_folds(monkeypatch, capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        run_cli(monkeypatch, "data=voc", "data.folds=5", f"paths.log_dir={tmp_path}")
+    err = capsys.readouterr().err
+    assert "Did you mean 'data.split.folds'?" in err and "data.std" not in err
+
+
 def test_five_fold_multirun_on_the_demo_gives_a_table_over_folds(
     one_thread, monkeypatch, tmp_path, data_dir
 ):

@@ -3,6 +3,9 @@ and fails clearly."""
 
 from __future__ import annotations
 
+import socket
+import time
+
 import huggingface_hub
 import pytest
 import segmentation_models_pytorch as smp
@@ -141,6 +144,22 @@ def test_smp_divisibility_is_the_networks_own():
     ):
         check_network(config, 1, 3, (64, 100))
     check_network({**config, "arch": "Unet"}, 1, 3, (64, 100))  # smp's Unet takes any size
+
+
+def test_an_unreachable_hub_fails_at_once_and_stays_online_for_the_next_build(
+    monkeypatch, tmp_path
+):
+    with socket.socket() as probe:  # a port nothing listens on: the hub does not answer
+        probe.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # empty
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    start = time.monotonic()
+    with pytest.raises(LightsegError, match=r"Could not load pretrained weights 'imagenet'"):
+        build_model("Unet", out_channels=1, encoder_name="resnet18", encoder_weights="imagenet")
+    assert time.monotonic() - start < 8  # not ~25 s of the hub's retries
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is False
 
 
 def test_check_network_downloads_nothing(monkeypatch):

@@ -27,6 +27,7 @@ from lightseg.tools.effects import (
 )
 from lightseg.tools.inference import Segmenter
 from lightseg.tools.predict import predict
+from tests.runs import FullDisk
 from tests.test_export import ARCHITECTURES, tiny_checkpoint
 
 EXIF_ORIENTATION = 0x0112
@@ -54,6 +55,30 @@ def photos(tmp_path):
     (folder / "c.jpg").write_bytes(b"\xff\xd8 truncated")
     (folder / "notes.txt").write_text("not an image")
     return folder
+
+
+def test_a_full_disk_is_one_paragraph_and_leaves_no_partial_picture(
+    demo_checkpoint, photos, tmp_path, monkeypatch
+):
+    original, saved = Image.Image.save, []
+
+    def disk_fills_on_third(picture, path, *args, **kwargs):
+        saved.append(path)
+        if len(saved) < 3:
+            return original(picture, path, *args, **kwargs)
+        with FullDisk(open(path, "wb"), room=100) as file:  # PIL's encoder writes into it
+            original(picture, file, format="PNG")
+
+    monkeypatch.setattr(Image.Image, "save", disk_fills_on_third)
+    out = tmp_path / "out"
+    with pytest.raises(LightsegError) as raised:
+        predict(predict_config(demo_checkpoint, photos, out))
+    message = str(raised.value)
+    assert f"The disk is full: '{saved[2].name}' could not be written in '{out}'" in message
+    assert "(2 file(s) kept)" in message
+    assert sorted(out.iterdir()) == sorted(saved[:2])  # whole pictures only
+    monkeypatch.undo()
+    assert all(Image.open(p).size == (70, 50) for p in saved[:2])
 
 
 def test_predict_writes_masks_overlays_and_probabilities(demo_checkpoint, photos, tmp_path):

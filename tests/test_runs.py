@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -17,6 +19,7 @@ from hydra import compose, initialize_config_dir
 from lightseg import CONFIG_DIR
 from lightseg.errors import LightsegError
 from lightseg.runs import RunFolder, RunLock, snapshot
+from lightseg.runs.record import write_run_info
 from lightseg.train import check_sweep, train
 from lightseg.utils.locks import held_by_live_process
 from tests.conftest import FAST, make_config
@@ -53,6 +56,75 @@ def test_a_dirty_tree_is_kept_whole_diff_new_files_and_packages(tmp_path, monkey
     assert record["untracked_files"] == ["extensions/net.py"]
     packages = (run / "packages.txt").read_text().splitlines()
     assert f"torch=={version('torch')}" in packages
+
+
+def test_a_full_disk_keeps_the_last_whole_run_info(tmp_path, monkeypatch):
+    write_run_info(tmp_path, {"status": "running"})
+    original = Path.write_text
+
+    def disk_fills(path, text, *args, **kwargs):
+        original(path, text[:10])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Path, "write_text", disk_fills)
+    with pytest.raises(LightsegError, match=f"run_info.json could not be written in '{tmp_path}'"):
+        write_run_info(tmp_path, {"status": "finished"})
+    monkeypatch.undo()
+    assert RunFolder(tmp_path).info() == {"status": "running"}
+    assert [p.name for p in tmp_path.iterdir()] == ["run_info.json"]
+
+
+def readme_rebuild_recipe() -> list[str]:
+    """The shell lines of the README's "To rebuild a run elsewhere" block."""
+    text = (Path(CONFIG_DIR).parent / "README.md").read_text()
+    block = text.split("To rebuild a run elsewhere", 1)[1].split("```bash\n", 1)[1]
+    return block.split("```", 1)[0].strip().splitlines()
+
+
+@pytest.mark.parametrize("tracked_change", [False, True])
+def test_the_readme_recipe_rebuilds_a_run_on_a_fresh_clone(tmp_path, monkeypatch, tracked_change):
+    repo = tmp_path / "fork"
+    (repo / "configs").mkdir(parents=True)
+    (repo / "configs" / "train.yaml").write_text("seed: 1\n")
+    git(repo, "init", "-q")
+    git(repo, "-c", "user.email=a@b", "-c", "user.name=a", "add", ".")
+    git(repo, "-c", "user.email=a@b", "-c", "user.name=a", "commit", "-qm", "start")
+    (repo / "extensions").mkdir()
+    (repo / "extensions" / "net.py").write_text("class Net: ...\n")  # untracked only, or also:
+    if tracked_change:
+        (repo / "configs" / "train.yaml").write_text("seed: 2\n")
+    monkeypatch.setattr(snapshot, "REPOSITORY", repo)
+    run = tmp_path / "run"
+    run.mkdir()
+    state = snapshot.git_state()
+    record = snapshot.save_snapshot(run, state)
+    (run / "run_info.json").write_text(json.dumps({"git": state, "files": record}))
+
+    lines = readme_rebuild_recipe()
+    assert lines[-1].startswith("pip install -r ")
+    python = Path(sys.executable).parent
+    env = {
+        **os.environ,
+        "RUN": str(run),
+        "REPO": str(repo),
+        "PATH": f"{python}:{os.environ['PATH']}",
+    }
+    script = "set -e\n" + "\n".join(lines[:-1])  # the pip line: below, offline
+    done = subprocess.run(
+        ["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    rebuilt = tmp_path / "rebuilt"
+    assert (rebuilt / "configs" / "train.yaml").read_text() == f"seed: {1 + tracked_change}\n"
+    assert (rebuilt / "extensions" / "net.py").read_text() == "class Net: ...\n"
+    assert ("git_diff" in record) == (run / "git_diff.patch").exists() == tracked_change
+
+    packages = (run / "packages.txt").read_text().splitlines()
+    assert not [p for p in packages if p.lower().startswith("lightseg==")]  # no index has it
+    assert any(p.startswith("# lightseg ") for p in packages)
+    install = [sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps", "--no-index"]
+    resolved = subprocess.run([*install, "-r", str(run / "packages.txt")], capture_output=True)
+    assert resolved.returncode == 0, resolved.stderr.decode()[-2000:]
 
 
 def test_the_lock_tells_live_from_dead(tmp_path):

@@ -21,6 +21,22 @@ def test_gpu_strategies_without_a_gpu_are_refused(monkeypatch):
             check_trainer(trainer)
 
 
+def test_ddp_on_the_cpu_outside_torchrun_says_how_to_run_it(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    ddp_sim = {"accelerator": "cpu", "devices": 2, "strategy": "ddp"}  # trainer=ddp_sim + ddp
+    with pytest.raises(LightsegError) as refused:
+        check_trainer(ddp_sim)
+    message = str(refused.value)
+    assert "asks for GPUs" not in message and "running this command again" in message
+    assert "trainer.strategy=ddp_spawn" in message and "torchrun --nproc-per-node=2" in message
+    assert check_trainer({**ddp_sim, "strategy": "ddp_spawn"})["strategy"] == "ddp_spawn"
+    torchrun = {"TORCHELASTIC_RUN_ID": "none", "RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2"}
+    for name, value in torchrun.items():  # what torchrun gives each process
+        monkeypatch.setenv(name, value)
+    assert check_trainer(ddp_sim)["strategy"] == "ddp"
+
+
 def test_more_devices_than_gpus_is_refused(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     with pytest.raises(LightsegError, match=r"trainer\.devices=4 but only 2 GPU"):

@@ -29,7 +29,7 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from lightseg.errors import LightsegError
+from lightseg.errors import LightsegError, room_to_write
 from lightseg.models import SegmentationModule, input_multiple
 from lightseg.models.network import without_pretrained
 
@@ -61,19 +61,31 @@ def atomic_save(obj: Any, path: Path) -> None:
     """``torch.save`` to ``path``: either the old file or the complete new one, never a part.
 
     The temporary file is this process's own (its PID in the name); files that other, killed,
-    processes left are removed by :func:`remove_partial_files` when a run resumes.
+    processes left are removed by :func:`remove_partial_files` when a run resumes. A full disk
+    is one paragraph (the old file stays).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}{TEMP_INFIX}{os.getpid()}")
-    try:
-        with open(temp, "wb") as file:
-            torch.save(obj, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
+    fix = " or write the run elsewhere (paths.log_dir=...; ckpt_path=<its last.ckpt> to resume)"
+    with room_to_write(path.parent, f"checkpoint {path.name}", lambda: tensor_bytes(obj), fix):
+        try:
+            with open(temp, "wb") as file:
+                torch.save(obj, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temp, path)
+        finally:
+            temp.unlink(missing_ok=True)
     _fsync_folder(path.parent)
+
+
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in ``obj`` (nested dicts and lists): about a checkpoint's size."""
+    if isinstance(obj, torch.Tensor):
+        return obj.nbytes
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    return sum(map(tensor_bytes, obj)) if isinstance(obj, (list, tuple)) else 0
 
 
 def _fsync_folder(folder: Path) -> None:

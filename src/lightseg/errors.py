@@ -4,10 +4,13 @@ job is reported as it ends and the sweep goes on to the next (:class:`SweepJob`)
 from __future__ import annotations
 
 import contextlib
+import errno
+import shutil
 import sys
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from hydra.errors import InstantiationException
@@ -37,6 +40,63 @@ class TrainingInterrupted(LightsegError):
         self.exit_code = 128 + int(signum)
 
 
+#: A full disk, or a full quota on a cluster's shared storage.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(error: BaseException | None) -> bool:
+    """Whether ``error`` is a full disk, also where a writer wraps the OSError: ``torch.save``
+    raises ``RuntimeError: ... unexpected pos`` with the ENOSPC as its context."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError) and error.errno in DISK_FULL:
+            return True
+        if isinstance(error, RuntimeError) and "unexpected pos" in str(error):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def no_room(
+    folder: str | Path, what: str, needed: int | None = None, fix: str = ""
+) -> LightsegError:
+    """The paragraph for a full disk: where, how much is free and (if known) needed, the fix."""
+    folder = Path(folder)
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    free = f"{_size(shutil.disk_usage(existing).free)} free"
+    if needed:
+        free += f", about {_size(needed)} needed"
+    return LightsegError(
+        f"The disk is full: {what} could not be written in '{folder}' ({free}). Files written "
+        f"before are intact and the partial one was removed. Free space there{fix}, and run again."
+    )
+
+
+@contextlib.contextmanager
+def room_to_write(
+    folder: str | Path, what: str, needed: Callable[[], int] | None = None, fix: str = ""
+) -> Iterator[None]:
+    """Turn a full disk inside the block into :func:`no_room`'s paragraph (``needed`` is only
+    estimated then); the block removes its own partial files."""
+    try:
+        yield
+    except Exception as error:
+        if not disk_full(error):
+            raise
+        raise no_room(folder, what, needed() if needed else None, fix) from None
+
+
+def _size(count: float) -> str:
+    if count < 1024:
+        return f"{count:.0f} bytes"
+    for unit in ("KiB", "MiB"):
+        count /= 1024
+        if count < 1024:
+            return f"{count:.1f} {unit}"
+    return f"{count / 1024:.1f} GiB"
+
+
 def lightseg_cause(error: BaseException | None) -> LightsegError | None:
     """The LightsegError behind ``error``: Hydra's instantiate wraps errors raised inside it
     (``__cause__``); OmegaConf re-raises a resolver's error as its own (``__context__``)."""
@@ -60,6 +120,13 @@ def user_message(error: BaseException) -> str | None:
         if "Original Traceback" in message and marker in message:
             message = message.rsplit(marker, 1)[1]
         return message.strip()
+    if disk_full(error):  # a write site without room_to_write: the file is all that is known
+        where = getattr(error, "filename", None)
+        folder = f" in '{Path(where).parent}'" if where else ""
+        return (
+            f"The disk is full ({error}): lightseg could not write{folder}. Free space on the "
+            "disk of the run's folder (paths.log_dir) or of the output, and run again."
+        )
     if isinstance(error.__cause__, MisconfigurationException):  # raised in Trainer(...)
         return f"Trainer setting error: {error.__cause__} (a trainer.* key)."
     if isinstance(error, InstantiationException):  # e.g. a misspelt key passed to a class

@@ -1,4 +1,5 @@
-"""Give the loggers the run's record: the resolved config, and for W&B the run's files."""
+"""Give the loggers the run's record: the resolved config, for W&B the run's files, and for a
+resumed CSV log the rows the resume replays removed from its earlier parts."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
+from lightseg.checkpoints import checkpoint_position
 from lightseg.runs import RunFolder, read_run_info
 from lightseg.runs.folder import CONFIG, RUN_INFO, SPLITS, read_yaml
 from lightseg.runs.snapshot import GIT_DIFF, PACKAGES, UNTRACKED
-from lightseg.utils.loggers import upload_files
+from lightseg.utils.loggers import drop_replayed_rows, upload_files
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,11 @@ class LogRunFiles(Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
+        if trainer.ckpt_path:  # the loops are restored later: the checkpoint says the step
+            step = checkpoint_position(trainer.ckpt_path)["step"]
+            for logger in trainer.loggers:
+                if isinstance(logger, CSVLogger):
+                    drop_replayed_rows(logger, step)
         config = read_yaml(RunFolder(self.folder).config) or {}
         for logger in trainer.loggers:
             logger.log_hyperparams(config)

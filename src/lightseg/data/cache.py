@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from lightseg.data.source import Sample, SegmentationSource, fingerprint
-from lightseg.errors import LightsegError
+from lightseg.errors import LightsegError, room_to_write
 from lightseg.utils.locks import file_lock
 
 log = logging.getLogger(__name__)
@@ -147,23 +147,29 @@ def _build(
     size = f"shrunk to at least {minimum_hw[0]}x{minimum_hw[1]}" if minimum_hw else "full size"
     log.info("Building the data cache of %d samples (%s) in %s", len(samples), size, target)
     scratch = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial")
-    try:
-        scratch.mkdir(parents=True)
-        entries, offset = {}, 0
-        with open(scratch / PIXELS, "wb") as pixels:
-            for sample in samples:
-                image, mask = read(sample)
-                image, mask = shrink(image, mask, working_size(*image.shape[:2], minimum_hw))
-                image, mask = np.ascontiguousarray(image), np.ascontiguousarray(mask)
-                entries[sample.id] = [offset, image.dtype.str, *image.shape]
-                pixels.write(image.tobytes())
-                pixels.write(mask.astype(np.uint8, copy=False).tobytes())
-                offset += image.nbytes + mask.size
-        index = json.dumps({"version": FORMAT_VERSION, "samples": entries}).encode()
-        (scratch / INDEX).write_bytes(index)
-        record = {"bytes": offset, "index": hashlib.sha1(index).hexdigest()}
-        (scratch / RECORD).write_text(json.dumps(record))  # last: the cache is complete
-        scratch.rename(target)
-    finally:  # an OSError becomes open_cache's message
-        shutil.rmtree(scratch, ignore_errors=True)
+    entries, offset = {}, 0
+    fix = (
+        " or point data.cache.dir (or paths.cache_dir, LIGHTSEG_CACHE_DIR) at a disk with room, "
+        "or set data.cache.enabled=false"
+    )
+    needed = lambda: offset * len(samples) // max(len(entries), 1)  # noqa: E731 -- read late
+    with room_to_write(target.parent, "the data cache", needed, fix):
+        try:
+            scratch.mkdir(parents=True)
+            with open(scratch / PIXELS, "wb") as pixels:
+                for sample in samples:
+                    image, mask = read(sample)
+                    image, mask = shrink(image, mask, working_size(*image.shape[:2], minimum_hw))
+                    image, mask = np.ascontiguousarray(image), np.ascontiguousarray(mask)
+                    pixels.write(image.tobytes())
+                    pixels.write(mask.astype(np.uint8, copy=False).tobytes())
+                    entries[sample.id] = [offset, image.dtype.str, *image.shape]
+                    offset += image.nbytes + mask.size
+            index = json.dumps({"version": FORMAT_VERSION, "samples": entries}).encode()
+            (scratch / INDEX).write_bytes(index)
+            record = {"bytes": offset, "index": hashlib.sha1(index).hexdigest()}
+            (scratch / RECORD).write_text(json.dumps(record))  # last: the cache is complete
+            scratch.rename(target)
+        finally:  # another OSError becomes open_cache's message
+            shutil.rmtree(scratch, ignore_errors=True)
     log.info("Data cache ready: %.0f MB", offset / 2**20)

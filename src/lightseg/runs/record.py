@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 import lightseg
-from lightseg.errors import TrainingInterrupted
+from lightseg.errors import TrainingInterrupted, room_to_write
 from lightseg.runs.folder import RunFolder
 from lightseg.runs.snapshot import git_state, save_snapshot
 from lightseg.utils.locks import owner_record
@@ -67,8 +67,12 @@ def read_run_info(folder: str | Path) -> dict[str, Any] | None:
 def write_run_info(folder: str | Path, info: dict[str, Any]) -> None:
     path = RunFolder(folder).run_info
     temp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    temp.write_text(json.dumps(info, indent=2))
-    os.replace(temp, path)
+    with room_to_write(path.parent, path.name, fix=" (the run's folder)"):
+        try:
+            temp.write_text(json.dumps(info, indent=2))
+            os.replace(temp, path)
+        finally:
+            temp.unlink(missing_ok=True)
 
 
 def start_record(

@@ -1,12 +1,16 @@
-"""What a run folder keeps so the run can be rebuilt: ``git_diff.patch`` (uncommitted changes),
-``untracked.tar.gz`` (files a fork added and git does not ignore) and ``packages.txt`` (every
-installed distribution, in pip freeze's format).
+"""What a run folder keeps so the run can be rebuilt: ``git_diff.patch`` (uncommitted changes to
+tracked files, written only when there are some: ``git apply`` refuses an empty patch),
+``untracked.tar.gz`` (files a fork added and git does not ignore) and ``packages.txt`` (what
+``pip install -r`` installs again: every distribution from an index at its version; those
+installed from a local folder, lightseg itself included, are comments, since no index has them --
+the checkout provides lightseg, at ``git.commit``).
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.metadata
+import json
 import logging
 import subprocess
 import tarfile
@@ -60,16 +64,38 @@ def package_versions() -> dict[str, str]:
     return dict(sorted(versions.items(), key=lambda item: item[0].lower()))
 
 
+def installed_from_folder(name: str) -> str | None:
+    """The local folder ``name`` was installed from (``pip install [-e] <folder>``), else None."""
+    try:
+        text = importlib.metadata.distribution(name).read_text("direct_url.json")
+        url = json.loads(text or "{}").get("url", "")
+    except (importlib.metadata.PackageNotFoundError, ValueError, AttributeError):
+        return None
+    return url.removeprefix("file://") if url.startswith("file://") else None
+
+
+def requirements() -> str:
+    """packages.txt: ``name==version`` lines for ``pip install -r``; local installs as comments."""
+    lines = []
+    for name, version in package_versions().items():
+        folder = installed_from_folder(name)
+        if folder is None:
+            lines.append(f"{name}=={version}")
+        else:  # no index has it (or worse, a stranger's package of that name)
+            lines.append(f"# {name} {version}: installed from {folder}, not from an index")
+    return "".join(f"{line}\n" for line in lines)
+
+
 def save_snapshot(folder: Path, git_info: dict[str, Any]) -> dict[str, Any]:
     """Write the rebuild files into ``folder``; returns what run_info.json should say of them."""
     record: dict[str, Any] = {"packages": PACKAGES}
-    (folder / PACKAGES).write_text(
-        "".join(f"{name}=={version}\n" for name, version in package_versions().items())
-    )
+    (folder / PACKAGES).write_text(requirements())
     if not git_info.get("dirty"):
         return record
     diff = git("diff", "--binary", "HEAD", text=False) or b""
-    (folder / GIT_DIFF).write_bytes(diff)
+    if diff:
+        (folder / GIT_DIFF).write_bytes(diff)
+        record["git_diff"] = GIT_DIFF
     archived, too_large = [], []
     with tarfile.open(folder / UNTRACKED, "w:gz") as archive:
         untracked = git("ls-files", "--others", "--exclude-standard", "-z") or ""
@@ -82,15 +108,14 @@ def save_snapshot(folder: Path, git_info: dict[str, Any]) -> dict[str, Any]:
                 continue
             archive.add(path, arcname=name, recursive=False)
             archived.append(name)
-    record.update(git_diff=GIT_DIFF, untracked=UNTRACKED, untracked_files=archived)
+    record.update(untracked=UNTRACKED, untracked_files=archived)
     if too_large:
         record["untracked_not_archived"] = too_large
+    kept = [f"{folder / GIT_DIFF} (changed tracked files)"] if diff else []
+    kept.append(f"{folder / UNTRACKED} ({len(archived)} untracked files)")
     log.warning(
-        "The working tree has uncommitted changes: this run keeps them in %s (tracked files) "
-        "and %s (%d untracked files) so it can be rebuilt; commit to make it reproducible from "
-        "the commit alone.",
-        folder / GIT_DIFF,
-        folder / UNTRACKED,
-        len(archived),
+        "The working tree has uncommitted changes: this run keeps them in %s so it can be "
+        "rebuilt; commit to make it reproducible from the commit alone.",
+        " and ".join(kept),
     )
     return record

@@ -12,11 +12,15 @@ others) for plain inference and, side by side, with the configured TTA and dense
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
 import math
+import os
+import shutil
 import sys
+from collections.abc import Iterator
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -36,7 +40,7 @@ from torchmetrics import MetricCollection
 from lightseg.checkpoints import load_module, model_input
 from lightseg.config import app, plain
 from lightseg.data.source import Sample, SegmentationSource, read_pair
-from lightseg.errors import LightsegError
+from lightseg.errors import LightsegError, room_to_write
 from lightseg.metrics import (
     build_metrics,
     class_key,
@@ -209,20 +213,39 @@ def evaluate(
     report["best"] = [{"id": i, "score": s} for s, i in best]
 
     folder = output_folder(cfg)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "eval.json").write_text(json.dumps(without_nan(report), indent=2))
-    write_per_class(folder / "per_class.csv", report)
-    write_per_image(
-        folder / "per_image.csv",
-        ({"id": i, "variant": v, **values} for v, s in scores.items() for i, values in s.per_image),
-    )
-    figure = confusion_figure(final.confusion.numpy(), task.classes, f"{cfg.split}: {names[-1]}")
-    figure.savefig(folder / "confusion_matrix.png", dpi=120)
-    save_examples(folder / "examples.png", report, datamodule.source, samples, segmenter, crf)
+    with staged(folder, "the evaluation", " or give another output_dir=...") as staging:
+        (staging / "eval.json").write_text(json.dumps(without_nan(report), indent=2))
+        write_per_class(staging / "per_class.csv", report)
+        write_per_image(
+            staging / "per_image.csv",
+            ({"id": i, "variant": v, **r} for v, s in scores.items() for i, r in s.per_image),
+        )
+        figure = confusion_figure(
+            final.confusion.numpy(), task.classes, f"{cfg.split}: {names[-1]}"
+        )
+        figure.savefig(staging / "confusion_matrix.png", dpi=120)
+        save_examples(staging / "examples.png", report, datamodule.source, samples, segmenter, crf)
     print_report(report)
     console.print(f"Evaluation written to {folder}", soft_wrap=True)
     report["output_dir"] = str(folder)
     return report
+
+
+@contextlib.contextmanager
+def staged(folder: Path, what: str, fix: str) -> Iterator[Path]:
+    """A scratch folder inside ``folder`` whose files replace ``folder``'s once all are written,
+    so that a failed write (a full disk: one paragraph) leaves the earlier outputs whole."""
+    staging = folder / f".partial-{os.getpid()}"
+    with room_to_write(folder, what, fix=fix):
+        try:
+            staging.mkdir(parents=True)
+            yield staging
+            for file in staging.iterdir():
+                os.replace(file, folder / file.name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
 
 
 def without_nan(node: Any) -> Any:

@@ -29,7 +29,7 @@ from rich.progress import track
 from lightseg.checkpoints import load_module
 from lightseg.config import app, plain
 from lightseg.data.pixels import TIFF_SUFFIXES, read_image
-from lightseg.errors import LightsegError
+from lightseg.errors import LightsegError, disk_full, no_room
 from lightseg.tools.effects import EFFECTS, apply_effect, background_pixels
 from lightseg.tools.inference import build_segmenter
 from lightseg.utils.console import console
@@ -221,6 +221,10 @@ def predict(cfg: DictConfig) -> PredictionSummary:
             try:
                 picture.save(target)
             except OSError as error:
+                target.unlink(missing_ok=True)  # a part of a picture is no picture
+                if disk_full(error):
+                    fix = f" or choose another output=... ({len(summary.written)} file(s) kept)"
+                    raise no_room(output, f"'{target.name}'", fix=fix) from None
                 raise LightsegError(
                     f"Cannot write '{target}': {error.strerror or error}. The "
                     f"{len(summary.written)} file(s) written before it are kept; free space or "

@@ -7,18 +7,20 @@ import warnings
 from typing import Any
 
 import torch
+from lightning.fabric.plugins.environments import TorchElasticEnvironment
 from torch import nn
 
 from lightseg.errors import LightsegError
 
 log = logging.getLogger(__name__)
 
+#: DDP strategies that start their processes from inside this one (the others re-run the command).
+LAUNCHED_INSIDE = ("spawn", "fork", "notebook")
 CPU_PRECISIONS = ("32", "32-true", "64", "64-true", "bf16", "bf16-mixed", "bf16-true")
 
 
 def wants_gpu(trainer: dict[str, Any]) -> bool:
-    strategy = str(trainer.get("strategy") or "")
-    return trainer.get("accelerator") in ("gpu", "cuda") or strategy in ("ddp", "fsdp")
+    return trainer.get("accelerator") in ("gpu", "cuda") or trainer.get("strategy") == "fsdp"
 
 
 def check_trainer(trainer: dict[str, Any]) -> dict[str, Any]:
@@ -32,13 +34,23 @@ def check_trainer(trainer: dict[str, Any]) -> dict[str, Any]:
             "(torch.cuda.is_available() is False). Use trainer=cpu, or trainer=ddp_sim to run "
             "the DDP code paths on 2 CPU processes."
         )
+    on_cpu = trainer.get("accelerator") == "cpu" or (gpus == 0 and not wants_gpu(trainer))
+    strategy = str(trainer.get("strategy") or "")
+    relaunches = strategy.startswith("ddp") and not any(k in strategy for k in LAUNCHED_INSIDE)
+    if on_cpu and relaunches and not TorchElasticEnvironment.detect():
+        raise LightsegError(
+            f"trainer.strategy={strategy} on the CPU starts each of its processes by running "
+            "this command again, which lightseg does not support on the "
+            "CPU. Use trainer.strategy=ddp_spawn (trainer=ddp_sim: 2 CPU processes over gloo), or "
+            "start the processes with torchrun into one folder: torchrun --nproc-per-node=2 -m "
+            "lightseg.train trainer=ddp_sim trainer.strategy=ddp hydra.run.dir=<folder> ..."
+        )
     devices = trainer.get("devices")
-    if gpus and wants_gpu(trainer) and isinstance(devices, int) and devices > gpus:
+    if gpus and not on_cpu and isinstance(devices, int) and devices > gpus:
         raise LightsegError(
             f"trainer.devices={devices} but only {gpus} GPU(s) are visible. Use "
             f"trainer.devices={gpus} (or -1 for all), or check CUDA_VISIBLE_DEVICES."
         )
-    on_cpu = trainer.get("accelerator") == "cpu" or (gpus == 0 and not wants_gpu(trainer))
     precision = str(trainer.get("precision", "32-true"))
     if on_cpu and precision not in CPU_PRECISIONS:
         log.warning("trainer.precision=%s needs a GPU; using 32-true on the CPU.", precision)

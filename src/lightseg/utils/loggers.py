@@ -3,12 +3,14 @@
 W&B's mode is decided before the logger exists, so an unreachable server means offline logging
 after seconds, not a failed start after a minute; its run id is kept in the run folder, so a
 resumed run continues the same W&B run. The CSV logger starts a new ``csv/version_<n>/`` at each
-start or resume (it would empty an existing file); ``lightseg.tools.plot`` reads them as one log.
+start or resume (it would empty an existing file), and a resume first drops from the earlier parts
+the rows it replays (:func:`drop_replayed_rows`); ``lightseg.tools.plot`` reads them as one log.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import logging
 import os
@@ -22,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 log = logging.getLogger(__name__)
@@ -168,3 +170,22 @@ def wandb_finished(*final_files: str | Path) -> Iterator[None]:
         finish(1)
         raise
     finish(0)
+
+
+def drop_replayed_rows(logger: CSVLogger, step: int) -> None:
+    """Remove the rows from ``step`` on from the earlier parts of ``logger``'s log: a run resumed
+    from a checkpoint at ``step`` logs them again (after a SIGKILL: up to an epoch's worth)."""
+    for path in Path(logger.root_dir).glob("version_*/metrics.csv"):
+        if path.parent == Path(logger.log_dir):
+            continue
+        with path.open(newline="") as file:
+            rows = list(csv.reader(file))
+        if not rows or "step" not in rows[0]:
+            continue
+        at = rows[0].index("step")
+        kept = [rows[0], *(row for row in rows[1:] if not row[at] or float(row[at]) < step)]
+        if len(kept) < len(rows):
+            temp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+            with temp.open("w", newline="") as file:
+                csv.writer(file, lineterminator="\n").writerows(kept)
+            os.replace(temp, path)
