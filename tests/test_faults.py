@@ -274,3 +274,27 @@ def test_ctrl_c_in_a_terminal_stops_as_cleanly(tmp_path, data_dir):
     folder = only_run(tmp_path)
     assert folder.status == "interrupted"
     assert torch.load(folder.last, weights_only=True)["global_step"] == 3 + 2
+
+
+def test_a_second_ctrl_c_stops_at_once_with_exit_code_130(tmp_path, data_dir):
+    marker = tmp_path / "mark"
+    process = subprocess.Popen(
+        command(tmp_path, data_dir, *mark(marker, epoch=0)),  # the batch sleeps 3 s at the mark
+        cwd=REPOSITORY,
+        env=environment(),
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    while not marker.exists():
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)
+    time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGINT)  # before the batch ends: stop now
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGINT, err[-3000:]
+    assert "Traceback" not in err and "lightseg: error: Stopped at once by a second" in err
+    folder = only_run(tmp_path)
+    assert folder.status == "interrupted" and not folder.last.exists()  # nothing saved yet

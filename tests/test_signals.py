@@ -11,6 +11,7 @@ import pytest
 
 from lightseg.callbacks import faults
 from lightseg.callbacks.faults import CheckpointOnSignal, requeue_slurm_job
+from lightseg.errors import TrainingInterrupted
 from lightseg.utils.signals import worker_init
 
 
@@ -21,11 +22,26 @@ def test_handlers_record_the_signal_and_are_restored_after_fit():
     try:
         os.kill(os.getpid(), signal.SIGTERM)  # would end the process without the handler
         assert callback.received == signal.SIGTERM
-        os.kill(os.getpid(), signal.SIGINT)  # a second request: Ctrl+C means now
-    except KeyboardInterrupt:
-        pass
-    else:
-        pytest.fail("the second signal should raise KeyboardInterrupt")
+        with pytest.raises(TrainingInterrupted, match="second Ctrl") as stopped:
+            os.kill(os.getpid(), signal.SIGINT)  # a second request: Ctrl+C means now
+        assert stopped.value.exit_code == 128 + signal.SIGINT  # 130, as a shell reports it
+    finally:
+        callback.teardown(trainer=None, pl_module=None, stage="fit")
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_the_handlers_replace_lightnings_which_are_registered_after_setup():
+    """Lightning's SIGTERM handler broadcasts to the other ranks from inside the handler, in
+    the middle of whatever collective is running: under DDP that breaks gloo."""
+    before = signal.getsignal(signal.SIGTERM)
+    callback = CheckpointOnSignal()
+    callback.setup(trainer=None, pl_module=None, stage="fit")
+    try:
+        lightnings = signal.signal(signal.SIGTERM, lambda *_: pytest.fail("Lightning's ran"))
+        callback.on_train_start(trainer=None, pl_module=None)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert callback.received == signal.SIGTERM
+        signal.signal(signal.SIGTERM, lightnings)  # Lightning's teardown puts back what it saw
     finally:
         callback.teardown(trainer=None, pl_module=None, stage="fit")
     assert signal.getsignal(signal.SIGTERM) is before

@@ -21,6 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from lightseg.callbacks.faults import launcher_stops
 from lightseg.checkpoints import check_resumable, checkpoint_position, remove_partial_files
 from lightseg.config import app
 from lightseg.errors import LightsegError, SweepRefused, user_message
@@ -101,6 +102,7 @@ def _train(
     with (  # the run's status is written (recorded_run) before W&B's copy of it (wandb_finished)
         wandb_finished(run.run_info),
         recorded_run(run.path, checkpoint, enabled=trainer.is_global_zero, overrides=overrides),
+        launcher_stops(trainer),  # ddp_spawn: a stop signal ends the ranks, then this process
     ):  # the loggers get the config from callbacks.run_files, in the training process
         trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
         metrics = {

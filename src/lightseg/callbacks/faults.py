@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 
 from lightseg.checkpoints import random_states, set_random_states
 from lightseg.errors import LightsegError, TrainingInterrupted
@@ -53,34 +56,53 @@ class CheckpointOnSignal(Callback):
     The checkpoint holds the position inside the epoch, so a resumed run continues with the next
     batch (a signal during validation lets the epoch end first; one while the best checkpoint is
     evaluated after training stops at once). The run ends ``interrupted``, exit code 128 +
-    signal; a second Ctrl+C stops without saving; in SLURM, SIGUSR1 also requeues the job. This
-    replaces Lightning's handling, which stops without saving or saves mid-step in the handler.
+    signal; a second Ctrl+C stops at once without saving; in SLURM, SIGUSR1 also requeues the
+    job. This replaces Lightning's handling, which stops without saving (and under DDP
+    broadcasts from inside the signal handler, which breaks the collective in progress).
+    Under ddp_spawn the launching process waits for its ranks (``launcher_stops``), killing
+    them if they have not ended ``stop_timeout`` seconds after the signal.
     """
 
-    def __init__(self, requeue_on_slurm: bool = True) -> None:
+    def __init__(self, requeue_on_slurm: bool = True, stop_timeout: float = 30.0) -> None:
         self.signals = stop_signals()
         self.requeue_on_slurm = requeue_on_slurm
+        self.stop_timeout = stop_timeout
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
 
     def _on_signal(self, signum: int, frame) -> None:
         if signum == signal.SIGINT and self.received is not None:
-            raise KeyboardInterrupt
+            raise TrainingInterrupted(
+                "Stopped at once by a second Ctrl+C (SIGINT), without saving where it was. "
+                "A run that saved checkpoints/last.ckpt before continues from there with the "
+                "same command plus ckpt_path=last.",
+                signum,
+            )
         self.received = signum
         log.warning("Received %s: stopping after this batch.", signal.Signals(signum).name)
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        # Installed after Lightning's own handlers (registered when the trainer starts).
+    def _take_over_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
-            log.warning("Not in the main thread: stop signals will not save a checkpoint.")
             return
-        self.received = None
         for signum in self.signals:
             self._previous.setdefault(signum, signal.signal(signum, self._on_signal))
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            log.warning("Not in the main thread: stop signals will not save a checkpoint.")
+        self.received = None
+        self._take_over_signals()
+
+    def _retake_signals(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning registers its handlers after ``setup``, wrapping this one: take them back.
+        self._take_over_signals()
+
+    on_train_start = on_validation_start = on_test_start = _retake_signals
+
     def _restore_handlers(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+        if threading.current_thread() is threading.main_thread():
+            for signum, handler in self._previous.items():
+                signal.signal(signum, handler)
         self._previous.clear()
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -135,6 +157,78 @@ class CheckpointOnSignal(Callback):
             "scripts that may be pre-empted.",
             signum,
         )
+
+
+@contextlib.contextmanager
+def launcher_stops(trainer: L.Trainer) -> Iterator[None]:
+    """Around ``trainer.fit`` / ``validate`` / ``test`` in the process that starts ddp_spawn's
+    ranks: a stop signal ends the job the way it ends one process.
+
+    That process runs no training loop of its own, so its ``CheckpointOnSignal`` never installs
+    handlers there, and a signal to the process group killed it at once, leaving its ranks and
+    their loader workers orphaned. Here it notes the signal (passing SIGTERM and SIGUSR1 on to
+    the ranks: ``kill <pid>`` and ``docker stop`` signal it alone), waits for the ranks to save
+    and end, kills them after ``stop_timeout`` seconds, and raises the ranks'
+    ``TrainingInterrupted`` (exit code 128 + the first signal). A rank that has saved can still
+    hang on its way out, waiting for its loader workers (seen with data.num_workers > 0): the
+    deadline ends it, and its workers follow within seconds (they exit when their rank dies).
+    """
+    callback = next((c for c in trainer.callbacks if isinstance(c, CheckpointOnSignal)), None)
+    launcher = trainer.strategy.launcher
+    if (
+        callback is None
+        or not isinstance(launcher, _MultiProcessingLauncher)
+        or threading.current_thread() is not threading.main_thread()
+    ):
+        yield
+        return
+    received: list[int] = []
+    deadline = threading.Timer(callback.stop_timeout, launcher.kill, (signal.SIGKILL,))
+    deadline.daemon = True
+
+    def on_signal(signum: int, frame) -> None:
+        if not received:
+            name = signal.Signals(signum).name
+            log.warning("Received %s: waiting for the ranks to save and stop.", name)
+            deadline.start()
+        received.append(signum)
+        if not any(process.is_alive() for process in launcher.procs):  # between launches
+            raise TrainingInterrupted(ranks_message(None, signum, trainer, callback), signum)
+        if signum != signal.SIGINT:  # Ctrl+C reaches every process of the terminal's group
+            launcher.kill(signum)
+
+    previous = {signum: signal.signal(signum, on_signal) for signum in callback.signals}
+    try:
+        yield
+    except BaseException as error:
+        if not received:
+            raise
+        raise TrainingInterrupted(
+            ranks_message(error, received[0], trainer, callback), received[0]
+        ) from None
+    finally:
+        deadline.cancel()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if received:  # the ranks had ended when it came
+        raise TrainingInterrupted(ranks_message(None, received[0], trainer, callback), received[0])
+
+
+def ranks_message(
+    error: BaseException | None, signum: int, trainer: L.Trainer, callback: CheckpointOnSignal
+) -> str:
+    """The message of the ``TrainingInterrupted`` a rank ended with (in the traceback text
+    torch.multiprocessing hands over), else what is known from here."""
+    marker = f"{TrainingInterrupted.__module__}.{TrainingInterrupted.__qualname__}: "
+    text = str(error or "")
+    if marker in text:
+        return text.rsplit(marker, 1)[1].strip()
+    return (
+        f"Training stopped by {signal.Signals(signum).name}. The last state saved is in "
+        f"'{last_checkpoint_path(trainer)}'; continue with the same command plus "
+        f"ckpt_path=last. (Ranks still running {callback.stop_timeout:g} s after a stop signal "
+        "are killed.)"
+    )
 
 
 class StopOnNonFiniteLoss(Callback):

@@ -84,6 +84,12 @@ class SegmentationModule(L.LightningModule):
         self.normalize = Normalize(norm["mean"], norm["std"])
 
     def setup(self, stage: str) -> None:
+        # Every process counts into states of its own. Tensors sent to the ranks ddp_spawn starts
+        # share their memory with the launching process (Lightning unshares parameters and
+        # buffers, not metric states): the ranks would add into one another's counts, and an
+        # evaluation after fit would start from the counts of fit's first validation.
+        for metrics in (*self.eval_metrics.values(), *self.eval_losses.values()):
+            metrics.reset()
         if self.hparams.channels_last and self.device.type == "cuda":  # tensor cores gain
             self.net.to(memory_format=torch.channels_last)
 
