@@ -65,13 +65,16 @@ def package_versions() -> dict[str, str]:
 
 
 def installed_from_folder(name: str) -> str | None:
-    """The local folder ``name`` was installed from (``pip install [-e] <folder>``), else None."""
-    try:
-        text = importlib.metadata.distribution(name).read_text("direct_url.json")
-        url = json.loads(text or "{}").get("url", "")
-    except (importlib.metadata.PackageNotFoundError, ValueError, AttributeError):
-        return None
-    return url.removeprefix("file://") if url.startswith("file://") else None
+    """The local folder ``name`` was installed from (``pip install [-e] <folder>``), else None.
+    Every record of it counts: a checkout's ``src/<name>.egg-info`` may come first on the path."""
+    for dist in importlib.metadata.distributions(name=name):
+        try:
+            url = json.loads(dist.read_text("direct_url.json") or "{}").get("url", "")
+        except (ValueError, AttributeError):
+            continue
+        if url.startswith("file://"):
+            return url.removeprefix("file://")
+    return None
 
 
 def requirements() -> str:
