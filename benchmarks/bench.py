@@ -30,7 +30,7 @@ import lightning as L
 import torch
 from benchmarks.ddp import ddp_rows
 from benchmarks.loaders import PH2_SIZED, loader_rows
-from benchmarks.loops import Clock, StepTimer, plain_loop
+from benchmarks.loops import Clock, lightseg_run, plain_loop
 from benchmarks.time_to_accuracy import time_to_accuracy
 from omegaconf import DictConfig
 from rich.table import Table
@@ -40,24 +40,6 @@ from lightseg.errors import user_errors
 from lightseg.experiment import build
 from lightseg.tools.inference import Segmenter
 from lightseg.utils.console import console
-
-
-def lightseg_run(cfg: DictConfig, warmup: int, steps: int) -> dict[str, float]:
-    """Images/s of ``trainer.fit`` with the run's own module, logger and callbacks."""
-    experiment = build(
-        cfg,
-        max_steps=warmup + steps,
-        max_epochs=-1,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    timer = StepTimer(warmup, steps, experiment.datamodule.device_batch_size())
-    experiment.trainer.callbacks.append(timer)
-    experiment.trainer.fit(experiment.module, datamodule=experiment.datamodule)
-    return timer.rates
 
 
 def plain_run(cfg: DictConfig, warmup: int, steps: int) -> dict[str, float]:

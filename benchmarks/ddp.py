@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from benchmarks.loops import StepTimer, plain_loop
+from benchmarks.loops import lightseg_run, plain_loop
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
@@ -42,20 +42,7 @@ def lightseg_ddp(cfg: DictConfig, warmup: int, steps: int, record: Path) -> dict
     cfg = cfg.copy()
     for key, value in {"accelerator": "cpu", "devices": PROCESSES, "strategy": "ddp_spawn"}.items():
         OmegaConf.update(cfg, f"trainer.{key}", value, force_add=True)
-    experiment = build(
-        cfg,
-        max_steps=warmup + steps,
-        max_epochs=-1,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    images = experiment.datamodule.batch_size * PROCESSES
-    experiment.trainer.callbacks.append(StepTimer(warmup, steps, images, record))
-    experiment.trainer.fit(experiment.module, datamodule=experiment.datamodule)
-    return json.loads(record.read_text())
+    return lightseg_run(cfg, warmup, steps, PROCESSES, record)
 
 
 def _plain_worker(rank: int, cfg: DictConfig, warmup: int, steps: int, port: int, record: Path):

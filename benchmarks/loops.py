@@ -13,6 +13,8 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
+from lightseg.experiment import build
+
 AMP_DTYPES = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
 
 
@@ -98,3 +100,25 @@ def plain_loop(module, net, loader: DataLoader, cfg: DictConfig, warmup: int, st
                 clock.start()
             elif done == warmup + steps:
                 return clock.stop(steps * loader.batch_size)
+
+
+def lightseg_run(
+    cfg: DictConfig, warmup: int, steps: int, processes: int = 1, record: Path | None = None
+) -> dict[str, float]:
+    """Images/s of ``trainer.fit`` with the run's own module, logger and callbacks, over all
+    ``processes`` (more than one: the rates come back through the ``record`` file)."""
+    experiment = build(
+        cfg,
+        max_steps=warmup + steps,
+        max_epochs=-1,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    images = experiment.datamodule.device_batch_size() * processes
+    timer = StepTimer(warmup, steps, images, record)
+    experiment.trainer.callbacks.append(timer)
+    experiment.trainer.fit(experiment.module, datamodule=experiment.datamodule)
+    return json.loads(record.read_text()) if record else timer.rates
