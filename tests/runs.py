@@ -125,15 +125,22 @@ class MarkAt(L.Callback):
     the moment a test signals a training subprocess, with its loader workers running."""
 
     def __init__(
-        self, path: str, epoch: int = 0, batch_idx: int = 0, stage: str = "fit", sleep: float = 3.0
+        self,
+        path: str,
+        epoch: int = 0,
+        batch_idx: int = 0,
+        stage: str = "fit",
+        sleep: float = 3.0,
+        rank: int | None = None,
     ) -> None:
         self.path, self.epoch, self.batch_idx = Path(path), epoch, batch_idx
-        self.stage, self.sleep = stage, sleep
+        self.stage, self.sleep, self.rank = stage, sleep, rank
 
     def _mark(self, trainer, batch_idx: int, stage: str) -> None:
         epoch = trainer.current_epoch if stage == "fit" else self.epoch  # test: after training
         at = (epoch, batch_idx, stage)
-        if at == (self.epoch, self.batch_idx, self.stage) and not self.path.exists():
+        mine = self.rank in (None, trainer.global_rank)  # None: the first process to get there
+        if at == (self.epoch, self.batch_idx, self.stage) and mine and not self.path.exists():
             self.path.write_text(str(os.getpid()))
             time.sleep(self.sleep)
 

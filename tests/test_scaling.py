@@ -37,6 +37,40 @@ def test_ddp_on_the_cpu_outside_torchrun_says_how_to_run_it(monkeypatch):
     assert check_trainer(ddp_sim)["strategy"] == "ddp"
 
 
+def test_torchrun_restarts_that_would_read_a_stale_store_are_refused_before_training(
+    monkeypatch, caplog
+):
+    """torchrun --max-restarts with the store shared with the agent: restarted workers read the
+    stopped workers' addresses (pytorch#135712; seen here with torch 2.14 over gloo, static and
+    c10d rendezvous). tests/test_ddp_runs.py restarts a real job the way the message says."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    ddp = {"accelerator": "cpu", "devices": 2, "strategy": "ddp"}
+    torchrun = {"TORCHELASTIC_RUN_ID": "job", "RANK": "0", "WORLD_SIZE": "2"}
+    for name, value in {**torchrun, "TORCHELASTIC_MAX_RESTARTS": "3"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    with pytest.raises(LightsegError) as refused:
+        check_trainer(ddp)
+    message = str(refused.value)
+    assert message.startswith("torchrun --max-restarts=3 with workers that share")
+    assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --rdzv-backend=c10d" in message
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "False")  # what that variable gives
+    assert check_trainer(ddp)["strategy"] == "ddp"
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "0")  # nothing restarts: nothing to refuse
+    assert check_trainer(ddp)["strategy"] == "ddp"
+
+    caplog.set_level(logging.WARNING)
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.setenv("TORCHELASTIC_SIGNALS_TO_HANDLE", "SIGTERM,SIGINT,SIGHUP,SIGQUIT")
+    check_trainer(ddp)
+    assert caplog.text.count("--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1") == 1
+    caplog.clear()
+    monkeypatch.setenv("TORCHELASTIC_SIGNALS_TO_HANDLE", "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1")
+    check_trainer(ddp)
+    assert "signals-to-handle" not in caplog.text
+
+
 def test_more_devices_than_gpus_is_refused(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     with pytest.raises(LightsegError, match=r"trainer\.devices=4 but only 2 GPU"):

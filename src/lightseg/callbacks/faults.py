@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -68,17 +69,22 @@ class CheckpointOnSignal(Callback):
         self.requeue_on_slurm = requeue_on_slurm
         self.stop_timeout = stop_timeout
         self.received: int | None = None
+        self.received_at = 0.0
         self._previous: dict[int, Any] = {}
 
     def _on_signal(self, signum: int, frame) -> None:
-        if signum == signal.SIGINT and self.received is not None:
+        # A launcher (torchrun, srun) passes the terminal's Ctrl+C on again at once: a second
+        # SIGINT is a second Ctrl+C only when it comes a moment later.
+        again = time.monotonic() - self.received_at > 0.2
+        if signum == signal.SIGINT and self.received is not None and again:
             raise TrainingInterrupted(
                 "Stopped at once by a second Ctrl+C (SIGINT), without saving where it was. "
                 "A run that saved checkpoints/last.ckpt before continues from there with the "
                 "same command plus ckpt_path=last.",
                 signum,
             )
-        self.received = signum
+        if self.received is None:
+            self.received, self.received_at = signum, time.monotonic()
         log.warning("Received %s: stopping after this batch.", signal.Signals(signum).name)
 
     def _take_over_signals(self) -> None:

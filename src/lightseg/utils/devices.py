@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from typing import Any
 
@@ -44,6 +45,24 @@ def check_trainer(trainer: dict[str, Any]) -> dict[str, Any]:
             "CPU. Use trainer.strategy=ddp_spawn (trainer=ddp_sim: 2 CPU processes over gloo), or "
             "start the processes with torchrun into one folder: torchrun --nproc-per-node=2 -m "
             "lightseg.train trainer=ddp_sim trainer.strategy=ddp hydra.run.dir=<folder> ..."
+        )
+    restarts = os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")
+    if restarts != "0" and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        raise LightsegError(
+            f"torchrun --max-restarts={restarts} with workers that share torchrun's own "
+            "rendezvous store: after a restart they read the stopped workers' addresses from it "
+            "and fail to connect (pytorch/pytorch#135712), so the job would end at its first "
+            "restart. Give each restart a store of its own: TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 "
+            "torchrun --rdzv-backend=c10d --rdzv-endpoint=<node 0's address>:29400 ... (on one "
+            "machine: TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --standalone ...)."
+        )
+    forwarded = os.environ.get("TORCHELASTIC_SIGNALS_TO_HANDLE", "SIGUSR1")  # torchrun's
+    is_rank_zero = os.environ.get("RANK", "0") == "0"
+    if os.environ.get("SLURM_JOB_ID") and "SIGUSR1" not in forwarded.split(",") and is_rank_zero:
+        log.warning(
+            "torchrun does not pass SIGUSR1 (SLURM's warning before the time limit) on to its "
+            "workers, and dies of it: start it with --signals-to-handle=SIGTERM,SIGINT,SIGHUP,"
+            "SIGQUIT,SIGUSR1 so that the run saves last.ckpt and stops."
         )
     devices = trainer.get("devices")
     if gpus and not on_cpu and isinstance(devices, int) and devices > gpus:
