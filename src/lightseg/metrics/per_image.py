@@ -78,12 +78,6 @@ class JaccardThresholded(DicePerImage):
         return torch.where(scores < self.threshold, 0.0, scores)
 
 
-def boundary(mask: np.ndarray) -> np.ndarray:
-    """The mask's own pixels that touch the background (4-neighbours; the image edge counts as
-    background), MONAI's definition."""
-    return mask ^ ndimage.binary_erosion(mask)
-
-
 def surface_distances(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Euclidean distances (pixels) from each boundary pixel of ``a`` to the nearest of ``b``,
     and from ``b``'s to ``a``'s; both masks non-empty. Exact: scipy's distance transform."""
@@ -91,7 +85,9 @@ def surface_distances(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndar
     window = np.s_[
         max(rows.min() - 1, 0) : rows.max() + 2, max(columns.min() - 1, 0) : columns.max() + 2
     ]
-    edge_a, edge_b = boundary(a[window]), boundary(b[window])
+    # boundaries as MONAI defines them: a mask's own pixels that touch the background
+    # (4-neighbours; the image edge counts as background)
+    edge_a, edge_b = (mask ^ ndimage.binary_erosion(mask) for mask in (a[window], b[window]))
     to_b = ndimage.distance_transform_edt(~edge_b)[edge_a]
     to_a = ndimage.distance_transform_edt(~edge_a)[edge_b]
     return to_b, to_a
