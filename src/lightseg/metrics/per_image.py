@@ -31,10 +31,6 @@ class PerImageMetric(TaskMetric):
         scores = self.image_scores(preds, target).double()
         self.scores.append(torch.where(labelled, scores, torch.nan))
 
-    def latest(self) -> torch.Tensor:
-        """``[N]``: the value of each image of the last update (what per_image.csv shows)."""
-        return self.scores[-1]
-
     def compute(self) -> torch.Tensor:
         if isinstance(self.scores, list) and not self.scores:
             return torch.tensor(torch.nan)
@@ -106,11 +102,9 @@ class BoundaryDistance(PerImageMetric):
         raise NotImplementedError
 
     def image_scores(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        valid = target != self.ignore_index
-        predicted = ((preds == 1) & valid).cpu().numpy()
+        predicted = ((preds == 1) & (target != self.ignore_index)).cpu().numpy()
         true = (target == 1).cpu().numpy()
-        height, width = preds.shape[-2:]
-        diagonal = math.hypot(height, width)
+        diagonal = math.hypot(*preds.shape[-2:])
         scores = []
         for p, t in zip(predicted, true, strict=True):
             if p.any() and t.any():
@@ -136,10 +130,8 @@ class HD95(BoundaryDistance):
         self.percentile = float(percentile)
 
     def distance(self, to_target: np.ndarray, to_prediction: np.ndarray) -> float:
-        return max(
-            float(np.percentile(to_target, self.percentile)),
-            float(np.percentile(to_prediction, self.percentile)),
-        )
+        percentiles = (np.percentile(side, self.percentile) for side in (to_target, to_prediction))
+        return float(max(percentiles))
 
 
 class ASSD(BoundaryDistance):

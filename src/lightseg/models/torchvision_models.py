@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -49,23 +50,18 @@ class TorchvisionSegmentation(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         size = images.shape[-2:]
+        upsample = partial(F.interpolate, size=size, mode="bilinear", align_corners=False)
         features = self.net.backbone(images)
         if isinstance(self.net, LRASPP):  # its head reads the low- and high-level features
-            return _upsample(self.net.classifier(features), size)
-        logits = _upsample(self.net.classifier(features["out"]), size)
+            return upsample(self.net.classifier(features))
+        logits = upsample(self.net.classifier(features["out"]))
         if self.training and self.net.aux_classifier is not None:
-            return logits, _upsample(self.net.aux_classifier(features["aux"]), size)
+            return logits, upsample(self.net.aux_classifier(features["aux"]))
         return logits
 
 
-def _upsample(logits: torch.Tensor, size: torch.Size) -> torch.Tensor:
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-
-
 def config_weights(enum: type[WeightsEnum], value: str | None, key: str, owner: str):
-    """The member of a torchvision weights ``enum`` that config ``model.<key>`` names."""
-    if value is None:
-        return None
+    """The member of a torchvision weights ``enum`` that config ``model.<key>`` names (or None)."""
     try:
         return enum.verify(value)
     except (KeyError, ValueError):
