@@ -35,8 +35,7 @@ class CrossEntropy(nn.Module):
         ignore_index: int = IGNORE_INDEX,
     ) -> None:
         super().__init__()
-        task = Task.of(num_classes)
-        self.binary, self.ignore_index = task.binary, int(ignore_index)
+        self.binary, self.ignore_index = Task.of(num_classes).binary, int(ignore_index)
         if self.binary and class_weights is not None:
             raise LightsegError(
                 "loss.ce.term.class_weights need a multiclass task; a binary one weighs its "
@@ -88,10 +87,8 @@ class BinaryCrossEntropy(CrossEntropy):
 
 
 class SMPTerm(nn.Module):
-    """An smp loss in binary or multiclass mode with lightseg's ignore label.
-
-    Subclasses name the smp class; every option is passed to it (``loss.focal.gamma``).
-    """
+    """An smp loss (a subclass names its class) in binary or multiclass mode with lightseg's
+    ignore label; every option is passed to it (``loss.focal.gamma``)."""
 
     smp_loss: type[nn.Module]
 

@@ -69,7 +69,7 @@ def update_per_image(
                 confusions[group] = per_image_confusion(preds, target, *group).cpu()
             columns[key] = metric.values(confusions[group])
         elif isinstance(metric, PerImageMetric):
-            columns[key] = metric.latest().cpu()
+            columns[key] = metric.scores[-1].cpu()  # each image's value, stored just now
         else:
             alone = copy.deepcopy(metric)
             alone.reset()

@@ -14,10 +14,9 @@ def per_image_confusion(
 ) -> torch.Tensor:
     """``[N, C, C]``: the confusion matrix of each image of the batch (rows: true class)."""
     n = preds.shape[0]
-    valid = target != ignore_index
     image = torch.arange(n, device=preds.device).view(n, *([1] * (preds.dim() - 1)))
     index = (image * num_classes + target.long()) * num_classes + preds.long()
-    counts = torch.bincount(index[valid], minlength=n * num_classes**2)
+    counts = torch.bincount(index[target != ignore_index], minlength=n * num_classes**2)
     return counts.reshape(n, num_classes, num_classes)
 
 
@@ -54,11 +53,9 @@ def headline(per_class: torch.Tensor, task: Task) -> torch.Tensor:
 
 
 class ConfusionMatrixMetric(TaskMetric):
-    """A metric of the whole split's confusion matrix (summed over batches and processes).
-
-    In a collection from ``build_metrics`` those of one task share one matrix, counted once per
-    batch (a torchmetrics compute group).
-    """
+    """A metric of the whole split's confusion matrix (summed over batches and processes). In a
+    collection from ``build_metrics`` those of one task share one matrix, counted once per batch
+    (a torchmetrics compute group)."""
 
     def add_states(self) -> None:
         size = self.task.num_classes

@@ -31,10 +31,6 @@ class PerImageMetric(TaskMetric):
         scores = self.image_scores(preds, target).double()
         self.scores.append(torch.where(labelled, scores, torch.nan))
 
-    def latest(self) -> torch.Tensor:
-        """``[N]``: the value of each image of the last update (what per_image.csv shows)."""
-        return self.scores[-1]
-
     def compute(self) -> torch.Tensor:
         if isinstance(self.scores, list) and not self.scores:
             return torch.tensor(torch.nan)
@@ -78,12 +74,6 @@ class JaccardThresholded(DicePerImage):
         return torch.where(scores < self.threshold, 0.0, scores)
 
 
-def boundary(mask: np.ndarray) -> np.ndarray:
-    """The mask's own pixels that touch the background (4-neighbours; the image edge counts as
-    background), MONAI's definition."""
-    return mask ^ ndimage.binary_erosion(mask)
-
-
 def surface_distances(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Euclidean distances (pixels) from each boundary pixel of ``a`` to the nearest of ``b``,
     and from ``b``'s to ``a``'s; both masks non-empty. Exact: scipy's distance transform."""
@@ -91,7 +81,9 @@ def surface_distances(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndar
     window = np.s_[
         max(rows.min() - 1, 0) : rows.max() + 2, max(columns.min() - 1, 0) : columns.max() + 2
     ]
-    edge_a, edge_b = boundary(a[window]), boundary(b[window])
+    # boundaries as MONAI defines them: a mask's own pixels that touch the background
+    # (4-neighbours; the image edge counts as background)
+    edge_a, edge_b = (mask ^ ndimage.binary_erosion(mask) for mask in (a[window], b[window]))
     to_b = ndimage.distance_transform_edt(~edge_b)[edge_a]
     to_a = ndimage.distance_transform_edt(~edge_a)[edge_b]
     return to_b, to_a
@@ -110,11 +102,9 @@ class BoundaryDistance(PerImageMetric):
         raise NotImplementedError
 
     def image_scores(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        valid = target != self.ignore_index
-        predicted = ((preds == 1) & valid).cpu().numpy()
+        predicted = ((preds == 1) & (target != self.ignore_index)).cpu().numpy()
         true = (target == 1).cpu().numpy()
-        height, width = preds.shape[-2:]
-        diagonal = math.hypot(height, width)
+        diagonal = math.hypot(*preds.shape[-2:])
         scores = []
         for p, t in zip(predicted, true, strict=True):
             if p.any() and t.any():
@@ -140,10 +130,8 @@ class HD95(BoundaryDistance):
         self.percentile = float(percentile)
 
     def distance(self, to_target: np.ndarray, to_prediction: np.ndarray) -> float:
-        return max(
-            float(np.percentile(to_target, self.percentile)),
-            float(np.percentile(to_prediction, self.percentile)),
-        )
+        percentiles = (np.percentile(side, self.percentile) for side in (to_target, to_prediction))
+        return float(max(percentiles))
 
 
 class ASSD(BoundaryDistance):

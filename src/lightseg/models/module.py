@@ -94,11 +94,8 @@ class SegmentationModule(L.LightningModule):
             self.net.to(memory_format=torch.channels_last)
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        """Loaders deliver uint8 images and masks; normalise and widen them here, on the device.
-
-        The only place a training or evaluation batch is normalised (eval, predict and export
-        use ``self.normalize`` too); the masks become the long class indices losses take.
-        """
+        """Loaders deliver uint8 images and masks: here, on the device, the images are normalised
+        (the only place; eval, predict and export use ``self.normalize``) and the masks widened."""
         return {**batch, "image": self.normalize(batch["image"]), "mask": batch["mask"].long()}
 
     def forward(self, images: torch.Tensor) -> Any:
@@ -127,27 +124,23 @@ class SegmentationModule(L.LightningModule):
         target = batch["mask"]
         total, parts = self.criterion(outputs["logits"], target)
         auxiliary = list(outputs.get("aux") or ())
-        weights = self.aux_weights(len(auxiliary))
-        for index, (aux, weight) in enumerate(zip(auxiliary, weights, strict=True)):
-            if aux.shape[-2:] != target.shape[-2:]:
-                aux = F.interpolate(aux, size=target.shape[-2:], mode="bilinear")
-            name = "aux" if index == 0 else f"aux{index + 1}"
-            parts[name] = self.criterion(aux, target)[0]
-            total = total + weight * parts[name]
-        return total, parts
-
-    def aux_weights(self, count: int) -> list[float]:
-        if not count:
-            return []
-        weight = getattr(self.net, "aux_weight", None)
-        weights = list(weight) if isinstance(weight, Sequence) else [weight] * count
-        if weight is None or len(weights) != count:
+        if not auxiliary:
+            return total, parts
+        count, declared = len(auxiliary), getattr(self.net, "aux_weight", None)
+        weights = list(declared) if isinstance(declared, Sequence) else [declared] * count
+        if declared is None or len(weights) != count:
             raise LightsegError(
                 f"{type(self.net).__name__} returned {count} auxiliary output(s) but its "
                 "aux_weight attribute does not weigh them: set self.aux_weight to one number, "
                 f"or to a list of {count} numbers (the auxiliary losses' weights)."
             )
-        return [float(w) for w in weights]
+        for index, (aux, weight) in enumerate(zip(auxiliary, weights, strict=True)):
+            if aux.shape[-2:] != target.shape[-2:]:
+                aux = F.interpolate(aux, size=target.shape[-2:], mode="bilinear")
+            name = "aux" if index == 0 else f"aux{index + 1}"
+            parts[name] = self.criterion(aux, target)[0]
+            total = total + float(weight) * parts[name]
+        return total, parts
 
     # --- the steps ------------------------------------------------------------------------
 

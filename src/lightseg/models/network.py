@@ -108,8 +108,7 @@ def takes(target: str, argument: str) -> bool:
         parameters = inspect.signature(get_object(str(target))).parameters
     except (ImportError, AttributeError, ValueError, TypeError):
         return False
-    kinds = {p.kind for p in parameters.values()}
-    return argument in parameters or inspect.Parameter.VAR_KEYWORD in kinds
+    return argument in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
 
 def outputs_of(output: Any) -> dict[str, Any]:
@@ -152,13 +151,13 @@ def check_network(
     network = build_network(without_pretrained(config), out_channels).eval()
     height, width = (int(side) for side in image_size)
     multiple = input_multiple(network)
-    target = config.get("_target_")
+    shown = [f"{k}={config[k]}" for k in ("arch", "encoder_name") if config.get(k) is not None]
+    described = f"{config.get('_target_')}, {', '.join(shown) or 'its defaults'}"
     if height % multiple or width % multiple:
         fits = [nearest_multiple(side, multiple) for side in (height, width)]
         raise LightsegError(
-            f"data.image_size={[height, width]} does not fit the network ({target}, "
-            f"{_describe(config)}): its image sides must be multiples of {multiple}. Use e.g. "
-            f"data.image_size={fits}."
+            f"data.image_size={[height, width]} does not fit the network ({described}): its "
+            f"image sides must be multiples of {multiple}. Use e.g. data.image_size={fits}."
         )
     images = torch.zeros(1, in_channels, height, width)
     try:
@@ -168,7 +167,7 @@ def check_network(
         raise
     except Exception as error:  # the network's own complaint is the most precise one
         raise LightsegError(
-            f"The network ({target}, {_describe(config)}) cannot take images of "
+            f"The network ({described}) cannot take images of "
             f"data.image_size={[height, width]} with {in_channels} channels: "
             f"{type(error).__name__}: {_first_line(error)}. Change data.image_size or the model."
         ) from None
@@ -184,11 +183,6 @@ def weights_unavailable(what: str, weights: str, error: Exception) -> LightsegEr
         "the weights on a machine with internet by building the same model once and copy "
         "~/.cache/huggingface and ~/.cache/torch to the same places here (read offline)."
     )
-
-
-def _describe(config: Mapping[str, Any]) -> str:
-    shown = [f"{k}={config[k]}" for k in ("arch", "encoder_name") if config.get(k) is not None]
-    return ", ".join(shown) or "its defaults"
 
 
 def _first_line(error: BaseException) -> str:

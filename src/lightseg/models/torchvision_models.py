@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -49,23 +50,18 @@ class TorchvisionSegmentation(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         size = images.shape[-2:]
+        upsample = partial(F.interpolate, size=size, mode="bilinear", align_corners=False)
         features = self.net.backbone(images)
         if isinstance(self.net, LRASPP):  # its head reads the low- and high-level features
-            return _upsample(self.net.classifier(features), size)
-        logits = _upsample(self.net.classifier(features["out"]), size)
+            return upsample(self.net.classifier(features))
+        logits = upsample(self.net.classifier(features["out"]))
         if self.training and self.net.aux_classifier is not None:
-            return logits, _upsample(self.net.aux_classifier(features["aux"]), size)
+            return logits, upsample(self.net.aux_classifier(features["aux"]))
         return logits
 
 
-def _upsample(logits: torch.Tensor, size: torch.Size) -> torch.Tensor:
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-
-
 def config_weights(enum: type[WeightsEnum], value: str | None, key: str, owner: str):
-    """The member of a torchvision weights ``enum`` that config ``model.<key>`` names."""
-    if value is None:
-        return None
+    """The member of a torchvision weights ``enum`` that config ``model.<key>`` names (or None)."""
     try:
         return enum.verify(value)
     except (KeyError, ValueError):
@@ -82,25 +78,6 @@ def _replace_class_convs(head: nn.Module, old: int, new: int) -> None:
             parent = head.get_submodule(name.rpartition(".")[0])
             fresh = nn.Conv2d(module.in_channels, new, module.kernel_size, bias=True)
             setattr(parent, name.rpartition(".")[2], fresh)
-
-
-def _set_resnet_output_stride(net: nn.Module, arch: str, output_stride: int) -> None:
-    """Rebuild ResNet stages 3-4 with the strides/dilations of ``output_stride``, same weights."""
-    resnet = getattr(torchvision.models, arch.split("_")[-1])(
-        weights=None, replace_stride_with_dilation=RESNET_DILATION[output_stride]
-    )
-    for stage in ("layer3", "layer4"):
-        getattr(resnet, stage).load_state_dict(net.backbone[stage].state_dict())
-        net.backbone[stage] = getattr(resnet, stage)
-
-
-def _set_atrous_rates(net: nn.Module, rates: Sequence[int]) -> None:
-    """Rebuild the ASPP with ``rates``; with as many rates as before the weights carry over."""
-    old = net.classifier[0]
-    aspp = ASPP(old.convs[0][0].in_channels, [int(r) for r in rates])
-    if len(aspp.convs) == len(old.convs):  # dilation does not change any parameter's shape
-        aspp.load_state_dict(old.state_dict())
-    net.classifier[0] = aspp
 
 
 def build(
@@ -160,8 +137,17 @@ def build(
             for head in (net.classifier, getattr(net, "aux_classifier", None)):
                 if head is not None:
                     _replace_class_convs(head, pretrained_classes, out_channels)
-    if resnet and output_stride is not None:
-        _set_resnet_output_stride(net, arch, output_stride)
-    if atrous_rates is not None:
-        _set_atrous_rates(net, atrous_rates)
+    if resnet and output_stride is not None:  # ResNet stages 3-4 rebuilt, same weights
+        dilated = getattr(torchvision.models, arch.split("_")[-1])(
+            weights=None, replace_stride_with_dilation=RESNET_DILATION[output_stride]
+        )
+        for stage in ("layer3", "layer4"):
+            getattr(dilated, stage).load_state_dict(net.backbone[stage].state_dict())
+            net.backbone[stage] = getattr(dilated, stage)
+    if atrous_rates is not None:  # the ASPP rebuilt; with as many rates, the same weights
+        old = net.classifier[0]
+        aspp = ASPP(old.convs[0][0].in_channels, [int(rate) for rate in atrous_rates])
+        if len(aspp.convs) == len(old.convs):  # dilation does not change any parameter's shape
+            aspp.load_state_dict(old.state_dict())
+        net.classifier[0] = aspp
     return TorchvisionSegmentation(net, aux_weight)
