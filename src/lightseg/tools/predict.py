@@ -165,7 +165,8 @@ def backdrop(background) -> np.ndarray | list[int]:
         ) from None
 
 
-def check_options(cfg: DictConfig) -> None:
+def predict(cfg: DictConfig) -> PredictionSummary:
+    """Write the prediction files for ``cfg.input`` into ``cfg.output``."""
     effect, threshold, feather = cfg.get("effect"), cfg.get("threshold"), cfg.get("feather")
     if effect is not None and effect not in EFFECTS:
         raise LightsegError(f"Unknown effect '{effect}'. Available: {', '.join(EFFECTS)}.")
@@ -175,12 +176,6 @@ def check_options(cfg: DictConfig) -> None:
         raise LightsegError(f"feather={feather} must be >= 0 pixels (0: a hard edge).")
     if not 0 <= float(cfg.alpha) <= 1:
         raise LightsegError(f"alpha={cfg.alpha} (the overlay's opacity) must be in 0..1.")
-
-
-def predict(cfg: DictConfig) -> PredictionSummary:
-    """Write the prediction files for ``cfg.input`` into ``cfg.output``."""
-    check_options(cfg)
-    effect, threshold, feather = cfg.get("effect"), cfg.get("threshold"), float(cfg.feather)
     module = load_module(cfg.ckpt_path, inference_device(str(cfg.get("device", "auto"))))
     if cfg.get("probabilities") and not module.task.binary:
         raise LightsegError(
@@ -214,7 +209,7 @@ def predict(cfg: DictConfig) -> PredictionSummary:
         if cfg.get("probabilities"):
             files_out["prob"] = Image.fromarray(np.round(foreground * 255).astype(np.uint8))
         if effect is not None:
-            picture = apply_effect(effect, shown, foreground, background, feather, threshold)
+            picture = apply_effect(effect, shown, foreground, background, float(feather), threshold)
             files_out[effect] = Image.fromarray(picture)
         for kind, picture in files_out.items():
             target = output / f"{names[path]}_{kind}.png"
