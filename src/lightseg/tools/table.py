@@ -255,30 +255,24 @@ def markdown(table: Results, digits: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-LATEX_SPECIAL = {char: "\\" + char for char in "&%$#_{}"} | {
-    "\\": r"\textbackslash{}",
-    "~": r"\textasciitilde{}",
-    "^": r"\^{}",
-}
-
-
-def latex_escape(text: str) -> str:
-    return "".join(LATEX_SPECIAL.get(char, char) for char in text)
+#: ``text.translate(LATEX_ESCAPES)``: LaTeX's special characters as text.
+LATEX_ESCAPES = str.maketrans(
+    {char: "\\" + char for char in "&%$#_{}"}
+    | {"\\": r"\textbackslash{}", "~": r"\textasciitilde{}", "^": r"\^{}"}
+)
 
 
 def latex(table: Results, digits: int, root: Path) -> str:
     count = len(table.metrics)
-    caption = latex_escape(table.caption).replace("±", r"$\pm$")
+    caption = table.caption.translate(LATEX_ESCAPES).replace("±", r"$\pm$")
+    heads = [rf"\multicolumn{{3}}{{c}}{{{m.translate(LATEX_ESCAPES)}}}" for m in table.metrics]
     lines = [
         f"% Results of {table.runs} runs under {root} (lightseg: make table); needs booktabs.",
         r"\begin{table}[t]",
         r"\centering",
         r"\begin{tabular}{l" + "rrr" * count + "r}",
         r"\toprule",
-        " & ".join(
-            ["", *(rf"\multicolumn{{3}}{{c}}{{{latex_escape(m)}}}" for m in table.metrics), ""]
-        )
-        + r" \\",
+        " & ".join(["", *heads, ""]) + r" \\",
         "".join(rf"\cmidrule(lr){{{2 + 3 * i}-{4 + 3 * i}}}" for i in range(count)),
         "Configuration & "
         + " & ".join([r"mean $\pm$ std & per image [95\% CI] & $p$"] * count)
@@ -287,7 +281,7 @@ def latex(table: Results, digits: int, root: Path) -> str:
     ]
     for row in table.rows:
         cells = row_cells(table, row, digits, r" $\pm$ ", r"\textbf{{{}}}", "$<$")
-        lines.append(latex_escape(row.label) + " & " + " & ".join(cells) + r" \\")
+        lines.append(row.label.translate(LATEX_ESCAPES) + " & " + " & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}", r"\end{table}"]
     lines += [f"% {note}" for note in table.notes]
     return "\n".join(lines) + "\n"
