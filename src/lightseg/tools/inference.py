@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import product
 
 import numpy as np
@@ -43,12 +43,11 @@ class Segmenter:
     scales: Sequence[float] = (1.0,)
     window_batch: int = 8
     check_scale: bool = True
-    device: torch.device = field(init=False)
 
     def __post_init__(self) -> None:
         if self.mode not in ("whole", "slide"):
             raise LightsegError(f"inference.mode='{self.mode}' is unknown: use whole or slide.")
-        self.input = model_input(self.module)
+        self.input, self.task = model_input(self.module), self.module.task
         size = self.image_size or self.input.image_size
         self.image_size = (int(size[0]), int(size[1]))
         self.multiple = self.input.multiple
@@ -69,10 +68,6 @@ class Segmenter:
             raise LightsegError(f"inference.scales={list(self.scales)} must all be > 0.")
         self.device = next(self.module.parameters()).device
         self.module.eval()
-
-    @property
-    def task(self):
-        return self.module.task
 
     @property
     def augmented(self) -> bool:

@@ -96,7 +96,12 @@ def read_input(path: Path, channels: int) -> np.ndarray:
             return read_image(path, channels)
         tiff = path.suffix.lower() in TIFF_SUFFIXES
         if channels == 3 and (found == 1 or (found in (2, 4) and not tiff)):
-            return read_photo(path)
+            # grayscale or RGBA as RGB: grey repeated (any bit depth), alpha dropped
+            if not tiff:
+                with Image.open(path) as image:
+                    if image.mode not in DEEP_GRAY_MODES:
+                        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+            return np.repeat(read_image(path, 1), 3, axis=2)
     except LightsegError as error:  # training's reader names the problem; its advice is
         raise LightsegError(str(error).split(". ")[0]) from None  # for datasets: cut
     except UNREADABLE as error:
@@ -105,15 +110,6 @@ def read_input(path: Path, channels: int) -> np.ndarray:
         f"{found} channel(s){KINDS.get(found, '')}, but the model takes {channels} (the "
         "channels of the images it was trained on)"
     )
-
-
-def read_photo(path: Path) -> np.ndarray:
-    """A grayscale or RGBA image as RGB: grey repeated (any bit depth), alpha dropped."""
-    if path.suffix.lower() not in TIFF_SUFFIXES:
-        with Image.open(path) as image:
-            if image.mode not in DEEP_GRAY_MODES:
-                return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
-    return np.repeat(read_image(path, 1), 3, axis=2)
 
 
 def output_names(files: list[Path]) -> dict[Path, str]:
