@@ -94,14 +94,13 @@ def data_config(cfg: DictConfig, from_run: bool) -> DictConfig:
     data = cfg.data
     if from_run:
         run = RunFolder.of_checkpoint(cfg.ckpt_path)
-        saved = run.config if run else None
-        if saved is None or not saved.is_file():
+        if run is None or not run.config.is_file():
             raise LightsegError(
                 f"No config.yaml next to checkpoint '{cfg.ckpt_path}' (expected <run>/config.yaml "
                 "for <run>/checkpoints/*.ckpt), so the dataset is unknown. Name it: "
                 "experiment=... or data=... ."
             )
-        data = OmegaConf.load(saved).data
+        data = OmegaConf.load(run.config).data
     return OmegaConf.merge(data, {"split_dir": None})
 
 
