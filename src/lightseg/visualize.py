@@ -84,8 +84,8 @@ def palette_image(mask: np.ndarray) -> Image.Image:
     return image
 
 
-def letterbox(image: np.ndarray, size: int, fill: int = 0) -> np.ndarray:
-    """Scale ``image`` to fit ``size`` x ``size``, padded with ``fill``: masks (HxW) by nearest
+def letterbox(image: np.ndarray, size: int) -> np.ndarray:
+    """Scale ``image`` to fit ``size`` x ``size``, padded with zeros: masks (HxW) by nearest
     neighbours, keeping their class indices; images (HxWxC) as uint8 RGB (:func:`display_image`)."""
     if image.ndim == 3:
         image = display_image(image)
@@ -94,7 +94,7 @@ def letterbox(image: np.ndarray, size: int, fill: int = 0) -> np.ndarray:
     new = (max(1, round(width * scale)), max(1, round(height * scale)))
     resample = Image.Resampling.NEAREST if image.ndim == 2 else Image.Resampling.BILINEAR
     resized = np.asarray(Image.fromarray(image).resize(new, resample))
-    out = np.full((size, size, *image.shape[2:]), fill, dtype=image.dtype)
+    out = np.zeros((size, size, *image.shape[2:]), dtype=image.dtype)
     out[: resized.shape[0], : resized.shape[1]] = resized
     return out
 

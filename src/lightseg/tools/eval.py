@@ -33,7 +33,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from rich.progress import track
-from rich.table import Table
+from rich.table import Column, Table
 from torch.utils.data import DataLoader
 from torchmetrics import MetricCollection
 
@@ -94,14 +94,13 @@ def data_config(cfg: DictConfig, from_run: bool) -> DictConfig:
     data = cfg.data
     if from_run:
         run = RunFolder.of_checkpoint(cfg.ckpt_path)
-        saved = run.config if run else None
-        if saved is None or not saved.is_file():
+        if run is None or not run.config.is_file():
             raise LightsegError(
                 f"No config.yaml next to checkpoint '{cfg.ckpt_path}' (expected <run>/config.yaml "
                 "for <run>/checkpoints/*.ckpt), so the dataset is unknown. Name it: "
                 "experiment=... or data=... ."
             )
-        data = OmegaConf.load(saved).data
+        data = OmegaConf.load(run.config).data
     return OmegaConf.merge(data, {"split_dir": None})
 
 
@@ -284,17 +283,16 @@ def save_examples(
     rows = [entry["id"] for entry in report["worst"] + report["best"]]
     if not rows:
         return
-    images, truths, predictions = [], [], []
+    panels = []  # image, truth, prediction
     for sample_id in rows:
         image, mask = source.read(by_id[sample_id])
         probabilities = segmenter(image)
         if crf:
             probabilities = crf(image, probabilities)
-        images.append(letterbox(image, THUMBNAIL))
-        truths.append(letterbox(mask.astype(np.uint8), THUMBNAIL))
-        predictions.append(letterbox(probabilities.argmax(0).astype(np.uint8), THUMBNAIL))
+        pictures = (image, mask.astype(np.uint8), probabilities.argmax(0).astype(np.uint8))
+        panels.append([letterbox(picture, THUMBNAIL) for picture in pictures])
     grid = overlay_grid(
-        np.stack(images), np.stack(truths), np.stack(predictions), report["classes"]
+        *(np.stack(column) for column in zip(*panels, strict=True)), report["classes"]
     )
     Image.fromarray(grid).save(path)
 
@@ -304,13 +302,12 @@ def print_report(report: dict) -> None:
     variants = list(metrics)
     kind = "foreground" if len(report["classes"]) == 2 else "mean over classes present"
     table = Table(
+        "metric",
+        *(Column(variant, justify="right") for variant in variants),
         title=f"{report['split']} split: {report['images']} images",
         caption=f"iou, dice: {kind}; distances in pixels at each image's own resolution; "
         "empty: no value (e.g. a class in neither truth nor prediction)",
     )
-    table.add_column("metric")
-    for variant in variants:
-        table.add_column(variant, justify="right")
     for name in metrics[variants[0]]:
         table.add_row(name, *(cell(metrics[v].get(name), 4) for v in variants))
     console.print(table)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from itertools import product
 
 import numpy as np
 import torch
@@ -42,12 +43,11 @@ class Segmenter:
     scales: Sequence[float] = (1.0,)
     window_batch: int = 8
     check_scale: bool = True
-    device: torch.device = field(init=False)
 
     def __post_init__(self) -> None:
         if self.mode not in ("whole", "slide"):
             raise LightsegError(f"inference.mode='{self.mode}' is unknown: use whole or slide.")
-        self.input = model_input(self.module)
+        self.input, self.task = model_input(self.module), self.module.task
         size = self.image_size or self.input.image_size
         self.image_size = (int(size[0]), int(size[1]))
         self.multiple = self.input.multiple
@@ -68,10 +68,6 @@ class Segmenter:
             raise LightsegError(f"inference.scales={list(self.scales)} must all be > 0.")
         self.device = next(self.module.parameters()).device
         self.module.eval()
-
-    @property
-    def task(self):
-        return self.module.task
 
     @property
     def augmented(self) -> bool:
@@ -169,14 +165,11 @@ class Segmenter:
         height, width = images.shape[-2:]
         if self.mode == "whole":
             size = tuple(nearest_multiple(side * scale, self.multiple) for side in self.image_size)
-            logits = self._forward(_resize(images, size))
+            logits = logits_of(self.module(_resize(images, size))).float()
         else:
             size = (max(1, round(height * scale)), max(1, round(width * scale)))
             logits = self._slide(_resize(images, size))
         return _resize(logits, (height, width))
-
-    def _forward(self, images: torch.Tensor) -> torch.Tensor:
-        return logits_of(self.module(images)).float()
 
     def _slide(self, images: torch.Tensor) -> torch.Tensor:
         """Average the logits of overlapping windows; images smaller than one are padded."""
@@ -185,22 +178,20 @@ class Segmenter:
         # Padding with 0 in normalised space is the mean colour, as training pads.
         padded = F.pad(images, (0, max(0, window_w - width), 0, max(0, window_h - height)))
         full_h, full_w = padded.shape[-2:]
-        tops = _starts(full_h, window_h, step_h)
-        lefts = _starts(full_w, window_w, step_w)
-        boxes = [(top, left) for top in tops for left in lefts]
+        boxes = list(product(_starts(full_h, window_h, step_h), _starts(full_w, window_w, step_w)))
         total = padded.new_zeros((padded.shape[0], self.task.out_channels, full_h, full_w))
         count = padded.new_zeros((1, 1, full_h, full_w))
-        for image_index in range(padded.shape[0]):
-            image = padded[image_index : image_index + 1]
+        for top, left in boxes:
+            count[..., top : top + window_h, left : left + window_w] += 1
+        for image, image_total in zip(padded, total, strict=True):
             for first in range(0, len(boxes), self.window_batch):
                 chunk = boxes[first : first + self.window_batch]
-                crops = torch.cat(
-                    [image[..., t : t + window_h, x : x + window_w] for t, x in chunk]
+                crops = torch.stack(
+                    [image[:, t : t + window_h, x : x + window_w] for t, x in chunk]
                 )
-                for (top, left), logits in zip(chunk, self._forward(crops), strict=True):
-                    total[image_index, :, top : top + window_h, left : left + window_w] += logits
-                    if image_index == 0:
-                        count[..., top : top + window_h, left : left + window_w] += 1
+                logits = logits_of(self.module(crops)).float()
+                for (top, left), window in zip(chunk, logits, strict=True):
+                    image_total[:, top : top + window_h, left : left + window_w] += window
         return (total / count)[..., :height, :width]
 
 

@@ -25,9 +25,7 @@ from lightseg.experiment import build, group_choices, with_changes
 from lightseg.utils.console import console, print_config
 
 
-def steepest_fall(
-    lrs: list[float], losses: list[float], mode: str, skip_begin: int = 10, skip_end: int = 1
-) -> float | None:
+def steepest_fall(lrs: list[float], losses: list[float], mode: str) -> float | None:
     """The learning rate where the smoothed loss falls fastest, or None with too few points.
     The slope is taken along the sweep's even axis (log10(lr) when exponential), not against lr
     as Lightning's ``suggestion()``, which favours the smallest rates (Lightning #21141)."""
@@ -35,7 +33,7 @@ def steepest_fall(
         (lr, loss)
         for lr, loss in zip(lrs, losses, strict=True)
         if loss is not None and math.isfinite(loss)
-    ][skip_begin : len(lrs) - skip_end]
+    ][10 : len(lrs) - 1]  # the first 10 and the last point left out, as suggestion() does
     if len(points) < 2:
         return None
     rates = torch.tensor([lr for lr, _ in points], dtype=torch.float64)

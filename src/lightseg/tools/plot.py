@@ -83,8 +83,7 @@ def panels(count: int):
 def epoch_axis(axis, title: str) -> None:
     from matplotlib.ticker import MaxNLocator
 
-    axis.set_title(title)
-    axis.set_xlabel("epoch")
+    axis.set(title=title, xlabel="epoch")
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7)

@@ -96,7 +96,12 @@ def read_input(path: Path, channels: int) -> np.ndarray:
             return read_image(path, channels)
         tiff = path.suffix.lower() in TIFF_SUFFIXES
         if channels == 3 and (found == 1 or (found in (2, 4) and not tiff)):
-            return read_photo(path)
+            # grayscale or RGBA as RGB: grey repeated (any bit depth), alpha dropped
+            if not tiff:
+                with Image.open(path) as image:
+                    if image.mode not in DEEP_GRAY_MODES:
+                        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+            return np.repeat(read_image(path, 1), 3, axis=2)
     except LightsegError as error:  # training's reader names the problem; its advice is
         raise LightsegError(str(error).split(". ")[0]) from None  # for datasets: cut
     except UNREADABLE as error:
@@ -105,15 +110,6 @@ def read_input(path: Path, channels: int) -> np.ndarray:
         f"{found} channel(s){KINDS.get(found, '')}, but the model takes {channels} (the "
         "channels of the images it was trained on)"
     )
-
-
-def read_photo(path: Path) -> np.ndarray:
-    """A grayscale or RGBA image as RGB: grey repeated (any bit depth), alpha dropped."""
-    if path.suffix.lower() not in TIFF_SUFFIXES:
-        with Image.open(path) as image:
-            if image.mode not in DEEP_GRAY_MODES:
-                return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
-    return np.repeat(read_image(path, 1), 3, axis=2)
 
 
 def output_names(files: list[Path]) -> dict[Path, str]:
@@ -165,7 +161,8 @@ def backdrop(background) -> np.ndarray | list[int]:
         ) from None
 
 
-def check_options(cfg: DictConfig) -> None:
+def predict(cfg: DictConfig) -> PredictionSummary:
+    """Write the prediction files for ``cfg.input`` into ``cfg.output``."""
     effect, threshold, feather = cfg.get("effect"), cfg.get("threshold"), cfg.get("feather")
     if effect is not None and effect not in EFFECTS:
         raise LightsegError(f"Unknown effect '{effect}'. Available: {', '.join(EFFECTS)}.")
@@ -175,12 +172,6 @@ def check_options(cfg: DictConfig) -> None:
         raise LightsegError(f"feather={feather} must be >= 0 pixels (0: a hard edge).")
     if not 0 <= float(cfg.alpha) <= 1:
         raise LightsegError(f"alpha={cfg.alpha} (the overlay's opacity) must be in 0..1.")
-
-
-def predict(cfg: DictConfig) -> PredictionSummary:
-    """Write the prediction files for ``cfg.input`` into ``cfg.output``."""
-    check_options(cfg)
-    effect, threshold, feather = cfg.get("effect"), cfg.get("threshold"), float(cfg.feather)
     module = load_module(cfg.ckpt_path, inference_device(str(cfg.get("device", "auto"))))
     if cfg.get("probabilities") and not module.task.binary:
         raise LightsegError(
@@ -214,7 +205,7 @@ def predict(cfg: DictConfig) -> PredictionSummary:
         if cfg.get("probabilities"):
             files_out["prob"] = Image.fromarray(np.round(foreground * 255).astype(np.uint8))
         if effect is not None:
-            picture = apply_effect(effect, shown, foreground, background, feather, threshold)
+            picture = apply_effect(effect, shown, foreground, background, float(feather), threshold)
             files_out[effect] = Image.fromarray(picture)
         for kind, picture in files_out.items():
             target = output / f"{names[path]}_{kind}.png"

@@ -108,13 +108,13 @@ def is_setting(key: str) -> bool:
     return key not in NOT_A_SETTING and not key.startswith(NOT_A_SETTING_PREFIXES)
 
 
-def _flatten(node, prefix: str = "") -> dict[str, str]:
+def _flatten(node: dict, prefix: str = "") -> dict[str, str]:
     flat = {}
-    if isinstance(node, dict):
-        for key, value in node.items():
+    for key, value in node.items():
+        if isinstance(value, dict):
             flat.update(_flatten(value, f"{prefix}{key}."))
-            if not isinstance(value, dict):
-                flat[f"{prefix}{key}"] = str(value)
+        else:
+            flat[f"{prefix}{key}"] = str(value)
     return flat
 
 
@@ -137,7 +137,7 @@ def eval_results(run: RunFolder, numbers_from: NumbersFrom) -> tuple[dict | None
 
 def read_run(run: RunFolder, numbers_from: NumbersFrom = TEST_STAGE) -> RunResult:
     config = read_yaml(run.config) or read_yaml(run.hydra_config)
-    values = _flatten(config or {})
+    values = _flatten(config if isinstance(config, dict) else {})
     values.update({key: str(value) for key, value in run.group_choices().items()})
     trained = run.read_metrics()
     if numbers_from.eval:

@@ -37,11 +37,6 @@ from lightseg.utils.console import console
 DEFAULT_METRICS = ("test/dice", "test/iou")
 
 
-def mean_std(values: list[float]) -> tuple[float, float | None]:
-    """Mean and sample standard deviation (n - 1); no deviation from a single value."""
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
-
-
 def lower_is_better(metric: str, runs: list[RunResult]) -> bool:
     """Losses, and metrics whose class says ``higher_is_better = False`` (HD95, ASSD)."""
     name = metric.split("/", 1)[-1]
@@ -106,7 +101,7 @@ def compare(
             images = row.images(metric)
             ci = bootstrap_ci(list(images.values()), resamples, seed)
             cells[metric, row.label] = Cell(row.values(metric), images, ci)
-        means = {r.label: mean_std(v)[0] for r in rows if (v := cells[metric, r.label].runs)}
+        means = {r.label: statistics.fmean(v) for r in rows if (v := cells[metric, r.label].runs)}
         if not means:
             best[metric] = set()
             continue
@@ -119,13 +114,13 @@ def compare(
 
 def paired_tests(metric: str, rows: list[Row], reference: Row, cells) -> list[str]:
     """Fill in each row's p-value against ``reference``; notes on rows that cannot be paired."""
-    notes = []
     base = cells[metric, reference.label]
     if not base.images:
         if any(cells[metric, row.label].images for row in rows):
             return [f"{metric}: the best row ({reference.label}) has no per-image values: no p."]
         return []
-    cells[metric, reference.label].p_text = "best"
+    base.p_text = "best"
+    notes = []
     for row in rows:
         cell = cells[metric, row.label]
         if row is reference or not cell.images:
@@ -223,10 +218,11 @@ def caption(numbers_from: NumbersFrom, resamples: int, seed: int) -> str:
 
 
 def mean_text(values: list[float], digits: int, plus_minus: str) -> str:
-    if not values:
-        return "-"
-    mean, std = mean_std(values)
-    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f}{plus_minus}{std:.{digits}f}"
+    """Mean and sample standard deviation (n - 1); no deviation from a single value."""
+    if len(values) < 2:
+        return f"{values[0]:.{digits}f}" if values else "-"
+    std = statistics.stdev(values)
+    return f"{statistics.fmean(values):.{digits}f}{plus_minus}{std:.{digits}f}"
 
 
 def row_cells(table: Results, row: Row, digits: int, plus_minus: str, bold: str, less: str) -> list:
@@ -259,30 +255,24 @@ def markdown(table: Results, digits: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-LATEX_SPECIAL = {char: "\\" + char for char in "&%$#_{}"} | {
-    "\\": r"\textbackslash{}",
-    "~": r"\textasciitilde{}",
-    "^": r"\^{}",
-}
-
-
-def latex_escape(text: str) -> str:
-    return "".join(LATEX_SPECIAL.get(char, char) for char in text)
+#: ``text.translate(LATEX_ESCAPES)``: LaTeX's special characters as text.
+LATEX_ESCAPES = str.maketrans(
+    {char: "\\" + char for char in "&%$#_{}"}
+    | {"\\": r"\textbackslash{}", "~": r"\textasciitilde{}", "^": r"\^{}"}
+)
 
 
 def latex(table: Results, digits: int, root: Path) -> str:
     count = len(table.metrics)
-    caption = latex_escape(table.caption).replace("±", r"$\pm$")
+    caption = table.caption.translate(LATEX_ESCAPES).replace("±", r"$\pm$")
+    heads = [rf"\multicolumn{{3}}{{c}}{{{m.translate(LATEX_ESCAPES)}}}" for m in table.metrics]
     lines = [
         f"% Results of {table.runs} runs under {root} (lightseg: make table); needs booktabs.",
         r"\begin{table}[t]",
         r"\centering",
         r"\begin{tabular}{l" + "rrr" * count + "r}",
         r"\toprule",
-        " & ".join(
-            ["", *(rf"\multicolumn{{3}}{{c}}{{{latex_escape(m)}}}" for m in table.metrics), ""]
-        )
-        + r" \\",
+        " & ".join(["", *heads, ""]) + r" \\",
         "".join(rf"\cmidrule(lr){{{2 + 3 * i}-{4 + 3 * i}}}" for i in range(count)),
         "Configuration & "
         + " & ".join([r"mean $\pm$ std & per image [95\% CI] & $p$"] * count)
@@ -291,7 +281,7 @@ def latex(table: Results, digits: int, root: Path) -> str:
     ]
     for row in table.rows:
         cells = row_cells(table, row, digits, r" $\pm$ ", r"\textbf{{{}}}", "$<$")
-        lines.append(latex_escape(row.label) + " & " + " & ".join(cells) + r" \\")
+        lines.append(row.label.translate(LATEX_ESCAPES) + " & " + " & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}", r"\end{table}"]
     lines += [f"% {note}" for note in table.notes]
     return "\n".join(lines) + "\n"
