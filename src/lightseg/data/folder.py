@@ -251,10 +251,10 @@ def files_by_stem(folder: Path, stem: re.Pattern, what: str, unmatched: list[Pat
             found[relative.with_name(match["stem"]).as_posix()].append(path)
     clashes = [paths for paths in found.values() if len(paths) > 1]
     if clashes:
-        listed = "; ".join(" and ".join(map(str, paths)) for paths in clashes[:3])
+        listed = listing([" and ".join(map(str, paths)) for paths in clashes], 3, "; ")
         raise LightsegError(
-            f"Several {what} share a name and cannot be paired: {listed}"
-            f"{more(len(clashes), 3)}. Keep one file per name (remove or rename the others)."
+            f"Several {what} share a name and cannot be paired: {listed}. Keep one file per name "
+            "(remove or rename the others)."
         )
     return {key: paths[0] for key, paths in found.items()}
 
@@ -272,9 +272,6 @@ def list_entry(text: str, images: str) -> str | None:
     return path.as_posix()
 
 
-def listing(items: Sequence) -> str:
-    return ", ".join(str(i) for i in items[:SHOWN]) + more(len(items), SHOWN)
-
-
-def more(count: int, shown: int) -> str:
-    return f" ... and {count - shown} more" if count > shown else ""
+def listing(items: Sequence, shown: int = SHOWN, separator: str = ", ") -> str:
+    more = f" ... and {len(items) - shown} more" if len(items) > shown else ""
+    return separator.join(str(i) for i in items[:shown]) + more

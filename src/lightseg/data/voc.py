@@ -64,8 +64,7 @@ class VOC(SegmentationSource):
         super().__init__(root)
         self.splits = subset_map(splits or DEFAULT_SPLITS)
         self.use_sbd = bool(use_sbd)
-        default_sbd = self.root / ".." / ".." / "benchmark_RELEASE" / "dataset"
-        self.sbd_root = Path(sbd_root) if sbd_root else default_sbd
+        self.sbd_root = Path(sbd_root or self.root / ".." / ".." / "benchmark_RELEASE" / "dataset")
         self.voc_train = self.splits["train"]  # the VOC list that train_aug extends
         if self.use_sbd:
             self.splits["train"] = TRAIN_AUG
