@@ -160,7 +160,6 @@ def _build(
                 for sample in samples:
                     image, mask = read(sample)
                     image, mask = shrink(image, mask, working_size(*image.shape[:2], minimum_hw))
-                    image, mask = np.ascontiguousarray(image), np.ascontiguousarray(mask)
                     pixels.write(image.tobytes())
                     pixels.write(mask.astype(np.uint8, copy=False).tobytes())
                     entries[sample.id] = [offset, image.dtype.str, *image.shape]

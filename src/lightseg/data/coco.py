@@ -15,9 +15,7 @@ import hashlib
 import io
 import json
 import logging
-import os
 import shutil
-import socket
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -164,9 +162,7 @@ class COCO(SegmentationSource):
                     self.unlabelled.add(stem)
         return samples
 
-    def split(
-        self, samples: list[Sample], fractions: Mapping[str, float], seed: int
-    ) -> dict[str, list[Sample]]:
+    def split(self, samples, fractions, seed) -> dict[str, list[Sample]]:
         """The official subsets named by ``splits``; ``data.split`` fractions do not apply."""
         splits = official_split(samples, self.splits)
         if self.drop_empty:
@@ -228,9 +224,8 @@ def build_cache(
 ) -> None:
     """Write one PNG mask per image into ``folder``, then the manifest; atomic per folder."""
     api = load_coco(annotations)
-    for stale in folder.parent.glob(f"{folder.name}.partial-*"):  # a killed builder's: the
-        shutil.rmtree(stale, ignore_errors=True)  # caller holds the lock, no one else builds
-    partial = folder.with_name(f"{folder.name}.partial-{socket.gethostname()}-{os.getpid()}")
+    partial = folder.with_name(f"{folder.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)  # a killed builder's: the caller holds the lock
     partial.mkdir(parents=True)
     images = []
     ids = sorted(api.imgs)

@@ -92,7 +92,7 @@ class Folder(SegmentationSource):
                     f"'{self.root}'): create it, set data.source.{key}=<its folder name>, or "
                     "list the pairs in a CSV (data.source.csv=<file>)."
                 )
-        images = files_by_stem(image_dir, pattern_regex("{stem}"), [])
+        images = files_by_stem(image_dir, pattern_regex("{stem}"), "images", [])
         if not images:
             raise LightsegError(
                 f"No images in '{image_dir}': found no file ending in {', '.join(IMAGE_SUFFIXES)} "
@@ -100,27 +100,18 @@ class Folder(SegmentationSource):
                 "the folder that holds images/ and masks/."
             )
         unmatched: list[Path] = []
-        masks = files_by_stem(mask_dir, self.mask_stem, unmatched)
-        for found, what in ((images, "images"), (masks, "masks")):
-            clashes = {key: paths for key, paths in found.items() if len(paths) > 1}
-            if clashes:
-                listed = "; ".join(" and ".join(map(str, p)) for p in list(clashes.values())[:3])
-                raise LightsegError(
-                    f"Several {what} share a name and cannot be paired: {listed}"
-                    f"{more(len(clashes), 3)}. Keep one file per name (remove or rename the "
-                    "others)."
-                )
-        lone_images = sorted(images.keys() - masks.keys())
-        lone_masks = sorted(masks.keys() - images.keys())
-        if lone_images or lone_masks or unmatched:
-            parts = []
-            if lone_images:
-                shown = [images[k][0].relative_to(self.root) for k in lone_images]
-                parts.append(f"{len(lone_images)} image(s) without a mask: {listing(shown)}")
-            lone = [masks[k][0].relative_to(self.root) for k in lone_masks]
-            lone += [p.relative_to(self.root) for p in unmatched]
-            if lone:
-                parts.append(f"{len(lone)} mask(s) without an image: {listing(sorted(lone))}")
+        masks = files_by_stem(mask_dir, self.mask_stem, "masks", unmatched)
+        lone_images = [images[k] for k in sorted(images.keys() - masks.keys())]
+        lone_masks = sorted([*(masks[k] for k in masks.keys() - images.keys()), *unmatched])
+        parts = [
+            f"{len(lone)} {what}: {listing([p.relative_to(self.root) for p in lone])}"
+            for lone, what in (
+                (lone_images, "image(s) without a mask"),
+                (lone_masks, "mask(s) without an image"),
+            )
+            if lone
+        ]
+        if parts:
             raise LightsegError(
                 f"Unpaired files under '{self.root}': {'; '.join(parts)}. The mask of "
                 f"'{self.images}/<name>.<ext>' must be '{self.masks}/"
@@ -128,7 +119,7 @@ class Folder(SegmentationSource):
                 f"'{self.mask_pattern}'; any of {' '.join(IMAGE_SUFFIXES)}). Add the missing "
                 "files, move the unpaired ones out of the folder, or fix data.source.mask_pattern."
             )
-        return [Sample(key, images[key][0], masks[key][0]) for key in sorted(images, key=str)]
+        return [Sample(key, images[key], masks[key]) for key in sorted(images)]
 
     def from_csv(self) -> list[Sample]:
         """Pairs (and optional split and stratum) from the CSV, every file checked to exist."""
@@ -149,16 +140,14 @@ class Folder(SegmentationSource):
             raise LightsegError(f"'{table}' lists no images: add one row per (image, mask) pair.")
         samples, seen = [], {}
         for line, row in enumerate(rows, start=2):  # line 1 is the header
-            paths = {}
-            for column in ("image", "mask"):
-                path = self.root / row[column]
+            image, mask = self.root / row["image"], self.root / row["mask"]
+            for column, path in (("image", image), ("mask", mask)):
                 if not row[column] or not path.is_file():
                     raise LightsegError(
                         f"'{table}' line {line}: the {column} '{row[column]}' does not exist "
                         f"(looked for '{path}'). Paths are relative to data.source.root; fix the "
                         "row or remove it."
                     )
-                paths[column] = path
             sample_id = Path(row["image"]).with_suffix("").as_posix()
             if sample_id in seen:
                 raise LightsegError(
@@ -172,9 +161,7 @@ class Folder(SegmentationSource):
                     f"'{table}' line {line}: split '{row.get('split', '')}' must be one of "
                     f"{', '.join(SPLITS)} (or drop the split column for a generated split)."
                 )
-            samples.append(
-                Sample(sample_id, paths["image"], paths["mask"], row.get("stratum") or None, split)
-            )
+            samples.append(Sample(sample_id, image, mask, row.get("stratum") or None, split))
         return sorted(samples, key=lambda s: s.id)
 
     def listed(self, samples: list[Sample]) -> list[Sample]:
@@ -248,9 +235,9 @@ def pattern_regex(pattern: str) -> re.Pattern:
     return re.compile(f"{re.escape(before)}(?P<stem>.+){re.escape(after)}")
 
 
-def files_by_stem(folder: Path, stem: re.Pattern, unmatched: list[Path]) -> dict:
-    """``{subfolder/image stem: [paths]}`` of the visible image files under ``folder``; a file
-    whose stem ``stem`` does not match goes to ``unmatched``."""
+def files_by_stem(folder: Path, stem: re.Pattern, what: str, unmatched: list[Path]) -> dict:
+    """``{subfolder/image stem: path}`` of the visible image files under ``folder``; a file
+    whose stem ``stem`` does not match goes to ``unmatched``, two of one stem are an error."""
     found = defaultdict(list)
     for path in sorted(folder.rglob("*")):
         relative = path.relative_to(folder)
@@ -262,7 +249,14 @@ def files_by_stem(folder: Path, stem: re.Pattern, unmatched: list[Path]) -> dict
             unmatched.append(path)
         else:
             found[relative.with_name(match["stem"]).as_posix()].append(path)
-    return dict(found)
+    clashes = [paths for paths in found.values() if len(paths) > 1]
+    if clashes:
+        listed = listing([" and ".join(map(str, paths)) for paths in clashes], 3, "; ")
+        raise LightsegError(
+            f"Several {what} share a name and cannot be paired: {listed}. Keep one file per name "
+            "(remove or rename the others)."
+        )
+    return {key: paths[0] for key, paths in found.items()}
 
 
 def list_entry(text: str, images: str) -> str | None:
@@ -278,9 +272,6 @@ def list_entry(text: str, images: str) -> str | None:
     return path.as_posix()
 
 
-def listing(items: Sequence) -> str:
-    return ", ".join(str(i) for i in items[:SHOWN]) + more(len(items), SHOWN)
-
-
-def more(count: int, shown: int) -> str:
-    return f" ... and {count - shown} more" if count > shown else ""
+def listing(items: Sequence, shown: int = SHOWN, separator: str = ", ") -> str:
+    more = f" ... and {len(items) - shown} more" if len(items) > shown else ""
+    return separator.join(str(i) for i in items[:shown]) + more

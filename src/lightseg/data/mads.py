@@ -37,7 +37,7 @@ class MADS(SegmentationSource):
         images = [
             path
             for depth in range(4)
-            for path in sorted(self.root.glob("/".join(["*"] * depth + ["images"])))
+            for path in sorted(self.root.glob("*/" * depth + "images"))
             if path.is_dir()
         ]
         for path in images:

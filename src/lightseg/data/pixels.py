@@ -59,7 +59,7 @@ class MaskReader:
         palette: Sequence[Sequence[int]] | None = None,
         ignore_color: Sequence[int] | None = None,
     ) -> None:
-        self.classes = classes
+        self.classes, self.binary = classes, len(classes) == 2
         self.palette = None if palette is None else check_palette(palette, classes)
         self.ignore_color = None if ignore_color is None else colour(ignore_color, "ignore_color")
         if self.palette is not None and self.ignore_color in self.palette:
@@ -68,10 +68,6 @@ class MaskReader:
                 "data.source.palette: give the pixels to ignore a colour of their own."
             )
         self.encoding: tuple[str, Path] | None = None  # binary: ("0/1" | "0/255", decided by)
-
-    @property
-    def binary(self) -> bool:
-        return len(self.classes) == 2
 
     @property
     def decided(self) -> bool:

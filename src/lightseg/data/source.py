@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from lightseg.errors import LightsegError
 from lightseg.task import IGNORE_INDEX
@@ -59,6 +59,9 @@ class Sample:
     stratum: str | None = None
     subset: str | None = None
     extras: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+Splits = dict[str, list[Sample]]  # the samples of each of SPLITS
 
 
 class SegmentationSource:
@@ -94,15 +97,13 @@ class SegmentationSource:
     def find(self) -> list[Sample]:
         raise NotImplementedError
 
-    def split(
-        self, samples: list[Sample], fractions: Mapping[str, float], seed: int
-    ) -> dict[str, list[Sample]]:
+    def split(self, samples: list[Sample], fractions: Mapping[str, float], seed: int) -> Splits:
         """Deterministic split stratified by ``Sample.stratum``; override for official splits."""
         return stratified_split(samples, fractions, seed)
 
     def fold_split(
         self, samples: list[Sample], folds: int, fold: int, val: float, seed: int
-    ) -> dict[str, list[Sample]]:
+    ) -> Splits:
         """:func:`kfold_split`; refused for official subsets, which a re-split would ignore."""
         fixed = sorted({s.subset for s in samples if s.subset})
         if fixed:
@@ -179,7 +180,7 @@ def open_image(path: Path) -> Image.Image:
     try:
         image = Image.open(path)
         image.load()
-    except (FileNotFoundError, UnidentifiedImageError, OSError) as error:
+    except OSError as error:  # missing, unreadable or not an image (UnidentifiedImageError)
         raise LightsegError(
             f"Cannot read image file '{path}' ({error}). Re-extract this file from the "
             "dataset's official archive, or remove the sample from the dataset folder."
@@ -261,7 +262,7 @@ def by_stratum(samples: Sequence[Sample], seed: int) -> list[list[Sample]]:
 
 def stratified_split(
     samples: Sequence[Sample], fractions: Mapping[str, float], seed: int
-) -> dict[str, list[Sample]]:
+) -> Splits:
     """Shuffle each stratum with ``seed`` and cut val/test fractions off, the rest training;
     strata merge by evenly spaced positions, so sizes are exact and any prefix keeps the mix."""
     val, test = float(fractions.get("val", 0.0)), float(fractions.get("test", 0.0))
@@ -294,9 +295,7 @@ def check_fold(folds, fold) -> int:
     return folds
 
 
-def kfold_split(
-    samples: Sequence[Sample], folds: int, fold: int, val: float, seed: int
-) -> dict[str, list[Sample]]:
+def kfold_split(samples: Sequence[Sample], folds: int, fold: int, val: float, seed: int) -> Splits:
     """Test = fold ``fold`` of ``folds`` dealt round-robin from the shuffled strata (even strata,
     sizes within one, each sample tested once over all folds); val = ``val`` of the rest."""
     folds = check_fold(folds, fold)
@@ -330,9 +329,7 @@ def subset_map(splits: Mapping[str, str]) -> dict[str, str]:
     return {name: str(splits[name]) for name in SPLITS}
 
 
-def official_split(
-    samples: Sequence[Sample], subsets: Mapping[str, str]
-) -> dict[str, list[Sample]]:
+def official_split(samples: Sequence[Sample], subsets: Mapping[str, str]) -> Splits:
     """Each split takes the samples of the subset ``subsets`` maps it to (``Sample.subset``)."""
     return {
         name: sorted((s for s in samples if s.subset == subsets[name]), key=lambda s: s.id)

@@ -163,9 +163,7 @@ def resolve_auto(cfg: DictConfig, datamodule) -> DictConfig:
     resolved = copy.deepcopy(cfg)
     resolved.data.mean, resolved.data.std = list(datamodule.mean), list(datamodule.std)
     for name, entry in (resolved.get("loss") or {}).items():
-        term = (entry or {}).get("term")
-        if term is None:
-            continue
+        term = (entry or {}).get("term") or {}
         weighting = term.get("class_weights")
         if isinstance(weighting, str) and weighting in WEIGHTINGS:
             term.class_weights = datamodule.statistics().class_weights(weighting)

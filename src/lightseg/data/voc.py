@@ -64,8 +64,7 @@ class VOC(SegmentationSource):
         super().__init__(root)
         self.splits = subset_map(splits or DEFAULT_SPLITS)
         self.use_sbd = bool(use_sbd)
-        default_sbd = self.root / ".." / ".." / "benchmark_RELEASE" / "dataset"
-        self.sbd_root = Path(sbd_root) if sbd_root else default_sbd
+        self.sbd_root = Path(sbd_root or self.root / ".." / ".." / "benchmark_RELEASE" / "dataset")
         self.voc_train = self.splits["train"]  # the VOC list that train_aug extends
         if self.use_sbd:
             self.splits["train"] = TRAIN_AUG
@@ -73,7 +72,7 @@ class VOC(SegmentationSource):
     def find(self) -> list[Sample]:
         if not (self.root / "JPEGImages").is_dir() or not (self.root / LISTS).is_dir():
             raise self.missing(self.root / LISTS)
-        names = {self.splits[split] for split in ("val", "test")} | {self.splits["train"]}
+        names = set(self.splits.values())
         lists = {name: self.read_list(name) for name in names - {TRAIN_AUG}}
         samples = [self.voc_sample(i, name) for name, ids in lists.items() for i in ids]
         if TRAIN_AUG in names:
@@ -145,9 +144,7 @@ class VOC(SegmentationSource):
         check_listed(image_id, (image, mask), listed_in, "SBD's benchmark.tgz")
         return Sample(image_id, image, mask, subset=TRAIN_AUG)
 
-    def split(
-        self, samples: list[Sample], fractions: Mapping[str, float], seed: int
-    ) -> dict[str, list[Sample]]:
+    def split(self, samples, fractions, seed) -> dict[str, list[Sample]]:
         """The official lists named by ``splits``; ``data.split`` fractions do not apply."""
         return official_split(samples, self.splits)
 
