@@ -15,6 +15,7 @@ its network and its training size -- what eval, predict and export follow.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import zipfile
@@ -29,11 +30,10 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from lightseg.errors import LightsegError, room_to_write
+from lightseg.errors import PARTIAL, LightsegError, room_to_write, written_whole
 from lightseg.models import SegmentationModule, input_multiple
 from lightseg.models.network import without_pretrained
 
-TEMP_INFIX = ".partial-"
 #: Hyperparameters that make a checkpoint a lightseg checkpoint.
 REQUIRED_HPARAMS = ("model", "classes", "normalization")
 #: Training input size assumed for checkpoints that do not store one (hand-made ones).
@@ -48,13 +48,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes ``path`` via a temporary file in the same folder, fsync and ``os.replace``."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        if storage_options is not None or not _is_local(path):
+        local = type(get_filesystem(str(path))).__name__ == "LocalFileSystem"
+        if storage_options is not None or not local:
             return super().save_checkpoint(checkpoint, path, storage_options)
         atomic_save(checkpoint, Path(path))
-
-
-def _is_local(path) -> bool:
-    return type(get_filesystem(str(path))).__name__ == "LocalFileSystem"
 
 
 def atomic_save(obj: Any, path: Path) -> None:
@@ -65,17 +62,15 @@ def atomic_save(obj: Any, path: Path) -> None:
     is one paragraph (the old file stays).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}{TEMP_INFIX}{os.getpid()}")
     fix = " or write the run elsewhere (paths.log_dir=...; ckpt_path=<its last.ckpt> to resume)"
-    with room_to_write(path.parent, f"checkpoint {path.name}", lambda: tensor_bytes(obj), fix):
-        try:
-            with open(temp, "wb") as file:
-                torch.save(obj, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temp, path)
-        finally:
-            temp.unlink(missing_ok=True)
+    with (
+        room_to_write(path.parent, f"checkpoint {path.name}", lambda: tensor_bytes(obj), fix),
+        written_whole(path) as temp,
+        open(temp, "wb") as file,
+    ):
+        torch.save(obj, file)
+        file.flush()
+        os.fsync(file.fileno())
     _fsync_folder(path.parent)
 
 
@@ -90,23 +85,19 @@ def tensor_bytes(obj: Any) -> int:
 
 def _fsync_folder(folder: Path) -> None:
     """Make the rename itself durable (a power cut could otherwise undo it)."""
-    try:
+    with contextlib.suppress(OSError):  # not possible everywhere; the rename is still atomic
         handle = os.open(folder, os.O_RDONLY)
-    except OSError:  # not possible on every platform; the rename is still atomic
-        return
-    try:
-        os.fsync(handle)
-    except OSError:
-        pass
-    finally:
-        os.close(handle)
+        try:
+            os.fsync(handle)
+        finally:
+            os.close(handle)
 
 
 @rank_zero_only
 def remove_partial_files(folder: Path) -> None:
     """Delete temporary checkpoint files a killed process left behind (the caller holds the
     run's lock, so no live process is writing them)."""
-    for stale in Path(folder).glob(f".*{TEMP_INFIX}*"):
+    for stale in Path(folder).glob(f".*{PARTIAL}*"):
         stale.unlink(missing_ok=True)
 
 

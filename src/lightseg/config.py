@@ -15,9 +15,11 @@ import inspect
 import os
 import re
 import sys
+import traceback
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,7 +34,16 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lightseg import CONFIG_DIR
-from lightseg.errors import LightsegError, SweepJob, sweep_summary, user_errors
+from lightseg.errors import (
+    LightsegError,
+    SweepRefused,
+    TrainingInterrupted,
+    lightseg_cause,
+    one_line,
+    show_error,
+    user_errors,
+    user_message,
+)
 from lightseg.runs import resume
 
 #: Hydra's own keys in a ``_target_`` node.
@@ -291,6 +302,52 @@ def app(config_name: str) -> Callable[[Callable[[DictConfig], T]], Callable[[], 
         return main
 
     return decorate
+
+
+@dataclass
+class SweepJob:
+    """One job of a sweep (-m): where it ran, and the paragraph it failed with, if it did."""
+
+    number: int
+    folder: str
+    overrides: list[str]
+    sweep_dir: str
+    failure: str | None = None
+
+    def run(self, task: Callable[[Any], T], cfg: Any) -> T | None:
+        """``task(cfg)``; its error is shown (a bug with its traceback) and remembered, and the
+        job returns None, so that Hydra's sweepers go on (Optuna marks the trial FAIL). A stop
+        signal (TrainingInterrupted) and SweepRefused stop the whole sweep. The task records
+        the failure in the job's folder (run_info.json)."""
+        try:
+            return task(cfg)
+        except Exception as error:
+            if isinstance(lightseg_cause(error), TrainingInterrupted | SweepRefused):
+                raise
+            self.failure = user_message(error)
+            if self.failure is None:  # not a user's mistake: the traceback shows where
+                traceback.print_exc()
+                self.failure = f"{type(error).__name__}: {error}"
+            else:
+                show_error(self.failure)
+            return None
+
+
+def sweep_summary(jobs: list[SweepJob]) -> str:
+    """One paragraph: which jobs failed (number, folder, the overrides that set it apart from
+    the other jobs) and why."""
+    failed = [job for job in jobs if job.failure]
+    shared = set.intersection(*(set(job.overrides) for job in jobs)) if len(jobs) > 1 else set()
+    listed = "; ".join(
+        f"job {job.number} ({job.folder}, {' '.join(o for o in job.overrides if o not in shared)})"
+        f": {one_line(job.failure or '').rstrip('.')}"
+        for job in failed
+    )
+    return (
+        f"{len(failed)} of {len(jobs)} sweep jobs failed (the others ran to their end): {listed}. "
+        "Each job's run_info.json records how it ended; python -m lightseg.tools.table "
+        f"runs={jobs[0].sweep_dir} tabulates the sweep and lists the failed jobs."
+    )
 
 
 def explain(error: HydraException, overrides: list[str], config_name: str) -> str:

@@ -27,6 +27,8 @@ from urllib.parse import urlparse
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from lightseg.errors import written_whole
+
 log = logging.getLogger(__name__)
 
 #: Where W&B logs to unless WANDB_BASE_URL (a W&B server of one's own) says otherwise.
@@ -185,7 +187,5 @@ def drop_replayed_rows(logger: CSVLogger, step: int) -> None:
         at = rows[0].index("step")
         kept = [rows[0], *(row for row in rows[1:] if not row[at] or float(row[at]) < step)]
         if len(kept) < len(rows):
-            temp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-            with temp.open("w", newline="") as file:
+            with written_whole(path) as temp, temp.open("w", newline="") as file:
                 csv.writer(file, lineterminator="\n").writerows(kept)
-            os.replace(temp, path)
