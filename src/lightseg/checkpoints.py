@@ -198,8 +198,9 @@ def read_checkpoint(path: str | Path) -> dict:
             f"Cannot read checkpoint '{path}': {error.strerror or error}."
         ) from None
     except Exception as error:  # pickle, zip and unsafe-type errors all mean the same here
+        sentence = str(error).split(". ")[0].splitlines()[0][:200] if str(error) else ""
         raise LightsegError(
-            f"Cannot read checkpoint '{path}' ({type(error).__name__}: {_first_sentence(error)}). "
+            f"Cannot read checkpoint '{path}' ({type(error).__name__}: {sentence}). "
             "It is damaged, still being written, or not a PyTorch checkpoint; use a best.ckpt or "
             "last.ckpt that a lightseg run wrote."
         ) from None
@@ -219,10 +220,6 @@ def read_checkpoint(path: str | Path) -> dict:
             "network's _target_ (configs/model/*.yaml) to hyper_parameters.model."
         )
     return checkpoint
-
-
-def _first_sentence(error: Exception) -> str:
-    return str(error).split(". ")[0].splitlines()[0][:200] if str(error) else ""
 
 
 def load_module(path: str | Path, device: str | torch.device = "cpu") -> SegmentationModule:

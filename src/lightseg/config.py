@@ -57,6 +57,8 @@ UNKNOWN_KEY = re.compile(
     r"Could not (?:override|delete from config\.|append to config\.) '([^']+)'"
 )
 MISSING_OPTION = re.compile(r"Could not find '([^']+)/([^'/]+)'")
+#: What a value of these annotations may be (a bool is not a number here).
+SCALARS = {bool: bool, int: int, float: int | float, str: str}
 
 
 def image_size_hw(value: Any, key: str = "data.image_size") -> tuple[int, int]:
@@ -65,10 +67,7 @@ def image_size_hw(value: Any, key: str = "data.image_size") -> tuple[int, int]:
     sides = list(value) if listed else [value]
     if len(sides) == 1:
         sides = sides * 2
-    valid = len(sides) == 2 and all(
-        isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sides
-    )
-    if not valid:
+    if len(sides) != 2 or not all(_matches(side, int) and side > 0 for side in sides):
         raise LightsegError(
             f"{key}={_shown(value)} is not an image size: give one number for a square "
             f"({key}=256) or [height, width] ({key}=[256,320]), positive whole pixels."
@@ -157,7 +156,10 @@ def check_node(path: str, node: dict, choices: Mapping[str, str] | None = None) 
                 f"{', '.join(n for n in accepted if n != 'self') or 'nothing'}. Remove the key, "
                 "or choose the config group option it belongs to."
             )
-    hints = _type_hints(function)
+    try:
+        hints = typing.get_type_hints(function.__init__ if inspect.isclass(function) else function)
+    except Exception:  # unresolvable annotations: no type check, not an error
+        hints = {}
     for key in given:  # null means "default" or "lightseg fills it in" (schedule lengths)
         hint = hints.get(key)
         if isinstance(node[key], str) and node[key] in RESOLVED_LATER:
@@ -175,14 +177,6 @@ def _group_hint(path: str, choices: Mapping[str, str]) -> str:
     return f" (config group option {group}={option})" if option else ""
 
 
-def _type_hints(function) -> dict[str, Any]:
-    init = function.__init__ if inspect.isclass(function) else function
-    try:
-        return typing.get_type_hints(init)
-    except Exception:  # unresolvable annotations: no type check, not an error
-        return {}
-
-
 def _matches(value: Any, hint: Any) -> bool | None:
     """Whether ``value`` fits ``hint``; None where the hint is not a simple one."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
@@ -197,14 +191,8 @@ def _matches(value: Any, hint: Any) -> bool | None:
         if any(r is True for r in results):
             return True
         return False if all(r is False for r in results) else None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
+    if isinstance(hint, type) and hint in SCALARS:
+        return isinstance(value, SCALARS[hint]) and (hint is bool or not isinstance(value, bool))
     if origin in (list, tuple) or origin in (Sequence, typing.Sequence):
         return isinstance(value, list | tuple)
     if isinstance(value, dict) and "_target_" in value:
@@ -213,7 +201,7 @@ def _matches(value: Any, hint: Any) -> bool | None:
         if issubclass(hint, os.PathLike):
             return isinstance(value, str)
         if issubclass(hint, torch.Tensor):  # e.g. a learning rate: a number or a tensor
-            return isinstance(value, int | float) and not isinstance(value, bool)
+            return _matches(value, float)
     return None
 
 
@@ -234,8 +222,7 @@ def compose_config(
         return compose(config_name, list(overrides), return_hydra_config=hydra)
 
 
-# --- when Hydra cannot compose: its message, and the nearest valid key or option ---------------
-
+# --- the command line: Hydra's app, its sweep jobs, the nearest valid key or option ------------
 
 T = TypeVar("T")
 
@@ -433,8 +420,6 @@ def closest(key: str, keys: list[str]) -> str | None:
     found = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
     if found:
         return found[0]
-    leaves: dict[str, str] = {}
-    for candidate in keys:
-        leaves.setdefault(candidate.rsplit(".", 1)[-1], candidate)
+    leaves = {candidate.rsplit(".", 1)[-1]: candidate for candidate in reversed(keys)}  # 1st wins
     found = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(leaves), n=1, cutoff=0.75)
     return leaves[found[0]] if found else None

@@ -59,10 +59,6 @@ def key_versions() -> dict[str, str | None]:
     return versions
 
 
-def read_run_info(folder: str | Path) -> dict[str, Any] | None:
-    return RunFolder(folder).info()
-
-
 def write_run_info(folder: str | Path, info: dict[str, Any]) -> None:
     path = RunFolder(folder).run_info
     with (
@@ -108,7 +104,7 @@ def start_record(
 
 
 def end_record(folder: str | Path, status: str, message: str | None = None) -> None:
-    info = read_run_info(folder) or {}
+    info = RunFolder(folder).info() or {}
     info.update(status=status, ended=now(), message=message)
     write_run_info(folder, info)
 
