@@ -55,12 +55,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to ``path``: either the old file or the complete new one, never a part.
-
-    The temporary file is this process's own (its PID in the name); files that other, killed,
-    processes left are removed by :func:`remove_partial_files` when a run resumes. A full disk
-    is one paragraph (the old file stays).
-    """
+    """``torch.save`` to ``path`` whole (:func:`written_whole`); the parts killed processes left
+    are removed by :func:`remove_partial_files` when a run resumes. A full disk is one
+    paragraph (the old file stays)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fix = " or write the run elsewhere (paths.log_dir=...; ckpt_path=<its last.ckpt> to resume)"
     with (

@@ -129,7 +129,6 @@ def target_nodes(node: Any, path: str = "") -> Iterator[tuple[str, dict]]:
 
 def check_node(path: str, node: dict, choices: Mapping[str, str] | None = None) -> None:
     """The keys and value types of one ``_target_`` node at ``path`` (e.g. ``model``)."""
-    choices = choices or {}
     target = node["_target_"]
     try:
         function = get_object(str(target))
@@ -140,22 +139,20 @@ def check_node(path: str, node: dict, choices: Mapping[str, str] | None = None) 
             f"repository root, or add its folder to PYTHONPATH){_group_hint(path, choices)}."
         ) from None
     try:
-        signature = inspect.signature(function)
+        parameters = inspect.signature(function).parameters
     except (TypeError, ValueError):
         return  # builtins without a signature: instantiate() will tell
-    parameters = signature.parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     given = [k for k in node if k not in HYDRA_KEYS]
-    if not takes_any:
-        unknown = [k for k in given if k not in parameters]
-        if unknown:
-            keys = ", ".join(f"{path}.{k}" for k in unknown)
-            accepted = [n for n, p in parameters.items() if p.kind is not p.VAR_POSITIONAL]
-            raise LightsegError(
-                f"{keys}: not a setting of {target}{_group_hint(path, choices)}. It takes: "
-                f"{', '.join(n for n in accepted if n != 'self') or 'nothing'}. Remove the key, "
-                "or choose the config group option it belongs to."
-            )
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    unknown = [] if takes_any else [k for k in given if k not in parameters]
+    if unknown:
+        keys = ", ".join(f"{path}.{k}" for k in unknown)
+        accepted = [n for n, p in parameters.items() if p.kind is not p.VAR_POSITIONAL]
+        raise LightsegError(
+            f"{keys}: not a setting of {target}{_group_hint(path, choices)}. It takes: "
+            f"{', '.join(n for n in accepted if n != 'self') or 'nothing'}. Remove the key, "
+            "or choose the config group option it belongs to."
+        )
     try:
         hints = typing.get_type_hints(function.__init__ if inspect.isclass(function) else function)
     except Exception:  # unresolvable annotations: no type check, not an error
@@ -171,9 +168,9 @@ def check_node(path: str, node: dict, choices: Mapping[str, str] | None = None) 
             )
 
 
-def _group_hint(path: str, choices: Mapping[str, str]) -> str:
+def _group_hint(path: str, choices: Mapping[str, str] | None) -> str:
     group = path.split(".")[0].split("[")[0]
-    option = choices.get(group)
+    option = (choices or {}).get(group)
     return f" (config group option {group}={option})" if option else ""
 
 
@@ -370,7 +367,8 @@ def suggest_key(key: str, overrides: list[str], config_name: str) -> str:
     if options:
         listed = ", ".join(f"{group}={o}" for o in options[:6])
         return f"\n{key} is a setting of {listed}, not of {group}={chosen}."
-    keys = [k for k in config_keys(composed) if not k.startswith("hydra")]
+    tree = OmegaConf.to_container(composed, resolve=False)
+    keys = [k for k in dotted_keys(tree) if not k.startswith("hydra")]
     suggestion = closest(key, keys)
     return f"\nDid you mean '{suggestion}'?" if suggestion else ""
 
@@ -404,15 +402,11 @@ def _compose_what_works(overrides: list[str], config_name: str) -> DictConfig:
             overrides = remaining
 
 
-def config_keys(cfg: DictConfig) -> list[str]:
-    """Every dotted key of a config, inner nodes included (``trainer``, ``trainer.max_epochs``)."""
-
-    def walk(node, prefix: str) -> Iterator[str]:
-        for name, value in node.items() if isinstance(node, dict) else ():
-            yield f"{prefix}{name}"
-            yield from walk(value, f"{prefix}{name}.")
-
-    return list(walk(OmegaConf.to_container(cfg, resolve=False), ""))
+def dotted_keys(node: Any, prefix: str = "") -> Iterator[str]:
+    """Every dotted key of a plain config, inner nodes too (``trainer``, ``trainer.devices``)."""
+    for name, value in node.items() if isinstance(node, dict) else ():
+        yield f"{prefix}{name}"
+        yield from dotted_keys(value, f"{prefix}{name}.")
 
 
 def closest(key: str, keys: list[str]) -> str | None:

@@ -9,7 +9,6 @@ its epoch exactly as the uninterrupted run did.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
@@ -99,6 +98,3 @@ class Finetuning(Callback):
             encoder.train(network.training and not frozen)
         self.frozen = frozen
         log.info("Encoder %s.", "frozen" if frozen else "trainable")
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}  # the epoch decides: nothing to restore

@@ -82,10 +82,8 @@ def wandb_mode(requested: str = "auto", save_dir: str = ".", probe_timeout: floa
         return mode  # offline, disabled: as asked
     host = wandb_host()
     if not wandb_credentials_present(host):
-        say, why = (
-            log.info,
-            "no credentials found (`wandb login` before training, or WANDB_API_KEY)",
-        )
+        why = "no credentials found (`wandb login` before training, or WANDB_API_KEY)"
+        say = log.info
     elif not answers(host, probe_timeout):
         say, why = log.warning, f"{host} does not answer (waited {probe_timeout:g} s)"
     else:
@@ -158,20 +156,16 @@ def wandb_finished(*final_files: str | Path) -> Iterator[None]:
     first: their last state (run_info.json's status is written at the end of the block)."""
     import wandb
 
-    def finish(exit_code: int) -> None:
-        if wandb.run is None:
-            return
-        for path in map(Path, final_files):
-            if path.is_file():
-                upload_files(wandb.run, path.parent, [path.name])
-        wandb.finish(exit_code=exit_code)
-
+    exit_code = 1
     try:
         yield
-    except BaseException:
-        finish(1)
-        raise
-    finish(0)
+        exit_code = 0
+    finally:
+        if wandb.run is not None:
+            for path in map(Path, final_files):
+                if path.is_file():
+                    upload_files(wandb.run, path.parent, [path.name])
+            wandb.finish(exit_code=exit_code)
 
 
 def drop_replayed_rows(logger: CSVLogger, step: int) -> None:
