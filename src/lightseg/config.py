@@ -78,16 +78,15 @@ def image_size_hw(value: Any, key: str = "data.image_size") -> tuple[int, int]:
 def register_resolvers() -> None:
     """``${height_of:size}`` and ``${width_of:size}``: either form of ``data.image_size``;
     ``${run_folder:...}`` and ``${hydra_record:...}``: the run folder (configs/hydra/)."""
-    resolvers = {
-        "height_of": lambda size: image_size_hw(size)[0],
-        "width_of": lambda size: image_size_hw(size)[1],
-        "hydra_record": resume.hydra_record,
+    resolvers = {  # name: (resolver, cached)
+        "height_of": (lambda size: image_size_hw(size)[0], False),
+        "width_of": (lambda size: image_size_hw(size)[1], False),
+        "hydra_record": (resume.hydra_record, False),
+        "run_folder": (resume.run_folder, True),  # it creates the folder: once a composition
     }
-    for name, resolver in resolvers.items():
+    for name, (resolver, cached) in resolvers.items():
         if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, resolver)
-    if not OmegaConf.has_resolver("run_folder"):  # it creates the folder: once a composition
-        OmegaConf.register_new_resolver("run_folder", resume.run_folder, use_cache=True)
+            OmegaConf.register_new_resolver(name, resolver, use_cache=cached)
 
 
 def plain(node: Any) -> Any:
