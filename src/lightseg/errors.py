@@ -91,19 +91,6 @@ def room_to_write(
         raise no_room(folder, what, needed() if needed else None, fix) from None
 
 
-@contextlib.contextmanager
-def instantiating(where: str, reason: Callable[[BaseException], str] = str) -> Iterator[None]:
-    """Hydra's ``instantiate`` in the block, its wrapper of an error undone: a LightsegError as
-    raised, any other as ``<where>: <type>: <reason(error)>``."""
-    try:
-        yield
-    except InstantiationException as error:
-        cause = error.__cause__ or error
-        if isinstance(cause, LightsegError):
-            raise cause from None
-        raise LightsegError(f"{where}: {type(cause).__name__}: {reason(cause)}") from None
-
-
 #: Marks a file still being written: ``.<name>.partial-<PID>`` next to the file it becomes.
 PARTIAL = ".partial-"
 
@@ -129,6 +116,19 @@ def _size(count: float) -> str:
         if count < 1024:
             return f"{count:.1f} {unit}"
     return f"{count / 1024:.1f} GiB"
+
+
+@contextlib.contextmanager
+def instantiating(where: str, reason: Callable[[BaseException], str] = str) -> Iterator[None]:
+    """Hydra's ``instantiate`` in the block, its wrapper of an error undone: a LightsegError as
+    raised, any other as ``<where>: <type>: <reason(error)>``."""
+    try:
+        yield
+    except InstantiationException as error:
+        cause = error.__cause__ or error
+        if isinstance(cause, LightsegError):
+            raise cause from None
+        raise LightsegError(f"{where}: {type(cause).__name__}: {reason(cause)}") from None
 
 
 def lightseg_cause(error: BaseException | None) -> LightsegError | None:
