@@ -223,9 +223,8 @@ def load_module(path: str | Path, device: str | torch.device = "cpu") -> Segment
     """The trained module stored at ``path`` (its own class: a fork's subclass of
     ``SegmentationModule`` too), in eval mode on ``device``."""
     checkpoint = read_checkpoint(path)
-    hparams = dict(checkpoint["hyper_parameters"])
+    hparams = {**checkpoint["hyper_parameters"], "compile": False}
     hparams["model"] = without_pretrained(hparams["model"])  # trained weights follow
-    hparams["compile"] = False
     name = checkpoint.get("module", "lightseg.models.SegmentationModule")
     try:
         module_class = get_class(name)
