@@ -15,6 +15,7 @@ its network and its training size -- what eval, predict and export follow.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import zipfile
@@ -29,11 +30,10 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from lightseg.errors import LightsegError, room_to_write
+from lightseg.errors import PARTIAL, LightsegError, room_to_write, written_whole
 from lightseg.models import SegmentationModule, input_multiple
 from lightseg.models.network import without_pretrained
 
-TEMP_INFIX = ".partial-"
 #: Hyperparameters that make a checkpoint a lightseg checkpoint.
 REQUIRED_HPARAMS = ("model", "classes", "normalization")
 #: Training input size assumed for checkpoints that do not store one (hand-made ones).
@@ -48,34 +48,26 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes ``path`` via a temporary file in the same folder, fsync and ``os.replace``."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        if storage_options is not None or not _is_local(path):
+        local = type(get_filesystem(str(path))).__name__ == "LocalFileSystem"
+        if storage_options is not None or not local:
             return super().save_checkpoint(checkpoint, path, storage_options)
         atomic_save(checkpoint, Path(path))
 
 
-def _is_local(path) -> bool:
-    return type(get_filesystem(str(path))).__name__ == "LocalFileSystem"
-
-
 def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to ``path``: either the old file or the complete new one, never a part.
-
-    The temporary file is this process's own (its PID in the name); files that other, killed,
-    processes left are removed by :func:`remove_partial_files` when a run resumes. A full disk
-    is one paragraph (the old file stays).
-    """
+    """``torch.save`` to ``path`` whole (:func:`written_whole`); the parts killed processes left
+    are removed by :func:`remove_partial_files` when a run resumes. A full disk is one
+    paragraph (the old file stays)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}{TEMP_INFIX}{os.getpid()}")
     fix = " or write the run elsewhere (paths.log_dir=...; ckpt_path=<its last.ckpt> to resume)"
-    with room_to_write(path.parent, f"checkpoint {path.name}", lambda: tensor_bytes(obj), fix):
-        try:
-            with open(temp, "wb") as file:
-                torch.save(obj, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temp, path)
-        finally:
-            temp.unlink(missing_ok=True)
+    with (
+        room_to_write(path.parent, f"checkpoint {path.name}", lambda: tensor_bytes(obj), fix),
+        written_whole(path) as temp,
+        open(temp, "wb") as file,
+    ):
+        torch.save(obj, file)
+        file.flush()
+        os.fsync(file.fileno())
     _fsync_folder(path.parent)
 
 
@@ -90,23 +82,19 @@ def tensor_bytes(obj: Any) -> int:
 
 def _fsync_folder(folder: Path) -> None:
     """Make the rename itself durable (a power cut could otherwise undo it)."""
-    try:
+    with contextlib.suppress(OSError):  # not possible everywhere; the rename is still atomic
         handle = os.open(folder, os.O_RDONLY)
-    except OSError:  # not possible on every platform; the rename is still atomic
-        return
-    try:
-        os.fsync(handle)
-    except OSError:
-        pass
-    finally:
-        os.close(handle)
+        try:
+            os.fsync(handle)
+        finally:
+            os.close(handle)
 
 
 @rank_zero_only
 def remove_partial_files(folder: Path) -> None:
     """Delete temporary checkpoint files a killed process left behind (the caller holds the
     run's lock, so no live process is writing them)."""
-    for stale in Path(folder).glob(f".*{TEMP_INFIX}*"):
+    for stale in Path(folder).glob(f".*{PARTIAL}*"):
         stale.unlink(missing_ok=True)
 
 
@@ -207,8 +195,9 @@ def read_checkpoint(path: str | Path) -> dict:
             f"Cannot read checkpoint '{path}': {error.strerror or error}."
         ) from None
     except Exception as error:  # pickle, zip and unsafe-type errors all mean the same here
+        sentence = str(error).split(". ")[0].splitlines()[0][:200] if str(error) else ""
         raise LightsegError(
-            f"Cannot read checkpoint '{path}' ({type(error).__name__}: {_first_sentence(error)}). "
+            f"Cannot read checkpoint '{path}' ({type(error).__name__}: {sentence}). "
             "It is damaged, still being written, or not a PyTorch checkpoint; use a best.ckpt or "
             "last.ckpt that a lightseg run wrote."
         ) from None
@@ -230,17 +219,12 @@ def read_checkpoint(path: str | Path) -> dict:
     return checkpoint
 
 
-def _first_sentence(error: Exception) -> str:
-    return str(error).split(". ")[0].splitlines()[0][:200] if str(error) else ""
-
-
 def load_module(path: str | Path, device: str | torch.device = "cpu") -> SegmentationModule:
     """The trained module stored at ``path`` (its own class: a fork's subclass of
     ``SegmentationModule`` too), in eval mode on ``device``."""
     checkpoint = read_checkpoint(path)
-    hparams = dict(checkpoint["hyper_parameters"])
+    hparams = {**checkpoint["hyper_parameters"], "compile": False}
     hparams["model"] = without_pretrained(hparams["model"])  # trained weights follow
-    hparams["compile"] = False
     name = checkpoint.get("module", "lightseg.models.SegmentationModule")
     try:
         module_class = get_class(name)

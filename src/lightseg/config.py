@@ -15,9 +15,11 @@ import inspect
 import os
 import re
 import sys
+import traceback
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,7 +34,16 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lightseg import CONFIG_DIR
-from lightseg.errors import LightsegError, SweepJob, sweep_summary, user_errors
+from lightseg.errors import (
+    LightsegError,
+    SweepRefused,
+    TrainingInterrupted,
+    lightseg_cause,
+    one_line,
+    show_error,
+    user_errors,
+    user_message,
+)
 from lightseg.runs import resume
 
 #: Hydra's own keys in a ``_target_`` node.
@@ -46,6 +57,8 @@ UNKNOWN_KEY = re.compile(
     r"Could not (?:override|delete from config\.|append to config\.) '([^']+)'"
 )
 MISSING_OPTION = re.compile(r"Could not find '([^']+)/([^'/]+)'")
+#: What a value of these annotations may be (a bool is not a number here).
+SCALARS = {bool: bool, int: int, float: int | float, str: str}
 
 
 def image_size_hw(value: Any, key: str = "data.image_size") -> tuple[int, int]:
@@ -54,10 +67,7 @@ def image_size_hw(value: Any, key: str = "data.image_size") -> tuple[int, int]:
     sides = list(value) if listed else [value]
     if len(sides) == 1:
         sides = sides * 2
-    valid = len(sides) == 2 and all(
-        isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sides
-    )
-    if not valid:
+    if len(sides) != 2 or not all(_matches(side, int) and side > 0 for side in sides):
         raise LightsegError(
             f"{key}={_shown(value)} is not an image size: give one number for a square "
             f"({key}=256) or [height, width] ({key}=[256,320]), positive whole pixels."
@@ -68,16 +78,15 @@ def image_size_hw(value: Any, key: str = "data.image_size") -> tuple[int, int]:
 def register_resolvers() -> None:
     """``${height_of:size}`` and ``${width_of:size}``: either form of ``data.image_size``;
     ``${run_folder:...}`` and ``${hydra_record:...}``: the run folder (configs/hydra/)."""
-    resolvers = {
-        "height_of": lambda size: image_size_hw(size)[0],
-        "width_of": lambda size: image_size_hw(size)[1],
-        "hydra_record": resume.hydra_record,
+    resolvers = {  # name: (resolver, cached)
+        "height_of": (lambda size: image_size_hw(size)[0], False),
+        "width_of": (lambda size: image_size_hw(size)[1], False),
+        "hydra_record": (resume.hydra_record, False),
+        "run_folder": (resume.run_folder, True),  # it creates the folder: once a composition
     }
-    for name, resolver in resolvers.items():
+    for name, (resolver, cached) in resolvers.items():
         if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, resolver)
-    if not OmegaConf.has_resolver("run_folder"):  # it creates the folder: once a composition
-        OmegaConf.register_new_resolver("run_folder", resume.run_folder, use_cache=True)
+            OmegaConf.register_new_resolver(name, resolver, use_cache=cached)
 
 
 def plain(node: Any) -> Any:
@@ -119,7 +128,6 @@ def target_nodes(node: Any, path: str = "") -> Iterator[tuple[str, dict]]:
 
 def check_node(path: str, node: dict, choices: Mapping[str, str] | None = None) -> None:
     """The keys and value types of one ``_target_`` node at ``path`` (e.g. ``model``)."""
-    choices = choices or {}
     target = node["_target_"]
     try:
         function = get_object(str(target))
@@ -130,23 +138,24 @@ def check_node(path: str, node: dict, choices: Mapping[str, str] | None = None) 
             f"repository root, or add its folder to PYTHONPATH){_group_hint(path, choices)}."
         ) from None
     try:
-        signature = inspect.signature(function)
+        parameters = inspect.signature(function).parameters
     except (TypeError, ValueError):
         return  # builtins without a signature: instantiate() will tell
-    parameters = signature.parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     given = [k for k in node if k not in HYDRA_KEYS]
-    if not takes_any:
-        unknown = [k for k in given if k not in parameters]
-        if unknown:
-            keys = ", ".join(f"{path}.{k}" for k in unknown)
-            accepted = [n for n, p in parameters.items() if p.kind is not p.VAR_POSITIONAL]
-            raise LightsegError(
-                f"{keys}: not a setting of {target}{_group_hint(path, choices)}. It takes: "
-                f"{', '.join(n for n in accepted if n != 'self') or 'nothing'}. Remove the key, "
-                "or choose the config group option it belongs to."
-            )
-    hints = _type_hints(function)
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    unknown = [] if takes_any else [k for k in given if k not in parameters]
+    if unknown:
+        keys = ", ".join(f"{path}.{k}" for k in unknown)
+        accepted = [n for n, p in parameters.items() if p.kind is not p.VAR_POSITIONAL]
+        raise LightsegError(
+            f"{keys}: not a setting of {target}{_group_hint(path, choices)}. It takes: "
+            f"{', '.join(n for n in accepted if n != 'self') or 'nothing'}. Remove the key, "
+            "or choose the config group option it belongs to."
+        )
+    try:
+        hints = typing.get_type_hints(function.__init__ if inspect.isclass(function) else function)
+    except Exception:  # unresolvable annotations: no type check, not an error
+        hints = {}
     for key in given:  # null means "default" or "lightseg fills it in" (schedule lengths)
         hint = hints.get(key)
         if isinstance(node[key], str) and node[key] in RESOLVED_LATER:
@@ -158,18 +167,10 @@ def check_node(path: str, node: dict, choices: Mapping[str, str] | None = None) 
             )
 
 
-def _group_hint(path: str, choices: Mapping[str, str]) -> str:
+def _group_hint(path: str, choices: Mapping[str, str] | None) -> str:
     group = path.split(".")[0].split("[")[0]
-    option = choices.get(group)
+    option = (choices or {}).get(group)
     return f" (config group option {group}={option})" if option else ""
-
-
-def _type_hints(function) -> dict[str, Any]:
-    init = function.__init__ if inspect.isclass(function) else function
-    try:
-        return typing.get_type_hints(init)
-    except Exception:  # unresolvable annotations: no type check, not an error
-        return {}
 
 
 def _matches(value: Any, hint: Any) -> bool | None:
@@ -186,14 +187,8 @@ def _matches(value: Any, hint: Any) -> bool | None:
         if any(r is True for r in results):
             return True
         return False if all(r is False for r in results) else None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
+    if isinstance(hint, type) and hint in SCALARS:
+        return isinstance(value, SCALARS[hint]) and (hint is bool or not isinstance(value, bool))
     if origin in (list, tuple) or origin in (Sequence, typing.Sequence):
         return isinstance(value, list | tuple)
     if isinstance(value, dict) and "_target_" in value:
@@ -202,7 +197,7 @@ def _matches(value: Any, hint: Any) -> bool | None:
         if issubclass(hint, os.PathLike):
             return isinstance(value, str)
         if issubclass(hint, torch.Tensor):  # e.g. a learning rate: a number or a tensor
-            return isinstance(value, int | float) and not isinstance(value, bool)
+            return _matches(value, float)
     return None
 
 
@@ -223,8 +218,7 @@ def compose_config(
         return compose(config_name, list(overrides), return_hydra_config=hydra)
 
 
-# --- when Hydra cannot compose: its message, and the nearest valid key or option ---------------
-
+# --- the command line: Hydra's app, its sweep jobs, the nearest valid key or option ------------
 
 T = TypeVar("T")
 
@@ -293,6 +287,52 @@ def app(config_name: str) -> Callable[[Callable[[DictConfig], T]], Callable[[], 
     return decorate
 
 
+@dataclass
+class SweepJob:
+    """One job of a sweep (-m): where it ran, and the paragraph it failed with, if it did."""
+
+    number: int
+    folder: str
+    overrides: list[str]
+    sweep_dir: str
+    failure: str | None = None
+
+    def run(self, task: Callable[[Any], T], cfg: Any) -> T | None:
+        """``task(cfg)``; its error is shown (a bug with its traceback) and remembered, and the
+        job returns None, so that Hydra's sweepers go on (Optuna marks the trial FAIL). A stop
+        signal (TrainingInterrupted) and SweepRefused stop the whole sweep. The task records
+        the failure in the job's folder (run_info.json)."""
+        try:
+            return task(cfg)
+        except Exception as error:
+            if isinstance(lightseg_cause(error), TrainingInterrupted | SweepRefused):
+                raise
+            self.failure = user_message(error)
+            if self.failure is None:  # not a user's mistake: the traceback shows where
+                traceback.print_exc()
+                self.failure = f"{type(error).__name__}: {error}"
+            else:
+                show_error(self.failure)
+            return None
+
+
+def sweep_summary(jobs: list[SweepJob]) -> str:
+    """One paragraph: which jobs failed (number, folder, the overrides that set it apart from
+    the other jobs) and why."""
+    failed = [job for job in jobs if job.failure]
+    shared = set.intersection(*(set(job.overrides) for job in jobs)) if len(jobs) > 1 else set()
+    listed = "; ".join(
+        f"job {job.number} ({job.folder}, {' '.join(o for o in job.overrides if o not in shared)})"
+        f": {one_line(job.failure or '').rstrip('.')}"
+        for job in failed
+    )
+    return (
+        f"{len(failed)} of {len(jobs)} sweep jobs failed (the others ran to their end): {listed}. "
+        "Each job's run_info.json records how it ended; python -m lightseg.tools.table "
+        f"runs={jobs[0].sweep_dir} tabulates the sweep and lists the failed jobs."
+    )
+
+
 def explain(error: HydraException, overrides: list[str], config_name: str) -> str:
     """Hydra's message, plus the nearest valid key or option when there is one."""
     message = str(error).split("\nConfig search path:")[0].strip()
@@ -326,7 +366,8 @@ def suggest_key(key: str, overrides: list[str], config_name: str) -> str:
     if options:
         listed = ", ".join(f"{group}={o}" for o in options[:6])
         return f"\n{key} is a setting of {listed}, not of {group}={chosen}."
-    keys = [k for k in config_keys(composed) if not k.startswith("hydra")]
+    tree = OmegaConf.to_container(composed, resolve=False)
+    keys = [k for k in dotted_keys(tree) if not k.startswith("hydra")]
     suggestion = closest(key, keys)
     return f"\nDid you mean '{suggestion}'?" if suggestion else ""
 
@@ -360,15 +401,11 @@ def _compose_what_works(overrides: list[str], config_name: str) -> DictConfig:
             overrides = remaining
 
 
-def config_keys(cfg: DictConfig) -> list[str]:
-    """Every dotted key of a config, inner nodes included (``trainer``, ``trainer.max_epochs``)."""
-
-    def walk(node, prefix: str) -> Iterator[str]:
-        for name, value in node.items() if isinstance(node, dict) else ():
-            yield f"{prefix}{name}"
-            yield from walk(value, f"{prefix}{name}.")
-
-    return list(walk(OmegaConf.to_container(cfg, resolve=False), ""))
+def dotted_keys(node: Any, prefix: str = "") -> Iterator[str]:
+    """Every dotted key of a plain config, inner nodes too (``trainer``, ``trainer.devices``)."""
+    for name, value in node.items() if isinstance(node, dict) else ():
+        yield f"{prefix}{name}"
+        yield from dotted_keys(value, f"{prefix}{name}.")
 
 
 def closest(key: str, keys: list[str]) -> str | None:
@@ -376,8 +413,6 @@ def closest(key: str, keys: list[str]) -> str | None:
     found = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
     if found:
         return found[0]
-    leaves: dict[str, str] = {}
-    for candidate in keys:
-        leaves.setdefault(candidate.rsplit(".", 1)[-1], candidate)
+    leaves = {candidate.rsplit(".", 1)[-1]: candidate for candidate in reversed(keys)}  # 1st wins
     found = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(leaves), n=1, cutoff=0.75)
     return leaves[found[0]] if found else None

@@ -1,25 +1,21 @@
-"""User-facing errors: one clear paragraph, a non-zero exit, no traceback; in a sweep, a failed
-job is reported as it ends and the sweep goes on to the next (:class:`SweepJob`)."""
+"""User-facing errors: one clear paragraph, a non-zero exit, no traceback (in a sweep, see
+:func:`lightseg.config.app`)."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import shutil
 import sys
-import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
 
 from hydra.errors import InstantiationException
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from rich.console import Console
 from rich.panel import Panel
-
-T = TypeVar("T")
 
 
 class LightsegError(Exception):
@@ -44,18 +40,26 @@ class TrainingInterrupted(LightsegError):
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
+def _chain(
+    error: BaseException | None, context: type[BaseException] = BaseException
+) -> Iterator[BaseException]:
+    """``error`` and the errors behind it: each one's ``__cause__``, else its ``__context__``
+    if it is a ``context`` (a loop in the chain ends it)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        yield error
+        seen.add(id(error))
+        error = error.__cause__ or (error.__context__ if isinstance(error, context) else None)
+
+
 def disk_full(error: BaseException | None) -> bool:
     """Whether ``error`` is a full disk, also where a writer wraps the OSError: ``torch.save``
     raises ``RuntimeError: ... unexpected pos`` with the ENOSPC as its context."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, OSError) and error.errno in DISK_FULL:
-            return True
-        if isinstance(error, RuntimeError) and "unexpected pos" in str(error):
-            return True
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return False
+    return any(
+        (isinstance(cause, OSError) and cause.errno in DISK_FULL)
+        or (isinstance(cause, RuntimeError) and "unexpected pos" in str(cause))
+        for cause in _chain(error)
+    )
 
 
 def no_room(
@@ -87,6 +91,23 @@ def room_to_write(
         raise no_room(folder, what, needed() if needed else None, fix) from None
 
 
+#: Marks a file still being written: ``.<name>.partial-<PID>`` next to the file it becomes.
+PARTIAL = ".partial-"
+
+
+@contextlib.contextmanager
+def written_whole(path: Path) -> Iterator[Path]:
+    """A temporary file next to ``path`` for the block to write, which then replaces ``path``
+    in one step (``os.replace``): readers find the old file or the new one, never a part. The
+    temporary file is this process's own (its PID in the name) and is gone after the block."""
+    temp = path.with_name(f".{path.name}{PARTIAL}{os.getpid()}")
+    try:
+        yield temp
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
 def _size(count: float) -> str:
     if count < 1024:
         return f"{count:.0f} bytes"
@@ -97,17 +118,24 @@ def _size(count: float) -> str:
     return f"{count / 1024:.1f} GiB"
 
 
+@contextlib.contextmanager
+def instantiating(where: str, reason: Callable[[BaseException], str] = str) -> Iterator[None]:
+    """Hydra's ``instantiate`` in the block, its wrapper of an error undone: a LightsegError as
+    raised, any other as ``<where>: <type>: <reason(error)>``."""
+    try:
+        yield
+    except InstantiationException as error:
+        cause = error.__cause__ or error
+        if isinstance(cause, LightsegError):
+            raise cause from None
+        raise LightsegError(f"{where}: {type(cause).__name__}: {reason(cause)}") from None
+
+
 def lightseg_cause(error: BaseException | None) -> LightsegError | None:
     """The LightsegError behind ``error``: Hydra's instantiate wraps errors raised inside it
     (``__cause__``); OmegaConf re-raises a resolver's error as its own (``__context__``)."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, LightsegError):
-            return error
-        seen.add(id(error))
-        wrapped = error.__context__ if isinstance(error, OmegaConfBaseException) else None
-        error = error.__cause__ or wrapped
-    return None
+    causes = _chain(error, context=OmegaConfBaseException)
+    return next((cause for cause in causes if isinstance(cause, LightsegError)), None)
 
 
 def user_message(error: BaseException) -> str | None:
@@ -172,49 +200,3 @@ def one_line(message: str, limit: int = 400) -> str:
     characters (a traceback folded into a message would fill a screen)."""
     text = " ".join(message.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-@dataclass
-class SweepJob:
-    """One job of a sweep (-m): where it ran, and the paragraph it failed with, if it did."""
-
-    number: int
-    folder: str
-    overrides: list[str]
-    sweep_dir: str
-    failure: str | None = None
-
-    def run(self, task: Callable[[Any], T], cfg: Any) -> T | None:
-        """``task(cfg)``; its error is shown (a bug with its traceback) and remembered, and the
-        job returns None, so that Hydra's sweepers go on (Optuna marks the trial FAIL). A stop
-        signal (TrainingInterrupted) and SweepRefused stop the whole sweep. The task records
-        the failure in the job's folder (run_info.json)."""
-        try:
-            return task(cfg)
-        except Exception as error:
-            if isinstance(lightseg_cause(error), TrainingInterrupted | SweepRefused):
-                raise
-            self.failure = user_message(error)
-            if self.failure is None:  # not a user's mistake: the traceback shows where
-                traceback.print_exc()
-                self.failure = f"{type(error).__name__}: {error}"
-            else:
-                show_error(self.failure)
-            return None
-
-
-def sweep_summary(jobs: list[SweepJob]) -> str:
-    """One paragraph: which jobs failed (number, folder, the overrides that set it apart from
-    the other jobs) and why."""
-    failed = [job for job in jobs if job.failure]
-    shared = set.intersection(*(set(job.overrides) for job in jobs)) if len(jobs) > 1 else set()
-    listed = "; ".join(
-        f"job {job.number} ({job.folder}, {' '.join(o for o in job.overrides if o not in shared)})"
-        f": {one_line(job.failure or '').rstrip('.')}"
-        for job in failed
-    )
-    return (
-        f"{len(failed)} of {len(jobs)} sweep jobs failed (the others ran to their end): {listed}. "
-        "Each job's run_info.json records how it ended; python -m lightseg.tools.table "
-        f"runs={jobs[0].sweep_dir} tabulates the sweep and lists the failed jobs."
-    )

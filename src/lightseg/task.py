@@ -9,10 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 
-from lightseg.errors import LightsegError
+from lightseg.errors import LightsegError, instantiating
 
 #: Label value that marks pixels excluded from losses and metrics (VOC borders, COCO crowds).
 IGNORE_INDEX = 255
@@ -93,15 +92,8 @@ def build_named(
                 f"{group}.{name} has no _target_: name its class, e.g. {group}.{name}._target_="
                 f"{example} (configs/{group}/*.yaml show the built-in ones)."
             )
-        try:
+        with instantiating(f"{group}.{name} ({options['_target_']})"):
             built[key] = instantiate(options, **task_arguments(options, task), _convert_="all")
-        except InstantiationException as error:
-            cause = error.__cause__ or error
-            if isinstance(cause, LightsegError):
-                raise cause from None
-            raise LightsegError(
-                f"{group}.{name} ({options['_target_']}): {type(cause).__name__}: {cause}"
-            ) from None
         if not isinstance(built[key], kind):
             library = kind.__module__.split(".")[0]
             raise LightsegError(

@@ -77,7 +77,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, floa
             lock.acquire()
         return _train(cfg, run, checkpoint, overrides or [])
     except Exception as error:
-        if not run.is_run and owner and sweep_job():  # a table lists the failed job
+        sweep_job = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+        if not run.is_run and owner and sweep_job:  # a table lists the failed job
             end_record(
                 run.path, "failed", user_message(error) or f"{type(error).__name__}: {error}"
             )
@@ -131,10 +132,6 @@ def evaluate_best(trainer: L.Trainer, module, datamodule) -> dict[str, float]:
         results = evaluate(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
         metrics.update({k: float(v) for k, v in results[0].items()})
     return metrics
-
-
-def sweep_job() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def check_sweep(cfg: DictConfig) -> None:

@@ -9,7 +9,6 @@ its epoch exactly as the uninterrupted run did.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
@@ -40,22 +39,18 @@ class Finetuning(Callback):
     encoder at ``optimizer.lr`` (1: one rate for the whole network)."""
 
     def __init__(self, freeze_encoder_epochs: int = 0, decoder_lr_multiplier: float = 1.0) -> None:
-        epochs, multiplier = freeze_encoder_epochs, decoder_lr_multiplier
+        epochs, factor = freeze_encoder_epochs, decoder_lr_multiplier
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
             raise LightsegError(
                 f"callbacks.finetuning.freeze_encoder_epochs={epochs!r} must be a whole number "
                 ">= 0."
             )
-        if (
-            isinstance(multiplier, bool)
-            or not isinstance(multiplier, int | float)
-            or not (multiplier > 0)
-        ):
+        if isinstance(factor, bool) or not isinstance(factor, int | float) or not factor > 0:
             raise LightsegError(
-                f"callbacks.finetuning.decoder_lr_multiplier={multiplier!r} must be a number > 0 "
+                f"callbacks.finetuning.decoder_lr_multiplier={factor!r} must be a number > 0 "
                 "(1: one learning rate for the whole network)."
             )
-        self.freeze_epochs, self.multiplier = int(epochs), float(multiplier)
+        self.freeze_epochs, self.multiplier = int(epochs), float(factor)
         self.frozen = False
 
     def parameter_groups(self, module: L.LightningModule, groups: list[dict]) -> list[dict]:
@@ -98,14 +93,8 @@ class Finetuning(Callback):
         if hasattr(network, "freeze_encoder"):  # smp: also keeps BN statistics in train()
             (network.freeze_encoder if frozen else network.unfreeze_encoder)()
         else:
-            encoder = encoder_of(network)
-            encoder.requires_grad_(not frozen)
-            if frozen:
-                encoder.eval()  # Lightning sets train() before each epoch, this runs after it
-            elif network.training:
-                encoder.train()
+            encoder = encoder_of(network).requires_grad_(not frozen)
+            # Lightning sets train() before each epoch, this runs after it
+            encoder.train(network.training and not frozen)
         self.frozen = frozen
         log.info("Encoder %s.", "frozen" if frozen else "trainable")
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}  # the epoch decides: nothing to restore

@@ -33,14 +33,12 @@ class PredictionOverlays(Callback):
         self.num_images, self.every_n_epochs = int(num_images), max(1, int(every_n_epochs))
         self.alpha, self.key = float(alpha), key
 
-    def _due(self, trainer: L.Trainer) -> bool:
-        epoch = trainer.current_epoch + 1
-        return epoch % self.every_n_epochs == 0 or epoch >= (trainer.max_epochs or 0)
-
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit" or not trainer.is_global_zero:
             return
-        if not self._due(trainer) or self.num_images <= 0:
+        epoch = trainer.current_epoch + 1
+        due = epoch % self.every_n_epochs == 0 or epoch >= (trainer.max_epochs or 0)
+        if not due or self.num_images <= 0:
             return
         loader = trainer.val_dataloaders
         dataset = (loader[0] if isinstance(loader, Sequence) else loader).dataset
@@ -59,7 +57,7 @@ class PredictionOverlays(Callback):
         Image.fromarray(grid).save(self.folder / f"epoch_{trainer.current_epoch:03d}.png")
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                labels = {i: name for i, name in enumerate(classes)} | {IGNORE_INDEX: "ignore"}
+                labels = dict(enumerate(classes)) | {IGNORE_INDEX: "ignore"}
                 masks = [
                     {
                         "ground_truth": {"mask_data": truth, "class_labels": labels},

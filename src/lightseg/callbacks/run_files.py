@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from lightseg.checkpoints import checkpoint_position
-from lightseg.runs import RunFolder, read_run_info
+from lightseg.runs import RunFolder
 from lightseg.runs.folder import CONFIG, RUN_INFO, SPLITS, read_yaml
 from lightseg.runs.snapshot import GIT_DIFF, PACKAGES, UNTRACKED
 from lightseg.utils.loggers import drop_replayed_rows, upload_files
@@ -33,16 +33,14 @@ class LogRunFiles(Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        if trainer.ckpt_path:  # the loops are restored later: the checkpoint says the step
-            step = checkpoint_position(trainer.ckpt_path)["step"]
-            for logger in trainer.loggers:
-                if isinstance(logger, CSVLogger):
-                    drop_replayed_rows(logger, step)
-        config = read_yaml(RunFolder(self.folder).config) or {}
+        folder = RunFolder(self.folder)
+        config, info = read_yaml(folder.config) or {}, folder.info() or {}
+        # the loops are restored later: the checkpoint says the step a resume replays from
+        step = checkpoint_position(trainer.ckpt_path)["step"] if trainer.ckpt_path else None
         for logger in trainer.loggers:
+            if isinstance(logger, CSVLogger) and step is not None:
+                drop_replayed_rows(logger, step)
             logger.log_hyperparams(config)
-        info = read_run_info(self.folder) or {}
-        for logger in trainer.loggers:
             if not isinstance(logger, WandbLogger):
                 continue
             run = logger.experiment

@@ -9,9 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import statistics as stats
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,7 +20,7 @@ from omegaconf import DictConfig
 from lightseg.config import FROM_TRAINING_SPLIT
 from lightseg.data.source import Sample, SegmentationSource, fingerprint, read_pair
 from lightseg.data.transforms import pixel_scale
-from lightseg.errors import LightsegError
+from lightseg.errors import LightsegError, written_whole
 
 log = logging.getLogger(__name__)
 
@@ -148,9 +146,8 @@ def training_statistics(
         measured = measure(source, samples)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False) as stream:
-            json.dump(asdict(measured), stream, indent=1)
-        os.replace(stream.name, path)
+        with written_whole(path) as temp:
+            temp.write_text(json.dumps(asdict(measured), indent=1))
     except OSError as error:
         log.warning("Could not cache the statistics in %s (%s): they are recomputed.", path, error)
     return measured

@@ -23,12 +23,11 @@ from typing import Any
 
 import torch
 from huggingface_hub import constants as hub
-from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from torch import nn
 
 from lightseg.config import check_node
-from lightseg.errors import LightsegError
+from lightseg.errors import LightsegError, instantiating
 from lightseg.utils.loggers import answers
 
 log = logging.getLogger(__name__)
@@ -49,16 +48,11 @@ def build_network(config: Mapping[str, Any], out_channels: int) -> nn.Module:
         )
     check_node("model", config)  # a key the target does not take: say which, and what it takes
     pretrained = any(config.get(key) for key in PRETRAINED_KEYS)
-    try:
-        with hub_offline_unless_reachable() if pretrained else contextlib.nullcontext():
-            network = instantiate(config, out_channels=out_channels, _convert_="all")
-    except InstantiationException as error:
-        cause = error.__cause__ or error
-        if isinstance(cause, LightsegError):
-            raise cause from None
-        raise LightsegError(
-            f"model._target_={target}: {type(cause).__name__}: {_first_line(cause)}"
-        ) from None
+    with (
+        instantiating(f"model._target_={target}", _first_line),
+        hub_offline_unless_reachable() if pretrained else contextlib.nullcontext(),
+    ):
+        network = instantiate(config, out_channels=out_channels, _convert_="all")
     if not isinstance(network, nn.Module):
         raise LightsegError(
             f"model._target_={target} returned a {type(network).__name__}, not a torch.nn.Module."

@@ -2,5 +2,5 @@
 
 from lightseg.runs import snapshot
 from lightseg.runs.folder import RunFolder, find_runs, runs_of
-from lightseg.runs.record import read_run_info, recorded_run
+from lightseg.runs.record import recorded_run
 from lightseg.utils.locks import RunLock

@@ -61,7 +61,6 @@ class RunFolder:
     hydra = _inside(HYDRA)
     #: Hydra's composition of the run, interpolations intact (what a resume restores).
     hydra_config = _inside(HYDRA, "config.yaml")
-    wandb_run_id = _inside(WANDB_RUN_ID)
     run_info = _inside(RUN_INFO)
     lock = _inside(LOCK)
     checkpoints = _inside(CHECKPOINTS)

@@ -31,8 +31,7 @@ def write_per_image(path: Path, rows: Iterable[Mapping[str, object]]) -> None:
     with Path(path).open("w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(columns)
-        for row in rows:
-            writer.writerow([cell(row.get(column)) for column in columns])
+        writer.writerows([cell(row.get(column)) for column in columns] for row in rows)
 
 
 def read_per_image(path: Path, prefix: str, variant: str | None = None) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import platform
 import shlex
 import sys
@@ -18,7 +17,7 @@ from typing import Any
 import torch
 
 import lightseg
-from lightseg.errors import TrainingInterrupted, room_to_write
+from lightseg.errors import TrainingInterrupted, room_to_write, written_whole
 from lightseg.runs.folder import RunFolder
 from lightseg.runs.snapshot import git_state, save_snapshot
 from lightseg.utils.locks import owner_record
@@ -60,19 +59,13 @@ def key_versions() -> dict[str, str | None]:
     return versions
 
 
-def read_run_info(folder: str | Path) -> dict[str, Any] | None:
-    return RunFolder(folder).info()
-
-
 def write_run_info(folder: str | Path, info: dict[str, Any]) -> None:
     path = RunFolder(folder).run_info
-    temp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    with room_to_write(path.parent, path.name, fix=" (the run's folder)"):
-        try:
-            temp.write_text(json.dumps(info, indent=2))
-            os.replace(temp, path)
-        finally:
-            temp.unlink(missing_ok=True)
+    with (
+        room_to_write(path.parent, path.name, fix=" (the run's folder)"),
+        written_whole(path) as temp,
+    ):
+        temp.write_text(json.dumps(info, indent=2))
 
 
 def start_record(
@@ -111,7 +104,7 @@ def start_record(
 
 
 def end_record(folder: str | Path, status: str, message: str | None = None) -> None:
-    info = read_run_info(folder) or {}
+    info = RunFolder(folder).info() or {}
     info.update(status=status, ended=now(), message=message)
     write_run_info(folder, info)
 

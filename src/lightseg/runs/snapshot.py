@@ -56,11 +56,8 @@ def git_state() -> dict[str, Any]:
 @functools.cache  # what is installed does not change while a process runs
 def package_versions() -> dict[str, str]:
     """Every installed distribution and its version, like ``pip freeze``."""
-    versions = {}
-    for dist in importlib.metadata.distributions():
-        name = dist.metadata["Name"]
-        if name:
-            versions[name] = dist.version
+    named = (dist for dist in importlib.metadata.distributions() if dist.metadata["Name"])
+    versions = {dist.metadata["Name"]: dist.version for dist in named}
     return dict(sorted(versions.items(), key=lambda item: item[0].lower()))
 
 

@@ -119,16 +119,13 @@ def held_by_live_process(folder: str | Path) -> dict[str, Any] | None:
     path = Path(folder) / RUN_LOCK
     try:
         with open(path, "rb") as handle:
-            held = _lock(handle, wait=False)
-            if held:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-                return None
+            held = _lock(handle, wait=False)  # True: ours until the file closes, so nobody's
     except OSError:  # no lock file (or none readable): nobody holds it
         return None
     owner = _recorded(path)
     if held is False:
         return owner or {}
-    return owner if _alive_here(owner) else None
+    return owner if held is None and _alive_here(owner) else None
 
 
 class RunLock:

@@ -27,6 +27,8 @@ from urllib.parse import urlparse
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from lightseg.errors import written_whole
+
 log = logging.getLogger(__name__)
 
 #: Where W&B logs to unless WANDB_BASE_URL (a W&B server of one's own) says otherwise.
@@ -80,10 +82,8 @@ def wandb_mode(requested: str = "auto", save_dir: str = ".", probe_timeout: floa
         return mode  # offline, disabled: as asked
     host = wandb_host()
     if not wandb_credentials_present(host):
-        say, why = (
-            log.info,
-            "no credentials found (`wandb login` before training, or WANDB_API_KEY)",
-        )
+        why = "no credentials found (`wandb login` before training, or WANDB_API_KEY)"
+        say = log.info
     elif not answers(host, probe_timeout):
         say, why = log.warning, f"{host} does not answer (waited {probe_timeout:g} s)"
     else:
@@ -156,20 +156,16 @@ def wandb_finished(*final_files: str | Path) -> Iterator[None]:
     first: their last state (run_info.json's status is written at the end of the block)."""
     import wandb
 
-    def finish(exit_code: int) -> None:
-        if wandb.run is None:
-            return
-        for path in map(Path, final_files):
-            if path.is_file():
-                upload_files(wandb.run, path.parent, [path.name])
-        wandb.finish(exit_code=exit_code)
-
+    exit_code = 1
     try:
         yield
-    except BaseException:
-        finish(1)
-        raise
-    finish(0)
+        exit_code = 0
+    finally:
+        if wandb.run is not None:
+            for path in map(Path, final_files):
+                if path.is_file():
+                    upload_files(wandb.run, path.parent, [path.name])
+            wandb.finish(exit_code=exit_code)
 
 
 def drop_replayed_rows(logger: CSVLogger, step: int) -> None:
@@ -185,7 +181,5 @@ def drop_replayed_rows(logger: CSVLogger, step: int) -> None:
         at = rows[0].index("step")
         kept = [rows[0], *(row for row in rows[1:] if not row[at] or float(row[at]) < step)]
         if len(kept) < len(rows):
-            temp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-            with temp.open("w", newline="") as file:
+            with written_whole(path) as temp, temp.open("w", newline="") as file:
                 csv.writer(file, lineterminator="\n").writerows(kept)
-            os.replace(temp, path)
