@@ -28,13 +28,14 @@ class SignalAt(L.Callback):
 
 
 class PoisonAt(L.Callback):
-    """Put a NaN into the images of batch ``batch_idx`` of ``epoch``."""
+    """Put a NaN into the images of batch ``batch_idx`` of ``epoch`` (of process ``rank``)."""
 
-    def __init__(self, epoch: int, batch_idx: int) -> None:
-        self.epoch, self.batch_idx = epoch, batch_idx
+    def __init__(self, epoch: int, batch_idx: int, rank: int | None = None) -> None:
+        self.epoch, self.batch_idx, self.rank = epoch, batch_idx, rank
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch_idx):
+        mine = self.rank in (None, trainer.global_rank)
+        if mine and (trainer.current_epoch, batch_idx) == (self.epoch, self.batch_idx):
             batch["image"][0, 0, 0, 0] = float("nan")
 
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from lightseg.data.ph2 import PH2
@@ -56,6 +57,9 @@ def test_loader_table_and_time_to_accuracy(tmp_path, data_dir):
     (ddp,) = results["ddp"]  # 2 processes over gloo: lightseg's ddp_spawn vs a plain DDP loop
     assert ddp["processes"] == "2 x CPU (gloo)" and ddp["plain"] > 0 and ddp["lightseg"] > 0
     assert ddp["plain/lightseg"] == ddp["plain"] / ddp["lightseg"]
+    assert ddp["plain/lightseg CPU time"] == pytest.approx(
+        ddp["runs"]["plain"][0]["cpu"] / ddp["runs"]["lightseg"][0]["cpu"]
+    )
     assert [len(ddp["runs"][name]) for name in ("plain", "lightseg")] == [1, 1]
 
     rows = results["loaders"]

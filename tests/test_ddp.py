@@ -9,6 +9,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from lightseg.errors import user_message
 from lightseg.experiment import build_module, build_trainer, resolve
 from tests.conftest import make_config
 
@@ -89,3 +90,27 @@ def test_ddp_per_image_results_gather_every_rank(tmp_path, data_dir):
     single.pop("test/loss"), double.pop("test/loss")  # per-batch Dice term: batches differ
     assert "test/hd95" in single and 0.0 < single["test/iou"] < 1.0
     assert double == pytest.approx(single, abs=1e-6)
+
+
+def test_a_nan_loss_in_one_process_stops_every_process_in_one_paragraph(tmp_path, data_dir):
+    """The ranks agree before the optimizer step (an all-reduce started before the backward
+    pass): none waits for another that has stopped, and the NaN reaches no weights."""
+    trainer, module, datamodule = untrained_demo(
+        tmp_path,
+        data_dir,
+        "ddp_sim",
+        "+callbacks.nonfinite._target_=lightseg.callbacks.StopOnNonFiniteLoss",
+        "+callbacks.poison._target_=tests.runs.PoisonAt",
+        "+callbacks.poison.epoch=0",
+        "+callbacks.poison.batch_idx=1",
+        "+callbacks.poison.rank=1",
+        "trainer.max_epochs=1",
+    )
+    with pytest.raises(Exception) as stopped:  # from the spawned processes
+        trainer.fit(module, datamodule=datamodule)
+    assert user_message(stopped.value) == (
+        "Training stopped: the loss became NaN at global step 1 (epoch 0, batch 1). No "
+        "checkpoint had been saved yet; nothing after it was saved. Usual fixes: a lower "
+        "optimizer.lr, trainer.gradient_clip_val=1.0, trainer.precision=32-true instead of "
+        "16-mixed, or masks holding values other than class indices and 255."
+    )

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from hydra.errors import InstantiationException
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from rich.console import Console
 from rich.panel import Panel
@@ -133,9 +134,18 @@ def instantiating(where: str, reason: Callable[[BaseException], str] = str) -> I
 
 def lightseg_cause(error: BaseException | None) -> LightsegError | None:
     """The LightsegError behind ``error``: Hydra's instantiate wraps errors raised inside it
-    (``__cause__``); OmegaConf re-raises a resolver's error as its own (``__context__``)."""
-    causes = _chain(error, context=OmegaConfBaseException)
-    return next((cause for cause in causes if isinstance(cause, LightsegError)), None)
+    (``__cause__``); OmegaConf re-raises a resolver's error as its own (``__context__``);
+    ddp_spawn's ranks hand theirs over as traceback text."""
+    for cause in _chain(error, context=OmegaConfBaseException):
+        if isinstance(cause, LightsegError):
+            return cause
+        if type(cause).__name__ == "ProcessRaisedException":  # torch.multiprocessing's
+            _, marker, raised = str(cause).rpartition(f"{__name__}.")
+            name, _, message = raised.partition(": ")
+            kind = globals().get(name)
+            if marker and isinstance(kind, type) and issubclass(kind, LightsegError):
+                return LightsegError(message.strip())
+    return None
 
 
 def user_message(error: BaseException) -> str | None:
@@ -181,8 +191,10 @@ def user_errors() -> Iterator[None]:
         message = user_message(error)
         if message is None:
             raise
-        show_error(message)
         cause = lightseg_cause(error)
+        # a stop signal reaches every process of a torchrun / srun job: rank 0 says it once
+        if not isinstance(cause, TrainingInterrupted) or getattr(rank_zero_only, "rank", 0) == 0:
+            show_error(message)
         sys.exit(cause.exit_code if cause is not None else 1)
 
 

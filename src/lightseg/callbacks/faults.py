@@ -9,12 +9,13 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 
@@ -70,6 +71,7 @@ class CheckpointOnSignal(Callback):
         self.stop_timeout = stop_timeout
         self.received: int | None = None
         self.received_at = 0.0
+        self._agreed: Callable[[], float] | None = None
         self._previous: dict[int, Any] = {}
 
     def _on_signal(self, signum: int, frame) -> None:
@@ -96,7 +98,7 @@ class CheckpointOnSignal(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if threading.current_thread() is not threading.main_thread():
             log.warning("Not in the main thread: stop signals will not save a checkpoint.")
-        self.received = None
+        self.received, self._agreed = None, None
         self._take_over_signals()
 
     def _retake_signals(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -121,8 +123,13 @@ class CheckpointOnSignal(Callback):
         # Every rank must agree, or one would wait forever for the others to save.
         return trainer.strategy.reduce_boolean_decision(self.received is not None, all=False)
 
+    def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
+        self._agreed = any_rank_later(trainer, torch.tensor(float(self.received is not None)))
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if self._stop_requested(trainer) and batch_idx + 1 < trainer.num_training_batches:
+        agreed, self._agreed = self._agreed, None
+        stop = agreed() > 0 if agreed else self._stop_requested(trainer)
+        if stop and batch_idx + 1 < trainer.num_training_batches:
             self._save_and_stop(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -237,20 +244,54 @@ def ranks_message(
     )
 
 
+def any_rank_later(trainer: L.Trainer, flag: torch.Tensor) -> Callable[[], float] | None:
+    """The largest ``flag`` over all processes, as a function to call later (None in one
+    process). The all-reduce runs in the background until then: asked before the backward pass
+    and answered after it, a check adds no point of its own where the ranks wait for each other
+    (each such point costs about 1 % of a DDP step, measured on 2 CPU processes)."""
+    if trainer.world_size == 1 or not (dist.is_available() and dist.is_initialized()):
+        return None
+    flag = flag.reshape(1).to(trainer.strategy.root_device, torch.float32)
+    work = dist.all_reduce(flag, op=dist.ReduceOp.MAX, async_op=True)
+
+    def result() -> float:
+        work.wait()
+        return flag.item()
+
+    return result
+
+
 class StopOnNonFiniteLoss(Callback):
-    """Stop before a NaN or infinite loss reaches the weights; saves nothing after it."""
+    """Stop before a NaN or infinite loss reaches the weights; saves nothing after it.
+
+    The loss is looked at before the backward pass and judged before the optimizer step (and at
+    the end of a batch that accumulates gradients), so under DDP the ranks agree without
+    waiting for each other an extra time, and on a GPU without stopping the device queue."""
 
     def __init__(self) -> None:
         self.batch_idx = 0
+        self._pending: list[Callable[[], float]] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        self.batch_idx = batch_idx
+        self.batch_idx, self._pending = batch_idx, []
 
     def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
-        finite = bool(torch.isfinite(loss.detach()).all())
-        if not trainer.strategy.reduce_boolean_decision(not finite, all=False):
+        loss = loss.detach()
+        bad = torch.isnan(loss).any() * 2.0 + torch.isinf(loss).any()  # 2: NaN, 1: infinite
+        self._pending.append(any_rank_later(trainer, bad) or bad.item)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self._judge(trainer)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self._judge(trainer)
+
+    def _judge(self, trainer: L.Trainer) -> None:
+        pending, self._pending = self._pending, []
+        worst = max((answer() for answer in pending), default=0.0)
+        if not worst:
             return
-        what = "NaN" if bool(torch.isnan(loss.detach()).any()) else "infinite"
+        what = "NaN" if worst >= 2 else "infinite"
         last = last_checkpoint_path(trainer)
         kept = (
             f"The last good checkpoint is '{last}'"
