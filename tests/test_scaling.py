@@ -11,6 +11,7 @@ import torch
 from lightseg.data import SegmentationDataModule
 from lightseg.data.demo import Demo
 from lightseg.errors import LightsegError
+from lightseg.runs.resume import RANKS, is_first_process
 from lightseg.utils.devices import check_trainer, compile_in_place
 
 
@@ -125,3 +126,24 @@ def test_compile_keeps_parameter_names_so_checkpoints_stay_portable():
     compile_in_place(net)
     assert list(net.state_dict()) == keys
     assert net(torch.randn(1, 3, 8, 8)).shape == (1, 4, 6, 6)
+
+
+@pytest.mark.parametrize(
+    ("launched", "first"),
+    [
+        ({}, True),
+        ({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2"}, True),  # torchrun
+        ({"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2"}, False),
+        ({"SLURM_PROCID": "3"}, False),  # srun
+        ({"LOCAL_RANK": "1", "NODE_RANK": "0"}, False),  # trainer=ddp's own second process
+        ({"LOCAL_RANK": "0", "NODE_RANK": "1"}, False),  # ... the first one on node 1
+    ],
+)
+def test_only_the_first_process_of_a_job_owns_the_run_folder(monkeypatch, launched, first):
+    """The owner takes run.lock: any other process of the job taking it would be refused as a
+    second run in a live run's folder."""
+    for name in RANKS:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in launched.items():
+        monkeypatch.setenv(name, value)
+    assert is_first_process() is first

@@ -43,9 +43,14 @@ def check_resume(resume) -> bool:
     return resume == "auto"
 
 
+#: Where launchers put a process's place in its job: torchrun, srun, and Lightning's own
+#: launch of one process per GPU (trainer=ddp), which sets only the local and node ranks.
+RANKS = ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK")
+
+
 def is_first_process() -> bool:
-    """Rank 0 of a launched job (torchrun's RANK, SLURM's SLURM_PROCID), or a lone process."""
-    return all(os.environ.get(name, "0") == "0" for name in ("RANK", "SLURM_PROCID"))
+    """Rank 0 of a launched job, or a lone process: the one that owns the run folder."""
+    return all(os.environ.get(name, "0") == "0" for name in RANKS)
 
 
 def new_run_folder(parent: Path, now: datetime | None = None) -> Path:
