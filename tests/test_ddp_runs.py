@@ -116,8 +116,10 @@ def test_ddp_run_writes_the_metrics_one_process_gives_its_best_weights(tmp_path,
     )
 
 
-@pytest.mark.slow  # ~200 s on 2 busy cores, the resumed run included
-@pytest.mark.parametrize("signum", [signal.SIGTERM])
+@pytest.mark.slow  # ~200 s on 2 busy cores, the resumed run included (SIGTERM); ~60 s others
+@pytest.mark.parametrize(
+    "signum", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1], ids=lambda s: s.name
+)
 def test_a_stop_signal_to_a_ddp_jobs_process_group_ends_every_process_then_resumes(
     tmp_path, data_dir, reference, signum
 ):
@@ -152,6 +154,8 @@ def test_a_stop_signal_to_a_ddp_jobs_process_group_ends_every_process_then_resum
     assert folder.status == "interrupted" and not folder.metrics.exists()
     saved = torch.load(folder.last, weights_only=True)
     assert saved["epoch"] == 1 and saved["global_step"] == 3 + 2  # mid-epoch: 2 of 3 batches
+    if signum != signal.SIGTERM:
+        return
 
     resumed = run(ddp_command(tmp_path, data_dir, "ckpt_path=last", "data.num_workers=0"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -179,12 +183,12 @@ def torchrun(tmp_path: Path, data_dir: Path, *extra: str, restarts: int = 0) -> 
     return [sys.executable, "-m", "torch.distributed.run", *launcher, *job[1:]]
 
 
-def start_at_mark(args: list[str], marker: Path) -> tuple[subprocess.Popen, int]:
+def start_at_mark(args: list[str], marker: Path, **env: str) -> tuple[subprocess.Popen, int]:
     """Start ``args`` in a session of its own; wait for the mark; the marking process's PID."""
     job = subprocess.Popen(
         args,
         cwd=REPOSITORY,
-        env=environment(TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1"),  # a store per restart
+        env=environment(TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1", **env),  # a store per restart
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -234,12 +238,22 @@ def test_torchrun_restarts_a_killed_worker_and_the_job_continues_from_last_ckpt(
 
 
 @pytest.mark.slow  # ~35 s each, ~25 s more for the resume
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1])
+@pytest.mark.parametrize(
+    "signum", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1], ids=lambda s: s.name
+)
 def test_a_stop_signal_to_a_torchrun_job_saves_once_and_ends_every_process(
     tmp_path, data_dir, reference, signum
 ):
-    marker = tmp_path / "mark"
-    job, _ = start_at_mark(torchrun(tmp_path, data_dir, *mark(marker, epoch=1)), marker)
+    marker, calls = tmp_path / "mark", tmp_path / "scontrol_calls.txt"
+    slurm = {}
+    if signum == signal.SIGUSR1:  # SLURM's warning before the time limit: the job is requeued
+        scontrol = tmp_path / "bin" / "scontrol"
+        scontrol.parent.mkdir()
+        scontrol.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+        scontrol.chmod(0o755)
+        path = f"{scontrol.parent}{os.pathsep}{os.environ['PATH']}"
+        slurm = {"SLURM_JOB_ID": "123", "PATH": path}
+    job, _ = start_at_mark(torchrun(tmp_path, data_dir, *mark(marker, epoch=1)), marker, **slurm)
     os.killpg(job.pid, signum)  # torchrun's group, as a terminal or a scheduler signals it
     signalled = time.monotonic()
     _, err = job.communicate(timeout=STOP_LIMIT)
@@ -251,6 +265,9 @@ def test_a_stop_signal_to_a_torchrun_job_saves_once_and_ends_every_process(
     folder = only_run(tmp_path)
     assert folder.status == "interrupted" and not folder.metrics.exists()
     assert torch.load(folder.last, weights_only=True)["global_step"] == 3 + 2
+    if slurm:  # by rank 0 alone
+        assert calls.read_text().split() == ["requeue", "123"]
+        assert "The SLURM job is requeued" in err
     if signum != signal.SIGTERM:
         return
     resumed = run(torchrun(tmp_path, data_dir, "data.num_workers=0"))

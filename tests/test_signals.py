@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 
 import pytest
 
@@ -86,3 +87,18 @@ def test_dataloader_workers_ignore_stop_signals(monkeypatch):
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def test_a_launchers_repeat_of_ctrl_c_is_not_a_second_ctrl_c():
+    """torchrun and srun pass the terminal's SIGINT on to processes that got it already."""
+    callback = CheckpointOnSignal()
+    callback.setup(trainer=None, pl_module=None, stage="fit")
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)  # at once: the same Ctrl+C, passed on
+        assert callback.received == signal.SIGINT
+        time.sleep(0.3)
+        with pytest.raises(TrainingInterrupted, match="second Ctrl"):
+            os.kill(os.getpid(), signal.SIGINT)  # a moment later: the user's second
+    finally:
+        callback.teardown(trainer=None, pl_module=None, stage="fit")

@@ -29,6 +29,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
+from hydra.experimental.callback import Callback as HydraCallback
 from hydra.types import RunMode
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -44,7 +45,7 @@ from lightseg.errors import (
     user_errors,
     user_message,
 )
-from lightseg.runs import resume
+from lightseg.runs import RunFolder, resume
 
 #: Hydra's own keys in a ``_target_`` node.
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
@@ -261,6 +262,7 @@ def app(config_name: str) -> Callable[[Callable[[DictConfig], T]], Callable[[], 
                 # the module's importable copy, which a launcher (SLURM) pickles by reference
                 return getattr(importlib.import_module(spec.name), task.__name__)()
             jobs.clear()
+            SweepFolder.path = None
             given, stopped = os.environ.get("HYDRA_FULL_ERROR"), ""
             os.environ.setdefault("HYDRA_FULL_ERROR", "1")
             with user_errors():
@@ -271,10 +273,13 @@ def app(config_name: str) -> Callable[[Callable[[DictConfig], T]], Callable[[], 
                     overrides = [a for a in sys.argv[1:] if not a.startswith("-")]
                     raise LightsegError(explain(error, overrides, config_name)) from None
                 except Exception as error:  # the sweeper's own end (Optuna: no trial finished)
+                    elsewhere = not jobs and SweepFolder.path is not None  # in workers (SLURM)
+                    jobs.extend(recorded_jobs(SweepFolder.path) if elsewhere else [])
                     if not any(job.failure for job in jobs):
                         raise
                     result = None
-                    stopped = f" The sweep then stopped: {type(error).__name__}: {error}"
+                    if not elsewhere:  # a worker's error is its job's, listed in the summary
+                        stopped = f" The sweep then stopped: {type(error).__name__}: {error}"
                 finally:  # only this app's errors come here; later apps keep Hydra's handling
                     if given is None:
                         os.environ.pop("HYDRA_FULL_ERROR", None)
@@ -314,6 +319,28 @@ class SweepJob:
             else:
                 show_error(self.failure)
             return None
+
+
+class SweepFolder(HydraCallback):
+    """Notes the sweep's folder in the command line's process (``hydra.callbacks`` in
+    configs/hydra/default.yaml): where a launcher's workers ran the jobs (SLURM), the summary
+    reads how each ended from its folder."""
+
+    path: str | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        SweepFolder.path = config.hydra.sweep.dir
+
+
+def recorded_jobs(sweep_dir: str) -> list[SweepJob]:
+    """The sweep's jobs as their folders' run_info.json record them."""
+    folders = [f for f in Path(sweep_dir).glob("*") if f.name.isdigit()]
+    return [
+        SweepJob(int(folder.name), str(folder), info.get("overrides", []), sweep_dir, failure)
+        for folder in sorted(folders, key=lambda f: int(f.name))
+        if (info := RunFolder(folder).info())
+        for failure in [info.get("message") if info.get("status") == "failed" else None]
+    ]
 
 
 def sweep_summary(jobs: list[SweepJob]) -> str:

@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from multiprocessing import resource_tracker
 from pathlib import Path
 from typing import Any
 
@@ -75,10 +76,10 @@ class CheckpointOnSignal(Callback):
         self._previous: dict[int, Any] = {}
 
     def _on_signal(self, signum: int, frame) -> None:
-        # A launcher (torchrun, srun) passes the terminal's Ctrl+C on again at once: a second
-        # SIGINT is a second Ctrl+C only when it comes a moment later.
-        again = time.monotonic() - self.received_at > 0.2
-        if signum == signal.SIGINT and self.received is not None and again:
+        # A launcher (torchrun, srun) passes the terminal's Ctrl+C on again at once: a SIGINT
+        # right after a SIGINT is the same Ctrl+C.
+        repeated = self.received == signal.SIGINT and time.monotonic() - self.received_at < 0.2
+        if signum == signal.SIGINT and self.received is not None and not repeated:
             raise TrainingInterrupted(
                 "Stopped at once by a second Ctrl+C (SIGINT), without saving where it was. "
                 "A run that saved checkpoints/last.ckpt before continues from there with the "
@@ -210,6 +211,13 @@ def launcher_stops(trainer: L.Trainer) -> Iterator[None]:
         if signum != signal.SIGINT:  # Ctrl+C reaches every process of the terminal's group
             launcher.kill(signum)
 
+    # Python's resource tracker, which the ranks share, ignores SIGINT and SIGTERM only: a
+    # SIGUSR1 to the group would kill it, and its successor print a KeyError traceback.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, callback.signals)
+    try:
+        resource_tracker.ensure_running()  # started now, it inherits the blocked signals
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     previous = {signum: signal.signal(signum, on_signal) for signum in callback.signals}
     try:
         yield

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 import lightseg
-from lightseg.errors import TrainingInterrupted, room_to_write, written_whole
+from lightseg.errors import TrainingInterrupted, room_to_write, user_message, written_whole
 from lightseg.runs.folder import RunFolder
 from lightseg.runs.snapshot import git_state, save_snapshot
 from lightseg.utils.locks import owner_record
@@ -131,6 +131,6 @@ def recorded_run(
         end_record(folder, status, f"exited with code {error.code}")
         raise
     except BaseException as error:
-        end_record(folder, "failed", f"{type(error).__name__}: {error}")
+        end_record(folder, "failed", user_message(error) or f"{type(error).__name__}: {error}")
         raise
     end_record(folder, "finished")
