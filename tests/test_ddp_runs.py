@@ -111,6 +111,11 @@ def test_ddp_run_writes_the_metrics_one_process_gives_its_best_weights(tmp_path,
     logged = {k: float(v) for row in csv_rows(folder) for k, v in row.items() if k in expected}
     assert logged == pytest.approx(expected, abs=1e-5)
     (segment,) = (folder.path / "wandb").glob("offline-run-*/run-*.wandb")
+    files = segment.parent / "files"  # the run's record, uploaded by the launching process
+    assert (files / "config.yaml").read_text() == folder.config.read_text()
+    assert (files / "splits" / "test.txt").read_text() == (
+        folder.path / "splits/test.txt"
+    ).read_text()
     assert {k: v for k, v in wandb_logged(segment).items() if k in expected} == pytest.approx(
         expected, abs=1e-5
     )

@@ -19,15 +19,18 @@ import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from omegaconf import DictConfig, OmegaConf
 
 from lightseg.callbacks.faults import launcher_stops
+from lightseg.callbacks.run_files import RUN_FILES
 from lightseg.checkpoints import check_resumable, checkpoint_position, remove_partial_files
 from lightseg.config import app
 from lightseg.errors import LightsegError, SweepRefused, user_message
 from lightseg.experiment import build, group_choices
 from lightseg.metrics import finite_or_none
 from lightseg.runs import RunFolder, RunLock, recorded_run, resume
+from lightseg.runs.folder import RUN_INFO
 from lightseg.runs.record import end_record
 from lightseg.utils.console import console, print_config, print_metrics
 from lightseg.utils.loggers import wandb_finished
@@ -100,8 +103,10 @@ def _train(
         OmegaConf.save(experiment.cfg, run.config, resolve=True)
         if checkpoint:
             remove_partial_files(Path(checkpoint).parent)
+    # a ddp_spawn rank's W&B run cannot keep files (callbacks.run_files): this process uploads
+    spawned = isinstance(trainer.strategy.launcher, _MultiProcessingLauncher)
     with (  # the run's status is written (recorded_run) before W&B's copy of it (wandb_finished)
-        wandb_finished(run.run_info),
+        wandb_finished(run.path, RUN_FILES if spawned else [RUN_INFO]),
         recorded_run(run.path, checkpoint, enabled=trainer.is_global_zero, overrides=overrides),
         launcher_stops(trainer),  # ddp_spawn: a stop signal ends the ranks, then this process
     ):  # the loggers get the config from callbacks.run_files, in the training process

@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 
 from lightseg.checkpoints import checkpoint_position
 from lightseg.runs import RunFolder
@@ -50,4 +51,7 @@ class LogRunFiles(Callback):
                 {"git": info.get("git"), "lightseg_version": info.get("lightseg")},
                 allow_val_change=True,
             )
-            upload_files(run, self.folder, self.files)
+            # a ddp_spawn rank's W&B run (attached to the launching process's) would copy them
+            # under the working directory, not into the run: the launching process uploads them
+            if not isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
+                upload_files(run, self.folder, self.files)

@@ -150,10 +150,11 @@ def upload_files(run, folder: Path, patterns: Iterable[str]) -> None:
 
 
 @contextlib.contextmanager
-def wandb_finished(*final_files: str | Path) -> Iterator[None]:
+def wandb_finished(folder: str | Path, patterns: Iterable[str]) -> Iterator[None]:
     """End this process's W&B run after the block (failed if it raised), so that the next run
-    in the same process (a Hydra sweep) starts its own. ``final_files`` are uploaded once more
-    first: their last state (run_info.json's status is written at the end of the block)."""
+    in the same process (a Hydra sweep) starts its own. The files of ``folder`` matching
+    ``patterns`` are uploaded first, as they are then (run_info.json's status is written at the
+    end of the block)."""
     import wandb
 
     exit_code = 1
@@ -162,9 +163,7 @@ def wandb_finished(*final_files: str | Path) -> Iterator[None]:
         exit_code = 0
     finally:
         if wandb.run is not None:
-            for path in map(Path, final_files):
-                if path.is_file():
-                    upload_files(wandb.run, path.parent, [path.name])
+            upload_files(wandb.run, Path(folder), patterns)
             wandb.finish(exit_code=exit_code)
 
 
