@@ -30,7 +30,7 @@ import lightning as L
 import torch
 from benchmarks.ddp import ddp_rows
 from benchmarks.loaders import PH2_SIZED, loader_rows
-from benchmarks.loops import Clock, lightseg_run, plain_loop
+from benchmarks.loops import Clock, compare, lightseg_run, plain_loop
 from benchmarks.time_to_accuracy import time_to_accuracy
 from omegaconf import DictConfig
 from rich.table import Table
@@ -52,35 +52,20 @@ def plain_run(cfg: DictConfig, warmup: int, steps: int) -> dict[str, float]:
 
 
 def training_rows(cfg: DictConfig, args: argparse.Namespace) -> list[dict[str, Any]]:
-    runs: dict[str, list[dict[str, float]]] = {"plain": [], "lightseg": []}
-    for repeat in range(args.repeats):
-        order = ("plain", "lightseg") if repeat % 2 == 0 else ("lightseg", "plain")
-        for name in order:
-            run = plain_run if name == "plain" else lightseg_run
-            runs[name].append(run(cfg, args.warmup, args.steps))
-        console.print(
-            f"  repeat {repeat + 1}/{args.repeats}: "
-            + ", ".join(f"{n} {v[-1]['wall']:.2f} img/s" for n, v in runs.items())
-        )
-
-    def median(name: str, clock: str) -> float:
-        return statistics.median(r[clock] for r in runs[name])
-
-    plain, ours = median("plain", "wall"), median("lightseg", "wall")
-    cpu = median("plain", "cpu") / median("lightseg", "cpu")
-    return [
-        {
-            "model": f"{cfg.model.arch}/{cfg.model.get('encoder_name', '')}",
-            "size": "x".join(map(str, image_size_hw(cfg.data.image_size))),
-            "batch": cfg.data.batch_size,
-            "precision": str(cfg.trainer.precision),
-            "plain": plain,
-            "lightseg": ours,
-            "plain/lightseg": plain / ours,
-            "plain/lightseg CPU time": None if torch.cuda.is_available() else cpu,
-            "runs": runs,
-        }
-    ]
+    compared = compare(
+        lambda: plain_run(cfg, args.warmup, args.steps),
+        lambda: lightseg_run(cfg, args.warmup, args.steps),
+        args.repeats,
+    )
+    if torch.cuda.is_available():
+        compared["plain/lightseg CPU time"] = None
+    row = {
+        "model": f"{cfg.model.arch}/{cfg.model.get('encoder_name', '')}",
+        "size": "x".join(map(str, image_size_hw(cfg.data.image_size))),
+        "batch": cfg.data.batch_size,
+        "precision": str(cfg.trainer.precision),
+    }
+    return [{**row, **compared}]
 
 
 #: Test-time augmentation settings timed by ``inference_rows``.

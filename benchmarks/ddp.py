@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import statistics
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,13 +19,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from benchmarks.loops import lightseg_run, plain_loop
+from benchmarks.loops import compare, lightseg_run, plain_loop
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from lightseg.experiment import build
-from lightseg.utils.console import console
 
 PROCESSES = 2
 
@@ -76,31 +74,12 @@ def plain_ddp(cfg: DictConfig, warmup: int, steps: int, record: Path) -> dict[st
 
 
 def ddp_rows(cfg: DictConfig, warmup: int, steps: int, repeats: int) -> list[dict[str, Any]]:
-    runs: dict[str, list[dict[str, float]]] = {"plain": [], "lightseg": []}
     with tempfile.TemporaryDirectory() as folder:
-        for repeat in range(repeats):
-            order = ("plain", "lightseg") if repeat % 2 == 0 else ("lightseg", "plain")
-            for name in order:
-                run = plain_ddp if name == "plain" else lightseg_ddp
-                runs[name].append(run(cfg, warmup, steps, Path(folder) / f"{name}.json"))
-            console.print(
-                f"  repeat {repeat + 1}/{repeats}: "
-                + ", ".join(f"{n} {v[-1]['wall']:.2f} img/s" for n, v in runs.items())
-            )
-
-    def median(name: str, clock: str) -> float:
-        return statistics.median(r[clock] for r in runs[name])
-
-    plain, ours = median("plain", "wall"), median("lightseg", "wall")
-    return [
-        {
-            "processes": f"{PROCESSES} x CPU (gloo)",
-            "batch/process": cfg.data.batch_size,
-            "plain": plain,
-            "lightseg": ours,
-            "plain/lightseg": plain / ours,
-            # rank 0's CPU time: what the Trainer itself costs, when other work stretches wall time
-            "plain/lightseg CPU time": median("plain", "cpu") / median("lightseg", "cpu"),
-            "runs": runs,
-        }
-    ]
+        record = Path(folder) / "rates.json"
+        compared = compare(
+            lambda: plain_ddp(cfg, warmup, steps, record),
+            lambda: lightseg_ddp(cfg, warmup, steps, record),
+            repeats,
+        )
+    row = {"processes": f"{PROCESSES} x CPU (gloo)", "batch/process": cfg.data.batch_size}
+    return [{**row, **compared}]

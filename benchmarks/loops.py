@@ -4,7 +4,9 @@ and the hand-written training loop lightseg is compared against."""
 from __future__ import annotations
 
 import json
+import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -14,6 +16,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from lightseg.experiment import build
+from lightseg.utils.console import console
 
 AMP_DTYPES = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
 
@@ -122,3 +125,31 @@ def lightseg_run(
     experiment.trainer.callbacks.append(timer)
     experiment.trainer.fit(experiment.module, datamodule=experiment.datamodule)
     return json.loads(record.read_text()) if record else timer.rates
+
+
+def compare(
+    plain: Callable[[], dict[str, float]], lightseg: Callable[[], dict[str, float]], repeats: int
+) -> dict:
+    """Both runs ``repeats`` times, in alternating order; the medians of their images/s (by
+    wall time and by CPU time), their ratios, and every run's rates."""
+    runs: dict[str, list[dict[str, float]]] = {"plain": [], "lightseg": []}
+    for repeat in range(repeats):
+        order = ("plain", "lightseg") if repeat % 2 == 0 else ("lightseg", "plain")
+        for name in order:
+            runs[name].append((plain if name == "plain" else lightseg)())
+        console.print(
+            f"  repeat {repeat + 1}/{repeats}: "
+            + ", ".join(f"{n} {v[-1]['wall']:.2f} img/s" for n, v in runs.items())
+        )
+
+    def median(name: str, clock: str) -> float:
+        return statistics.median(r[clock] for r in runs[name])
+
+    wall = {name: median(name, "wall") for name in runs}
+    return {
+        **wall,
+        "plain/lightseg": wall["plain"] / wall["lightseg"],
+        # this process's CPU time: what the Trainer itself costs when other work stretches wall time
+        "plain/lightseg CPU time": median("plain", "cpu") / median("lightseg", "cpu"),
+        "runs": runs,
+    }
