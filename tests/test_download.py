@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import shutil
 import tarfile
 import urllib.error
 import urllib.request
@@ -117,13 +118,13 @@ def test_dropped_connection_leaves_no_partial_file(tmp_path, monkeypatch, voc_ar
     pin_voc(monkeypatch, md5(voc_archives[VOC_URL]), md5(voc_archives[SBD_URL]))
     serve(monkeypatch, voc_archives, drop_after=1 << 15)
     partial_files = []
-    real_unlink = download.shutil.rmtree
+    real_unlink = shutil.rmtree
 
     def rmtree(path, *args, **kwargs):  # look at the scratch folder just before it goes
         partial_files.extend(p.stat().st_size for p in Path(path).rglob("*.tar"))
         return real_unlink(path, *args, **kwargs)
 
-    monkeypatch.setattr(download.shutil, "rmtree", rmtree)
+    monkeypatch.setattr(shutil, "rmtree", rmtree)
     with pytest.raises(LightsegError, match=r"Could not fetch https://example\.test/VOCtrainval"):
         prepare("voc", f"paths.data_dir={data}")
     assert partial_files == [1 << 15]  # a partial archive was written ...

@@ -116,8 +116,7 @@ def open_cache(
     minimum_hw: Sequence[int] | None = None,
 ) -> SampleCache:
     """The cache of ``samples`` under ``folder``, built (or rebuilt, if damaged) first."""
-    minimum = list(minimum_hw) if minimum_hw else None
-    key = fingerprint(source, samples, version=FORMAT_VERSION, minimum_hw=minimum)[:16]
+    key = fingerprint(source, samples, version=FORMAT_VERSION, minimum_hw=minimum_hw)[:16]
     target = Path(folder) / f"{type(source).__name__}-{key}"
     ids = [s.id for s in samples]
     with contextlib.suppress(Damaged):

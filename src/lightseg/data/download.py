@@ -10,7 +10,6 @@ the command prints what training will see (README: Datasets).
 from __future__ import annotations
 
 import copy
-import shutil
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -81,16 +80,14 @@ def fetch(archive: Archive, data_dir: Path) -> None:
         return
     console.print(f"Downloading {archive.url} (MD5 {archive.md5}) into {data_dir / archive.into}")
     data_dir.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".lightseg-download-", dir=data_dir))
+    scratch = tempfile.TemporaryDirectory(
+        prefix=".lightseg-download-", dir=data_dir, ignore_cleanup_errors=True
+    )
     try:
-        download_and_extract_archive(
-            archive.url,
-            scratch,
-            extract_root=scratch / "unpacked",
-            md5=archive.md5,
-            remove_finished=True,
-        )
-        move_into(scratch / "unpacked", data_dir / archive.into)
+        with scratch as folder:  # removed, with what it holds, however the block ends
+            unpacked = Path(folder) / "unpacked"
+            download_and_extract_archive(archive.url, folder, unpacked, md5=archive.md5)
+            move_into(unpacked, data_dir / archive.into)
     except (OSError, RuntimeError, ValueError) as error:  # URLError is an OSError
         raise LightsegError(
             f"Could not fetch {archive.url} ({type(error).__name__}: {error}). Download it "
@@ -98,8 +95,6 @@ def fetch(archive: Archive, data_dir: Path) -> None:
             f"into '{data_dir / archive.into}' so that '{gives}' exists. "
             "Then run this command again to check the result."
         ) from None
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def move_into(source: Path, target: Path) -> None:

@@ -152,7 +152,6 @@ class SegmentationDataModule(L.LightningDataModule):
         self.split_dir = Path(split_dir) if split_dir else None
         self.pipelines = {name: build_pipeline(transforms[name]) for name in ("train", "eval")}
         self.splits: dict[str, list[Sample]] | None = None
-        self.datasets: dict[str, SegmentationDataset] = {}
         self._sample_cache: SampleCache | None = None
         self._statistics: SplitStatistics | None = None
 
@@ -236,11 +235,8 @@ class SegmentationDataModule(L.LightningDataModule):
         return self._sample_cache
 
     def dataset(self, split: str) -> SegmentationDataset:
-        if split not in self.datasets:
-            pipeline = self.pipelines["train" if split == "train" else "eval"]
-            samples, cache = self.locate()[split], self.sample_cache()
-            self.datasets[split] = SegmentationDataset(self.source, samples, pipeline, cache)
-        return self.datasets[split]
+        pipeline = self.pipelines["train" if split == "train" else "eval"]
+        return SegmentationDataset(self.source, self.locate()[split], pipeline, self.sample_cache())
 
     def device_batch_size(self) -> int:
         world = self.trainer.world_size if self.trainer is not None else 1

@@ -91,11 +91,9 @@ class MaskReader:
         encoding, decided_by = self.encoding  # detect() has run: see decided
         kind = binary_kind(values, indexed, path)
         if kind not in (None, encoding):
-            present = np.unique(values).tolist()
-            shown_values = str(present) if len(present) <= 8 else f"{present[:8]}..."
             raise LightsegError(
                 f"Mixed mask encodings: '{path}' is a {kind} mask (values "
-                f"{shown_values}), but '{decided_by}' made this dataset's masks "
+                f"{np.unique(values).tolist()[:8]}), but '{decided_by}' made this dataset's masks "
                 f"{encoding}. Save every mask the same way: 0/1 (1 = foreground, 255 = ignore) "
                 "or 0/255 (255 = foreground)."
             )

@@ -1,24 +1,22 @@
 """The dataset contract: what a fork writes to train lightseg on data of its own.
 
-A dataset is a subclass of :class:`SegmentationSource` and one YAML file naming it
-(``data.source._target_``) with its settings. lightseg asks it, in this order:
+A dataset is a :class:`SegmentationSource` subclass plus one YAML naming it
+(``data.source._target_``) with its settings. lightseg calls, in this order:
 
-``prepare()``  optional: download, unpack or convert files. Called before ``find()`` in every
-               process, holding a file lock of the dataset folder, so it needs no lock of its
-               own. Write into a scratch folder renamed when complete, so a killed ``prepare``
-               leaves nothing that looks finished; derived files go under :func:`cache_home`.
-``find()``     the :class:`Sample` list. Raise ``self.missing(path)`` when the data is absent.
-``split()``    optional: train/val/test. Default: deterministic, stratified by ``Sample.stratum``
-               (:func:`stratified_split`); :meth:`fold_split` serves k-fold cross-validation;
-               official lists use :func:`official_split`.
+``prepare()``  optional: download, unpack or convert, in every process before ``find()``, under
+               a file lock of the dataset folder. Write into a scratch folder renamed when
+               complete (a killed ``prepare`` leaves nothing that looks finished); derived files
+               go under :func:`cache_home`.
+``find()``     the :class:`Sample` list; raise ``self.missing(path)`` when the data is absent.
+``split()``    optional: train/val/test, by default :func:`stratified_split` by ``Sample.stratum``;
+               :meth:`fold_split` serves k-fold; official lists use :func:`official_split`.
 ``read(s)``    ``(image [H, W, C], mask uint8 [H, W])``: class indices, 255 = ignore. Images are
                uint8, uint16 or float32 (each scaled by its range) with ``in_channels`` channels.
 
 A source declares ``classes`` (background first; two make a binary task), ``in_channels``
 (default 3) and ``how_to_get`` (what ``missing()`` tells a user). Its constructor's arguments
-are its settings (:meth:`~SegmentationSource.settings`): the caches are keyed on them, on the
-class and on each sample file's path, size and mtime, so a changed setting never serves a stale
-cache. A source whose reading depends on more (a code version) overrides ``settings()``.
+are its settings (:meth:`~SegmentationSource.settings`); caches are keyed on them, the class and
+each sample file's path, size and mtime, so a changed setting never serves a stale cache.
 """
 
 from __future__ import annotations
@@ -88,7 +86,8 @@ class SegmentationSource:
         self.root = Path(root)
 
     def settings(self) -> dict[str, Any]:
-        """The constructor's arguments as given, defaults filled in: what keys the caches."""
+        """The constructor's arguments, defaults filled in: what keys the caches. Override it
+        when reading depends on more (a code version)."""
         return dict(getattr(self, "_settings", {}))
 
     def prepare(self) -> None:

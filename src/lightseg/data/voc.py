@@ -81,14 +81,12 @@ class VOC(SegmentationSource):
         return samples
 
     def read_list(self, name: str) -> list[str]:
-        path = self.root / LISTS / f"{name}.txt"
-        if not path.is_file():
-            available = sorted(p.stem for p in (self.root / LISTS).glob("*.txt"))
-            raise LightsegError(
-                f"VOC list '{path}' not found. data.source.splits={self.splits} must name lists "
-                f"in that folder: {available}. (train_aug needs data.source.use_sbd=true.)"
-            )
-        return read_ids(path)
+        available = sorted(p.stem for p in (self.root / LISTS).glob("*.txt"))
+        return read_ids(
+            self.root / LISTS / f"{name}.txt",
+            f"data.source.splits={self.splits} must name lists in that folder: {available}. "
+            "(train_aug needs data.source.use_sbd=true.)",
+        )
 
     def voc_sample(self, image_id: str, list_name: str, subset: str | None = None) -> Sample:
         image = self.root / "JPEGImages" / f"{image_id}.jpg"
@@ -106,15 +104,11 @@ class VOC(SegmentationSource):
                 "data.source.use_sbd=false."
             )
         voc_train = self.read_list(self.voc_train)
-        sbd = {}
-        for name in ("train", "val"):
-            path = self.sbd_root / f"{name}.txt"
-            if not path.is_file():
-                raise LightsegError(
-                    f"SBD list '{path}' not found: re-extract SBD's benchmark.tgz so that "
-                    f"'{self.sbd_root}' holds cls/, img/, train.txt and val.txt."
-                )
-            sbd[name] = read_ids(path)
+        fix = (
+            f"re-extract SBD's benchmark.tgz so that '{self.sbd_root}' holds cls/, img/, "
+            "train.txt and val.txt."
+        )
+        sbd = {name: read_ids(self.sbd_root / f"{name}.txt", fix) for name in ("train", "val")}
         merged = dict.fromkeys([*voc_train, *sbd["train"], *sbd["val"]])  # ordered, unique
         ids = [i for i in merged if i not in held_out]
         in_voc = set(voc_train)
@@ -163,8 +157,10 @@ def check_listed(image_id: str, paths: tuple[Path, ...], listed_in: str, archive
             )
 
 
-def read_ids(path: Path) -> list[str]:
+def read_ids(path: Path, fix: str) -> list[str]:
     """The ids of a VOC/SBD list file: one per line, blank lines skipped."""
+    if not path.is_file():
+        raise LightsegError(f"List '{path}' not found: {fix}")
     return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
 
 
