@@ -21,7 +21,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.progress import track
 from rich.table import Table
+from torchvision.datasets import SBDataset
 from torchvision.datasets.utils import download_and_extract_archive
+from torchvision.datasets.voc import DATASET_YEAR_DICT
 
 from lightseg.config import app
 from lightseg.data.module import prepare_source
@@ -38,22 +40,12 @@ class Archive(NamedTuple):
     gives: str  # a path under ``into`` that exists once it is unpacked
 
 
+VOC = DATASET_YEAR_DICT["2012"]  # VOC and SBD: the URLs and MD5s torchvision downloads
 COCO_ZIPS = "http://images.cocodataset.org/zips"
 ARCHIVES: dict[str, tuple[Archive, ...]] = {
     "voc": (
-        Archive(  # the mirror torchvision downloads VOC from
-            "https://thor.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
-            "6cd6e144f989b92b3379bac3b3de84fd",
-            ".",
-            "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt",
-        ),
-        Archive(
-            "https://www2.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/"
-            "semantic_contours/benchmark.tgz",
-            "82b4d87ceb2ed10f6038a1cba92111cb",
-            ".",
-            "benchmark_RELEASE/dataset/val.txt",
-        ),
+        Archive(VOC["url"], VOC["md5"], ".", "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt"),
+        Archive(SBDataset.url, SBDataset.md5, ".", "benchmark_RELEASE/dataset/val.txt"),
     ),
     "coco": (
         Archive(
