@@ -104,10 +104,6 @@ class Row:
         return {image: statistics.fmean(v) for image, v in sorted(scores.items())}
 
 
-def is_setting(key: str) -> bool:
-    return key not in NOT_A_SETTING and not key.startswith(NOT_A_SETTING_PREFIXES)
-
-
 def _flatten(node: dict, prefix: str = "") -> dict[str, str]:
     flat = {}
     for key, value in node.items():
@@ -176,8 +172,9 @@ def group_runs(
     runs: list[RunResult], root: Path, aliases: Mapping[str, str] | None = None
 ) -> list[Row]:
     """One row per combination of the settings that differ between runs."""
-    keys = sorted({override_key(o) for r in runs for o in r.overrides} - {""})
-    keys = [k for k in keys if is_setting(k) and len({r.setting(k) for r in runs}) > 1]
+    keys = sorted({override_key(o) for r in runs for o in r.overrides} - {"", *NOT_A_SETTING})
+    keys = [k for k in keys if not k.startswith(NOT_A_SETTING_PREFIXES)]
+    keys = [k for k in keys if len({r.setting(k) for r in runs}) > 1]  # those that differ
     names = short_names(keys, aliases or {})
     rows: dict[str, Row] = {}
     for run in runs:
