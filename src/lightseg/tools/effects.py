@@ -43,52 +43,18 @@ def hard_alpha(probability: np.ndarray, threshold: float, feather: float = 3.0) 
     return np.clip(0.5 + to_edge / (2 * float(feather)), 0.0, 1.0).astype(np.float32)
 
 
-def foreground_weight(
-    probability: np.ndarray, feather: float, threshold: float | None
-) -> np.ndarray:
-    """The effects' blending weight (see the module docs)."""
-    if threshold is None:
-        return soft_alpha(probability, feather)
-    return hard_alpha(probability, threshold, feather)
-
-
-def blend(foreground: np.ndarray, background: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """``alpha * foreground + (1 - alpha) * background`` as uint8 [H, W, 3]."""
-    weight = alpha[..., None]
-    mixed = weight * foreground.astype(np.float32) + (1 - weight) * background.astype(np.float32)
-    return np.clip(np.round(mixed), 0, 255).astype(np.uint8)
-
-
 def background_pixels(background: Backdrop, size_hw: tuple[int, int]) -> np.ndarray:
     """A uint8 [H, W, 3] backdrop: an RGB colour, or a picture resized to ``size_hw``."""
     height, width = size_hw
     if isinstance(background, np.ndarray) and background.ndim == 3:
         return cv2.resize(background, (width, height), interpolation=cv2.INTER_LINEAR)
-    colour = [int(c) for c in background]
+    try:
+        colour = [int(c) for c in background]
+    except (TypeError, ValueError):  # not a list of numbers
+        colour = []
     if len(colour) != 3 or not all(0 <= c <= 255 for c in colour):
-        raise LightsegError(f"background={colour} must be an RGB colour, 3 values in 0..255.")
+        raise LightsegError(f"background={background} must be an RGB colour, 3 values in 0..255.")
     return np.broadcast_to(np.array(colour, np.uint8), (height, width, 3))
-
-
-def replace_background(
-    image: np.ndarray,
-    probability: np.ndarray,
-    background: Backdrop = (0, 177, 64),
-    feather: float = 3.0,
-    threshold: float | None = None,
-) -> np.ndarray:
-    """The foreground of ``image`` (uint8 RGB) over a colour or a picture."""
-    backdrop = background_pixels(background, image.shape[:2])
-    return blend(image, backdrop, foreground_weight(probability, feather, threshold))
-
-
-def color_splash(
-    image: np.ndarray, probability: np.ndarray, feather: float = 3.0, threshold: float | None = None
-) -> np.ndarray:
-    """The foreground of ``image`` in colour, everything else in grey."""
-    grey = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
-    alpha = foreground_weight(probability, feather, threshold)
-    return blend(image, np.repeat(grey[..., None], 3, axis=2), alpha)
 
 
 def apply_effect(
@@ -99,9 +65,36 @@ def apply_effect(
     feather: float = 3.0,
     threshold: float | None = None,
 ) -> np.ndarray:
-    """Apply the effect ``name`` (one of ``EFFECTS``)."""
+    """The effect ``name`` (one of ``EFFECTS``) on ``image`` (uint8 RGB)."""
     if name == "background":
-        return replace_background(image, probability, background, feather, threshold)
-    if name == "color-splash":
-        return color_splash(image, probability, feather, threshold)
-    raise LightsegError(f"Unknown effect '{name}'. Available: {', '.join(EFFECTS)}.")
+        backdrop = background_pixels(background, image.shape[:2])
+    elif name == "color-splash":
+        grey = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
+        backdrop = np.repeat(grey[..., None], 3, axis=2)
+    else:
+        raise LightsegError(f"Unknown effect '{name}'. Available: {', '.join(EFFECTS)}.")
+    if threshold is None:
+        alpha = soft_alpha(probability, feather)
+    else:
+        alpha = hard_alpha(probability, threshold, feather)
+    weight = alpha[..., None]  # image over backdrop by the foreground weight
+    mixed = weight * image.astype(np.float32) + (1 - weight) * backdrop.astype(np.float32)
+    return np.clip(np.round(mixed), 0, 255).astype(np.uint8)
+
+
+def replace_background(
+    image: np.ndarray,
+    probability: np.ndarray,
+    background: Backdrop = (0, 177, 64),
+    feather: float = 3.0,
+    threshold: float | None = None,
+) -> np.ndarray:
+    """The foreground of ``image`` (uint8 RGB) over a colour or a picture."""
+    return apply_effect("background", image, probability, background, feather, threshold)
+
+
+def color_splash(
+    image: np.ndarray, probability: np.ndarray, feather: float = 3.0, threshold: float | None = None
+) -> np.ndarray:
+    """The foreground of ``image`` in colour, everything else in grey."""
+    return apply_effect("color-splash", image, probability, feather=feather, threshold=threshold)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
-import logging
 import math
 import os
 import shutil
@@ -58,25 +57,16 @@ from lightseg.utils.console import console
 from lightseg.utils.devices import inference_device
 from lightseg.visualize import confusion_figure, letterbox, overlay_grid
 
-log = logging.getLogger(__name__)
-
 SPLIT_ALIASES = {f"data.split={name}" for name in ("train", "val", "test")}
 THUMBNAIL = 256  # side of each panel in examples.png
 
 
-def read_sample(source: SegmentationSource, sample: Sample) -> tuple[np.ndarray, np.ndarray, str]:
-    """(image, mask, id) as the source reads them: no resizing, no normalising, no tensors."""
-    return (*read_pair(source, sample), sample.id)
-
-
 class Scores:
-    """One inference variant's metrics, each image's values and, for the variant the figure
-    shows (``confusion``), the split's confusion matrix."""
+    """One inference variant's metrics, each image's values and the split's confusion matrix."""
 
-    def __init__(self, metrics: MetricCollection, task: Task, confusion: bool = True) -> None:
+    def __init__(self, metrics: MetricCollection, task: Task) -> None:
         self.task, self.metrics = task, metrics
-        classes = task.num_classes
-        self.confusion = torch.zeros(classes, classes, dtype=torch.long) if confusion else None
+        self.confusion = torch.zeros(task.num_classes, task.num_classes, dtype=torch.long)
         self.per_image: list[tuple[str, dict[str, float]]] = []
 
     def update(self, prediction: np.ndarray, target: torch.Tensor, sample_id: str) -> None:
@@ -84,8 +74,7 @@ class Scores:
         preds = torch.from_numpy(prediction.astype(np.int64))[None]
         (values,) = update_per_image(self.metrics, preds, target, self.task)
         self.per_image.append((sample_id, values))
-        if self.confusion is not None:
-            self.confusion += confusion_matrix(preds, target, self.task.num_classes)
+        self.confusion += confusion_matrix(preds, target, self.task.num_classes)
 
 
 def data_config(cfg: DictConfig, from_run: bool) -> DictConfig:
@@ -151,21 +140,19 @@ def evaluate(
     samples = datamodule.splits[cfg.split]
 
     segmenter = build_segmenter(module, plain(cfg.get("inference")))
-    last = "tta" if segmenter.augmented else "plain"
     crf = instantiate(cfg.postprocess) if cfg.get("postprocess") else None
-    names = ["plain", *(["tta"] if segmenter.augmented else []), *([f"{last}+crf"] if crf else [])]
+    names = ["plain", "tta"] if segmenter.augmented else ["plain"]
+    names += [f"{names[-1]}+crf"] if crf else []
     chosen = metrics_config(cfg, module, metrics_from_command_line)
-    scores = {
-        name: Scores(build_metrics(chosen, task), task, confusion=name == names[-1])
-        for name in names
-    }
+    scores = {name: Scores(build_metrics(chosen, task), task) for name in names}
 
-    read = partial(read_sample, datamodule.source)  # on each sample, in the loader's workers
+    # full-size pixels, read in the loader's workers, in the order of `samples`
+    read = partial(read_pair, datamodule.source)
     loader = DataLoader(
         samples, batch_size=None, collate_fn=read, num_workers=datamodule.num_workers
     )
-    for image, mask, sample_id in track(
-        loader,
+    for (image, mask), sample_id in track(
+        zip(loader, (sample.id for sample in samples), strict=True),
         total=len(samples),
         description=f"Evaluating {len(samples)} {cfg.split} images",
         console=console,
@@ -179,7 +166,7 @@ def evaluate(
             scores["tta"].update(probabilities.argmax(0), target, sample_id)
         if crf:
             refined = crf(image, probabilities)
-            scores[f"{last}+crf"].update(refined.argmax(0), target, sample_id)
+            scores[names[-1]].update(refined.argmax(0), target, sample_id)
 
     final = scores[names[-1]]
     report = {
@@ -188,14 +175,14 @@ def evaluate(
         "images": len(samples),
         "classes": list(task.classes),
         "inference": {
-            "mode": segmenter.mode,
-            "image_size": list(segmenter.image_size),
-            "stride": list(segmenter.stride),
-            "flip": segmenter.flip,
-            "scales": list(segmenter.scales),
+            key: getattr(segmenter, key)
+            for key in ("mode", "image_size", "stride", "flip", "scales")
         },
         "postprocess": plain(cfg.get("postprocess")),
-        "metrics": {name: metric_values(scores[name].metrics, task) for name in names},
+        "metrics": {  # NaN (no value, e.g. an absent class) as null: eval.json stays JSON
+            name: {k: finite_or_none(v) for k, v in metric_values(s.metrics, task).items()}
+            for name, s in scores.items()
+        },
         "examples_from": names[-1],
     }
     computed = report["metrics"][names[-1]]
@@ -213,7 +200,7 @@ def evaluate(
 
     folder = output_folder(cfg)
     with staged(folder, "the evaluation", " or give another output_dir=...") as staging:
-        (staging / "eval.json").write_text(json.dumps(without_nan(report), indent=2))
+        (staging / "eval.json").write_text(json.dumps(report, indent=2))
         write_per_class(staging / "per_class.csv", report)
         write_per_image(
             staging / "per_image.csv",
@@ -245,15 +232,6 @@ def staged(folder: Path, what: str, fix: str) -> Iterator[Path]:
             shutil.rmtree(staging, ignore_errors=True)
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
-
-
-def without_nan(node: Any) -> Any:
-    """NaN (no value, e.g. an absent class) as null, so the JSON file stays valid JSON."""
-    if isinstance(node, dict):
-        return {key: without_nan(value) for key, value in node.items()}
-    if isinstance(node, list):
-        return [without_nan(value) for value in node]
-    return finite_or_none(node)
 
 
 def write_per_class(path: Path, report: dict) -> None:

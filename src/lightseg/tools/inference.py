@@ -94,13 +94,11 @@ class Segmenter:
     def views(self, images: torch.Tensor) -> dict[tuple[float, bool], torch.Tensor]:
         """Probabilities [N, C, H, W] of each test-time augmentation, keyed (scale, flipped)."""
         self.refuse_unseen_scale(*images.shape[-2:])
-        flips = (False, True) if self.flip else (False,)
         views = {}
-        for scale in self.scales:
-            for flipped in flips:
-                batch = images.flip(-1) if flipped else images
-                probabilities = self.task.probabilities(self.logits(batch, scale))
-                views[scale, flipped] = probabilities.flip(-1) if flipped else probabilities
+        for scale, flipped in product(self.scales, (False, True) if self.flip else (False,)):
+            batch = images.flip(-1) if flipped else images
+            probabilities = self.task.probabilities(self.logits(batch, scale))
+            views[scale, flipped] = probabilities.flip(-1) if flipped else probabilities
         return views
 
     def with_and_without_tta(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

@@ -30,7 +30,7 @@ from lightseg.checkpoints import load_module
 from lightseg.config import app, plain
 from lightseg.data.pixels import TIFF_SUFFIXES, read_image
 from lightseg.errors import LightsegError, disk_full, no_room
-from lightseg.tools.effects import EFFECTS, apply_effect, background_pixels
+from lightseg.tools.effects import EFFECTS, Backdrop, apply_effect, background_pixels
 from lightseg.tools.inference import build_segmenter
 from lightseg.utils.console import console
 from lightseg.utils.devices import inference_device
@@ -137,15 +137,11 @@ def output_folder(path: Path) -> Path:
     return path
 
 
-def backdrop(background) -> np.ndarray | list[int]:
+def backdrop(background) -> Backdrop:
     """``background`` as an RGB colour or a uint8 RGB picture (read as an RGB model's input)."""
     if not isinstance(background, str):
-        try:
-            colour = [int(c) for c in background]
-        except (TypeError, ValueError):
-            colour = [background]
-        background_pixels(colour, (1, 1))  # a bad colour fails before any work
-        return colour
+        background_pixels(background, (1, 1))  # a bad colour fails before any work
+        return background
     path = Path(background)
     if not path.is_file():
         raise LightsegError(

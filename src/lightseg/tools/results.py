@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from lightseg.errors import LightsegError, one_line
 from lightseg.runs import RunFolder, find_runs
 from lightseg.runs.folder import PER_IMAGE, read_yaml
@@ -104,20 +106,6 @@ class Row:
         return {image: statistics.fmean(v) for image, v in sorted(scores.items())}
 
 
-def is_setting(key: str) -> bool:
-    return key not in NOT_A_SETTING and not key.startswith(NOT_A_SETTING_PREFIXES)
-
-
-def _flatten(node: dict, prefix: str = "") -> dict[str, str]:
-    flat = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = str(value)
-    return flat
-
-
 def eval_results(run: RunFolder, numbers_from: NumbersFrom) -> tuple[dict | None, dict, str | None]:
     """(the newest ``make eval`` of the split, its per-image values, why there are none)."""
     split = numbers_from.split
@@ -137,7 +125,8 @@ def eval_results(run: RunFolder, numbers_from: NumbersFrom) -> tuple[dict | None
 
 def read_run(run: RunFolder, numbers_from: NumbersFrom = TEST_STAGE) -> RunResult:
     config = read_yaml(run.config) or read_yaml(run.hydra_config)
-    values = _flatten(config if isinstance(config, dict) else {})
+    flat = pd.json_normalize(config if isinstance(config, dict) else {}).to_dict("records")[0]
+    values = {key: str(value) for key, value in flat.items()}  # keys dotted: model.arch
     values.update({key: str(value) for key, value in run.group_choices().items()})
     trained = run.read_metrics()
     if numbers_from.eval:
@@ -176,8 +165,9 @@ def group_runs(
     runs: list[RunResult], root: Path, aliases: Mapping[str, str] | None = None
 ) -> list[Row]:
     """One row per combination of the settings that differ between runs."""
-    keys = sorted({override_key(o) for r in runs for o in r.overrides} - {""})
-    keys = [k for k in keys if is_setting(k) and len({r.setting(k) for r in runs}) > 1]
+    keys = sorted({override_key(o) for r in runs for o in r.overrides} - {"", *NOT_A_SETTING})
+    keys = [k for k in keys if not k.startswith(NOT_A_SETTING_PREFIXES)]
+    keys = [k for k in keys if len({r.setting(k) for r in runs}) > 1]  # those that differ
     names = short_names(keys, aliases or {})
     rows: dict[str, Row] = {}
     for run in runs:

@@ -66,6 +66,7 @@ class Cell:
     ci: tuple[float, float] | None = None
     p: float | None = None
     p_text: str = "-"  # "best", "n/a", or the formatted p-value
+    bold: bool = False  # the best mean over runs (or as good at the table's digits)
 
     @property
     def image_mean(self) -> float | None:
@@ -74,12 +75,11 @@ class Cell:
 
 @dataclass
 class Results:
-    """Everything a table shows: rows, one Cell per row and metric, bold cells, notes."""
+    """Everything a table shows: rows, one Cell per metric and row, notes."""
 
     rows: list[Row]
     metrics: list[str]
     cells: dict[tuple[str, str], Cell]
-    best: dict[str, set[str]]
     notes: list[str]
     caption: str
     runs: int
@@ -92,9 +92,9 @@ def compare(
     digits: int,
     resamples: int = RESAMPLES,
     seed: int = SEED,
-) -> tuple[dict[tuple[str, str], Cell], dict[str, set[str]], list[str]]:
-    """Per metric: each row's cell, the bold rows, and notes on what could not be computed."""
-    cells, best, notes = {}, {}, []
+) -> tuple[dict[tuple[str, str], Cell], list[str]]:
+    """Per metric and row: a cell (bold if best); and notes on what could not be computed."""
+    cells, notes = {}, []
     for metric in metrics:
         lower = lower_is_better(metric, runs)
         for row in rows:
@@ -102,14 +102,13 @@ def compare(
             ci = bootstrap_ci(list(images.values()), resamples, seed)
             cells[metric, row.label] = Cell(row.values(metric), images, ci)
         means = {r.label: statistics.fmean(v) for r in rows if (v := cells[metric, r.label].runs)}
-        if not means:
-            best[metric] = set()
-            continue
-        target = (min if lower else max)(means.values())
-        best[metric] = {k for k, m in means.items() if round(m, digits) == round(target, digits)}
-        reference = next(r for r in rows if means.get(r.label) == target)
-        notes += paired_tests(metric, rows, reference, cells)
-    return cells, best, notes
+        if means:
+            target = (min if lower else max)(means.values())
+            for label, mean in means.items():
+                cells[metric, label].bold = round(mean, digits) == round(target, digits)
+            reference = next(r for r in rows if means.get(r.label) == target)
+            notes += paired_tests(metric, rows, reference, cells)
+    return cells, notes
 
 
 def paired_tests(metric: str, rows: list[Row], reference: Row, cells) -> list[str]:
@@ -159,7 +158,7 @@ def results(
             f"({numbers_from.describe()}). Available: {', '.join(available)}."
         )
     metrics = list(metrics)
-    cells, best, notes = compare(rows, runs, metrics, digits, resamples, seed)
+    cells, notes = compare(rows, runs, metrics, digits, resamples, seed)
     notes = [*missing_notes(rows, metrics, root), *notes]
     single = [row.label for row in rows if row.finished == 1]
     if single:
@@ -179,9 +178,7 @@ def results(
     if debug:
         notes.append(f"Debug runs left out ({len(debug)}; include_debug=true keeps them):")
         notes += [f"  - {run.folder.relative_to(root)} (debug={run.debug})" for run in debug]
-    return Results(
-        rows, metrics, cells, best, notes, caption(numbers_from, resamples, seed), len(runs)
-    )
+    return Results(rows, metrics, cells, notes, caption(numbers_from, resamples, seed), len(runs))
 
 
 def missing_notes(rows: list[Row], metrics: list[str], root: Path) -> list[str]:
@@ -232,10 +229,9 @@ def row_cells(table: Results, row: Row, digits: int, plus_minus: str, bold: str,
     for metric in table.metrics:
         cell = table.cells[metric, row.label]
         text = mean_text(cell.runs, digits, plus_minus)
-        best = row.label in table.best[metric]
         ci = f" [{cell.ci[0]:.{digits}f}, {cell.ci[1]:.{digits}f}]" if cell.ci else ""
         image = "-" if cell.image_mean is None else f"{cell.image_mean:.{digits}f}{ci}"
-        cells += [bold.format(text) if best else text, image, cell.p_text.replace("<", less)]
+        cells += [bold.format(text) if cell.bold else text, image, cell.p_text.replace("<", less)]
     total = len(row.runs)
     return [*cells, str(total) if row.finished == total else f"{row.finished}/{total}"]
 
