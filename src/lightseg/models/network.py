@@ -28,6 +28,7 @@ from torch import nn
 
 from lightseg.config import check_node
 from lightseg.errors import LightsegError, instantiating
+from lightseg.models.lora import add_adapters
 from lightseg.utils.loggers import answers
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ PRETRAINED_KEYS = ("encoder_weights", "weights", "pretrained")
 def build_network(config: Mapping[str, Any], out_channels: int) -> nn.Module:
     """The network ``config`` names (``_target_`` + its keys), with ``out_channels`` logits."""
     config = dict(config)
+    adapters = config.pop("peft", None) or {}  # LoRA, added below (models/lora.py)
     target = config.get("_target_")
     if not target:
         raise LightsegError(
@@ -57,6 +59,8 @@ def build_network(config: Mapping[str, Any], out_channels: int) -> nn.Module:
         raise LightsegError(
             f"model._target_={target} returned a {type(network).__name__}, not a torch.nn.Module."
         )
+    if adapters.get("r"):
+        add_adapters(network, adapters)
     return network
 
 

@@ -37,6 +37,7 @@ from lightseg.config import app, plain
 from lightseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from lightseg.errors import LightsegError
 from lightseg.models import SegmentationModule
+from lightseg.models.lora import merge_adapters
 from lightseg.models.network import logits_of
 from lightseg.tools.parity import Check, Level, Runner, compare, parity_report, print_parity
 from lightseg.utils.console import console
@@ -242,6 +243,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     fmt = get_format(str(cfg.format))
     ckpt_path = check_file(cfg.ckpt_path)
     module = load_module(ckpt_path, "cpu")
+    merge_adapters(module.net)  # LoRA: the plain network, adapters folded into its weights
     takes = model_input(module)
     check = Check.from_config(
         plain(cfg.get("check")) or {}, takes, module.task.out_channels, float(cfg.tolerance)
