@@ -1,9 +1,7 @@
-"""The composed config: checked once before any work, explained when Hydra cannot compose it,
-and the resolvers the configs use.
-
-:func:`validate` checks the keys and value types of every ``_target_`` node against the
-signature it names (ranges are the classes' own business); :func:`app` adds the
-nearest valid key or option to Hydra's message, worked out on the failure path only.
+"""The composed config: :func:`validate` checks the keys and value types of every ``_target_``
+node against the signature it names (ranges are the classes' own business) before any work;
+the resolvers the configs use; the command line (:func:`app`), which adds the nearest valid key
+or option to Hydra's message, worked out on the failure path only.
 """
 
 from __future__ import annotations
@@ -15,11 +13,9 @@ import inspect
 import os
 import re
 import sys
-import traceback
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,16 +31,7 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lightseg import CONFIG_DIR
-from lightseg.errors import (
-    LightsegError,
-    SweepRefused,
-    TrainingInterrupted,
-    lightseg_cause,
-    one_line,
-    show_error,
-    user_errors,
-    user_message,
-)
+from lightseg.errors import LightsegError, SweepJob, sweep_summary, user_errors
 from lightseg.runs import RunFolder, resume
 
 #: Hydra's own keys in a ``_target_`` node.
@@ -129,14 +116,16 @@ def target_nodes(node: Any, path: str = "") -> Iterator[tuple[str, dict]]:
 
 def check_node(path: str, node: dict, choices: Mapping[str, str] | None = None) -> None:
     """The keys and value types of one ``_target_`` node at ``path`` (e.g. ``model``)."""
-    target = node["_target_"]
+    target, group = node["_target_"], path.split(".")[0].split("[")[0]
+    option = (choices or {}).get(group)
+    where = f" (config group option {group}={option})" if option else ""
     try:
         function = get_object(str(target))
     except Exception as error:  # ImportError, AttributeError, or errors raised on import
         raise LightsegError(
             f"{path}._target_='{target}' cannot be imported ({type(error).__name__}: {error}). "
             "Check the dotted path; a module of your own must be importable (run from the "
-            f"repository root, or add its folder to PYTHONPATH){_group_hint(path, choices)}."
+            f"repository root, or add its folder to PYTHONPATH){where}."
         ) from None
     try:
         parameters = inspect.signature(function).parameters
@@ -149,7 +138,7 @@ def check_node(path: str, node: dict, choices: Mapping[str, str] | None = None) 
         keys = ", ".join(f"{path}.{k}" for k in unknown)
         accepted = [n for n, p in parameters.items() if p.kind is not p.VAR_POSITIONAL]
         raise LightsegError(
-            f"{keys}: not a setting of {target}{_group_hint(path, choices)}. It takes: "
+            f"{keys}: not a setting of {target}{where}. It takes: "
             f"{', '.join(n for n in accepted if n != 'self') or 'nothing'}. Remove the key, "
             "or choose the config group option it belongs to."
         )
@@ -163,15 +152,9 @@ def check_node(path: str, node: dict, choices: Mapping[str, str] | None = None) 
             continue  # replaced by numbers from the training split before anything is built
         if hint is not None and node[key] is not None and _matches(node[key], hint) is False:
             raise LightsegError(
-                f"{path}.{key}={_shown(node[key])} is not valid: {target} takes "
-                f"{key}: {_type_name(hint)}{_group_hint(path, choices)}."
+                f"{path}.{key}={_shown(node[key])} is not valid: {target} takes {key}: "
+                f"{str(hint).replace('typing.', '').replace('NoneType', 'None')}{where}."
             )
-
-
-def _group_hint(path: str, choices: Mapping[str, str] | None) -> str:
-    group = path.split(".")[0].split("[")[0]
-    option = (choices or {}).get(group)
-    return f" (config group option {group}={option})" if option else ""
 
 
 def _matches(value: Any, hint: Any) -> bool | None:
@@ -190,7 +173,7 @@ def _matches(value: Any, hint: Any) -> bool | None:
         return False if all(r is False for r in results) else None
     if isinstance(hint, type) and hint in SCALARS:
         return isinstance(value, SCALARS[hint]) and (hint is bool or not isinstance(value, bool))
-    if origin in (list, tuple) or origin in (Sequence, typing.Sequence):
+    if origin in (list, tuple, Sequence):  # typing.Sequence's origin too
         return isinstance(value, list | tuple)
     if isinstance(value, dict) and "_target_" in value:
         return None  # a node instantiated into the object the hint names
@@ -200,10 +183,6 @@ def _matches(value: Any, hint: Any) -> bool | None:
         if issubclass(hint, torch.Tensor):  # e.g. a learning rate: a number or a tensor
             return _matches(value, float)
     return None
-
-
-def _type_name(hint: Any) -> str:
-    return str(hint).replace("typing.", "").replace("NoneType", "None")
 
 
 def _shown(value: Any) -> str:
@@ -225,12 +204,10 @@ T = TypeVar("T")
 
 
 def app(config_name: str) -> Callable[[Callable[[DictConfig], T]], Callable[[], T | None]]:
-    """The command line of every lightseg entry point: Hydra's app for
-    ``configs/<config_name>.yaml`` whose mistakes end in one paragraph and a non-zero exit. An
-    override Hydra cannot apply gets Hydra's message plus the nearest valid key or option, worked
-    out on this failure path only (``HYDRA_FULL_ERROR`` hands the error here). In a sweep (-m)
-    a failed job is reported and the sweep goes on (:class:`SweepJob`); the command then ends
-    with a summary of the failed jobs and exit 1."""
+    """Hydra's app for ``configs/<config_name>.yaml``, the command line of every entry point:
+    a mistake ends in one paragraph and a non-zero exit (``HYDRA_FULL_ERROR`` hands Hydra's
+    errors here, to :func:`explain`). In a sweep (-m) a failed job is reported and the sweep goes
+    on (:class:`SweepJob`); the command then ends with a summary of the failed jobs."""
 
     def decorate(task: Callable[[DictConfig], T]) -> Callable[[], T | None]:
         jobs: list[SweepJob] = []  # this command's sweep jobs, in the order they ran
@@ -292,39 +269,9 @@ def app(config_name: str) -> Callable[[Callable[[DictConfig], T]], Callable[[], 
     return decorate
 
 
-@dataclass
-class SweepJob:
-    """One job of a sweep (-m): where it ran, and the paragraph it failed with, if it did."""
-
-    number: int
-    folder: str
-    overrides: list[str]
-    sweep_dir: str
-    failure: str | None = None
-
-    def run(self, task: Callable[[Any], T], cfg: Any) -> T | None:
-        """``task(cfg)``; its error is shown (a bug with its traceback) and remembered, and the
-        job returns None, so that Hydra's sweepers go on (Optuna marks the trial FAIL). A stop
-        signal (TrainingInterrupted) and SweepRefused stop the whole sweep. The task records
-        the failure in the job's folder (run_info.json)."""
-        try:
-            return task(cfg)
-        except Exception as error:
-            if isinstance(lightseg_cause(error), TrainingInterrupted | SweepRefused):
-                raise
-            self.failure = user_message(error)
-            if self.failure is None:  # not a user's mistake: the traceback shows where
-                traceback.print_exc()
-                self.failure = f"{type(error).__name__}: {error}"
-            else:
-                show_error(self.failure)
-            return None
-
-
 class SweepFolder(HydraCallback):
-    """Notes the sweep's folder in the command line's process (``hydra.callbacks`` in
-    configs/hydra/default.yaml): where a launcher's workers ran the jobs (SLURM), the summary
-    reads how each ended from its folder."""
+    """Notes the sweep's folder in the command's process (configs/hydra/default.yaml): where
+    a launcher's workers ran the jobs (SLURM), the summary reads how each ended from it."""
 
     path: str | None = None
 
@@ -341,23 +288,6 @@ def recorded_jobs(sweep_dir: str) -> list[SweepJob]:
         if (info := RunFolder(folder).info())
         for failure in [info.get("message") if info.get("status") == "failed" else None]
     ]
-
-
-def sweep_summary(jobs: list[SweepJob]) -> str:
-    """One paragraph: which jobs failed (number, folder, the overrides that set it apart from
-    the other jobs) and why."""
-    failed = [job for job in jobs if job.failure]
-    shared = set.intersection(*(set(job.overrides) for job in jobs)) if len(jobs) > 1 else set()
-    listed = "; ".join(
-        f"job {job.number} ({job.folder}, {' '.join(o for o in job.overrides if o not in shared)})"
-        f": {one_line(job.failure or '').rstrip('.')}"
-        for job in failed
-    )
-    return (
-        f"{len(failed)} of {len(jobs)} sweep jobs failed (the others ran to their end): {listed}. "
-        "Each job's run_info.json records how it ended; python -m lightseg.tools.table "
-        f"runs={jobs[0].sweep_dir} tabulates the sweep and lists the failed jobs."
-    )
 
 
 def explain(error: HydraException, overrides: list[str], config_name: str) -> str:

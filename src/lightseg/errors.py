@@ -1,5 +1,5 @@
-"""User-facing errors: one clear paragraph, a non-zero exit, no traceback (in a sweep, see
-:func:`lightseg.config.app`)."""
+"""User-facing errors: one clear paragraph, a non-zero exit, no traceback; in a sweep (-m), one
+per failed job and then a summary (:func:`lightseg.config.app`)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ import errno
 import os
 import shutil
 import sys
+import traceback
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hydra.errors import InstantiationException
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -37,10 +40,6 @@ class TrainingInterrupted(LightsegError):
         self.exit_code = 128 + int(signum)
 
 
-#: A full disk, or a full quota on a cluster's shared storage.
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-
-
 def _chain(
     error: BaseException | None, context: type[BaseException] = BaseException
 ) -> Iterator[BaseException]:
@@ -54,10 +53,10 @@ def _chain(
 
 
 def disk_full(error: BaseException | None) -> bool:
-    """Whether ``error`` is a full disk, also where a writer wraps the OSError: ``torch.save``
-    raises ``RuntimeError: ... unexpected pos`` with the ENOSPC as its context."""
+    """Whether ``error`` is a full disk or quota, also where a writer wraps the OSError:
+    ``torch.save`` raises ``RuntimeError: ... unexpected pos`` with the ENOSPC as its context."""
     return any(
-        (isinstance(cause, OSError) and cause.errno in DISK_FULL)
+        (isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT))
         or (isinstance(cause, RuntimeError) and "unexpected pos" in str(cause))
         for cause in _chain(error)
     )
@@ -98,9 +97,8 @@ PARTIAL = ".partial-"
 
 @contextlib.contextmanager
 def written_whole(path: Path) -> Iterator[Path]:
-    """A temporary file next to ``path`` for the block to write, which then replaces ``path``
-    in one step (``os.replace``): readers find the old file or the new one, never a part. The
-    temporary file is this process's own (its PID in the name) and is gone after the block."""
+    """A file next to ``path``, this process's own (its PID in the name), for the block to write;
+    it then replaces ``path`` in one step (``os.replace``): readers never find a part."""
     temp = path.with_name(f".{path.name}{PARTIAL}{os.getpid()}")
     try:
         yield temp
@@ -212,3 +210,48 @@ def one_line(message: str, limit: int = 400) -> str:
     characters (a traceback folded into a message would fill a screen)."""
     text = " ".join(message.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@dataclass
+class SweepJob:
+    """One job of a sweep (-m): where it ran, and the paragraph it failed with, if it did."""
+
+    number: int
+    folder: str
+    overrides: list[str]
+    sweep_dir: str
+    failure: str | None = None
+
+    def run(self, task: Callable[[Any], Any], cfg: Any) -> Any:
+        """``task(cfg)``; an error is shown (a bug with its traceback) and remembered, and None
+        returned, so that the sweep goes on (Optuna marks the trial FAIL). A stop signal
+        (TrainingInterrupted) and SweepRefused stop the whole sweep."""
+        try:
+            return task(cfg)
+        except Exception as error:
+            if isinstance(lightseg_cause(error), TrainingInterrupted | SweepRefused):
+                raise
+            self.failure = user_message(error)
+            if self.failure is None:  # not a user's mistake: the traceback shows where
+                traceback.print_exc()
+                self.failure = f"{type(error).__name__}: {error}"
+            else:
+                show_error(self.failure)
+            return None
+
+
+def sweep_summary(jobs: list[SweepJob]) -> str:
+    """One paragraph: which jobs failed (number, folder, the overrides that set it apart from
+    the other jobs) and why."""
+    failed = [job for job in jobs if job.failure]
+    shared = set.intersection(*(set(job.overrides) for job in jobs)) if len(jobs) > 1 else set()
+    listed = "; ".join(
+        f"job {job.number} ({job.folder}, {' '.join(o for o in job.overrides if o not in shared)})"
+        f": {one_line(job.failure or '').rstrip('.')}"
+        for job in failed
+    )
+    return (
+        f"{len(failed)} of {len(jobs)} sweep jobs failed (the others ran to their end): {listed}. "
+        "Each job's run_info.json records how it ended; python -m lightseg.tools.table "
+        f"runs={jobs[0].sweep_dir} tabulates the sweep and lists the failed jobs."
+    )

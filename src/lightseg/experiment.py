@@ -1,12 +1,10 @@
 """One experiment from one composed config: the data, the resolved config, the module, the
 trainer. ``train``, ``make lr-find`` and the benchmarks all build it here, so they cannot drift.
 
-:func:`build` checks the cheap things first (config keys and types, the data on disk, whether
-the network takes the image size), then builds what is slow (pretrained weights, the trainer).
-What the data decides is resolved into a NEW config, never written into the one given:
-``auto`` mean/std and loss weights from the training split, the metric set of the task when
-none was chosen (``+metrics.<name>`` adds to it), the network's ``in_channels``. That config is
-what a run saves (``config.yaml``) and what its checkpoints store.
+:func:`build` checks the cheap things (config keys and types, the data on disk, the network at
+the image size) before it builds the slow ones. What the data decides goes into a NEW config,
+never the one given: ``auto`` mean/std and loss weights, the task's metric set when none was
+chosen (``+metrics.<name>`` adds to it), ``in_channels``. A run saves it and its checkpoints.
 """
 
 from __future__ import annotations
@@ -87,9 +85,8 @@ def build_module(cfg: DictConfig, datamodule: SegmentationDataModule) -> L.Light
 
 
 def inference_defaults(data: DictConfig) -> dict[str, Any]:
-    """How eval/predict should feed images to this model (stored in its checkpoints): pipelines
-    that resize for evaluation (PH2, MADS, demo) get ``whole``-image inference at the training
-    size; those that keep native resolution and pad (VOC, COCO) get ``slide``."""
+    """How eval/predict feed images to this model (stored in its checkpoints): ``whole`` images
+    at the training size where evaluation resizes (PH2, MADS, demo), else ``slide`` (VOC, COCO)."""
     eval_transforms = plain(data.get("transforms", {})).get("eval") or []
     resizes = any(
         str(t.get("_target_", "")).rsplit(".", 1)[-1] == "Resize" for t in eval_transforms

@@ -124,10 +124,9 @@ class Tversky(SMPTerm):
 class SegmentationLoss(nn.Module):
     """A weighted sum of named terms; returns the total and each unweighted term."""
 
-    def __init__(self, terms: Mapping[str, tuple[float, nn.Module]]) -> None:
+    def __init__(self, weights: Mapping[str, float], terms: Mapping[str, nn.Module]) -> None:
         super().__init__()
-        self.weights = {name: float(weight) for name, (weight, _) in terms.items()}
-        self.terms = nn.ModuleDict({name: term for name, (_, term) in terms.items()})
+        self.weights, self.terms = dict(weights), nn.ModuleDict(terms)
 
     def forward(
         self, logits: torch.Tensor, target: torch.Tensor
@@ -141,10 +140,12 @@ class SegmentationLoss(nn.Module):
         return total, parts
 
 
-def loss_terms(config: Mapping[str, Any] | None) -> dict[str, tuple[float, dict[str, Any]]]:
-    """``{name: (weight, term config)}`` of the ``loss`` config, its shape checked (cheap: the
+def loss_terms(
+    config: Mapping[str, Any] | None,
+) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
+    """The ``loss`` config's weights and term configs by name, its shape checked (cheap: the
     experiment checks it before reading any data); ``null`` entries are left out."""
-    terms = {}
+    weights, terms = {}, {}
     for name, entry in (config or {}).items():
         if entry is None:
             continue
@@ -159,16 +160,14 @@ def loss_terms(config: Mapping[str, Any] | None) -> dict[str, tuple[float, dict[
                 + f": e.g. loss.{name}.term._target_=lightseg.losses.Dice (configs/loss/*.yaml "
                 "show the built-in ones; a term's options go under term)."
             )
-        terms[name] = (float(weight), options)
+        weights[name], terms[name] = float(weight), options
     if not terms:
         raise LightsegError("The loss config has no terms; choose one, e.g. loss=ce_dice.")
-    return terms
+    return weights, terms
 
 
 def build_loss(config: Mapping[str, Mapping[str, Any] | None], task: Task) -> SegmentationLoss:
-    """``{name: {weight, term: {_target_, **options}}}`` -> SegmentationLoss; ``null`` drops a
-    term."""
-    terms = loss_terms(config)
-    options = {name: term for name, (_, term) in terms.items()}
-    built = build_named("loss", options, task, nn.Module, "lightseg.losses.Dice", ".term")
-    return SegmentationLoss({name: (terms[name][0], built[name]) for name in terms})
+    """``{name: {weight, term: {_target_, **options}}}`` -> SegmentationLoss (null drops one)."""
+    weights, terms = loss_terms(config)
+    built = build_named("loss", terms, task, nn.Module, "lightseg.losses.Dice", ".term")
+    return SegmentationLoss(weights, built)

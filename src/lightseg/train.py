@@ -1,12 +1,10 @@
 """Train, validate and test one configuration.
 
-    python -m lightseg.train experiment=ph2_unet model.arch=FPN      (or: make train EXP=...)
-    python -m lightseg.train experiment=ph2_unet ckpt_path=last      (continue the newest
-                                                                      unfinished run)
+    python -m lightseg.train experiment=ph2_unet model.arch=FPN   (or: make train EXP=...)
+    python -m lightseg.train experiment=ph2_unet ckpt_path=last   (its newest unfinished run)
 
-``main`` is the Hydra entry point and ``train(cfg)`` the plain function behind it (tests call
-it). Hydra composes the config once and chooses the run folder (lightseg.runs.resume); train
-then takes the checkpoint to continue from, locks the folder, builds the experiment
+Hydra composes the config once and chooses the run folder (lightseg.runs.resume); ``train(cfg)``
+(tests call it) takes the checkpoint to continue from, locks the folder, builds the experiment
 (lightseg.experiment), fits, and evaluates the best checkpoint on val and test.
 """
 
@@ -81,11 +79,10 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, floa
         return _train(cfg, run, checkpoint, overrides or [])
     except Exception as error:
         sweep_job = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+        message = user_message(error)
         if not run.is_run and owner and sweep_job:  # a table lists the failed job
-            end_record(
-                run.path, "failed", user_message(error) or f"{type(error).__name__}: {error}"
-            )
-        elif user_message(error) is not None and not run.is_run:
+            end_record(run.path, "failed", message or f"{type(error).__name__}: {error}")
+        elif message is not None and not run.is_run:
             run.discard_if_unused()  # a mistake caught before the run began: no empty folder
         raise
     finally:
@@ -111,9 +108,7 @@ def _train(
         launcher_stops(trainer),  # ddp_spawn: a stop signal ends the ranks, then this process
     ):  # the loggers get the config from callbacks.run_files, in the training process
         trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
-        metrics = {
-            k: finite_or_none(v) for k, v in evaluate_best(trainer, module, datamodule).items()
-        }
+        metrics = evaluate_best(trainer, module, datamodule)
         if trainer.is_global_zero:
             run.metrics.write_text(json.dumps(metrics, indent=2, sort_keys=True))
     if trainer.is_global_zero:
@@ -126,16 +121,14 @@ def _train(
     return metrics
 
 
-def evaluate_best(trainer: L.Trainer, module, datamodule) -> dict[str, float]:
-    """Validation and test metrics of the best checkpoint (the final weights without one),
-    with the epoch and step it was saved at (``best/epoch``, ``best/step``)."""
+def evaluate_best(trainer: L.Trainer, module, datamodule) -> dict[str, float | None]:
+    """Validation and test metrics of the best checkpoint (the final weights without one; NaN
+    as None), with the epoch and step it was saved at (``best/epoch``, ``best/step``)."""
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    metrics: dict[str, float] = {}
-    if best:
-        metrics.update({f"best/{k}": v for k, v in checkpoint_position(best).items()})
+    metrics = {f"best/{k}": v for k, v in checkpoint_position(best).items()} if best else {}
     for evaluate in (trainer.validate, trainer.test):
         results = evaluate(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
-        metrics.update({k: float(v) for k, v in results[0].items()})
+        metrics.update({k: finite_or_none(float(v)) for k, v in results[0].items()})
     return metrics
 
 

@@ -42,8 +42,7 @@ def class_scores(confusion: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 def class_recall(confusion: torch.Tensor) -> torch.Tensor:
-    """Per-class recall (share of each true class found) from ``[..., C, C]`` counts; NaN where
-    a class is not in the truth."""
+    """Per-class recall from ``[..., C, C]`` counts; NaN where a class is not in the truth."""
     return ratio(confusion.diagonal(dim1=-2, dim2=-1), confusion.sum(-1))
 
 
@@ -53,9 +52,8 @@ def headline(per_class: torch.Tensor, task: Task) -> torch.Tensor:
 
 
 class ConfusionMatrixMetric(TaskMetric):
-    """A metric of the whole split's confusion matrix (summed over batches and processes). In a
-    collection from ``build_metrics`` those of one task share one matrix, counted once per batch
-    (a torchmetrics compute group)."""
+    """A metric of the split's confusion matrix (summed over batches and processes); in a
+    ``build_metrics`` collection those of one task share it (a torchmetrics compute group)."""
 
     def add_states(self) -> None:
         size = self.task.num_classes
@@ -97,8 +95,7 @@ class PixelAccuracy(ConfusionMatrixMetric):
 
 
 class Sensitivity(ConfusionMatrixMetric):
-    """Share of the true foreground pixels predicted as foreground (recall), over the split;
-    NaN when the split has no foreground."""
+    """Share of the true foreground pixels predicted as foreground (recall); NaN without any."""
 
     binary_only = True
 
@@ -107,8 +104,7 @@ class Sensitivity(ConfusionMatrixMetric):
 
 
 class Specificity(ConfusionMatrixMetric):
-    """Share of the true background pixels predicted as background, over the split; NaN when
-    the split has no background."""
+    """Share of the true background pixels predicted as background; NaN without any."""
 
     binary_only = True
 

@@ -75,8 +75,8 @@ class JaccardThresholded(DicePerImage):
 
 
 def surface_distances(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Euclidean distances (pixels) from each boundary pixel of ``a`` to the nearest of ``b``,
-    and from ``b``'s to ``a``'s; both masks non-empty. Exact: scipy's distance transform."""
+    """Exact distances (pixels) from each boundary pixel of ``a`` to the nearest of ``b``, and
+    from ``b``'s to ``a``'s; both masks non-empty."""
     rows, columns = np.nonzero(a | b)  # crop to both masks plus a margin: same distances
     window = np.s_[
         max(rows.min() - 1, 0) : rows.max() + 2, max(columns.min() - 1, 0) : columns.max() + 2
