@@ -4,7 +4,6 @@ from lightseg.callbacks.faults import (
     CheckpointOnSignal,
     RandomStateCheckpoint,
     StopOnNonFiniteLoss,
-    TrainingInterrupted,
 )
 from lightseg.callbacks.finetune import Finetuning
 from lightseg.callbacks.overlays import PredictionOverlays
