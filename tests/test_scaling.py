@@ -11,8 +11,8 @@ import torch
 from lightseg.data import SegmentationDataModule
 from lightseg.data.demo import Demo
 from lightseg.errors import LightsegError
-from lightseg.runs.resume import RANKS, is_first_process
 from lightseg.utils.devices import check_trainer, compile_in_place
+from lightseg.utils.ranks import RANKS, is_first_process
 
 
 def test_gpu_strategies_without_a_gpu_are_refused(monkeypatch):

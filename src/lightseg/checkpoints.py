@@ -6,11 +6,9 @@ and a kill during the copy leaves a truncated ``last.ckpt``. :class:`AtomicCheck
 next to the target and renames, which POSIX guarantees to be all-or-nothing; the random states
 a resume needs are saved as tensors and plain types, so checkpoints load ``weights_only``.
 
-Reading. A lightseg checkpoint describes itself: the network's ``_target_`` and keys, the
-classes, the normalisation and (``inference``) the training input size are plain
-hyperparameters, so :func:`load_module` needs nothing else. :func:`model_input` says what the
-loaded model takes: the channel count (the length of its normalisation), the side multiple of
-its network and its training size -- what eval, predict and export follow.
+Reading. A lightseg checkpoint describes itself in plain hyperparameters (network
+``_target_``, classes, normalisation, training input size), so :func:`load_module` needs
+nothing else, and eval, predict and export follow its :func:`model_input`.
 """
 
 from __future__ import annotations
@@ -68,7 +66,12 @@ def atomic_save(obj: Any, path: Path) -> None:
         torch.save(obj, file)
         file.flush()
         os.fsync(file.fileno())
-    _fsync_folder(path.parent)
+    with contextlib.suppress(OSError):  # the rename made durable too, where a folder can be
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
 
 
 def tensor_bytes(obj: Any) -> int:
@@ -78,16 +81,6 @@ def tensor_bytes(obj: Any) -> int:
     if isinstance(obj, dict):
         obj = list(obj.values())
     return sum(map(tensor_bytes, obj)) if isinstance(obj, (list, tuple)) else 0
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename itself durable (a power cut could otherwise undo it)."""
-    with contextlib.suppress(OSError):  # not possible everywhere; the rename is still atomic
-        handle = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(handle)
-        finally:
-            os.close(handle)
 
 
 @rank_zero_only
@@ -247,15 +240,11 @@ def load_module(path: str | Path, device: str | torch.device = "cpu") -> Segment
 
 @dataclass(frozen=True)
 class ModelInput:
-    """What a trained module takes, as its checkpoint says.
-
-    ``channels`` per image (the length of the stored normalisation, which training checks
-    against the data's channel count), image sides in multiples of ``multiple`` (the network's
-    ``input_multiple``), the training input ``image_size`` (``stored``: whether the checkpoint
-    has one, else :data:`DEFAULT_IMAGE_SIZE`) and ``mode``: how its validation fed images to it
-    (``whole``: resized to the training size, ``slide``: at their own scale; None: unknown).
-    Pixels are scaled to 0..1 by their type as in training (``to_unit_range``).
-    """
+    """What a trained module takes, as its checkpoint says: ``channels`` (the length of its
+    normalisation), sides in multiples of ``multiple`` (the network's ``input_multiple``), the
+    training ``image_size`` (``stored`` or :data:`DEFAULT_IMAGE_SIZE`) and ``mode``, how its
+    validation fed images (``whole``: resized, ``slide``: at their own scale; None: unknown).
+    Pixels are scaled to 0..1 by their type, as in training (``to_unit_range``)."""
 
     channels: int
     multiple: int

@@ -16,10 +16,11 @@ from typing import Any
 
 from hydra.errors import InstantiationException
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from rich.console import Console
 from rich.panel import Panel
+
+from lightseg.utils.ranks import is_first_process
 
 
 class LightsegError(Exception):
@@ -191,7 +192,7 @@ def user_errors() -> Iterator[None]:
             raise
         cause = lightseg_cause(error)
         # a stop signal reaches every process of a torchrun / srun job: rank 0 says it once
-        if not isinstance(cause, TrainingInterrupted) or getattr(rank_zero_only, "rank", 0) == 0:
+        if not isinstance(cause, TrainingInterrupted) or is_first_process():
             show_error(message)
         sys.exit(cause.exit_code if cause is not None else 1)
 

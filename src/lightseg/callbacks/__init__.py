@@ -1,11 +1,6 @@
 """Lightning callbacks configured in ``configs/callbacks/default.yaml``."""
 
-from lightseg.callbacks.faults import (
-    CheckpointOnSignal,
-    RandomStateCheckpoint,
-    StopOnNonFiniteLoss,
-    TrainingInterrupted,
-)
+from lightseg.callbacks.faults import CheckpointOnSignal, RandomStateCheckpoint, StopOnNonFiniteLoss
 from lightseg.callbacks.finetune import Finetuning
 from lightseg.callbacks.overlays import PredictionOverlays
 from lightseg.callbacks.per_image import PerImageResults

@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 
 from lightseg.checkpoints import random_states, set_random_states
-from lightseg.errors import LightsegError, TrainingInterrupted
+from lightseg.errors import LightsegError, TrainingInterrupted, lightseg_cause
 from lightseg.runs import RunFolder
 from lightseg.utils.signals import stop_signals
 
@@ -54,16 +54,13 @@ def requeue_slurm_job() -> bool:
 
 
 class CheckpointOnSignal(Callback):
-    """On SIGTERM, SIGINT or SIGUSR1: finish the batch, save ``last.ckpt``, stop cleanly.
+    """On SIGTERM, SIGINT or SIGUSR1: finish the batch, save ``last.ckpt`` (with the position
+    inside the epoch: a resume continues with the next batch), stop with exit code 128 + signal.
 
-    The checkpoint holds the position inside the epoch, so a resumed run continues with the next
-    batch (a signal during validation lets the epoch end first; one while the best checkpoint is
-    evaluated after training stops at once). The run ends ``interrupted``, exit code 128 +
-    signal; a second Ctrl+C stops at once without saving; in SLURM, SIGUSR1 also requeues the
-    job. This replaces Lightning's handling, which stops without saving (and under DDP
-    broadcasts from inside the signal handler, which breaks the collective in progress).
-    Under ddp_spawn the launching process waits for its ranks (``launcher_stops``), killing
-    them if they have not ended ``stop_timeout`` seconds after the signal.
+    A second Ctrl+C stops at once without saving; in SLURM, SIGUSR1 also requeues the job. This
+    replaces Lightning's handling, which stops without saving (and under DDP broadcasts from
+    inside the signal handler, breaking the collective in progress). ``stop_timeout``: see
+    :func:`launcher_stops`.
     """
 
     def __init__(self, requeue_on_slurm: bool = True, stop_timeout: float = 30.0) -> None:
@@ -90,11 +87,15 @@ class CheckpointOnSignal(Callback):
             self.received, self.received_at = signum, time.monotonic()
         log.warning("Received %s: stopping after this batch.", signal.Signals(signum).name)
 
-    def _take_over_signals(self) -> None:
+    def _take_over_signals(self, *_, **__) -> None:
+        # Lightning registers its handlers after ``setup``, wrapping this one: each stage's
+        # start takes them back.
         if threading.current_thread() is not threading.main_thread():
             return
         for signum in self.signals:
             self._previous.setdefault(signum, signal.signal(signum, self._on_signal))
+
+    on_train_start = on_validation_start = on_test_start = _take_over_signals
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -102,23 +103,13 @@ class CheckpointOnSignal(Callback):
         self.received, self._agreed = None, None
         self._take_over_signals()
 
-    def _retake_signals(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Lightning registers its handlers after ``setup``, wrapping this one: take them back.
-        self._take_over_signals()
-
-    on_train_start = on_validation_start = on_test_start = _retake_signals
-
-    def _restore_handlers(self) -> None:
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if threading.current_thread() is threading.main_thread():
             for signum, handler in self._previous.items():
                 signal.signal(signum, handler)
         self._previous.clear()
 
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self._restore_handlers()
-
-    def on_exception(self, trainer: L.Trainer, pl_module, exception: BaseException) -> None:
-        self._restore_handlers()
+    on_exception = teardown  # (trainer, pl_module, exception)
 
     def _stop_requested(self, trainer: L.Trainer) -> bool:
         # Every rank must agree, or one would wait forever for the others to save.
@@ -137,7 +128,8 @@ class CheckpointOnSignal(Callback):
         if self._stop_requested(trainer):
             self._save_and_stop(trainer)
 
-    def _evaluation_batch_end(self, trainer: L.Trainer) -> None:
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *_) -> None:
+        # in fit, validation ends its epoch first; evaluating the best checkpoint stops at once
         if trainer.state.fn != "fit" and self._stop_requested(trainer):
             signum = self.received or signal.SIGTERM
             raise TrainingInterrupted(
@@ -147,9 +139,6 @@ class CheckpointOnSignal(Callback):
                 "command with ckpt_path=last to evaluate again.",
                 signum,
             )
-
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *_) -> None:
-        self._evaluation_batch_end(trainer)
 
     on_test_batch_end = on_validation_batch_end
 
@@ -176,16 +165,13 @@ class CheckpointOnSignal(Callback):
 @contextlib.contextmanager
 def launcher_stops(trainer: L.Trainer) -> Iterator[None]:
     """Around ``trainer.fit`` / ``validate`` / ``test`` in the process that starts ddp_spawn's
-    ranks: a stop signal ends the job the way it ends one process.
+    ranks, which runs no training loop (so no ``CheckpointOnSignal`` handlers): a stop signal
+    ends the job as it ends one process, not this process alone with its ranks orphaned.
 
-    That process runs no training loop of its own, so its ``CheckpointOnSignal`` never installs
-    handlers there, and a signal to the process group killed it at once, leaving its ranks and
-    their loader workers orphaned. Here it notes the signal (passing SIGTERM and SIGUSR1 on to
-    the ranks: ``kill <pid>`` and ``docker stop`` signal it alone), waits for the ranks to save
-    and end, kills them after ``stop_timeout`` seconds, and raises the ranks'
-    ``TrainingInterrupted`` (exit code 128 + the first signal). A rank that has saved can still
-    hang on its way out, waiting for its loader workers (seen with data.num_workers > 0): the
-    deadline ends it, and its workers follow within seconds (they exit when their rank dies).
+    It passes SIGTERM and SIGUSR1 on (``kill <pid>`` and ``docker stop`` signal it alone), waits
+    for the ranks to save and end, and raises their ``TrainingInterrupted``. Ranks alive
+    ``stop_timeout`` seconds after the signal are killed: one that has saved can hang waiting
+    for its loader workers, which exit when their rank dies.
     """
     callback = next((c for c in trainer.callbacks if isinstance(c, CheckpointOnSignal)), None)
     launcher = trainer.strategy.launcher
@@ -200,6 +186,19 @@ def launcher_stops(trainer: L.Trainer) -> Iterator[None]:
     deadline = threading.Timer(callback.stop_timeout, launcher.kill, (signal.SIGKILL,))
     deadline.daemon = True
 
+    def stopped(signum: int, error: BaseException | None = None) -> TrainingInterrupted:
+        """The TrainingInterrupted a rank ended with, else one saying what is known here."""
+        cause = lightseg_cause(error)
+        if cause is not None:
+            return TrainingInterrupted(str(cause), signum)
+        return TrainingInterrupted(
+            f"Training stopped by {signal.Signals(signum).name}. The last state saved is in "
+            f"'{last_checkpoint_path(trainer)}'; continue with the same command plus "
+            f"ckpt_path=last. (Ranks still running {callback.stop_timeout:g} s after a stop "
+            "signal are killed.)",
+            signum,
+        )
+
     def on_signal(signum: int, frame) -> None:
         if not received:
             name = signal.Signals(signum).name
@@ -207,7 +206,7 @@ def launcher_stops(trainer: L.Trainer) -> Iterator[None]:
             deadline.start()
         received.append(signum)
         if not any(process.is_alive() for process in launcher.procs):  # between launches
-            raise TrainingInterrupted(ranks_message(None, signum, trainer, callback), signum)
+            raise stopped(signum)
         if signum != signal.SIGINT:  # Ctrl+C reaches every process of the terminal's group
             launcher.kill(signum)
 
@@ -224,32 +223,13 @@ def launcher_stops(trainer: L.Trainer) -> Iterator[None]:
     except BaseException as error:
         if not received:
             raise
-        raise TrainingInterrupted(
-            ranks_message(error, received[0], trainer, callback), received[0]
-        ) from None
+        raise stopped(received[0], error) from None
     finally:
         deadline.cancel()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     if received:  # the ranks had ended when it came
-        raise TrainingInterrupted(ranks_message(None, received[0], trainer, callback), received[0])
-
-
-def ranks_message(
-    error: BaseException | None, signum: int, trainer: L.Trainer, callback: CheckpointOnSignal
-) -> str:
-    """The message of the ``TrainingInterrupted`` a rank ended with (in the traceback text
-    torch.multiprocessing hands over), else what is known from here."""
-    marker = f"{TrainingInterrupted.__module__}.{TrainingInterrupted.__qualname__}: "
-    text = str(error or "")
-    if marker in text:
-        return text.rsplit(marker, 1)[1].strip()
-    return (
-        f"Training stopped by {signal.Signals(signum).name}. The last state saved is in "
-        f"'{last_checkpoint_path(trainer)}'; continue with the same command plus "
-        f"ckpt_path=last. (Ranks still running {callback.stop_timeout:g} s after a stop signal "
-        "are killed.)"
-    )
+        raise stopped(received[0])
 
 
 def any_rank_later(trainer: L.Trainer, flag: torch.Tensor) -> Callable[[], float] | None:
@@ -288,13 +268,7 @@ class StopOnNonFiniteLoss(Callback):
         bad = torch.isnan(loss).any() * 2.0 + torch.isinf(loss).any()  # 2: NaN, 1: infinite
         self._pending.append(any_rank_later(trainer, bad) or bad.item)
 
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        self._judge(trainer)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        self._judge(trainer)
-
-    def _judge(self, trainer: L.Trainer) -> None:
+    def _judge(self, trainer: L.Trainer, *_, **__) -> None:
         pending, self._pending = self._pending, []
         worst = max((answer() for answer in pending), default=0.0)
         if not worst:
@@ -313,6 +287,8 @@ class StopOnNonFiniteLoss(Callback):
             "trainer.precision=32-true instead of 16-mixed, or masks holding values other than "
             "class indices and 255."
         )
+
+    on_before_optimizer_step = on_train_batch_end = _judge
 
 
 class RandomStateCheckpoint(Callback):

@@ -34,9 +34,7 @@ class PerImageResults(Callback):
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.rows = []
 
-    def on_test_batch_end(
-        self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
+    def on_test_batch_end(self, trainer, pl_module, outputs, *_) -> None:
         if isinstance(outputs, Mapping):
             self.rows.extend(outputs.get("per_image", ()))
 

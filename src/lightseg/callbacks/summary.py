@@ -5,8 +5,6 @@ override away: ``callbacks.model_summary._target_=lightning.pytorch.callbacks.Ri
 
 from __future__ import annotations
 
-from typing import Any
-
 from lightning.pytorch.callbacks import ModelSummary
 from lightning.pytorch.utilities.model_summary import get_human_readable_count
 
@@ -20,15 +18,7 @@ class NetworkSummary(ModelSummary):
         super().__init__(max_depth=1)  # the module's children: the network is ``net``
 
     @staticmethod
-    def summarize(
-        summary_data: list[tuple[str, list[str]]],
-        total_parameters: int,
-        trainable_parameters: int,
-        model_size: float,
-        total_training_modes: dict[str, int],
-        total_flops: int = 0,
-        **summarize_kwargs: Any,
-    ) -> None:
+    def summarize(summary_data, total_parameters, trainable_parameters, model_size, *_, **__):
         columns = dict(summary_data)
         rows = dict(zip(columns.get("Name", []), columns.get("Type", []), strict=False))
         console.print(

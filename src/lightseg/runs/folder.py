@@ -62,8 +62,6 @@ class RunFolder:
     #: Hydra's composition of the run, interpolations intact (what a resume restores).
     hydra_config = _inside(HYDRA, "config.yaml")
     run_info = _inside(RUN_INFO)
-    lock = _inside(LOCK)
-    checkpoints = _inside(CHECKPOINTS)
     last = _inside(CHECKPOINTS, "last.ckpt")
     best = _inside(CHECKPOINTS, "best.ckpt")
     metrics = _inside("metrics.json")

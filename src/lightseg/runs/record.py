@@ -10,7 +10,6 @@ import shlex
 import sys
 from collections.abc import Iterator
 from datetime import datetime
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +18,10 @@ import torch
 import lightseg
 from lightseg.errors import TrainingInterrupted, room_to_write, user_message, written_whole
 from lightseg.runs.folder import RunFolder
-from lightseg.runs.snapshot import git_state, save_snapshot
+from lightseg.runs.snapshot import git_state, package_versions, save_snapshot
 from lightseg.utils.locks import owner_record
 
-#: Versions worth seeing at a glance; packages.txt has all of them.
+#: Versions worth seeing at a glance (distribution names); packages.txt has all of them.
 KEY_PACKAGES = (
     "torch",
     "torchvision",
@@ -43,20 +42,16 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": sys.version.split()[0],
         "torch_cuda": torch.version.cuda,
-        "gpus": [],
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
     }
     if torch.cuda.is_available():
-        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         info["cudnn"] = torch.backends.cudnn.version()
     return info
 
 
 def key_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = dict.fromkeys(KEY_PACKAGES)
-    for name in KEY_PACKAGES:
-        with contextlib.suppress(PackageNotFoundError):
-            versions[name] = version(name)
-    return versions
+    installed = package_versions()
+    return {name: installed.get(name) for name in KEY_PACKAGES}
 
 
 def write_run_info(folder: str | Path, info: dict[str, Any]) -> None:
@@ -74,10 +69,8 @@ def start_record(
     """Write run_info.json for a starting run, or add a resume entry to an existing one."""
     run = RunFolder(folder)
     run.path.mkdir(parents=True, exist_ok=True)
-    git = git_state()
-    info = run.info() if resumed_from else None
+    at, git, info = now(), git_state(), run.info() if resumed_from else None
     entry = {
-        "at": now(),
         "command": shlex.join(["python", "-m", "lightseg.train", *sys.argv[1:]]),  # as typed
         "overrides": list(overrides or []),
         "owner": owner_record(),
@@ -85,19 +78,10 @@ def start_record(
         "files": save_snapshot(run.path, git),
     }
     if info is None:
-        info = {
-            "started": entry["at"],
-            "command": entry["command"],
-            "overrides": entry["overrides"],
-            "lightseg": lightseg.__version__,
-            "git": git,
-            "files": entry["files"],
-            "machine": machine(),
-            "versions": key_versions(),
-            "resumes": [],
-        }
+        info = {"started": at, **entry, "lightseg": lightseg.__version__, "resumes": []}
+        info.update(machine=machine(), versions=key_versions())
     else:
-        info.setdefault("resumes", []).append({**entry, "checkpoint": resumed_from})
+        info.setdefault("resumes", []).append({"at": at, **entry, "checkpoint": resumed_from})
     info.update(status="running", owner=entry["owner"], ended=None, message=None)
     write_run_info(run.path, info)
     return info

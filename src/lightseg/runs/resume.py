@@ -21,6 +21,7 @@ from pathlib import Path
 from lightseg.errors import LightsegError
 from lightseg.runs.folder import RunFolder, newest_first, runs_of
 from lightseg.utils.locks import describe, held_by_live_process
+from lightseg.utils.ranks import is_first_process
 
 STAMP = "%Y-%m-%d_%H-%M-%S"
 
@@ -41,16 +42,6 @@ def check_resume(resume) -> bool:
     if resume not in (None, "auto"):
         raise LightsegError(f"resume={resume} is not an option: use resume=auto, or leave it out.")
     return resume == "auto"
-
-
-#: Where launchers put a process's place in its job: torchrun, srun, and Lightning's own
-#: launch of one process per GPU (trainer=ddp), which sets only the local and node ranks.
-RANKS = ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK")
-
-
-def is_first_process() -> bool:
-    """Rank 0 of a launched job, or a lone process: the one that owns the run folder."""
-    return all(os.environ.get(name, "0") == "0" for name in RANKS)
 
 
 def new_run_folder(parent: Path, now: datetime | None = None) -> Path:

@@ -1,9 +1,7 @@
 """What a run folder keeps so the run can be rebuilt: ``git_diff.patch`` (uncommitted changes to
-tracked files, written only when there are some: ``git apply`` refuses an empty patch),
-``untracked.tar.gz`` (files a fork added and git does not ignore) and ``packages.txt`` (what
-``pip install -r`` installs again: every distribution from an index at its version; those
-installed from a local folder, lightseg itself included, are comments, since no index has them --
-the checkout provides lightseg, at ``git.commit``).
+tracked files; none when there are none, ``git apply`` refuses an empty patch),
+``untracked.tar.gz`` (files a fork added that git does not ignore) and ``packages.txt`` (for
+``pip install -r``; local installs, lightseg included, are comments: no index has them).
 """
 
 from __future__ import annotations
@@ -78,11 +76,9 @@ def requirements() -> str:
     """packages.txt: ``name==version`` lines for ``pip install -r``; local installs as comments."""
     lines = []
     for name, version in package_versions().items():
-        folder = installed_from_folder(name)
-        if folder is None:
-            lines.append(f"{name}=={version}")
-        else:  # no index has it (or worse, a stranger's package of that name)
-            lines.append(f"# {name} {version}: installed from {folder}, not from an index")
+        folder = installed_from_folder(name)  # no index has it (or a stranger's of that name)
+        local = f"# {name} {version}: installed from {folder}, not from an index"
+        lines.append(f"{name}=={version}" if folder is None else local)
     return "".join(f"{line}\n" for line in lines)
 
 

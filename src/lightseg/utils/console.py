@@ -1,8 +1,6 @@
-"""Console output: a few lines about the run at the start, the metrics table at the end.
-
-Text is never wrapped, so it reads the same in a terminal and a log file (a path stays one line
-that can be copied); known third-party chatter is dropped message by message, so real warnings
-still show.
+"""Console output: a few lines about the run at the start, the metrics table at the end. Text
+is never wrapped, so it reads the same in a terminal and a log (a path stays one line to copy);
+known third-party chatter is dropped message by message, so real warnings still show.
 """
 
 from __future__ import annotations
@@ -22,11 +20,9 @@ from rich.tree import Tree
 #: Width for output that goes to a file or pipe (no terminal to ask): wide enough for tables.
 PIPED_WIDTH = 160
 
-
-_probe = Console()
-_piped = not (_probe.is_terminal or _probe.is_jupyter or os.environ.get("COLUMNS"))
-#: Tables get the terminal's width, or PIPED_WIDTH in logs and pipes.
-console = Console(soft_wrap=True, width=PIPED_WIDTH if _piped else None)
+console = Console(soft_wrap=True)
+if not (console.is_terminal or console.is_jupyter or os.environ.get("COLUMNS")):
+    console.width = PIPED_WIDTH
 
 #: Top-level groups shown first in the config tree.
 CONFIG_ORDER = ("data", "model", "loss", "optimizer", "scheduler", "trainer", "callbacks", "logger")

@@ -12,6 +12,7 @@ from lightning.fabric.plugins.environments import TorchElasticEnvironment
 from torch import nn
 
 from lightseg.errors import LightsegError
+from lightseg.utils.ranks import is_first_process
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +57,8 @@ def check_trainer(trainer: dict[str, Any]) -> dict[str, Any]:
             "torchrun --rdzv-backend=c10d --rdzv-endpoint=<node 0's address>:29400 ... (on one "
             "machine: TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --standalone ...)."
         )
-    forwarded = os.environ.get("TORCHELASTIC_SIGNALS_TO_HANDLE", "SIGUSR1")  # torchrun's
-    is_rank_zero = os.environ.get("RANK", "0") == "0"
-    if os.environ.get("SLURM_JOB_ID") and "SIGUSR1" not in forwarded.split(",") and is_rank_zero:
+    forwarded = os.environ.get("TORCHELASTIC_SIGNALS_TO_HANDLE", "SIGUSR1").split(",")  # torchrun's
+    if os.environ.get("SLURM_JOB_ID") and "SIGUSR1" not in forwarded and is_first_process():
         log.warning(
             "torchrun does not pass SIGUSR1 (SLURM's warning before the time limit) on to its "
             "workers, and dies of it: start it with --signals-to-handle=SIGTERM,SIGINT,SIGHUP,"

@@ -1,12 +1,9 @@
-"""File locks, one implementation: a waiting lock for builds, and the run folder's lock.
-
-Both are ``flock`` locks, which the operating system releases when their process ends however
-it ends (SIGKILL included). :func:`file_lock` waits its turn (data caches that several
-processes may build at once: the first builds, the others then find it done). :class:`RunLock`
-never waits: the process training in a run folder holds ``run.lock``, recording who it is, and
-a second one is refused with an error naming that owner. Where the file system has no
-``flock``, the run lock trusts a recorded owner it can check (a PID on this host; a reused PID
-counts as alive, the cautious error) and otherwise goes on unguarded with a warning.
+"""File locks, one implementation: ``flock``, which the system releases however its process
+ends (SIGKILL included). :func:`file_lock` waits its turn (a cache several processes may build:
+the first builds, the others find it done). :class:`RunLock` never waits: the process training
+in a run folder holds ``run.lock``, recording who it is; a second is refused, naming that owner.
+Without ``flock``, the run lock trusts a recorded owner it can check (a PID on this host; a
+reused PID counts as alive, the cautious error), else goes on unguarded with a warning.
 """
 
 from __future__ import annotations

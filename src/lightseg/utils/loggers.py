@@ -38,17 +38,13 @@ WANDB_HOST = "https://api.wandb.ai"
 ANONYMOUS_WARNING = "The anonymous setting has no effect and will be removed in a future version."
 
 
-def wandb_host() -> str:
-    return os.environ.get("WANDB_BASE_URL", WANDB_HOST).rstrip("/")
-
-
-def wandb_credentials_present(host: str | None = None) -> bool:
+def wandb_credentials_present(host: str) -> bool:
     """True when an API key is in the environment, or ~/.netrc (what ``wandb login`` writes)
-    has an entry for the W&B host."""
+    has an entry for ``host``."""
     if os.environ.get("WANDB_API_KEY"):
         return True
     netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    name = urlparse(host or wandb_host()).hostname or ""
+    name = urlparse(host).hostname or ""
     return netrc.is_file() and name in netrc.read_text(errors="ignore")
 
 
@@ -80,7 +76,7 @@ def wandb_mode(requested: str = "auto", save_dir: str = ".", probe_timeout: floa
     mode = os.environ.get("WANDB_MODE") or requested
     if mode not in ("auto", "online"):
         return mode  # offline, disabled: as asked
-    host = wandb_host()
+    host = os.environ.get("WANDB_BASE_URL", WANDB_HOST).rstrip("/")
     if not wandb_credentials_present(host):
         why = "no credentials found (`wandb login` before training, or WANDB_API_KEY)"
         say = log.info
@@ -151,10 +147,9 @@ def upload_files(run, folder: Path, patterns: Iterable[str]) -> None:
 
 @contextlib.contextmanager
 def wandb_finished(folder: str | Path, patterns: Iterable[str]) -> Iterator[None]:
-    """End this process's W&B run after the block (failed if it raised), so that the next run
-    in the same process (a Hydra sweep) starts its own. The files of ``folder`` matching
-    ``patterns`` are uploaded first, as they are then (run_info.json's status is written at the
-    end of the block)."""
+    """End this process's W&B run after the block (failed if it raised): the next run in this
+    process (a Hydra sweep) starts its own. First the files of ``folder`` matching ``patterns``
+    are uploaded as they are then (run_info.json's final status included)."""
     import wandb
 
     exit_code = 1

@@ -1,8 +1,6 @@
 """Stop signals, as schedulers send them: to the whole process group, DataLoader workers too.
-
-A worker that dies of SIGTERM turns a clean stop into a crash, so workers ignore the stop
-signals: the main process decides, saves its checkpoint, and shuts its workers down itself.
-"""
+A worker that dies of SIGTERM turns a clean stop into a crash, so workers ignore them: the main
+process decides, saves its checkpoint, and shuts its workers down itself."""
 
 from __future__ import annotations
 
@@ -11,12 +9,12 @@ import signal
 
 from lightning.fabric.utilities.seed import pl_worker_init_function
 
-#: SIGUSR1 is what SLURM sends before pre-emption or the time limit (``--signal=USR1@90``).
-STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
-
 
 def stop_signals() -> list[signal.Signals]:
-    return [getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name)]
+    """SIGTERM, SIGINT and SIGUSR1: what SLURM sends before pre-emption or the time limit
+    (``--signal=USR1@90``)."""
+    names = ("SIGTERM", "SIGINT", "SIGUSR1")
+    return [getattr(signal, name) for name in names if hasattr(signal, name)]
 
 
 def worker_init(worker_id: int) -> None:
