@@ -5,8 +5,9 @@ trainer. ``train``, ``make lr-find`` and the benchmarks all build it here, so th
 the network takes the image size), then builds what is slow (pretrained weights, the trainer).
 What the data decides is resolved into a NEW config, never written into the one given:
 ``auto`` mean/std and loss weights from the training split, the metric set of the task when
-none was chosen (``+metrics.<name>`` adds to it), the network's ``in_channels``. That config is
-what a run saves (``config.yaml``) and what its checkpoints store.
+none was chosen (``+metrics.<name>`` adds to it), the network's ``in_channels``, and the saved
+architecture of an smp ``from_pretrained``. That config is what a run saves (``config.yaml``)
+and what its checkpoints store.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from lightseg.losses import loss_terms
 from lightseg.metrics import metrics_for
 from lightseg.models import check_network
 from lightseg.models.network import takes
+from lightseg.models.smp_models import with_saved_architecture
 from lightseg.utils.console import quiet_third_party
 from lightseg.utils.devices import check_trainer
 
@@ -62,6 +64,8 @@ def resolve(cfg: DictConfig, datamodule: SegmentationDataModule) -> DictConfig:
     """A copy of ``cfg`` with what the data decides filled in (see the module docstring)."""
     resolved = resolve_auto(cfg, datamodule)
     with open_dict(resolved):
+        if resolved.model.get("from_pretrained"):  # the saved architecture, for checkpoints
+            resolved.model = with_saved_architecture(plain(resolved.model))
         if "metrics" not in group_choices():  # the task's set, any +metrics.<name> on top
             resolved.metrics = {**metrics_for(datamodule.task), **plain(cfg.get("metrics") or {})}
         if "in_channels" not in resolved.model and takes(resolved.model._target_, "in_channels"):
