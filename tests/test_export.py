@@ -222,14 +222,16 @@ def test_export_that_differs_from_pytorch_fails_naming_shape_difference_and_tole
 
 
 def perturb_weights_after_export(monkeypatch, fmt: str, factor: float) -> None:
-    """Scale the network's first weight tensor by ``factor`` once the file is written: the
-    export then computes the unperturbed model, PyTorch another one."""
+    """Scale the network's weight tensors by ``factor`` once the file is written: the export
+    then computes the unperturbed model, PyTorch another one (a ViT's first tensor, its class
+    token, alone would hardly change the logits)."""
     original = FORMATS[fmt]
 
     def save(model, example, path, level, opset):
         original.save(model, example, path, level, opset)
         with torch.no_grad():
-            next(model.net.parameters()).mul_(factor)
+            for parameter in model.net.parameters():
+                parameter.mul_(factor)
 
     monkeypatch.setitem(FORMATS, fmt, dataclasses.replace(original, save=save))
 

@@ -4,7 +4,8 @@ trainer. ``train``, ``make lr-find`` and the benchmarks all build it here, so th
 :func:`build` checks the cheap things (config keys and types, the data on disk, the network at
 the image size) before it builds the slow ones. What the data decides goes into a NEW config,
 never the one given: ``auto`` mean/std and loss weights, the task's metric set when none was
-chosen (``+metrics.<name>`` adds to it), ``in_channels``. A run saves it and its checkpoints.
+chosen (``+metrics.<name>`` adds to it), ``in_channels``, the saved architecture of
+an smp ``from_pretrained``. A run saves it and its checkpoints.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from lightseg.losses import loss_terms
 from lightseg.metrics import metrics_for
 from lightseg.models import check_network
 from lightseg.models.network import takes
+from lightseg.models.smp_models import with_saved_architecture
 from lightseg.utils.console import quiet_third_party
 from lightseg.utils.devices import check_trainer
 
@@ -60,6 +62,8 @@ def resolve(cfg: DictConfig, datamodule: SegmentationDataModule) -> DictConfig:
     """A copy of ``cfg`` with what the data decides filled in (see the module docstring)."""
     resolved = resolve_auto(cfg, datamodule)
     with open_dict(resolved):
+        if resolved.model.get("from_pretrained"):  # the saved architecture, for checkpoints
+            resolved.model = with_saved_architecture(plain(resolved.model))
         if "metrics" not in group_choices():  # the task's set, any +metrics.<name> on top
             resolved.metrics = {**metrics_for(datamodule.task), **plain(cfg.get("metrics") or {})}
         if "in_channels" not in resolved.model and takes(resolved.model._target_, "in_channels"):

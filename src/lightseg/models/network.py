@@ -34,7 +34,7 @@ from lightseg.utils.loggers import answers
 log = logging.getLogger(__name__)
 
 #: Config keys that name pretrained weights; ``null`` means "build without downloading".
-PRETRAINED_KEYS = ("encoder_weights", "weights", "pretrained")
+PRETRAINED_KEYS = ("encoder_weights", "weights", "pretrained", "from_pretrained")
 
 
 def build_network(config: Mapping[str, Any], out_channels: int) -> nn.Module:
