@@ -194,7 +194,10 @@ def test_encoders_a_decoder_cannot_take_are_one_paragraph_that_says_what_to_do()
     vit = {"_target_": SMP, "encoder_name": "tu-vit_small_patch14_dinov2", "encoder_weights": None}
     with pytest.raises(LightsegError, match=r"does not work with UPerNet: .*model.arch=DPT"):
         build_network({**vit, "arch": "UPerNet", "img_size": 56}, 2)
-    with pytest.raises(LightsegError, match=r"patches of 14 pixels. Add model.patch_size=16"):
+    with pytest.raises(
+        LightsegError,
+        match=r"patches of 14 pixels. Add \+model.patch_size=16 \+model.dynamic_img_size=true",
+    ):
         build_network({**vit, "arch": "DPT", "img_size": 56, "embed_dim": 48, "num_heads": 2}, 2)
     with pytest.raises(LightsegError, match=r"unexpected keyword argument 'img_sise'.*timm"):
         build_network({**vit, "arch": "DPT", "img_sise": 56}, 2)

@@ -102,9 +102,9 @@ def build(
     if strides and any(stride & (stride - 1) for stride in strides):
         raise LightsegError(
             f"smp's DPT resizes ViT features by powers of two, but model.encoder_name="
-            f"{encoder_name} has patches of {strides[0]} pixels. Add model.patch_size=16: timm "
-            "resamples the pretrained patch embedding to it (FlexiViT); image sides then need "
-            "multiples of 16."
+            f"{encoder_name} has patches of {strides[0]} pixels. Add +model.patch_size=16 "
+            "+model.dynamic_img_size=true: timm resamples the pretrained patch and position "
+            "embeddings to them (FlexiViT); image sides then need multiples of 16."
         )
     return network
 
