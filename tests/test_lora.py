@@ -156,7 +156,11 @@ def test_thawing_a_lora_encoder_thaws_its_adapters_only():
     ("model", "options", "message"),
     [
         ({**VIT, "peft": {**LORA, "rank": 4}}, {}, r"unexpected keyword argument 'rank'"),
-        ({**UNET, "peft": LORA}, {}, r"Target modules \{.*\} not found.*e.g. \[qkv, proj\]"),
+        (
+            {**UNET, "peft": LORA},
+            {},
+            r"Target modules \{.*\} not found.*this encoder's are conv1, conv2, downsample.0\)",
+        ),
         (UNET, {"layer_decay": 0.7}, r"needs a timm encoder .*tu-<timm name>"),
         (VIT, {"layer_decay": 1.5}, r"layer_decay=1.5 must be a number in \(0, 1\]"),
     ],

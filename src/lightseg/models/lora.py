@@ -16,6 +16,9 @@ from torch import nn
 
 from lightseg.errors import LightsegError
 
+#: The layer types LoRA adapts here (what the error lists as possible target_modules).
+LAYERS = (nn.Linear, nn.Conv2d)
+
 
 def add_adapters(network: nn.Module, settings: Mapping[str, Any]) -> None:
     """LoRA in ``network.encoder`` with ``settings`` (peft's ``LoraConfig`` arguments)."""
@@ -35,11 +38,13 @@ def add_adapters(network: nn.Module, settings: Mapping[str, Any]) -> None:
     try:
         inject_adapter_in_model(LoraConfig(**settings), encoder)
     except (TypeError, ValueError) as error:
+        layers = [n.split(".") for n, m in encoder.named_modules() if isinstance(m, LAYERS)]
+        names = sorted({".".join(p[-2:] if p[-1].isdigit() else p[-1:]) for p in layers})
         raise LightsegError(
             f"model.peft={dict(settings)} does not fit {type(network).__name__}'s encoder: "
             f"{str(error).splitlines()[0]} The keys are peft.LoraConfig's (r, lora_alpha, "
-            "lora_dropout, target_modules: names of the encoder's Linear/Conv layers, e.g. "
-            "[qkv, proj] for timm ViTs)."
+            "lora_dropout, target_modules: names of the encoder's Linear/Conv layers; this "
+            f"encoder's are {', '.join(names[:12])}{', ...' if len(names) > 12 else ''})."
         ) from None
 
 
