@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 import tarfile
-from importlib.metadata import version
+from importlib.metadata import distributions, version
 from pathlib import Path
 
 import pytest
@@ -56,6 +56,24 @@ def test_a_dirty_tree_is_kept_whole_diff_new_files_and_packages(tmp_path, monkey
     assert record["untracked_files"] == ["extensions/net.py"]
     packages = (run / "packages.txt").read_text().splitlines()
     assert f"torch=={version('torch')}" in packages
+
+
+def test_packages_txt_lists_what_pip_installed_not_setuptools_vendored_copies():
+    import setuptools  # noqa: F401  (puts setuptools/_vendor on sys.path)
+
+    def only_vendored(name: str) -> bool:
+        return all("_vendor" in str(d.locate_file("")) for d in distributions(name=name))
+
+    vendored = {d.metadata["Name"] for d in distributions() if only_vendored(d.metadata["Name"])}
+    if not vendored:
+        pytest.skip("this setuptools vendors no distributions")
+    snapshot.package_versions.cache_clear()
+    try:
+        listed = snapshot.package_versions()
+    finally:
+        snapshot.package_versions.cache_clear()
+    assert listed["torch"] == version("torch")
+    assert not vendored & set(listed), vendored & set(listed)
 
 
 def test_a_full_disk_keeps_the_last_whole_run_info(tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ import functools
 import importlib.metadata
 import json
 import logging
+import site
 import subprocess
 import tarfile
 from pathlib import Path
@@ -53,8 +54,11 @@ def git_state() -> dict[str, Any]:
 
 @functools.cache  # what is installed does not change while a process runs
 def package_versions() -> dict[str, str]:
-    """Every installed distribution and its version, like ``pip freeze``."""
-    named = (dist for dist in importlib.metadata.distributions() if dist.metadata["Name"])
+    """Every installed distribution and its version, like ``pip freeze``: from the site
+    folders, not the whole ``sys.path`` (importing setuptools puts its vendored copies there)."""
+    folders = [*site.getsitepackages(), site.getusersitepackages()]
+    dists = importlib.metadata.distributions(path=folders)
+    named = (dist for dist in dists if dist.metadata["Name"])
     versions = {dist.metadata["Name"]: dist.version for dist in named}
     return dict(sorted(versions.items(), key=lambda item: item[0].lower()))
 
