@@ -167,3 +167,13 @@ def test_a_threshold_that_is_no_number_is_named():
     task = Task(("background", "lesion"))
     with pytest.raises(LightsegError, match=r"failure.iou=high is not a number: .*~failure.iou"):
         Scores(build_metrics(metrics_for(task), task), task, {"iou": "high"})
+
+
+def test_a_changed_split_and_a_bad_name_are_refused(own_predictions):
+    run, pred = own_predictions
+    with pytest.raises(LightsegError, match=r"name='a/b' must be a plain folder name"):
+        score(score_config(run, pred, "name=a/b"))
+    listed = run / "splits" / "test.txt"
+    listed.write_text("".join(f"{i}\n" for i in reversed(listed.read_text().split())))
+    with pytest.raises(LightsegError, match=r"test.txt' lists other images than the run's data"):
+        score(score_config(run, pred))
