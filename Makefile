@@ -18,6 +18,8 @@ RUN  ?=
 RUNS ?=
 METRICS ?= test/dice,test/iou
 CONFIRM ?=
+PRED ?=
+NAME ?=
 
 # Hydra takes -m before the overrides: `make train ARGS="-m seed=0,1"` runs a sweep.
 HYDRA_ARGS = $(filter -m --multirun,$(ARGS)) experiment=$(EXP) $(filter-out -m --multirun,$(ARGS))
@@ -28,13 +30,13 @@ define check_experiment
   echo "Unknown experiment '$(EXP)'. Choose one of: $$(ls configs/experiment | sed 's/\.yaml//' | tr '\n' ' ')"; exit 2; }
 endef
 
-.PHONY: help install train lr-find eval predict export data plot table test test-all lint format bench clean clean-runs
+.PHONY: help install train lr-find eval score predict export data plot table test test-all lint format bench clean clean-runs
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
 	  awk -F':.*## ' '{printf "  \033[36mmake %-10s\033[0m %s\n", $$1, $$2}'
 	@echo "  Variables: EXP=<configs/experiment name> (default demo)  ARGS=\"hydra overrides\"  CKPT=path"
-	@echo "             RUN=<run folder> (plot)  RUNS=<folder of runs> METRICS=a,b (table, plot RUNS=)"
+	@echo "             RUN=<run folder> (plot, score)  RUNS=<folder of runs> METRICS=a,b (table, plot RUNS=)"
 
 $(STAMP): pyproject.toml
 	@echo "Installing lightseg into $(VENV) (first run only; torch is large)..."
@@ -57,6 +59,10 @@ lr-find: $(STAMP) ## Learning-rate range test, plot + suggestion: make lr-find [
 eval: $(STAMP) ## Evaluate a checkpoint: make eval CKPT=path [EXP=name] [ARGS="split=val inference.flip=true"]
 	@test -n "$(CKPT)" || { echo "Set CKPT=path/to/best.ckpt (runs write logs/<name>/runs/<time>/checkpoints/best.ckpt)"; exit 2; }
 	$(PY) -m lightseg.tools.eval "ckpt_path=$(CKPT)" $(if $(filter command line environment,$(origin EXP)),experiment=$(EXP)) $(ARGS)
+
+score: $(STAMP) ## Score masks made elsewhere (nnU-Net, released masks) on a run's split: make score PRED=folder NAME=label RUN=<run folder>
+	@test -n "$(PRED)" -a -n "$(NAME)" -a -n "$(RUN)" || { echo "Set PRED=<folder of masks, <id>.png> NAME=<label, e.g. nnunet> RUN=<the run folder whose split they were made for>"; exit 2; }
+	$(PY) -m lightseg.tools.score "pred=$(PRED)" "name=$(NAME)" "run=$(RUN)" $(ARGS)
 
 predict: $(STAMP) ## Segment images: make predict CKPT=path INPUT=folder_or_image OUTPUT=folder [ARGS="effect=color-splash"]
 	@test -n "$(CKPT)" -a -n "$(INPUT)" -a -n "$(OUTPUT)" || { echo "Set CKPT=path/to/best.ckpt INPUT=<image or folder> OUTPUT=<folder>"; exit 2; }

@@ -19,7 +19,7 @@ import math
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -62,10 +62,21 @@ THUMBNAIL = 256  # side of each panel in examples.png
 
 
 class Scores:
-    """One inference variant's metrics, each image's values and the split's confusion matrix."""
+    """One inference variant's metrics, each image's values and the split's confusion matrix.
 
-    def __init__(self, metrics: MetricCollection, task: Task) -> None:
-        self.task, self.metrics = task, metrics
+    ``failure`` (``{"iou": 0.65}``): an image whose value is below the threshold failed; each
+    image gets a 1/0 column ``failure_rate/iou_below_0.65`` whose mean is the share that failed."""
+
+    def __init__(
+        self, metrics: MetricCollection, task: Task, failure: Mapping[str, float] | None = None
+    ) -> None:
+        self.task, self.metrics, self.failure = task, metrics, dict(failure or {})
+        for name, threshold in self.failure.items():
+            if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+                raise LightsegError(
+                    f"failure.{name}={threshold} is not a number: an image fails below it (set "
+                    f"failure.{name}=0.65, or remove it: ~failure.{name})."
+                )
         self.confusion = torch.zeros(task.num_classes, task.num_classes, dtype=torch.long)
         self.per_image: list[tuple[str, dict[str, float]]] = []
 
@@ -73,8 +84,23 @@ class Scores:
         """Score one image against its mask ``target`` [1, H, W] int64 (made once per image)."""
         preds = torch.from_numpy(prediction.astype(np.int64))[None]
         (values,) = update_per_image(self.metrics, preds, target, self.task)
+        for name, threshold in self.failure.items():
+            if name in values:  # no value (NaN): neither failed nor passed
+                value = float(values[name])
+                flag = math.nan if math.isnan(value) else float(value < threshold)
+                values[f"failure_rate/{name}_below_{threshold:g}"] = flag
         self.per_image.append((sample_id, values))
         self.confusion += confusion_matrix(preds, target, self.task.num_classes)
+
+    def summary(self) -> dict[str, float | None]:
+        """What eval.json holds: the metrics over the split and the failure shares (the mean of
+        each image's 1/0), NaN as null so that the file stays JSON."""
+        values = metric_values(self.metrics, self.task)
+        names = {key for _, image in self.per_image for key in image if key.startswith("failure_")}
+        for name in sorted(names):
+            flags = [float(v[name]) for _, v in self.per_image if not math.isnan(v[name])]
+            values[name] = float(np.mean(flags)) if flags else math.nan
+        return {key: finite_or_none(value) for key, value in values.items()}
 
 
 def data_config(cfg: DictConfig, from_run: bool) -> DictConfig:
@@ -144,7 +170,8 @@ def evaluate(
     names = ["plain", "tta"] if segmenter.augmented else ["plain"]
     names += [f"{names[-1]}+crf"] if crf else []
     chosen = metrics_config(cfg, module, metrics_from_command_line)
-    scores = {name: Scores(build_metrics(chosen, task), task) for name in names}
+    failure = plain(cfg.get("failure"))
+    scores = {name: Scores(build_metrics(chosen, task), task, failure) for name in names}
 
     # full-size pixels, read in the loader's workers, in the order of `samples`
     read = partial(read_pair, datamodule.source)
@@ -179,10 +206,7 @@ def evaluate(
             for key in ("mode", "image_size", "stride", "flip", "scales")
         },
         "postprocess": plain(cfg.get("postprocess")),
-        "metrics": {  # NaN (no value, e.g. an absent class) as null: eval.json stays JSON
-            name: {k: finite_or_none(v) for k, v in metric_values(s.metrics, task).items()}
-            for name, s in scores.items()
-        },
+        "metrics": {name: s.summary() for name, s in scores.items()},
         "examples_from": names[-1],
     }
     computed = report["metrics"][names[-1]]

@@ -38,9 +38,9 @@ DEFAULT_METRICS = ("test/dice", "test/iou")
 
 
 def lower_is_better(metric: str, runs: list[RunResult]) -> bool:
-    """Losses, and metrics whose class says ``higher_is_better = False`` (HD95, ASSD)."""
+    """Losses, failure shares, and metrics whose class says ``higher_is_better = False``."""
     name = metric.split("/", 1)[-1]
-    if "loss" in name:  # a loss term, whatever its class says
+    if "loss" in name or name.startswith("failure_rate/"):  # whatever its metric's class says
         return True
     for run in runs:
         targets = {
