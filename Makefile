@@ -56,9 +56,9 @@ lr-find: $(STAMP) ## Learning-rate range test, plot + suggestion: make lr-find [
 	$(check_experiment)
 	$(PY) -m lightseg.tools.lr_find $(HYDRA_ARGS)
 
-eval: $(STAMP) ## Evaluate a checkpoint: make eval CKPT=path [EXP=name] [ARGS="split=val inference.flip=true"]
+eval: $(STAMP) ## Evaluate a checkpoint, or an ensemble (CKPT=a,b or a folder of runs): make eval CKPT=path [EXP=name] [ARGS="split=val inference.flip=true"]
 	@test -n "$(CKPT)" || { echo "Set CKPT=path/to/best.ckpt (runs write logs/<name>/runs/<time>/checkpoints/best.ckpt)"; exit 2; }
-	$(PY) -m lightseg.tools.eval "ckpt_path=$(CKPT)" $(if $(filter command line environment,$(origin EXP)),experiment=$(EXP)) $(ARGS)
+	$(PY) -m lightseg.tools.eval "ckpt_path='$(CKPT)'" $(if $(filter command line environment,$(origin EXP)),experiment=$(EXP)) $(ARGS)
 
 score: $(STAMP) ## Score masks made elsewhere (nnU-Net, released masks) on a run's split: make score PRED=folder NAME=label RUN=<run folder>
 	@test -n "$(PRED)" -a -n "$(NAME)" -a -n "$(RUN)" || { echo "Set PRED=<folder of masks, <id>.png> NAME=<label, e.g. nnunet> RUN=<the run folder whose split they were made for>"; exit 2; }
@@ -66,7 +66,7 @@ score: $(STAMP) ## Score masks made elsewhere (nnU-Net, released masks) on a run
 
 predict: $(STAMP) ## Segment images: make predict CKPT=path INPUT=folder_or_image OUTPUT=folder [ARGS="effect=color-splash"]
 	@test -n "$(CKPT)" -a -n "$(INPUT)" -a -n "$(OUTPUT)" || { echo "Set CKPT=path/to/best.ckpt INPUT=<image or folder> OUTPUT=<folder>"; exit 2; }
-	$(PY) -m lightseg.tools.predict "ckpt_path=$(CKPT)" "input=$(INPUT)" "output=$(OUTPUT)" $(ARGS)
+	$(PY) -m lightseg.tools.predict "ckpt_path='$(CKPT)'" "input=$(INPUT)" "output=$(OUTPUT)" $(ARGS)
 
 export: $(STAMP) ## Export a checkpoint and check it against PyTorch: make export CKPT=path [FORMAT=onnx|torchscript]
 	@test -n "$(CKPT)" || { echo "Set CKPT=path/to/best.ckpt"; exit 2; }

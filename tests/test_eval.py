@@ -6,11 +6,13 @@ import csv
 import errno
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
@@ -22,7 +24,7 @@ from lightseg.checkpoints import load_module
 from lightseg.errors import LightsegError
 from lightseg.tools import eval as eval_tool
 from lightseg.tools.eval import evaluate, main
-from lightseg.tools.inference import Segmenter
+from lightseg.tools.inference import Segmenter, checkpoint_paths, load_segmenter
 
 
 def eval_config(ckpt, tmp_path, *overrides):
@@ -220,3 +222,80 @@ def test_a_full_disk_is_one_paragraph_and_keeps_the_earlier_evaluation(
     assert f"The disk is full: the evaluation could not be written in '{folder}'" in message
     assert "output_dir=" in message
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # whole, and no part
+
+
+# --- ensembles ------------------------------------------------------------------------------
+
+
+def altered_checkpoint(ckpt: Path, path: Path, classes=None, noise: float = 0.0) -> Path:
+    """A copy of ``ckpt`` with its weights moved by ``noise`` or its class names replaced."""
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
+    generator = torch.Generator().manual_seed(1)
+    for name, value in checkpoint["state_dict"].items():
+        if value.is_floating_point() and name.startswith("net."):
+            value += noise * torch.randn(value.shape, generator=generator)
+    if classes:
+        checkpoint["hyper_parameters"]["classes"] = classes
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_an_ensemble_of_two_identical_checkpoints_equals_one_and_costs_twice(
+    demo_checkpoint, tmp_path
+):
+    copy = tmp_path / "copy.ckpt"
+    copy.write_bytes(demo_checkpoint.read_bytes())
+    one = evaluate(eval_config(demo_checkpoint, tmp_path / "one", "inference.flip=true"), True)
+    both = f"'{demo_checkpoint},{copy}'"  # as `make eval CKPT=a,b` quotes it
+    two = evaluate(eval_config(both, tmp_path / "two", "inference.flip=true"), True)
+    assert two["metrics"] == one["metrics"] and list(two["metrics"]) == ["plain", "tta"]
+    assert two["members"] == [str(demo_checkpoint), str(copy)] and two["checkpoint"] == "ensemble"
+    stored = json.loads((tmp_path / "two" / "eval" / "eval.json").read_text())
+    assert stored["cost"]["variant"] == "tta"
+    assert one["cost"]["passes_per_image"] == 2  # 1 member x 2 views (plain, flipped)
+    assert stored["cost"]["passes_per_image"] == 4  # 2 members x 2 views
+    assert stored["cost"]["seconds_per_image"] > 0
+    rows = list(csv.DictReader((tmp_path / "two" / "eval" / "per_image.csv").open()))
+    assert len(rows) == 6 and (tmp_path / "two" / "eval" / "per_class.csv").is_file()
+
+
+def test_ensemble_probabilities_are_the_mean_of_its_members(demo_checkpoint, tmp_path):
+    other = altered_checkpoint(demo_checkpoint, tmp_path / "other.ckpt", noise=0.05)
+    image = np.random.default_rng(3).integers(0, 256, (48, 80, 3), dtype=np.uint8)
+    ensemble = load_segmenter(f"{demo_checkpoint},{other}", "cpu", {"flip": True})
+    first, second = (Segmenter(load_module(p), flip=True)(image) for p in (demo_checkpoint, other))
+    assert not np.allclose(first, second, atol=1e-3)  # the members disagree
+    np.testing.assert_allclose(ensemble(image), (first + second) / 2, atol=1e-6)
+    plain, augmented = ensemble.with_and_without_tta(image)
+    np.testing.assert_allclose(augmented, (first + second) / 2, atol=1e-6)
+    singles = [Segmenter(load_module(p))(image) for p in (demo_checkpoint, other)]
+    np.testing.assert_allclose(plain, sum(singles) / 2, atol=1e-6)
+
+
+def test_a_folder_of_runs_is_every_runs_best_checkpoint(demo_run, tmp_path):
+    for fold in ("fold_0", "fold_1"):
+        (tmp_path / "runs" / fold / "checkpoints").mkdir(parents=True)
+        (tmp_path / "runs" / fold / "checkpoints" / "best.ckpt").write_bytes(b"")
+    found = checkpoint_paths(str(tmp_path / "runs"))
+    assert found == [
+        tmp_path / "runs" / f / "checkpoints" / "best.ckpt" for f in ("fold_0", "fold_1")
+    ]
+    assert checkpoint_paths(demo_run) == [demo_run]  # a run's own folder: refused as before
+
+
+def test_checkpoints_of_different_classes_are_refused_in_one_paragraph(demo_checkpoint, tmp_path):
+    other = altered_checkpoint(demo_checkpoint, tmp_path / "other.ckpt", ["background", "mole"])
+    src = Path(eval_tool.__file__).parents[2]  # this checkout's package, not an installed one
+    result = subprocess.run(
+        [sys.executable, "-m", "lightseg.tools.eval", f"ckpt_path='{demo_checkpoint},{other}'"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(src)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    error = result.stderr.strip()
+    assert error.count("lightseg: error:") == 1 and "\n\n" not in error
+    assert f"'{demo_checkpoint}' and '{other}' cannot be ensembled" in error
+    assert "classes ['background', 'lesion'] vs ['background', 'mole']" in error

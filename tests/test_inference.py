@@ -14,7 +14,7 @@ from lightseg.errors import LightsegError
 from lightseg.experiment import inference_defaults
 from lightseg.models import SegmentationModule
 from lightseg.tools.eval import evaluate
-from lightseg.tools.inference import Segmenter, build_segmenter
+from lightseg.tools.inference import Segmenter, build_segmenter, gaussian_weights
 from tests.conftest import CE_DICE, make_config, metrics_for
 
 SMP = "lightseg.models.smp_models.build"
@@ -144,3 +144,41 @@ def test_make_eval_with_slide_on_the_demo_model_is_refused(demo_checkpoint, tmp_
         evaluate(cfg, data_from_run=True)
     assert "a scale it never learned" in str(error.value)
     assert not tmp_path.joinpath("eval.json").exists()
+
+
+# --- Gaussian importance weighting of sliding windows ------------------------------------------
+
+
+def test_gaussian_window_weights_by_hand():
+    weights = gaussian_weights((9, 17)).numpy()  # sigma 9/8 down, 17/8 across
+    assert weights.shape == (9, 17)
+    assert np.unravel_index(weights.argmax(), weights.shape) == (4, 8) and weights[4, 8] == 1
+    assert weights[5, 8] == pytest.approx(np.exp(-0.5 / (9 / 8) ** 2), rel=1e-6)
+    assert weights[4, 0] == pytest.approx(np.exp(-0.5 * (8 / (17 / 8)) ** 2), rel=1e-5)
+    assert weights[0, 0] == pytest.approx(np.exp(-0.5 * ((4 / (9 / 8)) ** 2 + 64 / (17 / 8) ** 2)))
+    np.testing.assert_array_equal(weights, weights[::-1, ::-1])  # symmetric about the centre
+    assert weights.min() > 0  # every pixel of a window counts
+
+
+def test_gaussian_slide_over_one_window_equals_whole_image_inference(demo_checkpoint):
+    module = load_module(demo_checkpoint)
+    image = random_image(64, 64)
+    whole = Segmenter(module, mode="whole")(image)
+    gaussian = Segmenter(module, mode="slide", window_weights="gaussian")(image)
+    np.testing.assert_allclose(gaussian, whole, atol=1e-6)
+
+
+def test_gaussian_weighted_windows_blend_to_the_full_image_output_of_a_pointwise_model():
+    image = random_image(100, 150)
+
+    def slide(module, weights):
+        options = {"image_size": (64, 64), "stride": (32, 48), "check_scale": False}
+        return Segmenter(module, mode="slide", window_weights=weights, **options)(image)
+
+    module = pointwise_module()  # the same output in every window: any weighting gives it back
+    full = module.task.probabilities(module.net(Segmenter(module).normalize(image)))[0]
+    np.testing.assert_allclose(slide(module, "gaussian"), full.detach().numpy(), atol=1e-6)
+    contextual = pointwise_module(kernel=3)  # window borders differ: the weighting shows
+    assert not np.allclose(slide(contextual, "gaussian"), slide(contextual, "mean"), atol=1e-6)
+    with pytest.raises(LightsegError, match=r"inference\.window_weights='box'.*mean or gaussian"):
+        build_segmenter(module, {"window_weights": "box"})

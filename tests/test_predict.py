@@ -376,3 +376,14 @@ def test_probabilities_of_a_multiclass_model_are_refused(photos, tmp_path):
     ckpt = tiny_checkpoint(tmp_path / "m.ckpt", ARCHITECTURES["unet"], ["bg", "a", "b"])
     with pytest.raises(LightsegError, match="binary models; this model has 3 classes"):
         predict(predict_config(ckpt, photos, tmp_path / "out", "probabilities=true"))
+
+
+def test_predict_takes_an_ensemble_as_eval_does(demo_checkpoint, photos, tmp_path):
+    copy = tmp_path / "copy.ckpt"
+    copy.write_bytes(demo_checkpoint.read_bytes())
+    both = f"'{demo_checkpoint},{copy}'"  # as `make predict CKPT=a,b` quotes it
+    for ckpt, out in ((demo_checkpoint, "one"), (both, "two")):
+        predict(predict_config(ckpt, photos, tmp_path / out, "probabilities=true"))
+    for name in ("a_mask.png", "a_prob.png", "b_mask.png"):
+        one, two = (np.asarray(Image.open(tmp_path / o / name)) for o in ("one", "two"))
+        np.testing.assert_array_equal(one, two)

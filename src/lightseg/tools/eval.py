@@ -3,11 +3,13 @@
     make eval CKPT=logs/demo/runs/<time>/checkpoints/best.ckpt
     make eval CKPT=... ARGS="split=val inference.flip=true inference.scales=[0.75,1,1.25]"
     make eval CKPT=... ARGS="postprocess=crf"                    (needs the .[crf] extra)
+    make eval CKPT=a.ckpt,b.ckpt       (or a folder of runs) an ensemble: probabilities averaged
 
 Prints the metrics the checkpoint stores (those training logged; ``metrics=...`` chooses
 others) for plain inference and, side by side, with the configured TTA and dense CRF. Writes
 ``eval.json``, ``per_class.csv``, ``per_image.csv`` (what ``make table eval=true`` pairs),
-``confusion_matrix.png`` and ``examples.png`` (the worst and best images by ``monitor``).
+``confusion_matrix.png`` and ``examples.png`` (the worst and best images by ``monitor``), and
+prints and stores the cost of the final variant: network passes and seconds per image.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import math
 import os
 import shutil
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from datetime import datetime
 from functools import partial
@@ -36,7 +39,6 @@ from rich.table import Column, Table
 from torch.utils.data import DataLoader
 from torchmetrics import MetricCollection
 
-from lightseg.checkpoints import load_module, model_input
 from lightseg.config import app, plain
 from lightseg.data.source import Sample, SegmentationSource, read_pair
 from lightseg.errors import LightsegError, room_to_write
@@ -52,7 +54,7 @@ from lightseg.metrics import (
 from lightseg.runs import RunFolder
 from lightseg.runs.per_image import cell, write_per_image
 from lightseg.task import Task
-from lightseg.tools.inference import Segmenter, build_segmenter
+from lightseg.tools.inference import Segmenter, checkpoint_paths, load_segmenter
 from lightseg.utils.console import console
 from lightseg.utils.devices import inference_device
 from lightseg.visualize import confusion_figure, letterbox, overlay_grid
@@ -103,15 +105,16 @@ class Scores:
         return {key: finite_or_none(value) for key, value in values.items()}
 
 
-def data_config(cfg: DictConfig, from_run: bool) -> DictConfig:
-    """The ``data`` config: the run's own (same dataset, same split) or the composed one; without
-    ``split_dir``, since writing split lists is the training run's job."""
-    data = cfg.data
+def data_config(cfg: DictConfig, from_run: bool, checkpoint: Path | None = None) -> DictConfig:
+    """The ``data`` config: the run's own (same dataset, same split; an ensemble's first member's)
+    or the composed one; without ``split_dir``, since writing split lists is the training run's
+    job."""
+    data, checkpoint = cfg.data, checkpoint or cfg.ckpt_path
     if from_run:
-        run = RunFolder.of_checkpoint(cfg.ckpt_path)
+        run = RunFolder.of_checkpoint(checkpoint)
         if run is None or not run.config.is_file():
             raise LightsegError(
-                f"No config.yaml next to checkpoint '{cfg.ckpt_path}' (expected <run>/config.yaml "
+                f"No config.yaml next to checkpoint '{checkpoint}' (expected <run>/config.yaml "
                 "for <run>/checkpoints/*.ckpt), so the dataset is unknown. Name it: "
                 "experiment=... or data=... ."
             )
@@ -119,11 +122,12 @@ def data_config(cfg: DictConfig, from_run: bool) -> DictConfig:
     return OmegaConf.merge(data, {"split_dir": None})
 
 
-def output_folder(cfg: DictConfig) -> Path:
+def output_folder(cfg: DictConfig, checkpoints: list[Path]) -> Path:
+    """``output_dir``, or a new folder in the checkpoint's run (an ensemble's: in logs/eval)."""
     if cfg.get("output_dir"):
         return Path(cfg.output_dir)
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    run = RunFolder.of_checkpoint(cfg.ckpt_path)
+    run = RunFolder.of_checkpoint(checkpoints[0]) if len(checkpoints) == 1 else None
     base = run.evaluations if run else Path(cfg.paths.log_dir) / "eval"
     return base / f"{cfg.split}_{stamp}"
 
@@ -143,17 +147,20 @@ def metrics_config(cfg: DictConfig, module, from_command_line: bool) -> dict:
 def evaluate(
     cfg: DictConfig, data_from_run: bool = False, metrics_from_command_line: bool = False
 ) -> dict[str, Any]:
-    """Evaluate ``cfg.ckpt_path`` on ``cfg.split``; returns what ``eval.json`` holds."""
-    module = load_module(cfg.ckpt_path, inference_device(str(cfg.get("device", "auto"))))
-    task = module.task
-    datamodule = instantiate(data_config(cfg, data_from_run), _convert_="all")
+    """Evaluate ``cfg.ckpt_path`` (one checkpoint or an ensemble) on ``cfg.split``; returns what
+    ``eval.json`` holds."""
+    checkpoints = checkpoint_paths(plain(cfg.ckpt_path))
+    device = inference_device(str(cfg.get("device", "auto")))
+    segmenter = load_segmenter(checkpoints, device, plain(cfg.get("inference")))
+    module, task = segmenter.module, segmenter.task
+    datamodule = instantiate(data_config(cfg, data_from_run, checkpoints[0]), _convert_="all")
     if tuple(datamodule.classes) != task.classes:
         raise LightsegError(
             f"The checkpoint predicts classes {list(task.classes)}, but the data config gives "
             f"{list(datamodule.classes)}. Evaluate on the dataset it was trained on "
             "(experiment=... or data=...)."
         )
-    channels = model_input(module).channels
+    channels = segmenter.input.channels
     if datamodule.in_channels != channels:
         raise LightsegError(
             f"The checkpoint's model takes {channels}-channel images, but the data config reads "
@@ -165,7 +172,6 @@ def evaluate(
         raise LightsegError(f"split={cfg.split} is unknown: use test, val or train.")
     samples = datamodule.splits[cfg.split]
 
-    segmenter = build_segmenter(module, plain(cfg.get("inference")))
     crf = instantiate(cfg.postprocess) if cfg.get("postprocess") else None
     names = ["plain", "tta"] if segmenter.augmented else ["plain"]
     names += [f"{names[-1]}+crf"] if crf else []
@@ -174,7 +180,7 @@ def evaluate(
     scores = {name: Scores(build_metrics(chosen, task), task, failure) for name in names}
 
     # full-size pixels, read in the loader's workers, in the order of `samples`
-    read = partial(read_pair, datamodule.source)
+    read, seconds, passes = partial(read_pair, datamodule.source), 0.0, segmenter.passes
     loader = DataLoader(
         samples, batch_size=None, collate_fn=read, num_workers=datamodule.num_workers
     )
@@ -186,28 +192,38 @@ def evaluate(
         transient=True,
     ):
         target = torch.from_numpy(mask.astype(np.int64))[None]
+        start = time.perf_counter()
         probabilities, augmented = segmenter.with_and_without_tta(image)
+        seconds += time.perf_counter() - start
         scores["plain"].update(probabilities.argmax(0), target, sample_id)
         if augmented is not None:
             probabilities = augmented
             scores["tta"].update(probabilities.argmax(0), target, sample_id)
         if crf:
+            start = time.perf_counter()
             refined = crf(image, probabilities)
+            seconds += time.perf_counter() - start
             scores[names[-1]].update(refined.argmax(0), target, sample_id)
 
     final = scores[names[-1]]
     report = {
-        "checkpoint": str(cfg.ckpt_path),
+        "checkpoint": str(checkpoints[0]) if len(checkpoints) == 1 else "ensemble",
+        "members": [str(path) for path in checkpoints],
         "split": str(cfg.split),
         "images": len(samples),
         "classes": list(task.classes),
         "inference": {
             key: getattr(segmenter, key)
-            for key in ("mode", "image_size", "stride", "flip", "scales")
+            for key in ("mode", "image_size", "stride", "flip", "scales", "window_weights")
         },
         "postprocess": plain(cfg.get("postprocess")),
         "metrics": {name: s.summary() for name, s in scores.items()},
         "examples_from": names[-1],
+        "cost": {  # of the final variant; a pass covers the image (all its windows in slide mode)
+            "variant": names[-1],
+            "passes_per_image": (segmenter.passes - passes) / max(1, len(samples)),
+            "seconds_per_image": seconds / max(1, len(samples)),
+        },
     }
     computed = report["metrics"][names[-1]]
     monitor = str(cfg.get("monitor") or "").split("/", 1)[-1]  # ranks the examples if computed
@@ -222,7 +238,7 @@ def evaluate(
     best = ranked[count:][::-1][:count]  # best first; never an image already among the worst
     report["best"] = [{"id": i, "score": s} for s, i in best]
 
-    folder = output_folder(cfg)
+    folder = output_folder(cfg, checkpoints)
     with staged(folder, "the evaluation", " or give another output_dir=...") as staging:
         (staging / "eval.json").write_text(json.dumps(report, indent=2))
         write_per_class(staging / "per_class.csv", report)
@@ -313,6 +329,14 @@ def print_report(report: dict) -> None:
     for name in metrics[variants[0]]:
         table.add_row(name, *(cell(metrics[v].get(name), 4) for v in variants))
     console.print(table)
+    if len(report["members"]) > 1:
+        console.print(f"Ensemble of {len(report['members'])}: {', '.join(report['members'])}")
+    cost = report["cost"]
+    console.print(
+        f"Cost ({cost['variant']}): {cost['passes_per_image']:g} network passes, "
+        f"{cost['seconds_per_image']:.3f} s per image",
+        soft_wrap=True,
+    )
 
 
 def chosen_on_command_line(*groups: str) -> bool:

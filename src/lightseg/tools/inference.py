@@ -6,20 +6,22 @@ the logits of overlapping training-size windows over the image at its own scale;
 average test-time augmentations. A mode other than the one the model was validated with can show
 it images at a scale it never saw (``slide`` on a model trained on 765x570 images resized to
 256x256 sees every lesion three times larger): refused with the fix unless ``check_scale=False``.
+:class:`Ensemble` averages the probabilities of several checkpoints of one task.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from itertools import product
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lightseg.checkpoints import model_input
+from lightseg.checkpoints import load_module, model_input
 from lightseg.data.transforms import to_unit_range
 from lightseg.errors import LightsegError
 from lightseg.models import SegmentationModule
@@ -33,7 +35,10 @@ SCALE_LIMIT = 1.5
 class Segmenter:
     """Class probabilities for images of any size. ``image_size``: the input of ``whole`` mode
     and the window of ``slide`` (default: the training size); ``stride``: the window step
-    (default: two thirds of it); ``flip``, ``scales``: test-time augmentations, averaged over."""
+    (default: two thirds of it); ``flip``, ``scales``: test-time augmentations, averaged over;
+    ``window_weights``: how overlapping windows blend, ``mean`` or ``gaussian`` (nnU-Net's and
+    MONAI's importance weighting, sigma 1/8 of the window: window borders, which see the least
+    context, count less)."""
 
     module: SegmentationModule
     image_size: Sequence[int] | None = None
@@ -43,10 +48,17 @@ class Segmenter:
     scales: Sequence[float] = (1.0,)
     window_batch: int = 8
     check_scale: bool = True
+    window_weights: str = "mean"
 
     def __post_init__(self) -> None:
         if self.mode not in ("whole", "slide"):
             raise LightsegError(f"inference.mode='{self.mode}' is unknown: use whole or slide.")
+        if self.window_weights not in ("mean", "gaussian"):
+            raise LightsegError(
+                f"inference.window_weights='{self.window_weights}' is unknown: use mean or "
+                "gaussian."
+            )
+        self.passes = 0  # network passes over an image (all its windows in slide mode), for eval
         self.input, self.task = model_input(self.module), self.module.task
         size = self.image_size or self.input.image_size
         self.image_size = (int(size[0]), int(size[1]))
@@ -160,6 +172,7 @@ class Segmenter:
 
     def logits(self, images: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
         """Logits [N, out_channels, H, W] at the input's resolution, for one scale."""
+        self.passes += 1
         height, width = images.shape[-2:]
         if self.mode == "whole":
             size = tuple(nearest_multiple(side * scale, self.multiple) for side in self.image_size)
@@ -170,7 +183,8 @@ class Segmenter:
         return _resize(logits, (height, width))
 
     def _slide(self, images: torch.Tensor) -> torch.Tensor:
-        """Average the logits of overlapping windows; images smaller than one are padded."""
+        """Average (weighted) the logits of overlapping windows; images smaller than one are
+        padded."""
         (window_h, window_w), (step_h, step_w) = self.image_size, self.stride
         height, width = images.shape[-2:]
         # Padding with 0 in normalised space is the mean colour, as training pads.
@@ -179,8 +193,11 @@ class Segmenter:
         boxes = list(product(_starts(full_h, window_h, step_h), _starts(full_w, window_w, step_w)))
         total = padded.new_zeros((padded.shape[0], self.task.out_channels, full_h, full_w))
         count = padded.new_zeros((1, 1, full_h, full_w))
+        weights = padded.new_ones((1, window_h, window_w))
+        if self.window_weights == "gaussian":
+            weights = gaussian_weights(self.image_size).to(padded.device)[None]
         for top, left in boxes:
-            count[..., top : top + window_h, left : left + window_w] += 1
+            count[..., top : top + window_h, left : left + window_w] += weights
         for image, image_total in zip(padded, total, strict=True):
             for first in range(0, len(boxes), self.window_batch):
                 chunk = boxes[first : first + self.window_batch]
@@ -189,8 +206,18 @@ class Segmenter:
                 )
                 logits = logits_of(self.module(crops)).float()
                 for (top, left), window in zip(chunk, logits, strict=True):
-                    image_total[:, top : top + window_h, left : left + window_w] += window
+                    image_total[:, top : top + window_h, left : left + window_w] += window * weights
         return (total / count)[..., :height, :width]
+
+
+def gaussian_weights(window: Sequence[int]) -> torch.Tensor:
+    """[H, W] weights of a window's pixels: a Gaussian centred on it, sigma 1/8 of each side
+    (nnU-Net, MONAI), at most 1; never 0, so every pixel is covered."""
+    axes = [
+        torch.exp(-0.5 * ((torch.arange(side) - (side - 1) / 2) / (side / 8)) ** 2)
+        for side in window
+    ]
+    return axes[0][:, None] * axes[1][None]
 
 
 def _starts(full: int, window: int, step: int) -> list[int]:
@@ -211,7 +238,7 @@ def build_segmenter(module: SegmentationModule, inference: dict | None = None) -
     mode = options.pop("mode", "auto")
     if mode in (None, "auto"):
         mode = (module.hparams.get("inference") or {}).get("mode", "whole")
-    known = {"image_size", "stride", "flip", "scales", "window_batch", "check_scale"}
+    known = {field.name for field in fields(Segmenter)} - {"module", "mode"}
     unknown = sorted(set(options) - known)
     if unknown:
         raise LightsegError(
@@ -220,3 +247,79 @@ def build_segmenter(module: SegmentationModule, inference: dict | None = None) -
         )
     options = {k: v for k, v in options.items() if v is not None}
     return Segmenter(module, mode=mode, **options)
+
+
+class Ensemble:
+    """Several checkpoints of one task as one model: each member's probabilities (after its own
+    TTA) averaged at the image's resolution. The first member stands for the task, the input and
+    the metrics; the interface is :class:`Segmenter`'s that eval and predict use."""
+
+    def __init__(self, members: Sequence[Segmenter], paths: Sequence[str | Path]) -> None:
+        self.members, self.paths = list(members), [str(path) for path in paths]
+        first = self.members[0]
+        self.module, self.input, self.task = first.module, first.input, first.task
+        for path, member in zip(self.paths[1:], self.members[1:], strict=True):
+            differ = [
+                f"{what} {mine} vs {theirs}"
+                for what, mine, theirs in (
+                    ("classes", list(self.task.classes), list(member.task.classes)),
+                    ("input channels", self.input.channels, member.input.channels),
+                )
+                if mine != theirs
+            ]
+            if differ:
+                raise LightsegError(
+                    f"Checkpoints '{self.paths[0]}' and '{path}' cannot be ensembled: their "
+                    f"{' and '.join(differ)} differ. Ensemble checkpoints of one task (the same "
+                    "classes and input channels), e.g. the folds of one run set."
+                )
+
+    def __getattr__(self, name: str):
+        """Inference settings (mode, flip, ...) as the first member has them."""
+        if name == "members":  # not set yet (a copy being made)
+            raise AttributeError(name)
+        return getattr(self.members[0], name)
+
+    @property
+    def augmented(self) -> bool:
+        return any(member.augmented for member in self.members)
+
+    @property
+    def passes(self) -> int:
+        return sum(member.passes for member in self.members)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        return sum(member(image) for member in self.members) / len(self.members)
+
+    def with_and_without_tta(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        pairs = [member.with_and_without_tta(image) for member in self.members]
+        plain = sum(p for p, _ in pairs) / len(pairs)
+        if not self.augmented:
+            return plain, None
+        return plain, sum(p if a is None else a for p, a in pairs) / len(pairs)
+
+
+def checkpoint_paths(given) -> list[Path]:
+    """``ckpt_path`` as files: one, several (comma-separated or a list), or a folder of runs
+    (every ``checkpoints/best.ckpt`` below it; a run's own folder is refused as before)."""
+    single = given is None or isinstance(given, str | Path)
+    names = str(given or "").split(",") if single else [str(name) for name in given]
+    paths = []
+    for path in (Path(name.strip()) for name in names if name.strip()):
+        runs = path.is_dir() and not (path / "checkpoints").is_dir()
+        paths += (sorted(path.rglob("checkpoints/best.ckpt")) if runs else []) or [path]
+    if not paths:
+        raise LightsegError(
+            "ckpt_path is empty: give a checkpoint file, several (a.ckpt,b.ckpt: an ensemble) "
+            "or a folder of runs."
+        )
+    return paths
+
+
+def load_segmenter(
+    given, device: str | torch.device, inference: dict | None = None
+) -> Segmenter | Ensemble:
+    """The :class:`Segmenter` of ``ckpt_path``, or the :class:`Ensemble` of several."""
+    paths = checkpoint_paths(given)
+    members = [build_segmenter(load_module(path, device), inference) for path in paths]
+    return members[0] if len(members) == 1 else Ensemble(members, paths)

@@ -2,6 +2,7 @@
 
     python -m lightseg.tools.predict ckpt_path=best.ckpt input=photos/ output=masks/
     make predict CKPT=best.ckpt INPUT=photos/ OUTPUT=masks/ ARGS="effect=color-splash"
+    make predict CKPT=a.ckpt,b.ckpt INPUT=... OUTPUT=...     (an ensemble, as make eval takes)
 
 For every image: ``<name>_mask.png`` (class indices in a palette PNG), ``<name>_overlay.png``,
 with ``probabilities=true`` (binary models) ``<name>_prob.png``, and with
@@ -26,12 +27,11 @@ from omegaconf import DictConfig
 from PIL import Image, ImageOps, UnidentifiedImageError
 from rich.progress import track
 
-from lightseg.checkpoints import load_module
 from lightseg.config import app, plain
 from lightseg.data.pixels import TIFF_SUFFIXES, read_image
 from lightseg.errors import LightsegError, disk_full, no_room
 from lightseg.tools.effects import EFFECTS, Backdrop, apply_effect, background_pixels
-from lightseg.tools.inference import build_segmenter
+from lightseg.tools.inference import load_segmenter
 from lightseg.utils.console import console
 from lightseg.utils.devices import inference_device
 from lightseg.visualize import class_colors, display_image, overlay, palette_image
@@ -168,14 +168,14 @@ def predict(cfg: DictConfig) -> PredictionSummary:
         raise LightsegError(f"feather={feather} must be >= 0 pixels (0: a hard edge).")
     if not 0 <= float(cfg.alpha) <= 1:
         raise LightsegError(f"alpha={cfg.alpha} (the overlay's opacity) must be in 0..1.")
-    module = load_module(cfg.ckpt_path, inference_device(str(cfg.get("device", "auto"))))
-    if cfg.get("probabilities") and not module.task.binary:
+    device = inference_device(str(cfg.get("device", "auto")))
+    segmenter = load_segmenter(plain(cfg.ckpt_path), device, plain(cfg.get("inference")))
+    if cfg.get("probabilities") and not segmenter.task.binary:
         raise LightsegError(
             "probabilities=true writes the foreground probability of binary models; this model "
-            f"has {module.task.num_classes} classes. Leave probabilities=false."
+            f"has {segmenter.task.num_classes} classes. Leave probabilities=false."
         )
     files = input_images(Path(cfg.input), bool(cfg.get("recursive", False)))
-    segmenter = build_segmenter(module, plain(cfg.get("inference")))
     crf = instantiate(cfg.postprocess) if cfg.get("postprocess") else None
     background = backdrop(cfg.background) if effect == "background" else None
     created = not Path(cfg.output).exists()
