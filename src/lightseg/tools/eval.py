@@ -329,14 +329,15 @@ def print_report(report: dict) -> None:
     for name in metrics[variants[0]]:
         table.add_row(name, *(cell(metrics[v].get(name), 4) for v in variants))
     console.print(table)
-    if len(report["members"]) > 1:
-        console.print(f"Ensemble of {len(report['members'])}: {', '.join(report['members'])}")
-    cost = report["cost"]
-    console.print(
-        f"Cost ({cost['variant']}): {cost['passes_per_image']:g} network passes, "
-        f"{cost['seconds_per_image']:.3f} s per image",
-        soft_wrap=True,
-    )
+    members = report.get("members", [])  # scored baselines (make score) have no network
+    if len(members) > 1:
+        console.print(f"Ensemble of {len(members)}: {', '.join(members)}")
+    if cost := report.get("cost"):
+        console.print(
+            f"Cost ({cost['variant']}): {cost['passes_per_image']:g} network passes, "
+            f"{cost['seconds_per_image']:.3f} s per image",
+            soft_wrap=True,
+        )
 
 
 def chosen_on_command_line(*groups: str) -> bool:
