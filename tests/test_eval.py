@@ -161,7 +161,7 @@ def test_per_image_csv_holds_each_images_values_from_the_same_metrics(demo_check
     assert [r["variant"] for r in rows] == ["plain"] * 3 + ["tta"] * 3
     trained = json.loads((demo_checkpoint.parent.parent / "metrics.json").read_text())
     stages = {k.split("/", 1)[1] for k in trained if k.startswith(("val/", "test/"))}
-    failures = {"failure_rate/iou_below_0.65", "failure_rate/dice_below_0.5"}  # configs/eval.yaml
+    failures = {"failure_rate/iou_below_0.65", "failure_rate/dice_below_0.5"}  # configs/train.yaml
     assert set(report["metrics"]["plain"]) == (stages - {"loss"}) | failures
     # each image's Dice by hand, from the same predictions the evaluation made
     run = demo_checkpoint.parent.parent

@@ -369,6 +369,12 @@ def test_demo_multirun_turns_into_tables(one_thread, monkeypatch, tmp_path, data
         for name in ("dice_per_image", "jaccard_thresholded", "hd95", "assd"):
             mean = statistics.fmean(float(r[name]) for r in rows)
             assert mean == pytest.approx(metrics[f"test/{name}"], abs=1e-5)
+        # the failure share (configs/train.yaml: failure.dice=0.5): a column, and its mean logged
+        failed = [float(float(r["dice"]) < 0.5) for r in rows if r["dice"]]
+        assert [float(r["failure_rate/dice_below_0.5"]) for r in rows if r["dice"]] == failed
+        assert metrics["test/failure_rate/dice_below_0.5"] == pytest.approx(
+            statistics.fmean(failed)
+        )
         for row in rows:
             per_image.setdefault(arch, {}).setdefault(row["id"], []).append(float(row["dice"]))
     assert {arch: len(values) for arch, values in dice.items()} == {"Unet": 2, "FPN": 2}

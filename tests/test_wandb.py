@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import signal
 import socket
 
 import numpy as np
 import pytest
 import wandb
+from hydra import compose, initialize_config_dir
 from PIL import Image
 
+from lightseg import CONFIG_DIR
 from lightseg.runs.folder import WANDB_RUN_ID
+from lightseg.tools.eval import evaluate
 from lightseg.tools.plot import read_csv_log
 from lightseg.utils.loggers import wandb_logger, wandb_run_id
 from tests.runs import run_cli, tiny_cli_run
@@ -129,3 +133,29 @@ def test_wandb_run_id_is_kept_in_the_run_folder(tmp_path, monkeypatch):
     other = tmp_path / "other" / WANDB_RUN_ID
     assert wandb_run_id(other) == "sweep123"
     assert other.read_text() == "sweep123\n"
+
+
+def test_eval_numbers_land_in_the_summary_of_the_run_that_trained(
+    wandb_offline, one_thread, monkeypatch, tmp_path, data_dir
+):
+    run_cli(monkeypatch, *tiny_cli_run(tmp_path, data_dir), "logger=[csv,wandb]")
+    (run,) = (tmp_path / "logs" / "demo" / "runs").iterdir()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("eval", [f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}"])
+    report = evaluate(cfg, data_from_run=True)
+
+    run_id = (run / WANDB_RUN_ID).read_text().strip()
+    segments = sorted((run / "wandb").glob("offline-run-*"))  # training's, then eval's
+    assert len(segments) == 2 and segments[-1].name.endswith(f"-{run_id}")
+    # offline, the summary is in the run's record log: each key, then its value as JSON
+    log = (segments[-1] / f"run-{run_id}.wandb").read_bytes()
+
+    def summarised(key: str, value: float) -> bool:
+        return re.search(re.escape(key.encode()) + b".{1,4}" + json.dumps(value).encode(), log)
+
+    for name, value in report["metrics"]["plain"].items():
+        if value is not None:
+            assert summarised(f"eval/test/plain/{name}", value), name
+    assert report["cost"]["passes_per_image"] == 1
+    assert summarised("eval/test/cost/passes_per_image", 1.0)
+    assert b"confusion_matrix" in log and b"examples" in log  # the eval's figures as images

@@ -1,5 +1,6 @@
 """Each test image's metric values in the run folder (``per_image.csv``), after the test stage:
-``make table`` pairs these rows between runs for its confidence intervals and paired tests."""
+``make table`` pairs these rows between runs for its confidence intervals and paired tests. The
+failure shares (``test/failure_rate/...``) are logged from these rows, since they count images."""
 
 from __future__ import annotations
 
@@ -11,7 +12,12 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lightseg.runs import RunFolder
-from lightseg.runs.per_image import write_per_image
+from lightseg.runs.per_image import (
+    failure_shares,
+    failure_thresholds,
+    with_failures,
+    write_per_image,
+)
 
 
 def gathered(rows: list) -> list:
@@ -25,10 +31,12 @@ def gathered(rows: list) -> list:
 
 class PerImageResults(Callback):
     """Collects the per-image values ``SegmentationModule.test_step`` returns and writes them
-    to ``<folder>/per_image.csv`` (rank 0, after gathering every process's images)."""
+    to ``<folder>/per_image.csv`` (rank 0, after gathering every process's images), with the
+    failure columns of ``failure`` ({metric: threshold}: see :mod:`lightseg.runs.per_image`)."""
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, failure: Mapping[str, float] | None = None) -> None:
         self.path = RunFolder(folder).per_image
+        self.failure = failure_thresholds(failure)
         self.rows: list[tuple[str, dict[str, float]]] = []
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -39,7 +47,9 @@ class PerImageResults(Callback):
             self.rows.extend(outputs.get("per_image", ()))
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        rows = gathered(self.rows)
+        rows = [(i, with_failures(values, self.failure)) for i, values in gathered(self.rows)]
+        for name, share in failure_shares(values for _, values in rows).items():
+            pl_module.log(f"test/{name}", share)  # the same on every rank: all rows gathered
         if trainer.is_global_zero and rows:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             write_per_image(self.path, ({"id": i, **values} for i, values in rows))

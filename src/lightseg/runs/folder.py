@@ -67,6 +67,7 @@ class RunFolder:
     metrics = _inside("metrics.json")
     csv_log = _inside("csv", "metrics.csv")
     per_image = _inside(PER_IMAGE)
+    wandb_run_id = _inside(WANDB_RUN_ID)
     evaluations = _inside("eval")
 
     def info(self) -> dict[str, Any] | None:

@@ -1,9 +1,11 @@
 """The ``per_image.csv`` format: one row per image, then every metric's value for it.
 
 Columns: ``id`` (and in ``make eval``'s file, ``variant``: plain, tta, ...), then one column per
-metric value (``dice``, ``iou_lesion``, ...); empty where there is none (NaN). Training's test
-stage (``callbacks.PerImageResults``) and ``make eval`` write it; ``make table`` reads it to pair
-the same images between runs.
+metric value (``dice``, ``iou_lesion``, ...); empty where there is none (NaN). The failure columns
+``failure_rate/<metric>_below_<t>`` hold 1 where the image's value is below ``t`` (the config's
+``failure``), else 0: their mean over the images is the share that failed. Training's test
+stage (``callbacks.PerImageResults``), ``make eval`` and ``make score`` write it; ``make table``
+reads it to pair the same images between runs.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import csv
 import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+
+from lightseg.errors import LightsegError
 
 #: The columns that name a row rather than hold a value.
 KEYS = ("id", "variant")
@@ -32,6 +36,40 @@ def write_per_image(path: Path, rows: Iterable[Mapping[str, object]]) -> None:
         writer = csv.writer(file)
         writer.writerow(columns)
         writer.writerows([cell(row.get(column)) for column in columns] for row in rows)
+
+
+def failure_thresholds(failure: Mapping[str, object] | None) -> dict[str, float]:
+    """The config's ``failure`` ({metric: threshold}), each threshold checked to be a number."""
+    for name, threshold in (failure or {}).items():
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+            raise LightsegError(
+                f"failure.{name}={threshold} is not a number: an image fails below it (set "
+                f"failure.{name}=0.65, or remove it: ~failure.{name})."
+            )
+    return {name: float(threshold) for name, threshold in (failure or {}).items()}
+
+
+def with_failures(values: Mapping[str, float], thresholds: Mapping[str, float]) -> dict:
+    """An image's ``values`` plus its failure columns (NaN where the metric has no value: an
+    empty mask neither fails nor passes)."""
+    flags = {
+        f"failure_rate/{name}_below_{threshold:g}": (
+            math.nan if math.isnan(value := float(values[name])) else float(value < threshold)
+        )
+        for name, threshold in thresholds.items()
+        if name in values
+    }
+    return {**values, **flags}
+
+
+def failure_shares(rows: Iterable[Mapping[str, float]]) -> dict[str, float]:
+    """Each failure column's share of images that failed, over the images that have a value."""
+    flags: dict[str, list[float]] = {}
+    for row in rows:
+        for name, value in row.items():
+            if name.startswith("failure_rate/") and not math.isnan(value):
+                flags.setdefault(name, []).append(value)
+    return {name: sum(values) / len(values) for name, values in sorted(flags.items())}
 
 
 def read_per_image(path: Path, prefix: str, variant: str | None = None) -> dict:

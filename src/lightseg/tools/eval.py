@@ -52,14 +52,23 @@ from lightseg.metrics import (
     update_per_image,
 )
 from lightseg.runs import RunFolder
-from lightseg.runs.per_image import cell, write_per_image
+from lightseg.runs.per_image import (
+    cell,
+    failure_shares,
+    failure_thresholds,
+    with_failures,
+    write_per_image,
+)
 from lightseg.task import Task
 from lightseg.tools.inference import Segmenter, checkpoint_paths, load_segmenter
 from lightseg.utils.console import console
 from lightseg.utils.devices import inference_device
+from lightseg.utils.loggers import add_to_wandb_run, numbers
 from lightseg.visualize import confusion_figure, letterbox, overlay_grid
 
 SPLIT_ALIASES = {f"data.split={name}" for name in ("train", "val", "test")}
+#: What goes to W&B besides the metrics of each variant.
+SUMMARY = ("cost",)
 THUMBNAIL = 256  # side of each panel in examples.png
 
 
@@ -72,13 +81,8 @@ class Scores:
     def __init__(
         self, metrics: MetricCollection, task: Task, failure: Mapping[str, float] | None = None
     ) -> None:
-        self.task, self.metrics, self.failure = task, metrics, dict(failure or {})
-        for name, threshold in self.failure.items():
-            if isinstance(threshold, bool) or not isinstance(threshold, int | float):
-                raise LightsegError(
-                    f"failure.{name}={threshold} is not a number: an image fails below it (set "
-                    f"failure.{name}=0.65, or remove it: ~failure.{name})."
-                )
+        self.task, self.metrics = task, metrics
+        self.failure = failure_thresholds(failure)
         self.confusion = torch.zeros(task.num_classes, task.num_classes, dtype=torch.long)
         self.per_image: list[tuple[str, dict[str, float]]] = []
 
@@ -86,22 +90,14 @@ class Scores:
         """Score one image against its mask ``target`` [1, H, W] int64 (made once per image)."""
         preds = torch.from_numpy(prediction.astype(np.int64))[None]
         (values,) = update_per_image(self.metrics, preds, target, self.task)
-        for name, threshold in self.failure.items():
-            if name in values:  # no value (NaN): neither failed nor passed
-                value = float(values[name])
-                flag = math.nan if math.isnan(value) else float(value < threshold)
-                values[f"failure_rate/{name}_below_{threshold:g}"] = flag
-        self.per_image.append((sample_id, values))
+        self.per_image.append((sample_id, with_failures(values, self.failure)))
         self.confusion += confusion_matrix(preds, target, self.task.num_classes)
 
     def summary(self) -> dict[str, float | None]:
         """What eval.json holds: the metrics over the split and the failure shares (the mean of
         each image's 1/0), NaN as null so that the file stays JSON."""
         values = metric_values(self.metrics, self.task)
-        names = {key for _, image in self.per_image for key in image if key.startswith("failure_")}
-        for name in sorted(names):
-            flags = [float(v[name]) for _, v in self.per_image if not math.isnan(v[name])]
-            values[name] = float(np.mean(flags)) if flags else math.nan
+        values.update(failure_shares(image for _, image in self.per_image))
         return {key: finite_or_none(value) for key, value in values.items()}
 
 
@@ -253,8 +249,29 @@ def evaluate(
         save_examples(staging / "examples.png", report, datamodule.source, samples, segmenter, crf)
     print_report(report)
     console.print(f"Evaluation written to {folder}", soft_wrap=True)
+    if cfg.get("wandb", "auto") and len(checkpoints) == 1:
+        to_wandb(RunFolder.of_checkpoint(checkpoints[0]), report, folder)
     report["output_dir"] = str(folder)
     return report
+
+
+def to_wandb(run: RunFolder | None, report: dict, folder: Path) -> None:
+    """The numbers of ``report`` into the summary of the W&B run that trained the checkpoint (as
+    ``eval/<split>/<variant>/<metric>``, ``eval/<split>/cost/...``), if it logged to W&B."""
+    if run is None or not run.wandb_run_id.is_file():
+        return
+    settings = (
+        OmegaConf.select(OmegaConf.load(run.config), "logger.wandb")
+        if run.config.is_file()
+        else None
+    )
+    prefix = f"eval/{report['split']}"  # eval/test/tta/dice, eval/test/cost/seconds_per_image
+    values = numbers(report["metrics"], prefix)
+    values.update(numbers({k: report[k] for k in SUMMARY if k in report}, prefix))
+    add_to_wandb_run(run.wandb_run_id, plain(settings) or {}, values, folder.glob("*.png"))
+    console.print(
+        f"Added to the W&B summary of run {run.wandb_run_id.read_text().strip()}", soft_wrap=True
+    )
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ import string
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -160,6 +160,44 @@ def wandb_finished(folder: str | Path, patterns: Iterable[str]) -> Iterator[None
         if wandb.run is not None:
             upload_files(wandb.run, Path(folder), patterns)
             wandb.finish(exit_code=exit_code)
+
+
+def numbers(tree: Mapping, prefix: str) -> dict[str, float]:
+    """The numbers of a nested dict as ``{"<prefix>/<key>/<key>": value}`` (not lists, text)."""
+    out: dict[str, float] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(numbers(value, f"{prefix}/{key}"))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[f"{prefix}/{key}"] = value
+    return out
+
+
+def add_to_wandb_run(
+    id_file: Path, settings: Mapping, values: Mapping[str, float], images: Iterable[Path] = ()
+) -> None:
+    """Add ``values`` to the summary of the W&B run whose id ``id_file`` keeps (``settings``: the
+    training run's ``logger.wandb`` config), and ``images``: what ``make eval`` finds lands next to
+    the training curves. Offline when the server is out of reach (``wandb sync`` uploads later)."""
+    import wandb
+
+    folder = Path(id_file).parent
+    timeout = settings.get("probe_timeout", 5)
+    mode = wandb_mode(str(settings.get("mode", "auto")), str(folder), timeout)
+    run = wandb.init(
+        id=wandb_run_id(id_file),
+        project=settings.get("project"),
+        entity=settings.get("entity"),
+        dir=str(folder),
+        mode=mode,
+        resume="allow",
+        settings=wandb.Settings(show_info=False, init_timeout=settings.get("init_timeout", 60)),
+    )
+    try:
+        run.summary.update(dict(values))
+        run.log({path.stem: wandb.Image(str(path)) for path in images if path.is_file()})
+    finally:
+        run.finish()
 
 
 def drop_replayed_rows(logger: CSVLogger, step: int) -> None:
