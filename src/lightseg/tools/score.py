@@ -26,8 +26,9 @@ from rich.progress import track
 
 from lightseg.config import app, plain
 from lightseg.data.folder import files_by_stem, listing, pattern_regex
+from lightseg.data.module import SegmentationDataModule
 from lightseg.data.pixels import MaskReader
-from lightseg.data.source import read_pair
+from lightseg.data.source import Sample, read_pair
 from lightseg.errors import LightsegError
 from lightseg.metrics import build_metrics, metrics_for
 from lightseg.runs import RunFolder
@@ -40,27 +41,43 @@ from lightseg.visualize import confusion_figure
 BASELINES = "baselines"  # <run>/baselines/<name>/: one run folder per scored set of masks
 
 
-def score(cfg: DictConfig) -> dict:
-    """Score the masks in ``cfg.pred`` on ``cfg.split`` of ``cfg.run``; returns the eval.json."""
-    run, name, split = RunFolder(cfg.run), str(cfg.name), str(cfg.split)
+def run_samples(
+    run: RunFolder, *splits: str
+) -> tuple[DictConfig, SegmentationDataModule, dict[str, list[Sample]]]:
+    """The run's config, its datamodule (built from the run's ``data`` node) and the samples of
+    ``splits``, each checked against the run's ``splits/<split>.txt``: what was trained and
+    tested on, found again (also by scripts/nnunet.py, which exports the same images)."""
     if not run.config.is_file():
         raise LightsegError(
             f"run='{run}' holds no config.yaml, so the images and metrics are unknown: point "
-            "RUN= at a run folder that make train wrote (logs/<name>/runs/<time>)."
+            "RUN= (--run) at a run folder that make train wrote (logs/<name>/runs/<time>)."
         )
-    if not name or name != Path(name).name or name.startswith("."):
-        raise LightsegError(f"name='{name}' must be a plain folder name (e.g. NAME=nnunet).")
     config = OmegaConf.load(run.config)
     datamodule = instantiate(OmegaConf.merge(config.data, {"split_dir": None}), _convert_="all")
-    samples = datamodule.locate().get(split)
-    if not samples:
-        raise LightsegError(f"split={split} is unknown: use test, val or train.")
-    listed = run.path / SPLITS / f"{split}.txt"
-    if listed.is_file() and listed.read_text().splitlines() != [s.id for s in samples]:
-        raise LightsegError(
-            f"'{listed}' lists other images than the run's data config gives for split={split} "
-            "now: the dataset changed since the run. Restore the data the run was trained on."
-        )
+    located = datamodule.locate()
+    found = {}
+    for split in splits:
+        samples = located.get(split)
+        if not samples:
+            raise LightsegError(f"split={split} is unknown: use test, val or train.")
+        listed = run.path / SPLITS / f"{split}.txt"
+        if listed.is_file() and listed.read_text().splitlines() != [s.id for s in samples]:
+            raise LightsegError(
+                f"'{listed}' lists other images than the run's data config gives for "
+                f"split={split} now: the dataset changed since the run. Restore the data the run "
+                "was trained on."
+            )
+        found[split] = samples
+    return config, datamodule, found
+
+
+def score(cfg: DictConfig) -> dict:
+    """Score the masks in ``cfg.pred`` on ``cfg.split`` of ``cfg.run``; returns the eval.json."""
+    run, name, split = RunFolder(cfg.run), str(cfg.name), str(cfg.split)
+    if not name or name != Path(name).name or name.startswith("."):
+        raise LightsegError(f"name='{name}' must be a plain folder name (e.g. NAME=nnunet).")
+    config, datamodule, splits = run_samples(run, split)
+    samples = splits[split]
     task, pred = datamodule.task, Path(cfg.pred)
     if not pred.is_dir():
         raise LightsegError(f"pred='{pred}' is not a folder: PRED=<folder of predicted masks>.")
