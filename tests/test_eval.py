@@ -25,6 +25,7 @@ from lightseg.errors import LightsegError
 from lightseg.tools import eval as eval_tool
 from lightseg.tools.eval import evaluate, main
 from lightseg.tools.inference import Segmenter, checkpoint_paths, load_segmenter
+from lightseg.tools.uncertainty import mean_entropy
 
 
 def eval_config(ckpt, tmp_path, *overrides):
@@ -257,6 +258,9 @@ def test_an_ensemble_of_two_identical_checkpoints_equals_one_and_costs_twice(
     assert stored["cost"]["seconds_per_image"] > 0
     rows = list(csv.DictReader((tmp_path / "two" / "eval" / "per_image.csv").open()))
     assert len(rows) == 6 and (tmp_path / "two" / "eval" / "per_class.csv").is_file()
+    # identical members never disagree; their flipped views do
+    assert all(float(r["disagreement"]) == 0 for r in rows[:3])
+    assert all(0 < float(r["disagreement"]) < float(r["uncertainty"]) for r in rows[3:])
 
 
 def test_ensemble_probabilities_are_the_mean_of_its_members(demo_checkpoint, tmp_path):
@@ -299,3 +303,37 @@ def test_checkpoints_of_different_classes_are_refused_in_one_paragraph(demo_chec
     assert error.count("lightseg: error:") == 1 and "\n\n" not in error
     assert f"'{demo_checkpoint}' and '{other}' cannot be ensembled" in error
     assert "classes ['background', 'lesion'] vs ['background', 'mole']" in error
+
+
+def test_each_image_has_an_uncertainty_and_the_coverage_curve_ranks_by_it(
+    demo_checkpoint, tmp_path
+):
+    report = evaluate(eval_config(demo_checkpoint, tmp_path, "inference.flip=true"), True)
+    folder = tmp_path / "eval"
+    rows = list(csv.DictReader((folder / "per_image.csv").open()))
+    run = demo_checkpoint.parent.parent
+    datamodule = instantiate(OmegaConf.load(run / "config.yaml").data, _convert_="all")
+    segmenter = Segmenter(load_module(demo_checkpoint), flip=True)
+    by_id = {s.id: s for s in datamodule.locate()["test"]}
+    for row in rows[3:]:  # tta: the entropy of the mean of the views, minus theirs
+        image, _ = datamodule.source.read(by_id[row["id"]])
+        views = [v[0] for v in segmenter.views(segmenter.normalize(image)).values()]
+        mean = sum(views) / 2
+        assert float(row["uncertainty"]) == pytest.approx(mean_entropy(mean), abs=1e-6)
+        disagreement = mean_entropy(mean) - (mean_entropy(views[0]) + mean_entropy(views[1])) / 2
+        assert float(row["disagreement"]) == pytest.approx(disagreement, abs=1e-6)
+        assert 0 < float(row["disagreement"]) < float(row["uncertainty"]) < 1
+    assert all(r["disagreement"] == "" for r in rows[:3])  # plain: one view, nothing to compare
+
+    stored = json.loads((folder / "eval.json").read_text())
+    assert stored["coverage"] == report["coverage"] and list(report["coverage"]) == ["plain", "tta"]
+    for variant, part in (("plain", rows[:3]), ("tta", rows[3:])):
+        entry = report["coverage"][variant]
+        uncertainty, dice = ([float(r[k]) for r in part] for k in ("uncertainty", "dice"))
+        assert entry["metric"] == "dice" and len(entry["curve"]) == 3
+        assert entry["full"] == pytest.approx(np.mean(dice), abs=1e-5)  # all images kept
+        assert entry["curve"][0][1] == pytest.approx(dice[int(np.argmin(uncertainty))], abs=1e-5)
+        assert entry["curve"][-1] == [1.0, pytest.approx(entry["full"])]
+        assert entry["area"] == pytest.approx(np.mean([v for _, v in entry["curve"]]))
+        assert entry["area"] <= entry["oracle_area"] + 1e-9
+    assert Image.open(folder / "coverage.png").size[0] > 300

@@ -372,10 +372,19 @@ def test_a_16_bit_grayscale_picture_is_a_background(demo_checkpoint, photos, tmp
     assert far.mean() > 0.5 and result[..., 0].max() > 200
 
 
-def test_probabilities_of_a_multiclass_model_are_refused(photos, tmp_path):
+def test_multiclass_probabilities_are_refused_but_a_probability_map_is_the_winners(
+    photos, tmp_path
+):
     ckpt = tiny_checkpoint(tmp_path / "m.ckpt", ARCHITECTURES["unet"], ["bg", "a", "b"])
     with pytest.raises(LightsegError, match="binary models; this model has 3 classes"):
         predict(predict_config(ckpt, photos, tmp_path / "out", "probabilities=true"))
+    with pytest.raises(LightsegError, match=r"unknown map\(s\) \['entropy'\]; choose among"):
+        predict(predict_config(ckpt, photos, tmp_path / "out", "maps=[entropy]"))
+    predict(predict_config(ckpt, photos / "a.png", tmp_path / "out", "maps=probability"))
+    image = np.asarray(Image.open(photos / "a.png").convert("RGB"))
+    expected = Segmenter(load_module(ckpt))(image).max(0)  # the predicted class's
+    read = np.asarray(Image.open(tmp_path / "out" / "a_probability.png")) / 65535
+    assert np.abs(read - expected).max() <= 1 / 65535 and expected.min() < 0.999
 
 
 def test_predict_takes_an_ensemble_as_eval_does(demo_checkpoint, photos, tmp_path):
@@ -387,3 +396,25 @@ def test_predict_takes_an_ensemble_as_eval_does(demo_checkpoint, photos, tmp_pat
     for name in ("a_mask.png", "a_prob.png", "b_mask.png"):
         one, two = (np.asarray(Image.open(tmp_path / o / name)) for o in ("one", "two"))
         np.testing.assert_array_equal(one, two)
+
+
+def test_probability_and_uncertainty_maps_read_back_to_16_bits(demo_checkpoint, photos, tmp_path):
+    out = tmp_path / "out"
+    predict(
+        predict_config(demo_checkpoint, photos / "a.png", out, "maps=[probability,uncertainty]")
+    )
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a_mask.png",
+        "a_overlay.png",
+        "a_probability.png",
+        "a_uncertainty.png",
+    ]
+    image = np.asarray(Image.open(photos / "a.png").convert("RGB"))
+    probabilities = Segmenter(load_module(demo_checkpoint))(image).astype(np.float64)
+    entropy = -(probabilities * np.log(probabilities)).sum(0) / np.log(2)
+    for name, expected in (("probability", probabilities[1]), ("uncertainty", entropy)):
+        picture = Image.open(out / f"a_{name}.png")
+        assert picture.mode == "I;16" and picture.size == (70, 50)
+        read = np.asarray(picture) / 65535
+        assert np.abs(read - expected).max() <= 1 / 65535
+    assert np.ptp(entropy) > 0.01  # not a constant map

@@ -48,7 +48,7 @@ def test_failure_shares_by_hand():
         "empty": (np.zeros_like(truth), np.zeros_like(truth)),  # no lesion: no IoU, no Dice
     }
     for sample_id, (prediction, target) in cases.items():
-        scores.update(prediction, torch.from_numpy(target)[None], sample_id)
+        scores.update_mask(prediction, torch.from_numpy(target)[None], sample_id)
     flags = {i: (v[IOU_FAIL], v[DICE_FAIL]) for i, v in scores.per_image}
     assert flags["perfect"] == (0.0, 0.0) and flags["missed"] == (1.0, 1.0)
     assert flags["shifted"] == (1.0, 0.0) and flags["half"] == (1.0, 0.0)
@@ -131,6 +131,8 @@ def test_scoring_a_runs_own_predictions_reproduces_its_eval(own_predictions):
     assert len(score_rows) == 3 and {r["variant"] for r in score_rows} == {"own"}
     for row in (*eval_rows, *score_rows):
         del row["variant"]
+    for row in eval_rows:  # masks carry no probabilities, so no uncertainty
+        assert 0 < float(row.pop("uncertainty")) < 1
     assert score_rows == eval_rows  # every image, every value, to the last written digit
     # make table pairs the masks with the run's own eval: the same images, no difference
     table = results(run, ["test/dice", f"test/{IOU_FAIL}"], numbers_from=NumbersFrom(eval=True))

@@ -10,6 +10,11 @@ others) for plain inference and, side by side, with the configured TTA and dense
 ``eval.json``, ``per_class.csv``, ``per_image.csv`` (what ``make table eval=true`` pairs),
 ``confusion_matrix.png`` and ``examples.png`` (the worst and best images by ``monitor``), and
 prints and stores the cost of the final variant: network passes and seconds per image.
+
+Each image's ``uncertainty`` (and, over TTA views or ensemble members, their ``disagreement``;
+:mod:`lightseg.tools.uncertainty`) goes into ``per_image.csv``; ``eval.json``'s ``coverage`` and
+``coverage.png`` show whether it ranks the bad images last: the mean Dice of the most certain
+images as more are kept.
 """
 
 from __future__ import annotations
@@ -60,7 +65,8 @@ from lightseg.runs.per_image import (
     write_per_image,
 )
 from lightseg.task import Task
-from lightseg.tools.inference import Segmenter, checkpoint_paths, load_segmenter
+from lightseg.tools.inference import Segmenter, Views, checkpoint_paths, load_segmenter
+from lightseg.tools.uncertainty import coverage_curve, coverage_figure, mean_entropy
 from lightseg.utils.console import console
 from lightseg.utils.devices import inference_device
 from lightseg.utils.loggers import add_to_wandb_run, numbers
@@ -68,7 +74,7 @@ from lightseg.visualize import confusion_figure, letterbox, overlay_grid
 
 SPLIT_ALIASES = {f"data.split={name}" for name in ("train", "val", "test")}
 #: What goes to W&B besides the metrics of each variant.
-SUMMARY = ("cost",)
+SUMMARY = ("cost", "coverage")
 THUMBNAIL = 256  # side of each panel in examples.png
 
 
@@ -86,8 +92,18 @@ class Scores:
         self.confusion = torch.zeros(task.num_classes, task.num_classes, dtype=torch.long)
         self.per_image: list[tuple[str, dict[str, float]]] = []
 
-    def update(self, prediction: np.ndarray, target: torch.Tensor, sample_id: str) -> None:
-        """Score one image against its mask ``target`` [1, H, W] int64 (made once per image)."""
+    def update(self, probabilities: torch.Tensor, target: torch.Tensor, sample_id: str) -> None:
+        """Score one image's prediction, the argmax of its probabilities [C, H, W], against its
+        mask ``target`` [1, H, W] int64 (made once per image); add its ``uncertainty``."""
+        self.update_mask(probabilities.argmax(0).cpu().numpy(), target, sample_id)
+        self.add(uncertainty=mean_entropy(probabilities))
+
+    def add(self, **values: float) -> None:
+        """More values of the image scored last (a column each in per_image.csv)."""
+        self.per_image[-1][1].update(values)
+
+    def update_mask(self, prediction: np.ndarray, target: torch.Tensor, sample_id: str) -> None:
+        """Score a predicted mask [H, W] of class indices (``make score``: no probabilities)."""
         preds = torch.from_numpy(prediction.astype(np.int64))[None]
         (values,) = update_per_image(self.metrics, preds, target, self.task)
         self.per_image.append((sample_id, with_failures(values, self.failure)))
@@ -189,17 +205,17 @@ def evaluate(
     ):
         target = torch.from_numpy(mask.astype(np.int64))[None]
         start = time.perf_counter()
-        probabilities, augmented = segmenter.with_and_without_tta(image)
+        plain_views, augmented = segmenter.views_with_and_without_tta(image)
         seconds += time.perf_counter() - start
-        scores["plain"].update(probabilities.argmax(0), target, sample_id)
-        if augmented is not None:
-            probabilities = augmented
-            scores["tta"].update(probabilities.argmax(0), target, sample_id)
+        for name, views in (("plain", plain_views), ("tta", augmented)):
+            if views is not None:
+                score_views(scores[name], views, target, sample_id)
+        probabilities = (augmented or plain_views).probabilities
         if crf:
             start = time.perf_counter()
             refined = crf(image, probabilities)
             seconds += time.perf_counter() - start
-            scores[names[-1]].update(refined.argmax(0), target, sample_id)
+            scores[names[-1]].update(torch.from_numpy(refined), target, sample_id)
 
     final = scores[names[-1]]
     report = {
@@ -214,6 +230,7 @@ def evaluate(
         },
         "postprocess": plain(cfg.get("postprocess")),
         "metrics": {name: s.summary() for name, s in scores.items()},
+        "coverage": {name: curve for name, s in scores.items() if (curve := coverage(s.per_image))},
         "examples_from": names[-1],
         "cost": {  # of the final variant; a pass covers the image (all its windows in slide mode)
             "variant": names[-1],
@@ -246,6 +263,9 @@ def evaluate(
             final.confusion.numpy(), task.classes, f"{cfg.split}: {names[-1]}"
         )
         figure.savefig(staging / "confusion_matrix.png", dpi=120)
+        if report["coverage"]:
+            title = f"{cfg.split}: {report['images']} images"
+            coverage_figure(report["coverage"], title).savefig(staging / "coverage.png", dpi=120)
         save_examples(staging / "examples.png", report, datamodule.source, samples, segmenter, crf)
     print_report(report)
     console.print(f"Evaluation written to {folder}", soft_wrap=True)
@@ -257,7 +277,8 @@ def evaluate(
 
 def to_wandb(run: RunFolder | None, report: dict, folder: Path) -> None:
     """The numbers of ``report`` into the summary of the W&B run that trained the checkpoint (as
-    ``eval/<split>/<variant>/<metric>``, ``eval/<split>/cost/...``), if it logged to W&B."""
+    ``eval/<split>/<variant>/<metric>``, ``eval/<split>/cost/...``, ``.../coverage/<variant>/area``),
+    if it logged to W&B."""
     if run is None or not run.wandb_run_id.is_file():
         return
     settings = (
@@ -272,6 +293,29 @@ def to_wandb(run: RunFolder | None, report: dict, folder: Path) -> None:
     console.print(
         f"Added to the W&B summary of run {run.wandb_run_id.read_text().strip()}", soft_wrap=True
     )
+
+
+def score_views(scores: Scores, views: Views, target: torch.Tensor, sample_id: str) -> None:
+    """Score the averaged prediction; with several, add how much they disagree: the mean
+    mutual information, the uncertainty of the average minus the predictions' own (never
+    below 0 mathematically; rounding is cut off)."""
+    scores.update(torch.from_numpy(views.probabilities), target, sample_id)
+    if views.count > 1:
+        uncertainty = scores.per_image[-1][1]["uncertainty"]
+        scores.add(disagreement=max(0.0, uncertainty - views.entropy))
+
+
+def coverage(per_image: list[tuple[str, dict[str, float]]]) -> dict | None:
+    """Dice vs coverage (:func:`coverage_curve`) of one variant's images ranked by uncertainty:
+    each image's ``dice``, else its ``iou`` (binary: the foreground's; multiclass: the mean over
+    the classes present); None without either."""
+    metric = next((m for m in ("dice", "iou") if any(m in v for _, v in per_image)), None)
+    if metric is None:
+        return None
+    curve = coverage_curve(
+        [v["uncertainty"] for _, v in per_image], [v.get(metric, math.nan) for _, v in per_image]
+    )
+    return {"metric": metric, **curve} if curve else None
 
 
 @contextlib.contextmanager
@@ -346,6 +390,13 @@ def print_report(report: dict) -> None:
     for name in metrics[variants[0]]:
         table.add_row(name, *(cell(metrics[v].get(name), 4) for v in variants))
     console.print(table)
+    for variant, entry in report.get("coverage", {}).items():  # make score has none
+        console.print(
+            f"Coverage ({variant}: mean {entry['metric']} of the images kept, most certain "
+            f"first): area {entry['area']:.4f}, oracle {entry['oracle_area']:.4f}, all images "
+            f"{entry['full']:.4f}",
+            soft_wrap=True,
+        )
     members = report.get("members", [])  # scored baselines (make score) have no network
     if len(members) > 1:
         console.print(f"Ensemble of {len(members)}: {', '.join(members)}")

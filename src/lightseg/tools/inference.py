@@ -26,9 +26,23 @@ from lightseg.data.transforms import to_unit_range
 from lightseg.errors import LightsegError
 from lightseg.models import SegmentationModule
 from lightseg.models.network import logits_of, nearest_multiple
+from lightseg.tools.uncertainty import mean_entropy
 
 #: How far from the training scale a mode other than the validated one may show images.
 SCALE_LIMIT = 1.5
+
+
+@dataclass
+class Views:
+    """One image's probabilities [C, H, W] averaged over ``count`` predictions (TTA views,
+    ensemble members), and ``entropy``: the mean over those predictions of each one's own
+    uncertainty (:func:`~lightseg.tools.uncertainty.mean_entropy`). The uncertainty of the
+    average minus ``entropy`` is how much the predictions disagree (the mutual information),
+    kept as a number so that no prediction has to be held."""
+
+    probabilities: np.ndarray
+    count: int
+    entropy: float
 
 
 @dataclass
@@ -114,16 +128,25 @@ class Segmenter:
         return views
 
     def with_and_without_tta(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Probabilities [C, H, W] without TTA and averaged over TTA (None when off); the plain
-        view, part of most TTA settings, is computed once for both."""
+        """Probabilities [C, H, W] without TTA and averaged over TTA (None when off)."""
+        plain, augmented = self.views_with_and_without_tta(image)
+        return plain.probabilities, augmented.probabilities if augmented else None
+
+    def views_with_and_without_tta(self, image: np.ndarray) -> tuple[Views, Views | None]:
+        """:class:`Views` without TTA and over TTA (None when off); the plain view, part of
+        most TTA settings, is computed once for both."""
         images = self.normalize(image)
         views = self.views(images)
         plain = views.get((1.0, False))
         if plain is None:  # no scale is 1: the plain view is one more pass
             with torch.no_grad():
                 plain = self.task.probabilities(self.logits(images))
-        augmented = (sum(views.values()) / len(views))[0].cpu().numpy() if self.augmented else None
-        return plain[0].cpu().numpy(), augmented
+        alone = Views(plain[0].cpu().numpy(), 1, mean_entropy(plain[0]))
+        if not self.augmented:
+            return alone, None
+        entropy = sum(mean_entropy(view[0]) for view in views.values()) / len(views)
+        averaged = (sum(views.values()) / len(views))[0].cpu().numpy()
+        return alone, Views(averaged, len(views), entropy)
 
     def seen_scale(self, height: int, width: int, scale: float = 1.0) -> float:
         """How many times larger (> 1) or smaller the network sees an image of this size than
@@ -292,11 +315,26 @@ class Ensemble:
         return sum(member(image) for member in self.members) / len(self.members)
 
     def with_and_without_tta(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        pairs = [member.with_and_without_tta(image) for member in self.members]
-        plain = sum(p for p, _ in pairs) / len(pairs)
-        if not self.augmented:
-            return plain, None
-        return plain, sum(p if a is None else a for p, a in pairs) / len(pairs)
+        plain, augmented = self.views_with_and_without_tta(image)
+        return plain.probabilities, augmented.probabilities if augmented else None
+
+    def views_with_and_without_tta(self, image: np.ndarray) -> tuple[Views, Views | None]:
+        """The members' :class:`Views` pooled: probabilities averaged over members (each after
+        its own TTA), the entropy over every member's every view."""
+        pairs = [member.views_with_and_without_tta(image) for member in self.members]
+        plain = pooled([p for p, _ in pairs])
+        return plain, pooled([a or p for p, a in pairs]) if self.augmented else None
+
+
+def pooled(views: Sequence[Views]) -> Views:
+    """Several predictions' :class:`Views` as one: probabilities averaged (each counts once),
+    the entropy averaged over all their predictions."""
+    count = sum(view.count for view in views)
+    return Views(
+        sum(view.probabilities for view in views) / len(views),
+        count,
+        sum(view.entropy * view.count for view in views) / count,
+    )
 
 
 def checkpoint_paths(given) -> list[Path]:

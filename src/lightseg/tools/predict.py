@@ -5,8 +5,12 @@
     make predict CKPT=a.ckpt,b.ckpt INPUT=... OUTPUT=...     (an ensemble, as make eval takes)
 
 For every image: ``<name>_mask.png`` (class indices in a palette PNG), ``<name>_overlay.png``,
-with ``probabilities=true`` (binary models) ``<name>_prob.png``, and with
-``effect=background|color-splash`` ``<name>_<effect>.png`` (:mod:`lightseg.tools.effects`).
+with ``probabilities=true`` (binary models) ``<name>_prob.png``, with
+``effect=background|color-splash`` ``<name>_<effect>.png`` (:mod:`lightseg.tools.effects`), and
+with ``maps=[probability,uncertainty]`` 16-bit grayscale maps (0..65535 for 0..1):
+``<name>_probability.png``, the foreground probability (binary) or the winning class's
+(multiclass), and ``<name>_uncertainty.png``, each pixel's normalised entropy
+(:mod:`lightseg.tools.uncertainty`).
 ``recursive=true`` also reads subfolders.
 
 Images are read by training's own reader with the checkpoint's channel count; a 3-channel (RGB)
@@ -22,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -32,6 +37,7 @@ from lightseg.data.pixels import TIFF_SUFFIXES, read_image
 from lightseg.errors import LightsegError, disk_full, no_room
 from lightseg.tools.effects import EFFECTS, Backdrop, apply_effect, background_pixels
 from lightseg.tools.inference import load_segmenter
+from lightseg.tools.uncertainty import normalized_entropy
 from lightseg.utils.console import console
 from lightseg.utils.devices import inference_device
 from lightseg.visualize import class_colors, display_image, overlay, palette_image
@@ -41,6 +47,11 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 DEEP_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
 KINDS = {1: " (grayscale)", 2: " (grayscale + alpha)", 3: " (RGB)", 4: " (RGBA or 4 bands)"}
 SHOWN = 10  # skipped files named in an error
+#: ``maps`` options: what each 16-bit map of an image's probabilities [C, H, W] holds.
+MAPS = {
+    "probability": lambda p: p[1] if len(p) == 2 else p.max(0),
+    "uncertainty": lambda p: normalized_entropy(torch.from_numpy(p)).numpy(),
+}
 #: What reading a file that is no (complete) image raises.
 UNREADABLE = (OSError, ValueError, IndexError, UnidentifiedImageError, Image.DecompressionBombError)
 
@@ -168,6 +179,13 @@ def predict(cfg: DictConfig) -> PredictionSummary:
         raise LightsegError(f"feather={feather} must be >= 0 pixels (0: a hard edge).")
     if not 0 <= float(cfg.alpha) <= 1:
         raise LightsegError(f"alpha={cfg.alpha} (the overlay's opacity) must be in 0..1.")
+    maps = plain(cfg.get("maps")) or []
+    maps = [maps] if isinstance(maps, str) else list(maps)
+    if unknown := [m for m in maps if m not in MAPS]:
+        raise LightsegError(
+            f"maps={maps}: unknown map(s) {unknown}; choose among {list(MAPS)} (e.g. "
+            "maps=[probability,uncertainty]), or maps=[] for none."
+        )
     device = inference_device(str(cfg.get("device", "auto")))
     segmenter = load_segmenter(plain(cfg.ckpt_path), device, plain(cfg.get("inference")))
     if cfg.get("probabilities") and not segmenter.task.binary:
@@ -200,6 +218,9 @@ def predict(cfg: DictConfig) -> PredictionSummary:
         foreground = 1.0 - probabilities[0]  # binary: the class; multiclass: any non-background
         if cfg.get("probabilities"):
             files_out["prob"] = Image.fromarray(np.round(foreground * 255).astype(np.uint8))
+        for name in maps:  # 0..1 as 0..65535 (PIL writes uint16 as 16-bit grayscale PNG)
+            values = np.clip(np.asarray(MAPS[name](probabilities), np.float64), 0.0, 1.0)
+            files_out[name] = Image.fromarray(np.round(values * 65535).astype(np.uint16))
         if effect is not None:
             picture = apply_effect(effect, shown, foreground, background, float(feather), threshold)
             files_out[effect] = Image.fromarray(picture)

@@ -99,7 +99,7 @@ def score(cfg: DictConfig) -> dict:
             (height, width), (rows, columns) = mask.shape, truth.shape
             sizes.append(f"{sample.id}: {width}x{height}, its image {columns}x{rows}")
             continue
-        scores.update(mask, torch.from_numpy(truth.astype("int64"))[None], sample.id)
+        scores.update_mask(mask, torch.from_numpy(truth.astype("int64"))[None], sample.id)
     problems = [
         f"{len(items)} {what}: {listing(items, 5)}"
         for items, what in (
