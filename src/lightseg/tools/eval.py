@@ -276,9 +276,9 @@ def evaluate(
 
 
 def to_wandb(run: RunFolder | None, report: dict, folder: Path) -> None:
-    """The numbers of ``report`` into the summary of the W&B run that trained the checkpoint (as
-    ``eval/<split>/<variant>/<metric>``, ``eval/<split>/cost/...``, ``.../coverage/<variant>/area``),
-    if it logged to W&B."""
+    """The numbers of ``report`` into the summary of the W&B run that trained the checkpoint, if
+    it logged to W&B: ``eval/<split>/<variant>/<metric>``, ``eval/<split>/cost/...`` and
+    ``eval/<split>/coverage/<variant>/area``."""
     if run is None or not run.wandb_run_id.is_file():
         return
     settings = (
