@@ -24,6 +24,9 @@ NAME ?=
 # Hydra takes -m before the overrides: `make train ARGS="-m seed=0,1"` runs a sweep.
 HYDRA_ARGS = $(filter -m --multirun,$(ARGS)) experiment=$(EXP) $(filter-out -m --multirun,$(ARGS))
 
+# `make table ARGS="--by stratum"`: Hydra takes no --options, so --by X (or --by=X) becomes by=X.
+TABLE_ARGS = $(subst --by=,by=,$(subst --by ,by=,$(ARGS)))
+
 # Recipe line of `train` and `lr-find`: stop with the known experiments when EXP names none.
 define check_experiment
 @test -f configs/experiment/$(EXP).yaml || { \
@@ -80,9 +83,9 @@ plot: $(STAMP) ## Training curves as PNG: make plot RUN=<run folder>, or RUNS=<f
 	@test -n "$(RUN)$(RUNS)" || { echo "Set RUN=<run folder>, e.g. RUN=$$(ls -d logs/*/runs/* 2>/dev/null | tail -n 1), or RUNS=<folder of runs> to compare configurations"; exit 2; }
 	$(PY) -m lightseg.tools.plot $(if $(RUNS),"runs=$(RUNS)" $(if $(filter command line environment,$(origin METRICS)),"curves=[$(METRICS)]"),"run=$(RUN)") $(ARGS)
 
-table: $(STAMP) ## Results as Markdown + LaTeX: make table RUNS=logs/demo/multiruns/<time> [METRICS=test/dice,test/iou] [ARGS="eval=true labels={model.arch:arch}"]
+table: $(STAMP) ## Results as Markdown + LaTeX: make table RUNS=logs/demo/multiruns/<time> [METRICS=test/dice,test/iou] [ARGS="eval=true --by stratum"]
 	@test -n "$(RUNS)" || { echo "Set RUNS=<folder of runs>, e.g. RUNS=logs/demo/multiruns/<time> or RUNS=logs/demo"; exit 2; }
-	$(PY) -m lightseg.tools.table "runs=$(RUNS)" "columns=[$(METRICS)]" $(ARGS)
+	$(PY) -m lightseg.tools.table "runs=$(RUNS)" "columns=[$(METRICS)]" $(TABLE_ARGS)
 
 test: $(STAMP) ## Run the fast test suite (what CI runs)
 	$(PY) -m pytest -m "not slow and not gpu" -q

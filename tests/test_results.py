@@ -6,7 +6,9 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shlex
 import statistics
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ from lightseg import CONFIG_DIR
 from lightseg.errors import LightsegError
 from lightseg.tools.eval import evaluate
 from lightseg.tools.results import NumbersFrom, short_names
+from lightseg.tools.significance import two_level_ci, two_level_p
 from lightseg.tools.table import main, results, write_tables
 from tests.runs import run_app, run_cli, tiny_cli_run
 
@@ -126,8 +129,8 @@ def test_table_rows_are_configurations_with_mean_std_best_in_bold_and_failures_l
     # FPN: mean(0.8, 0.9) = 0.85, sample std = 0.0707; Unet: mean(.70, .74, .78) = .74, std .04
     # (no per_image.csv in these runs: no per-image columns)
     assert md.read_text().splitlines()[:4] == [
-        "| Configuration | test/dice | per image [95% CI] | p | val/loss | per image [95% CI] | p "
-        "| Runs |",
+        "| Configuration | test/dice | per image [95% CI] | p (MDD) | val/loss "
+        "| per image [95% CI] | p (MDD) | Runs |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
         "| arch=FPN | **0.850 ± 0.071** | - | - | 0.250 ± 0.071 | - | - | 2 |",
         "| arch=Unet | 0.740 ± 0.040 | - | - | **0.150 ± 0.050** | - | - | 3/4 |",
@@ -168,7 +171,8 @@ def test_table_errors_name_the_folder(tmp_path):
 
 def test_per_image_ci_and_paired_p_of_each_configuration(tmp_path):
     fpn = paired_sweep(tmp_path)
-    table = results(tmp_path, ["test/dice"], resamples=2000, seed=3)
+    options = {"resamples": 2000, "seed": 3, "test": "wilcoxon"}
+    table = results(tmp_path, ["test/dice"], **options)
     cells = {label: table.cells["test/dice", label] for label in ("arch=FPN", "arch=Unet")}
     # each image counts once, with its mean over the two seeds
     assert list(cells["arch=FPN"].images.values()) == pytest.approx(fpn)
@@ -183,24 +187,32 @@ def test_per_image_ci_and_paired_p_of_each_configuration(tmp_path):
     assert expected.low < fpn.mean() < expected.high
     assert cells["arch=FPN"].p_text == "best" and cells["arch=FPN"].p is None
     assert cells["arch=Unet"].p == pytest.approx(DOCUMENTED_P)
+    # MDD over images: (z_0.975 + z_0.8) * sd(differences) / sqrt(15), the differences being
+    # DIFFERENCES / 1000 (the seeds' offsets cancel in each image's mean)
+    mdd = (1.959964 + 0.841621) * np.std(DIFFERENCES, ddof=1) / 1000 / math.sqrt(15)
+    assert cells["arch=Unet"].mdd == pytest.approx(mdd, rel=1e-6) and mdd == pytest.approx(
+        0.0273, abs=1e-4
+    )
+    assert cells["arch=Unet"].difference == pytest.approx(-sum(DIFFERENCES) / 15000)
 
-    md, tex = write_tables(tmp_path, ["test/dice"], resamples=2000, seed=3)
+    md, tex = write_tables(tmp_path, ["test/dice"], **options)
     low, high = expected.low, expected.high
     assert (
-        f"| arch=FPN | **0.850 ± 0.014** | {fpn.mean():.3f} [{low:.3f}, {high:.3f}] | best | 2 |"
+        f"| arch=FPN | 0.850 ± 0.014 | **{fpn.mean():.3f} [{low:.3f}, {high:.3f}]** | best | 2 |"
         in md.read_text()
     )
     assert "| arch=Unet | 0.800 ± 0.014 | 0.719 [" in md.read_text()  # 0.74 - 314 / 15000
-    assert "| 0.041 | 2 |" in md.read_text()
-    assert "two-sided Wilcoxon signed-rank test" in md.read_text()
+    assert "| 0.041 (0.027) | 2 |" in md.read_text()
+    # significant (p < 0.05) though below the MDD: no "cannot resolve" note
+    assert "cannot resolve" not in md.read_text()
+    assert "p: two-sided Wilcoxon signed-rank test over images" in md.read_text()
     assert "(2000 resamples of the images, seed 3)" in md.read_text()
+    assert "minimal detectable difference (MDD)" in md.read_text()
     assert r"\caption{Mean $\pm$ sample standard deviation" in tex.read_text()
-    assert r"& 0.041 & 2 \\" in tex.read_text()
+    assert r"& 0.041 (0.027) & 2 \\" in tex.read_text()
     # the same seed gives the same table; another seed another interval
-    assert write_tables(tmp_path, ["test/dice"], resamples=2000, seed=3)[0].read_text() == (
-        md.read_text()
-    )
-    other = results(tmp_path, ["test/dice"], resamples=2000, seed=4)
+    assert write_tables(tmp_path, ["test/dice"], **options)[0].read_text() == md.read_text()
+    other = results(tmp_path, ["test/dice"], resamples=2000, seed=4, test="wilcoxon")
     assert other.cells["test/dice", "arch=FPN"].ci != cells["arch=FPN"].ci
 
 
@@ -328,7 +340,8 @@ def per_image_rows(path: Path) -> list[dict[str, str]]:
 
 
 def expected_image_columns(values: dict[str, list[float]], best: dict[str, list[float]]):
-    """The per-image text and p-value a row should show, computed here from the CSV files."""
+    """The per-image text and p (MDD) a row should show under test=wilcoxon, computed here from
+    the CSV files."""
     mean = {i: statistics.fmean(v) for i, v in values.items()}
     low, high = stats.bootstrap(
         (np.array(list(mean.values())),),
@@ -339,11 +352,12 @@ def expected_image_columns(values: dict[str, list[float]], best: dict[str, list[
     ).confidence_interval
     text = f"{statistics.fmean(mean.values()):.3f} [{low:.3f}, {high:.3f}]"
     if values is best:
-        return text, "best"
+        return f"**{text}**", "best"
     base = [statistics.fmean(best[i]) for i in mean]
     differences = np.array(list(mean.values())) - np.array(base)
     p = 1.0 if not differences.any() else stats.wilcoxon(differences).pvalue
-    return text, "<0.001" if p < 0.001 else f"{p:.3f}"
+    mdd = (1.959964 + 0.841621) * np.std(differences, ddof=1) / math.sqrt(len(differences))
+    return text, ("<0.001" if p < 0.001 else f"{p:.3f}") + f" ({mdd:.3f})"
 
 
 def test_demo_multirun_turns_into_tables(one_thread, monkeypatch, tmp_path, data_dir):
@@ -379,16 +393,26 @@ def test_demo_multirun_turns_into_tables(one_thread, monkeypatch, tmp_path, data
             per_image.setdefault(arch, {}).setdefault(row["id"], []).append(float(row["dice"]))
     assert {arch: len(values) for arch, values in dice.items()} == {"Unet": 2, "FPN": 2}
 
-    md, tex = write_tables(sweep, ["test/dice"])
+    md, tex = write_tables(sweep, ["test/dice"], test="wilcoxon")
 
-    means = {arch: round(statistics.fmean(v), 3) for arch, v in dice.items()}
+    # best: the per-image mean (over images of each image's mean over the seeds)
+    means = {
+        a: statistics.fmean(statistics.fmean(v) for v in i.values()) for a, i in per_image.items()
+    }
     best = max(means, key=means.get)
     for arch, values in dice.items():
         text = f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
-        text = f"**{text}**" if means[arch] == means[best] else text
         images, p = expected_image_columns(per_image[arch], per_image[best])
         assert f"| arch={arch} | {text} | {images} | {p} | 2 |" in md.read_text()
     assert tex.read_text().count(r"$\pm$") == 2 + 1 + 1  # two rows, the header, the caption
+    # each test image's stratum: the demo's diagnosis, which follows the lesion's size
+    strata = {r["id"]: r["stratum"] for job in jobs for r in per_image_rows(job / "per_image.csv")}
+    assert set(strata.values()) <= {"common_nevus", "atypical_nevus", "melanoma"}
+    table = results(sweep, ["test/dice"], by="stratum", resamples=200)
+    assert [part.title.split(" (")[0] for part in table.slices] == [
+        f"stratum = {name}" for name in sorted(set(strata.values()))
+    ]
+    assert all("fewer than min_images=10" in part.title for part in table.slices)  # 4 images
 
     # make eval on each run (native resolution), then the table of those evaluations
     for job in jobs:
@@ -396,9 +420,151 @@ def test_demo_multirun_turns_into_tables(one_thread, monkeypatch, tmp_path, data
             cfg = compose("eval", [f"ckpt_path={job / 'checkpoints' / 'best.ckpt'}"])
         evaluate(cfg, data_from_run=True)
         (folder,) = (job / "eval").iterdir()
-        assert {r["id"] for r in per_image_rows(folder / "per_image.csv")} == set(
-            (job / "splits" / "test.txt").read_text().split()
-        )
+        rows = per_image_rows(folder / "per_image.csv")
+        assert {r["id"] for r in rows} == set((job / "splits" / "test.txt").read_text().split())
+        assert all(r["stratum"] == strata[r["id"]] for r in rows if r["id"] in strata)
     md, _ = write_tables(sweep, ["test/dice", "test/hd95"], numbers_from=NumbersFrom(eval=True))
     assert "From eval.json and per_image.csv of make eval (test split" in md.read_text()
     assert md.read_text().count(" | best | ") == 2  # one reference row per metric
+
+
+def test_several_runs_per_row_get_the_two_level_bootstrap(tmp_path):
+    paired_sweep(tmp_path)  # two seeds per row: auto picks the two-level bootstrap
+    table = results(tmp_path, ["test/dice"], resamples=2000, seed=3)
+    fpn, unet = (table.cells["test/dice", label] for label in ("arch=FPN", "arch=Unet"))
+    rows = {row.label: row for row in table.rows}
+    per_run = {
+        label: [run.per_image["test/dice"] for run in sorted(row.runs, key=lambda r: r.folder)]
+        for label, row in rows.items()
+    }
+    base = 0.6 + 0.02 * np.arange(15)
+    assert fpn.value == pytest.approx(base.mean())  # the mean over runs of each run's mean
+    assert unet.value == pytest.approx(base.mean() - sum(DIFFERENCES) / 15000)
+    assert fpn.ci == two_level_ci(per_run["arch=FPN"], 2000, 3)
+    # seeds 0 and 1 in both rows: the runs pair
+    p = two_level_p(per_run["arch=Unet"], per_run["arch=FPN"], True, 2000, 3)
+    assert unet.p == p and 0.01 < p < 0.1  # Wilcoxon's is 0.041
+    # MDD: images (sd of DIFFERENCES / 1000 over 15) plus the paired run-mean differences
+    # (-0.005 and +0.005 from the seeds' offsets, variance 5e-5, over 2 runs)
+    se = math.sqrt(np.var(DIFFERENCES, ddof=1) / 1e6 / 15 + 5e-5 / 2)
+    assert unet.mdd == pytest.approx((1.959964 + 0.841621) * se, rel=1e-6)
+    assert fpn.bold and not unet.bold and fpn.p_text == "best"
+    md = write_tables(tmp_path, ["test/dice"], resamples=2000, seed=3)[0].read_text()
+    assert "p: two-level bootstrap over 2 runs x 15 images, two-sided" in md
+    assert "Wilcoxon" not in md
+    assert f"| {p:.3f} ({unet.mdd:.3f}) | 2 |" in md
+    wilcoxon = results(tmp_path, ["test/dice"], resamples=2000, seed=3, test="wilcoxon")
+    assert wilcoxon.cells["test/dice", "arch=Unet"].p == pytest.approx(DOCUMENTED_P)
+    with pytest.raises(LightsegError, match="test=ttest is not a test of make table"):
+        results(tmp_path, ["test/dice"], test="ttest")
+
+
+def test_best_is_the_per_image_statistic_and_small_differences_are_called_unresolved(tmp_path):
+    # metrics.json (pooled Dice) favours Unet; the per-image mean that the CI and p are about
+    # favours FPN: FPN is bold, on its per-image value
+    rng = np.random.default_rng(0)
+    fpn = rng.uniform(0.7, 0.9, 12)
+    unet = fpn - 0.002 + rng.normal(0, 0.02, 12)
+    fake_run(
+        tmp_path / "a", ["model.arch=FPN"], {"test/dice": 0.8}, per_image={"dice": images(fpn)}
+    )
+    fake_run(
+        tmp_path / "b", ["model.arch=Unet"], {"test/dice": 0.9}, per_image={"dice": images(unet)}
+    )
+    table = results(tmp_path, ["test/dice"])
+    cell = table.cells["test/dice", "arch=Unet"]
+    assert table.cells["test/dice", "arch=FPN"].bold and not cell.bold
+    assert cell.p > 0.05 and abs(cell.difference) < cell.mdd
+    md = write_tables(tmp_path, ["test/dice"])[0].read_text()
+    assert f"| arch=FPN | 0.800 | **{fpn.mean():.3f} [" in md
+    assert (
+        "- test/dice: the test set cannot resolve this difference from the best row (arch=FPN): "
+        f"not significant, and smaller than the minimal detectable difference: arch=Unet "
+        f"({cell.difference:+.3f}, MDD {cell.mdd:.3f})." in md
+    )
+
+
+def stratified_sweep(root: Path, stratum_column: bool = True) -> dict[str, list[str]]:
+    """FPN and Unet, two seeds each, 30 images of strata big (16), small (12), tiny (2): Unet
+    loses 0.1 on small lesions only; and a 0/1 failure column. Returns the ids per stratum."""
+    strata = ["big"] * 16 + ["small"] * 12 + ["tiny"] * 2
+    ids = [f"img{i:02d}" for i in range(30)]
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.7, 0.9, 30)
+    for number, (arch, seed) in enumerate([("FPN", 0), ("FPN", 1), ("Unet", 0), ("Unet", 1)]):
+        dice = base + rng.normal(0, 0.01, 30)
+        if arch == "Unet":
+            dice -= 0.1 * np.array([s == "small" for s in strata])
+        columns = {"dice": dict(zip(ids, dice, strict=True))}
+        columns["failure_rate/dice_below_0.75"] = dict(zip(ids, (dice < 0.75) * 1.0, strict=True))
+        if stratum_column:
+            columns = {"stratum": dict(zip(ids, strata, strict=True)), **columns}
+        fake_run(
+            root / str(number),
+            [f"model.arch={arch}", f"seed={seed}"],
+            {"test/dice": float(dice.mean()), "test/failure_rate/dice_below_0.75": 0.0},
+            per_image=columns,
+        )
+    return {name: [i for i, s in zip(ids, strata, strict=True) if s == name] for name in strata}
+
+
+def test_by_stratum_gives_a_table_per_slice_with_small_slices_flagged(tmp_path):
+    members = stratified_sweep(tmp_path)
+    failure = "test/failure_rate/dice_below_0.75"
+    table = results(tmp_path, ["test/dice", failure], resamples=1000, by="stratum")
+    assert [part.title for part in table.slices] == [
+        "stratum = big (16 test images)",
+        "stratum = small (12 test images)",
+        "stratum = tiny (2 test images): fewer than min_images=10, too few to read",
+    ]
+    big, small, _ = table.slices
+    run = next(r for row in small.rows for r in row.runs if r.folder.name == "2")
+    assert set(run.per_image["test/dice"]) == set(members["small"])
+    assert run.metrics["test/dice"] == pytest.approx(
+        np.mean(list(run.per_image["test/dice"].values()))
+    )
+    # Unet is worse on small lesions only: there the two-level test sees it, on big ones not
+    assert small.cells["test/dice", "arch=Unet"].p < 0.01
+    assert big.cells["test/dice", "arch=Unet"].p > 0.05
+    assert small.cells["test/dice", "arch=Unet"].difference == pytest.approx(-0.1, abs=0.01)
+    # the failure share: a per-image 0/1 column with its CI, lowest best (Unet fails more)
+    share = table.cells[failure, "arch=FPN"]
+    flags = [r.per_image[failure] for r in table.rows[0].runs]
+    assert share.value == pytest.approx(np.mean([np.mean(list(f.values())) for f in flags]))
+    assert share.ci[0] <= share.value <= share.ci[1] and share.ci[0] < share.ci[1]
+    assert share.bold and table.cells[failure, "arch=Unet"].p_text != "best"
+
+    md = write_tables(tmp_path, ["test/dice"], resamples=1000, by="stratum", min_images=3)[0]
+    text = md.read_text()
+    assert "### stratum = small (12 test images)\n\n| Configuration | test/dice |" in text
+    assert "### stratum = tiny (2 test images): fewer than min_images=3, too few to read" in text
+    assert "Test images of stratum small only." in text
+    assert text.count(r"\caption{") == 0
+    tex = (tmp_path / "results.tex").read_text()
+    assert tex.count(r"\begin{table}") == 4
+    assert r"\caption{stratum = big (16 test images). Test images of stratum big only." in tex
+
+
+def test_by_stratum_on_the_command_line_and_old_per_image_files(tmp_path):
+    stratified_sweep(tmp_path / "new")
+    command = subprocess.run(
+        ["make", "-n", "table", f"RUNS={tmp_path / 'new'}", "ARGS=--by stratum", "PY=python"],
+        cwd=Path(__file__).parents[1],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()[-1]
+    arguments = shlex.split(command)[3:]  # python -m lightseg.tools.table ...
+    assert arguments == [f"runs={tmp_path / 'new'}", "columns=[test/dice,test/iou]", "by=stratum"]
+    run_app(main, arguments[0], "columns=[test/dice]", *arguments[2:], "resamples=200")
+    assert "### stratum = tiny" in (tmp_path / "new" / "results.md").read_text()
+
+    stratified_sweep(tmp_path / "old", stratum_column=False)
+    with pytest.raises(LightsegError) as raised:
+        results(tmp_path / "old", ["test/dice"], by="stratum")
+    message = str(raised.value)
+    assert "per_image.csv' of run '" in message and "has no 'stratum' column" in message
+    assert "make eval CKPT=" in message and 'ARGS="eval=true --by stratum"' in message
+    assert "\n" not in message
+    with pytest.raises(LightsegError, match="by=diagnosis is not a way to slice"):
+        results(tmp_path / "new", ["test/dice"], by="diagnosis")

@@ -32,7 +32,8 @@ def gathered(rows: list) -> list:
 class PerImageResults(Callback):
     """Collects the per-image values ``SegmentationModule.test_step`` returns and writes them
     to ``<folder>/per_image.csv`` (rank 0, after gathering every process's images), with the
-    failure columns of ``failure`` ({metric: threshold}: see :mod:`lightseg.runs.per_image`)."""
+    failure columns of ``failure`` ({metric: threshold}: see :mod:`lightseg.runs.per_image`) and
+    each image's stratum from the datamodule's test split (``make table ARGS="--by stratum"``)."""
 
     def __init__(self, folder: str | Path, failure: Mapping[str, float] | None = None) -> None:
         self.path = RunFolder(folder).per_image
@@ -50,6 +51,8 @@ class PerImageResults(Callback):
         rows = [(i, with_failures(values, self.failure)) for i, values in gathered(self.rows)]
         for name, share in failure_shares(values for _, values in rows).items():
             pl_module.log(f"test/{name}", share)  # the same on every rank: all rows gathered
+        splits = getattr(getattr(trainer, "datamodule", None), "splits", None) or {}
+        strata = {sample.id: sample.stratum for sample in splits.get("test", ())}
         if trainer.is_global_zero and rows:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            write_per_image(self.path, ({"id": i, **values} for i, values in rows))
+            write_per_image(self.path, ({"id": i, "stratum": strata.get(i), **v} for i, v in rows))

@@ -18,7 +18,7 @@ from lightseg.data.ph2 import DIAGNOSES_FILE, IMAGES_FOLDER, PH2
 
 log = logging.getLogger(__name__)
 
-VERSION = "1"  # bump when the generator changes, so old copies are rewritten
+VERSION = "2"  # bump when the generator changes, so old copies are rewritten
 DIAGNOSES = ("Common Nevus", "Atypical Nevus", "Melanoma")
 
 
@@ -83,7 +83,7 @@ def synthetic_case(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
 def write_demo(root: Path, num_cases: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     images = root / IMAGES_FOLDER
-    rows = []
+    rows, areas = [], []
     for index in range(num_cases):
         case = f"IMD{index + 1:03d}"
         image, mask = synthetic_case(rng)
@@ -95,8 +95,22 @@ def write_demo(root: Path, num_cases: int, seed: int) -> None:
         if index % 7 == 0:  # the real archive has a few irregular ROI folders
             (folder / f"{case}_roi").mkdir(exist_ok=True)
             Image.fromarray(mask).convert("1").save(folder / f"{case}_roi" / f"{case}_R1_Roi.bmp")
-        rows.append((case, DIAGNOSES[(index % 5) // 2]))  # 2:2:1, like PH2's 80:80:40
-    write_diagnoses(root / DIAGNOSES_FILE, rows)
+        rows.append(case)
+        areas.append(mask.mean())
+    write_diagnoses(root / DIAGNOSES_FILE, list(zip(rows, diagnoses(areas), strict=True)))
+
+
+def diagnoses(areas: list[float]) -> list[str]:
+    """A diagnosis per case that follows its lesion's share of the image, so that the strata
+    (``make table ARGS="--by stratum"``) differ in difficulty: in each block of five cases, the
+    two smallest lesions are common nevi, the next two atypical, the largest a melanoma (2:2:1,
+    like PH2's 80:80:40)."""
+    labels = []
+    for start in range(0, len(areas), 5):
+        block = areas[start : start + 5]
+        ranks = np.argsort(np.argsort(block))  # 0: the smallest lesion of the block
+        labels += [DIAGNOSES[min(2, int(rank) // 2)] for rank in ranks]
+    return labels
 
 
 def write_diagnoses(path: Path, rows: list[tuple[str, str]]) -> None:

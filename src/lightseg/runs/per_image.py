@@ -1,7 +1,9 @@
 """The ``per_image.csv`` format: one row per image, then every metric's value for it.
 
-Columns: ``id`` (and in ``make eval``'s file, ``variant``: plain, tta, ...), then one column per
-metric value (``dice``, ``iou_lesion``, ...); empty where there is none (NaN). The failure columns
+Columns: ``id`` (and in ``make eval``'s file, ``variant``: plain, tta, ...), ``stratum`` (the
+image's ``Sample.stratum``: diagnosis, activity, ...; empty without one; files written before it
+existed lack the column), then one column per metric value (``dice``, ``iou_lesion``, ...); empty
+where there is none (NaN). The failure columns
 ``failure_rate/<metric>_below_<t>`` hold 1 where the image's value is below ``t`` (the config's
 ``failure``), else 0: their mean over the images is the share that failed. Training's test
 stage (``callbacks.PerImageResults``), ``make eval`` and ``make score`` write it; ``make table``
@@ -18,7 +20,7 @@ from pathlib import Path
 from lightseg.errors import LightsegError
 
 #: The columns that name a row rather than hold a value.
-KEYS = ("id", "variant")
+KEYS = ("id", "variant", "stratum")
 
 
 def cell(value: object, digits: int = 6) -> str:
@@ -87,3 +89,16 @@ def read_per_image(path: Path, prefix: str, variant: str | None = None) -> dict:
                     value = float(text) if text else math.nan
                     out.setdefault(f"{prefix}{name}", {})[row["id"]] = value
     return out
+
+
+def read_strata(path: Path, variant: str | None = None) -> dict[str, str] | None:
+    """``{image id: stratum}`` ("" without one) from a per_image.csv; None when the file has no
+    ``stratum`` column (written before lightseg recorded strata) or does not exist."""
+    if not path.is_file():
+        return None
+    with path.open(newline="") as file:
+        reader = csv.DictReader(file)
+        if "stratum" not in (reader.fieldnames or ()):
+            return None
+        rows = [r for r in reader if variant is None or r.get("variant", variant) == variant]
+    return {row["id"]: row["stratum"] for row in rows}

@@ -252,12 +252,17 @@ def evaluate(
     report["best"] = [{"id": i, "score": s} for s, i in best]
 
     folder = output_folder(cfg, checkpoints)
+    strata = {sample.id: sample.stratum for sample in samples}  # per_image.csv: make table --by
     with staged(folder, "the evaluation", " or give another output_dir=...") as staging:
         (staging / "eval.json").write_text(json.dumps(report, indent=2))
         write_per_class(staging / "per_class.csv", report)
         write_per_image(
             staging / "per_image.csv",
-            ({"id": i, "variant": v, **r} for v, s in scores.items() for i, r in s.per_image),
+            (
+                {"id": i, "variant": v, "stratum": strata[i], **r}
+                for v, s in scores.items()
+                for i, r in s.per_image
+            ),
         )
         figure = confusion_figure(
             final.confusion.numpy(), task.classes, f"{cfg.split}: {names[-1]}"

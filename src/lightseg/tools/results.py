@@ -20,7 +20,7 @@ import pandas as pd
 from lightseg.errors import LightsegError, one_line
 from lightseg.runs import RunFolder, find_runs
 from lightseg.runs.folder import PER_IMAGE, read_yaml
-from lightseg.runs.per_image import read_per_image
+from lightseg.runs.per_image import read_per_image, read_strata
 from lightseg.runs.resume import override_key
 
 #: Overrides that make no other configuration: replicates (seeds, splits, folds), paths, logging.
@@ -65,6 +65,8 @@ class RunResult:
     metrics: dict[str, float | None] | None
     status: str
     per_image: dict[str, dict[str, float]] = field(default_factory=dict)  # metric -> id -> v
+    strata: dict[str, str] | None = None  # id -> stratum; None: per_image.csv has no such column
+    per_image_file: Path | None = None  # where per_image and strata were read from
 
     def setting(self, key: str) -> str:
         for override in self.overrides:
@@ -106,21 +108,24 @@ class Row:
         return {image: statistics.fmean(v) for image, v in sorted(scores.items())}
 
 
-def eval_results(run: RunFolder, numbers_from: NumbersFrom) -> tuple[dict | None, dict, str | None]:
-    """(the newest ``make eval`` of the split, its per-image values, why there are none)."""
+def eval_results(run: RunFolder, numbers_from: NumbersFrom) -> tuple[dict | None, Path | None, str]:
+    """(the metrics of the newest ``make eval`` of the split, its per_image.csv, the variant
+    read; or None, None, why there are none)."""
     split = numbers_from.split
     reports = sorted(run.evaluations.glob(f"{split}_*/eval.json"))
     if not reports:
-        return None, {}, f"no eval/{split}_*/eval.json (make eval CKPT=<run>/checkpoints/best.ckpt)"
+        return (
+            None,
+            None,
+            f"no eval/{split}_*/eval.json (make eval CKPT=<run>/checkpoints/best.ckpt)",
+        )
     try:
         report = json.loads(reports[-1].read_text())
         variant = numbers_from.variant or report["examples_from"]
         metrics = report["metrics"][variant]
     except (OSError, ValueError, KeyError):
-        return None, {}, f"{reports[-1]} has no metrics for variant {numbers_from.variant}"
-    prefix = f"{split}/"
-    per_image = read_per_image(reports[-1].parent / PER_IMAGE, prefix, variant)
-    return {f"{prefix}{k}": v for k, v in metrics.items()}, per_image, None
+        return None, None, f"{reports[-1]} has no metrics for variant {numbers_from.variant}"
+    return {f"{split}/{k}": v for k, v in metrics.items()}, reports[-1].parent / PER_IMAGE, variant
 
 
 def read_run(run: RunFolder, numbers_from: NumbersFrom = TEST_STAGE) -> RunResult:
@@ -129,10 +134,16 @@ def read_run(run: RunFolder, numbers_from: NumbersFrom = TEST_STAGE) -> RunResul
     values = {key: str(value) for key, value in flat.items()}  # keys dotted: model.arch
     values.update({key: str(value) for key, value in run.group_choices().items()})
     trained = run.read_metrics()
+    missing, variant, prefix = None, None, "test/"
     if numbers_from.eval:
-        metrics, per_image, missing = eval_results(run, numbers_from)
+        metrics, path, variant = eval_results(run, numbers_from)
+        prefix = f"{numbers_from.split}/"
+        if metrics is None:
+            missing, variant = variant, None
     else:
-        metrics, per_image, missing = trained, read_per_image(run.per_image, "test/"), None
+        metrics, path = trained, run.per_image
+    per_image = read_per_image(path, prefix, variant) if path else {}
+    strata = read_strata(path, variant) if path else None
     status = "finished"
     if missing and trained is not None:
         status = missing
@@ -145,7 +156,7 @@ def read_run(run: RunFolder, numbers_from: NumbersFrom = TEST_STAGE) -> RunResul
         else:
             reason = one_line(info.get("message") or "")
             status = f"{info.get('status')}: {reason}".strip(": ")
-    return RunResult(run.path, run.overrides(), values, metrics, status, per_image)
+    return RunResult(run.path, run.overrides(), values, metrics, status, per_image, strata, path)
 
 
 def short_names(keys: Sequence[str], aliases: Mapping[str, str]) -> dict[str, str]:

@@ -134,13 +134,17 @@ def score(cfg: DictConfig) -> dict:
         "examples_from": name,
     }
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    strata = {sample.id: sample.stratum for sample in samples}  # per_image.csv: make table --by
     folder = baseline.evaluations / f"{split}_{stamp}"
     with staged(folder, "the scores", "") as staging:
         (staging / "eval.json").write_text(json.dumps(report, indent=2))
         write_per_class(staging / "per_class.csv", report)
         write_per_image(
             staging / "per_image.csv",
-            ({"id": i, "variant": name, **values} for i, values in scores.per_image),
+            (
+                {"id": i, "variant": name, "stratum": strata[i], **values}
+                for i, values in scores.per_image
+            ),
         )
         figure = confusion_figure(scores.confusion.numpy(), task.classes, f"{split}: {name}")
         figure.savefig(staging / "confusion_matrix.png", dpi=120)

@@ -11,9 +11,10 @@ Failed, missing and debug runs are listed under the table. Writes ``results.md``
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from hydra.utils import get_class
@@ -31,7 +32,18 @@ from lightseg.tools.results import (
     collect,
     names,
 )
-from lightseg.tools.significance import LEVEL, RESAMPLES, SEED, bootstrap_ci, paired_p
+from lightseg.tools.significance import (
+    LEVEL,
+    RESAMPLES,
+    SEED,
+    bootstrap_ci,
+    detectable,
+    difference_se,
+    paired_p,
+    run_mean,
+    two_level_ci,
+    two_level_p,
+)
 from lightseg.utils.console import console
 
 DEFAULT_METRICS = ("test/dice", "test/iou")
@@ -57,16 +69,50 @@ def lower_is_better(metric: str, runs: list[RunResult]) -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class Statistics:
+    """How rows are compared (configs/table.yaml): the test, its bootstrap, and the MDD's
+    alpha and power."""
+
+    test: str = "auto"  # auto | wilcoxon | hierarchical
+    resamples: int = RESAMPLES
+    seed: int = SEED
+    alpha: float = 0.05
+    power: float = 0.8
+
+    def hierarchical(self, rows: list[Row], metrics: list[str]) -> bool:
+        """``auto``: the two-level bootstrap when a row has several runs with per-image values."""
+        if self.test not in TESTS:
+            raise LightsegError(
+                f"test={self.test} is not a test of make table: set test=auto (the two-level "
+                "bootstrap when a row has several runs, else Wilcoxon), test=wilcoxon or "
+                "test=hierarchical."
+            )
+        several = any(len(scored(row, m)) > 1 for row in rows for m in metrics)
+        return self.test == "hierarchical" or (self.test == "auto" and several)
+
+
+TESTS = ("auto", "wilcoxon", "hierarchical")
+
+
+def scored(row: Row, metric: str) -> list[RunResult]:
+    """The row's runs with per-image values of ``metric``."""
+    return [run for run in row.runs if run.per_image.get(metric)]
+
+
 @dataclass
 class Cell:
     """One configuration's numbers for one metric."""
 
     runs: list[float]
     images: dict[str, float]
+    value: float | None = None  # the per-image statistic that the CI, p and bold are about
     ci: tuple[float, float] | None = None
     p: float | None = None
     p_text: str = "-"  # "best", "n/a", or the formatted p-value
-    bold: bool = False  # the best mean over runs (or as good at the table's digits)
+    mdd: float | None = None  # minimal detectable difference of the comparison with the best
+    difference: float | None = None  # value - the best row's value
+    bold: bool = False  # the best value (or as good at the table's digits)
 
     @property
     def image_mean(self) -> float | None:
@@ -75,7 +121,8 @@ class Cell:
 
 @dataclass
 class Results:
-    """Everything a table shows: rows, one Cell per metric and row, notes."""
+    """Everything a table shows: rows, one Cell per metric and row, notes; and with ``by``, one
+    such table per slice."""
 
     rows: list[Row]
     metrics: list[str]
@@ -83,6 +130,8 @@ class Results:
     notes: list[str]
     caption: str
     runs: int
+    title: str = ""
+    slices: list[Results] = field(default_factory=list)
 
 
 def compare(
@@ -90,36 +139,73 @@ def compare(
     runs: list[RunResult],
     metrics: list[str],
     digits: int,
-    resamples: int = RESAMPLES,
-    seed: int = SEED,
-) -> tuple[dict[tuple[str, str], Cell], list[str]]:
-    """Per metric and row: a cell (bold if best); and notes on what could not be computed."""
+    stats: Statistics = Statistics(),
+) -> tuple[dict[tuple[str, str], Cell], list[str], str]:
+    """Per metric and row: a cell (bold if best); notes on what could not be computed or
+    resolved; and the sentence that says which test gave the p-values."""
     cells, notes = {}, []
+    hierarchical = stats.hierarchical(rows, metrics)
     for metric in metrics:
         lower = lower_is_better(metric, runs)
         for row in rows:
-            images = row.images(metric)
-            ci = bootstrap_ci(list(images.values()), resamples, seed)
-            cells[metric, row.label] = Cell(row.values(metric), images, ci)
-        means = {r.label: statistics.fmean(v) for r in rows if (v := cells[metric, r.label].runs)}
+            cell = cells[metric, row.label] = Cell(row.values(metric), row.images(metric))
+            if hierarchical:
+                per_run = [run.per_image[metric] for run in scored(row, metric)]
+                cell.value = run_mean(per_run)
+                cell.ci = two_level_ci(per_run, stats.resamples, stats.seed)
+            else:
+                cell.value = cell.image_mean
+                cell.ci = bootstrap_ci(list(cell.images.values()), stats.resamples, stats.seed)
+        # best: the per-image statistic the CI and p are about; the run means without one
+        key = "value" if any(cells[metric, r.label].value is not None for r in rows) else "runs"
+        means = {
+            r.label: cell.value if key == "value" else statistics.fmean(cell.runs)
+            for r in rows
+            if (cell := cells[metric, r.label]).value is not None or (key == "runs" and cell.runs)
+        }
         if means:
             target = (min if lower else max)(means.values())
             for label, mean in means.items():
                 cells[metric, label].bold = round(mean, digits) == round(target, digits)
             reference = next(r for r in rows if means.get(r.label) == target)
-            notes += paired_tests(metric, rows, reference, cells)
-    return cells, notes
+            notes += paired_tests(metric, rows, reference, cells, hierarchical, stats, digits)
+    return cells, notes, test_sentence(rows, metrics, hierarchical, stats)
 
 
-def paired_tests(metric: str, rows: list[Row], reference: Row, cells) -> list[str]:
-    """Fill in each row's p-value against ``reference``; notes on rows that cannot be paired."""
+def paired_runs(row: Row, reference: Row, metric: str) -> tuple[list, list, bool]:
+    """Both rows' per-image values, run by run, and whether the runs pair: when both rows have
+    the same replicates (seed, data.split.seed, data.split.fold), ordered to match."""
+    keys = ("seed", "data.split.seed", "data.split.fold")
+    mine, theirs = scored(row, metric), scored(reference, metric)
+    replicates = [{tuple(r.setting(k) for k in keys): r for r in runs} for runs in (mine, theirs)]
+    paired = (
+        len(mine) == len(theirs) == len(replicates[0])
+        and replicates[0].keys() == replicates[1].keys()
+    )
+    if paired:
+        order = sorted(replicates[0])
+        mine, theirs = [replicates[0][k] for k in order], [replicates[1][k] for k in order]
+    return [r.per_image[metric] for r in mine], [r.per_image[metric] for r in theirs], paired
+
+
+def paired_tests(
+    metric: str,
+    rows: list[Row],
+    reference: Row,
+    cells,
+    hierarchical: bool,
+    stats: Statistics,
+    digits: int,
+) -> list[str]:
+    """Fill in each row's p-value and MDD against ``reference``; notes on rows that cannot be
+    paired, and on differences smaller than the test set can resolve."""
     base = cells[metric, reference.label]
     if not base.images:
         if any(cells[metric, row.label].images for row in rows):
             return [f"{metric}: the best row ({reference.label}) has no per-image values: no p."]
         return []
     base.p_text = "best"
-    notes = []
+    notes, unresolved = [], []
     for row in rows:
         cell = cells[metric, row.label]
         if row is reference or not cell.images:
@@ -131,10 +217,60 @@ def paired_tests(metric: str, rows: list[Row], reference: Row, cells) -> list[st
                 f"({reference.label}): not paired, no p."
             )
             continue
-        shared = [i for i in cell.images if i in base.images]
-        cell.p = paired_p([cell.images[i] for i in shared], [base.images[i] for i in shared])
+        mine, theirs, paired = paired_runs(row, reference, metric)
+        if hierarchical:
+            cell.p = two_level_p(mine, theirs, paired, stats.resamples, stats.seed)
+        else:
+            shared = [i for i in cell.images if i in base.images]
+            cell.p = paired_p([cell.images[i] for i in shared], [base.images[i] for i in shared])
+        level = "runs" if hierarchical else "images"
+        se = difference_se(mine, theirs, paired, level)
+        cell.mdd = None if se is None else detectable(se, stats.alpha, stats.power)
+        cell.difference = cell.value - base.value
         cell.p_text = "<0.001" if cell.p < 0.001 else f"{cell.p:.3f}"
+        if cell.mdd is not None:
+            cell.p_text += f" ({cell.mdd:.{digits}f})"
+            if abs(cell.difference) < cell.mdd and cell.p >= stats.alpha:
+                unresolved.append(
+                    f"{row.label} ({cell.difference:+.{digits}f}, MDD {cell.mdd:.{digits}f})"
+                )
+    if unresolved:
+        notes.append(
+            f"{metric}: the test set cannot resolve this difference from the best row "
+            f"({reference.label}): not significant, and smaller than the minimal detectable "
+            f"difference: {'; '.join(unresolved)}. Such a p says the test set is too small "
+            "for a difference of this size, not that the configurations are equal."
+        )
     return notes
+
+
+def spread(counts: set[int]) -> str:
+    return f"{min(counts)}" if len(counts) == 1 else f"{min(counts)}-{max(counts)}"
+
+
+def test_sentence(rows: list[Row], metrics: list[str], hierarchical: bool, stats) -> str:
+    """Which test gave the p-values, over how much data; and what the MDD is."""
+    runs = {len(scored(row, m)) for row in rows for m in metrics if scored(row, m)}
+    images = {len(row.tested(m)) for row in rows for m in metrics if row.tested(m)}
+    power = (
+        f"In parentheses, the minimal detectable difference (MDD): the true difference this "
+        f"test finds with {stats.power:.0%} power at alpha {stats.alpha:g} (two-sided) for "
+        f"these {'runs and ' if hierarchical else ''}images (normal approximation)."
+    )
+    if not runs:
+        return ""
+    if not hierarchical:
+        return (
+            "p: two-sided Wilcoxon signed-rank test over images (scipy.stats.wilcoxon) of the "
+            f"per-image values against the best row's on the same {spread(images)} images; "
+            f"run-to-run training variance is not part of it. {power}"
+        )
+    return (
+        f"p: two-level bootstrap over {spread(runs)} runs x {spread(images)} images, two-sided, "
+        f"of the difference from the best row ({stats.resamples} resamples of the runs and, "
+        f"within them, of the images by id, seed {stats.seed}; runs pair by seed and data "
+        f"split where both rows have the same ones). {power}"
+    )
 
 
 def results(
@@ -146,9 +282,20 @@ def results(
     include_debug: bool = False,
     resamples: int = RESAMPLES,
     seed: int = SEED,
+    test: str = "auto",
+    alpha: float = 0.05,
+    power: float = 0.8,
+    by: str | None = None,
+    min_images: int = 10,
 ) -> Results:
-    """Collect the runs under ``root`` and compute what the table shows."""
+    """Collect the runs under ``root`` and compute what the table shows (``by="stratum"``: and
+    one table per stratum of the test images)."""
     root = Path(root)
+    if by not in (None, "stratum"):
+        raise LightsegError(
+            f"by={by} is not a way to slice a table: use --by stratum (by=stratum), or leave "
+            "it out for one table."
+        )
     rows, runs, debug = collect(root, numbers_from, aliases, include_debug)
     available = sorted({k for r in runs if r.metrics for k in r.metrics})
     unknown = [m for m in metrics if m not in available]
@@ -158,7 +305,8 @@ def results(
             f"({numbers_from.describe()}). Available: {', '.join(available)}."
         )
     metrics = list(metrics)
-    cells, notes = compare(rows, runs, metrics, digits, resamples, seed)
+    stats = Statistics(test, resamples, seed, alpha, power)
+    cells, notes, sentence = compare(rows, runs, metrics, digits, stats)
     notes = [*missing_notes(rows, metrics, root), *notes]
     single = [row.label for row in rows if row.finished == 1]
     if single:
@@ -178,7 +326,69 @@ def results(
     if debug:
         notes.append(f"Debug runs left out ({len(debug)}; include_debug=true keeps them):")
         notes += [f"  - {run.folder.relative_to(root)} (debug={run.debug})" for run in debug]
-    return Results(rows, metrics, cells, notes, caption(numbers_from, resamples, seed), len(runs))
+    text = caption(numbers_from, sentence, stats.hierarchical(rows, metrics), resamples, seed)
+    table = Results(rows, metrics, cells, notes, text, len(runs))
+    if by:
+        table.slices = by_stratum(rows, runs, metrics, digits, stats, root, min_images)
+    return table
+
+
+def by_stratum(
+    rows: list[Row],
+    runs: list[RunResult],
+    metrics: list[str],
+    digits: int,
+    stats: Statistics,
+    root: Path,
+    min_images: int,
+) -> list[Results]:
+    """One table per stratum: each run's per-image values of the stratum's images, its mean
+    over them as the run's number; compared as the whole table is."""
+    for run in runs:
+        if run.per_image and run.strata is None:
+            raise LightsegError(
+                f"--by stratum: '{run.per_image_file}' of run '{run.folder}' has no 'stratum' "
+                "column (it was written before lightseg recorded each image's stratum). Re-run "
+                f"make eval CKPT={run.folder}/checkpoints/best.ckpt for each such run and make "
+                'the table from those evaluations: ARGS="eval=true --by stratum".'
+            )
+    strata = {i: s or "(none)" for run in runs for i, s in (run.strata or {}).items()}
+    if not strata:
+        raise LightsegError(
+            f"--by stratum: no run under '{root}' has per-image values ({PER_IMAGE}), so no "
+            "image has a stratum. Finish the runs' test stage, or make eval them and add eval=true."
+        )
+    tables = []
+    for name in sorted(set(strata.values())):
+        ids = {i for i, s in strata.items() if s == name}
+        sliced = [
+            Row(row.label, [restricted(run, ids, metrics) for run in row.runs]) for row in rows
+        ]
+        members = [run for row in sliced for run in row.runs]
+        cells, notes, sentence = compare(sliced, members, metrics, digits, stats)
+        title = f"stratum = {name} ({len(ids)} test images)"
+        if len(ids) < min_images:
+            title += f": fewer than min_images={min_images}, too few to read"
+        text = (
+            f"Test images of stratum {name} only. Mean ± std over runs of each run's mean over "
+            f"these images; per image [95% CI] and p as in the whole table. {sentence}"
+        )
+        tables.append(Results(sliced, metrics, cells, notes, text, len(members), title))
+    return tables
+
+
+def restricted(run: RunResult, ids: set[str], metrics: list[str]) -> RunResult:
+    """``run`` with the per-image values of ``ids`` only, and their means as its metrics."""
+    per_image = {
+        m: {i: v for i, v in values.items() if i in ids} for m, values in run.per_image.items()
+    }
+    if run.metrics is None:
+        return replace(run, per_image=per_image)
+    means = {}
+    for metric in metrics:
+        values = [v for v in per_image.get(metric, {}).values() if not math.isnan(v)]
+        means[metric] = statistics.fmean(values) if values else None
+    return replace(run, per_image=per_image, metrics=means)
 
 
 def missing_notes(rows: list[Row], metrics: list[str], root: Path) -> list[str]:
@@ -202,16 +412,27 @@ def missing_notes(rows: list[Row], metrics: list[str], root: Path) -> list[str]:
     return notes
 
 
-def caption(numbers_from: NumbersFrom, resamples: int, seed: int) -> str:
+def caption(
+    numbers_from: NumbersFrom, sentence: str, hierarchical: bool, resamples: int, seed: int
+) -> str:
+    if hierarchical:
+        per_image = (
+            "Per image: the mean over runs of each run's mean over its test images, bold for "
+            f"the best, and its {LEVEL:.0%} two-level percentile bootstrap confidence interval "
+            "(runs resampled, and within them images)."
+        )
+    else:
+        per_image = (
+            "Per image: the mean over test images of each image's value (an image scored by "
+            "several runs of a configuration counts once, with its mean over them), bold for "
+            f"the best, and its {LEVEL:.0%} percentile bootstrap confidence interval "
+            f"({resamples} resamples of the images, seed {seed})."
+        )
     return (
-        "Mean ± sample standard deviation over runs (seeds, data splits); best mean in bold "
-        "(lowest for losses and distances). Per image: the mean over test images of each "
-        "image's value (an image scored by several runs of a configuration counts once, with "
-        f"its mean over them) and its {LEVEL:.0%} percentile bootstrap confidence interval "
-        f"({resamples} resamples of the images, seed {seed}). p: two-sided Wilcoxon "
-        "signed-rank test (scipy.stats.wilcoxon) of the per-image values against the best "
-        f"row's on the same images. From {numbers_from.describe()}."
-    )
+        "Mean ± sample standard deviation over runs (seeds, data splits); bold for the best "
+        "mean where there are no per-image values (lowest for losses and distances). "
+        f"{per_image} {sentence} From {numbers_from.describe()}."
+    ).replace("  ", " ")
 
 
 def mean_text(values: list[float], digits: int, plus_minus: str) -> str:
@@ -223,21 +444,26 @@ def mean_text(values: list[float], digits: int, plus_minus: str) -> str:
 
 
 def row_cells(table: Results, row: Row, digits: int, plus_minus: str, bold: str, less: str) -> list:
-    """Per metric: the mean ± std over runs (``bold`` if best), the per-image mean [CI] (``-``
-    without values) and p (its ``<`` written ``less``); then the run count (``finished/total``)."""
+    """Per metric: the mean ± std over runs, the per-image value [CI] (``-`` without values;
+    ``bold`` on the best value, or on the best mean without one) and p (MDD) (its ``<`` written
+    ``less``); then the run count (``finished/total``)."""
     cells = []
     for metric in table.metrics:
         cell = table.cells[metric, row.label]
         text = mean_text(cell.runs, digits, plus_minus)
         ci = f" [{cell.ci[0]:.{digits}f}, {cell.ci[1]:.{digits}f}]" if cell.ci else ""
-        image = "-" if cell.image_mean is None else f"{cell.image_mean:.{digits}f}{ci}"
-        cells += [bold.format(text) if cell.bold else text, image, cell.p_text.replace("<", less)]
+        image = "-" if cell.value is None else f"{cell.value:.{digits}f}{ci}"
+        on_images = cell.value is not None
+        text = bold.format(text) if cell.bold and not on_images else text
+        image = bold.format(image) if cell.bold and on_images else image
+        cells += [text, image, cell.p_text.replace("<", less)]
     total = len(row.runs)
     return [*cells, str(total) if row.finished == total else f"{row.finished}/{total}"]
 
 
 def markdown(table: Results, digits: int) -> str:
-    header = [f"{m} | per image [95% CI] | p" for m in table.metrics]
+    """The table, its caption and notes; then each slice's under a heading."""
+    header = [f"{m} | per image [95% CI] | p (MDD)" for m in table.metrics]
     lines = [
         "| Configuration | " + " | ".join(header) + " | Runs |",
         "|---|" + "---:|---:|---:|" * len(table.metrics) + "---:|",
@@ -248,6 +474,8 @@ def markdown(table: Results, digits: int) -> str:
     lines += ["", table.caption]
     if table.notes:  # sub-items (a note's list) are indented already
         lines += ["", *(n if n.startswith("  - ") else f"- {n}" for n in table.notes)]
+    for part in table.slices:
+        lines += ["", f"### {part.title}", "", markdown(part, digits).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 
@@ -271,15 +499,18 @@ def latex(table: Results, digits: int, root: Path) -> str:
         " & ".join(["", *heads, ""]) + r" \\",
         "".join(rf"\cmidrule(lr){{{2 + 3 * i}-{4 + 3 * i}}}" for i in range(count)),
         "Configuration & "
-        + " & ".join([r"mean $\pm$ std & per image [95\% CI] & $p$"] * count)
+        + " & ".join([r"mean $\pm$ std & per image [95\% CI] & $p$ (MDD)"] * count)
         + r" & Runs \\",
         r"\midrule",
     ]
     for row in table.rows:
         cells = row_cells(table, row, digits, r" $\pm$ ", r"\textbf{{{}}}", "$<$")
         lines.append(row.label.translate(LATEX_ESCAPES) + " & " + " & ".join(cells) + r" \\")
+    if table.title:
+        caption = f"{table.title.translate(LATEX_ESCAPES)}. {caption}"
     lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}", r"\end{table}"]
     lines += [f"% {note}" for note in table.notes]
+    lines += [latex(part, digits, root).rstrip("\n") for part in table.slices]
     return "\n".join(lines) + "\n"
 
 
@@ -302,7 +533,9 @@ def write_tables(
 
 @app("table")
 def main(cfg: DictConfig) -> None:
-    check_types(cfg, eval=bool, include_debug=bool, digits=int, resamples=int, seed=int)
+    check_types(
+        cfg, eval=bool, include_debug=bool, digits=int, resamples=int, seed=int, min_images=int
+    )
     md, tex = write_tables(
         cfg.runs,
         names(cfg.columns),
@@ -313,6 +546,11 @@ def main(cfg: DictConfig) -> None:
         include_debug=cfg.include_debug,
         resamples=cfg.resamples,
         seed=cfg.seed,
+        test=cfg.test,
+        alpha=cfg.alpha,
+        power=cfg.power,
+        by=cfg.by,
+        min_images=cfg.min_images,
     )
     console.print(md.read_text(), markup=False, soft_wrap=True)
     console.print(f"Wrote {md} and {tex}")
