@@ -2,11 +2,14 @@
 (settings: configs/table.yaml).
 
 One row per configuration (:mod:`lightseg.tools.results`). For each metric: the mean ± sample
-standard deviation over the runs (best in bold); the mean over test images with a 95 % bootstrap
-confidence interval; and the p-value of a Wilcoxon signed-rank test against the best row on the
-same images. ``eval=true`` reads each run's newest ``make eval`` instead of its test stage.
-Failed, missing and debug runs are listed under the table. Writes ``results.md`` and
-``results.tex``.
+standard deviation over the runs; the per-image statistic with a 95 % bootstrap confidence
+interval (best in bold); and the p-value against the best row on the same images, with the
+minimal detectable difference (MDD). With several runs in a row the CI and p come from a
+two-level bootstrap over runs and images (run-to-run training variance included), else from the
+images alone and a Wilcoxon signed-rank test (``test=``); the caption names the test. ``by=stratum``
+adds one table per stratum of the test images. ``eval=true`` reads each run's newest ``make eval``
+instead of its test stage. Failed, missing and debug runs are listed under the table. Writes
+``results.md`` and ``results.tex``.
 """
 
 from __future__ import annotations
