@@ -161,8 +161,10 @@ def difference_se(
     image_term = np.var([mine[i] - theirs[i] for i in shared], ddof=1) / len(shared)
     if level == "images":
         return float(np.sqrt(image_term))
-    if paired_runs and len(runs) > 1:
-        differences = [run_mean([a]) - run_mean([b]) for a, b in zip(runs, reference, strict=True)]
+    pairs = zip(runs, reference, strict=True) if paired_runs else ()
+    means = [(run_mean([a]), run_mean([b])) for a, b in pairs]
+    differences = [a - b for a, b in means if a is not None and b is not None]
+    if len(differences) > 1:
         run_term = np.var(differences, ddof=1) / len(differences)
     else:
         run_term = sum(
