@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -16,6 +17,17 @@ from PIL import Image
 
 from lightseg import CONFIG_DIR
 from tests.fixtures_datasets import OFFICIAL_FIXTURES
+
+
+@pytest.fixture(autouse=True)
+def root_logger_restored():
+    """A Hydra app run by a test points the root logger at that test's captured stdout; a later
+    test that logs outside an app would write to the closed capture ("--- Logging error ---")."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def make_config(tmp_path: Path, *overrides: str, data_dir: Path | None = None) -> DictConfig:
