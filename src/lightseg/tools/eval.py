@@ -10,6 +10,11 @@ others) for plain inference and, side by side, with the configured TTA and dense
 ``eval.json``, ``per_class.csv``, ``per_image.csv`` (what ``make table eval=true`` pairs),
 ``confusion_matrix.png`` and ``examples.png`` (the worst and best images by ``monitor``), and
 prints and stores the cost of the final variant: network passes and seconds per image.
+
+Each variant's pixel calibration comes from its probabilities (after the temperature ``make
+calibrate`` stored, which ``inference.temperature`` in eval.json records): ``ece`` and ``brier``
+(:class:`~lightseg.metrics.PixelCalibration`) in eval.json and the table, and
+``reliability.png``, accuracy against confidence per bin for every variant.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from lightseg.config import app, plain
 from lightseg.data.source import Sample, SegmentationSource, read_pair
 from lightseg.errors import LightsegError, room_to_write
 from lightseg.metrics import (
+    PixelCalibration,
     build_metrics,
     class_key,
     confusion_matrix,
@@ -57,7 +63,7 @@ from lightseg.task import Task
 from lightseg.tools.inference import Segmenter, checkpoint_paths, load_segmenter
 from lightseg.utils.console import console
 from lightseg.utils.devices import inference_device
-from lightseg.visualize import confusion_figure, letterbox, overlay_grid
+from lightseg.visualize import confusion_figure, letterbox, overlay_grid, reliability_figure
 
 SPLIT_ALIASES = {f"data.split={name}" for name in ("train", "val", "test")}
 THUMBNAIL = 256  # side of each panel in examples.png
@@ -67,10 +73,16 @@ class Scores:
     """One inference variant's metrics, each image's values and the split's confusion matrix.
 
     ``failure`` (``{"iou": 0.65}``): an image whose value is below the threshold failed; each
-    image gets a 1/0 column ``failure_rate/iou_below_0.65`` whose mean is the share that failed."""
+    image gets a 1/0 column ``failure_rate/iou_below_0.65`` whose mean is the share that failed.
+    ``calibration``: also the pixel calibration of the probabilities (``ece``, ``brier``); off for
+    hard masks (make score), whose "probabilities" are 0 or 1."""
 
     def __init__(
-        self, metrics: MetricCollection, task: Task, failure: Mapping[str, float] | None = None
+        self,
+        metrics: MetricCollection,
+        task: Task,
+        failure: Mapping[str, float] | None = None,
+        calibration: bool = True,
     ) -> None:
         self.task, self.metrics, self.failure = task, metrics, dict(failure or {})
         for name, threshold in self.failure.items():
@@ -81,10 +93,14 @@ class Scores:
                 )
         self.confusion = torch.zeros(task.num_classes, task.num_classes, dtype=torch.long)
         self.per_image: list[tuple[str, dict[str, float]]] = []
+        self.calibration = PixelCalibration(task.num_classes) if calibration else None
 
-    def update(self, prediction: np.ndarray, target: torch.Tensor, sample_id: str) -> None:
-        """Score one image against its mask ``target`` [1, H, W] int64 (made once per image)."""
-        preds = torch.from_numpy(prediction.astype(np.int64))[None]
+    def update(self, probabilities: torch.Tensor, target: torch.Tensor, sample_id: str) -> None:
+        """Score one image's class probabilities [C, H, W] float (the prediction: their argmax)
+        against its mask ``target`` [1, H, W] int64 (made once per image)."""
+        preds = probabilities.argmax(0)[None]
+        if self.calibration is not None:
+            self.calibration.update(probabilities[None], target)
         (values,) = update_per_image(self.metrics, preds, target, self.task)
         for name, threshold in self.failure.items():
             if name in values:  # no value (NaN): neither failed nor passed
@@ -98,6 +114,8 @@ class Scores:
         """What eval.json holds: the metrics over the split and the failure shares (the mean of
         each image's 1/0), NaN as null so that the file stays JSON."""
         values = metric_values(self.metrics, self.task)
+        if self.calibration is not None:
+            values.update({k: float(v) for k, v in self.calibration.compute().items()})
         names = {key for _, image in self.per_image for key in image if key.startswith("failure_")}
         for name in sorted(names):
             flags = [float(v[name]) for _, v in self.per_image if not math.isnan(v[name])]
@@ -144,16 +162,13 @@ def metrics_config(cfg: DictConfig, module, from_command_line: bool) -> dict:
     return given if chosen else {**stored, **given}
 
 
-def evaluate(
-    cfg: DictConfig, data_from_run: bool = False, metrics_from_command_line: bool = False
-) -> dict[str, Any]:
-    """Evaluate ``cfg.ckpt_path`` (one checkpoint or an ensemble) on ``cfg.split``; returns what
-    ``eval.json`` holds."""
-    checkpoints = checkpoint_paths(plain(cfg.ckpt_path))
-    device = inference_device(str(cfg.get("device", "auto")))
-    segmenter = load_segmenter(checkpoints, device, plain(cfg.get("inference")))
-    module, task = segmenter.module, segmenter.task
-    datamodule = instantiate(data_config(cfg, data_from_run, checkpoints[0]), _convert_="all")
+def split_of(
+    cfg: DictConfig, data_from_run: bool, checkpoint: Path, segmenter: Segmenter
+) -> tuple[Any, list[Sample]]:
+    """The datamodule (its split lists located) and the samples of ``cfg.split``, checked
+    against the model: the same classes and input channels. Shared with make calibrate."""
+    datamodule = instantiate(data_config(cfg, data_from_run, checkpoint), _convert_="all")
+    task = segmenter.task
     if tuple(datamodule.classes) != task.classes:
         raise LightsegError(
             f"The checkpoint predicts classes {list(task.classes)}, but the data config gives "
@@ -171,6 +186,19 @@ def evaluate(
     if cfg.split not in datamodule.splits:
         raise LightsegError(f"split={cfg.split} is unknown: use test, val or train.")
     samples = datamodule.splits[cfg.split]
+    return datamodule, samples
+
+
+def evaluate(
+    cfg: DictConfig, data_from_run: bool = False, metrics_from_command_line: bool = False
+) -> dict[str, Any]:
+    """Evaluate ``cfg.ckpt_path`` (one checkpoint or an ensemble) on ``cfg.split``; returns what
+    ``eval.json`` holds."""
+    checkpoints = checkpoint_paths(plain(cfg.ckpt_path))
+    device = inference_device(str(cfg.get("device", "auto")))
+    segmenter = load_segmenter(checkpoints, device, plain(cfg.get("inference")))
+    module, task = segmenter.module, segmenter.task
+    datamodule, samples = split_of(cfg, data_from_run, checkpoints[0], segmenter)
 
     crf = instantiate(cfg.postprocess) if cfg.get("postprocess") else None
     names = ["plain", "tta"] if segmenter.augmented else ["plain"]
@@ -195,15 +223,15 @@ def evaluate(
         start = time.perf_counter()
         probabilities, augmented = segmenter.with_and_without_tta(image)
         seconds += time.perf_counter() - start
-        scores["plain"].update(probabilities.argmax(0), target, sample_id)
+        scores["plain"].update(torch.from_numpy(probabilities), target, sample_id)
         if augmented is not None:
             probabilities = augmented
-            scores["tta"].update(probabilities.argmax(0), target, sample_id)
+            scores["tta"].update(torch.from_numpy(probabilities), target, sample_id)
         if crf:
             start = time.perf_counter()
             refined = crf(image, probabilities)
             seconds += time.perf_counter() - start
-            scores[names[-1]].update(refined.argmax(0), target, sample_id)
+            scores[names[-1]].update(torch.from_numpy(refined), target, sample_id)
 
     final = scores[names[-1]]
     report = {
@@ -214,7 +242,15 @@ def evaluate(
         "classes": list(task.classes),
         "inference": {
             key: getattr(segmenter, key)
-            for key in ("mode", "image_size", "stride", "flip", "scales", "window_weights")
+            for key in (
+                "mode",
+                "image_size",
+                "stride",
+                "flip",
+                "scales",
+                "window_weights",
+                "temperature",  # an ensemble's: one per member
+            )
         },
         "postprocess": plain(cfg.get("postprocess")),
         "metrics": {name: s.summary() for name, s in scores.items()},
@@ -250,6 +286,10 @@ def evaluate(
             final.confusion.numpy(), task.classes, f"{cfg.split}: {names[-1]}"
         )
         figure.savefig(staging / "confusion_matrix.png", dpi=120)
+        bins = {name: s.calibration.bins() for name, s in scores.items()}
+        reliability_figure(bins, f"{cfg.split}: {report['images']} images").savefig(
+            staging / "reliability.png", dpi=120
+        )
         save_examples(staging / "examples.png", report, datamodule.source, samples, segmenter, crf)
     print_report(report)
     console.print(f"Evaluation written to {folder}", soft_wrap=True)

@@ -73,7 +73,9 @@ def score(cfg: DictConfig) -> dict:
     if paired:
         reader.detect([found[s.id] for s in paired])  # binary: 0/1 or 0/255
     metrics = plain(config.get("metrics")) or metrics_for(task)
-    scores = Scores(build_metrics(metrics, task), task, plain(cfg.failure))
+    # hard masks: no calibration to score; each mask enters as its one-hot "probabilities"
+    scores = Scores(build_metrics(metrics, task), task, plain(cfg.failure), calibration=False)
+    classes = torch.arange(task.num_classes)[:, None, None]
     sizes = []  # "<id>: <mask size>, its image <size>"
     for sample in track(paired, description=f"Scoring {name}", console=console, transient=True):
         _, truth = read_pair(datamodule.source, sample)
@@ -82,7 +84,8 @@ def score(cfg: DictConfig) -> dict:
             (height, width), (rows, columns) = mask.shape, truth.shape
             sizes.append(f"{sample.id}: {width}x{height}, its image {columns}x{rows}")
             continue
-        scores.update(mask, torch.from_numpy(truth.astype("int64"))[None], sample.id)
+        onehot = (torch.from_numpy(mask.astype("int64"))[None] == classes).float()
+        scores.update(onehot, torch.from_numpy(truth.astype("int64"))[None], sample.id)
     problems = [
         f"{len(items)} {what}: {listing(items, 5)}"
         for items, what in (
