@@ -14,6 +14,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from PIL import Image
 from scipy.optimize import minimize_scalar
 from torchmetrics.classification import BinaryCalibrationError, MulticlassCalibrationError
 
@@ -22,12 +23,15 @@ from lightseg.checkpoints import calibration_path, load_module, write_calibratio
 from lightseg.errors import LightsegError
 from lightseg.metrics import PixelCalibration
 from lightseg.task import Task
-from lightseg.tools.calibrate import calibrate, fit_temperature
+from lightseg.tools.calibrate import calibrate, fit_temperature, main
 from lightseg.tools.eval import evaluate
 from lightseg.tools.export import export
 from lightseg.tools.inference import Segmenter, load_segmenter
+from lightseg.tools.predict import predict
+from tests.runs import run_app
 from tests.test_eval import eval_config
 from tests.test_export import export_config, reference_logits
+from tests.test_predict import predict_config
 
 # --- the metric -----------------------------------------------------------------------------
 
@@ -195,6 +199,19 @@ def test_eval_applies_the_stored_temperature_and_keeps_the_classes(calibrated, t
     assert (folder / "reliability.png").stat().st_size > 10_000
 
 
+def test_predict_writes_the_calibrated_probabilities(calibrated, tmp_path):
+    ckpt, result = calibrated
+    image = np.random.default_rng(1).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    (tmp_path / "in").mkdir()
+    Image.fromarray(image).save(tmp_path / "in" / "a.png")
+    predict(predict_config(ckpt, tmp_path / "in", tmp_path / "out", "probabilities=true"))
+    expected = Segmenter(load_module(ckpt), temperature=result["temperature"])(image)[1]
+    written = np.asarray(Image.open(tmp_path / "out" / "a_prob.png"))
+    np.testing.assert_array_equal(written, np.round(expected * 255).astype(np.uint8))
+    raw = Segmenter(load_module(ckpt))(image)[1]
+    assert not np.array_equal(written, np.round(raw * 255).astype(np.uint8))
+
+
 def test_export_divides_the_logits_by_the_stored_temperature(calibrated, tmp_path):
     ckpt, result = calibrated
     one_size = ("check.batch_sizes=[1]", "check.image_sizes=[[64,64]]")  # the parity check
@@ -213,6 +230,24 @@ def test_export_divides_the_logits_by_the_stored_temperature(calibrated, tmp_pat
     torch.testing.assert_close(exported, expected, atol=1e-4, rtol=1e-5)
 
 
+def test_the_command_line_refuses_a_model_without_information_and_stores_nothing(
+    demo_run, tmp_path, capsys
+):
+    """The two-epoch demo model predicts the lesion almost everywhere (about 12% of the val
+    pixels right): its NLL falls as T grows without end, so no temperature is stored."""
+    ckpt = over_confident_run(demo_run, tmp_path, factor=1.0, shift=0.0)  # the model as trained
+    with pytest.raises(SystemExit) as stopped:
+        run_app(main, f"ckpt_path={ckpt}", "pixels=2000")
+    assert stopped.value.code == 1
+    err = capsys.readouterr().err
+    assert "The temperature fit ended at T=" in err and "Traceback" not in err
+    assert not calibration_path(ckpt).exists()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        both = compose("calibrate", [f"ckpt_path='{ckpt},{ckpt}'"])
+    with pytest.raises(LightsegError, match="one checkpoint at a time"):
+        calibrate(both)
+
+
 def test_each_ensemble_member_uses_its_own_temperature(demo_checkpoint, tmp_path):
     first, second = tmp_path / "a.ckpt", tmp_path / "b.ckpt"
     shutil.copy(demo_checkpoint, first)
@@ -226,6 +261,8 @@ def test_each_ensemble_member_uses_its_own_temperature(demo_checkpoint, tmp_path
     assert not np.allclose(soft, sharp, atol=1e-3)
     np.testing.assert_allclose(ensemble(image), (soft + sharp) / 2, atol=1e-6)
     np.testing.assert_array_equal(soft.argmax(0), sharp.argmax(0))
+    with pytest.raises(LightsegError, match=r"inference.temperature=warm must be a number > 0"):
+        load_segmenter(first, "cpu", {"temperature": "warm"})
 
 
 @pytest.mark.parametrize(

@@ -45,7 +45,6 @@ from lightseg.tools.inference import Segmenter, build_segmenter, checkpoint_path
 from lightseg.utils.console import console
 from lightseg.utils.devices import inference_device
 
-
 #: A fitted T beyond this (or below its inverse) means the fit found no usable optimum.
 MAX_TEMPERATURE = 100.0
 

@@ -83,14 +83,15 @@ class Segmenter:
                 f"inference.stride={list(self.stride)} must be between 1 and the window "
                 f"{list(self.image_size)}, or windows would skip pixels."
             )
+        given = self.temperature
         try:
-            self.temperature = float(self.temperature)
+            self.temperature = float(given)
         except (TypeError, ValueError):
             self.temperature = math.nan  # refused below, naming the key
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise LightsegError(
-                f"inference.temperature={self.temperature} must be a number > 0 (or auto: the "
-                "one make calibrate stored, else 1)."
+                f"inference.temperature={given} must be a number > 0, or auto (the one make "
+                "calibrate stored beside the checkpoint, else 1)."
             )
         self.scales = tuple(float(s) for s in self.scales) or (1.0,)
         if min(self.scales) <= 0:
