@@ -33,7 +33,7 @@ define check_experiment
   echo "Unknown experiment '$(EXP)'. Choose one of: $$(ls configs/experiment | sed 's/\.yaml//' | tr '\n' ' ')"; exit 2; }
 endef
 
-.PHONY: help install train lr-find eval score predict export data plot table test test-all lint format bench clean clean-runs
+.PHONY: help install train lr-find eval calibrate score predict export data plot table test test-all lint format bench clean clean-runs
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -62,6 +62,10 @@ lr-find: $(STAMP) ## Learning-rate range test, plot + suggestion: make lr-find [
 eval: $(STAMP) ## Evaluate a checkpoint, or an ensemble (CKPT=a,b or a folder of runs): make eval CKPT=path [EXP=name] [ARGS="split=val inference.flip=true"]
 	@test -n "$(CKPT)" || { echo "Set CKPT=path/to/best.ckpt (runs write logs/<name>/runs/<time>/checkpoints/best.ckpt)"; exit 2; }
 	$(PY) -m lightseg.tools.eval "ckpt_path='$(CKPT)'" $(if $(filter command line environment,$(origin EXP)),experiment=$(EXP)) $(ARGS)
+
+calibrate: $(STAMP) ## Fit a temperature on the run's val split so probabilities are calibrated (eval, predict, export apply it): make calibrate CKPT=path
+	@test -n "$(CKPT)" || { echo "Set CKPT=path/to/best.ckpt (runs write logs/<name>/runs/<time>/checkpoints/best.ckpt)"; exit 2; }
+	$(PY) -m lightseg.tools.calibrate "ckpt_path='$(CKPT)'" $(if $(filter command line environment,$(origin EXP)),experiment=$(EXP)) $(ARGS)
 
 score: $(STAMP) ## Score masks made elsewhere (nnU-Net, released masks) on a run's split: make score PRED=folder NAME=label RUN=<run folder>
 	@test -n "$(PRED)" -a -n "$(NAME)" -a -n "$(RUN)" || { echo "Set PRED=<folder of masks, <id>.png> NAME=<label, e.g. nnunet> RUN=<the run folder whose split they were made for>"; exit 2; }

@@ -9,11 +9,20 @@ a resume needs are saved as tensors and plain types, so checkpoints load ``weigh
 Reading. A lightseg checkpoint describes itself in plain hyperparameters (network
 ``_target_``, classes, normalisation, training input size), so :func:`load_module` needs
 nothing else, and eval, predict and export follow its :func:`model_input`.
+
+Calibration. ``make calibrate`` stores the temperature it fits for a checkpoint beside it,
+``best.ckpt`` -> ``best.calibration.json`` (:func:`calibration_path`), not inside it: the
+checkpoint stays the file training wrote, and deleting the sidecar undoes the calibration. The
+sidecar records the checkpoint's SHA-256, so one left beside a checkpoint that was replaced
+later is refused, not applied (:func:`read_temperature`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import math
 import os
 import random
 import zipfile
@@ -263,3 +272,58 @@ def model_input(module: SegmentationModule) -> ModelInput:
         stored=bool(size),
         mode=stored.get("mode"),
     )
+
+
+# --- calibration sidecar ---------------------------------------------------------------------
+
+
+def calibration_path(checkpoint: str | Path) -> Path:
+    """Where ``make calibrate`` stores a checkpoint's temperature: ``best.calibration.json``."""
+    return Path(checkpoint).with_suffix(".calibration.json")
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file, read in 1 MiB pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for piece in iter(lambda: file.read(1 << 20), b""):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def write_calibration(checkpoint: str | Path, record: dict[str, Any]) -> Path:
+    """Store ``record`` (``temperature`` and how it was fitted) beside ``checkpoint``, whole
+    (:func:`written_whole`), with the checkpoint's digest added."""
+    path = calibration_path(checkpoint)
+    record = {**record, "checkpoint_sha256": file_digest(checkpoint)}
+    with room_to_write(path.parent, path.name), written_whole(path) as temp:
+        temp.write_text(json.dumps(record, indent=2))
+    return path
+
+
+def read_temperature(checkpoint: str | Path) -> float:
+    """The temperature stored beside ``checkpoint``; 1 (the probabilities as trained) if none."""
+    path = calibration_path(checkpoint)
+    if not path.is_file():
+        return 1.0
+    try:
+        record = json.loads(path.read_text())
+        temperature = record["temperature"]
+        digest = record["checkpoint_sha256"]
+        valid = not isinstance(temperature, bool) and isinstance(temperature, int | float)
+        if not (valid and math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature {temperature!r} is not a number > 0")
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        reason = f"{type(error).__name__}: {error}"
+        raise LightsegError(
+            f"Calibration file '{path}' is invalid ({reason}); it should hold the temperature "
+            f"that make calibrate fitted for '{checkpoint}'. Delete it (the checkpoint is then "
+            f"used uncalibrated) or re-run make calibrate CKPT={checkpoint}."
+        ) from None
+    if digest != file_digest(checkpoint):
+        raise LightsegError(
+            f"Calibration file '{path}' was fitted for another version of '{checkpoint}' (the "
+            "checkpoint changed since, e.g. training continued): its temperature does not "
+            f"apply. Re-run make calibrate CKPT={checkpoint}, or delete the file."
+        )
+    return float(temperature)

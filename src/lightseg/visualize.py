@@ -122,3 +122,29 @@ def confusion_figure(confusion: np.ndarray, classes: Sequence[str], title: str):
             axes.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=8, color=ink)
     figure.tight_layout()
     return figure
+
+
+def reliability_figure(curves: dict[str, dict], title: str):
+    """Reliability diagram: per confidence bin, the share of pixels predicted right against their
+    mean confidence, one line per variant (``curves``: name -> ``PixelCalibration.bins()``),
+    with the diagonal (perfect calibration) and underneath the pixel count per bin (log scale):
+    a gap in a bin with few pixels matters little to the ECE."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(5.5, 6.5))
+    top, bottom = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect")
+    for index, (name, bins) in enumerate(curves.items()):
+        edges = np.asarray(bins["edges"], dtype=np.float64)
+        count = np.asarray(bins["count"], dtype=np.float64)
+        filled = count > 0
+        confidence = np.asarray(bins["confidence"], dtype=np.float64)[filled]
+        accuracy = np.asarray(bins["accuracy"], dtype=np.float64)[filled]
+        top.plot(confidence, accuracy, marker="o", markersize=3, label=name)
+        width = (edges[1] - edges[0]) / max(1, len(curves))
+        bottom.bar(edges[:-1] + index * width, count, width=width, align="edge", label=name)
+    top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy (share of pixels right)", title=title)
+    top.legend(loc="upper left", fontsize=8)
+    bottom.set(xlabel="confidence (largest class probability)", ylabel="pixels", yscale="log")
+    figure.tight_layout()
+    return figure

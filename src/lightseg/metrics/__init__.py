@@ -11,6 +11,7 @@ binary and a multiclass task report.
 """
 
 from lightseg.metrics.base import TaskMetric, class_key
+from lightseg.metrics.calibration import PixelCalibration
 from lightseg.metrics.collection import (
     build_metrics,
     finite_or_none,

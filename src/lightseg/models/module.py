@@ -11,8 +11,10 @@ nothing in ``src/`` changes. The fork points, each a method with one job:
 * batches hold every field the dataset gives (``image``, ``mask``, ``id``, and a sample's
   ``extras``: a label, a weight), so a step can read more than image and mask.
 
-Validation and test score ``outputs["logits"]`` with the run's metrics; training logs
-``train/loss`` and each ``train/loss_<term>``.
+Validation and test score ``outputs["logits"]`` with the run's metrics; the test stage also logs
+the pixel calibration of their probabilities, ``test/ece`` and ``test/brier``
+(:class:`~lightseg.metrics.PixelCalibration`); training logs ``train/loss`` and each
+``train/loss_<term>``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from torchmetrics import MeanMetric
 from lightseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Normalize
 from lightseg.errors import LightsegError
 from lightseg.losses import build_loss
-from lightseg.metrics import build_metrics, metric_values, update_per_image
+from lightseg.metrics import PixelCalibration, build_metrics, metric_values, update_per_image
 from lightseg.models.network import build_network, check_output, outputs_of
 from lightseg.task import Task
 from lightseg.utils.devices import compile_in_place
@@ -80,6 +82,8 @@ class SegmentationModule(L.LightningModule):
             {stage: chosen.clone(prefix=f"{stage}/") for stage in EVAL_STAGES}
         )
         self.eval_losses = torch.nn.ModuleDict({stage: MeanMetric() for stage in EVAL_STAGES})
+        # from probabilities, not masks: beside the label metrics, whose contract it keeps
+        self.test_calibration = PixelCalibration(self.task.num_classes)
         norm = normalization or {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
         self.normalize = Normalize(norm["mean"], norm["std"])
 
@@ -88,7 +92,8 @@ class SegmentationModule(L.LightningModule):
         # share their memory with the launching process (Lightning unshares parameters and
         # buffers, not metric states): the ranks would add into one another's counts, and an
         # evaluation after fit would start from the counts of fit's first validation.
-        for metrics in (*self.eval_metrics.values(), *self.eval_losses.values()):
+        states = (*self.eval_metrics.values(), *self.eval_losses.values(), self.test_calibration)
+        for metrics in states:
             metrics.reset()
         if self.hparams.channels_last and self.device.type == "cuda":  # tensor cores gain
             self.net.to(memory_format=torch.channels_last)
@@ -157,11 +162,18 @@ class SegmentationModule(L.LightningModule):
         outputs = self.outputs(batch)
         loss, _ = self.loss({"logits": outputs["logits"]}, batch)
         self.eval_losses[stage].update(loss, weight=batch["image"].shape[0])
+        if stage == "test":
+            probabilities = self.task.probabilities(outputs["logits"])
+            self.test_calibration.update(probabilities, batch["mask"])
         return self.task.predict(outputs["logits"])
 
     def _log_eval_epoch(self, stage: str) -> None:
         values = {f"{stage}/loss": float(self.eval_losses[stage].compute())}
         values.update(metric_values(self.eval_metrics[stage], self.task))
+        if stage == "test":
+            calibration = self.test_calibration.compute()
+            values.update({f"test/{name}": float(value) for name, value in calibration.items()})
+            self.test_calibration.reset()
         self.eval_losses[stage].reset()
         self.eval_metrics[stage].reset()
         # torchmetrics already reduced the states over all ranks; the values are global.

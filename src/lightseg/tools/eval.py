@@ -15,6 +15,11 @@ Each image's ``uncertainty`` (and, over TTA views or ensemble members, their ``d
 :mod:`lightseg.tools.uncertainty`) goes into ``per_image.csv``; ``eval.json``'s ``coverage`` and
 ``coverage.png`` show whether it ranks the bad images last: the mean Dice of the most certain
 images as more are kept.
+
+Each variant's pixel calibration comes from its probabilities (after the temperature ``make
+calibrate`` stored, which ``inference.temperature`` in eval.json records): ``ece`` and ``brier``
+(:class:`~lightseg.metrics.PixelCalibration`) in eval.json and the table, and
+``reliability.png``, accuracy against confidence per bin for every variant.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from lightseg.config import app, plain
 from lightseg.data.source import Sample, SegmentationSource, read_pair
 from lightseg.errors import LightsegError, room_to_write
 from lightseg.metrics import (
+    PixelCalibration,
     build_metrics,
     class_key,
     confusion_matrix,
@@ -70,7 +76,7 @@ from lightseg.tools.uncertainty import coverage_curve, coverage_figure, mean_ent
 from lightseg.utils.console import console
 from lightseg.utils.devices import inference_device
 from lightseg.utils.loggers import add_to_wandb_run, numbers
-from lightseg.visualize import confusion_figure, letterbox, overlay_grid
+from lightseg.visualize import confusion_figure, letterbox, overlay_grid, reliability_figure
 
 SPLIT_ALIASES = {f"data.split={name}" for name in ("train", "val", "test")}
 #: What goes to W&B besides the metrics of each variant.
@@ -82,19 +88,29 @@ class Scores:
     """One inference variant's metrics, each image's values and the split's confusion matrix.
 
     ``failure`` (``{"iou": 0.65}``): an image whose value is below the threshold failed; each
-    image gets a 1/0 column ``failure_rate/iou_below_0.65`` whose mean is the share that failed."""
+    image gets a 1/0 column ``failure_rate/iou_below_0.65`` whose mean is the share that failed.
+    ``calibration``: also the pixel calibration of the probabilities (``ece``, ``brier``); off for
+    hard masks (make score), whose "probabilities" are 0 or 1."""
 
     def __init__(
-        self, metrics: MetricCollection, task: Task, failure: Mapping[str, float] | None = None
+        self,
+        metrics: MetricCollection,
+        task: Task,
+        failure: Mapping[str, float] | None = None,
+        calibration: bool = True,
     ) -> None:
         self.task, self.metrics = task, metrics
         self.failure = failure_thresholds(failure)
         self.confusion = torch.zeros(task.num_classes, task.num_classes, dtype=torch.long)
         self.per_image: list[tuple[str, dict[str, float]]] = []
+        self.calibration = PixelCalibration(task.num_classes) if calibration else None
 
     def update(self, probabilities: torch.Tensor, target: torch.Tensor, sample_id: str) -> None:
         """Score one image's prediction, the argmax of its probabilities [C, H, W], against its
-        mask ``target`` [1, H, W] int64 (made once per image); add its ``uncertainty``."""
+        mask ``target`` [1, H, W] int64 (made once per image); add its ``uncertainty``, and
+        count its pixels' calibration."""
+        if self.calibration is not None:
+            self.calibration.update(probabilities[None], target)
         self.update_mask(probabilities.argmax(0).cpu().numpy(), target, sample_id)
         self.add(uncertainty=mean_entropy(probabilities))
 
@@ -113,6 +129,8 @@ class Scores:
         """What eval.json holds: the metrics over the split and the failure shares (the mean of
         each image's 1/0), NaN as null so that the file stays JSON."""
         values = metric_values(self.metrics, self.task)
+        if self.calibration is not None:
+            values.update({k: float(v) for k, v in self.calibration.compute().items()})
         values.update(failure_shares(image for _, image in self.per_image))
         return {key: finite_or_none(value) for key, value in values.items()}
 
@@ -156,16 +174,13 @@ def metrics_config(cfg: DictConfig, module, from_command_line: bool) -> dict:
     return given if chosen else {**stored, **given}
 
 
-def evaluate(
-    cfg: DictConfig, data_from_run: bool = False, metrics_from_command_line: bool = False
-) -> dict[str, Any]:
-    """Evaluate ``cfg.ckpt_path`` (one checkpoint or an ensemble) on ``cfg.split``; returns what
-    ``eval.json`` holds."""
-    checkpoints = checkpoint_paths(plain(cfg.ckpt_path))
-    device = inference_device(str(cfg.get("device", "auto")))
-    segmenter = load_segmenter(checkpoints, device, plain(cfg.get("inference")))
-    module, task = segmenter.module, segmenter.task
-    datamodule = instantiate(data_config(cfg, data_from_run, checkpoints[0]), _convert_="all")
+def split_of(
+    cfg: DictConfig, data_from_run: bool, checkpoint: Path, segmenter: Segmenter
+) -> tuple[Any, list[Sample]]:
+    """The datamodule (its split lists located) and the samples of ``cfg.split``, checked
+    against the model: the same classes and input channels. Shared with make calibrate."""
+    datamodule = instantiate(data_config(cfg, data_from_run, checkpoint), _convert_="all")
+    task = segmenter.task
     if tuple(datamodule.classes) != task.classes:
         raise LightsegError(
             f"The checkpoint predicts classes {list(task.classes)}, but the data config gives "
@@ -183,6 +198,19 @@ def evaluate(
     if cfg.split not in datamodule.splits:
         raise LightsegError(f"split={cfg.split} is unknown: use test, val or train.")
     samples = datamodule.splits[cfg.split]
+    return datamodule, samples
+
+
+def evaluate(
+    cfg: DictConfig, data_from_run: bool = False, metrics_from_command_line: bool = False
+) -> dict[str, Any]:
+    """Evaluate ``cfg.ckpt_path`` (one checkpoint or an ensemble) on ``cfg.split``; returns what
+    ``eval.json`` holds."""
+    checkpoints = checkpoint_paths(plain(cfg.ckpt_path))
+    device = inference_device(str(cfg.get("device", "auto")))
+    segmenter = load_segmenter(checkpoints, device, plain(cfg.get("inference")))
+    module, task = segmenter.module, segmenter.task
+    datamodule, samples = split_of(cfg, data_from_run, checkpoints[0], segmenter)
 
     crf = instantiate(cfg.postprocess) if cfg.get("postprocess") else None
     names = ["plain", "tta"] if segmenter.augmented else ["plain"]
@@ -226,7 +254,15 @@ def evaluate(
         "classes": list(task.classes),
         "inference": {
             key: getattr(segmenter, key)
-            for key in ("mode", "image_size", "stride", "flip", "scales", "window_weights")
+            for key in (
+                "mode",
+                "image_size",
+                "stride",
+                "flip",
+                "scales",
+                "window_weights",
+                "temperature",  # an ensemble's: one per member
+            )
         },
         "postprocess": plain(cfg.get("postprocess")),
         "metrics": {name: s.summary() for name, s in scores.items()},
@@ -271,6 +307,10 @@ def evaluate(
         if report["coverage"]:
             title = f"{cfg.split}: {report['images']} images"
             coverage_figure(report["coverage"], title).savefig(staging / "coverage.png", dpi=120)
+        bins = {name: s.calibration.bins() for name, s in scores.items()}
+        reliability_figure(bins, f"{cfg.split}: {report['images']} images").savefig(
+            staging / "reliability.png", dpi=120
+        )
         save_examples(staging / "examples.png", report, datamodule.source, samples, segmenter, crf)
     print_report(report)
     console.print(f"Evaluation written to {folder}", soft_wrap=True)

@@ -9,6 +9,11 @@ dynamic where the architecture allows; where not, the export falls back to sides
 32, then to the training size (then batch 1), with a warning. The written file is run next to
 PyTorch (:mod:`lightseg.tools.parity`); an error above ``tolerance`` fails the command. A sidecar
 ``<file>.json`` describes the input and output and records the check.
+
+A checkpoint calibrated by ``make calibrate`` is exported with its temperature inside the graph:
+the outputs are the logits divided by T (``temperature`` in the sidecar; ``temperature=1``
+exports the raw logits), so a softmax/sigmoid of them gives the calibrated probabilities and the
+argmax is unchanged.
 """
 
 from __future__ import annotations
@@ -32,7 +37,13 @@ from omegaconf import DictConfig
 from torch import nn
 
 from lightseg import __version__
-from lightseg.checkpoints import ModelInput, check_file, load_module, model_input
+from lightseg.checkpoints import (
+    ModelInput,
+    check_file,
+    load_module,
+    model_input,
+    read_temperature,
+)
 from lightseg.config import app, plain
 from lightseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from lightseg.errors import LightsegError
@@ -51,16 +62,19 @@ ANSI_CODES = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class ExportModel(nn.Module):
-    """Normalisation and network in one graph: pixels in 0..1 -> logits at the input size."""
+    """Normalisation and network in one graph: pixels in 0..1 -> logits at the input size,
+    divided by the ``temperature`` (none in the graph when it is 1)."""
 
-    def __init__(self, module: SegmentationModule) -> None:
+    def __init__(self, module: SegmentationModule, temperature: float = 1.0) -> None:
         super().__init__()
         self.normalize = module.normalize  # float 0..1 in: the training normalisation
         self.net = module.net
+        self.temperature = float(temperature)
         self.eval()
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return logits_of(self.net(self.normalize(image)))
+        logits = logits_of(self.net(self.normalize(image)))
+        return logits if self.temperature == 1.0 else logits / self.temperature
 
 
 @dataclass(frozen=True)
@@ -249,7 +263,8 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         plain(cfg.get("check")) or {}, takes, module.task.out_channels, float(cfg.tolerance)
     )
     path = output_path(ckpt_path, fmt, cfg.get("output"))
-    model = ExportModel(module)
+    temperature = export_temperature(ckpt_path, cfg.get("temperature", "auto"))
+    model = ExportModel(module, temperature)
     with console.status(f"Exporting {ckpt_path.name} to {fmt.name} ..."):
         level, results, fallback = export_and_compare(model, fmt, path, check, int(cfg.opset))
 
@@ -257,7 +272,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         "format": fmt.name,
         "file": path.name,
         "checkpoint": str(ckpt_path),
-        **describe(module, level, takes),
+        **describe(module, level, takes, temperature),
         "fallback_reason": fallback,
         "opset": int(cfg.opset) if fmt.name == "onnx" else None,
         "parity": parity_report(results, check, fmt.runtime()),
@@ -287,7 +302,25 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     return {**report, "path": str(path)}
 
 
-def describe(module: SegmentationModule, level: Level, takes: ModelInput) -> dict[str, Any]:
+def export_temperature(ckpt_path: Path, chosen: Any) -> float:
+    """``temperature``: auto (the stored one, 1 if none) or a number > 0."""
+    if chosen in (None, "auto"):
+        return read_temperature(ckpt_path)
+    try:
+        temperature = float(chosen)
+    except (TypeError, ValueError):
+        temperature = float("nan")
+    if not (temperature > 0 and temperature < float("inf")):
+        raise LightsegError(
+            f"temperature={chosen} must be a number > 0, or auto (the one make calibrate "
+            "stored beside the checkpoint, else 1)."
+        )
+    return temperature
+
+
+def describe(
+    module: SegmentationModule, level: Level, takes: ModelInput, temperature: float = 1.0
+) -> dict[str, Any]:
     """The sidecar's description of the exported model: what goes in, what comes out."""
     task = module.task
     norm = module.hparams.get("normalization") or {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
@@ -309,6 +342,7 @@ def describe(module: SegmentationModule, level: Level, takes: ModelInput) -> dic
             "std": list(norm["std"]),
             "sides_multiple_of": level.multiple if "height" in level.axes else None,
         },
+        "temperature": temperature,
         "output": {
             "name": "logits",
             "dtype": "float32",
@@ -317,6 +351,12 @@ def describe(module: SegmentationModule, level: Level, takes: ModelInput) -> dic
                 "foreground logit: sigmoid > 0.5 (logit > 0) is the foreground class"
                 if task.binary
                 else "one logit per class: softmax over dim 1, argmax is the class index"
+            )
+            + (
+                f"; already divided by the temperature {temperature:g} (make calibrate), so "
+                "the probabilities are the calibrated ones"
+                if temperature != 1.0
+                else ""
             ),
         },
         "dynamic_axes": list(level.axes),

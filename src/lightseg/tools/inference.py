@@ -7,6 +7,12 @@ average test-time augmentations. A mode other than the one the model was validat
 it images at a scale it never saw (``slide`` on a model trained on 765x570 images resized to
 256x256 sees every lesion three times larger): refused with the fix unless ``check_scale=False``.
 :class:`Ensemble` averages the probabilities of several checkpoints of one task.
+
+``temperature`` (temperature scaling, Guo et al. 2017) divides the logits before the
+sigmoid/softmax: the classes stay, the probabilities soften (T > 1) or sharpen. By default
+(``inference.temperature=auto``) it is the one ``make calibrate`` stored beside the checkpoint
+(:func:`lightseg.checkpoints.read_temperature`), 1 without one; an ensemble's members each
+use their own. It applies to each view before TTA averages them, as ``make calibrate`` fits it.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lightseg.checkpoints import load_module, model_input
+from lightseg.checkpoints import load_module, model_input, read_temperature
 from lightseg.data.transforms import to_unit_range
 from lightseg.errors import LightsegError
 from lightseg.models import SegmentationModule
@@ -52,7 +58,8 @@ class Segmenter:
     (default: two thirds of it); ``flip``, ``scales``: test-time augmentations, averaged over;
     ``window_weights``: how overlapping windows blend, ``mean`` or ``gaussian`` (nnU-Net's and
     MONAI's importance weighting, sigma 1/8 of the window: window borders, which see the least
-    context, count less)."""
+    context, count less); ``temperature``: what the logits are divided by (see the module
+    docs)."""
 
     module: SegmentationModule
     image_size: Sequence[int] | None = None
@@ -63,6 +70,7 @@ class Segmenter:
     window_batch: int = 8
     check_scale: bool = True
     window_weights: str = "mean"
+    temperature: float = 1.0
 
     def __post_init__(self) -> None:
         if self.mode not in ("whole", "slide"):
@@ -88,6 +96,16 @@ class Segmenter:
             raise LightsegError(
                 f"inference.stride={list(self.stride)} must be between 1 and the window "
                 f"{list(self.image_size)}, or windows would skip pixels."
+            )
+        given = self.temperature
+        try:
+            self.temperature = float(given)
+        except (TypeError, ValueError):
+            self.temperature = math.nan  # refused below, naming the key
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise LightsegError(
+                f"inference.temperature={given} must be a number > 0, or auto (the one make "
+                "calibrate stored beside the checkpoint, else 1)."
             )
         self.scales = tuple(float(s) for s in self.scales) or (1.0,)
         if min(self.scales) <= 0:
@@ -123,7 +141,7 @@ class Segmenter:
         views = {}
         for scale, flipped in product(self.scales, (False, True) if self.flip else (False,)):
             batch = images.flip(-1) if flipped else images
-            probabilities = self.task.probabilities(self.logits(batch, scale))
+            probabilities = self.probabilities(self.logits(batch, scale))
             views[scale, flipped] = probabilities.flip(-1) if flipped else probabilities
         return views
 
@@ -140,13 +158,17 @@ class Segmenter:
         plain = views.get((1.0, False))
         if plain is None:  # no scale is 1: the plain view is one more pass
             with torch.no_grad():
-                plain = self.task.probabilities(self.logits(images))
+                plain = self.probabilities(self.logits(images))
         alone = Views(plain[0].cpu().numpy(), 1, mean_entropy(plain[0]))
         if not self.augmented:
             return alone, None
         entropy = sum(mean_entropy(view[0]) for view in views.values()) / len(views)
         averaged = (sum(views.values()) / len(views))[0].cpu().numpy()
         return alone, Views(averaged, len(views), entropy)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Class probabilities [N, C, H, W] of logits, divided by the temperature first."""
+        return self.task.probabilities(logits / self.temperature)
 
     def seen_scale(self, height: int, width: int, scale: float = 1.0) -> float:
         """How many times larger (> 1) or smaller the network sees an image of this size than
@@ -311,6 +333,11 @@ class Ensemble:
     def passes(self) -> int:
         return sum(member.passes for member in self.members)
 
+    @property
+    def temperature(self) -> list[float]:
+        """Each member's own."""
+        return [member.temperature for member in self.members]
+
     def __call__(self, image: np.ndarray) -> np.ndarray:
         return sum(member(image) for member in self.members) / len(self.members)
 
@@ -357,7 +384,18 @@ def checkpoint_paths(given) -> list[Path]:
 def load_segmenter(
     given, device: str | torch.device, inference: dict | None = None
 ) -> Segmenter | Ensemble:
-    """The :class:`Segmenter` of ``ckpt_path``, or the :class:`Ensemble` of several."""
-    paths = checkpoint_paths(given)
-    members = [build_segmenter(load_module(path, device), inference) for path in paths]
+    """The :class:`Segmenter` of ``ckpt_path``, or the :class:`Ensemble` of several; each with
+    its checkpoint's stored temperature unless ``inference.temperature`` gives a number."""
+    paths, options = checkpoint_paths(given), dict(inference or {})
+    chosen = options.pop("temperature", "auto")
+    members = [
+        build_segmenter(
+            load_module(path, device),
+            {
+                **options,
+                "temperature": read_temperature(path) if chosen in (None, "auto") else chosen,
+            },
+        )
+        for path in paths
+    ]
     return members[0] if len(members) == 1 else Ensemble(members, paths)

@@ -90,7 +90,8 @@ def score(cfg: DictConfig) -> dict:
     if paired:
         reader.detect([found[s.id] for s in paired])  # binary: 0/1 or 0/255
     metrics = plain(config.get("metrics")) or metrics_for(task)
-    scores = Scores(build_metrics(metrics, task), task, plain(cfg.failure))
+    # hard masks: no probabilities, so no calibration or uncertainty to score
+    scores = Scores(build_metrics(metrics, task), task, plain(cfg.failure), calibration=False)
     sizes = []  # "<id>: <mask size>, its image <size>"
     for sample in track(paired, description=f"Scoring {name}", console=console, transient=True):
         _, truth = read_pair(datamodule.source, sample)
