@@ -19,10 +19,11 @@ from scipy import stats
 
 from lightseg import CONFIG_DIR
 from lightseg.errors import LightsegError
+from lightseg.runs import RunFolder
 from lightseg.tools.eval import evaluate
-from lightseg.tools.results import NumbersFrom, short_names
+from lightseg.tools.results import NumbersFrom, eval_results, short_names
 from lightseg.tools.significance import two_level_ci, two_level_p
-from lightseg.tools.table import main, results, write_tables
+from lightseg.tools.table import lower_is_better, main, results, write_tables
 from tests.runs import run_app, run_cli, tiny_cli_run
 
 #: The paired differences of scipy's documentation of ``wilcoxon`` (two-sided exact p-value
@@ -568,3 +569,20 @@ def test_by_stratum_on_the_command_line_and_old_per_image_files(tmp_path):
     assert "\n" not in message
     with pytest.raises(LightsegError, match="by=diagnosis is not a way to slice"):
         results(tmp_path / "new", ["test/dice"], by="diagnosis")
+
+
+def test_eval_numbers_reach_the_table_with_the_right_direction(tmp_path):
+    folder = tmp_path / "run" / "eval" / "test_2026-01-01_00-00-00"
+    folder.mkdir(parents=True)
+    report = {
+        "metrics": {"plain": {"dice": 0.5, "ece": 0.2}, "tta": {"dice": 0.6, "ece": 0.1}},
+        "examples_from": "tta",
+        "coverage": {"plain": {"area": 0.55}, "tta": {"area": 0.7}},
+    }
+    (folder / "eval.json").write_text(json.dumps(report))
+    values, _, variant = eval_results(RunFolder(tmp_path / "run"), NumbersFrom(eval=True))
+    assert variant == "tta"
+    assert values == {"test/dice": 0.6, "test/ece": 0.1, "test/coverage_area": 0.7}
+    # calibration errors are best when lowest; Dice and the coverage area when highest
+    assert lower_is_better("test/ece", []) and lower_is_better("test/brier", [])
+    assert not lower_is_better("test/dice", []) and not lower_is_better("test/coverage_area", [])

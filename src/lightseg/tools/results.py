@@ -122,7 +122,9 @@ def eval_results(run: RunFolder, numbers_from: NumbersFrom) -> tuple[dict | None
     try:
         report = json.loads(reports[-1].read_text())
         variant = numbers_from.variant or report["examples_from"]
-        metrics = report["metrics"][variant]
+        metrics = dict(report["metrics"][variant])
+        if coverage := report.get("coverage", {}).get(variant):  # Dice vs coverage: its area
+            metrics["coverage_area"] = coverage["area"]
     except (OSError, ValueError, KeyError):
         return None, None, f"{reports[-1]} has no metrics for variant {numbers_from.variant}"
     return {f"{split}/{k}": v for k, v in metrics.items()}, reports[-1].parent / PER_IMAGE, variant

@@ -52,10 +52,15 @@ from lightseg.utils.console import console
 DEFAULT_METRICS = ("test/dice", "test/iou")
 
 
+#: Pixel calibration errors: always computed (eval, test stage), so no metrics config names them.
+CALIBRATION = ("ece", "brier")
+
+
 def lower_is_better(metric: str, runs: list[RunResult]) -> bool:
-    """Losses, failure shares, and metrics whose class says ``higher_is_better = False``."""
+    """Losses, failure shares, calibration errors, and metrics whose class says
+    ``higher_is_better = False``."""
     name = metric.split("/", 1)[-1]
-    if "loss" in name or name.startswith("failure_rate/"):  # whatever its metric's class says
+    if "loss" in name or name.startswith("failure_rate/") or name in CALIBRATION:
         return True
     for run in runs:
         targets = {
