@@ -92,7 +92,7 @@ table: $(STAMP) ## Results as Markdown + LaTeX: make table RUNS=logs/demo/multir
 	$(PY) -m lightseg.tools.table "runs=$(RUNS)" "columns=[$(METRICS)]" $(TABLE_ARGS)
 
 test: $(STAMP) ## Run the fast test suite (what CI runs)
-	$(PY) -m pytest -m "not slow and not gpu" -q
+	$(PY) -m pytest -m "not slow and not gpu" -q --durations=20
 
 test-all: $(STAMP) ## Run every test, slow and GPU ones included
 	$(PY) -m pytest -q

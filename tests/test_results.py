@@ -548,13 +548,14 @@ def test_by_stratum_gives_a_table_per_slice_with_small_slices_flagged(tmp_path):
 
 def test_by_stratum_on_the_command_line_and_old_per_image_files(tmp_path):
     stratified_sweep(tmp_path / "new")
-    command = subprocess.run(
+    printed = subprocess.run(  # under `make test`, make also prints "Entering directory" lines
         ["make", "-n", "table", f"RUNS={tmp_path / 'new'}", "ARGS=--by stratum", "PY=python"],
         cwd=Path(__file__).parents[1],
         capture_output=True,
         text=True,
         check=True,
-    ).stdout.splitlines()[-1]
+    ).stdout.splitlines()
+    (command,) = [line for line in printed if " -m lightseg.tools.table " in line]
     arguments = shlex.split(command)[3:]  # python -m lightseg.tools.table ...
     assert arguments == [f"runs={tmp_path / 'new'}", "columns=[test/dice,test/iou]", "by=stratum"]
     run_app(main, arguments[0], "columns=[test/dice]", *arguments[2:], "resamples=200")
