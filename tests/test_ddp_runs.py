@@ -60,7 +60,11 @@ def one_process(run, folder: Path) -> tuple[dict[str, float], list[dict]]:
     cfg.trainer.merge_with({"strategy": "auto", "devices": 1})
     cfg.logger = None
     cfg.callbacks = {
-        "per_image": {"_target_": "lightseg.callbacks.PerImageResults", "folder": str(folder)}
+        "per_image": {
+            "_target_": "lightseg.callbacks.PerImageResults",
+            "folder": str(folder),
+            "failure": cfg.failure,
+        }
     }
     experiment = build(cfg, enable_progress_bar=False, enable_model_summary=False)
     trainer, module, data = experiment.trainer, experiment.module, experiment.datamodule
