@@ -20,6 +20,8 @@ METRICS ?= test/dice,test/iou
 CONFIRM ?=
 PRED ?=
 NAME ?=
+BUNDLE ?=
+DATA ?=
 
 # Hydra takes -m before the overrides: `make train ARGS="-m seed=0,1"` runs a sweep.
 HYDRA_ARGS = $(filter -m --multirun,$(ARGS)) experiment=$(EXP) $(filter-out -m --multirun,$(ARGS))
@@ -33,13 +35,14 @@ define check_experiment
   echo "Unknown experiment '$(EXP)'. Choose one of: $$(ls configs/experiment | sed 's/\.yaml//' | tr '\n' ' ')"; exit 2; }
 endef
 
-.PHONY: help install train lr-find eval calibrate score predict export data plot table test test-all lint format bench clean clean-runs
+.PHONY: help install train lr-find eval calibrate score predict export bundle verify data plot table test test-all lint format bench clean clean-runs
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
 	  awk -F':.*## ' '{printf "  \033[36mmake %-10s\033[0m %s\n", $$1, $$2}'
 	@echo "  Variables: EXP=<configs/experiment name> (default demo)  ARGS=\"hydra overrides\"  CKPT=path"
-	@echo "             RUN=<run folder> (plot, score)  RUNS=<folder of runs> METRICS=a,b (table, plot RUNS=)"
+	@echo "             RUN=<run folder> (plot, score, bundle)  RUNS=<folder of runs> METRICS=a,b (table, plot RUNS=)"
+	@echo "             BUNDLE=<archive> DATA=<data folder> (verify)"
 
 $(STAMP): pyproject.toml
 	@echo "Installing lightseg into $(VENV) (first run only; torch is large)..."
@@ -78,6 +81,14 @@ predict: $(STAMP) ## Segment images: make predict CKPT=path INPUT=folder_or_imag
 export: $(STAMP) ## Export a checkpoint and check it against PyTorch: make export CKPT=path [FORMAT=onnx|torchscript]
 	@test -n "$(CKPT)" || { echo "Set CKPT=path/to/best.ckpt"; exit 2; }
 	$(PY) -m lightseg.tools.export "ckpt_path=$(CKPT)" format=$(FORMAT) $(ARGS)
+
+bundle: $(STAMP) ## One archive of a finished run that re-checks itself: make bundle RUN=<run folder> [OUTPUT=run.tar.gz]
+	@test -n "$(RUN)" || { echo "Set RUN=<run folder>, e.g. RUN=$$(ls -d logs/*/runs/* 2>/dev/null | tail -n 1)"; exit 2; }
+	$(PY) -m lightseg.tools.bundle "run=$(RUN)" $(if $(OUTPUT),"output=$(OUTPUT)") $(ARGS)
+
+verify: $(STAMP) ## Rebuild a bundle's model, re-score its test split on CPU vs its metrics: make verify BUNDLE=run.tar.gz [DATA=<data folder>]
+	@test -n "$(BUNDLE)" || { echo "Set BUNDLE=<archive that make bundle wrote>, e.g. BUNDLE=logs/demo/runs/<time>/bundle.tar.gz"; exit 2; }
+	$(PY) -m lightseg.tools.verify "bundle=$(BUNDLE)" $(if $(DATA),"data_dir=$(DATA)") $(ARGS)
 
 data: $(STAMP) ## Download (VOC, COCO) or check (PH2, MADS, your own folder) a dataset: make data DATASET=voc [ARGS=...]
 	@test -n "$(DATASET)" || { echo "Set DATASET=voc, coco, mads, ph2 or folder (see README, Datasets and Train on your own data)"; exit 2; }

@@ -109,6 +109,8 @@ def test_the_command_line_ends_a_mistake_in_one_paragraph(tmp_path, args, sugges
         ("lightseg.tools.export", "opst=17", "'opset'"),
         ("lightseg.tools.table", "digit=2", "'digits'"),
         ("lightseg.tools.plot", "curve=[]", "'curves'"),
+        ("lightseg.tools.bundle", "outptu=x.tar.gz", "'output'"),
+        ("lightseg.tools.verify", "tolerence=0.1", "'tolerance'"),
         ("lightseg.data.download", "data=ph22", "data=ph2?"),
     ],
 )

@@ -225,26 +225,35 @@ def load_module(path: str | Path, device: str | torch.device = "cpu") -> Segment
     """The trained module stored at ``path`` (its own class: a fork's subclass of
     ``SegmentationModule`` too), in eval mode on ``device``."""
     checkpoint = read_checkpoint(path)
-    hparams = {**checkpoint["hyper_parameters"], "compile": False}
-    hparams["model"] = without_pretrained(hparams["model"])  # trained weights follow
     name = checkpoint.get("module", "lightseg.models.SegmentationModule")
+    module = build_module(name, checkpoint["hyper_parameters"], checkpoint["state_dict"], path)
+    return module.eval().to(device)
+
+
+def build_module(
+    name: str, hparams: dict, state_dict: dict, where: str | Path
+) -> SegmentationModule:
+    """Module class ``name`` built from its hyperparameters (no pretrained download) with the
+    trained weights ``state_dict``: a checkpoint's, or a bundle's safetensors (``where``)."""
+    hparams = {**hparams, "compile": False}
+    hparams["model"] = without_pretrained(hparams["model"])  # trained weights follow
     try:
         module_class = get_class(name)
     except Exception as error:
         raise LightsegError(
-            f"Checkpoint '{path}' was trained with the module {name}, which cannot be imported "
+            f"Checkpoint '{where}' was trained with the module {name}, which cannot be imported "
             f"here ({error.__cause__ or error}). Run from the fork's root, where it imports."
         ) from None
     module = module_class(**hparams)
-    missing, unexpected = module.load_state_dict(checkpoint["state_dict"], strict=False)
+    missing, unexpected = module.load_state_dict(state_dict, strict=False)
     # torchmetrics states are not saved; anything else missing means another architecture.
     missing = [k for k in missing if not k.startswith(("eval_metrics.", "eval_losses."))]
     if missing or unexpected:
         raise LightsegError(
-            f"Checkpoint '{path}' does not match the model its hyperparameters describe "
+            f"Checkpoint '{where}' does not match the model its hyperparameters describe "
             f"(missing {missing[:5]}, unexpected {unexpected[:5]}). Was it edited by hand?"
         )
-    return module.eval().to(device)
+    return module.eval()
 
 
 @dataclass(frozen=True)

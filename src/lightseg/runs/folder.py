@@ -11,6 +11,7 @@
       splits/{train,val,test}.txt     the sample ids of each split (data.split_dir)
       packages.txt  git_diff.patch  untracked.tar.gz   what rebuilding the run needs
       csv/version_<n>/metrics.csv  overlays/  wandb/  wandb_run_id.txt  eval/<split>_<time>/
+      bundle.tar.gz                   make bundle's archive (lightseg.tools.bundle)
 
 Code asks this module for these paths; the configs name the ones they set (checkpoint and
 logger folders, data.split_dir) under ${paths.output_dir}.
