@@ -22,6 +22,7 @@ PRED ?=
 NAME ?=
 BUNDLE ?=
 DATA ?=
+PORT ?= 7860
 
 # Hydra takes -m before the overrides: `make train ARGS="-m seed=0,1"` runs a sweep.
 HYDRA_ARGS = $(filter -m --multirun,$(ARGS)) experiment=$(EXP) $(filter-out -m --multirun,$(ARGS))
@@ -35,14 +36,15 @@ define check_experiment
   echo "Unknown experiment '$(EXP)'. Choose one of: $$(ls configs/experiment | sed 's/\.yaml//' | tr '\n' ' ')"; exit 2; }
 endef
 
-.PHONY: help install train lr-find eval calibrate score predict export bundle verify data plot table test test-all lint format bench clean clean-runs
+.PHONY: help install train lr-find eval calibrate score predict export bundle verify publish demo data plot table test test-all lint format bench clean clean-runs
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
 	  awk -F':.*## ' '{printf "  \033[36mmake %-10s\033[0m %s\n", $$1, $$2}'
 	@echo "  Variables: EXP=<configs/experiment name> (default demo)  ARGS=\"hydra overrides\"  CKPT=path"
-	@echo "             RUN=<run folder> (plot, score, bundle)  RUNS=<folder of runs> METRICS=a,b (table, plot RUNS=)"
+	@echo "             RUN=<run folder> (plot, score, bundle, publish)  RUNS=<folder of runs> METRICS=a,b (table, plot RUNS=)"
 	@echo "             BUNDLE=<archive> DATA=<data folder> (verify)"
+	@echo "             OUTPUT=folder (predict, export, publish)  PORT=7860 (demo)"
 
 $(STAMP): pyproject.toml
 	@echo "Installing lightseg into $(VENV) (first run only; torch is large)..."
@@ -89,6 +91,14 @@ bundle: $(STAMP) ## One archive of a finished run that re-checks itself: make bu
 verify: $(STAMP) ## Rebuild a bundle's model, re-score its test split on CPU vs its metrics: make verify BUNDLE=run.tar.gz [DATA=<data folder>]
 	@test -n "$(BUNDLE)" || { echo "Set BUNDLE=<archive that make bundle wrote>, e.g. BUNDLE=logs/demo/runs/<time>/bundle.tar.gz"; exit 2; }
 	$(PY) -m lightseg.tools.verify "bundle=$(BUNDLE)" $(if $(DATA),"data_dir=$(DATA)") $(ARGS)
+
+publish: $(STAMP) ## Model folder for smp / the Hub (weights, config, card, demo): make publish RUN=<run folder> [OUTPUT=folder] [ARGS="push_to_hub=true repo_id=me/name"]
+	@test -n "$(RUN)" || { echo "Set RUN=<run folder>, e.g. RUN=$$(ls -d logs/*/runs/* 2>/dev/null | tail -n 1)"; exit 2; }
+	$(PY) -m lightseg.tools.publish "run=$(RUN)" $(if $(OUTPUT),"output=$(OUTPUT)") $(ARGS)
+
+demo: $(STAMP) ## Web demo (Gradio, the demo extra): upload an image, see mask, probability, effects: make demo CKPT=path | RUN=<run folder> [PORT=7860]
+	@test -n "$(CKPT)$(RUN)" || { echo "Set CKPT=path/to/best.ckpt or RUN=<run folder> (or a folder make publish wrote)"; exit 2; }
+	$(PY) -m lightseg.tools.demo "$(or $(CKPT),$(RUN))" --port $(PORT) $(ARGS)
 
 data: $(STAMP) ## Download (VOC, COCO) or check (PH2, MADS, your own folder) a dataset: make data DATASET=voc [ARGS=...]
 	@test -n "$(DATASET)" || { echo "Set DATASET=voc, coco, mads, ph2 or folder (see README, Datasets and Train on your own data)"; exit 2; }

@@ -107,6 +107,7 @@ def test_the_command_line_ends_a_mistake_in_one_paragraph(tmp_path, args, sugges
         ("lightseg.tools.eval", "splt=val", "'split'"),
         ("lightseg.tools.predict", "outptu=x", "'output'"),
         ("lightseg.tools.export", "opst=17", "'opset'"),
+        ("lightseg.tools.publish", "push_to_hbu=true", "'push_to_hub'"),
         ("lightseg.tools.table", "digit=2", "'digits'"),
         ("lightseg.tools.plot", "curve=[]", "'curves'"),
         ("lightseg.tools.bundle", "outptu=x.tar.gz", "'output'"),
