@@ -21,7 +21,7 @@ from lightseg.data.folder import Folder
 from lightseg.data.leakage import NEAR, cache_file, hashes, with_groups
 from lightseg.data.source import Sample, kfold_split, stratified_split
 from lightseg.errors import LightsegError
-from tests.conftest import make_config
+from tests.conftest import ONE_STEP, make_config
 from tests.fixtures_datasets import write_folder, write_mads
 from tests.runs import run_app
 
@@ -234,3 +234,19 @@ def test_ph2_takes_split_lists(ph2_root, tmp_path):
     assert "sample ids PH2 finds under" in message and "'IMD002'" in message
     with pytest.raises(LightsegError, match=r"split_lists='nowhere': '.*nowhere' is not a folder"):
         datamodule(tmp_path, *overrides, "data.source.split_lists=nowhere").locate()
+
+
+def test_a_training_run_warns_once(planted, tmp_path, caplog, one_thread):
+    from lightseg.train import train
+
+    write_lists(planted / "splits", LISTS)
+    cfg = make_config(
+        tmp_path, "data=folder", f"data.source.root={planted}", *ONE_STEP,
+        "model=unet_resnet18", "data.image_size=32", "callbacks.progress_bar=null",
+    )  # fmt: skip
+    module = instantiate(cfg.data, _convert_="all")
+    hashes(module.source, module.source.find(), module.cache_dir)  # as make data does
+    with caplog.at_level(logging.WARNING):
+        train(cfg)
+    lines = [r.getMessage() for r in caplog.records if "near-duplicate" in r.getMessage()]
+    assert len(lines) == 1, lines

@@ -87,11 +87,14 @@ def hashes(
         return None
     for sample in track(todo, description="Hashing images", console=console, disable=not todo):
         fresh[sample.id] = [file_stamp(sample.image), *image_hashes(source, sample)]
-    if todo:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        scratch = path.with_suffix(f".{os.getpid()}.partial")
-        scratch.write_text(json.dumps({**stored, **fresh}))
-        scratch.replace(path)  # whole or not at all
+    try:
+        if todo:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            scratch = path.with_suffix(f".{os.getpid()}.partial")
+            scratch.write_text(json.dumps({**stored, **fresh}))
+            scratch.replace(path)  # whole or not at all
+    except OSError as error:  # the hashes still serve this process
+        log.warning("Cannot store the image hashes in %s (%s).", path.parent, error)
     return {i: entry[1:] for i, entry in fresh.items()}
 
 

@@ -110,8 +110,8 @@ class SegmentationSource:
         return {}
 
     def listed(self, samples: list[Sample]) -> list[Sample]:
-        """``samples`` with ``subset`` set from ``<root>/<split_lists>/{train,val,test}.txt``
-        (published or your own split; an absolute path works too), as they are without lists."""
+        """``samples`` with ``subset`` set from ``<root>/<split_lists>/{train,val,test}.txt`` (a
+        published split or your own; the folder may be absolute), unchanged without lists."""
         if not self.split_lists:
             return samples
         folder = self.root / self.split_lists
