@@ -149,7 +149,7 @@ def test_settings_are_the_constructor_arguments_whatever_a_source_stores(tmp_pat
         "extra": {"colour": "red"},
     }
     assert pickle.loads(pickle.dumps(source)).settings() == source.settings()  # spawned workers
-    assert SegmentationSource(tmp_path).settings() == {"root": tmp_path}
+    assert SegmentationSource(tmp_path).settings() == {"root": tmp_path, "split_lists": None}
     variants = [{}, {"threshold": 100}, {"mode": "b"}, {"colour": "red"}, {"root": tmp_path / "x"}]
     keys = {fingerprint(Renamed(**{"root": tmp_path, **v}), []) for v in variants}
     assert len(keys) == len(variants)  # each setting keys the caches

@@ -27,8 +27,14 @@ class Demo(PH2):
 
     how_to_get = "It is generated automatically; check that the data folder is writable."
 
-    def __init__(self, root: str | Path, num_cases: int = 80, seed: int = 0) -> None:
-        super().__init__(root)
+    def __init__(
+        self,
+        root: str | Path,
+        num_cases: int = 80,
+        seed: int = 0,
+        split_lists: str | Path | None = None,
+    ) -> None:
+        super().__init__(root, split_lists)
         self.num_cases, self.seed = int(num_cases), int(seed)
 
     def prepare(self) -> None:

@@ -4,7 +4,8 @@
 
 Archives are MD5-checked and unpacked in a scratch folder removed on failure, so nothing
 partial is left. ``folder`` is checked in full: every pair is read as training reads it, and
-the command prints what training will see (README: Datasets).
+the command prints what training will see (README: Datasets). Every dataset's exact and
+near-duplicate images are listed, within and across splits (:mod:`lightseg.data.leakage`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from torchvision.datasets.utils import download_and_extract_archive
 from torchvision.datasets.voc import DATASET_YEAR_DICT
 
 from lightseg.config import app
-from lightseg.data.module import prepare_source
+from lightseg.data import leakage
 from lightseg.data.source import read_pair
 from lightseg.data.statistics import Accumulator
 from lightseg.errors import LightsegError
@@ -61,7 +62,8 @@ ARCHIVES: dict[str, tuple[Archive, ...]] = {
     ),
 }
 #: Defaults (unless the command line sets them) so that the check covers all that was fetched.
-CHECK_SETTINGS = {"voc": {"data.source.use_sbd": True}, "folder": {"data.split_dir": None}}
+#: (split_dir: make data writes no run folder.)
+CHECK_SETTINGS = {"voc": {"data.source.use_sbd": True}}
 
 
 def fetch(archive: Archive, data_dir: Path) -> None:
@@ -104,24 +106,24 @@ def prepare_dataset(cfg: DictConfig, name: str, given: set[str] = frozenset()) -
     """Fetch dataset ``name``'s public archives, then prepare and find its samples (``given``:
     the keys the command line set)."""
     cfg = copy.deepcopy(cfg)  # the caller's config stays as it is
-    for key, value in CHECK_SETTINGS.get(name, {}).items():
+    for key, value in {"data.split_dir": None, **CHECK_SETTINGS.get(name, {})}.items():
         if key not in given:
             OmegaConf.update(cfg, key, value)
+    datamodule = instantiate(cfg.data, _convert_="all")
     if name == "folder":
-        check_folder(instantiate(cfg.data, _convert_="all"))
-        return
-    data_dir = Path(cfg.paths.data_dir)
-    for archive in ARCHIVES.get(name, ()):
-        fetch(archive, data_dir)
-    source = instantiate(cfg.data.source)
-    prepare_source(source, cfg.data.cache.dir)
-    samples = source.find()
-    counts = Counter(sample.subset or sample.stratum or "all" for sample in samples)
-    summary = ", ".join(f"{name}: {count}" for name, count in sorted(counts.items()))
-    console.print(
-        f"[green]{type(source).__name__} is ready[/] under {source.root}: {len(samples)} "
-        f"samples ({summary})."
-    )
+        check_folder(datamodule)
+    else:
+        for archive in ARCHIVES.get(name, ()):
+            fetch(archive, Path(cfg.paths.data_dir))
+        source, splits = datamodule.source, datamodule.locate()
+        samples = leakage.used(splits)
+        counts = Counter(sample.subset or sample.stratum or "all" for sample in samples)
+        summary = ", ".join(f"{name}: {count}" for name, count in sorted(counts.items()))
+        console.print(
+            f"[green]{type(source).__name__} is ready[/] under {source.root}: {len(samples)} "
+            f"samples ({summary})."
+        )
+    leakage.report(datamodule.source, datamodule.locate(), datamodule.cache_dir)
 
 
 def check_folder(datamodule) -> None:

@@ -9,7 +9,6 @@ reads the files.
 from __future__ import annotations
 
 import csv as csvlib
-import logging
 import re
 from collections import defaultdict
 from collections.abc import Sequence
@@ -18,13 +17,15 @@ from pathlib import Path
 import numpy as np
 
 from lightseg.data.pixels import MaskReader, read_image
-from lightseg.data.source import SPLITS, Sample, SegmentationSource, at_least, stratified_split
+from lightseg.data.source import (
+    IMAGE_SUFFIXES,
+    SPLITS,
+    Sample,
+    SegmentationSource,
+    at_least,
+    listing,
+)
 from lightseg.errors import LightsegError
-
-log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
-SHOWN = 10  # files listed in an error before "... and N more"
 
 
 class Folder(SegmentationSource):
@@ -138,7 +139,7 @@ class Folder(SegmentationSource):
             )
         if not rows:
             raise LightsegError(f"'{table}' lists no images: add one row per (image, mask) pair.")
-        samples, seen = [], {}
+        samples, seen, self.table = [], {}, {}
         for line, row in enumerate(rows, start=2):  # line 1 is the header
             image, mask = self.root / row["image"], self.root / row["mask"]
             for column, path in (("image", image), ("mask", mask)):
@@ -154,7 +155,7 @@ class Folder(SegmentationSource):
                     f"'{table}' lines {seen[sample_id]} and {line} both list the image "
                     f"'{sample_id}': list each image once."
                 )
-            seen[sample_id] = line
+            seen[sample_id], self.table[sample_id] = line, row
             split = row.get("split", "").lower() or None
             if "split" in columns and split not in SPLITS:
                 raise LightsegError(
@@ -164,54 +165,15 @@ class Folder(SegmentationSource):
             samples.append(Sample(sample_id, image, mask, row.get("stratum") or None, split))
         return sorted(samples, key=lambda s: s.id)
 
-    def listed(self, samples: list[Sample]) -> list[Sample]:
-        """``samples`` with ``subset`` set from the split lists (splits/train.txt ...)."""
-        folder = self.root / self.split_lists
-        by_id = {s.id: s for s in samples}
-        subsets: dict[str, str] = {}
-        for name in SPLITS:
-            path = folder / f"{name}.txt"
-            if not path.is_file():
-                continue
-            unknown = []
-            for line, text in enumerate(path.read_text().splitlines(), start=1):
-                entry = list_entry(text, self.images)
-                if entry is None:
-                    continue
-                if entry not in by_id:
-                    unknown.append(f"line {line}: '{text.strip()}'")
-                elif subsets.setdefault(entry, name) != name:
-                    raise LightsegError(
-                        f"'{entry}' is listed in both {subsets[entry]}.txt and {name}.txt under "
-                        f"'{folder}': a sample belongs to one split."
-                    )
-            if unknown:
-                raise LightsegError(
-                    f"'{path}' names samples that were not found: {listing(unknown)}. Entries are "
-                    f"ids (the image's path under '{self.images}/' without extension, e.g. "
-                    f"'{samples[0].id}'); fix or remove those lines."
-                )
-        missing = [name for name in ("train", "test") if name not in subsets.values()]
-        if missing:
-            raise LightsegError(
-                f"'{folder}' needs {' and '.join(f'{m}.txt' for m in missing)} (val.txt is "
-                "optional: without it validation is taken from train.txt). Add the list(s), "
-                "or set data.source.split_lists=null for a generated split."
-            )
-        unlisted = len(samples) - len(subsets)
-        if unlisted:
-            log.warning("%d sample(s) are in none of the lists in %s: not used.", unlisted, folder)
-        return [Sample(s.id, s.image, s.mask, s.stratum, subsets.get(s.id)) for s in samples]
+    def columns(self) -> dict[str, dict[str, str]]:
+        """The CSV's row of each sample (``data.split.group_by`` may name a column)."""
+        return getattr(self, "table", {})
 
-    def split(self, samples, fractions, seed) -> dict[str, list[Sample]]:
-        """The split lists (without val.txt, val is cut from train) or the generated split."""
-        if not any(s.subset for s in samples):
-            return stratified_split(samples, fractions, seed)
-        groups = {name: [s for s in samples if s.subset == name] for name in SPLITS}
-        if not groups["val"]:
-            inner = stratified_split(groups["train"], {"val": fractions.get("val", 0.0)}, seed)
-            groups["train"], groups["val"] = inner["train"], inner["val"]
-        return groups
+    def list_entry(self, text: str) -> str | None:
+        """As a source's, and a leading images folder dropped (``images/case_001.jpg``)."""
+        entry = super().list_entry(text)
+        parts = Path(entry).parts if entry else ()
+        return Path(*parts[1:]).as_posix() if len(parts) > 1 and parts[0] == self.images else entry
 
     def read(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
         if not self.mask_reader.decided:
@@ -257,21 +219,3 @@ def files_by_stem(folder: Path, stem: re.Pattern, what: str, unmatched: list[Pat
             "(remove or rename the others)."
         )
     return {key: paths[0] for key, paths in found.items()}
-
-
-def list_entry(text: str, images: str) -> str | None:
-    """A split list's line as a sample id: extension and a leading images folder dropped."""
-    entry = text.strip()
-    if not entry or entry.startswith("#"):
-        return None
-    path = Path(entry)
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        path = path.with_suffix("")
-    if path.parts and path.parts[0] == images and len(path.parts) > 1:
-        path = Path(*path.parts[1:])
-    return path.as_posix()
-
-
-def listing(items: Sequence, shown: int = SHOWN, separator: str = ", ") -> str:
-    more = f" ... and {len(items) - shown} more" if len(items) > shown else ""
-    return separator.join(str(i) for i in items[:shown]) + more

@@ -3,7 +3,9 @@
 The archive unzips under ``root`` (``${paths.data_dir}/mads``) to
 ``segmentation_full_body_mads_dataset_1192_img/``, maybe nested once more, holding ``images/``,
 ``masks/`` (same names) and ``df.csv``. Masks are checked, not assumed (:func:`binarise`);
-splits are stratified by activity (the name's first word).
+splits are stratified by activity (the name's first word) and, by default (configs/data/mads.yaml
+``split.group_by``), keep each sequence's frames (``Jazz_Jazz1_C0_00010``: sequence
+``Jazz_Jazz1``, all cameras) in one split. ``split_lists``: train/val/test.txt of frame ids.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ class MADS(SegmentationSource):
             samples.append(Sample(image.stem, image, mask, stratum=image.stem.split("_")[0]))
         if not samples:
             raise self.missing(folder / "images" / "*.png")
-        return samples
+        return self.listed(samples)
 
     def read(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
         return read_rgb(sample.image), binarise(np.asarray(open_image(sample.mask)), sample.mask)

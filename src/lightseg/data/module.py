@@ -17,10 +17,12 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
 from lightseg.config import image_size_hw
 from lightseg.data.cache import SampleCache, open_cache
+from lightseg.data.leakage import warn_crossing, with_groups
 from lightseg.data.sampling import (
     EvalDistributedSampler,
     ResumableDataLoader,
@@ -53,7 +55,7 @@ from lightseg.utils.locks import file_lock
 log = logging.getLogger(__name__)
 
 AUTO = "auto"  # data.mean / data.std: per-channel values of the training split
-SPLIT = {"val": 0.2, "test": 0.2, "seed": 0, "folds": None, "fold": 0}
+SPLIT = {"val": 0.2, "test": 0.2, "seed": 0, "folds": None, "fold": 0, "group_by": None}
 CACHE = {"enabled": False, "scale": None, "dir": None}
 
 
@@ -181,7 +183,8 @@ class SegmentationDataModule(L.LightningDataModule):
         """Prepare, find and split the samples once per process (training calls it first)."""
         if self.splits is None:
             prepare_source(self.source, self.cache_dir)
-            samples, cfg = self.source.find(), self.split  # cfg: data.split
+            cfg = self.split  # data.split
+            samples = with_groups(self.source, self.source.find(), cfg.group_by, self.cache_dir)
             if cfg.folds:
                 splits = self.source.fold_split(samples, cfg.folds, cfg.fold, cfg.val, cfg.seed)
             else:
@@ -195,6 +198,8 @@ class SegmentationDataModule(L.LightningDataModule):
                     "fractions)."
                 )
             self.splits = splits
+            if rank_zero_only.rank == 0:  # one warning per run, if make data hashed the images
+                warn_crossing(self.source, splits, self.cache_dir)
         if AUTO in (self.mean, self.std):
             stats = self.statistics()
             self.mean = stats.mean if self.mean == AUTO else self.mean

@@ -6,6 +6,8 @@ Layout under ``root`` (``${paths.data_dir}/PH2Dataset``)::
     PH2 Dataset images/IMD002/IMD002_lesion/IMD002_lesion.bmp       1-bit lesion mask
     PH2 Dataset images/IMD002/IMD002_roi/...                        other ROIs (not used)
     PH2_dataset.xlsx                                                 diagnoses, used to stratify
+
+``split_lists``: a folder of train/val/test.txt (case ids) for a published or your own split.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class PH2(SegmentationSource):
             samples.append(Sample(case.name, image, mask, stratum=diagnoses.get(case.name)))
         if not samples:
             raise self.missing(images / "IMDxxx")
-        return samples
+        return self.listed(samples)
 
     def read(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
         mask = np.asarray(open_image(sample.mask).convert("L")) > 127

@@ -8,8 +8,10 @@ A dataset is a :class:`SegmentationSource` subclass plus one YAML naming it
                complete (a killed ``prepare`` leaves nothing that looks finished); derived files
                go under :func:`cache_home`.
 ``find()``     the :class:`Sample` list; raise ``self.missing(path)`` when the data is absent.
-``split()``    optional: train/val/test, by default :func:`stratified_split` by ``Sample.stratum``;
-               :meth:`fold_split` serves k-fold; official lists use :func:`official_split`.
+``split()``    optional: train/val/test, by default the split lists (:meth:`listed`, which
+               ``find()`` applies) or :func:`stratified_split` by ``Sample.stratum``, keeping each
+               ``Sample.group`` in one split; :meth:`fold_split` serves k-fold; official lists
+               use :func:`official_split`.
 ``read(s)``    ``(image [H, W, C], mask uint8 [H, W])``: class indices, 255 = ignore. Images are
                uint8, uint16 or float32 (each scaled by its range) with ``in_channels`` channels.
 
@@ -24,10 +26,11 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import logging
 import os
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +40,11 @@ from PIL import Image
 from lightseg.errors import LightsegError
 from lightseg.task import IGNORE_INDEX
 
+log = logging.getLogger(__name__)
+
 SPLITS = ("train", "val", "test")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+SHOWN = 10  # entries listed in an error before "... and N more"
 
 
 def cache_home() -> Path:
@@ -48,8 +55,9 @@ def cache_home() -> Path:
 @dataclass(frozen=True)
 class Sample:
     """One (image, mask) pair on disk: ``stratum`` groups samples for stratified splits,
-    ``subset`` names the official list it comes from (VOC's ``val``), and ``extras`` are more
-    batch fields (a label, a weight) that a fork's training step reads as ``batch[<name>]``."""
+    ``subset`` names the official list it comes from (VOC's ``val``), ``extras`` are more
+    batch fields (a label, a weight) that a fork's training step reads as ``batch[<name>]``, and
+    samples of one ``group`` (a video, a patient: ``data.split.group_by``) share a split."""
 
     id: str
     image: Path
@@ -57,6 +65,7 @@ class Sample:
     stratum: str | None = None
     subset: str | None = None
     extras: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    group: str | None = field(default=None, compare=False)
 
 
 Splits = dict[str, list[Sample]]  # the samples of each of SPLITS
@@ -82,8 +91,8 @@ class SegmentationSource:
         source._settings = dict(list(bound.arguments.items())[1:])  # without self
         return source
 
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+    def __init__(self, root: str | Path, split_lists: str | Path | None = None) -> None:
+        self.root, self.split_lists = Path(root), split_lists
 
     def settings(self) -> dict[str, Any]:
         """The constructor's arguments, defaults filled in: what keys the caches. Override it
@@ -96,9 +105,77 @@ class SegmentationSource:
     def find(self) -> list[Sample]:
         raise NotImplementedError
 
+    def columns(self) -> Mapping[str, Mapping[str, str]]:
+        """Per sample id, text columns (a CSV's) that ``data.split.group_by`` may name."""
+        return {}
+
+    def listed(self, samples: list[Sample]) -> list[Sample]:
+        """``samples`` with ``subset`` set from ``<root>/<split_lists>/{train,val,test}.txt`` (a
+        published split or your own; the folder may be absolute), unchanged without lists."""
+        if not self.split_lists:
+            return samples
+        folder = self.root / self.split_lists
+        if not folder.is_dir():
+            raise LightsegError(
+                f"data.source.split_lists='{self.split_lists}': '{folder}' is not a folder. "
+                "Point it at a folder holding train.txt and test.txt (and optionally val.txt), "
+                "one sample id per line, or set data.source.split_lists=null for a generated split."
+            )
+        by_id = {s.id: s for s in samples}
+        subsets: dict[str, str] = {}
+        for name in SPLITS:
+            path = folder / f"{name}.txt"
+            if not path.is_file():
+                continue
+            unknown = []
+            for line, text in enumerate(path.read_text().splitlines(), start=1):
+                entry = self.list_entry(text)
+                if entry is None:
+                    continue
+                if entry not in by_id:
+                    unknown.append(f"line {line}: '{text.strip()}'")
+                elif subsets.setdefault(entry, name) != name:
+                    raise LightsegError(
+                        f"'{entry}' is listed in both {subsets[entry]}.txt and {name}.txt under "
+                        f"'{folder}': a sample belongs to one split."
+                    )
+            if unknown:
+                raise LightsegError(
+                    f"'{path}' names samples that were not found: {listing(unknown)}. Entries are "
+                    f"the sample ids {type(self).__name__} finds under '{self.root}' (e.g. "
+                    f"'{samples[0].id}'; an image extension is dropped): fix or remove those "
+                    "lines, or check that data.source.root is the data set the lists were made for."
+                )
+        missing = [name for name in ("train", "test") if name not in subsets.values()]
+        if missing:
+            raise LightsegError(
+                f"'{folder}' needs {' and '.join(f'{m}.txt' for m in missing)} (val.txt is "
+                "optional: without it validation is taken from train.txt). Add the list(s), "
+                "or set data.source.split_lists=null for a generated split."
+            )
+        unlisted = len(samples) - len(subsets)
+        if unlisted:
+            log.warning("%d sample(s) are in none of the lists in %s: not used.", unlisted, folder)
+        return [replace(s, subset=subsets.get(s.id)) for s in samples]
+
+    def list_entry(self, text: str) -> str | None:
+        """A split list's line as a sample id (an image extension dropped), None if blank or #."""
+        entry = text.strip()
+        if not entry or entry.startswith("#"):
+            return None
+        path = Path(entry)
+        return (path.with_suffix("") if path.suffix.lower() in IMAGE_SUFFIXES else path).as_posix()
+
     def split(self, samples: list[Sample], fractions: Mapping[str, float], seed: int) -> Splits:
-        """Deterministic split stratified by ``Sample.stratum``; override for official splits."""
-        return stratified_split(samples, fractions, seed)
+        """The split lists (without val.txt, val is cut from train) or the generated split,
+        stratified by ``Sample.stratum``; override for official splits."""
+        if not any(s.subset for s in samples):
+            return stratified_split(samples, fractions, seed)
+        groups = {name: [s for s in samples if s.subset == name] for name in SPLITS}
+        if not groups["val"]:
+            inner = stratified_split(groups["train"], {"val": fractions.get("val", 0.0)}, seed)
+            groups["train"], groups["val"] = inner["train"], inner["val"]
+        return groups
 
     def fold_split(
         self, samples: list[Sample], folds: int, fold: int, val: float, seed: int
@@ -109,8 +186,8 @@ class SegmentationSource:
             raise LightsegError(
                 f"{type(self).__name__} comes with fixed splits ({', '.join(fixed)}), which "
                 "data.split.folds would ignore. Remove data.split.folds for the fixed splits, or "
-                "remove the split lists (a folder's splits/*.txt or its CSV split column) to "
-                "cross-validate."
+                "remove the split lists (data.source.split_lists, a folder's splits/*.txt or its "
+                "CSV split column) to cross-validate."
             )
         return kfold_split(samples, folds, fold, val, seed)
 
@@ -249,11 +326,15 @@ def at_least(value, minimum: int, key: str) -> int:
     return int(value)
 
 
-def by_stratum(samples: Sequence[Sample], seed: int) -> list[list[Sample]]:
-    """Each stratum's samples (strata by name), sorted by id then shuffled with ``seed``."""
-    strata: dict[str | None, list[Sample]] = defaultdict(list)
+def by_stratum(samples: Sequence[Sample], seed: int) -> list[list[list[Sample]]]:
+    """Each stratum's units (strata by name), shuffled with ``seed``: a unit is a
+    ``Sample.group``'s members (stratum: its first member's) or one ungrouped sample."""
+    units: dict[tuple, list[Sample]] = defaultdict(list)
     for sample in sorted(samples, key=lambda s: s.id):
-        strata[sample.stratum].append(sample)
+        units[("group", sample.group) if sample.group else ("id", sample.id)].append(sample)
+    strata: dict[str | None, list[list[Sample]]] = defaultdict(list)
+    for members in units.values():  # in the order of their first ids
+        strata[members[0].stratum].append(members)
     rng = np.random.default_rng(seed)
     ordered = sorted(strata.items(), key=lambda item: str(item[0]))
     return [[members[i] for i in rng.permutation(len(members))] for _, members in ordered]
@@ -263,24 +344,23 @@ def stratified_split(
     samples: Sequence[Sample], fractions: Mapping[str, float], seed: int
 ) -> Splits:
     """Shuffle each stratum with ``seed`` and cut val/test fractions off, the rest training;
-    strata merge by evenly spaced positions, so sizes are exact and any prefix keeps the mix."""
+    strata merge by evenly spaced positions, so sizes are exact (within a group's size when
+    samples are grouped) and any prefix keeps the mix."""
     val, test = float(fractions.get("val", 0.0)), float(fractions.get("test", 0.0))
     if val < 0 or test < 0 or val + test >= 1:
         raise LightsegError(
             f"data.split fractions val={val} and test={test} must be >= 0 and sum to less than 1."
         )
     keyed = [
-        ((rank + 0.5) / len(members), str(sample.stratum), sample)
-        for members in by_stratum(samples, seed)
-        for rank, sample in enumerate(members)
+        ((rank + 0.5) / len(units), str(unit[0].stratum), unit)
+        for units in by_stratum(samples, seed)
+        for rank, unit in enumerate(units)
     ]
-    ordered = [sample for *_, sample in sorted(keyed, key=lambda item: item[:2])]
-    n_val, n_test = round(val * len(ordered)), round(test * len(ordered))
-    groups = {
-        "val": ordered[:n_val],
-        "test": ordered[n_val : n_val + n_test],
-        "train": ordered[n_val + n_test :],
-    }
+    wanted = {"val": round(val * len(samples)), "test": round(test * len(samples))}
+    groups: Splits = {name: [] for name in SPLITS}
+    for *_, unit in sorted(keyed, key=lambda item: item[:2]):  # a whole unit per split
+        name = next((n for n in ("val", "test") if len(groups[n]) < wanted[n]), "train")
+        groups[name] += unit
     return {name: sorted(groups[name], key=lambda s: s.id) for name in SPLITS}
 
 
@@ -295,16 +375,19 @@ def check_fold(folds, fold) -> int:
 
 
 def kfold_split(samples: Sequence[Sample], folds: int, fold: int, val: float, seed: int) -> Splits:
-    """Test = fold ``fold`` of ``folds`` dealt round-robin from the shuffled strata (even strata,
-    sizes within one, each sample tested once over all folds); val = ``val`` of the rest."""
+    """Test = fold ``fold`` of ``folds`` dealt from the shuffled strata, each unit (a group or
+    one sample) to the smallest fold (round-robin for single samples: even strata, sizes within
+    one, each sample tested once over all folds); val = ``val`` of the rest."""
     folds = check_fold(folds, fold)
     if len(samples) < folds:
         raise LightsegError(
             f"data.split.folds={folds} needs at least {folds} samples; the dataset has "
             f"{len(samples)}."
         )
-    dealt = [s for members in by_stratum(samples, seed) for s in members]
-    rest = [s for position, s in enumerate(dealt) if position % folds != fold]
+    dealt: list[list[Sample]] = [[] for _ in range(folds)]
+    for unit in (unit for units in by_stratum(samples, seed) for unit in units):
+        min(dealt, key=len).extend(unit)  # the first of the smallest folds
+    rest = [s for number, members in enumerate(dealt) if number != fold for s in members]
     n_val = round(float(val) * len(samples))
     if not 0 <= n_val < len(rest):
         raise LightsegError(
@@ -313,8 +396,13 @@ def kfold_split(samples: Sequence[Sample], folds: int, fold: int, val: float, se
             "smaller data.split.val."
         )
     inner = stratified_split(rest, {"val": n_val / len(rest)}, seed)
-    tested = sorted(dealt[fold::folds], key=lambda s: s.id)
+    tested = sorted(dealt[fold], key=lambda s: s.id)
     return {"train": inner["train"], "val": inner["val"], "test": tested}
+
+
+def listing(items: Sequence, shown: int = SHOWN, separator: str = ", ") -> str:
+    more = f" ... and {len(items) - shown} more" if len(items) > shown else ""
+    return separator.join(str(i) for i in items[:shown]) + more
 
 
 def subset_map(splits: Mapping[str, str]) -> dict[str, str]:

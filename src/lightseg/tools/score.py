@@ -25,10 +25,10 @@ from omegaconf import DictConfig, OmegaConf
 from rich.progress import track
 
 from lightseg.config import app, plain
-from lightseg.data.folder import files_by_stem, listing, pattern_regex
+from lightseg.data.folder import files_by_stem, pattern_regex
 from lightseg.data.module import SegmentationDataModule
 from lightseg.data.pixels import MaskReader
-from lightseg.data.source import Sample, read_pair
+from lightseg.data.source import Sample, listing, read_pair
 from lightseg.errors import LightsegError
 from lightseg.metrics import build_metrics, metrics_for
 from lightseg.runs import RunFolder
