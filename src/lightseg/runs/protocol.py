@@ -37,6 +37,7 @@ from hydra.utils import get_class
 
 from lightseg.config import plain
 from lightseg.data.source import Sample, fingerprint
+from lightseg.runs.folder import RunFolder
 
 VERSION = 1
 #: How the metrics treat empty masks (lightseg.metrics), recorded so a reader can compare.
@@ -151,13 +152,16 @@ def training_card(experiment, trainer) -> dict[str, Any]:
     cfg, datamodule, module = experiment.cfg, experiment.datamodule, experiment.module
     stored = dict(module.hparams.get("inference") or {})
     height, width = datamodule.image_size
+    from lightseg.checkpoints import checkpoint_position  # imports the models: not for tables
+
+    # last.ckpt's position: under ddp_spawn this process's trainer never counted the steps
+    last = RunFolder(cfg.paths.output_dir).last
+    position = checkpoint_position(last) if last.is_file() else None
+    epochs = position["epoch"] + 1 if position else int(trainer.current_epoch)
+    steps = position["step"] if position else int(trainer.global_step)
     batch = datamodule.device_batch_size() * trainer.world_size
-    steps = int(trainer.global_step)
-    budget = {
-        "epochs": int(trainer.current_epoch),
-        "steps": steps,
-        "images_seen": steps * batch * int(trainer.accumulate_grad_batches),
-    }
+    images = steps * batch * int(trainer.accumulate_grad_batches)
+    budget = {"epochs": epochs, "steps": steps, "images_seen": images}
     return card(
         datamodule,
         "test",
