@@ -18,6 +18,7 @@ from lightseg.runs.protocol import comparison, differences
 from lightseg.tools.eval import evaluate
 from lightseg.tools.results import NumbersFrom
 from lightseg.tools.table import results
+from tests.conftest import PH2_CASES
 from tests.runs import run_cli, tiny_cli_run
 from tests.test_results import fake_run, images
 
@@ -88,6 +89,18 @@ def test_the_card_of_training_and_of_eval_split_all(one_thread, demo_run, demo_c
     assert differences(train, native) == (
         "scored at different resolutions: training size 64x64 vs native"
     )
+
+
+def test_all_of_another_dataset_is_external(one_thread, demo_checkpoint, data_dir, tmp_path):
+    # train on one dataset (the demo), test on every image of another (the PH2 fixture)
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        given = [f"ckpt_path={demo_checkpoint}", "data=ph2", f"paths.data_dir={data_dir}"]
+        cfg = compose("eval", [*given, "split=all", "wandb=false", "num_examples=0"])
+    cfg.output_dir = str(tmp_path)
+    card = evaluate(cfg, data_from_run=False)["protocol"]
+    ids = "".join(f"{case}\n" for case in sorted(PH2_CASES))
+    assert card["split"]["kind"] == "external: all" and card["dataset"]["name"] == "PH2"
+    assert card["split"]["hashes"]["all"] == sha(ids) and card["dataset"]["images"] == 6
 
 
 def test_rows_scored_differently_are_never_paired(one_thread, monkeypatch, tmp_path, data_dir):
@@ -163,7 +176,10 @@ def test_published_rows_are_shown_never_paired_and_old_runs_tabulate(tmp_path):
     assert (cell.runs, cell.p_text, cell.bold, cell.value) == ([0.95], "published", False, None)
     assert table.cells["test/dice", "arch=Unet"].p_text == "best"  # the runs pair as before
     assert "Protocol of every row: unknown (no protocol card)." in table.caption
-    assert "Smith 2020 (published): from Smith et al., MIDL 2020, Table 2" in table.caption
+    assert (
+        "Smith 2020 (published): from Smith et al., MIDL 2020, Table 2, test split, official; "
+        "shown, never paired." in table.caption
+    )
     published.write_text(yaml.safe_dump([{"name": "x", "metrics": {"test/dice": 1}}]))
     with pytest.raises(Exception, match="lacks a name, a source or its metrics"):
         results(tmp_path / "runs", ["test/dice"], published=published)

@@ -241,17 +241,21 @@ def differences(mine: dict | None, theirs: dict | None) -> str | None:
 
 
 def describe(protocol: Mapping[str, Any] | None, variant: str | None = None) -> str:
-    """A row's protocol in a few words, for a table's caption."""
+    """A row's protocol in a few words, for a table's caption (a published row's card may
+    give only some fields: the others are left out)."""
     if not protocol:
         return "unknown (no protocol card)"
-    split = protocol.get("split") or {}
-    inference = (protocol.get("variants") or {}).get(variant, protocol.get("inference"))
-    scored = split.get("scored")
-    digest = (split.get("hashes") or {}).get(scored, "?")
-    dataset = (protocol.get("dataset") or {}).get("name", "?")
-    resolution = (protocol.get("scoring") or {}).get("resolution")
-    resolution = "native resolution" if resolution == "native" else resolution
-    return (
-        f"{dataset} {scored} split, {split.get('kind')}, ids {digest}, scored at {resolution}, "
-        f"{describe_inference(inference)}"
-    )
+    split, scoring = protocol.get("split") or {}, protocol.get("scoring") or {}
+    name, scored = (protocol.get("dataset") or {}).get("name"), split.get("scored")
+    digest = (split.get("hashes") or {}).get(scored)
+    resolution = scoring.get("resolution")
+    parts = [
+        " ".join(str(p) for p in (name, scored and f"{scored} split") if p),
+        split.get("kind"),
+        digest and f"ids {digest}",
+        resolution and f"scored at {'native resolution' if resolution == 'native' else resolution}",
+    ]
+    if "inference" in protocol:
+        inference = (protocol.get("variants") or {}).get(variant, protocol["inference"])
+        parts.append(describe_inference(inference))
+    return ", ".join(p for p in parts if p) or "no protocol fields"

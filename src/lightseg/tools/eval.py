@@ -83,7 +83,7 @@ from lightseg.utils.devices import inference_device
 from lightseg.utils.loggers import add_to_wandb_run, numbers
 from lightseg.visualize import confusion_figure, letterbox, overlay_grid, reliability_figure
 
-SPLIT_ALIASES = {f"data.split={name}" for name in ("train", "val", "test")}
+SPLIT_ALIASES = {f"data.split={name}" for name in ("train", "val", "test", "all")}
 #: What goes to W&B besides the metrics of each variant.
 SUMMARY = ("cost", "coverage")
 THUMBNAIL = 256  # side of each panel in examples.png
