@@ -149,11 +149,11 @@ def card(
 
 def training_card(experiment, trainer) -> dict[str, Any]:
     """The card of the test stage: the test split at the training size, no TTA."""
+    from lightseg.checkpoints import checkpoint_position  # imports the models: not for tables
+
     cfg, datamodule, module = experiment.cfg, experiment.datamodule, experiment.module
     stored = dict(module.hparams.get("inference") or {})
     height, width = datamodule.image_size
-    from lightseg.checkpoints import checkpoint_position  # imports the models: not for tables
-
     # last.ckpt's position: under ddp_spawn this process's trainer never counted the steps
     last = RunFolder(cfg.paths.output_dir).last
     position = checkpoint_position(last) if last.is_file() else None
