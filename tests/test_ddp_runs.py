@@ -106,6 +106,8 @@ def per_image_rows(path: Path) -> list[dict]:
 def test_ddp_run_writes_the_metrics_one_process_gives_its_best_weights(tmp_path, reference):
     folder = reference["folder"]
     written = json.loads(folder.metrics.read_text())
+    # the protocol card counts both processes' images: 9 steps of 2 images in each of 2
+    assert written.pop("protocol")["budget"] == {"epochs": 3, "steps": 9, "images_seen": 36}
     expected, rows = one_process(folder, tmp_path / "one")
     assert {k for k in written if not k.startswith("best/")} == expected.keys()
     assert 0.0 < expected["val/iou"] < 1.0 and "test/dice_per_image" in expected

@@ -29,6 +29,7 @@ from lightseg.experiment import build, group_choices
 from lightseg.metrics import finite_or_none
 from lightseg.runs import RunFolder, RunLock, recorded_run, resume
 from lightseg.runs.folder import RUN_INFO
+from lightseg.runs.protocol import training_card
 from lightseg.runs.record import end_record
 from lightseg.utils.console import console, print_config, print_metrics
 from lightseg.utils.loggers import wandb_finished
@@ -60,7 +61,7 @@ def as_composed(cfg: DictConfig) -> tuple[DictConfig, list[str]]:
 
 def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, float | None]:
     """Fit, then validate and test the best checkpoint; returns and saves the final metrics
-    (``overrides``: the command line's, recorded in run_info.json)."""
+    and their ``protocol`` card (``overrides``: the command line's, recorded in run_info.json)."""
     run = RunFolder(cfg.paths.output_dir)
     owner = resume.is_first_process()  # the first process of a job owns the folder
     lock = RunLock(run.path) if owner else None
@@ -109,6 +110,7 @@ def _train(
     ):  # the loggers get the config from callbacks.run_files, in the training process
         trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
         metrics = evaluate_best(trainer, module, datamodule)
+        metrics["protocol"] = training_card(experiment, trainer)  # how the numbers were made
         if trainer.is_global_zero:
             run.metrics.write_text(json.dumps(metrics, indent=2, sort_keys=True))
     if trainer.is_global_zero:

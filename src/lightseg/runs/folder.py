@@ -6,7 +6,8 @@
       run_info.json                   code, packages, machine, owner, how the run ended
       run.lock                        held while a process trains in this folder
       checkpoints/best.ckpt last.ckpt
-      metrics.json                    final val/test numbers of the best checkpoint
+      metrics.json                    final val/test numbers of the best checkpoint, and their
+                                      protocol card (lightseg.runs.protocol)
       per_image.csv                   every test image's metric values
       splits/{train,val,test}.txt     the sample ids of each split (data.split_dir)
       packages.txt  git_diff.patch  untracked.tar.gz   what rebuilding the run needs

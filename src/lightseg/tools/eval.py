@@ -20,6 +20,10 @@ Each variant's pixel calibration comes from its probabilities (after the tempera
 calibrate`` stored, which ``inference.temperature`` in eval.json records): ``ece`` and ``brier``
 (:class:`~lightseg.metrics.PixelCalibration`) in eval.json and the table, and
 ``reliability.png``, accuracy against confidence per bin for every variant.
+
+``eval.json``'s ``protocol`` card (:mod:`lightseg.runs.protocol`) says how the numbers were
+obtained: the data and split (its id list's hash; ``split=all`` scores every image of the
+dataset, for external validation), native resolution, each variant's inference.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ from lightseg.runs.per_image import (
     with_failures,
     write_per_image,
 )
+from lightseg.runs.protocol import INFERENCE_KEYS, card, every_sample, inference_record
 from lightseg.task import Task
 from lightseg.tools.inference import Segmenter, Views, checkpoint_paths, load_segmenter
 from lightseg.tools.uncertainty import coverage_curve, coverage_figure, mean_entropy
@@ -78,7 +83,7 @@ from lightseg.utils.devices import inference_device
 from lightseg.utils.loggers import add_to_wandb_run, numbers
 from lightseg.visualize import confusion_figure, letterbox, overlay_grid, reliability_figure
 
-SPLIT_ALIASES = {f"data.split={name}" for name in ("train", "val", "test")}
+SPLIT_ALIASES = {f"data.split={name}" for name in ("train", "val", "test", "all")}
 #: What goes to W&B besides the metrics of each variant.
 SUMMARY = ("cost", "coverage")
 THUMBNAIL = 256  # side of each panel in examples.png
@@ -194,11 +199,51 @@ def split_of(
             f"{datamodule.in_channels}-channel ones. Evaluate on the dataset it was trained on "
             "(experiment=... or data=...)."
         )
-    datamodule.locate()  # the split lists only: eval reads full-size images
-    if cfg.split not in datamodule.splits:
-        raise LightsegError(f"split={cfg.split} is unknown: use test, val or train.")
-    samples = datamodule.splits[cfg.split]
-    return datamodule, samples
+    splits = datamodule.locate()  # the split lists only: eval reads full-size images
+    if cfg.split == "all":  # every image: external validation of a model trained elsewhere
+        return datamodule, every_sample(splits)
+    if cfg.split not in splits:
+        raise LightsegError(f"split={cfg.split} is unknown: use test, val, train or all.")
+    return datamodule, splits[cfg.split]
+
+
+def is_external(cfg: DictConfig, data_from_run: bool, checkpoint: Path) -> bool:
+    """Whether the data scored is another dataset than the run trained on (its config's
+    ``data.source`` differs): the card's split kind says ``external``."""
+    run = RunFolder.of_checkpoint(checkpoint)
+    if data_from_run or run is None or not run.config.is_file():
+        return False
+    return plain(OmegaConf.load(run.config).data.source) != plain(cfg.data.source)
+
+
+def eval_card(cfg, data_from_run, checkpoints, datamodule, samples, segmenter, names, chosen):
+    """The protocol card (:mod:`lightseg.runs.protocol`) of an evaluation: native resolution,
+    each variant's inference under ``variants``, the final one's as ``inference``; pretrained
+    source and budget from the model and the run's own card."""
+    settings, members = {k: getattr(segmenter, k) for k in INFERENCE_KEYS}, len(checkpoints)
+    crf = (plain(cfg.get("postprocess")) or {}).get("_target_")
+    untouched = {**settings, "flip": False, "scales": [1.0]}
+    variants = {
+        name: inference_record(untouched if name == "plain" else settings, None, members)
+        for name in names
+        if not name.endswith("+crf")
+    }
+    if crf:
+        variants[names[-1]] = {**variants[names[-2]], "crf": crf}
+    run = RunFolder.of_checkpoint(checkpoints[0])
+    trained = ((run.read_metrics() if run else None) or {}).get("protocol") or {}
+    record = card(
+        datamodule,
+        str(cfg.split),
+        samples,
+        "native",
+        chosen,
+        variants[names[-1]],
+        segmenter.module.hparams.get("model"),
+        trained.get("budget"),
+        is_external(cfg, data_from_run, checkpoints[0]),
+    )
+    return {**record, "variants": variants}
 
 
 def evaluate(
@@ -252,19 +297,12 @@ def evaluate(
         "split": str(cfg.split),
         "images": len(samples),
         "classes": list(task.classes),
-        "inference": {
-            key: getattr(segmenter, key)
-            for key in (
-                "mode",
-                "image_size",
-                "stride",
-                "flip",
-                "scales",
-                "window_weights",
-                "temperature",  # an ensemble's: one per member
-            )
-        },
+        # an ensemble's temperature: one per member
+        "inference": {key: getattr(segmenter, key) for key in INFERENCE_KEYS},
         "postprocess": plain(cfg.get("postprocess")),
+        "protocol": eval_card(
+            cfg, data_from_run, checkpoints, datamodule, samples, segmenter, names, chosen
+        ),
         "metrics": {name: s.summary() for name, s in scores.items()},
         "coverage": {name: curve for name, s in scores.items() if (curve := coverage(s.per_image))},
         "examples_from": names[-1],

@@ -19,8 +19,9 @@ import pandas as pd
 
 from lightseg.errors import LightsegError, one_line
 from lightseg.runs import RunFolder, find_runs
-from lightseg.runs.folder import PER_IMAGE, read_yaml
+from lightseg.runs.folder import PER_IMAGE, read_json, read_yaml
 from lightseg.runs.per_image import read_per_image, read_strata
+from lightseg.runs.protocol import comparison, describe
 from lightseg.runs.resume import override_key
 
 #: Overrides that make no other configuration: replicates (seeds, splits, folds), paths, logging.
@@ -67,12 +68,19 @@ class RunResult:
     per_image: dict[str, dict[str, float]] = field(default_factory=dict)  # metric -> id -> v
     strata: dict[str, str] | None = None  # id -> stratum; None: per_image.csv has no such column
     per_image_file: Path | None = None  # where per_image and strata were read from
+    protocol: dict | None = None  # the card beside the numbers (None: written before cards)
+    variant: str | None = None  # eval: the variant read, whose inference the card gives
+    published: str | None = None  # a published number's source (shown, never paired)
 
     def setting(self, key: str) -> str:
         for override in self.overrides:
             if override_key(override) == key:
                 return self.values.get(key, override.split("=", 1)[-1])
         return self.values.get(key, "-")
+
+    def comparison(self, metric: str) -> dict | None:
+        """What must agree for this run's ``metric`` to be paired (:func:`comparison`)."""
+        return comparison(self.protocol, metric, self.variant)
 
     @property
     def debug(self) -> str | None:
@@ -92,6 +100,24 @@ class Row:
     @property
     def finished(self) -> int:
         return sum(r.metrics is not None for r in self.runs)
+
+    def comparison(self, metric: str) -> dict | None:
+        """Its runs' comparison records merged: each field's values (several for k-fold test
+        sets), None if a finished run has no card."""
+        records = [run.comparison(metric) for run in self.runs if run.metrics is not None]
+        if not records or None in records:
+            return None
+        merged = {}
+        for key in records[0]:
+            values = sorted({str(r[key]) for r in records if r[key] is not None})
+            merged[key] = " + ".join(values) if values else None
+        return merged
+
+    def protocol_text(self) -> str:
+        """The row's protocol in a few words (the first run's, and how many splits more)."""
+        texts = [describe(r.protocol, r.variant) for r in self.runs if r.metrics is not None]
+        more = len(set(texts)) - 1
+        return (texts[0] if texts else "no finished run") + (f" and {more} more" if more else "")
 
     def tested(self, metric: str) -> set[str]:
         """The ids of the images the row's runs scored (with or without a value)."""
@@ -136,12 +162,14 @@ def read_run(run: RunFolder, numbers_from: NumbersFrom = TEST_STAGE) -> RunResul
     values = {key: str(value) for key, value in flat.items()}  # keys dotted: model.arch
     values.update({key: str(value) for key, value in run.group_choices().items()})
     trained = run.read_metrics()
+    protocol = trained.pop("protocol", None) if trained else None
     missing, variant, prefix = None, None, "test/"
     if numbers_from.eval:
         metrics, path, variant = eval_results(run, numbers_from)
         prefix = f"{numbers_from.split}/"
         if metrics is None:
             missing, variant = variant, None
+        protocol = (read_json(path.parent / "eval.json") or {}).get("protocol") if path else None
     else:
         metrics, path = trained, run.per_image
     per_image = read_per_image(path, prefix, variant) if path else {}
@@ -158,7 +186,42 @@ def read_run(run: RunFolder, numbers_from: NumbersFrom = TEST_STAGE) -> RunResul
         else:
             reason = one_line(info.get("message") or "")
             status = f"{info.get('status')}: {reason}".strip(": ")
-    return RunResult(run.path, run.overrides(), values, metrics, status, per_image, strata, path)
+    return RunResult(
+        run.path,
+        run.overrides(),
+        values,
+        metrics,
+        status,
+        per_image,
+        strata,
+        path,
+        protocol,
+        variant,
+    )
+
+
+def published_rows(path: str | Path | None) -> list[Row]:
+    """Rows of published numbers from a YAML list (or ``{rows: [...]}``) of ``name``,
+    ``source``, ``metrics`` (``{test/dice: 0.91}``) and an optional ``protocol`` card."""
+    if not path:
+        return []
+    entries = read_yaml(Path(path))
+    entries = entries.get("rows") if isinstance(entries, dict) else entries
+    wanted = "a YAML list of {name, source, metrics: {test/dice: 0.91}, protocol: {...}}"
+    if not isinstance(entries, list) or not entries:
+        raise LightsegError(f"published='{path}' is missing or not {wanted}. Fix the file.")
+    rows = []
+    for entry in entries:
+        numbers = entry.get("metrics") if isinstance(entry, dict) else None
+        if not isinstance(numbers, dict) or not entry.get("name") or not entry.get("source"):
+            raise LightsegError(
+                f"published='{path}': the entry {entry!r} lacks a name, a source or its "
+                f"metrics; each entry is {wanted}."
+            )
+        result = RunResult(Path(path), [], {}, {k: float(v) for k, v in numbers.items()}, "")
+        result.protocol, result.published = entry.get("protocol"), str(entry["source"])
+        rows.append(Row(f"{entry['name']} (published)", [result]))
+    return rows
 
 
 def short_names(keys: Sequence[str], aliases: Mapping[str, str]) -> dict[str, str]:

@@ -34,6 +34,7 @@ from lightseg.metrics import build_metrics, metrics_for
 from lightseg.runs import RunFolder
 from lightseg.runs.folder import HYDRA, SPLITS
 from lightseg.runs.per_image import write_per_image
+from lightseg.runs.protocol import card
 from lightseg.tools.eval import Scores, print_report, staged, write_per_class
 from lightseg.utils.console import console
 from lightseg.visualize import confusion_figure
@@ -133,6 +134,8 @@ def score(cfg: DictConfig) -> dict:
         "classes": list(task.classes),
         "metrics": {name: scores.summary()},
         "examples_from": name,
+        # inference None: the masks are the other method's own, paired with any inference
+        "protocol": card(datamodule, split, samples, "native", metrics, None, None, None),
     }
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     strata = {sample.id: sample.stratum for sample in samples}  # per_image.csv: make table --by

@@ -10,6 +10,14 @@ images alone and a Wilcoxon signed-rank test (``test=``); the caption names the 
 adds one table per stratum of the test images. ``eval=true`` reads each run's newest ``make eval``
 instead of its test stage. Failed, missing and debug runs are listed under the table. Writes
 ``results.md`` and ``results.tex``.
+
+Rows are compared only with rows scored alike: their protocol cards
+(:mod:`lightseg.runs.protocol`) agree on the test images, the scoring resolution, the metric's
+definition and the inference. Rows that differ are shown but neither paired nor ranked together
+(each group of rows scored alike has its own best and p; a row alone in its protocol has
+neither), a note says why in one line, and the caption gives each row's protocol. Runs without
+a card (older folders) are compared among themselves, as before.
+``published=<yaml>`` adds rows of published numbers, shown and never paired.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from omegaconf import DictConfig
 from lightseg.config import app
 from lightseg.errors import LightsegError
 from lightseg.runs.folder import PER_IMAGE
+from lightseg.runs.protocol import describe, differences
 from lightseg.tools.results import (
     TEST_STAGE,
     NumbersFrom,
@@ -34,6 +43,7 @@ from lightseg.tools.results import (
     check_types,
     collect,
     names,
+    published_rows,
 )
 from lightseg.tools.significance import (
     LEVEL,
@@ -164,20 +174,52 @@ def compare(
             else:
                 cell.value = cell.image_mean
                 cell.ci = bootstrap_ci(list(cell.images.values()), stats.resamples, stats.seed)
-        # best: the per-image statistic the CI and p are about; the run means without one
-        key = "value" if any(cells[metric, r.label].value is not None for r in rows) else "runs"
-        means = {
-            r.label: cell.value if key == "value" else statistics.fmean(cell.runs)
-            for r in rows
-            if (cell := cells[metric, r.label]).value is not None or (key == "runs" and cell.runs)
-        }
-        if means:
-            target = (min if lower else max)(means.values())
-            for label, mean in means.items():
-                cells[metric, label].bold = round(mean, digits) == round(target, digits)
-            reference = next(r for r in rows if means.get(r.label) == target)
-            notes += paired_tests(metric, rows, reference, cells, hierarchical, stats, digits)
+        groups = protocol_groups(rows, metric)  # rows scored alike: compared only among them
+        for _, group in groups:
+            if len(group) == 1 < len(groups):  # compared with nothing: no best, no p
+                cells[metric, group[0].label].p_text = "n/a"
+                continue
+            notes += best_and_tests(metric, group, cells, lower, hierarchical, stats, digits)
+        notes += [
+            f"{metric}: not paired: {', '.join(r.label for r in mine)} with "
+            f"{', '.join(r.label for r in theirs)}: {differences(a, b)}."
+            for j, (a, mine) in enumerate(groups)
+            for b, theirs in groups[:j]
+        ]
     return cells, notes, test_sentence(rows, metrics, hierarchical, stats)
+
+
+def protocol_groups(rows: list[Row], metric: str) -> list[tuple[dict | None, list[Row]]]:
+    """The rows in groups whose protocol cards agree on what ``metric``'s comparison needs
+    (:func:`~lightseg.runs.protocol.differences`: test images, resolution, metric definition,
+    inference), each with its comparison record; rows without cards form a group of their own."""
+    groups: list[tuple[dict | None, list[Row]]] = []
+    for row in rows:
+        record = row.comparison(metric)
+        group = next((g for k, g in groups if differences(record, k) is None), None)
+        if group is None:
+            groups.append((record, [row]))
+        else:
+            group.append(row)
+    return groups
+
+
+def best_and_tests(metric, rows, cells, lower, hierarchical, stats, digits) -> list[str]:
+    """Bold the best of ``rows`` (one protocol) and test the others against it."""
+    # best: the per-image statistic the CI and p are about; the run means without one
+    key = "value" if any(cells[metric, r.label].value is not None for r in rows) else "runs"
+    means = {
+        r.label: cell.value if key == "value" else statistics.fmean(cell.runs)
+        for r in rows
+        if (cell := cells[metric, r.label]).value is not None or (key == "runs" and cell.runs)
+    }
+    if not means:
+        return []
+    target = (min if lower else max)(means.values())
+    for label, mean in means.items():
+        cells[metric, label].bold = round(mean, digits) == round(target, digits)
+    reference = next(r for r in rows if means.get(r.label) == target)
+    return paired_tests(metric, rows, reference, cells, hierarchical, stats, digits)
 
 
 def paired_runs(row: Row, reference: Row, metric: str) -> tuple[list, list, bool]:
@@ -295,9 +337,11 @@ def results(
     power: float = 0.8,
     by: str | None = None,
     min_images: int = 10,
+    published: str | Path | None = None,
 ) -> Results:
     """Collect the runs under ``root`` and compute what the table shows (``by="stratum"``: and
-    one table per stratum of the test images)."""
+    one table per stratum of the test images; ``published``: a YAML of published numbers, shown
+    as rows of their own, never paired)."""
     root = Path(root)
     if by not in (None, "stratum"):
         raise LightsegError(
@@ -335,10 +379,37 @@ def results(
         notes.append(f"Debug runs left out ({len(debug)}; include_debug=true keeps them):")
         notes += [f"  - {run.folder.relative_to(root)} (debug={run.debug})" for run in debug]
     text = caption(numbers_from, sentence, stats.hierarchical(rows, metrics), resamples, seed)
-    table = Results(rows, metrics, cells, notes, text, len(runs))
+    extra = published_rows(published)
+    for row in extra:
+        for metric in metrics:
+            cells[metric, row.label] = Cell(row.values(metric), {}, p_text="published")
+    text = f"{text} {protocols_sentence(rows, extra)}"
+    table = Results(rows + extra, metrics, cells, notes, text, len(runs))
     if by:
         table.slices = by_stratum(rows, runs, metrics, digits, stats, root, min_images)
     return table
+
+
+def protocols_sentence(rows: list[Row], published: list[Row]) -> str:
+    """Each row's protocol (its card, lightseg.runs.protocol) in a few words; published rows
+    with their source."""
+    texts: dict[str, list[str]] = {}  # protocol -> its rows
+    for row in rows:
+        texts.setdefault(row.protocol_text(), []).append(row.label)
+    if len(texts) == 1:
+        sentence = f"Protocol of every row: {next(iter(texts))}."
+    else:
+        sentence = (
+            "Protocols (rows are paired and bold marks the best only among rows scored alike): "
+            + "; ".join(f"{text} ({'; '.join(labels)})" for text, labels in texts.items())
+            + "."
+        )
+    for row in published:
+        run = row.runs[0]
+        sentence += (
+            f" {row.label}: from {run.published}, {describe(run.protocol)}; shown, never paired."
+        )
+    return sentence
 
 
 def by_stratum(
@@ -559,6 +630,7 @@ def main(cfg: DictConfig) -> None:
         power=cfg.power,
         by=cfg.by,
         min_images=cfg.min_images,
+        published=cfg.published,
     )
     console.print(md.read_text(), markup=False, soft_wrap=True)
     console.print(f"Wrote {md} and {tex}")
