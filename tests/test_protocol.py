@@ -183,3 +183,22 @@ def test_published_rows_are_shown_never_paired_and_old_runs_tabulate(tmp_path):
     published.write_text(yaml.safe_dump([{"name": "x", "metrics": {"test/dice": 1}}]))
     with pytest.raises(Exception, match="lacks a name, a source or its metrics"):
         results(tmp_path / "runs", ["test/dice"], published=published)
+
+
+def test_split_kind_names_lists_official_subsets_folds_and_random():
+    from types import SimpleNamespace as NS
+
+    from lightseg.data.source import Sample
+    from lightseg.runs.protocol import split_kind
+
+    fixed = {"test": [Sample(id="a", image=Path("a.png"), subset="test")]}
+    free = {"test": [Sample(id="a", image=Path("a.png"))]}
+    split = NS(folds=0, fold=0, seed=3)
+
+    def kind(lists, splits, split=split):
+        return split_kind(NS(split=split, splits=splits, source=NS(split_lists=lists)))
+
+    assert kind("lists", fixed) == "lists"  # PH2 / MADS / folder with data.source.split_lists
+    assert kind(None, fixed) == "official"  # VOC, COCO: the dataset's own subsets
+    assert kind(None, free) == "stratified random (seed 3)"
+    assert kind(None, free, NS(folds=5, fold=1, seed=0)) == "k-fold 2 of 5 (seed 0)"

@@ -69,7 +69,7 @@ def split_kind(datamodule) -> str:
     if split.folds:
         return f"k-fold {split.fold + 1} of {split.folds} (seed {split.seed})"
     if any(s.subset for part in splits.values() for s in part):
-        return "lists" if hasattr(datamodule.source, "split_lists") else "official"
+        return "lists" if getattr(datamodule.source, "split_lists", None) else "official"
     return f"stratified random (seed {split.seed})"
 
 
