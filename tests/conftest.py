@@ -19,6 +19,13 @@ from lightseg import CONFIG_DIR
 from tests.fixtures_datasets import OFFICIAL_FIXTURES
 
 
+# pytest-xdist's workers set COLUMNS=80 / LINES=24; the CLIs the tests start would then print
+# 80-column tables (lightseg.utils.console keeps a set COLUMNS), unlike a serial run.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.pop("COLUMNS", None)
+    os.environ.pop("LINES", None)
+
+
 @pytest.fixture(autouse=True)
 def root_logger_restored():
     """A Hydra app run by a test points the root logger at that test's captured stdout; a later

@@ -192,9 +192,10 @@ def compare(
 def protocol_groups(rows: list[Row], metric: str) -> list[tuple[dict | None, list[Row]]]:
     """The rows in groups whose protocol cards agree on what ``metric``'s comparison needs
     (:func:`~lightseg.runs.protocol.differences`: test images, resolution, metric definition,
-    inference), each with its comparison record; rows without cards form a group of their own."""
+    inference), each with its comparison record; rows without cards form a group of their own,
+    rows without a value (failed, missing) none."""
     groups: list[tuple[dict | None, list[Row]]] = []
-    for row in rows:
+    for row in (r for r in rows if r.values(metric)):
         record = row.comparison(metric)
         group = next((g for k, g in groups if differences(record, k) is None), None)
         if group is None:
