@@ -23,6 +23,8 @@ NAME ?=
 BUNDLE ?=
 DATA ?=
 PORT ?= 7860
+TRIALS ?=
+STUDY ?=
 
 # Hydra takes -m before the overrides: `make train ARGS="-m seed=0,1"` runs a sweep.
 HYDRA_ARGS = $(filter -m --multirun,$(ARGS)) experiment=$(EXP) $(filter-out -m --multirun,$(ARGS))
@@ -36,7 +38,7 @@ define check_experiment
   echo "Unknown experiment '$(EXP)'. Choose one of: $$(ls configs/experiment | sed 's/\.yaml//' | tr '\n' ' ')"; exit 2; }
 endef
 
-.PHONY: help install train lr-find eval calibrate score predict export bundle verify publish demo data plot table test test-all lint format bench clean clean-runs
+.PHONY: help install train tune tune-report lr-find eval calibrate score predict export bundle verify publish demo data plot table test test-all lint format bench clean clean-runs
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -45,6 +47,7 @@ help: ## Show this help
 	@echo "             RUN=<run folder> (plot, score, bundle, publish)  RUNS=<folder of runs> METRICS=a,b (table, plot RUNS=)"
 	@echo "             BUNDLE=<archive> DATA=<data folder> (verify)"
 	@echo "             OUTPUT=folder (predict, export, publish)  PORT=7860 (demo)"
+	@echo "             TRIALS=n STUDY=name (tune, tune-report; the study's default name is the experiment's)"
 
 $(STAMP): pyproject.toml
 	@echo "Installing lightseg into $(VENV) (first run only; torch is large)..."
@@ -59,6 +62,16 @@ install: $(STAMP) ## Create .venv and install lightseg with dev tools
 train: $(STAMP) ## Train: make train [EXP=ph2_unet] [ARGS="model.arch=FPN trainer.max_epochs=5"]
 	$(check_experiment)
 	$(PY) -m lightseg.train $(HYDRA_ARGS)
+
+# `make tune`: the options of the search, then ARGS (overrides of every trial) as given.
+TUNE_ARGS = experiment=$(EXP) $(if $(TRIALS),search.n_trials=$(TRIALS)) $(if $(STUDY),search.study=$(STUDY)) $(ARGS)
+
+tune: $(STAMP) ## Optuna search, prunes, resumes, shares its study with other workers: make tune [EXP=demo] [TRIALS=20] [STUDY=name] [ARGS="search=default trainer.max_epochs=8"]
+	$(check_experiment)
+	$(PY) -m lightseg.tools.tune $(TUNE_ARGS)
+
+tune-report: $(STAMP) ## Best trial, table of trials, Optuna plots, the make train command of the best: make tune-report [EXP=demo] [STUDY=name]
+	$(PY) -m lightseg.tools.tune report $(TUNE_ARGS)
 
 lr-find: $(STAMP) ## Learning-rate range test, plot + suggestion: make lr-find [EXP=ph2_unet] [ARGS="lr_find.num_training=200"]
 	$(check_experiment)

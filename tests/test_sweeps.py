@@ -1,4 +1,5 @@
-"""Sweeps: the Optuna search config (optional extra) and the W&B sweep file name real keys."""
+"""Sweeps (-m): failed and stopped jobs, the SLURM launcher; the W&B sweep file names real keys.
+(The Optuna search, make tune: tests/test_tune.py.)"""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from pathlib import Path
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from lightseg import CONFIG_DIR
@@ -38,49 +38,6 @@ def test_wandb_sweep_parameters_are_config_keys_passed_as_hydra_overrides(tmp_pa
     choices = cfg.hydra.runtime.choices  # a config group (loss=...) is an option, not a value
     chosen = {k: choices[k] if k in choices else OmegaConf.select(cfg, k) for k in first}
     assert {k: str(v) for k, v in chosen.items()} == {k: str(v) for k, v in first.items()}
-
-
-@pytest.fixture
-def optuna_installed():
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="optional extra: optuna")
-
-
-def test_optuna_search_space_names_existing_keys_and_options(optuna_installed):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=["hparams_search=demo_optuna"], return_hydra_config=True)
-    assert cfg.hydra.mode.name == "MULTIRUN" and cfg.hydra.sweeper.direction == "maximize"
-    assert cfg.monitor_mode == "max"
-    parser = OverridesParser.create()
-    for key, space in cfg.hydra.sweeper.params.items():
-        (override,) = parser.parse_overrides([f"{key}={space}"])
-        group = Path(CONFIG_DIR) / key
-        if group.is_dir():  # a config group: every option is a file
-            options = list(override.sweep_string_iterator())
-            assert all((group / f"{option}.yaml").is_file() for option in options), key
-        else:
-            assert OmegaConf.select(cfg, key) is not None, key
-
-
-def test_tiny_optuna_search_returns_the_best_trial(
-    optuna_installed, one_thread, monkeypatch, tmp_path, data_dir
-):
-    run_cli(
-        monkeypatch,
-        *tiny_cli_run(tmp_path, data_dir),
-        "hparams_search=demo_optuna",
-        "hydra.sweeper.n_trials=2",
-        "hydra.sweeper.sampler.n_startup_trials=1",
-    )
-    (sweep,) = (tmp_path / "logs" / "demo" / "multiruns").iterdir()
-    trials = [json.loads((sweep / n / "metrics.json").read_text())["val/dice"] for n in ("0", "1")]
-    result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
-    assert result["best_value"] == pytest.approx(max(trials))
-    assert set(result["best_params"]) == {
-        "optimizer.lr",
-        "optimizer.weight_decay",
-        "model.arch",
-        "loss",
-    }
 
 
 def test_the_slurm_launcher_config_submits_one_job_per_run(tmp_path):
@@ -182,21 +139,6 @@ def test_a_checkpoint_for_every_job_is_refused_before_the_first(
     assert "lightseg: error: ckpt_path=last in a sweep would start every job from that one" in err
     (sweep,) = (tmp_path / "logs" / "demo" / "multiruns").iterdir()
     assert [p.name for p in sweep.iterdir()] == ["multirun.yaml"]  # no job folder left behind
-
-
-def test_failed_optuna_trials_are_marked_failed_and_the_study_goes_on(
-    optuna_installed, monkeypatch, tmp_path, data_dir, capsys
-):
-    args = [*tiny_cli_run(tmp_path, data_dir), "hparams_search=demo_optuna", "data.image_size=0"]
-    with pytest.raises(SystemExit) as stop:
-        run_cli(monkeypatch, *args, "hydra.sweeper.n_trials=2")
-    assert stop.value.code == 1
-    (sweep,) = (tmp_path / "logs" / "demo" / "multiruns").iterdir()
-    for trial in ("0", "1"):  # both trials ran and failed
-        assert json.loads((sweep / trial / "run_info.json").read_text())["status"] == "failed"
-    summary = capsys.readouterr().err.split("lightseg: error: ")[-1]
-    assert summary.startswith("2 of 2 sweep jobs failed")
-    assert "The sweep then stopped: ValueError: No trials are completed yet" in summary
 
 
 def test_a_stop_signal_stops_the_whole_sweep(one_thread, monkeypatch, tmp_path, data_dir, capsys):

@@ -41,6 +41,11 @@ class TrainingInterrupted(LightsegError):
         self.exit_code = 128 + int(signum)
 
 
+class TrialPruned(LightsegError):
+    """An Optuna trial stopped by its study's pruner (lightseg.callbacks.pruning): the run
+    ends with status ``pruned`` and the search goes on with its next trial."""
+
+
 def _chain(
     error: BaseException | None, context: type[BaseException] = BaseException
 ) -> Iterator[BaseException]:

@@ -1,5 +1,6 @@
 """``run_info.json``: what a run ran with, who runs it, and how it ended (``running``, also
-what a run killed without notice keeps, ``finished``, ``interrupted`` or ``failed``)."""
+what a run killed without notice keeps, ``finished``, ``interrupted``, ``pruned`` (an Optuna
+trial stopped early, lightseg.tools.tune) or ``failed``)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,13 @@ from typing import Any
 import torch
 
 import lightseg
-from lightseg.errors import TrainingInterrupted, room_to_write, user_message, written_whole
+from lightseg.errors import (
+    TrainingInterrupted,
+    TrialPruned,
+    room_to_write,
+    user_message,
+    written_whole,
+)
 from lightseg.runs.folder import RunFolder
 from lightseg.runs.snapshot import git_state, package_versions, save_snapshot
 from lightseg.utils.locks import owner_record
@@ -109,6 +116,9 @@ def recorded_run(
         yield
     except (TrainingInterrupted, KeyboardInterrupt) as error:
         end_record(folder, "interrupted", str(error) or type(error).__name__)
+        raise
+    except TrialPruned as error:
+        end_record(folder, "pruned", str(error))
         raise
     except SystemExit as error:
         status = "interrupted" if error.code not in (0, None) else "finished"
