@@ -23,6 +23,7 @@ NAME ?=
 BUNDLE ?=
 DATA ?=
 PORT ?= 7860
+TEST_WORKERS ?= 2
 TRIALS ?=
 STUDY ?=
 
@@ -125,8 +126,8 @@ table: $(STAMP) ## Results as Markdown + LaTeX: make table RUNS=logs/demo/multir
 	@test -n "$(RUNS)" || { echo "Set RUNS=<folder of runs>, e.g. RUNS=logs/demo/multiruns/<time> or RUNS=logs/demo"; exit 2; }
 	$(PY) -m lightseg.tools.table "runs=$(RUNS)" "columns=[$(METRICS)]" $(TABLE_ARGS)
 
-test: $(STAMP) ## Run the fast test suite (what CI runs)
-	$(PY) -m pytest -m "not slow and not gpu" -q --durations=20
+test: $(STAMP) ## Run the fast test suite (what CI runs) in TEST_WORKERS processes (default 2)
+	$(PY) -m pytest -m "not slow and not gpu" -q --durations=20 -n $(TEST_WORKERS) --dist loadfile
 
 test-all: $(STAMP) ## Run every test, slow and GPU ones included
 	$(PY) -m pytest -q

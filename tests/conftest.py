@@ -18,7 +18,6 @@ from PIL import Image
 from lightseg import CONFIG_DIR
 from tests.fixtures_datasets import OFFICIAL_FIXTURES
 
-
 # pytest-xdist's workers set COLUMNS=80 / LINES=24; the CLIs the tests start would then print
 # 80-column tables (lightseg.utils.console keeps a set COLUMNS), unlike a serial run.
 if os.environ.get("PYTEST_XDIST_WORKER"):
