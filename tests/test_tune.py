@@ -165,7 +165,8 @@ def test_a_bad_learning_rate_is_pruned_and_a_stopped_worker_is_continued(tmp_pat
     run = Path(bad.user_attrs["run"])
     assert info(run)["status"] == "pruned" and "pruned after epoch 0" in info(run)["message"]
     assert not (run / "metrics.json").exists()
-    assert json.loads((run / "trial.json").read_text())["status"] == "pruned"
+    pruned = json.loads((run / "trial.json").read_text())
+    assert pruned["status"] == "pruned" and pruned["exit_code"] == 0  # not a failure
     assert stopped.state == FAIL and info(stopped.user_attrs["run"])["status"] == "interrupted"
     assert queued.state == optuna.trial.TrialState.WAITING
     kept = (Path(good.user_attrs["run"]) / "metrics.json").read_text()
@@ -192,3 +193,13 @@ def test_a_database_url_holds_the_study_and_search_options_reach_no_trial(tmp_pa
     loaded = optuna.load_study(study_name="s", storage=url)
     assert created.study_name == loaded.study_name == "s"
     assert loaded.direction == optuna.study.StudyDirection.MAXIMIZE  # val/dice: max
+
+
+def test_the_report_of_a_study_that_does_not_exist_is_one_paragraph(tmp_path, capsys):
+    given = ["experiment=demo", f"paths.log_dir={tmp_path}", "search.study=nope"]
+    for storage in ([], [f"search.storage=sqlite:///{tmp_path}/studies.db"]):
+        with pytest.raises(SystemExit) as stopped:
+            run_app(tune_main, "report", *given, *storage)
+        assert stopped.value.code == 1
+        assert "There is no study 'nope' in " in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()  # nothing created for it

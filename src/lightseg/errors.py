@@ -43,7 +43,10 @@ class TrainingInterrupted(LightsegError):
 
 class TrialPruned(LightsegError):
     """An Optuna trial stopped by its study's pruner (lightseg.callbacks.pruning): the run
-    ends with status ``pruned`` and the search goes on with its next trial."""
+    ends with status ``pruned`` and the search goes on with its next trial. Not a failure:
+    the process says so in one line and exits 0."""
+
+    exit_code = 0
 
 
 def _chain(
@@ -197,7 +200,9 @@ def user_errors() -> Iterator[None]:
             raise
         cause = lightseg_cause(error)
         # a stop signal reaches every process of a torchrun / srun job: rank 0 says it once
-        if not isinstance(cause, TrainingInterrupted) or is_first_process():
+        if isinstance(cause, TrialPruned):
+            print(f"lightseg: {message}", file=sys.stderr)
+        elif not isinstance(cause, TrainingInterrupted) or is_first_process():
             show_error(message)
         sys.exit(cause.exit_code if cause is not None else 1)
 

@@ -43,15 +43,16 @@ def main() -> None:
     args = sys.argv[1:]
     with user_errors():
         if args[:1] == ["report"]:
-            report(*setup(args[1:]))
+            report(*setup(args[1:], create=False))
         else:
             tune(*setup(args))
 
 
-def setup(args: list[str]) -> tuple[DictConfig, list[str], optuna.Study, str]:
+def setup(args: list[str], create: bool = True) -> tuple[DictConfig, list[str], optuna.Study, str]:
     """The composed config (``search=default`` unless one is chosen), the overrides every trial
-    gets (those of the command, less ``search``'s), the study, created if new, and its storage
-    (a journal file's absolute path or an RDB URL)."""
+    gets (those of the command, less ``search``'s), the study, created if new (unless not
+    ``create``: the report of a study that does not exist is an error), and its storage (a
+    journal file's absolute path or an RDB URL)."""
     if not any(a.split("=", 1)[0].lstrip("+~") == "search" for a in args):
         args = ["search=default", *args]
     try:
@@ -70,6 +71,14 @@ def setup(args: list[str]) -> tuple[DictConfig, list[str], optuna.Study, str]:
     storage = storage if "://" in storage else str(Path(storage).resolve())
     with warnings.catch_warnings():  # JournalStorage's 'experimental' notes on every start
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if not create and (
+            ("://" not in storage and not Path(storage).is_file())
+            or search.study not in optuna.get_all_study_names(open_storage(storage))
+        ):
+            raise LightsegError(
+                f"There is no study '{search.study}' in {storage}: run make tune with this "
+                "STUDY and EXP first, or name the study (STUDY=) and experiment (EXP=) it ran with."
+            )
         study = optuna.create_study(
             study_name=search.study,
             storage=open_storage(storage),
@@ -156,14 +165,14 @@ def run_trials(cfg, trial_args, study, storage: str, stopped: list, child: list)
         command += [f"hydra.run.dir={quoted(run)}"]
         console.print(f"Trial {trial.number} of study '{study.study_name}': {' '.join(values)}")
         child.append(subprocess.Popen(command))
-        child[0].wait()
+        code = child[0].wait()
         child.clear()
-        end(study, trial, run, search.metric, params, stopped)
+        end(study, trial, run, search.metric, params, stopped, code)
 
 
-def end(study, trial, run: Path, metric: str, params: dict, stopped: list[int]) -> None:
-    """Tell the study how the trial's run ended (its run_info.json), note it in the run's
-    ``trial.json``; a run stopped by a signal is queued again."""
+def end(study, trial, run: Path, metric: str, params: dict, stopped: list[int], code: int) -> None:
+    """Tell the study how the trial's run ended (its run_info.json), note it and the process's
+    exit code in the run's ``trial.json``; a run stopped by a signal is queued again."""
     status = RunFolder(run).info().get("status") if RunFolder(run).run_info.is_file() else None
     value = None
     if status == "finished":
@@ -180,7 +189,7 @@ def end(study, trial, run: Path, metric: str, params: dict, stopped: list[int]) 
             study.enqueue_trial(params, user_attrs={"retry_of": trial.number})
     if run.is_dir():
         record = {"study": study.study_name, "trial": trial.number, "params": params}
-        record.update(status=status, value=value)
+        record.update(status=status, value=value, exit_code=code)
         (run / "trial.json").write_text(json.dumps(record, indent=2))
 
 
