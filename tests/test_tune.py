@@ -139,11 +139,12 @@ def test_two_workers_share_one_study_and_the_best_trial_reproduces(
 
 def test_a_bad_learning_rate_is_pruned_and_a_stopped_worker_is_continued(tmp_path, data_dir):
     # trial 0 as given, trial 1 with a planted learning rate 300 times too large (the weights
-    # jump far: val/loss ~1e21 after its first epoch, finite), trial 2 sampled and stopped
+    # jump far: val/loss ~1e21 after its first epoch, finite), trial 2 as trial 0, stopped
     journal = tmp_path / "logs" / "demo" / "studies" / "demo.log"
     created = optuna.create_study(study_name="demo", storage=open_storage(str(journal)))
     created.enqueue_trial(GOOD)
     created.enqueue_trial({**GOOD, "optimizer.lr": 1.0})
+    created.enqueue_trial(GOOD)  # the stopped one: its rerun equals trial 0, so the median keeps it
     signal_file = tmp_path / "marked"
     args = [*overrides(tmp_path, data_dir, epochs=2), "search.n_trials=3"]
     args += ["search.pruner.n_startup_trials=1", "search.pruner.n_warmup_steps=0"]
