@@ -14,6 +14,7 @@ import yaml
 from hydra.utils import instantiate
 from PIL import Image
 
+from lightseg.data.demo import Demo, hard_case
 from lightseg.errors import LightsegError
 from lightseg.models.network import check_network
 from lightseg.recipe import Fingerprint, fingerprint, network_info, plan, with_plan
@@ -183,3 +184,17 @@ def test_recipe_auto_trains_the_demo_and_records_the_plan(tmp_path, data_dir, mo
     assert config["data"]["mean"] == stored["fingerprint"]["mean"]  # the plan's, not ImageNet's
     card = json.loads((run / "metrics.json").read_text())["protocol"]
     assert card["recipe"]["fingerprint"]["source"] == "Demo"
+
+
+def test_demo_hard_lesions_span_5_to_70_percent_and_touch_borders(tmp_path):
+    rng = np.random.default_rng(0)
+    masks = [hard_case(rng)[1] for _ in range(40)]
+    shares = [float(m.mean()) for m in masks]
+    assert 0.05 <= min(shares) < 0.1 and 0.6 < max(shares) <= 0.7  # drawn from 5-70 %
+    borders = [m[0].any() or m[-1].any() or m[:, 0].any() or m[:, -1].any() for m in masks]
+    assert 0.2 < np.mean(borders) < 0.9
+    hard, plain_demo = Demo(tmp_path / "h", 5, hard=True), Demo(tmp_path / "p", 5)
+    hard.prepare(), plain_demo.prepare()
+    image, mask = hard.read(hard.find()[0])  # in PH2's layout, read by the PH2 reader
+    assert image.dtype == np.uint8 and image.shape[:2] == mask.shape
+    assert not np.array_equal(image, plain_demo.read(plain_demo.find()[0])[0])
