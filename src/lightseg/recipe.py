@@ -31,7 +31,13 @@ from lightseg.data.leakage import hashes, pairs
 from lightseg.data.source import read_pair
 from lightseg.data.transforms import pixel_scale
 from lightseg.errors import LightsegError
-from lightseg.models.network import build_network, input_multiple, takes, without_pretrained
+from lightseg.models.network import (
+    build_network,
+    input_multiple,
+    logits_of,
+    takes,
+    without_pretrained,
+)
 from lightseg.utils.console import console
 
 #: Sources whose images have no "up" (flips and rotations are free); others are kept upright.
@@ -118,8 +124,7 @@ def network_info(model: dict, in_channels: int, out_channels: int) -> dict[str, 
     for batch in (1, 2):
         torch.cuda.reset_peak_memory_stats()
         images = torch.randn(batch, in_channels, 256, 256, device="cuda")
-        output = network(images)
-        (output[0] if isinstance(output, tuple | list) else output).float().mean().backward()
+        logits_of(network(images)).float().mean().backward()
         peaks.append(torch.cuda.max_memory_allocated() / 2**30)
         network.zero_grad(set_to_none=True)
     per_image = max(peaks[1] - peaks[0], 1e-3) * 1.2  # optimizer state and fragmentation: +20 %
