@@ -45,6 +45,7 @@ def recipe_rows(
             for key in (*KEYS, "steps"):
                 values = [r[key] for r in results if r[key] is not None]
                 spread = f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else ""
-                row[key] = f"{statistics.mean(values):.4f}{spread}" if values else "n/a"
+                digits = "g" if key == "steps" else ".4f"
+                row[key] = f"{statistics.mean(values):{digits}}{spread}" if values else "n/a"
             rows.append(row)
     return rows
