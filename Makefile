@@ -39,7 +39,7 @@ define check_experiment
   echo "Unknown experiment '$(EXP)'. Choose one of: $$(ls configs/experiment | sed 's/\.yaml//' | tr '\n' ' ')"; exit 2; }
 endef
 
-.PHONY: help install train tune tune-report lr-find eval calibrate score predict export bundle verify publish demo data plot table test test-all lint format bench clean clean-runs
+.PHONY: help install train plan tune tune-report lr-find eval calibrate score predict export bundle verify publish demo data plot table test test-all lint format bench clean clean-runs
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -63,6 +63,10 @@ install: $(STAMP) ## Create .venv and install lightseg with dev tools
 train: $(STAMP) ## Train: make train [EXP=ph2_unet] [ARGS="model.arch=FPN trainer.max_epochs=5"]
 	$(check_experiment)
 	$(PY) -m lightseg.train $(HYDRA_ARGS)
+
+plan: $(STAMP) ## Plan a recipe from the data: writes plan.yaml, prints its reasons: make plan [EXP=demo] [ARGS="data=folder recipe.budget.steps=2000"]; then make train ARGS="recipe=auto recipe.plan=plan.yaml"
+	$(check_experiment)
+	$(PY) -m lightseg.recipe $(HYDRA_ARGS)
 
 # `make tune`: the options of the search, then ARGS (overrides of every trial) as given.
 TUNE_ARGS = experiment=$(EXP) $(if $(TRIALS),search.n_trials=$(TRIALS)) $(if $(STUDY),search.study=$(STUDY)) $(ARGS)

@@ -31,6 +31,7 @@ import torch
 from benchmarks.ddp import ddp_rows
 from benchmarks.loaders import PH2_SIZED, loader_rows
 from benchmarks.loops import Clock, compare, lightseg_run, plain_loop
+from benchmarks.recipe import recipe_rows
 from benchmarks.time_to_accuracy import time_to_accuracy
 from omegaconf import DictConfig
 from rich.table import Table
@@ -167,18 +168,21 @@ def accuracy_row(result: dict[str, Any]) -> dict[str, Any]:
 
 
 #: What ``make bench`` measures, in order; ``--parts`` picks some.
-PARTS = ("training", "ddp", "time-to-accuracy", "loaders", "inference")
+PARTS = ("training", "ddp", "time-to-accuracy", "loaders", "inference", "recipe")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--parts", default=",".join(PARTS), help=f"some of {', '.join(PARTS)}")
+    parser.add_argument(  # recipe (trains 2 recipes x experiments x seeds): asked for by name
+        "--parts", default=",".join(PARTS[:-1]), help=f"some of {', '.join(PARTS)}"
+    )
     parser.add_argument("--steps", type=int, default=16, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each run")
     parser.add_argument("--repeats", type=int, default=9, help="alternating runs of each path")
     parser.add_argument("--ddp-repeats", type=int, default=3, help="alternating DDP runs")
     parser.add_argument("--target", type=float, default=0.95, help="val Dice to reach (demo)")
     parser.add_argument("--seeds", default="0,1,2", help="seeds of the time-to-accuracy runs")
+    parser.add_argument("--recipe-on", default="demo,demo_hard", help="recipe part: experiments")
     parser.add_argument("--datasets", default=f"demo,{PH2_SIZED},ph2,mads", help="loader table")
     parser.add_argument("--loader-size", type=int, default=256, help="loader table image size")
     parser.add_argument("--workers", default="1,2,max", help="loader workers; max = CPU count")
@@ -240,6 +244,10 @@ def bench(argv: list[str] | None = None) -> dict[str, Any]:
     if "inference" in args.parts:
         console.print("Inference throughput (eval / predict path):")
         results["inference"] = inference_rows(cfg, args)
+    if "recipe" in args.parts:
+        console.print(f"Auto plan against the hand recipe, same steps, seeds {args.seeds}:")
+        experiments = args.recipe_on.split(",")
+        results["recipe"] = recipe_rows(experiments, args.seeds, args.output, args.overrides)
     results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if gpu:
         results["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -266,6 +274,9 @@ def write_results(results: dict[str, Any], args: argparse.Namespace) -> None:
         sections.append((title, results["loaders"]))
     if results.get("inference"):
         sections.append(("Inference (images/s, median, batch 1)", results["inference"]))
+    if results.get("recipe"):
+        title = "Auto plan vs hand recipe (best checkpoint, mean ± sd over seeds, same steps)"
+        sections.append((title, results["recipe"]))
     text = [f"Machine: {info}. Peak RSS {results['peak_rss_mb']:.0f} MB.", ""]
     text += [markdown(title, rows) for title, rows in sections]
     (args.output / "bench.md").write_text("\n".join(text))

@@ -27,6 +27,7 @@ from lightseg.config import app
 from lightseg.errors import LightsegError, SweepRefused, user_message
 from lightseg.experiment import build, group_choices
 from lightseg.metrics import finite_or_none
+from lightseg.recipe import with_plan
 from lightseg.runs import RunFolder, RunLock, recorded_run, resume
 from lightseg.runs.folder import RUN_INFO
 from lightseg.runs.protocol import training_card
@@ -38,6 +39,8 @@ from lightseg.utils.loggers import wandb_finished
 @app("train")
 def main(cfg: DictConfig) -> float | None:
     cfg, overrides = as_composed(cfg)
+    name = HydraConfig.get().job.config_name  # recipe=auto: the plan's overrides under these
+    cfg = with_plan(cfg, overrides, lambda planned: hydra.compose(name, planned))
     return train(cfg, overrides).get(cfg.monitor)  # what Hydra sweepers optimise
 
 
@@ -99,6 +102,8 @@ def _train(
     if trainer.is_global_zero:
         run.path.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(experiment.cfg, run.config, resolve=True)
+        if (cfg.get("recipe") or {}).get("lines"):  # recipe=auto: the plan it trained with
+            OmegaConf.save(cfg.recipe, run.path / "plan.yaml")
         if checkpoint:
             remove_partial_files(Path(checkpoint).parent)
     # a ddp_spawn rank's W&B run cannot keep files (callbacks.run_files): this process uploads

@@ -162,7 +162,9 @@ def training_card(experiment, trainer) -> dict[str, Any]:
     batch = datamodule.device_batch_size() * trainer.world_size
     images = steps * batch * int(trainer.accumulate_grad_batches)
     budget = {"epochs": epochs, "steps": steps, "images_seen": images}
-    return card(
+    recipe = plain(cfg.get("recipe") or {})  # recipe=auto: the plan and what overrode it
+    planned = {"recipe": recipe} if recipe.get("lines") else {}
+    return planned | card(
         datamodule,
         "test",
         datamodule.splits["test"],

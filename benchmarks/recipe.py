@@ -1,0 +1,51 @@
+"""The auto plan (``recipe=auto``) against the hand recipe, at the same step budget.
+
+For each experiment (the demo and ``demo_hard``) and seed, the hand recipe trains as
+``make train EXP=<it>`` does; the plan then gets its optimizer steps as ``recipe.budget.steps``
+(rounded up to whole epochs by the plan) and trains with everything else planned. Both report
+the best checkpoint's val and test Dice (pooled and per image) and the steps they ran.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+from lightseg.config import compose_config
+from lightseg.recipe import with_plan
+from lightseg.train import train
+
+QUIET = ["logger=csv", "~callbacks.progress_bar", "~callbacks.model_summary", "print_config=false"]
+KEYS = ("val/dice", "test/dice", "test/dice_per_image")
+
+
+def one_run(overrides: list[str], folder: Path) -> dict[str, Any]:
+    given = [*overrides, f"paths.output_dir={folder}"]
+    cfg = with_plan(compose_config(given), given, compose_config)
+    metrics = train(cfg, given)
+    return {**{k: metrics.get(k) for k in KEYS}, "steps": metrics["protocol"]["budget"]["steps"]}
+
+
+def recipe_rows(
+    experiments: list[str], seeds: list[int], output: Path, overrides: list[str]
+) -> list[dict[str, Any]]:
+    """One row per experiment and recipe: mean (and spread) over the seeds."""
+    rows = []
+    for experiment in experiments:
+        runs: dict[str, list[dict]] = {"hand": [], "auto": []}
+        for seed in seeds:
+            given = [f"experiment={experiment}", f"seed={seed}", *QUIET, *overrides]
+            hand = one_run(given, output / "recipe" / f"{experiment}-hand-{seed}")
+            auto = [*given, "recipe=auto", f"recipe.budget.steps={hand['steps']}"]
+            runs["hand"].append(hand)
+            runs["auto"].append(one_run(auto, output / "recipe" / f"{experiment}-auto-{seed}"))
+        for name, results in runs.items():
+            row = {"experiment": experiment, "recipe": name, "seeds": len(results)}
+            for key in (*KEYS, "steps"):
+                values = [r[key] for r in results if r[key] is not None]
+                spread = f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else ""
+                digits = "g" if key == "steps" else ".4f"
+                row[key] = f"{statistics.mean(values):{digits}}{spread}" if values else "n/a"
+            rows.append(row)
+    return rows
