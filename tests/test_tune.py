@@ -150,11 +150,11 @@ def test_a_bad_learning_rate_is_pruned_and_a_stopped_worker_is_continued(tmp_pat
     args += ["search.pruner.n_startup_trials=1", "search.pruner.n_warmup_steps=0"]
     args += [*mark(signal_file, 0, 0), "+callbacks.mark.sleep=0.5"]
     first = worker(args, start_new_session=True)
-    for _ in range(3):  # the first batch of trials 0, 1, 2: let 0 and 1 go on, stop at 2's
+    for trial in range(3):  # the first batch of trials 0, 1, 2: let 0 and 1 go on, stop at 2's
         while not signal_file.exists():
             assert first.poll() is None
             time.sleep(0.05)
-        if len(created.trials) < 3:
+        if trial < 2:
             signal_file.unlink()
     os.killpg(first.pid, signal.SIGTERM)  # the worker and its trial, as a scheduler does
     assert first.wait(timeout=120) == 128 + signal.SIGTERM
