@@ -19,6 +19,7 @@ from tests.conftest import make_config
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # ~1 min: the whole bench in small; .ci/run runs it after make test
 def test_loader_table_and_time_to_accuracy(tmp_path, data_dir):
     output = tmp_path / "bench"
     command = [

@@ -90,6 +90,7 @@ def test_explore_notebook_shows_the_datasets_present_and_lists_the_missing(tmp_p
         "coco": (2, 21),
         "coco_voc": (2, 21),
         "demo": (80, 2),
+        "demo_hard": (80, 2),
         "folder": (10, 2),
         "ph2": (6, 2),
         "voc": (5, 21),
