@@ -15,7 +15,6 @@ login``); when the Hub does not answer, the folder stays and the command says ho
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -36,6 +35,7 @@ from lightseg.models import SegmentationModule
 from lightseg.models.lora import merge_adapters
 from lightseg.runs.folder import PER_IMAGE, SPLITS, RunFolder, read_yaml
 from lightseg.runs.per_image import read_per_image
+from lightseg.runs.protocol import ids_digest
 from lightseg.tools.significance import LEVEL, bootstrap_ci
 from lightseg.utils.console import console
 from lightseg.utils.loggers import answers
@@ -241,13 +241,11 @@ def pretrained_source(model: dict) -> str:
 
 
 def split_lists(run: RunFolder) -> dict[str, str]:
-    """Each split list's image count and SHA-256 (the copies in this folder's splits/)."""
+    """Each split list's image count and SHA-256 (the protocol card's hash of its ids)."""
     out = {}
     for path in sorted((run.path / SPLITS).glob("*.txt")):
-        text = path.read_bytes()
-        ids = len(text.decode().split())
-        out[f"{path.stem}_images"] = f"{ids} (splits/{path.name}, sha256 "
-        out[f"{path.stem}_images"] += f"{hashlib.sha256(text).hexdigest()[:16]})"
+        ids = path.read_text().split()
+        out[f"{path.stem}_images"] = f"{len(ids)} (splits/{path.name}, sha256 {ids_digest(ids)})"
     return out
 
 
