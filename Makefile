@@ -80,7 +80,7 @@ tune-report: $(STAMP) ## Best trial, table of trials, Optuna plots, the make tra
 
 lr-find: $(STAMP) ## Learning-rate range test, plot + suggestion: make lr-find [EXP=ph2_unet] [ARGS="lr_find.num_training=200"]
 	$(check_experiment)
-	$(PY) -m lightseg.tools.lr_find $(HYDRA_ARGS)
+	$(PY) -m lightseg.lr_find $(HYDRA_ARGS)
 
 eval: $(STAMP) ## Evaluate a checkpoint, or an ensemble (CKPT=a,b or a folder of runs): make eval CKPT=path [EXP=name] [ARGS="split=val inference.flip=true"]
 	@test -n "$(CKPT)" || { echo "Set CKPT=path/to/best.ckpt (runs write logs/<name>/runs/<time>/checkpoints/best.ckpt)"; exit 2; }

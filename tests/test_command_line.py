@@ -103,7 +103,7 @@ def test_the_command_line_ends_a_mistake_in_one_paragraph(tmp_path, args, sugges
     ("module", "typo", "suggestion"),
     [
         ("lightseg.train", "trainer.max_epoch=3", "'trainer.max_epochs'"),
-        ("lightseg.tools.lr_find", "lr_find.num_trainin=5", "'lr_find.num_training'"),
+        ("lightseg.lr_find", "lr_find.num_trainin=5", "'lr_find.num_training'"),
         ("lightseg.tools.eval", "splt=val", "'split'"),
         ("lightseg.tools.predict", "outptu=x", "'output'"),
         ("lightseg.tools.export", "opst=17", "'opset'"),

@@ -202,7 +202,7 @@ def test_train_lr_find_and_the_benchmarks_build_the_experiment_in_one_place():
     root = Path(__file__).resolve().parents[1]
     callers = [
         "src/lightseg/train.py",
-        "src/lightseg/tools/lr_find.py",
+        "src/lightseg/lr_find.py",
         "benchmarks/bench.py",
         "benchmarks/time_to_accuracy.py",
     ]

@@ -11,11 +11,11 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
-from lightseg.tools.lr_find import main, steepest_fall
+from lightseg.lr_find import main, steepest_fall
 
 
 def run_lr_find(monkeypatch, *args: str) -> None:
-    monkeypatch.setattr(sys, "argv", ["lightseg.tools.lr_find", *args])
+    monkeypatch.setattr(sys, "argv", ["lightseg.lr_find", *args])
     try:
         main()
     finally:

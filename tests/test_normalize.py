@@ -27,6 +27,18 @@ def test_normalize_scales_uint8_and_takes_floats_in_0_to_1():
     assert normalize.state_dict() == {}  # mean and std live in the checkpoint's hyperparameters
 
 
+def test_clip_clamps_values_beyond_the_percentiles_that_mean_and_std_map_to_one(tmp_path):
+    low, high = 1000 / 65535, 3000 / 65535  # robust scaling of 16-bit: mean/std from them
+    normalize = Normalize([(low + high) / 2], [(high - low) / 2], clip=1.0)
+    pixels = torch.tensor([0.0, low, 2000 / 65535, high, 5000 / 65535]).view(5, 1, 1, 1)
+    expected = torch.tensor([-1.0, -1.0, 0.0, 1.0, 1.0])  # 5000 would be 3.0 unclipped
+    assert torch.allclose(normalize(pixels).flatten(), expected, atol=1e-5)
+    assert Normalize([(low + high) / 2], [(high - low) / 2])(pixels)[-1].item() == pytest.approx(3)
+    with pytest.raises(Exception) as refused:  # Hydra wraps it
+        instantiate(make_config(tmp_path, "data.clip=-1").data, _convert_="all")
+    assert "data.clip=-1 must be a number > 0" in user_message(refused.value)
+
+
 def module() -> SegmentationModule:
     return SegmentationModule(
         model={"_target_": "lightseg.models.segnet.build", "encoder_weights": None},

@@ -80,6 +80,7 @@ def test_plan_of_a_16bit_grayscale_folder(gray16):
     # robust scaling: the 0.5 and 99.5 percentiles (1000 and 3000 of 65535) map to -1 and 1
     assert lines["data.mean"] == [round(2000 / 65535, 5)]
     assert lines["data.std"] == [round(1000 / 65535, 5)]
+    assert lines["data.clip"] == 1.0  # beyond the percentiles: clipped, not only scaled
     assert lines["loss.ce.term.pos_weight"] == 7.0  # sqrt(0.98 / 0.02), foreground skewed 49x
     assert lines["data.batch_size"] == 2  # no GPU: 8, but at most images / 4 = 1 -> at least 2
     assert lines["trainer.max_epochs"] == 500  # 1000 steps at 4 // 2 = 2 steps per epoch
@@ -115,6 +116,7 @@ def test_plan_of_rgb_data_by_orientation_sizes_and_classes():
     assert lines["data.image_size"] == [384, 512]  # 576x766 x 512/766, multiples of 32
     assert lines["data/transforms"] == "resize_flip"  # dermoscopy: no up
     assert lines["data.mean"] == [0.7, 0.6, 0.5] and "loss.ce.term.pos_weight" not in lines
+    assert "data.clip" not in lines  # 8-bit: mean/std, nothing clipped
     # 0.5 GB per 256^2 image -> 1.5 GB at 384x512: (8 - 1) / 1.5 = 4.67 -> 4
     assert lines["data.batch_size"] == 4
     assert lines["trainer.max_epochs"] == 10  # ceil(1000 / (400 // 4))
@@ -184,6 +186,33 @@ def test_recipe_auto_trains_the_demo_and_records_the_plan(tmp_path, data_dir, mo
     assert config["data"]["mean"] == stored["fingerprint"]["mean"]  # the plan's, not ImageNet's
     card = json.loads((run / "metrics.json").read_text())["protocol"]
     assert card["recipe"]["fingerprint"]["source"] == "Demo"
+
+
+def test_the_range_test_sets_the_rate_and_a_continued_run_keeps_its_plan(
+    tmp_path, data_dir, monkeypatch
+):
+    tiny = [*tiny_cli_run(tmp_path, data_dir), "recipe=auto", "scheduler=none"]  # length free
+    range_test = ["recipe.lr_find=true", "+lr_find.num_training=16", "+lr_find.max_lr=0.1"]
+    run_cli(monkeypatch, *tiny, *range_test)
+    run = next((tmp_path / "logs" / "demo" / "runs").iterdir())
+    found = json.loads((run / "lr_find" / "lr_find.json").read_text())
+    assert len(found["lr"]) == 16 and found["suggestion"] in found["lr"]
+    stored = yaml.safe_load((run / "plan.yaml").read_text())
+    (line,) = [e for e in stored["lines"] if e["key"] == "optimizer.lr"]
+    assert line["value"] == float(f"{found['suggestion']:.2g}") and "range test" in line["reason"]
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["optimizer"]["lr"] == line["value"]
+
+    def replan(*args, **kwargs):
+        raise AssertionError("a continued run planned again")
+
+    monkeypatch.setattr("lightseg.recipe.make_plan", replan)
+    run_cli(monkeypatch, *tiny, f"ckpt_path={run}", "trainer.max_epochs=2")
+    assert [p.name for p in (tmp_path / "logs" / "demo" / "runs").iterdir()] == [run.name]
+    continued = yaml.safe_load((run / "config.yaml").read_text())
+    assert continued["optimizer"]["lr"] == line["value"] and continued["trainer"]["max_epochs"] == 2
+    assert yaml.safe_load((run / "plan.yaml").read_text())["lines"] == stored["lines"]
+    assert json.loads((run / "metrics.json").read_text())["protocol"]["budget"]["epochs"] == 2
 
 
 def test_demo_hard_lesions_span_5_to_70_percent_and_touch_borders(tmp_path):

@@ -81,7 +81,11 @@ def build_module(cfg: DictConfig, datamodule: SegmentationDataModule) -> L.Light
         optimizer=plain(cfg.optimizer),
         scheduler=plain(cfg.get("scheduler")) or None,
         classes=list(datamodule.classes),
-        normalization={"mean": list(cfg.data.mean), "std": list(cfg.data.std)},
+        normalization={
+            "mean": list(cfg.data.mean),
+            "std": list(cfg.data.std),
+            **({"clip": float(cfg.data.clip)} if cfg.data.get("clip") else {}),
+        },
         inference=inference_defaults(cfg.data),
         _recursive_=False,
         _convert_="all",

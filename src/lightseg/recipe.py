@@ -13,6 +13,7 @@ records it under ``overridden``).
 
 from __future__ import annotations
 
+import copy
 import math
 import shutil
 from dataclasses import asdict, dataclass
@@ -22,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from hydra import compose
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -198,11 +201,8 @@ def plan(fp: Fingerprint, budget: dict, network: dict) -> list[dict[str, Any]]:
             ((low + high) / 2).round(6).tolist(),
             f"{fp.dtype}: robust scaling, the {LOW}-{HIGH} percentiles map to -1..1",
         )
-        line(
-            "data.std",
-            np.maximum((high - low) / 2, 1e-6).round(6).tolist(),
-            "(outliers beyond them are not clipped, only scaled)",
-        )
+        line("data.std", np.maximum((high - low) / 2, 1e-6).round(6).tolist(), "(half the range)")
+        line("data.clip", 1.0, "values beyond those percentiles are clipped to them")
     # 5. Loss: cross-entropy + Dice; classes weighted when their shares are skewed
     line("loss", "ce_dice", "cross-entropy for calibrated pixels + Dice for the overlap scored")
     present = [s for s in fp.shares if s > 0]
@@ -230,7 +230,7 @@ def plan(fp: Fingerprint, budget: dict, network: dict) -> list[dict[str, Any]]:
         epochs,
         f"recipe.budget.steps={steps} at {per_epoch} steps per epoch ({fp.images} images)",
     )
-    # 7. Learning rate (recipe.lr_find=true: the range test's suggestion replaces it)
+    # 7. Learning rate (recipe.lr_find=true: the range test's suggestion replaces it, range_test)
     lr = float(f"{2e-3 * math.sqrt(batch / 8):.2g}")
     line("optimizer", "adamw", "AdamW, decoupled weight decay")
     line("optimizer.lr", lr, "one-cycle peak 2e-3 at batch 8 (the PH2 recipe), x sqrt(batch/8)")
@@ -258,13 +258,42 @@ def settings(cfg: DictConfig) -> dict[str, Any]:
     return plain(OmegaConf.merge(default, cfg.get("recipe") or {}))
 
 
-def make_plan(cfg: DictConfig) -> dict[str, Any]:
+def make_plan(cfg: DictConfig, overrides: list[str], compose) -> dict[str, Any]:
     """Fingerprint the training split of ``cfg``'s data and plan (what plan.yaml holds)."""
     recipe = settings(cfg)
     datamodule = instantiate(cfg.data, _convert_="all")
     fp = fingerprint(datamodule, recipe.get("orientation_free"))
     info = network_info(plain(cfg.model), fp.channels, datamodule.task.out_channels)
-    return {"lines": plan(fp, recipe["budget"], info), "fingerprint": asdict(fp)}
+    lines = plan(fp, recipe["budget"], info)
+    if recipe.get("lr_find") and "optimizer.lr" not in {key_of(o) for o in overrides}:
+        lines = range_test(lines, compose([*map(as_override, lines), *overrides]))
+    return {"lines": lines, "fingerprint": asdict(fp)}
+
+
+def range_test(lines: list[dict[str, Any]], planned: DictConfig) -> list[dict[str, Any]]:
+    """``lines`` with the learning rate of Lightning's range test (``make lr-find``'s, with
+    configs/lr_find.yaml's settings) on the ``planned`` config; the curve goes to
+    ``<run folder>/lr_find/``."""
+    from lightseg.lr_find import lr_find
+
+    tested = copy.deepcopy(planned)
+    with open_dict(tested):
+        default = OmegaConf.load(Path(CONFIG_DIR) / "lr_find.yaml").lr_find
+        tested.lr_find = OmegaConf.merge(default, planned.get("lr_find") or {})  # +lr_find.*
+        tested.paths.output_dir = str(Path(planned.paths.output_dir) / "lr_find")
+        tested.logger = tested.callbacks = None  # a range test is not a run to log
+    suggestion = lr_find(tested)["suggestion"]
+    ruled = next(e for e in lines if e["key"] == "optimizer.lr")
+    if suggestion is None:
+        ruled["reason"] += "; the range test (recipe.lr_find) gave no suggestion"
+        return lines
+    found = {
+        "key": "optimizer.lr",
+        "value": float(f"{suggestion:.2g}"),
+        "reason": f"range test (recipe.lr_find=true, {tested.paths.output_dir}/lr_find.png): "
+        f"steepest fall of the loss; the rule gave {ruled['value']}",
+    }
+    return [found if e is ruled else e for e in lines]
 
 
 def read_plan(path: str | Path) -> dict[str, Any]:
@@ -281,11 +310,16 @@ def read_plan(path: str | Path) -> dict[str, Any]:
 
 def with_plan(cfg: DictConfig, overrides: list[str], compose) -> DictConfig:
     """``cfg`` with the plan's overrides under the command line's (``compose(overrides)``
-    composes the config again); the plan, fingerprint and overridden keys go to ``cfg.recipe``."""
+    composes the config again); the plan, fingerprint and overridden keys go to ``cfg.recipe``.
+    The plan is ``recipe.plan``, else the one a continued run was started with, else new."""
     recipe = cfg.get("recipe")
     if not recipe or not recipe.get("auto"):
         return cfg
-    planned = read_plan(recipe.plan) if recipe.get("plan") else make_plan(cfg)
+    saved = Path(cfg.paths.output_dir) / "plan.yaml"
+    if recipe.get("plan") or saved.is_file():
+        planned = read_plan(recipe.get("plan") or saved)
+    else:
+        planned = make_plan(cfg, overrides, compose)
     given = {key_of(o) for o in overrides}
     chosen = tuple(f"{g}." for g in given if g in GROUPS)
     kept = [
@@ -307,7 +341,8 @@ def main(cfg: DictConfig) -> None:
     """``make plan``: write the plan to ``recipe.plan`` (default plan.yaml) and show it."""
     from rich.table import Table
 
-    planned = make_plan(cfg)
+    overrides = list(HydraConfig.get().overrides.task)
+    planned = make_plan(cfg, overrides, lambda o: compose(HydraConfig.get().job.config_name, o))
     path = Path(settings(cfg).get("plan") or "plan.yaml")
     path.write_text(yaml.safe_dump(planned, sort_keys=False, width=100))
     table = Table("override", "why", title=f"Plan of {cfg.name} ({path})")

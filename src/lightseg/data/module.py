@@ -118,6 +118,7 @@ class SegmentationDataModule(L.LightningDataModule):
         num_workers: int = 2,
         mean: Sequence[float] | Literal["auto"] = IMAGENET_MEAN,
         std: Sequence[float] | Literal["auto"] = IMAGENET_STD,
+        clip: float | None = None,
         seed: int = 0,
         split: Mapping[str, Any] | None = None,
         cache: Mapping[str, Any] | None = None,
@@ -137,6 +138,8 @@ class SegmentationDataModule(L.LightningDataModule):
         self.mean = mean if mean == AUTO else tuple(mean)
         self.std = std if std == AUTO else tuple(std)
         self.check_normalization()
+        if clip is not None and not (isinstance(clip, int | float) and clip > 0):  # the module
+            raise LightsegError(f"data.clip={clip!r} must be a number > 0, or null (no clamp).")
         self.seed = int(seed)  # data order and augmentations
         self.split = grouped(SPLIT, split, "split")
         if self.split.folds is not None:

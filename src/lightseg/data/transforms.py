@@ -67,18 +67,23 @@ def init_loader_worker(worker_id: int) -> None:
 
 
 class Normalize(nn.Module):
-    """``(pixels / 255 - mean) / std`` of uint8 ``[N, C, H, W]``, or of floats in 0..1; mean
-    and std are hyperparameters, not ``state_dict`` entries."""
+    """``(pixels / 255 - mean) / std`` of uint8 ``[N, C, H, W]``, or of floats in 0..1, then
+    clamped to ``[-clip, clip]`` if given (robust scaling: outliers beyond the percentiles that
+    mean/std map to -1..1 cannot set the scale); hyperparameters, not ``state_dict`` entries."""
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(
+        self, mean: Sequence[float], std: Sequence[float], clip: float | None = None
+    ) -> None:
         super().__init__()
+        self.clip = clip
         shape = (1, len(mean), 1, 1)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(shape), False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(shape), False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         scaled = images.float() / 255 if images.dtype == torch.uint8 else images
-        return (scaled - self.mean) / self.std
+        normalized = (scaled - self.mean) / self.std
+        return normalized if self.clip is None else normalized.clamp(-self.clip, self.clip)
 
 
 class ShrinkToFit(A.LongestMaxSize):

@@ -85,7 +85,7 @@ class SegmentationModule(L.LightningModule):
         # from probabilities, not masks: beside the label metrics, whose contract it keeps
         self.test_calibration = PixelCalibration(self.task.num_classes)
         norm = normalization or {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
-        self.normalize = Normalize(norm["mean"], norm["std"])
+        self.normalize = Normalize(norm["mean"], norm["std"], norm.get("clip"))
 
     def setup(self, stage: str) -> None:
         # Every process counts into states of its own. Tensors sent to the ranks ddp_spawn starts

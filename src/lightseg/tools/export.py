@@ -337,9 +337,11 @@ def describe(
             "layout": f"NCHW, {takes.channels} channel(s) in the order training read them "
             "(RGB for colour images), values in 0..1",
             "scaling": "8-bit pixels / 255, 16-bit / 65535, float as they are",
-            "normalization": "inside the graph: (image - mean) / std",
+            "normalization": "inside the graph: (image - mean) / std"
+            + (", clamped to [-clip, clip]" if norm.get("clip") else ""),
             "mean": list(norm["mean"]),
             "std": list(norm["std"]),
+            "clip": norm.get("clip"),
             "sides_multiple_of": level.multiple if "height" in level.axes else None,
         },
         "temperature": temperature,
