@@ -1,9 +1,8 @@
-"""A dataset decoded once into a memory-mapped file that every loader worker shares.
-
-Decoding and shrinking cost more than augmenting and give the same result every epoch. Each
-sample is shrunk to ``data.cache.scale`` x the training size and appended, image then uint8
-mask, to one file that workers map. The folder is keyed on the source's fingerprint, built in a
-scratch folder under a file lock, and checked on opening, so a damaged cache is rebuilt.
+"""A dataset decoded once (shrunk to ``data.cache.scale`` x the training size) into one
+memory-mapped file that every loader worker shares: decoding and shrinking cost more than
+augmenting and give the same result every epoch. The folder is keyed on the source's
+fingerprint, built in a scratch folder under a file lock, and checked on opening (a damaged
+cache is rebuilt).
 """
 
 from __future__ import annotations

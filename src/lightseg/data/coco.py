@@ -3,8 +3,7 @@
 ``root`` (``${paths.data_dir}/coco``) is read as the official zips unpack (README: Datasets).
 ``voc21`` maps the 20 VOC categories to VOC's indices (as torchvision's reference does),
 ``coco81`` the 80 thing categories in id order to 1..80. Decoding polygons every epoch is slow,
-so ``prepare()`` writes each mask once as a PNG under ``cache_dir``, with a manifest keyed on
-the json's SHA-1, the label set and the crowd rule.
+so ``prepare()`` writes each mask once as a PNG, keyed on the json's SHA-1 and the settings.
 """
 
 from __future__ import annotations
@@ -121,12 +120,8 @@ class COCO(SegmentationSource):
             if read_manifest(folder).get("key") == key:
                 log.info("Reusing the COCO %s mask cache in %s", subset, folder)
                 continue
-            annotations = self.annotations(subset)
-            log.info(
-                f"Building the COCO {subset} mask cache ({self.label_set}, crowd={self.crowd}) in "
-                f"{folder}: each mask is decoded once and reused until {annotations.name} changes."
-            )
-            build_cache(annotations, folder, key, self.class_of, self.crowd)
+            log.info("Building the COCO %s mask cache (decoded once) in %s", subset, folder)
+            build_cache(self.annotations(subset), folder, key, self.class_of, self.crowd)
 
     def find(self) -> list[Sample]:
         samples = []
@@ -166,11 +161,8 @@ class COCO(SegmentationSource):
 @functools.lru_cache(maxsize=16)
 def file_sha1(path: str, size: int, mtime_ns: int) -> str:
     """SHA-1 of a file's bytes; memoised per (path, size, mtime) as the json may be 450 MB."""
-    digest = hashlib.sha1()
     with open(path, "rb") as stream:
-        while chunk := stream.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(stream, "sha1").hexdigest()
 
 
 def read_manifest(folder: Path) -> dict:

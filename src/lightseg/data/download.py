@@ -2,10 +2,9 @@
 
     python -m lightseg.data.download data=voc [overrides]    (or: make data DATASET=voc)
 
-Archives are MD5-checked and unpacked in a scratch folder removed on failure, so nothing
-partial is left. ``folder`` is checked in full: every pair is read as training reads it, and
-the command prints what training will see (README: Datasets). Every dataset's exact and
-near-duplicate images are listed, within and across splits (:mod:`lightseg.data.leakage`).
+Archives are MD5-checked and unpacked in a scratch folder removed on failure. ``folder`` is
+checked in full, every pair read as training reads it (README: Datasets). Every dataset's
+exact and near-duplicate images are listed (:mod:`lightseg.data.leakage`).
 """
 
 from __future__ import annotations
@@ -128,9 +127,8 @@ def prepare_dataset(cfg: DictConfig, name: str, given: set[str] = frozenset()) -
 
 def check_folder(datamodule) -> None:
     """Read every pair of a ``data=folder`` dataset and print what training will see."""
-    source = datamodule.source
-    splits = datamodule.locate()
-    used = sorted((s for group in splits.values() for s in group), key=lambda s: s.id)
+    source, splits = datamodule.source, datamodule.locate()
+    used = sorted(leakage.used(splits), key=lambda s: s.id)
     how = "split lists" if any(s.subset for s in used) else "generated split"
     sizes = ", ".join(f"{name} {len(splits[name])}" for name in ("train", "val", "test"))
     console.print(

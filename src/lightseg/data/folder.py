@@ -1,9 +1,6 @@
-"""Your own images and masks (``data=folder``), paired by name, every mask checked as it is read.
-
-``root`` holds ``images/`` and ``masks/`` (paired by stem through ``mask_pattern``; subfolders
-are kept in the ids) or a CSV of pairs, and optional ``splits/*.txt``, as the README describes
-(Train on your own data). This module finds the pairs and splits; :mod:`lightseg.data.pixels`
-reads the files.
+"""Your own images and masks (``data=folder``, README: Train on your own data): ``images/`` and
+``masks/`` paired by stem through ``mask_pattern`` (subfolders kept in the ids) or a CSV of pairs,
+and optional ``splits/*.txt``. :mod:`lightseg.data.pixels` reads and checks the files.
 """
 
 from __future__ import annotations
@@ -30,11 +27,6 @@ from lightseg.errors import LightsegError
 
 class Folder(SegmentationSource):
     """Images and masks of your own, paired by file name; see the module docs for the rules."""
-
-    how_to_get = (
-        "Put your images in '<root>/images/' and their masks, with the same file names, in "
-        "'<root>/masks/' (README: Train on your own data), and point data.source.root at <root>."
-    )
 
     def __init__(
         self,

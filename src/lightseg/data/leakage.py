@@ -1,15 +1,9 @@
-"""Exact and near-duplicate images, and the groups that keep related samples in one split.
-
-Near-duplicates on both sides of a split (consecutive video frames, re-saved, brightened or
-re-cropped copies) inflate test numbers silently. ``make data`` lists them (:func:`report`);
-``data.split.group_by`` (:func:`with_groups`) keeps a group in one split; and a run whose data
-was hashed (by ``make data``, or for ``group_by=duplicates``) warns once when near-duplicates
-cross its train/val/test border (:func:`warn_crossing`); hashing is not repeated per run.
-
-Exact duplicates have the same file bytes (SHA-1); near-duplicates have perceptual hashes
-(``imagehash.phash``: 64 bits from the low frequencies of a 32x32 grayscale thumbnail, so JPEGs
-are decoded at a reduced size) at most :data:`NEAR` bits apart. Hashes are cached per source and
-settings in ``<data.cache.dir>/duplicates``, each checked against its file's size and mtime.
+"""Exact and near-duplicate images, and the groups that keep related samples in one split
+(README: Leakage). Near-duplicates on both sides of a split (video frames, re-saved copies)
+inflate test numbers silently: ``make data`` lists them (:func:`report`), ``data.split.group_by``
+keeps groups in one split (:func:`with_groups`), and a run whose images were hashed warns once
+when near-duplicates cross its split border (:func:`warn_crossing`), never hashing itself.
+Hashes (SHA-1 of the file, ``imagehash.phash``) are cached per source and settings.
 """
 
 from __future__ import annotations
@@ -18,7 +12,6 @@ import csv
 import hashlib
 import json
 import logging
-import os
 import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -34,7 +27,7 @@ from rich.table import Table
 from scipy.sparse.csgraph import connected_components
 
 from lightseg.data.source import SPLITS, Sample, SegmentationSource, file_stamp, fingerprint
-from lightseg.errors import LightsegError
+from lightseg.errors import LightsegError, written_whole
 from lightseg.utils.console import console
 
 log = logging.getLogger(__name__)
@@ -78,11 +71,8 @@ def hashes(
         stored = json.loads(path.read_text())
     except (OSError, ValueError):
         stored = {}
-    unique = {s.id: s for s in samples}
-    fresh = {
-        i: stored[i] for i, s in unique.items() if stored.get(i, [0])[0] == file_stamp(s.image)
-    }
-    todo = [s for i, s in unique.items() if i not in fresh]
+    fresh = {s.id: stored[s.id] for s in samples if stored.get(s.id, [0])[0] == file_stamp(s.image)}
+    todo = list({s.id: s for s in samples if s.id not in fresh}.values())
     if todo and not compute:
         return None
     for sample in track(todo, description="Hashing images", console=console, disable=not todo):
@@ -90,9 +80,8 @@ def hashes(
     try:
         if todo:
             path.parent.mkdir(parents=True, exist_ok=True)
-            scratch = path.with_suffix(f".{os.getpid()}.partial")
-            scratch.write_text(json.dumps({**stored, **fresh}))
-            scratch.replace(path)  # whole or not at all
+            with written_whole(path) as temp:
+                temp.write_text(json.dumps({**stored, **fresh}))
     except OSError as error:  # the hashes still serve this process
         log.warning("Cannot store the image hashes in %s (%s).", path.parent, error)
     return {i: entry[1:] for i, entry in fresh.items()}
@@ -172,9 +161,8 @@ def where(splits: Mapping[str, Sequence[Sample]]) -> dict[str, str]:
     return {i: "+".join(n) for i, n in names.items()}
 
 
-def crossing(found_pairs, splits) -> list[tuple[str, str, int]]:
-    """The pairs whose two images are in different splits."""
-    split_of = where(splits)
+def crossing(found_pairs, split_of: Mapping[str, str]) -> list[tuple[str, str, int]]:
+    """The pairs whose two images are in different splits (``split_of``: :func:`where`)."""
     return [p for p in found_pairs if split_of[p[0]] != split_of[p[1]]]
 
 
@@ -188,9 +176,10 @@ def warn_crossing(source: SegmentationSource, splits, cache_dir) -> None:
     found = hashes(source, used(splits), cache_dir, compute=False)
     if found is None:
         return
-    across = crossing(pairs(found), splits)
+    split_of = where(splits)
+    across = crossing(pairs(found), split_of)
     if across:
-        split_of, (a, b, _) = where(splits), across[0]
+        a, b, _ = across[0]
         log.warning(
             "%d near-duplicate image pair(s) cross the split border, e.g. '%s' (%s) and '%s' (%s): "
             "test numbers may be inflated; `make data` lists them, and data.split.group_by="
@@ -209,7 +198,8 @@ def report(source: SegmentationSource, splits, cache_dir: str | Path) -> None:
             f"near-duplicates (perceptual hashes within {NEAR} bits)."
         )
         return
-    split_of, across = where(splits), set(crossing(found_pairs, splits))
+    split_of = where(splits)
+    across = set(crossing(found_pairs, split_of))
     listed = sorted(found_pairs, key=lambda p: (p not in across, p))
     csv_path = cache_file(source, cache_dir).with_suffix(".pairs.csv")
     with open(csv_path, "w", newline="") as stream:

@@ -1,11 +1,10 @@
 """MADS full-body person masks: Kaggle's "Segmentation Full Body MADS Dataset" (1,192 frames).
 
-The archive unzips under ``root`` (``${paths.data_dir}/mads``) to
-``segmentation_full_body_mads_dataset_1192_img/``, maybe nested once more, holding ``images/``,
-``masks/`` (same names) and ``df.csv``. Masks are checked, not assumed (:func:`binarise`);
-splits are stratified by activity (the name's first word) and, by default (configs/data/mads.yaml
-``split.group_by``), keep each sequence's frames (``Jazz_Jazz1_C0_00010``: sequence
-``Jazz_Jazz1``, all cameras) in one split. ``split_lists``: train/val/test.txt of frame ids.
+The archive unzips under ``root`` to ``segmentation_full_body_mads_dataset_1192_img/`` (maybe
+nested once more) with ``images/``, ``masks/`` (same names) and ``df.csv``; masks are checked,
+not assumed (:func:`binarise`). Splits are stratified by activity (the name's first word), and
+configs/data/mads.yaml keeps each sequence's frames (``Jazz_Jazz1_C0_00010``: ``Jazz_Jazz1``, all
+cameras) in one split.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
 from lightseg.config import image_size_hw
 from lightseg.data.cache import SampleCache, open_cache
-from lightseg.data.leakage import warn_crossing, with_groups
+from lightseg.data.leakage import used, warn_crossing, with_groups
 from lightseg.data.sampling import (
     EvalDistributedSampler,
     ResumableDataLoader,
@@ -89,11 +89,8 @@ class SegmentationDataset(Dataset):
     """Samples through a source (or its cache) and a pipeline: image ``[C, H, W]`` (uint8 for
     8-bit data, else float32 in [0, 1]) and mask uint8 ``[H, W]``, normalised on the device."""
 
-    def __init__(
-        self, source: SegmentationSource, samples: Sequence[Sample], transform, cache=None
-    ) -> None:
-        self.source, self.samples, self.transform = source, list(samples), transform
-        self.cache: SampleCache | None = cache
+    def __init__(self, source, samples: Sequence[Sample], transform, cache=None) -> None:
+        self.source, self.samples, self.transform, self.cache = source, samples, transform, cache
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -225,8 +222,8 @@ class SegmentationDataModule(L.LightningDataModule):
 
     def statistics(self, measured: SplitStatistics | None = None) -> SplitStatistics:
         """The training split's statistics, cached (``measured``: the caller's, to store)."""
-        if self._statistics is None:
-            train = self.locate()["train"] if self.splits is None else self.splits["train"]
+        if self._statistics is None:  # (locate() calls this once it has set self.splits)
+            train = (self.splits or self.locate())["train"]
             self._statistics = training_statistics(
                 self.source, train, self.statistics_folder, measured
             )
@@ -235,11 +232,10 @@ class SegmentationDataModule(L.LightningDataModule):
     def sample_cache(self) -> SampleCache | None:
         """The cache of every sample in the splits (built on first use), if enabled."""
         if self.cache.enabled and self._sample_cache is None:
-            unique = list({s.id: s for split in self.locate().values() for s in split}.values())
             scale, read = self.cache.scale, functools.partial(read_pair, self.source)
             minimum = None if scale is None else [max(1, round(n * scale)) for n in self.image_size]
-            folder = self.cache_dir / "samples"
-            self._sample_cache = open_cache(self.source, unique, read, folder, minimum)
+            samples, folder = used(self.locate()), self.cache_dir / "samples"
+            self._sample_cache = open_cache(self.source, samples, read, folder, minimum)
         return self._sample_cache
 
     def dataset(self, split: str) -> SegmentationDataset:

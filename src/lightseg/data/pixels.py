@@ -1,10 +1,7 @@
-"""Pixels from your own files (``data=folder``): images of any channel count and bit depth,
-and masks read by rules that are checked on every file, never guessed.
-
-Images have ``in_channels`` channels (any number from TIFF, bands last or first), as stored.
-Masks follow the README's table (Train on your own data): colours through ``palette``, else
-class indices, or for two classes 0/1 or 0/255 (foreground >= 128, so JPEG noise is harmless),
-the first mask by id that tells those apart deciding for the dataset.
+"""Pixels of your own files (``data=folder``): images of any channel count and bit depth (TIFF
+bands last or first), and masks read by the README's rules (Train on your own data), checked on
+every file, never guessed: colours through ``palette``, else class indices, or for two classes
+0/1 or 0/255 (foreground >= 128), the first mask by id that tells those apart deciding.
 """
 
 from __future__ import annotations
@@ -122,11 +119,10 @@ class MaskReader:
         mapped = np.array([table.get(int(code), -1) for code in unique])
         unmapped = unique[mapped < 0]
         if unmapped.size:
-            counts = np.bincount(inverse.ravel(), minlength=unique.size)[mapped < 0]
-            order = np.argsort(-counts)[:5]
+            shares = np.bincount(inverse.ravel(), minlength=unique.size)[mapped < 0] / codes.size
             shown = ", ".join(
-                f"{list(decode_colour(unmapped[i]))} ({counts[i] / codes.size:.1%} of pixels)"
-                for i in order
+                f"{list(int(unmapped[i]).to_bytes(3, 'big'))} ({shares[i]:.1%} of pixels)"
+                for i in np.argsort(-shares)[:5]
             )
             raise LightsegError(
                 f"Mask '{path}' has {unmapped.size} colour(s) that are not in data.source.palette: "
@@ -241,7 +237,7 @@ def single_channel(values: np.ndarray, path: Path) -> np.ndarray:
         return values
     if not (values == values[..., :1]).all():
         codes = np.unique(colour_codes(values))[:5]
-        examples = ", ".join(str(list(decode_colour(code))) for code in codes)
+        examples = ", ".join(str(list(int(code).to_bytes(3, "big"))) for code in codes)
         raise LightsegError(
             f"Mask '{path}' is a colour image (colours {examples}, ...). Set "
             "data.source.palette to the colour of each class, in the order of "
@@ -269,9 +265,5 @@ def binary_kind(values: np.ndarray, indexed: bool, path: Path) -> str | None:
 
 
 def colour_codes(rgb: np.ndarray) -> np.ndarray:
-    rgb = rgb.astype(np.int64)
-    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-
-
-def decode_colour(code: int) -> tuple[int, int, int]:
-    return int(code) >> 16 & 255, int(code) >> 8 & 255, int(code) & 255
+    """One int per ``[r, g, b]`` (its 3 bytes, big-endian)."""
+    return rgb.astype(np.int64) @ np.array([1 << 16, 1 << 8, 1])

@@ -47,10 +47,10 @@ class SeededSampler(Sampler):
             self.set_epoch(self.epoch + 1)
         self._passes, self._epoch_given = self._passes + 1, False
         if hasattr(self.sampler, "generator"):
-            seed = mixed_seed(self.seed, self.epoch)
-            self.sampler.generator = torch.Generator().manual_seed(seed)
-        seen: Counter[int] = Counter()
-        keys = []
+            self.sampler.generator = torch.Generator().manual_seed(
+                mixed_seed(self.seed, self.epoch)
+            )
+        seen, keys = Counter(), []
         for index in self.sampler:
             repeat, seen[index] = seen[index], seen[index] + 1
             parts = (self.seed, self.epoch, index) + ((repeat,) if repeat else ())

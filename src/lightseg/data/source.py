@@ -1,24 +1,20 @@
-"""The dataset contract: what a fork writes to train lightseg on data of its own.
-
-A dataset is a :class:`SegmentationSource` subclass plus one YAML naming it
+"""The dataset contract: a :class:`SegmentationSource` subclass plus one YAML naming it
 (``data.source._target_``) with its settings. lightseg calls, in this order:
 
-``prepare()``  optional: download, unpack or convert, in every process before ``find()``, under
-               a file lock of the dataset folder. Write into a scratch folder renamed when
-               complete (a killed ``prepare`` leaves nothing that looks finished); derived files
-               go under :func:`cache_home`.
+``prepare()``  optional: download or convert, in every process before ``find()``, under a file
+               lock of the dataset folder. Write into a scratch folder renamed when complete;
+               derived files go under :func:`cache_home`.
 ``find()``     the :class:`Sample` list; raise ``self.missing(path)`` when the data is absent.
-``split()``    optional: train/val/test, by default the split lists (:meth:`listed`, which
-               ``find()`` applies) or :func:`stratified_split` by ``Sample.stratum``, keeping each
-               ``Sample.group`` in one split; :meth:`fold_split` serves k-fold; official lists
-               use :func:`official_split`.
+``split()``    optional: by default the split lists (:meth:`listed`) or :func:`stratified_split`
+               by ``Sample.stratum``, each ``Sample.group`` in one split; :func:`official_split`
+               for official lists.
 ``read(s)``    ``(image [H, W, C], mask uint8 [H, W])``: class indices, 255 = ignore. Images are
                uint8, uint16 or float32 (each scaled by its range) with ``in_channels`` channels.
 
-A source declares ``classes`` (background first; two make a binary task), ``in_channels``
-(default 3) and ``how_to_get`` (what ``missing()`` tells a user). Its constructor's arguments
-are its settings (:meth:`~SegmentationSource.settings`); caches are keyed on them, the class and
-each sample file's path, size and mtime, so a changed setting never serves a stale cache.
+A source declares ``classes`` (background first; two make a binary task), ``in_channels`` and
+``how_to_get`` (what ``missing()`` tells a user). Caches are keyed on its constructor's
+arguments (:meth:`~SegmentationSource.settings`), its class and each sample file's path, size
+and mtime, so a changed setting never serves a stale cache.
 """
 
 from __future__ import annotations
@@ -44,7 +40,6 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
-SHOWN = 10  # entries listed in an error before "... and N more"
 
 
 def cache_home() -> Path:
@@ -74,12 +69,9 @@ Splits = dict[str, list[Sample]]  # the samples of each of SPLITS
 class SegmentationSource:
     """A dataset in its official on-disk layout under ``root`` (see the module docs)."""
 
-    #: Class names, background first. Two names make a binary task.
-    classes: tuple[str, ...] = ()
-    #: Channels of every image ``read`` returns; the network takes as many.
-    in_channels: int = 3
-    #: What to tell a user whose ``root`` is missing: where to get the data.
-    how_to_get: str = ""
+    classes: tuple[str, ...] = ()  # background first; two make a binary task
+    in_channels: int = 3  # of every image ``read`` returns; the network takes as many
+    how_to_get: str = ""  # where to get the data, for ``missing()``
 
     def __new__(cls, *args: Any, **kwargs: Any) -> SegmentationSource:
         source = super().__new__(cls)
@@ -121,18 +113,15 @@ class SegmentationSource:
                 "Point it at a folder holding train.txt and test.txt (and optionally val.txt), "
                 "one sample id per line, or set data.source.split_lists=null for a generated split."
             )
-        by_id = {s.id: s for s in samples}
-        subsets: dict[str, str] = {}
+        ids, subsets = {s.id for s in samples}, {}
         for name in SPLITS:
-            path = folder / f"{name}.txt"
-            if not path.is_file():
-                continue
-            unknown = []
-            for line, text in enumerate(path.read_text().splitlines(), start=1):
+            path, unknown = folder / f"{name}.txt", []
+            lines = path.read_text().splitlines() if path.is_file() else []
+            for line, text in enumerate(lines, start=1):
                 entry = self.list_entry(text)
                 if entry is None:
                     continue
-                if entry not in by_id:
+                if entry not in ids:
                     unknown.append(f"line {line}: '{text.strip()}'")
                 elif subsets.setdefault(entry, name) != name:
                     raise LightsegError(
@@ -248,9 +237,6 @@ def read_pair(source: SegmentationSource, sample: Sample) -> tuple[np.ndarray, n
     return image, mask
 
 
-# --- readers --------------------------------------------------------------------------------
-
-
 def open_image(path: Path) -> Image.Image:
     """Open an image file, turning a missing or corrupt file into an error that names it."""
     try:
@@ -281,9 +267,7 @@ def read_label_png(path: Path, num_classes: int) -> np.ndarray:
     return check_labels(np.asarray(image), num_classes, path)
 
 
-REEXTRACT = (
-    "The file is damaged or belongs to another dataset: re-extract it from the official archive."
-)
+REEXTRACT = "The file is damaged or from another dataset: re-extract it from the official archive."
 
 
 def check_labels(mask: np.ndarray, num_classes: int, path: Path, fix: str = REEXTRACT):
@@ -314,9 +298,6 @@ def threshold_binary(values: np.ndarray, path: Path, what: str, hint: str) -> np
             f"{hint}"
         )
     return (values >= BINARY_THRESHOLD).astype(np.uint8)
-
-
-# --- splits ---------------------------------------------------------------------------------
 
 
 def at_least(value, minimum: int, key: str) -> int:
@@ -400,7 +381,8 @@ def kfold_split(samples: Sequence[Sample], folds: int, fold: int, val: float, se
     return {"train": inner["train"], "val": inner["val"], "test": tested}
 
 
-def listing(items: Sequence, shown: int = SHOWN, separator: str = ", ") -> str:
+def listing(items: Sequence, shown: int = 10, separator: str = ", ") -> str:
+    """``items`` joined, at most ``shown`` of them, then "... and N more"."""
     more = f" ... and {len(items) - shown} more" if len(items) > shown else ""
     return separator.join(str(i) for i in items[:shown]) + more
 

@@ -1,9 +1,8 @@
 """PASCAL VOC 2012 segmentation (Everingham et al., IJCV 2010), with optional SBD augmentation.
 
-``root`` (``${paths.data_dir}/VOCdevkit/VOC2012``) and ``sbd_root`` (``benchmark_RELEASE/
-dataset``) are read as the official archives unpack (README: Datasets). With ``use_sbd`` the
-train split is the usual ``train_aug`` (10,582 images): VOC train plus SBD train and val, minus
-the val/test ids; ids with a VOC mask use it, as it has the 255 borders.
+``root`` and ``sbd_root`` are read as the official archives unpack (README: Datasets). With
+``use_sbd`` the train split is the usual ``train_aug`` (10,582 images): VOC train plus SBD train
+and val, minus the val/test ids; ids with a VOC mask use it, as it has the 255 borders.
 """
 
 from __future__ import annotations
@@ -36,8 +35,7 @@ VOC_CLASSES = (
 )  # fmt: skip
 LISTS = Path("ImageSets") / "Segmentation"
 TRAIN_AUG = "train_aug"
-#: Sizes of the official lists, and of train_aug built from them.
-FULL_SIZES = {"train": 1464, "val": 1449, "sbd_train": 8498, "sbd_val": 2857, TRAIN_AUG: 10582}
+FULL_SIZES = {"train": 1464, "val": 1449, TRAIN_AUG: 10582}  # of the complete releases
 DEFAULT_SPLITS = {"train": "train", "val": "val", "test": "val"}
 
 
@@ -108,9 +106,8 @@ class VOC(SegmentationSource):
             f"re-extract SBD's benchmark.tgz so that '{self.sbd_root}' holds cls/, img/, "
             "train.txt and val.txt."
         )
-        sbd = {name: read_ids(self.sbd_root / f"{name}.txt", fix) for name in ("train", "val")}
-        merged = dict.fromkeys([*voc_train, *sbd["train"], *sbd["val"]])  # ordered, unique
-        ids = [i for i in merged if i not in held_out]
+        sbd = [i for n in ("train", "val") for i in read_ids(self.sbd_root / f"{n}.txt", fix)]
+        ids = [i for i in dict.fromkeys([*voc_train, *sbd]) if i not in held_out]  # ordered, unique
         in_voc = set(voc_train)
         samples = [
             self.voc_sample(i, self.voc_train, TRAIN_AUG) if i in in_voc else self.sbd_sample(i)
@@ -122,11 +119,7 @@ class VOC(SegmentationSource):
                 f"train_aug has {len(ids)} images; the full VOC 2012 + SBD releases give "
                 f"{FULL_SIZES[TRAIN_AUG]}. Check that SBD's train.txt and val.txt are complete."
             )
-        log.info(
-            f"VOC train_aug: {len(ids)} images (VOC train {len(voc_train)} + SBD train "
-            f"{len(sbd['train'])} + SBD val {len(sbd['val'])}, unique, minus {len(held_out)} "
-            "held-out ids)"
-        )
+        log.info("VOC train_aug: %d images (minus %d held-out ids)", len(ids), len(held_out))
         return samples
 
     def sbd_sample(self, image_id: str) -> Sample:
