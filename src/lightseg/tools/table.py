@@ -1,15 +1,10 @@
 """A results table from a folder of runs: ``make table RUNS=logs/demo/multiruns/<time>``
-(settings: configs/table.yaml); writes ``results.md`` and ``results.tex``.
+(configs/table.yaml; README "Results tables"), written to ``results.md`` and ``results.tex``.
 
-One row per configuration (:mod:`lightseg.tools.results`). Per metric: the mean ± sample standard
-deviation over runs; the per-image statistic with its 95 % bootstrap CI (best in bold); and the
-p-value against the best row on the same images, with the minimal detectable difference (MDD).
-With several runs in a row the CI and p come from a two-level bootstrap over runs and images,
-else from the images and a Wilcoxon test (``test=``). ``by=stratum`` adds a table per stratum,
-``eval=true`` reads each run's newest ``make eval``, ``published=<yaml>`` adds rows of published
-numbers (never paired). Rows are paired and ranked only among rows whose protocol cards
-(:mod:`lightseg.runs.protocol`) agree on what the comparison needs; a note says why the others
-are not. Failed, missing and debug runs are listed under the table.
+One row per configuration (:mod:`lightseg.tools.results`). Per metric: the mean ± std over runs;
+the per-image statistic with its bootstrap CI; and the p-value and minimal detectable difference
+against the best row scored alike (their protocol cards agree, :mod:`lightseg.runs.protocol`).
+Missing, failed and debug runs, and rows that could not be compared, are noted under it.
 """
 
 from __future__ import annotations
@@ -129,8 +124,7 @@ class Cell:
 
 @dataclass
 class Results:
-    """Everything a table shows: rows, one Cell per metric and row, notes; and with ``by``, one
-    such table per slice."""
+    """Everything a table shows (a Cell per metric and row); with ``by``, one per slice too."""
 
     rows: list[Row]
     metrics: list[str]
@@ -176,10 +170,9 @@ def compare(
 
 
 def protocol_groups(rows: list[Row], metric: str) -> list[tuple[dict | None, list[Row]]]:
-    """The rows in groups whose protocol cards agree on what ``metric``'s comparison needs
-    (:func:`~lightseg.runs.protocol.differences`: test images, resolution, metric definition,
-    inference), each with its comparison record; rows without cards form a group of their own,
-    rows without a value (failed, missing) none."""
+    """The rows with a value in groups whose protocol cards agree on what ``metric``'s comparison
+    needs (:func:`~lightseg.runs.protocol.differences`), each with its record; cardless rows form
+    a group of their own."""
     groups: list[tuple[dict | None, list[Row]]] = []
     for row in (r for r in rows if r.values(metric)):
         record = row.comparison(metric)
