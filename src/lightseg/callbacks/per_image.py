@@ -1,6 +1,6 @@
-"""Each test image's metric values in the run folder (``per_image.csv``), after the test stage:
-``make table`` pairs these rows between runs for its confidence intervals and paired tests. The
-failure shares (``test/failure_rate/...``) are logged from these rows, since they count images."""
+"""Each test image's metric values in ``<run>/per_image.csv`` after the test stage, which
+``make table`` pairs between runs; the failure shares are logged from these rows (they count
+images)."""
 
 from __future__ import annotations
 
@@ -30,10 +30,9 @@ def gathered(rows: list) -> list:
 
 
 class PerImageResults(Callback):
-    """Collects the per-image values ``SegmentationModule.test_step`` returns and writes them
-    to ``<folder>/per_image.csv`` (rank 0, after gathering every process's images), with the
-    failure columns of ``failure`` ({metric: threshold}: see :mod:`lightseg.runs.per_image`) and
-    each image's stratum from the datamodule's test split (``make table ARGS="--by stratum"``)."""
+    """Writes the per-image values ``SegmentationModule.test_step`` returns (every process's, on
+    rank 0), with the failure columns of ``failure`` ({metric: threshold}) and each image's
+    stratum from the datamodule's test split (``make table ARGS="--by stratum"``)."""
 
     def __init__(self, folder: str | Path, failure: Mapping[str, float] | None = None) -> None:
         self.path = RunFolder(folder).per_image

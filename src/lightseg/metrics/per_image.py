@@ -23,8 +23,7 @@ class PerImageMetric(TaskMetric):
         self.add_state("scores", [], dist_reduce_fx="cat")
 
     def image_scores(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """``[N]``: the value of each image of the batch."""
-        raise NotImplementedError
+        raise NotImplementedError  # [N]: the value of each image of the batch
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
         labelled = (target != self.ignore_index).flatten(1).any(1)
@@ -81,8 +80,7 @@ def surface_distances(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndar
     window = np.s_[
         max(rows.min() - 1, 0) : rows.max() + 2, max(columns.min() - 1, 0) : columns.max() + 2
     ]
-    # boundaries as MONAI defines them: a mask's own pixels that touch the background
-    # (4-neighbours; the image edge counts as background)
+    # boundaries as MONAI's: a mask's pixels with a background 4-neighbour (or on the image edge)
     edge_a, edge_b = (mask ^ ndimage.binary_erosion(mask) for mask in (a[window], b[window]))
     to_b = ndimage.distance_transform_edt(~edge_b)[edge_a]
     to_a = ndimage.distance_transform_edt(~edge_a)[edge_b]

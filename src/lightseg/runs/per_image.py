@@ -1,14 +1,9 @@
-"""The ``per_image.csv`` format: one row per image, then every metric's value for it.
-
-Columns: ``id`` (and in ``make eval``'s file, ``variant``: plain, tta, ...), ``stratum`` (the
-image's ``Sample.stratum``: diagnosis, activity, ...; empty without one; files written before it
-existed lack the column), then one column per metric value (``dice``, ``iou_lesion``, ...); empty
-where there is none (NaN). The failure columns
-``failure_rate/<metric>_below_<t>`` hold 1 where the image's value is below ``t`` (the config's
-``failure``), else 0: their mean over the images is the share that failed. Training's test
-stage (``callbacks.PerImageResults``), ``make eval`` and ``make score`` write it; ``make table``
-reads it to pair the same images between runs.
-"""
+"""The ``per_image.csv`` format, one row per image: ``id`` (in ``make eval``'s file also
+``variant``: plain, tta, ...), ``stratum`` (``Sample.stratum``, empty without one; older files
+lack the column), then each metric's value (empty: none, NaN). ``failure_rate/<metric>_below_<t>``
+is 1 where the value is below ``t`` (the config's ``failure``), else 0: its mean is the share that
+failed. Training's test stage, ``make eval`` and ``make score`` write it; ``make table`` reads it
+to pair the same images between runs."""
 
 from __future__ import annotations
 
@@ -74,31 +69,27 @@ def failure_shares(rows: Iterable[Mapping[str, float]]) -> dict[str, float]:
     return {name: sum(values) / len(values) for name, values in sorted(flags.items())}
 
 
+def rows_of(path: Path, variant: str | None) -> tuple[list[str], list[dict[str, str]]]:
+    """A per_image.csv's columns and rows (with ``variant``: that inference variant's only)."""
+    with path.open(newline="") as file:
+        reader = csv.DictReader(file)
+        rows = [r for r in reader if variant is None or r.get("variant", variant) == variant]
+    return list(reader.fieldnames or ()), rows
+
+
 def read_per_image(path: Path, prefix: str, variant: str | None = None) -> dict:
     """``{<prefix><metric>: {image id: value}}`` from a per_image.csv (NaN: no value); with
     ``variant``, the rows of that inference variant only."""
-    if not path.is_file():
-        return {}
     out: dict[str, dict[str, float]] = {}
-    with path.open(newline="") as file:
-        for row in csv.DictReader(file):
-            if variant is not None and row.get("variant", variant) != variant:
-                continue
-            for name, text in row.items():
-                if name not in KEYS:
-                    value = float(text) if text else math.nan
-                    out.setdefault(f"{prefix}{name}", {})[row["id"]] = value
+    for row in rows_of(path, variant)[1] if path.is_file() else ():
+        for name, text in row.items():
+            if name not in KEYS:
+                out.setdefault(f"{prefix}{name}", {})[row["id"]] = float(text) if text else math.nan
     return out
 
 
 def read_strata(path: Path, variant: str | None = None) -> dict[str, str] | None:
     """``{image id: stratum}`` ("" without one) from a per_image.csv; None when the file has no
     ``stratum`` column (written before lightseg recorded strata) or does not exist."""
-    if not path.is_file():
-        return None
-    with path.open(newline="") as file:
-        reader = csv.DictReader(file)
-        if "stratum" not in (reader.fieldnames or ()):
-            return None
-        rows = [r for r in reader if variant is None or r.get("variant", variant) == variant]
-    return {row["id"]: row["stratum"] for row in rows}
+    columns, rows = rows_of(path, variant) if path.is_file() else ([], [])
+    return {row["id"]: row["stratum"] for row in rows} if "stratum" in columns else None

@@ -1,11 +1,7 @@
-"""Training curves from CSV logs: of one run, or of the configurations in a folder of runs.
-
-    make plot RUN=<run folder>  |  make plot RUNS=<folder> [METRICS=val/loss,val/dice]
-
-One run: losses, validation metrics and learning rate over epochs. A folder: one panel per
-validation metric, one curve per configuration (grouped as ``make table`` groups them) with its
-mean over the runs and a band of ± one sample standard deviation. Writes ``curves.png`` into it.
-"""
+"""Training curves from CSV logs into ``curves.png``: ``make plot RUN=<run folder>`` (losses,
+validation metrics and learning rate over epochs) or ``make plot RUNS=<folder>`` (a panel per
+validation metric, a curve per configuration as ``make table`` groups them: the mean over its
+runs in a band of ± one sample standard deviation)."""
 
 from __future__ import annotations
 
@@ -80,16 +76,15 @@ def panels(count: int):
     return figure, figure.subplots(1, count, squeeze=False)[0]
 
 
-def epoch_axis(axis, title: str) -> None:
+def save(figure, axes, titles: list[str], title: str, out: Path) -> Path:
+    """Label each panel's epoch axis, and write the figure."""
     from matplotlib.ticker import MaxNLocator
 
-    axis.set(title=title, xlabel="epoch")
-    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=7)
-
-
-def save(figure, title: str, out: Path) -> Path:
+    for axis, panel in zip(axes, titles, strict=True):
+        axis.set(title=panel, xlabel="epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
     figure.suptitle(title, fontsize=8)
     figure.savefig(out, dpi=120)
     return out
@@ -113,12 +108,11 @@ def plot_curves(run: Path, out: Path | None = None) -> Path:
     }
     drawn = {title: columns for title, columns in drawn.items() if columns}
     figure, axes = panels(len(drawn))
-    for axis, (title, columns) in zip(axes, drawn.items(), strict=True):
+    for axis, columns in zip(axes, drawn.values(), strict=True):
         for column in columns:
             series = table[column].dropna()
             axis.plot(series.index, series.values, marker="o", markersize=3, label=column)
-        epoch_axis(axis, title)
-    return save(figure, str(run), Path(out or Path(run) / "curves.png"))
+    return save(figure, axes, list(drawn), str(run), Path(out or Path(run) / "curves.png"))
 
 
 def run_tables(row: Row) -> list[pd.DataFrame]:
@@ -171,8 +165,8 @@ def plot_configurations(
             line.set_label(f"{label} (n={int(curve['runs'].max())})")
             low, high = curve["mean"] - curve["std"], curve["mean"] + curve["std"]
             axis.fill_between(curve.index, low, high, color=line.get_color(), alpha=0.2)
-        epoch_axis(axis, metric)
-    return save(figure, f"{root}: mean ± std over runs", Path(out or Path(root) / "curves.png"))
+    out = Path(out or Path(root) / "curves.png")
+    return save(figure, axes, chosen, f"{root}: mean ± std over runs", out)
 
 
 @app("plot")

@@ -1,15 +1,11 @@
-"""Each run's results in a folder of runs, grouped into the rows of a table (``make table``).
-
-A run's results are its final metrics and each test image's values (training's test stage, or
-its newest ``make eval``). Runs that differ only in replicates (seeds, data splits, folds) form
-one row, labelled by the settings that differ.
-"""
+"""Each run's results in a folder of runs (its final metrics and each test image's values, from
+training's test stage or its newest ``make eval``), grouped into the rows of ``make table``: runs
+that differ only in replicates (seeds, data splits, folds) form one row, labelled by the
+settings that differ."""
 
 from __future__ import annotations
 
 import json
-import math
-import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +19,7 @@ from lightseg.runs.folder import PER_IMAGE, read_json, read_yaml
 from lightseg.runs.per_image import read_per_image, read_strata
 from lightseg.runs.protocol import comparison, describe
 from lightseg.runs.resume import override_key
+from lightseg.tools.significance import image_means
 
 #: Overrides that make no other configuration: replicates (seeds, splits, folds), paths, logging.
 NOT_A_SETTING = (
@@ -78,10 +75,6 @@ class RunResult:
                 return self.values.get(key, override.split("=", 1)[-1])
         return self.values.get(key, "-")
 
-    def comparison(self, metric: str) -> dict | None:
-        """What must agree for this run's ``metric`` to be paired (:func:`comparison`)."""
-        return comparison(self.protocol, metric, self.variant)
-
     @property
     def debug(self) -> str | None:
         """The ``debug`` config it ran with (``fdr``, ``limit``, ...), if any."""
@@ -104,7 +97,9 @@ class Row:
     def comparison(self, metric: str) -> dict | None:
         """Its runs' comparison records merged: each field's values (several for k-fold test
         sets), None if a finished run has no card."""
-        records = [run.comparison(metric) for run in self.runs if run.metrics is not None]
+        records = [
+            comparison(r.protocol, metric, r.variant) for r in self.runs if r.metrics is not None
+        ]
         if not records or None in records:
             return None
         merged = {}
@@ -126,12 +121,7 @@ class Row:
     def images(self, metric: str) -> dict[str, float]:
         """Each image's value, averaged over the runs that scored it (seeds, or data splits
         that share images); images without a value are left out."""
-        scores: dict[str, list[float]] = {}
-        for run in self.runs:
-            for image, value in run.per_image.get(metric, {}).items():
-                if not math.isnan(value):
-                    scores.setdefault(image, []).append(value)
-        return {image: statistics.fmean(v) for image, v in sorted(scores.items())}
+        return image_means([run.per_image.get(metric, {}) for run in self.runs])
 
 
 def eval_results(run: RunFolder, numbers_from: NumbersFrom) -> tuple[dict | None, Path | None, str]:
@@ -140,11 +130,8 @@ def eval_results(run: RunFolder, numbers_from: NumbersFrom) -> tuple[dict | None
     split = numbers_from.split
     reports = sorted(run.evaluations.glob(f"{split}_*/eval.json"))
     if not reports:
-        return (
-            None,
-            None,
-            f"no eval/{split}_*/eval.json (make eval CKPT=<run>/checkpoints/best.ckpt)",
-        )
+        why = f"no eval/{split}_*/eval.json (make eval CKPT=<run>/checkpoints/best.ckpt)"
+        return None, None, why
     try:
         report = json.loads(reports[-1].read_text())
         variant = numbers_from.variant or report["examples_from"]
@@ -159,33 +146,28 @@ def eval_results(run: RunFolder, numbers_from: NumbersFrom) -> tuple[dict | None
 def read_run(run: RunFolder, numbers_from: NumbersFrom = TEST_STAGE) -> RunResult:
     config = read_yaml(run.config) or read_yaml(run.hydra_config)
     flat = pd.json_normalize(config if isinstance(config, dict) else {}).to_dict("records")[0]
-    values = {key: str(value) for key, value in flat.items()}  # keys dotted: model.arch
-    values.update({key: str(value) for key, value in run.group_choices().items()})
+    # keys dotted (model.arch), and the group choices
+    values = {key: str(value) for key, value in {**flat, **run.group_choices()}.items()}
     trained = run.read_metrics()
     protocol = trained.pop("protocol", None) if trained else None
-    missing, variant, prefix = None, None, "test/"
+    metrics, path, variant, prefix = trained, run.per_image, None, "test/"
+    status = "finished"
     if numbers_from.eval:
         metrics, path, variant = eval_results(run, numbers_from)
         prefix = f"{numbers_from.split}/"
-        if metrics is None:
-            missing, variant = variant, None
+        if metrics is None:  # trained, but not evaluated: say so
+            status, variant = variant, None
         protocol = (read_json(path.parent / "eval.json") or {}).get("protocol") if path else None
-    else:
-        metrics, path = trained, run.per_image
-    per_image = read_per_image(path, prefix, variant) if path else {}
-    strata = read_strata(path, variant) if path else None
-    status = "finished"
-    if missing and trained is not None:
-        status = missing
-    elif metrics is None:
+    if metrics is None and trained is None:  # how training ended
         info = run.info()
         if info is None:
             status = "no metrics.json (never started, or killed before run_info.json)"
         elif info.get("status") in ("finished", "running"):
             status = "no metrics.json (still running, or killed)"
         else:
-            reason = one_line(info.get("message") or "")
-            status = f"{info.get('status')}: {reason}".strip(": ")
+            status = f"{info.get('status')}: {one_line(info.get('message') or '')}".strip(": ")
+    per_image = read_per_image(path, prefix, variant) if path else {}
+    strata = read_strata(path, variant) if path else None
     return RunResult(
         run.path,
         run.overrides(),

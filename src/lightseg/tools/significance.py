@@ -1,11 +1,11 @@
 """The statistics behind results tables, on per-image scores: a seeded percentile bootstrap of
-the mean (a table is the same every time it is made) and the paired Wilcoxon test (scipy), which
-see images only; and a two-level bootstrap over runs and images (:func:`two_level`), which also
-sees run-to-run training variance, with its p-value and the minimal detectable difference.
-"""
+the mean (the same table every time) and the paired Wilcoxon test, which see images only; and a
+two-level bootstrap over runs and images (:func:`two_level`), which also sees run-to-run
+training variance; and the minimal detectable difference."""
 
 from __future__ import annotations
 
+import statistics
 import warnings
 from collections.abc import Mapping, Sequence
 
@@ -62,14 +62,10 @@ def two_level(
     rows: Sequence[Sequence[Run]], resamples: int, seed: int, paired_runs: bool = False
 ) -> np.ndarray:
     """Bootstrap distribution (``len(rows)`` x ``resamples``) of each row's :func:`run_mean`,
-    resampling two levels: a row's runs (seeds, folds) with replacement, and images.
-
-    Images are drawn by id once per resample and shared by every run scored on the same set of
-    images: runs that are seeds of one split see the same test set (crossed design: a new test
-    set would change all of them together), folds draw from their own images (nested design),
-    and rows compared on the same images are paired image by image. ``paired_runs``: the rows
-    have runs in matching order (same seeds / folds) and draw the same run positions. With one
-    run per row this is the percentile bootstrap of the images alone."""
+    resampling a row's runs (seeds, folds) with replacement, and images by id: one draw per set
+    of images, shared by the runs scored on it (seeds of one split: crossed; folds: nested) and
+    by rows compared on the same images (paired). ``paired_runs``: the rows' runs match in order
+    (same seeds / folds) and draw the same positions. With one run per row: the image bootstrap."""
     ids = sorted({i for row in rows for run in row for i in run})
     column = {i: k for k, i in enumerate(ids)}
     everything = [run for row in rows for run in row]
@@ -144,16 +140,12 @@ def detectable(standard_error: float, alpha: float = 0.05, power: float = 0.8) -
 def difference_se(
     runs: Sequence[Run], reference: Sequence[Run], paired_runs: bool, level: str
 ) -> float | None:
-    """Standard error of ``run_mean(runs) - run_mean(reference)`` from the paired differences.
-
-    Image level: ``d_i``, each image's value averaged over the row's runs minus the reference's
-    (images with both), and ``s_d^2 / n``. ``level="images"`` (the Wilcoxon test) stops there.
-    ``level="runs"`` adds the run level: with paired runs, the sample variance of the run-mean
-    differences over the ``R`` pairs divided by ``R``; otherwise each row's variance of its run
-    means over its run count (a row with one run adds nothing). Runs on one shared test set
-    (seeds) add both terms (crossed: slightly conservative, the residual counted twice); runs
-    on their own images (folds) use the run term alone, whose run means already carry their
-    images' variance."""
+    """Standard error of ``run_mean(runs) - run_mean(reference)``. Images: ``s_d^2 / n`` of the
+    differences of each image's mean over a row's runs (``level="images"``, Wilcoxon's, stops
+    there). ``level="runs"`` adds the sample variance of the run-mean differences over the ``R``
+    paired runs divided by ``R`` (unpaired: each row's variance of its run means over its run
+    count). Runs on one shared test set (seeds) add both terms (crossed: slightly conservative);
+    folds use the run term alone, whose run means already carry their images' variance."""
     mine, theirs = image_means(runs), image_means(reference)
     shared = [i for i in mine if i in theirs]
     if len(shared) < 2:
@@ -173,17 +165,16 @@ def difference_se(
             if len(means := [m for run in row if (m := run_mean([run])) is not None]) > 1
         )
     one_set = len({frozenset(run) for run in (*runs, *reference)}) == 1
-    has_runs = len(runs) > 1 or len(reference) > 1
-    if one_set or not has_runs:
+    if one_set or max(len(runs), len(reference)) == 1:
         return float(np.sqrt(image_term + run_term))
     return float(np.sqrt(run_term))
 
 
 def image_means(runs: Sequence[Run]) -> dict[str, float]:
-    """Each image's value averaged over the runs that scored it (NaN left out)."""
+    """Each image's value averaged over the runs that scored it (NaN left out), by id."""
     scores: dict[str, list[float]] = {}
     for run in runs:
         for image, value in run.items():
             if not np.isnan(value):
                 scores.setdefault(image, []).append(value)
-    return {image: float(np.mean(v)) for image, v in scores.items()}
+    return {image: statistics.fmean(v) for image, v in sorted(scores.items())}

@@ -1,23 +1,10 @@
 """A results table from a folder of runs: ``make table RUNS=logs/demo/multiruns/<time>``
-(settings: configs/table.yaml).
+(configs/table.yaml; README "Results tables"), written to ``results.md`` and ``results.tex``.
 
-One row per configuration (:mod:`lightseg.tools.results`). For each metric: the mean ± sample
-standard deviation over the runs; the per-image statistic with a 95 % bootstrap confidence
-interval (best in bold); and the p-value against the best row on the same images, with the
-minimal detectable difference (MDD). With several runs in a row the CI and p come from a
-two-level bootstrap over runs and images (run-to-run training variance included), else from the
-images alone and a Wilcoxon signed-rank test (``test=``); the caption names the test. ``by=stratum``
-adds one table per stratum of the test images. ``eval=true`` reads each run's newest ``make eval``
-instead of its test stage. Failed, missing and debug runs are listed under the table. Writes
-``results.md`` and ``results.tex``.
-
-Rows are compared only with rows scored alike: their protocol cards
-(:mod:`lightseg.runs.protocol`) agree on the test images, the scoring resolution, the metric's
-definition and the inference. Rows that differ are shown but neither paired nor ranked together
-(each group of rows scored alike has its own best and p; a row alone in its protocol has
-neither), a note says why in one line, and the caption gives each row's protocol. Runs without
-a card (older folders) are compared among themselves, as before.
-``published=<yaml>`` adds rows of published numbers, shown and never paired.
+One row per configuration (:mod:`lightseg.tools.results`). Per metric: the mean ± std over runs;
+the per-image statistic with its bootstrap CI; and the p-value and minimal detectable difference
+against the best row scored alike (their protocol cards agree, :mod:`lightseg.runs.protocol`).
+Missing, failed and debug runs, and rows that could not be compared, are noted under it.
 """
 
 from __future__ import annotations
@@ -60,10 +47,9 @@ from lightseg.tools.significance import (
 from lightseg.utils.console import console
 
 DEFAULT_METRICS = ("test/dice", "test/iou")
-
-
 #: Pixel calibration errors: always computed (eval, test stage), so no metrics config names them.
 CALIBRATION = ("ece", "brier")
+TESTS = ("auto", "wilcoxon", "hierarchical")
 
 
 def lower_is_better(metric: str, runs: list[RunResult]) -> bool:
@@ -89,8 +75,8 @@ def lower_is_better(metric: str, runs: list[RunResult]) -> bool:
 
 @dataclass(frozen=True)
 class Statistics:
-    """How rows are compared (configs/table.yaml): the test, its bootstrap, and the MDD's
-    alpha and power."""
+    """How rows are compared (configs/table.yaml): the test, its bootstrap, the MDD's alpha and
+    power."""
 
     test: str = "auto"  # auto | wilcoxon | hierarchical
     resamples: int = RESAMPLES
@@ -98,19 +84,18 @@ class Statistics:
     alpha: float = 0.05
     power: float = 0.8
 
-    def hierarchical(self, rows: list[Row], metrics: list[str]) -> bool:
-        """``auto``: the two-level bootstrap when a row has several runs with per-image values."""
+    def __post_init__(self) -> None:
         if self.test not in TESTS:
             raise LightsegError(
                 f"test={self.test} is not a test of make table: set test=auto (the two-level "
                 "bootstrap when a row has several runs, else Wilcoxon), test=wilcoxon or "
                 "test=hierarchical."
             )
+
+    def hierarchical(self, rows: list[Row], metrics: list[str]) -> bool:
+        """``auto``: the two-level bootstrap when a row has several runs with per-image values."""
         several = any(len(scored(row, m)) > 1 for row in rows for m in metrics)
         return self.test == "hierarchical" or (self.test == "auto" and several)
-
-
-TESTS = ("auto", "wilcoxon", "hierarchical")
 
 
 def scored(row: Row, metric: str) -> list[RunResult]:
@@ -139,8 +124,7 @@ class Cell:
 
 @dataclass
 class Results:
-    """Everything a table shows: rows, one Cell per metric and row, notes; and with ``by``, one
-    such table per slice."""
+    """Everything a table shows (a Cell per metric and row); with ``by``, one per slice too."""
 
     rows: list[Row]
     metrics: list[str]
@@ -153,18 +137,14 @@ class Results:
 
 
 def compare(
-    rows: list[Row],
-    runs: list[RunResult],
-    metrics: list[str],
-    digits: int,
-    stats: Statistics = Statistics(),
+    rows: list[Row], metrics: list[str], digits: int, stats: Statistics
 ) -> tuple[dict[tuple[str, str], Cell], list[str], str]:
     """Per metric and row: a cell (bold if best); notes on what could not be computed or
     resolved; and the sentence that says which test gave the p-values."""
     cells, notes = {}, []
     hierarchical = stats.hierarchical(rows, metrics)
     for metric in metrics:
-        lower = lower_is_better(metric, runs)
+        lower = lower_is_better(metric, [run for row in rows for run in row.runs])
         for row in rows:
             cell = cells[metric, row.label] = Cell(row.values(metric), row.images(metric))
             if hierarchical:
@@ -179,7 +159,7 @@ def compare(
             if len(group) == 1 < len(groups):  # compared with nothing: no best, no p
                 cells[metric, group[0].label].p_text = "n/a"
                 continue
-            notes += best_and_tests(metric, group, cells, lower, hierarchical, stats, digits)
+            notes += rank(metric, group, cells, lower, hierarchical, stats, digits)
         notes += [
             f"{metric}: not paired: {', '.join(r.label for r in mine)} with "
             f"{', '.join(r.label for r in theirs)}: {differences(a, b)}."
@@ -190,10 +170,9 @@ def compare(
 
 
 def protocol_groups(rows: list[Row], metric: str) -> list[tuple[dict | None, list[Row]]]:
-    """The rows in groups whose protocol cards agree on what ``metric``'s comparison needs
-    (:func:`~lightseg.runs.protocol.differences`: test images, resolution, metric definition,
-    inference), each with its comparison record; rows without cards form a group of their own,
-    rows without a value (failed, missing) none."""
+    """The rows with a value in groups whose protocol cards agree on what ``metric``'s comparison
+    needs (:func:`~lightseg.runs.protocol.differences`), each with its record; cardless rows form
+    a group of their own."""
     groups: list[tuple[dict | None, list[Row]]] = []
     for row in (r for r in rows if r.values(metric)):
         record = row.comparison(metric)
@@ -203,24 +182,6 @@ def protocol_groups(rows: list[Row], metric: str) -> list[tuple[dict | None, lis
         else:
             group.append(row)
     return groups
-
-
-def best_and_tests(metric, rows, cells, lower, hierarchical, stats, digits) -> list[str]:
-    """Bold the best of ``rows`` (one protocol) and test the others against it."""
-    # best: the per-image statistic the CI and p are about; the run means without one
-    key = "value" if any(cells[metric, r.label].value is not None for r in rows) else "runs"
-    means = {
-        r.label: cell.value if key == "value" else statistics.fmean(cell.runs)
-        for r in rows
-        if (cell := cells[metric, r.label]).value is not None or (key == "runs" and cell.runs)
-    }
-    if not means:
-        return []
-    target = (min if lower else max)(means.values())
-    for label, mean in means.items():
-        cells[metric, label].bold = round(mean, digits) == round(target, digits)
-    reference = next(r for r in rows if means.get(r.label) == target)
-    return paired_tests(metric, rows, reference, cells, hierarchical, stats, digits)
 
 
 def paired_runs(row: Row, reference: Row, metric: str) -> tuple[list, list, bool]:
@@ -239,26 +200,27 @@ def paired_runs(row: Row, reference: Row, metric: str) -> tuple[list, list, bool
     return [r.per_image[metric] for r in mine], [r.per_image[metric] for r in theirs], paired
 
 
-def paired_tests(
-    metric: str,
-    rows: list[Row],
-    reference: Row,
-    cells,
-    hierarchical: bool,
-    stats: Statistics,
-    digits: int,
-) -> list[str]:
-    """Fill in each row's p-value and MDD against ``reference``; notes on rows that cannot be
-    paired, and on differences smaller than the test set can resolve."""
-    base = cells[metric, reference.label]
-    if not base.images:
-        if any(cells[metric, row.label].images for row in rows):
-            return [f"{metric}: the best row ({reference.label}) has no per-image values: no p."]
+def rank(metric, rows, cells, lower, hierarchical, stats: Statistics, digits) -> list[str]:
+    """Bold the best of ``rows`` (one protocol) and give the others their p-value and MDD against
+    it; notes on rows that cannot be paired, and on differences the test set cannot resolve."""
+    mine = {row.label: cells[metric, row.label] for row in rows}
+    # best: the per-image statistic the CI and p are about; the run means without one
+    means = {label: cell.value for label, cell in mine.items() if cell.value is not None}
+    if not means:
+        means = {label: statistics.fmean(cell.runs) for label, cell in mine.items() if cell.runs}
+    if not means:
+        return []
+    target = (min if lower else max)(means.values())
+    for label, mean in means.items():
+        mine[label].bold = round(mean, digits) == round(target, digits)
+    reference = next(r for r in rows if means.get(r.label) == target)
+    base = mine[reference.label]
+    if not base.images:  # no row has per-image values (a value comes from them)
         return []
     base.p_text = "best"
     notes, unresolved = [], []
     for row in rows:
-        cell = cells[metric, row.label]
+        cell = mine[row.label]
         if row is reference or not cell.images:
             continue
         if row.tested(metric) != reference.tested(metric):
@@ -268,14 +230,13 @@ def paired_tests(
                 f"({reference.label}): not paired, no p."
             )
             continue
-        mine, theirs, paired = paired_runs(row, reference, metric)
+        ours, theirs, paired = paired_runs(row, reference, metric)
         if hierarchical:
-            cell.p = two_level_p(mine, theirs, paired, stats.resamples, stats.seed)
+            cell.p = two_level_p(ours, theirs, paired, stats.resamples, stats.seed)
         else:
             shared = [i for i in cell.images if i in base.images]
             cell.p = paired_p([cell.images[i] for i in shared], [base.images[i] for i in shared])
-        level = "runs" if hierarchical else "images"
-        se = difference_se(mine, theirs, paired, level)
+        se = difference_se(ours, theirs, paired, "runs" if hierarchical else "images")
         cell.mdd = None if se is None else detectable(se, stats.alpha, stats.power)
         cell.difference = cell.value - base.value
         cell.p_text = "<0.001" if cell.p < 0.001 else f"{cell.p:.3f}"
@@ -303,13 +264,13 @@ def test_sentence(rows: list[Row], metrics: list[str], hierarchical: bool, stats
     """Which test gave the p-values, over how much data; and what the MDD is."""
     runs = {len(scored(row, m)) for row in rows for m in metrics if scored(row, m)}
     images = {len(row.tested(m)) for row in rows for m in metrics if row.tested(m)}
+    if not runs:
+        return ""
     power = (
         f"In parentheses, the minimal detectable difference (MDD): the true difference this "
         f"test finds with {stats.power:.0%} power at alpha {stats.alpha:g} (two-sided) for "
         f"these {'runs and ' if hierarchical else ''}images (normal approximation)."
     )
-    if not runs:
-        return ""
     if not hierarchical:
         return (
             "p: two-sided Wilcoxon signed-rank test over images (scipy.stats.wilcoxon) of the "
@@ -331,24 +292,21 @@ def results(
     numbers_from: NumbersFrom = TEST_STAGE,
     aliases: Mapping[str, str] | None = None,
     include_debug: bool = False,
-    resamples: int = RESAMPLES,
-    seed: int = SEED,
-    test: str = "auto",
-    alpha: float = 0.05,
-    power: float = 0.8,
     by: str | None = None,
     min_images: int = 10,
     published: str | Path | None = None,
+    **statistics_options,
 ) -> Results:
     """Collect the runs under ``root`` and compute what the table shows (``by="stratum"``: and
     one table per stratum of the test images; ``published``: a YAML of published numbers, shown
-    as rows of their own, never paired)."""
+    as rows of their own, never paired; ``statistics_options``: :class:`Statistics`' fields)."""
     root = Path(root)
     if by not in (None, "stratum"):
         raise LightsegError(
             f"by={by} is not a way to slice a table: use --by stratum (by=stratum), or leave "
             "it out for one table."
         )
+    stats = Statistics(**statistics_options)
     rows, runs, debug = collect(root, numbers_from, aliases, include_debug)
     available = sorted({k for r in runs if r.metrics for k in r.metrics})
     unknown = [m for m in metrics if m not in available]
@@ -358,8 +316,7 @@ def results(
             f"({numbers_from.describe()}). Available: {', '.join(available)}."
         )
     metrics = list(metrics)
-    stats = Statistics(test, resamples, seed, alpha, power)
-    cells, notes, sentence = compare(rows, runs, metrics, digits, stats)
+    cells, notes, sentence = compare(rows, metrics, digits, stats)
     notes = [*missing_notes(rows, metrics, root), *notes]
     single = [row.label for row in rows if row.finished == 1]
     if single:
@@ -379,15 +336,15 @@ def results(
     if debug:
         notes.append(f"Debug runs left out ({len(debug)}; include_debug=true keeps them):")
         notes += [f"  - {run.folder.relative_to(root)} (debug={run.debug})" for run in debug]
-    text = caption(numbers_from, sentence, stats.hierarchical(rows, metrics), resamples, seed)
     extra = published_rows(published)
     for row in extra:
         for metric in metrics:
             cells[metric, row.label] = Cell(row.values(metric), {}, p_text="published")
+    text = caption(numbers_from, sentence, stats.hierarchical(rows, metrics), stats)
     text = f"{text} {protocols_sentence(rows, extra)}"
     table = Results(rows + extra, metrics, cells, notes, text, len(runs))
     if by:
-        table.slices = by_stratum(rows, runs, metrics, digits, stats, root, min_images)
+        table.slices = by_stratum(rows, metrics, digits, stats, root, min_images)
     return table
 
 
@@ -414,16 +371,11 @@ def protocols_sentence(rows: list[Row], published: list[Row]) -> str:
 
 
 def by_stratum(
-    rows: list[Row],
-    runs: list[RunResult],
-    metrics: list[str],
-    digits: int,
-    stats: Statistics,
-    root: Path,
-    min_images: int,
+    rows: list[Row], metrics: list[str], digits: int, stats: Statistics, root: Path, min_images: int
 ) -> list[Results]:
     """One table per stratum: each run's per-image values of the stratum's images, its mean
     over them as the run's number; compared as the whole table is."""
+    runs = [run for row in rows for run in row.runs]
     for run in runs:
         if run.per_image and run.strata is None:
             raise LightsegError(
@@ -444,8 +396,7 @@ def by_stratum(
         sliced = [
             Row(row.label, [restricted(run, ids, metrics) for run in row.runs]) for row in rows
         ]
-        members = [run for row in sliced for run in row.runs]
-        cells, notes, sentence = compare(sliced, members, metrics, digits, stats)
+        cells, notes, sentence = compare(sliced, metrics, digits, stats)
         title = f"stratum = {name} ({len(ids)} test images)"
         if len(ids) < min_images:
             title += f": fewer than min_images={min_images}, too few to read"
@@ -453,21 +404,17 @@ def by_stratum(
             f"Test images of stratum {name} only. Mean ± std over runs of each run's mean over "
             f"these images; per image [95% CI] and p as in the whole table. {sentence}"
         )
-        tables.append(Results(sliced, metrics, cells, notes, text, len(members), title))
+        tables.append(Results(sliced, metrics, cells, notes, text, len(runs), title))
     return tables
 
 
 def restricted(run: RunResult, ids: set[str], metrics: list[str]) -> RunResult:
     """``run`` with the per-image values of ``ids`` only, and their means as its metrics."""
-    per_image = {
-        m: {i: v for i, v in values.items() if i in ids} for m, values in run.per_image.items()
-    }
+    per_image = {m: {i: v for i, v in vs.items() if i in ids} for m, vs in run.per_image.items()}
     if run.metrics is None:
         return replace(run, per_image=per_image)
-    means = {}
-    for metric in metrics:
-        values = [v for v in per_image.get(metric, {}).values() if not math.isnan(v)]
-        means[metric] = statistics.fmean(values) if values else None
+    kept = {m: [v for v in per_image.get(m, {}).values() if not math.isnan(v)] for m in metrics}
+    means = {m: statistics.fmean(values) if values else None for m, values in kept.items()}
     return replace(run, per_image=per_image, metrics=means)
 
 
@@ -492,9 +439,7 @@ def missing_notes(rows: list[Row], metrics: list[str], root: Path) -> list[str]:
     return notes
 
 
-def caption(
-    numbers_from: NumbersFrom, sentence: str, hierarchical: bool, resamples: int, seed: int
-) -> str:
+def caption(numbers_from: NumbersFrom, sentence: str, hierarchical: bool, stats) -> str:
     if hierarchical:
         per_image = (
             "Per image: the mean over runs of each run's mean over its test images, bold for "
@@ -506,7 +451,7 @@ def caption(
             "Per image: the mean over test images of each image's value (an image scored by "
             "several runs of a configuration counts once, with its mean over them), bold for "
             f"the best, and its {LEVEL:.0%} percentile bootstrap confidence interval "
-            f"({resamples} resamples of the images, seed {seed})."
+            f"({stats.resamples} resamples of the images, seed {stats.seed})."
         )
     return (
         "Mean ± sample standard deviation over runs (seeds, data splits); bold for the best "
@@ -616,6 +561,7 @@ def main(cfg: DictConfig) -> None:
     check_types(
         cfg, eval=bool, include_debug=bool, digits=int, resamples=int, seed=int, min_images=int
     )
+    options = ("include_debug", "resamples", "seed", "test", "alpha", "power", "by", "min_images")
     md, tex = write_tables(
         cfg.runs,
         names(cfg.columns),
@@ -623,15 +569,8 @@ def main(cfg: DictConfig) -> None:
         cfg.out,
         numbers_from=NumbersFrom(cfg.eval, cfg.split, cfg.variant),
         aliases=dict(cfg.labels or {}),
-        include_debug=cfg.include_debug,
-        resamples=cfg.resamples,
-        seed=cfg.seed,
-        test=cfg.test,
-        alpha=cfg.alpha,
-        power=cfg.power,
-        by=cfg.by,
-        min_images=cfg.min_images,
         published=cfg.published,
+        **{key: cfg[key] for key in options},
     )
     console.print(md.read_text(), markup=False, soft_wrap=True)
     console.print(f"Wrote {md} and {tex}")
