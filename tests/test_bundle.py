@@ -28,6 +28,8 @@ def packed(demo_run: Path, tmp_path_factory) -> tuple[Path, dict, list[str]]:
     its test ids)."""
     copy = tmp_path_factory.mktemp("run_copy") / "run"
     shutil.copytree(demo_run, copy, ignore=shutil.ignore_patterns("last.ckpt"))
+    (copy / "publish").mkdir()
+    (copy / "publish" / "README.md").write_text("# a model card of make publish")
     archive = bundle(RunFolder(copy), tmp_path_factory.mktemp("bundles") / "run.tar.gz")
     metrics = json.loads((copy / "metrics.json").read_text())
     ids = (copy / "splits" / "test.txt").read_text().split()
@@ -57,6 +59,7 @@ def test_a_bundle_holds_the_run_and_its_weights_as_safetensors(packed, demo_run,
         "model.json",
         "data.json",
         "bundle.json",
+        "publish/README.md",
     } <= names
     weights = safetensors.torch.load_file(tmp_path / "model.safetensors")
     best = torch.load(demo_run / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]

@@ -1,20 +1,11 @@
-"""Checkpoints, in one place: writing them whole, checking, reading and loading them.
+"""Checkpoints in one place: writing them whole, checking, reading and loading them.
 
-Writing. Lightning's own writer stages the file in the system temp folder and moves it into
-place; when that folder is on another file system (often: /tmp on tmpfs) the move is a copy,
-and a kill during the copy leaves a truncated ``last.ckpt``. :class:`AtomicCheckpointIO` writes
-next to the target and renames, which POSIX guarantees to be all-or-nothing; the random states
-a resume needs are saved as tensors and plain types, so checkpoints load ``weights_only``.
-
-Reading. A lightseg checkpoint describes itself in plain hyperparameters (network
-``_target_``, classes, normalisation, training input size), so :func:`load_module` needs
-nothing else, and eval, predict and export follow its :func:`model_input`.
-
-Calibration. ``make calibrate`` stores the temperature it fits for a checkpoint beside it,
-``best.ckpt`` -> ``best.calibration.json`` (:func:`calibration_path`), not inside it: the
-checkpoint stays the file training wrote, and deleting the sidecar undoes the calibration. The
-sidecar records the checkpoint's SHA-256, so one left beside a checkpoint that was replaced
-later is refused, not applied (:func:`read_temperature`).
+Lightning's writer stages a checkpoint in the system temp folder, so a kill during the move from
+another file system leaves a torn ``last.ckpt``; :class:`AtomicCheckpointIO` writes beside the
+target and renames instead. A lightseg checkpoint describes itself in plain hyperparameters, so
+:func:`load_module` needs nothing else. ``make calibrate`` stores its temperature beside the
+checkpoint (``best.calibration.json``) with the checkpoint's SHA-256, so deleting the file undoes
+it and one left beside a replaced checkpoint is refused (:func:`read_temperature`).
 """
 
 from __future__ import annotations
@@ -48,11 +39,8 @@ DEFAULT_IMAGE_SIZE = (256, 256)
 WHERE = "logs/<experiment>/runs/<time>/checkpoints/best.ckpt (and last.ckpt)"
 
 
-# --- writing ---------------------------------------------------------------------------------
-
-
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes ``path`` via a temporary file in the same folder, fsync and ``os.replace``."""
+    """Writes local checkpoints with :func:`atomic_save`."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         local = type(get_filesystem(str(path))).__name__ == "LocalFileSystem"
@@ -62,9 +50,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to ``path`` whole (:func:`written_whole`); the parts killed processes left
-    are removed by :func:`remove_partial_files` when a run resumes. A full disk is one
-    paragraph (the old file stays)."""
+    """``torch.save`` to ``path`` whole (:func:`written_whole`, fsync); a full disk is one
+    paragraph and the old file stays."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fix = " or write the run elsewhere (paths.log_dir=...; ckpt_path=<its last.ckpt> to resume)"
     with (
@@ -94,8 +81,7 @@ def tensor_bytes(obj: Any) -> int:
 
 @rank_zero_only
 def remove_partial_files(folder: Path) -> None:
-    """Delete temporary checkpoint files a killed process left behind (the caller holds the
-    run's lock, so no live process is writing them)."""
+    """Delete the temporary files killed writers left (the caller holds the run's lock)."""
     for stale in Path(folder).glob(f".*{PARTIAL}*"):
         stale.unlink(missing_ok=True)
 
@@ -124,9 +110,6 @@ def set_random_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
-# --- checking --------------------------------------------------------------------------------
-
-
 def check_file(path: str | Path | None) -> Path:
     """``path`` as a Path, or a clear error if it names no checkpoint file."""
     if path is None or not str(path).strip():
@@ -148,10 +131,8 @@ def check_file(path: str | Path | None) -> Path:
 
 
 def check_readable(path: str | Path) -> None:
-    """A clear error for a checkpoint that is not a complete PyTorch file (torn, truncated).
-
-    Reads only the zip directory at the end of the file, which a torn write never has.
-    """
+    """A clear error for a torn or truncated checkpoint: reads only the zip directory at the
+    file's end, which a torn write never has."""
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
@@ -182,9 +163,6 @@ def checkpoint_position(path: str | Path) -> dict[str, int]:
     """The epoch and global step a checkpoint was saved at (read without loading weights)."""
     contents = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     return {"epoch": int(contents.get("epoch", -1)), "step": int(contents.get("global_step", -1))}
-
-
-# --- reading and loading ---------------------------------------------------------------------
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -222,12 +200,11 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 def load_module(path: str | Path, device: str | torch.device = "cpu") -> SegmentationModule:
-    """The trained module stored at ``path`` (its own class: a fork's subclass of
-    ``SegmentationModule`` too), in eval mode on ``device``."""
+    """The trained module at ``path`` (its own class: a fork's subclass too), in eval mode."""
     checkpoint = read_checkpoint(path)
     name = checkpoint.get("module", "lightseg.models.SegmentationModule")
     module = build_module(name, checkpoint["hyper_parameters"], checkpoint["state_dict"], path)
-    return module.eval().to(device)
+    return module.to(device)
 
 
 def build_module(
@@ -235,8 +212,7 @@ def build_module(
 ) -> SegmentationModule:
     """Module class ``name`` built from its hyperparameters (no pretrained download) with the
     trained weights ``state_dict``: a checkpoint's, or a bundle's safetensors (``where``)."""
-    hparams = {**hparams, "compile": False}
-    hparams["model"] = without_pretrained(hparams["model"])  # trained weights follow
+    hparams = {**hparams, "compile": False, "model": without_pretrained(hparams["model"])}
     try:
         module_class = get_class(name)
     except Exception as error:
@@ -258,11 +234,10 @@ def build_module(
 
 @dataclass(frozen=True)
 class ModelInput:
-    """What a trained module takes, as its checkpoint says: ``channels`` (the length of its
-    normalisation), sides in multiples of ``multiple`` (the network's ``input_multiple``), the
-    training ``image_size`` (``stored`` or :data:`DEFAULT_IMAGE_SIZE`) and ``mode``, how its
-    validation fed images (``whole``: resized, ``slide``: at their own scale; None: unknown).
-    Pixels are scaled to 0..1 by their type, as in training (``to_unit_range``)."""
+    """What a trained module takes, as its checkpoint says: ``channels`` (its normalisation's),
+    sides in multiples of ``multiple`` (the network's ``input_multiple``), the training
+    ``image_size`` (``stored``, else :data:`DEFAULT_IMAGE_SIZE`) and ``mode``, how validation
+    fed images (``whole``: resized, ``slide``: at their own scale; None: unknown)."""
 
     channels: int
     multiple: int
@@ -283,16 +258,13 @@ def model_input(module: SegmentationModule) -> ModelInput:
     )
 
 
-# --- calibration sidecar ---------------------------------------------------------------------
-
-
 def calibration_path(checkpoint: str | Path) -> Path:
     """Where ``make calibrate`` stores a checkpoint's temperature: ``best.calibration.json``."""
     return Path(checkpoint).with_suffix(".calibration.json")
 
 
 def file_digest(path: str | Path) -> str:
-    """SHA-256 of a file, read in 1 MiB pieces."""
+    """SHA-256 of a file, read in 1 MiB pieces (hashlib.file_digest needs Python 3.11)."""
     digest = hashlib.sha256()
     with open(path, "rb") as file:
         for piece in iter(lambda: file.read(1 << 20), b""):
@@ -301,8 +273,8 @@ def file_digest(path: str | Path) -> str:
 
 
 def write_calibration(checkpoint: str | Path, record: dict[str, Any]) -> Path:
-    """Store ``record`` (``temperature`` and how it was fitted) beside ``checkpoint``, whole
-    (:func:`written_whole`), with the checkpoint's digest added."""
+    """Store ``record`` (the temperature and how it was fitted) beside ``checkpoint``, whole,
+    with the checkpoint's digest added."""
     path = calibration_path(checkpoint)
     record = {**record, "checkpoint_sha256": file_digest(checkpoint)}
     with room_to_write(path.parent, path.name), written_whole(path) as temp:
@@ -317,17 +289,15 @@ def read_temperature(checkpoint: str | Path) -> float:
         return 1.0
     try:
         record = json.loads(path.read_text())
-        temperature = record["temperature"]
-        digest = record["checkpoint_sha256"]
-        valid = not isinstance(temperature, bool) and isinstance(temperature, int | float)
-        if not (valid and math.isfinite(temperature) and temperature > 0):
+        temperature, digest = record["temperature"], record["checkpoint_sha256"]
+        number = isinstance(temperature, int | float) and not isinstance(temperature, bool)
+        if not (number and 0 < temperature < math.inf):
             raise ValueError(f"temperature {temperature!r} is not a number > 0")
     except (OSError, ValueError, KeyError, TypeError) as error:
-        reason = f"{type(error).__name__}: {error}"
         raise LightsegError(
-            f"Calibration file '{path}' is invalid ({reason}); it should hold the temperature "
-            f"that make calibrate fitted for '{checkpoint}'. Delete it (the checkpoint is then "
-            f"used uncalibrated) or re-run make calibrate CKPT={checkpoint}."
+            f"Calibration file '{path}' is invalid ({type(error).__name__}: {error}); it should "
+            f"hold the temperature that make calibrate fitted for '{checkpoint}'. Delete it (the "
+            f"checkpoint is then used uncalibrated) or re-run make calibrate CKPT={checkpoint}."
         ) from None
     if digest != file_digest(checkpoint):
         raise LightsegError(

@@ -3,10 +3,9 @@
     make lr-find EXP=ph2_unet [ARGS="lr_find.num_training=200 data.batch_size=16"]
 
 Lightning's ``Tuner.lr_find`` (Smith, 2017) trains ``lr_find.num_training`` steps while the
-learning rate grows from ``min_lr`` to ``max_lr``, then restores the weights. The suggestion, a
-starting point for ``optimizer.lr``, is where the smoothed loss falls fastest per decade
-(:func:`steepest_fall`); batch size and augmentations change it, so use the ones you will train
-with. Writes ``lr_find.png`` and ``lr_find.json`` to ``logs/<name>/lr_find/<time>/``.
+learning rate grows from ``min_lr`` to ``max_lr``, then restores the weights. The suggested
+``optimizer.lr`` is where the smoothed loss falls fastest (:func:`steepest_fall`); batch size and
+augmentations change it. Writes ``lr_find.png`` and ``lr_find.json`` to the run's output folder.
 """
 
 from __future__ import annotations
@@ -26,9 +25,9 @@ from lightseg.utils.console import console, print_config
 
 
 def steepest_fall(lrs: list[float], losses: list[float], mode: str) -> float | None:
-    """The learning rate where the smoothed loss falls fastest, or None with too few points.
-    The slope is taken along the sweep's even axis (log10(lr) when exponential), not against lr
-    as Lightning's ``suggestion()``, which favours the smallest rates (Lightning #21141)."""
+    """The learning rate where the smoothed loss falls fastest (None with too few points), the
+    slope taken along the sweep's even axis (log10(lr) when exponential), not against lr as
+    Lightning's ``suggestion()``, which favours the smallest rates (Lightning #21141)."""
     points = [
         (lr, loss)
         for lr, loss in zip(lrs, losses, strict=True)
@@ -53,8 +52,7 @@ def lr_find(cfg: DictConfig) -> dict[str, Any]:
         enable_model_summary=False,
         default_root_dir=str(output),  # the tuner's temporary checkpoint
     )
-    datamodule = experiment.datamodule
-    settings = plain(cfg.lr_find)
+    settings, datamodule = plain(cfg.lr_find), experiment.datamodule
     finder = Tuner(experiment.trainer).lr_find(
         experiment.module, datamodule=datamodule, update_attr=False, **settings
     )

@@ -1,9 +1,7 @@
-"""Optuna pruning from inside a trial's run: each validation epoch's value of the search's metric
-is reported to the study, and the study's pruner may stop the run (``make tune``).
-
-The run is a process of its own (lightseg.tools.tune starts it), so the callback opens the
-study from its storage (a journal file or an RDB URL) and finds its trial by number; the pruner
-is the one the search configured, kept in the study's user attributes."""
+"""Optuna pruning inside a trial's run (``make tune``): each validation epoch's value of the
+search's metric goes to the study, whose pruner may stop the run. The run is a process of its
+own, so the callback opens the study from its storage and its trial by number; the pruner is the
+search's, kept in the study's user attributes."""
 
 from __future__ import annotations
 

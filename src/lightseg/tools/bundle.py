@@ -2,14 +2,12 @@
 
     make bundle RUN=logs/demo/runs/<time> [OUTPUT=run.tar.gz]
 
-The archive (tar.gz) holds what the run folder keeps to be rebuilt (``config.yaml``, Hydra's
-record, ``splits/``, ``run_info.json`` with the commit, ``git_diff.patch``,
-``untracked.tar.gz``, ``packages.txt``), its results (``metrics.json`` with the protocol card
-when the run has one, ``per_image.csv``, a published model card ``*/README.md``), and what
-``make verify`` needs beyond them: ``model.safetensors`` (best.ckpt's weights, no pickle) with
-``model.json`` (the module class and hyperparameters that rebuild the network without a
-download), and ``data.json``, a SHA-256 of each test image's pixels and mask, so that verify
-tells data that changed apart from a model that does not reproduce.
+The archive (tar.gz) holds the run's record (config, Hydra's record, splits, run_info.json,
+git diff, untracked files, packages), its results (metrics.json, per_image.csv, make publish's
+model card ``publish/README.md``) and what ``make verify`` needs beyond them:
+``model.safetensors`` (best.ckpt's weights, no pickle) with ``model.json`` (module class and
+hyperparameters), and ``data.json``, a SHA-256 of each test image's decoded pixels and mask, so
+that verify tells changed data apart from a model that does not reproduce.
 """
 
 from __future__ import annotations
@@ -39,22 +37,18 @@ from lightseg.utils.console import console
 FORMAT = 1
 #: The run's own files, copied as they are (those it lacks are left out).
 RUN_FILES = (CONFIG, RUN_INFO, "metrics.json", PER_IMAGE, GIT_DIFF, UNTRACKED, PACKAGES)
+MODEL_CARD = "publish/README.md"  # make publish's, in its default folder
 
 
 def pixel_digests(source: SegmentationSource, ids: list[str]) -> dict[str, str | None]:
     """SHA-256 of each sample's decoded image and mask (None: ``source`` has no such id): the
     data's content, whatever the file names, paths or times of this machine."""
     samples = {sample.id: sample for sample in source.find()}
-    digests: dict[str, str | None] = {}
-    for sample_id in ids:
-        if sample_id not in samples:
-            digests[sample_id] = None
-            continue
+    digests = dict.fromkeys(ids)
+    for sample_id in set(ids) & samples.keys():
         digest = hashlib.sha256()
-        for array in read_pair(source, samples[sample_id]):
-            array = np.ascontiguousarray(array)
-            digest.update(f"{array.dtype}{array.shape}".encode())
-            digest.update(array.tobytes())
+        for array in map(np.ascontiguousarray, read_pair(source, samples[sample_id])):
+            digest.update(f"{array.dtype}{array.shape}".encode() + array.tobytes())
         digests[sample_id] = digest.hexdigest()
     return digests
 
@@ -109,9 +103,8 @@ def bundle(run: RunFolder, output: Path | None = None) -> Path:
     }
     if not (run.path / PACKAGES).is_file():  # older runs: this environment's, said so
         made[PACKAGES] = f"# written by make bundle, not by the run\n{requirements()}".encode()
-    copied = [run.path / name for name in RUN_FILES if (run.path / name).is_file()]
+    copied = [run.path / name for name in (*RUN_FILES, MODEL_CARD) if (run.path / name).is_file()]
     copied += sorted((run.path / SPLITS).glob("*.txt")) + sorted((run.path / HYDRA).glob("*.yaml"))
-    copied += sorted(run.path.glob("*/README.md"))  # a model card of make publish
     manifest = {
         "format": FORMAT,
         "run": str(run.path.resolve()),

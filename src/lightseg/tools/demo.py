@@ -1,22 +1,18 @@
 """A web demo of a segmentation model (Gradio): upload an image, see the mask overlay, the
-foreground probability map and make predict's effects (background replacement, colour kept on
-the foreground only).
+foreground probability and make predict's effects (background replaced, colour splash).
 
     make demo CKPT=best.ckpt | RUN=<run folder> [PORT=7860]
     python -m lightseg.tools.demo <checkpoint, run folder or published folder> [--port 7860]
     python app.py            (in a folder make publish wrote: this file, serving that folder)
 
-The model call is make predict's (:func:`lightseg.tools.predict.read_input`, the checkpoint's
-:class:`~lightseg.tools.inference.Segmenter` with its stored inference settings and temperature),
-so the page shows what make predict writes. Needs lightseg and gradio (the ``demo`` extra:
-``pip install -e '.[demo]'``). Host and port default to Gradio's (``GRADIO_SERVER_NAME``,
-``GRADIO_SERVER_PORT``: 127.0.0.1:7860), as Hugging Face Spaces set them.
+The model call is make predict's (its ``read_input`` and the checkpoint's ``Segmenter``), so the
+page shows what make predict writes. Needs gradio (``pip install -e '.[demo]'``); host and port
+default to Gradio's (``GRADIO_SERVER_NAME``, ``GRADIO_SERVER_PORT``), as Hugging Face Spaces set.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +21,7 @@ from PIL import ImageColor
 from lightseg.errors import LightsegError, user_errors
 from lightseg.runs.folder import RunFolder
 from lightseg.tools.effects import apply_effect
-from lightseg.tools.inference import Segmenter, build_segmenter, load_segmenter
+from lightseg.tools.inference import Segmenter, load_segmenter
 from lightseg.tools.predict import read_input
 from lightseg.utils.devices import inference_device
 from lightseg.visualize import class_colors, display_image, overlay
@@ -38,8 +34,7 @@ def load(source: str | None) -> Segmenter:
     if (path / "lightseg.json").is_file():  # written by make publish
         from lightseg.tools.publish import load_published
 
-        temperature = json.loads((path / "lightseg.json").read_text()).get("temperature", 1.0)
-        return build_segmenter(load_published(path).to(device), {"temperature": temperature})
+        return load_published(path, device)
     if source is None:
         raise LightsegError(
             "Give the model to serve: make demo CKPT=<best.ckpt> or RUN=<run folder> (or "

@@ -3,17 +3,13 @@
     python -m lightseg.tools.export ckpt_path=logs/demo/runs/<time>/checkpoints/best.ckpt
     make export CKPT=... FORMAT=torchscript
 
-The exported graph takes float32 images ``[N, C, H, W]`` scaled to 0..1 as in training (the
-normalisation is inside it) and returns logits ``[N, out_channels, H, W]``. Batch and sides stay
-dynamic where the architecture allows; where not, the export falls back to sides in multiples of
-32, then to the training size (then batch 1), with a warning. The written file is run next to
-PyTorch (:mod:`lightseg.tools.parity`); an error above ``tolerance`` fails the command. A sidecar
-``<file>.json`` describes the input and output and records the check.
-
-A checkpoint calibrated by ``make calibrate`` is exported with its temperature inside the graph:
-the outputs are the logits divided by T (``temperature`` in the sidecar; ``temperature=1``
-exports the raw logits), so a softmax/sigmoid of them gives the calibrated probabilities and the
-argmax is unchanged.
+The graph takes float32 images ``[N, C, H, W]`` in 0..1 (the normalisation is inside it) and
+returns logits ``[N, out_channels, H, W]``, divided by the ``make calibrate`` temperature when
+one is stored (``temperature=1``: the raw logits). Batch and sides stay dynamic where the
+architecture allows; otherwise it falls back to sides in multiples of 32, then the training size,
+then batch 1, with a warning. The file is run next to PyTorch (:mod:`lightseg.tools.parity`); an
+error above ``tolerance`` fails the command. A sidecar ``<file>.json`` describes input, output
+and the check.
 """
 
 from __future__ import annotations
@@ -37,16 +33,10 @@ from omegaconf import DictConfig
 from torch import nn
 
 from lightseg import __version__
-from lightseg.checkpoints import (
-    ModelInput,
-    check_file,
-    load_module,
-    model_input,
-    read_temperature,
-)
+from lightseg.checkpoints import ModelInput, load_module, model_input, read_temperature
 from lightseg.config import app, plain
 from lightseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from lightseg.errors import LightsegError
+from lightseg.errors import LightsegError, room_to_write
 from lightseg.models import SegmentationModule
 from lightseg.models.lora import merge_adapters
 from lightseg.models.network import logits_of
@@ -62,14 +52,11 @@ ANSI_CODES = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class ExportModel(nn.Module):
-    """Normalisation and network in one graph: pixels in 0..1 -> logits at the input size,
-    divided by the ``temperature`` (none in the graph when it is 1)."""
+    """Normalisation and network in one graph: pixels in 0..1 -> logits / ``temperature``."""
 
     def __init__(self, module: SegmentationModule, temperature: float = 1.0) -> None:
         super().__init__()
-        self.normalize = module.normalize  # float 0..1 in: the training normalisation
-        self.net = module.net
-        self.temperature = float(temperature)
+        self.normalize, self.net, self.temperature = module.normalize, module.net, temperature
         self.eval()
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -255,8 +242,8 @@ def output_path(ckpt_path: Path, fmt: Format, output: str | None) -> Path:
 def export(cfg: DictConfig) -> dict[str, Any]:
     """Export ``cfg.ckpt_path`` in ``cfg.format`` and check it; returns what the sidecar holds."""
     fmt = get_format(str(cfg.format))
-    ckpt_path = check_file(cfg.ckpt_path)
-    module = load_module(ckpt_path, "cpu")
+    module = load_module(cfg.ckpt_path, "cpu")
+    ckpt_path = Path(cfg.ckpt_path)
     merge_adapters(module.net)  # LoRA: the plain network, adapters folded into its weights
     takes = model_input(module)
     check = Check.from_config(
@@ -278,10 +265,8 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         "parity": parity_report(results, check, fmt.runtime()),
     }
     sidecar = path.with_name(path.name + ".json")
-    try:
+    with room_to_write(sidecar.parent, sidecar.name):  # the folder was probed: a full disk
         sidecar.write_text(json.dumps(report, indent=2))
-    except OSError as error:
-        raise LightsegError(f"Cannot write '{sidecar}': {error.strerror}.") from None
     print_parity(report, str(level))
     too_far = check.too_far(results)
     if too_far:
@@ -310,7 +295,7 @@ def export_temperature(ckpt_path: Path, chosen: Any) -> float:
         temperature = float(chosen)
     except (TypeError, ValueError):
         temperature = float("nan")
-    if not (temperature > 0 and temperature < float("inf")):
+    if not 0 < temperature < float("inf"):
         raise LightsegError(
             f"temperature={chosen} must be a number > 0, or auto (the one make calibrate "
             "stored beside the checkpoint, else 1)."
@@ -318,12 +303,20 @@ def export_temperature(ckpt_path: Path, chosen: Any) -> float:
     return temperature
 
 
-def describe(
-    module: SegmentationModule, level: Level, takes: ModelInput, temperature: float = 1.0
-) -> dict[str, Any]:
+def describe(module: SegmentationModule, level: Level, takes: ModelInput, temperature: float):
     """The sidecar's description of the exported model: what goes in, what comes out."""
     task = module.task
     norm = module.hparams.get("normalization") or {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+    meaning = (
+        "foreground logit: sigmoid > 0.5 (logit > 0) is the foreground class"
+        if task.binary
+        else "one logit per class: softmax over dim 1, argmax is the class index"
+    )
+    if temperature != 1.0:
+        meaning += (
+            f"; already divided by the temperature {temperature:g} (make calibrate), so the "
+            "probabilities are the calibrated ones"
+        )
     return {
         "model": plain(module.hparams.model),
         "classes": list(task.classes),
@@ -349,17 +342,7 @@ def describe(
             "name": "logits",
             "dtype": "float32",
             "shape": level.shape(takes.image_size, task.out_channels),
-            "meaning": (
-                "foreground logit: sigmoid > 0.5 (logit > 0) is the foreground class"
-                if task.binary
-                else "one logit per class: softmax over dim 1, argmax is the class index"
-            )
-            + (
-                f"; already divided by the temperature {temperature:g} (make calibrate), so "
-                "the probabilities are the calibrated ones"
-                if temperature != 1.0
-                else ""
-            ),
+            "meaning": meaning,
         },
         "dynamic_axes": list(level.axes),
         "network_input_multiple": takes.multiple,

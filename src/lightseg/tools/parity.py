@@ -1,9 +1,9 @@
 """Does an exported model compute what PyTorch computes? The check ``make export`` runs.
 
 Both run on the same random images of every configured shape the export accepts. The error,
-``max |export - PyTorch| / max(1, max |PyTorch|)``, judges the difference against the logits'
-scale because float32 rounding grows with it (trained logits reach hundreds); an error above
-``tolerance`` fails the export. The share of pixels whose class differs is reported too.
+``max |export - PyTorch| / max(1, max |PyTorch|)``, is relative to the logits' scale because
+float32 rounding grows with it (trained logits reach hundreds); above ``tolerance`` the export
+fails. The share of pixels whose class differs is reported too.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from rich.table import Table
+from rich.table import Column, Table
 from torch import nn
 
 from lightseg.checkpoints import ModelInput
@@ -52,9 +52,8 @@ class Level:
 
     def shape(self, size: Sequence[int], channels: int) -> list:
         """A shape for people: N, H and W where the axis is dynamic."""
-        n = "N" if "batch" in self.axes else self.example_batch
         h, w = ("H", "W") if "height" in self.axes else size
-        return [n, channels, h, w]
+        return ["N" if "batch" in self.axes else self.example_batch, channels, h, w]
 
 
 def default_sizes(size: Sequence[int], multiple: int) -> list[tuple[int, int]]:
@@ -117,9 +116,8 @@ class Check:
         return cls(shapes, takes, out_channels, tolerance, int(check.get("seed", 0)))
 
     def levels(self) -> list[Level]:
-        """The levels to try, most general first: dynamic sides in the network's multiple, then
-        in multiples of 32 (alone where no check size tests a finer one), then a dynamic batch
-        at the training size, then a fixed shape."""
+        """Most general first: dynamic sides in the network's multiple, then in multiples of 32
+        (alone where no check size is finer), then a dynamic batch, then a fixed shape."""
         multiple, size = self.takes.multiple, self.takes.image_size
         coarse = multiple < COARSE and COARSE % multiple == 0 and not any(s % COARSE for s in size)
         fine = any(side % COARSE for shape in self.shapes for side in shape[2:])
@@ -179,15 +177,16 @@ def parity_report(results: list[Comparison], check: Check, runtime: str) -> dict
 
 def print_parity(report: dict, how: str) -> None:
     parity = report["parity"]
+    numbers = ("max abs diff", "max |logit|", "error", "masks differ")
     table = Table(
+        "input shape",
+        "output shape",
+        *(Column(name, justify="right") for name in numbers),
+        Column("", justify="center"),
         title=f"{report['format']} vs PyTorch: logits and masks",
         caption=f"error = max abs diff / max(1, max |logit|) <= tolerance {parity['tolerance']:g}"
         f" · {parity['runtime']} · {how}",
     )
-    for column in ("input shape", "output shape", "max abs diff", "max |logit|", "error"):
-        table.add_column(column, justify="left" if "shape" in column else "right")
-    table.add_column("masks differ", justify="right")
-    table.add_column("", justify="center")
     for check in parity["checks"]:
         ok = check["error"] <= parity["tolerance"]
         table.add_row(

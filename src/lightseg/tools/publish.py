@@ -2,15 +2,12 @@
 
     make publish RUN=<run folder> [OUTPUT=folder] [ARGS="push_to_hub=true repo_id=me/name"]
 
-The folder (default ``<run>/publish``) holds smp's own ``save_pretrained`` files of the best
-checkpoint's network (``model.safetensors``, ``config.json``: ``smp.from_pretrained(folder)``
-and ``model.from_pretrained=folder`` load them), ``lightseg.json`` (what lightseg needs beyond
-the network: classes, normalisation, training input size, the stored temperature), the split
-lists, a model card ``README.md`` in the Hub's format, and ``app.py``, the Gradio demo
-(:mod:`lightseg.tools.demo`) that serves the folder's model. Only smp networks publish: the
-Hub's loaders know nothing of torchvision's or SegNet's classes, so those runs get an error that
-points to ``make export``. Pushing is opt-in and needs a token (``HF_TOKEN`` or ``hf auth
-login``); when the Hub does not answer, the folder stays and the command says how to push later.
+The folder (default ``<run>/publish``) holds smp's ``save_pretrained`` files of the best
+checkpoint's network, ``lightseg.json`` (what lightseg needs beyond the network), the split
+lists, a model card ``README.md`` in the Hub's format and ``app.py``, the Gradio demo
+(:mod:`lightseg.tools.demo`) serving the folder. Only smp networks publish: the Hub's loaders know
+nothing of torchvision's or SegNet's classes. Pushing is opt-in; when the Hub does not answer,
+the folder stays and the command says how to push later.
 """
 
 from __future__ import annotations
@@ -28,7 +25,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig
 from safetensors.torch import load_file
 
-from lightseg.checkpoints import load_module, read_checkpoint, read_temperature
+from lightseg.checkpoints import load_module, read_temperature
 from lightseg.config import app
 from lightseg.errors import LightsegError
 from lightseg.models import SegmentationModule
@@ -36,6 +33,7 @@ from lightseg.models.lora import merge_adapters
 from lightseg.runs.folder import PER_IMAGE, SPLITS, RunFolder, read_yaml
 from lightseg.runs.per_image import read_per_image
 from lightseg.runs.protocol import ids_digest
+from lightseg.tools.inference import Segmenter, build_segmenter
 from lightseg.tools.significance import LEVEL, bootstrap_ci
 from lightseg.utils.console import console
 from lightseg.utils.loggers import answers
@@ -66,14 +64,14 @@ def publish(cfg: DictConfig) -> Path:
             "Share it as ONNX or TorchScript instead (make export CKPT=<its best.ckpt>), or "
             "train with model=smp to publish."
         )
+    # the default folder's model card is the one make bundle packs (publish/README.md)
     folder = Path(cfg.output) if cfg.get("output") else run.path / "publish"
     folder.mkdir(parents=True, exist_ok=True)
     net.save_pretrained(folder)  # model.safetensors, config.json (and smp's card, replaced)
-    hparams = read_checkpoint(run.best)["hyper_parameters"]
     model = {**module.hparams.model, "peft": {**(module.hparams.model.get("peft") or {}), "r": 0}}
     record = {
         "module": f"{type(module).__module__}.{type(module).__name__}",
-        "hyper_parameters": {**hparams, "model": model},
+        "hyper_parameters": {**module.hparams, "model": model},
         "temperature": read_temperature(run.best),
     }
     (folder / RECORD).write_text(json.dumps(record, indent=2, default=list))
@@ -87,12 +85,13 @@ def publish(cfg: DictConfig) -> Path:
     return folder
 
 
-def load_published(folder: str | Path) -> SegmentationModule:
-    """The lightseg module of a published folder (what ``app.py`` serves), in eval mode."""
-    record = json.loads((Path(folder) / RECORD).read_text())
+def load_published(folder: Path, device) -> Segmenter:
+    """The model of a published folder (what ``app.py`` serves), with its temperature."""
+    record = json.loads((folder / RECORD).read_text())
     module = get_class(record["module"])(**{**record["hyper_parameters"], "compile": False})
-    module.net.load_state_dict(load_file(Path(folder) / "model.safetensors"))
-    return module.eval()
+    module.net.load_state_dict(load_file(folder / "model.safetensors"))
+    temperature = record.get("temperature", 1.0)
+    return build_segmenter(module.eval().to(device), {"temperature": temperature})
 
 
 def push(folder: Path, repo_id: str, private: bool) -> None:
@@ -122,9 +121,6 @@ def push(folder: Path, repo_id: str, private: bool) -> None:
             f"{str(error).strip().splitlines()[0][:300] if str(error).strip() else ''}). {later}"
         ) from None
     console.print(f"Pushed to [bold]{url}[/]")
-
-
-# --- the model card -------------------------------------------------------------------------
 
 
 def model_card(run: RunFolder, module: SegmentationModule, name: str | None) -> ModelCard:
@@ -218,7 +214,7 @@ demo: `pip install gradio` with lightseg installed, then `python app.py` in this
 
 
 def bullets(named: dict[str, Any] | None = None, **items: Any) -> str:
-    """Markdown list lines: ``named`` as given, then ``items`` with spaces for underscores."""
+    """Markdown list lines: ``named`` as given, then ``items`` with underscores as spaces."""
     lines = [*(named or {}).items(), *((k.replace("_", " "), v) for k, v in items.items())]
     return "\n".join(f"- {key}: {value}" for key, value in lines)
 

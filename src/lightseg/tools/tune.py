@@ -4,14 +4,12 @@
     python -m lightseg.tools.tune report experiment=demo search.study=<name>
     (make tune EXP=demo TRIALS=20 STUDY=<name> ARGS="...", make tune-report STUDY=<name>)
 
-The search space, objective, sampler and pruner are the config group ``search``
-(configs/search/*.yaml). Each trial is a normal run, ``python -m lightseg.train`` in a process of
-its own with the sampled values as overrides, in ``logs/<name>/studies/<study>/<trial number>/``;
-its callback (lightseg.callbacks.pruning) reports every validation epoch to the study, which may
-prune it. The study lives in a journal file (or an RDB URL): any number of workers, on any
-machine that sees the file, run the same command and share its trials. A stop signal ends the
-running trial (its run saves last.ckpt), marks it failed and queues its parameters again, so
-the next start of the command runs them first; finished trials are kept.
+The config group ``search`` (configs/search/*.yaml) holds space, objective, sampler and pruner.
+Each trial is ``python -m lightseg.train`` in a process of its own with the sampled overrides, in
+``logs/<name>/studies/<study>/<trial number>/``; its callback (lightseg.callbacks.pruning) reports
+each validation epoch to the study, which may prune it. The study is a journal file (or an RDB
+URL) that any number of workers share. A stop signal ends the running trial (its run saves
+last.ckpt) and queues its parameters again, so the next start runs them first.
 """
 
 from __future__ import annotations
@@ -50,9 +48,8 @@ def main() -> None:
 
 def setup(args: list[str], create: bool = True) -> tuple[DictConfig, list[str], optuna.Study, str]:
     """The composed config (``search=default`` unless one is chosen), the overrides every trial
-    gets (those of the command, less ``search``'s), the study, created if new (unless not
-    ``create``: the report of a study that does not exist is an error), and its storage (a
-    journal file's absolute path or an RDB URL)."""
+    gets (the command's, less ``search``'s), the study (created if new and ``create``) and its
+    storage (a journal file's absolute path or an RDB URL)."""
     if not any(a.split("=", 1)[0].lstrip("+~") == "search" for a in args):
         args = ["search=default", *args]
     try:
@@ -173,10 +170,8 @@ def run_trials(cfg, trial_args, study, storage: str, stopped: list, child: list)
 def end(study, trial, run: Path, metric: str, params: dict, stopped: list[int], code: int) -> None:
     """Tell the study how the trial's run ended (its run_info.json), note it and the process's
     exit code in the run's ``trial.json``; a run stopped by a signal is queued again."""
-    status = RunFolder(run).info().get("status") if RunFolder(run).run_info.is_file() else None
-    value = None
-    if status == "finished":
-        value = json.loads(RunFolder(run).metrics.read_text()).get(metric)
+    status = RunFolder(run).status
+    value = (RunFolder(run).read_metrics() or {}).get(metric) if status == "finished" else None
     if value is not None:
         study.tell(trial, value)
     elif status == "pruned":

@@ -2,14 +2,11 @@
 
     make verify BUNDLE=run.tar.gz [DATA=<data folder>] [ARGS="tolerance=1e-3"]
 
-Rebuilds the network from ``model.json`` and ``model.safetensors`` (no download, no run folder),
-reads the recorded test images (``splits/test.txt``) from the data on this machine (``data_dir``
-replaces the run's ``paths.data_dir`` in the data config; the demo writes itself), checks they
-hold the pixels the bundle recorded (``data.json``), and scores them on the CPU as the run's test
-stage did (Lightning's test loop, at the training size, the run's own transforms and cache
-setting), so that every ``test/*`` number of ``metrics.json`` is recomputed. Exit 0 when each
-agrees within ``tolerance`` (relative or absolute); otherwise one paragraph per metric that
-moved, and a non-zero exit.
+Rebuilds the network from ``model.json`` and ``model.safetensors``, reads the recorded test
+images from the data here (``data_dir`` replaces the run's ``paths.data_dir``), checks they hold
+the pixels of ``data.json``, and scores them on the CPU as the run's test stage did, so that each
+``test/*`` number of ``metrics.json`` is recomputed. Exit 0 when each agrees within
+``tolerance`` (relative or absolute); otherwise one paragraph per metric that moved.
 """
 
 from __future__ import annotations
