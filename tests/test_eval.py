@@ -270,10 +270,10 @@ def test_ensemble_probabilities_are_the_mean_of_its_members(demo_checkpoint, tmp
     first, second = (Segmenter(load_module(p), flip=True)(image) for p in (demo_checkpoint, other))
     assert not np.allclose(first, second, atol=1e-3)  # the members disagree
     np.testing.assert_allclose(ensemble(image), (first + second) / 2, atol=1e-6)
-    plain, augmented = ensemble.with_and_without_tta(image)
-    np.testing.assert_allclose(augmented, (first + second) / 2, atol=1e-6)
+    plain, augmented = ensemble.views_with_and_without_tta(image)
+    np.testing.assert_allclose(augmented.probabilities, (first + second) / 2, atol=1e-6)
     singles = [Segmenter(load_module(p))(image) for p in (demo_checkpoint, other)]
-    np.testing.assert_allclose(plain, sum(singles) / 2, atol=1e-6)
+    np.testing.assert_allclose(plain.probabilities, sum(singles) / 2, atol=1e-6)
 
 
 def test_a_folder_of_runs_is_every_runs_best_checkpoint(demo_run, tmp_path):

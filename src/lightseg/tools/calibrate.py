@@ -3,44 +3,29 @@
     make calibrate CKPT=logs/demo/runs/<time>/checkpoints/best.ckpt
     python -m lightseg.tools.calibrate ckpt_path=... pixels=2000000
 
-Networks trained with cross-entropy are often over-confident: of the pixels predicted with 95%
-confidence, fewer than 95% are right. Temperature scaling (Guo et al., "On Calibration of
-Modern Neural Networks", ICML 2017) divides the logits by one T > 0 fitted on held-out data;
-the predicted classes stay, only the probabilities change. Here T minimises the negative
-log-likelihood (NLL) of a random subsample of the labelled pixels of the run's **validation**
-split (never the test split, which would then no longer be unseen), predicted as ``make eval``
-predicts them (each image at its own resolution, the ``inference`` settings, no TTA), by LBFGS
-over log T (so T stays > 0), from T = 1, with a fixed ``seed``.
-
-Before and after, the ECE, Brier score (:class:`~lightseg.metrics.PixelCalibration`) and mean
-NLL over all labelled pixels of the split are printed and stored with T in
-``<checkpoint stem>.calibration.json`` beside the checkpoint
-(:func:`lightseg.checkpoints.write_calibration`); from then on eval, predict and export apply T
-(``inference.temperature=auto``). A re-run fits T afresh from the uncalibrated logits.
+T > 0 divides the logits (Guo et al., ICML 2017): the classes stay, over-confidence goes. It
+minimises the NLL of a seeded subsample of the **val** split's labelled pixels (the test split
+stays unseen), predicted as ``make eval`` does without TTA, by LBFGS over log T. T and the ECE,
+Brier and NLL before and after go beside the checkpoint; eval, predict and export apply it.
 """
 
 from __future__ import annotations
 
 import math
 from datetime import datetime
-from functools import partial
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
-from rich.progress import track
 from rich.table import Table
-from torch.utils.data import DataLoader
 
 from lightseg import __version__
 from lightseg.checkpoints import check_file, load_module, write_calibration
 from lightseg.config import app, plain
-from lightseg.data.source import read_pair
 from lightseg.errors import LightsegError
 from lightseg.metrics import PixelCalibration
 from lightseg.task import IGNORE_INDEX, Task
-from lightseg.tools.eval import chosen_on_command_line, split_of
+from lightseg.tools.eval import read_split, split_of, use_run_data
 from lightseg.tools.inference import Segmenter, build_segmenter, checkpoint_paths
 from lightseg.utils.console import console
 from lightseg.utils.devices import inference_device
@@ -129,19 +114,10 @@ def calibrate(cfg: DictConfig, data_from_run: bool = True) -> dict:
     per_image = math.ceil(wanted / len(samples))
     generator = torch.Generator().manual_seed(int(cfg.seed))
 
-    read = partial(read_pair, datamodule.source)
-    loader = DataLoader(
-        samples, batch_size=None, collate_fn=read, num_workers=datamodule.num_workers
-    )
-
     def split_logits(description: str):
         """Each image's logits [1, out, H, W] (the segmenter's, no TTA) and mask [1, H, W]."""
-        for image, mask in track(
-            loader, description, len(samples), console=console, transient=True
-        ):
-            with torch.no_grad():
-                logits = segmenter.logits(segmenter.normalize(image))
-            yield logits, torch.from_numpy(mask.astype(np.int64))[None]
+        for image, target in read_split(datamodule, samples, description):
+            yield segmenter.logits(segmenter.normalize(image)), target
 
     before, chosen_logits, chosen_labels = SplitScore(task), [], []
     for logits, target in split_logits(f"Predicting {len(samples)} {cfg.split} images"):
@@ -177,15 +153,9 @@ def calibrate(cfg: DictConfig, data_from_run: bool = True) -> dict:
         "lightseg": __version__,
     }
     path = write_calibration(checkpoint, record)
-    table = Table(
-        "",
-        "before (T=1)",
-        f"after (T={segmenter.temperature:.4f})",
-        title=(
-            f"{cfg.split} split: {len(samples)} images, {after.pixels} labelled pixels "
-            f"({len(labels)} fitted)"
-        ),
-    )
+    title = f"{cfg.split} split: {len(samples)} images, {after.pixels} labelled pixels "
+    title += f"({len(labels)} fitted)"
+    table = Table("", "before (T=1)", f"after (T={segmenter.temperature:.4f})", title=title)
     for name in ("ece", "brier", "nll"):
         table.add_row(name, f"{old[name]:.4f}", f"{new[name]:.4f}")
     console.print(table)
@@ -194,14 +164,8 @@ def calibrate(cfg: DictConfig, data_from_run: bool = True) -> dict:
 
 
 @app("calibrate")
-def calibrate_command_line(cfg: DictConfig) -> None:
-    choice = cfg.get("data_from_run", "auto")
-    from_run = not chosen_on_command_line("experiment", "data") if choice == "auto" else choice
-    calibrate(cfg, bool(from_run))
-
-
-def main() -> None:
-    calibrate_command_line()
+def main(cfg: DictConfig) -> None:
+    calibrate(cfg, use_run_data(cfg))
 
 
 if __name__ == "__main__":

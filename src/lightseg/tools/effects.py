@@ -1,10 +1,7 @@
-"""Portrait effects from a binary (person) model's foreground probability.
-
-``background``: the person over a colour or another picture; ``color-splash``: the person in
-colour, the rest in grey. Both blend the image with the backdrop by a foreground weight: with a
-``threshold``, the hard mask with its edge feathered over ``feather`` pixels (so a low background
-probability never lets the old background through); without one, the probability itself,
-blurred by a Gaussian of sigma ``feather``.
+"""Portrait effects from a person model's foreground probability: ``background`` (the person
+over a colour or a picture) and ``color-splash`` (the rest in grey). The image is blended with
+the backdrop by the probability blurred by ``feather`` px, or with a ``threshold`` by the hard
+mask with a feathered edge, so that a low background probability never shows the old one.
 """
 
 from __future__ import annotations
@@ -74,10 +71,9 @@ def apply_effect(
     else:
         raise LightsegError(f"Unknown effect '{name}'. Available: {', '.join(EFFECTS)}.")
     if threshold is None:
-        alpha = soft_alpha(probability, feather)
+        weight = soft_alpha(probability, feather)[..., None]
     else:
-        alpha = hard_alpha(probability, threshold, feather)
-    weight = alpha[..., None]  # image over backdrop by the foreground weight
+        weight = hard_alpha(probability, threshold, feather)[..., None]
     mixed = weight * image.astype(np.float32) + (1 - weight) * backdrop.astype(np.float32)
     return np.clip(np.round(mixed), 0, 255).astype(np.uint8)
 

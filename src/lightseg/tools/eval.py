@@ -5,25 +5,9 @@
     make eval CKPT=... ARGS="postprocess=crf"                    (needs the .[crf] extra)
     make eval CKPT=a.ckpt,b.ckpt       (or a folder of runs) an ensemble: probabilities averaged
 
-Prints the metrics the checkpoint stores (those training logged; ``metrics=...`` chooses
-others) for plain inference and, side by side, with the configured TTA and dense CRF. Writes
-``eval.json``, ``per_class.csv``, ``per_image.csv`` (what ``make table eval=true`` pairs),
-``confusion_matrix.png`` and ``examples.png`` (the worst and best images by ``monitor``), and
-prints and stores the cost of the final variant: network passes and seconds per image.
-
-Each image's ``uncertainty`` (and, over TTA views or ensemble members, their ``disagreement``;
-:mod:`lightseg.tools.uncertainty`) goes into ``per_image.csv``; ``eval.json``'s ``coverage`` and
-``coverage.png`` show whether it ranks the bad images last: the mean Dice of the most certain
-images as more are kept.
-
-Each variant's pixel calibration comes from its probabilities (after the temperature ``make
-calibrate`` stored, which ``inference.temperature`` in eval.json records): ``ece`` and ``brier``
-(:class:`~lightseg.metrics.PixelCalibration`) in eval.json and the table, and
-``reliability.png``, accuracy against confidence per bin for every variant.
-
-``eval.json``'s ``protocol`` card (:mod:`lightseg.runs.protocol`) says how the numbers were
-obtained: the data and split (its id list's hash; ``split=all`` scores every image of the
-dataset, for external validation), native resolution, each variant's inference.
+Scores plain inference and, side by side, the configured TTA and dense CRF: metrics, pixel
+calibration, each image's uncertainty, the cost and the protocol card; the files it writes are
+listed in README.md (After training). ``split=all`` scores every image (external validation).
 """
 
 from __future__ import annotations
@@ -76,7 +60,7 @@ from lightseg.runs.per_image import (
 )
 from lightseg.runs.protocol import INFERENCE_KEYS, card, every_sample, inference_record
 from lightseg.task import Task
-from lightseg.tools.inference import Segmenter, Views, checkpoint_paths, load_segmenter
+from lightseg.tools.inference import Segmenter, checkpoint_paths, load_segmenter
 from lightseg.tools.uncertainty import coverage_curve, coverage_figure, mean_entropy
 from lightseg.utils.console import console
 from lightseg.utils.devices import inference_device
@@ -84,18 +68,14 @@ from lightseg.utils.loggers import add_to_wandb_run, numbers
 from lightseg.visualize import confusion_figure, letterbox, overlay_grid, reliability_figure
 
 SPLIT_ALIASES = {f"data.split={name}" for name in ("train", "val", "test", "all")}
-#: What goes to W&B besides the metrics of each variant.
-SUMMARY = ("cost", "coverage")
 THUMBNAIL = 256  # side of each panel in examples.png
 
 
 class Scores:
     """One inference variant's metrics, each image's values and the split's confusion matrix.
 
-    ``failure`` (``{"iou": 0.65}``): an image whose value is below the threshold failed; each
-    image gets a 1/0 column ``failure_rate/iou_below_0.65`` whose mean is the share that failed.
-    ``calibration``: also the pixel calibration of the probabilities (``ece``, ``brier``); off for
-    hard masks (make score), whose "probabilities" are 0 or 1."""
+    ``failure`` (``{"iou": 0.65}``) adds a 1/0 column ``failure_rate/iou_below_0.65`` per image;
+    ``calibration`` is off for hard masks (make score), whose "probabilities" are 0 or 1."""
 
     def __init__(
         self,
@@ -111,17 +91,11 @@ class Scores:
         self.calibration = PixelCalibration(task.num_classes) if calibration else None
 
     def update(self, probabilities: torch.Tensor, target: torch.Tensor, sample_id: str) -> None:
-        """Score one image's prediction, the argmax of its probabilities [C, H, W], against its
-        mask ``target`` [1, H, W] int64 (made once per image); add its ``uncertainty``, and
-        count its pixels' calibration."""
+        """Score the argmax of probabilities [C, H, W] against ``target`` [1, H, W] int64."""
         if self.calibration is not None:
             self.calibration.update(probabilities[None], target)
         self.update_mask(probabilities.argmax(0).cpu().numpy(), target, sample_id)
-        self.add(uncertainty=mean_entropy(probabilities))
-
-    def add(self, **values: float) -> None:
-        """More values of the image scored last (a column each in per_image.csv)."""
-        self.per_image[-1][1].update(values)
+        self.per_image[-1][1]["uncertainty"] = mean_entropy(probabilities)
 
     def update_mask(self, prediction: np.ndarray, target: torch.Tensor, sample_id: str) -> None:
         """Score a predicted mask [H, W] of class indices (``make score``: no probabilities)."""
@@ -131,8 +105,7 @@ class Scores:
         self.confusion += confusion_matrix(preds, target, self.task.num_classes)
 
     def summary(self) -> dict[str, float | None]:
-        """What eval.json holds: the metrics over the split and the failure shares (the mean of
-        each image's 1/0), NaN as null so that the file stays JSON."""
+        """The split's metrics and failure shares, NaN as null so that eval.json stays JSON."""
         values = metric_values(self.metrics, self.task)
         if self.calibration is not None:
             values.update({k: float(v) for k, v in self.calibration.compute().items()})
@@ -141,9 +114,7 @@ class Scores:
 
 
 def data_config(cfg: DictConfig, from_run: bool, checkpoint: Path | None = None) -> DictConfig:
-    """The ``data`` config: the run's own (same dataset, same split; an ensemble's first member's)
-    or the composed one; without ``split_dir``, since writing split lists is the training run's
-    job."""
+    """The run's own ``data`` config or the composed one, without ``split_dir`` (the run's job)."""
     data, checkpoint = cfg.data, checkpoint or cfg.ckpt_path
     if from_run:
         run = RunFolder.of_checkpoint(checkpoint)
@@ -157,20 +128,9 @@ def data_config(cfg: DictConfig, from_run: bool, checkpoint: Path | None = None)
     return OmegaConf.merge(data, {"split_dir": None})
 
 
-def output_folder(cfg: DictConfig, checkpoints: list[Path]) -> Path:
-    """``output_dir``, or a new folder in the checkpoint's run (an ensemble's: in logs/eval)."""
-    if cfg.get("output_dir"):
-        return Path(cfg.output_dir)
-    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    run = RunFolder.of_checkpoint(checkpoints[0]) if len(checkpoints) == 1 else None
-    base = run.evaluations if run else Path(cfg.paths.log_dir) / "eval"
-    return base / f"{cfg.split}_{stamp}"
-
-
 def metrics_config(cfg: DictConfig, module, from_command_line: bool) -> dict:
-    """The checkpoint's own metrics (what training logged; the task's set if it stores none),
-    the set the command line chose (``metrics=<set>``), or the checkpoint's with the command
-    line's ``+metrics.<name>`` on top."""
+    """The checkpoint's own metrics (the task's set if it stores none), the set the command line
+    chose (``metrics=<set>``), or the checkpoint's with ``+metrics.<name>`` on top."""
     stored = dict(module.hparams.get("metrics") or metrics_for(module.task))
     if not from_command_line:
         return stored
@@ -182,24 +142,22 @@ def metrics_config(cfg: DictConfig, module, from_command_line: bool) -> dict:
 def split_of(
     cfg: DictConfig, data_from_run: bool, checkpoint: Path, segmenter: Segmenter
 ) -> tuple[Any, list[Sample]]:
-    """The datamodule (its split lists located) and the samples of ``cfg.split``, checked
-    against the model: the same classes and input channels. Shared with make calibrate."""
+    """The datamodule and the samples of ``cfg.split``, checked against the model."""
     datamodule = instantiate(data_config(cfg, data_from_run, checkpoint), _convert_="all")
-    task = segmenter.task
-    if tuple(datamodule.classes) != task.classes:
+    classes, channels = segmenter.task.classes, segmenter.input.channels
+    if tuple(datamodule.classes) != classes:
         raise LightsegError(
-            f"The checkpoint predicts classes {list(task.classes)}, but the data config gives "
+            f"The checkpoint predicts classes {list(classes)}, but the data config gives "
             f"{list(datamodule.classes)}. Evaluate on the dataset it was trained on "
             "(experiment=... or data=...)."
         )
-    channels = segmenter.input.channels
     if datamodule.in_channels != channels:
         raise LightsegError(
             f"The checkpoint's model takes {channels}-channel images, but the data config reads "
             f"{datamodule.in_channels}-channel ones. Evaluate on the dataset it was trained on "
             "(experiment=... or data=...)."
         )
-    splits = datamodule.locate()  # the split lists only: eval reads full-size images
+    splits = datamodule.locate()
     if cfg.split == "all":  # every image: external validation of a model trained elsewhere
         return datamodule, every_sample(splits)
     if cfg.split not in splits:
@@ -207,31 +165,33 @@ def split_of(
     return datamodule, splits[cfg.split]
 
 
-def is_external(cfg: DictConfig, data_from_run: bool, checkpoint: Path) -> bool:
-    """Whether the data scored is another dataset than the run trained on (its config's
-    ``data.source`` differs): the card's split kind says ``external``."""
-    run = RunFolder.of_checkpoint(checkpoint)
-    if data_from_run or run is None or not run.config.is_file():
-        return False
-    return plain(OmegaConf.load(run.config).data.source) != plain(cfg.data.source)
+def read_split(datamodule, samples: list[Sample], description: str) -> Iterator[tuple]:
+    """Each sample's full-size image and mask [1, H, W] int64, in order, read by loader workers."""
+    read = partial(read_pair, datamodule.source)
+    loader = DataLoader(
+        samples, batch_size=None, collate_fn=read, num_workers=datamodule.num_workers
+    )
+    for image, mask in track(loader, description, len(samples), console=console, transient=True):
+        yield image, torch.from_numpy(mask.astype(np.int64))[None]
 
 
 def eval_card(cfg, data_from_run, checkpoints, datamodule, samples, segmenter, names, chosen):
-    """The protocol card (:mod:`lightseg.runs.protocol`) of an evaluation: native resolution,
-    each variant's inference under ``variants``, the final one's as ``inference``; pretrained
-    source and budget from the model and the run's own card."""
-    settings, members = {k: getattr(segmenter, k) for k in INFERENCE_KEYS}, len(checkpoints)
-    crf = (plain(cfg.get("postprocess")) or {}).get("_target_")
+    """The protocol card, with each variant's inference; ``external`` for another data.source."""
+    settings = {k: getattr(segmenter, k) for k in INFERENCE_KEYS}
     untouched = {**settings, "flip": False, "scales": [1.0]}
+    crf = (plain(cfg.get("postprocess")) or {}).get("_target_")
     variants = {
-        name: inference_record(untouched if name == "plain" else settings, None, members)
+        name: inference_record(
+            untouched if name == "plain" else settings,
+            crf if name.endswith("+crf") else None,
+            len(checkpoints),
+        )
         for name in names
-        if not name.endswith("+crf")
     }
-    if crf:
-        variants[names[-1]] = {**variants[names[-2]], "crf": crf}
     run = RunFolder.of_checkpoint(checkpoints[0])
     trained = ((run.read_metrics() if run else None) or {}).get("protocol") or {}
+    external = not data_from_run and run is not None and run.config.is_file()
+    external = external and plain(OmegaConf.load(run.config).data.source) != plain(cfg.data.source)
     record = card(
         datamodule,
         str(cfg.split),
@@ -241,7 +201,7 @@ def eval_card(cfg, data_from_run, checkpoints, datamodule, samples, segmenter, n
         variants[names[-1]],
         segmenter.module.hparams.get("model"),
         trained.get("budget"),
-        is_external(cfg, data_from_run, checkpoints[0]),
+        external,
     )
     return {**record, "variants": variants}
 
@@ -249,48 +209,40 @@ def eval_card(cfg, data_from_run, checkpoints, datamodule, samples, segmenter, n
 def evaluate(
     cfg: DictConfig, data_from_run: bool = False, metrics_from_command_line: bool = False
 ) -> dict[str, Any]:
-    """Evaluate ``cfg.ckpt_path`` (one checkpoint or an ensemble) on ``cfg.split``; returns what
-    ``eval.json`` holds."""
+    """Evaluate ``cfg.ckpt_path`` (a checkpoint or an ensemble) on ``cfg.split``: eval.json."""
     checkpoints = checkpoint_paths(plain(cfg.ckpt_path))
     device = inference_device(str(cfg.get("device", "auto")))
     segmenter = load_segmenter(checkpoints, device, plain(cfg.get("inference")))
-    module, task = segmenter.module, segmenter.task
+    task = segmenter.task
     datamodule, samples = split_of(cfg, data_from_run, checkpoints[0], segmenter)
 
     crf = instantiate(cfg.postprocess) if cfg.get("postprocess") else None
     names = ["plain", "tta"] if segmenter.augmented else ["plain"]
     names += [f"{names[-1]}+crf"] if crf else []
-    chosen = metrics_config(cfg, module, metrics_from_command_line)
+    chosen = metrics_config(cfg, segmenter.module, metrics_from_command_line)
     failure = plain(cfg.get("failure"))
     scores = {name: Scores(build_metrics(chosen, task), task, failure) for name in names}
 
-    # full-size pixels, read in the loader's workers, in the order of `samples`
-    read, seconds, passes = partial(read_pair, datamodule.source), 0.0, segmenter.passes
-    loader = DataLoader(
-        samples, batch_size=None, collate_fn=read, num_workers=datamodule.num_workers
-    )
-    for (image, mask), sample_id in track(
-        zip(loader, (sample.id for sample in samples), strict=True),
-        total=len(samples),
-        description=f"Evaluating {len(samples)} {cfg.split} images",
-        console=console,
-        transient=True,
+    seconds, passes = 0.0, segmenter.passes
+    description = f"Evaluating {len(samples)} {cfg.split} images"
+    for sample, (image, target) in zip(
+        samples, read_split(datamodule, samples, description), strict=True
     ):
-        target = torch.from_numpy(mask.astype(np.int64))[None]
         start = time.perf_counter()
         plain_views, augmented = segmenter.views_with_and_without_tta(image)
         seconds += time.perf_counter() - start
         for name, views in (("plain", plain_views), ("tta", augmented)):
             if views is not None:
-                score_views(scores[name], views, target, sample_id)
-        probabilities = (augmented or plain_views).probabilities
+                scores[name].update(torch.from_numpy(views.probabilities), target, sample.id)
+            if views is not None and views.count > 1:  # mutual information; >= 0 but rounding
+                values = scores[name].per_image[-1][1]
+                values["disagreement"] = max(0.0, values["uncertainty"] - views.entropy)
         if crf:
             start = time.perf_counter()
-            refined = crf(image, probabilities)
+            refined = crf(image, (augmented or plain_views).probabilities)
             seconds += time.perf_counter() - start
-            scores[names[-1]].update(torch.from_numpy(refined), target, sample_id)
+            scores[names[-1]].update(torch.from_numpy(refined), target, sample.id)
 
-    final = scores[names[-1]]
     report = {
         "checkpoint": str(checkpoints[0]) if len(checkpoints) == 1 else "ensemble",
         "members": [str(path) for path in checkpoints],
@@ -318,80 +270,52 @@ def evaluate(
         monitor if monitor in computed else next(iter(computed))
     )
     lower = rank_by == monitor and cfg.monitor_mode == "min"
-    scored = [(values.get(rank_by, math.nan), i) for i, values in final.per_image]
+    scored = [(values.get(rank_by, math.nan), i) for i, values in scores[names[-1]].per_image]
     ranked = sorted(((v, i) for v, i in scored if not math.isnan(v)), reverse=lower)  # worst first
     count = min(int(cfg.get("num_examples", 4)), math.ceil(len(ranked) / 2))
     report["worst"] = [{"id": i, "score": s} for s, i in ranked[:count]]
     best = ranked[count:][::-1][:count]  # best first; never an image already among the worst
     report["best"] = [{"id": i, "score": s} for s, i in best]
 
-    folder = output_folder(cfg, checkpoints)
-    strata = {sample.id: sample.stratum for sample in samples}  # per_image.csv: make table --by
+    run = RunFolder.of_checkpoint(checkpoints[0]) if len(checkpoints) == 1 else None
+    folder = Path(cfg.output_dir) if cfg.get("output_dir") else None
+    if folder is None:  # in the checkpoint's run; an ensemble's in logs/eval
+        base = run.evaluations if run else Path(cfg.paths.log_dir) / "eval"
+        folder = base / f"{cfg.split}_{datetime.now().strftime('%Y-%m-%d_%H-%M-%S')}"
+    title = f"{cfg.split}: {report['images']} images"
     with staged(folder, "the evaluation", " or give another output_dir=...") as staging:
-        (staging / "eval.json").write_text(json.dumps(report, indent=2))
-        write_per_class(staging / "per_class.csv", report)
-        write_per_image(
-            staging / "per_image.csv",
-            (
-                {"id": i, "variant": v, "stratum": strata[i], **r}
-                for v, s in scores.items()
-                for i, r in s.per_image
-            ),
-        )
-        figure = confusion_figure(
-            final.confusion.numpy(), task.classes, f"{cfg.split}: {names[-1]}"
-        )
-        figure.savefig(staging / "confusion_matrix.png", dpi=120)
+        write_scores(staging, report, scores, samples)
         if report["coverage"]:
-            title = f"{cfg.split}: {report['images']} images"
             coverage_figure(report["coverage"], title).savefig(staging / "coverage.png", dpi=120)
         bins = {name: s.calibration.bins() for name, s in scores.items()}
-        reliability_figure(bins, f"{cfg.split}: {report['images']} images").savefig(
-            staging / "reliability.png", dpi=120
-        )
+        reliability_figure(bins, title).savefig(staging / "reliability.png", dpi=120)
         save_examples(staging / "examples.png", report, datamodule.source, samples, segmenter, crf)
     print_report(report)
     console.print(f"Evaluation written to {folder}", soft_wrap=True)
-    if cfg.get("wandb", "auto") and len(checkpoints) == 1:
-        to_wandb(RunFolder.of_checkpoint(checkpoints[0]), report, folder)
+    if cfg.get("wandb", "auto"):
+        to_wandb(run, report, folder)
     report["output_dir"] = str(folder)
     return report
 
 
 def to_wandb(run: RunFolder | None, report: dict, folder: Path) -> None:
-    """The numbers of ``report`` into the summary of the W&B run that trained the checkpoint, if
-    it logged to W&B: ``eval/<split>/<variant>/<metric>``, ``eval/<split>/cost/...`` and
-    ``eval/<split>/coverage/<variant>/area``."""
+    """The report's numbers (``eval/<split>/<variant>/<metric>``, ...) into the summary of the
+    W&B run that trained the checkpoint, if it logged to W&B."""
     if run is None or not run.wandb_run_id.is_file():
         return
-    settings = (
-        OmegaConf.select(OmegaConf.load(run.config), "logger.wandb")
-        if run.config.is_file()
-        else None
-    )
-    prefix = f"eval/{report['split']}"  # eval/test/tta/dice, eval/test/cost/seconds_per_image
-    values = numbers(report["metrics"], prefix)
-    values.update(numbers({k: report[k] for k in SUMMARY if k in report}, prefix))
-    add_to_wandb_run(run.wandb_run_id, plain(settings) or {}, values, folder.glob("*.png"))
+    config = OmegaConf.load(run.config) if run.config.is_file() else None
+    settings = plain(OmegaConf.select(config, "logger.wandb")) if config else None
+    tree = {**report["metrics"], "cost": report["cost"], "coverage": report["coverage"]}
+    values = numbers(tree, f"eval/{report['split']}")
+    add_to_wandb_run(run.wandb_run_id, settings or {}, values, folder.glob("*.png"))
     console.print(
         f"Added to the W&B summary of run {run.wandb_run_id.read_text().strip()}", soft_wrap=True
     )
 
 
-def score_views(scores: Scores, views: Views, target: torch.Tensor, sample_id: str) -> None:
-    """Score the averaged prediction; with several, add how much they disagree: the mean
-    mutual information, the uncertainty of the average minus the predictions' own (never
-    below 0 mathematically; rounding is cut off)."""
-    scores.update(torch.from_numpy(views.probabilities), target, sample_id)
-    if views.count > 1:
-        uncertainty = scores.per_image[-1][1]["uncertainty"]
-        scores.add(disagreement=max(0.0, uncertainty - views.entropy))
-
-
 def coverage(per_image: list[tuple[str, dict[str, float]]]) -> dict | None:
-    """Dice vs coverage (:func:`coverage_curve`) of one variant's images ranked by uncertainty:
-    each image's ``dice``, else its ``iou`` (binary: the foreground's; multiclass: the mean over
-    the classes present); None without either."""
+    """:func:`coverage_curve` of each image's ``dice``, else its ``iou``, ranked by uncertainty;
+    None without either."""
     metric = next((m for m in ("dice", "iou") if any(m in v for _, v in per_image)), None)
     if metric is None:
         return None
@@ -418,17 +342,35 @@ def staged(folder: Path, what: str, fix: str) -> Iterator[Path]:
                 folder.rmdir()
 
 
-def write_per_class(path: Path, report: dict) -> None:
-    """One row per class, one column per per-class metric and inference variant."""
-    variants, keys = list(report["metrics"]), [class_key(c) for c in report["classes"]]
+def write_scores(
+    folder: Path, report: dict, scores: Mapping[str, Scores], samples: list[Sample]
+) -> None:
+    """eval.json, per_class.csv, per_image.csv (with strata: make table --by) and the final
+    variant's confusion_matrix.png: what make eval and make score both write."""
+    (folder / "eval.json").write_text(json.dumps(report, indent=2))
+    variants, classes = list(report["metrics"]), report["classes"]
     values = report["metrics"][variants[0]]
-    names = [m for m in values if all(f"{m}_{k}" in values for k in keys)]  # iou for iou_<class>
-    with path.open("w", newline="") as file:
+    names = [m for m in values if all(f"{m}_{class_key(c)}" in values for c in classes)]
+    with (folder / "per_class.csv").open("w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["class", *(f"{m}_{v}" for v in variants for m in names)])
-        for name in report["classes"]:
+        for name in classes:
             row = [report["metrics"][v][f"{m}_{class_key(name)}"] for v in variants for m in names]
             writer.writerow([name, *(cell(value) for value in row)])
+    strata = {sample.id: sample.stratum for sample in samples}
+    write_per_image(
+        folder / "per_image.csv",
+        (
+            {"id": i, "variant": v, "stratum": strata[i], **r}
+            for v, s in scores.items()
+            for i, r in s.per_image
+        ),
+    )
+    final = report["examples_from"]
+    figure = confusion_figure(
+        scores[final].confusion.numpy(), classes, f"{report['split']}: {final}"
+    )
+    figure.savefig(folder / "confusion_matrix.png", dpi=120)
 
 
 def save_examples(
@@ -442,21 +384,17 @@ def save_examples(
     """Worst predictions first, then the best: image | truth | prediction per row. The images are
     predicted again: keeping them from the scoring pass would hold the whole split in memory."""
     by_id = {sample.id: sample for sample in samples}
-    rows = [entry["id"] for entry in report["worst"] + report["best"]]
-    if not rows:
-        return
     panels = []  # image, truth, prediction
-    for sample_id in rows:
-        image, mask = source.read(by_id[sample_id])
+    for entry in report["worst"] + report["best"]:
+        image, mask = source.read(by_id[entry["id"]])
         probabilities = segmenter(image)
         if crf:
             probabilities = crf(image, probabilities)
         pictures = (image, mask.astype(np.uint8), probabilities.argmax(0).astype(np.uint8))
         panels.append([letterbox(picture, THUMBNAIL) for picture in pictures])
-    grid = overlay_grid(
-        *(np.stack(column) for column in zip(*panels, strict=True)), report["classes"]
-    )
-    Image.fromarray(grid).save(path)
+    if panels:
+        columns = (np.stack(column) for column in zip(*panels, strict=True))
+        Image.fromarray(overlay_grid(*columns, report["classes"])).save(path)
 
 
 def print_report(report: dict) -> None:
@@ -497,11 +435,15 @@ def chosen_on_command_line(*groups: str) -> bool:
     return any(k.split(".")[0].split("/")[0] in groups for k in keys)
 
 
+def use_run_data(cfg: DictConfig) -> bool:
+    """``data_from_run=auto``: the run's own data config unless experiment or data is given."""
+    choice = cfg.get("data_from_run", "auto")
+    return bool(not chosen_on_command_line("experiment", "data") if choice == "auto" else choice)
+
+
 @app("eval")
 def evaluate_command_line(cfg: DictConfig) -> None:
-    choice = cfg.get("data_from_run", "auto")
-    from_run = not chosen_on_command_line("experiment", "data") if choice == "auto" else choice
-    evaluate(cfg, bool(from_run), metrics_from_command_line=chosen_on_command_line("metrics"))
+    evaluate(cfg, use_run_data(cfg), metrics_from_command_line=chosen_on_command_line("metrics"))
 
 
 def main() -> None:

@@ -1,18 +1,9 @@
 """Run a trained model on images of any size: whole images, sliding windows, TTA.
 
-:class:`Segmenter` turns images (pixels as training read them) into class probabilities at their
-own resolution: ``whole`` resizes to the training size and the logits back; ``slide`` averages
-the logits of overlapping training-size windows over the image at its own scale; both may
-average test-time augmentations. A mode other than the one the model was validated with can show
-it images at a scale it never saw (``slide`` on a model trained on 765x570 images resized to
-256x256 sees every lesion three times larger): refused with the fix unless ``check_scale=False``.
-:class:`Ensemble` averages the probabilities of several checkpoints of one task.
-
-``temperature`` (temperature scaling, Guo et al. 2017) divides the logits before the
-sigmoid/softmax: the classes stay, the probabilities soften (T > 1) or sharpen. By default
-(``inference.temperature=auto``) it is the one ``make calibrate`` stored beside the checkpoint
-(:func:`lightseg.checkpoints.read_temperature`), 1 without one; an ensemble's members each
-use their own. It applies to each view before TTA averages them, as ``make calibrate`` fits it.
+:class:`Segmenter` turns images into class probabilities at their own resolution: ``whole``
+resizes to the training size, ``slide`` averages training-size windows at the image's own scale;
+a mode that would show the model a scale it never saw is refused (``check_scale``). ``temperature``
+(make calibrate's, by default) divides each view's logits. :class:`Ensemble` averages checkpoints.
 """
 
 from __future__ import annotations
@@ -40,11 +31,8 @@ SCALE_LIMIT = 1.5
 
 @dataclass
 class Views:
-    """One image's probabilities [C, H, W] averaged over ``count`` predictions (TTA views,
-    ensemble members), and ``entropy``: the mean over those predictions of each one's own
-    uncertainty (:func:`~lightseg.tools.uncertainty.mean_entropy`). The uncertainty of the
-    average minus ``entropy`` is how much the predictions disagree (the mutual information),
-    kept as a number so that no prediction has to be held."""
+    """One image's probabilities [C, H, W] averaged over ``count`` predictions and ``entropy``,
+    the mean of their own uncertainties (kept so that no prediction has to be held)."""
 
     probabilities: np.ndarray
     count: int
@@ -53,13 +41,8 @@ class Views:
 
 @dataclass
 class Segmenter:
-    """Class probabilities for images of any size. ``image_size``: the input of ``whole`` mode
-    and the window of ``slide`` (default: the training size); ``stride``: the window step
-    (default: two thirds of it); ``flip``, ``scales``: test-time augmentations, averaged over;
-    ``window_weights``: how overlapping windows blend, ``mean`` or ``gaussian`` (nnU-Net's and
-    MONAI's importance weighting, sigma 1/8 of the window: window borders, which see the least
-    context, count less); ``temperature``: what the logits are divided by (see the module
-    docs)."""
+    """Class probabilities for images of any size (configs/inference/default.yaml documents the
+    options; ``gaussian`` window weights are nnU-Net's and MONAI's, sigma 1/8 of the window)."""
 
     module: SegmentationModule
     image_size: Sequence[int] | None = None
@@ -73,22 +56,19 @@ class Segmenter:
     temperature: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.mode not in ("whole", "slide"):
-            raise LightsegError(f"inference.mode='{self.mode}' is unknown: use whole or slide.")
-        if self.window_weights not in ("mean", "gaussian"):
-            raise LightsegError(
-                f"inference.window_weights='{self.window_weights}' is unknown: use mean or "
-                "gaussian."
-            )
+        for key, known in (("mode", ("whole", "slide")), ("window_weights", ("mean", "gaussian"))):
+            if getattr(self, key) not in known:
+                raise LightsegError(
+                    f"inference.{key}='{getattr(self, key)}' is unknown: use {' or '.join(known)}."
+                )
         self.passes = 0  # network passes over an image (all its windows in slide mode), for eval
         self.input, self.task = model_input(self.module), self.module.task
         size = self.image_size or self.input.image_size
         self.image_size = (int(size[0]), int(size[1]))
-        self.multiple = self.input.multiple
-        if any(side % self.multiple for side in self.image_size):
+        if any(side % self.input.multiple for side in self.image_size):
             raise LightsegError(
                 f"inference.image_size={list(self.image_size)}: this network takes image sides "
-                f"that are multiples of {self.multiple}."
+                f"that are multiples of {self.input.multiple}."
             )
         stride = self.stride or [max(1, math.ceil(side * 2 / 3)) for side in self.image_size]
         self.stride = (int(stride[0]), int(stride[1]))
@@ -134,7 +114,6 @@ class Segmenter:
         views = self.views(self.normalize(image))
         return (sum(views.values()) / len(views))[0].cpu().numpy()
 
-    @torch.no_grad()
     def views(self, images: torch.Tensor) -> dict[tuple[float, bool], torch.Tensor]:
         """Probabilities [N, C, H, W] of each test-time augmentation, keyed (scale, flipped)."""
         self.refuse_unseen_scale(*images.shape[-2:])
@@ -145,20 +124,13 @@ class Segmenter:
             views[scale, flipped] = probabilities.flip(-1) if flipped else probabilities
         return views
 
-    def with_and_without_tta(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Probabilities [C, H, W] without TTA and averaged over TTA (None when off)."""
-        plain, augmented = self.views_with_and_without_tta(image)
-        return plain.probabilities, augmented.probabilities if augmented else None
-
     def views_with_and_without_tta(self, image: np.ndarray) -> tuple[Views, Views | None]:
-        """:class:`Views` without TTA and over TTA (None when off); the plain view, part of
-        most TTA settings, is computed once for both."""
+        """:class:`Views` without TTA and over TTA (None when off), sharing the plain view."""
         images = self.normalize(image)
         views = self.views(images)
         plain = views.get((1.0, False))
         if plain is None:  # no scale is 1: the plain view is one more pass
-            with torch.no_grad():
-                plain = self.probabilities(self.logits(images))
+            plain = self.probabilities(self.logits(images))
         alone = Views(plain[0].cpu().numpy(), 1, mean_entropy(plain[0]))
         if not self.augmented:
             return alone, None
@@ -170,36 +142,34 @@ class Segmenter:
         """Class probabilities [N, C, H, W] of logits, divided by the temperature first."""
         return self.task.probabilities(logits / self.temperature)
 
-    def seen_scale(self, height: int, width: int, scale: float = 1.0) -> float:
-        """How many times larger (> 1) or smaller the network sees an image of this size than
-        training showed it, on the side where the two differ most."""
-        ratios = []
-        sides = zip((height, width), self.input.image_size, self.image_size, strict=True)
-        for side, trained, used in sides:
-            at_inference = used * scale / side if self.mode == "whole" else scale
-            ratios.append(at_inference / (trained / side if self.input.mode == "whole" else 1.0))
-        return max(ratios, key=lambda ratio: abs(math.log(ratio)))
-
     def refuse_unseen_scale(self, height: int, width: int) -> None:
-        """The error of :attr:`check_scale` (see the module docs)."""
+        """Refuse a mode other than the trained one if every scale would show the network
+        images over ``SCALE_LIMIT`` times larger or smaller than training did."""
         trained = self.input.mode
         if not self.check_scale or trained not in ("whole", "slide") or trained == self.mode:
             return
-        ratio = min(
-            (self.seen_scale(height, width, s) for s in self.scales), key=lambda r: abs(math.log(r))
-        )
-        if 1 / SCALE_LIMIT <= ratio <= SCALE_LIMIT:
+        # per side, the seen scale at scale 1: whole resizes to image_size; slide keeps the
+        # image's own scale where training resized it to the training size
+        sides = zip((height, width), self.input.image_size, self.image_size, strict=True)
+        base = [
+            used / side if self.mode == "whole" else side / train for side, train, used in sides
+        ]
+
+        def off(ratio: float) -> float:
+            return abs(math.log(ratio))
+
+        ratio = min((max((s * b for b in base), key=off) for s in self.scales), key=off)
+        if off(ratio) <= math.log(SCALE_LIMIT):
             return
         train_h, train_w = self.input.image_size
-        how = "larger" if ratio > 1 else "smaller"
         if self.mode == "slide":
             what = (
                 f"inference.mode=slide runs the network on this {width}x{height} image at its own "
                 f"scale, but the model was trained on whole images resized to {train_w}x{train_h}"
             )
             fix = (
-                f"inference.scales=[{1 / self.seen_scale(height, width):.2g}] to slide over "
-                "images shrunk to about the training scale, "
+                f"inference.scales=[{1 / max(base, key=off):.2g}] to slide over images shrunk to "
+                "about the training scale, "
             )
         else:
             what = (
@@ -210,17 +180,21 @@ class Segmenter:
             fix = ""
         raise LightsegError(
             f"{what} (its checkpoint's inference.mode={trained}): it would see everything "
-            f"{max(ratio, 1 / ratio):.1f}x {how} than in training, a scale it never learned. Use "
-            f"inference.mode=auto ({trained} for this model), or {fix}or "
-            f"inference.check_scale=false to run inference.mode={self.mode} anyway."
+            f"{max(ratio, 1 / ratio):.1f}x {'larger' if ratio > 1 else 'smaller'} than in "
+            f"training, a scale it never learned. Use inference.mode=auto ({trained} for this "
+            f"model), or {fix}or inference.check_scale=false to run inference.mode={self.mode} "
+            "anyway."
         )
 
+    @torch.no_grad()
     def logits(self, images: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
         """Logits [N, out_channels, H, W] at the input's resolution, for one scale."""
         self.passes += 1
         height, width = images.shape[-2:]
         if self.mode == "whole":
-            size = tuple(nearest_multiple(side * scale, self.multiple) for side in self.image_size)
+            size = tuple(
+                nearest_multiple(side * scale, self.input.multiple) for side in self.image_size
+            )
             logits = logits_of(self.module(_resize(images, size))).float()
         else:
             size = (max(1, round(height * scale)), max(1, round(width * scale)))
@@ -228,11 +202,10 @@ class Segmenter:
         return _resize(logits, (height, width))
 
     def _slide(self, images: torch.Tensor) -> torch.Tensor:
-        """Average (weighted) the logits of overlapping windows; images smaller than one are
-        padded."""
+        """Weighted mean of overlapping windows' logits; a smaller image is padded with 0 (the
+        mean colour once normalised), as training pads."""
         (window_h, window_w), (step_h, step_w) = self.image_size, self.stride
         height, width = images.shape[-2:]
-        # Padding with 0 in normalised space is the mean colour, as training pads.
         padded = F.pad(images, (0, max(0, window_w - width), 0, max(0, window_h - height)))
         full_h, full_w = padded.shape[-2:]
         boxes = list(product(_starts(full_h, window_h, step_h), _starts(full_w, window_w, step_w)))
@@ -256,8 +229,7 @@ class Segmenter:
 
 
 def gaussian_weights(window: Sequence[int]) -> torch.Tensor:
-    """[H, W] weights of a window's pixels: a Gaussian centred on it, sigma 1/8 of each side
-    (nnU-Net, MONAI), at most 1; never 0, so every pixel is covered."""
+    """[H, W] weights: a centred Gaussian, sigma 1/8 of each side, in (0, 1]."""
     axes = [
         torch.exp(-0.5 * ((torch.arange(side) - (side - 1) / 2) / (side / 8)) ** 2)
         for side in window
@@ -278,14 +250,13 @@ def _resize(tensor: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
 
 def build_segmenter(module: SegmentationModule, inference: dict | None = None) -> Segmenter:
-    """A :class:`Segmenter` from the ``inference`` config (configs/inference/default.yaml)."""
+    """A :class:`Segmenter` from the ``inference`` config; ``mode=auto``: the checkpoint's."""
     options = dict(inference or {})
     mode = options.pop("mode", "auto")
     if mode in (None, "auto"):
         mode = (module.hparams.get("inference") or {}).get("mode", "whole")
     known = {field.name for field in fields(Segmenter)} - {"module", "mode"}
-    unknown = sorted(set(options) - known)
-    if unknown:
+    if unknown := sorted(set(options) - known):
         raise LightsegError(
             f"Unknown inference option(s) {unknown}; available: mode, {', '.join(sorted(known))} "
             "(configs/inference/default.yaml)."
@@ -296,8 +267,7 @@ def build_segmenter(module: SegmentationModule, inference: dict | None = None) -
 
 class Ensemble:
     """Several checkpoints of one task as one model: each member's probabilities (after its own
-    TTA) averaged at the image's resolution. The first member stands for the task, the input and
-    the metrics; the interface is :class:`Segmenter`'s that eval and predict use."""
+    TTA) averaged. The first member stands for the task, the input and the inference settings."""
 
     def __init__(self, members: Sequence[Segmenter], paths: Sequence[str | Path]) -> None:
         self.members, self.paths = list(members), [str(path) for path in paths]
@@ -320,7 +290,6 @@ class Ensemble:
                 )
 
     def __getattr__(self, name: str):
-        """Inference settings (mode, flip, ...) as the first member has them."""
         if name == "members":  # not set yet (a copy being made)
             raise AttributeError(name)
         return getattr(self.members[0], name)
@@ -335,27 +304,21 @@ class Ensemble:
 
     @property
     def temperature(self) -> list[float]:
-        """Each member's own."""
         return [member.temperature for member in self.members]
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         return sum(member(image) for member in self.members) / len(self.members)
 
-    def with_and_without_tta(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        plain, augmented = self.views_with_and_without_tta(image)
-        return plain.probabilities, augmented.probabilities if augmented else None
-
     def views_with_and_without_tta(self, image: np.ndarray) -> tuple[Views, Views | None]:
-        """The members' :class:`Views` pooled: probabilities averaged over members (each after
-        its own TTA), the entropy over every member's every view."""
+        """The members' :class:`Views` :func:`pooled`, each member's after its own TTA."""
         pairs = [member.views_with_and_without_tta(image) for member in self.members]
         plain = pooled([p for p, _ in pairs])
         return plain, pooled([a or p for p, a in pairs]) if self.augmented else None
 
 
 def pooled(views: Sequence[Views]) -> Views:
-    """Several predictions' :class:`Views` as one: probabilities averaged (each counts once),
-    the entropy averaged over all their predictions."""
+    """Several :class:`Views` as one: probabilities averaged (each counts once), the entropy
+    over all their predictions."""
     count = sum(view.count for view in views)
     return Views(
         sum(view.probabilities for view in views) / len(views),
@@ -365,8 +328,8 @@ def pooled(views: Sequence[Views]) -> Views:
 
 
 def checkpoint_paths(given) -> list[Path]:
-    """``ckpt_path`` as files: one, several (comma-separated or a list), or a folder of runs
-    (every ``checkpoints/best.ckpt`` below it; a run's own folder is refused as before)."""
+    """``ckpt_path`` as files: one, several (comma-separated or a list), or every
+    ``checkpoints/best.ckpt`` in a folder of runs (a run's own folder stays as given)."""
     single = given is None or isinstance(given, str | Path)
     names = str(given or "").split(",") if single else [str(name) for name in given]
     paths = []
@@ -384,8 +347,7 @@ def checkpoint_paths(given) -> list[Path]:
 def load_segmenter(
     given, device: str | torch.device, inference: dict | None = None
 ) -> Segmenter | Ensemble:
-    """The :class:`Segmenter` of ``ckpt_path``, or the :class:`Ensemble` of several; each with
-    its checkpoint's stored temperature unless ``inference.temperature`` gives a number."""
+    """The :class:`Segmenter` of ``ckpt_path``, or the :class:`Ensemble` of several."""
     paths, options = checkpoint_paths(given), dict(inference or {})
     chosen = options.pop("temperature", "auto")
     members = [

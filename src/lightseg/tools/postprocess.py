@@ -1,8 +1,5 @@
-"""Post-processing of per-pixel class probabilities: the fully connected CRF.
-
-Krähenbühl & Koltun (NeurIPS 2011) mean-field inference with a smoothness kernel (position)
-and an appearance kernel (position and colour), as DeepLab v1/v2 applied it to network
-outputs; computed by the ``pydensecrf2`` package (``pip install -e '.[crf]'``).
+"""The fully connected CRF (Krähenbühl & Koltun 2011) on class probabilities, as DeepLab v1/v2
+applied it: a smoothness and an appearance kernel, by ``pydensecrf2`` (``pip install -e '.[crf]'``).
 """
 
 from __future__ import annotations
@@ -36,12 +33,10 @@ def dense_crf(
     bilateral_srgb: float = 3,
     bilateral_compat: float = 4,
 ) -> np.ndarray:
-    """Refine ``probabilities`` [C, H, W] (summing to 1 over C; binary: background and
-    foreground) with the colours of ``image``, uint8 [H, W, 3] RGB at their resolution; returns
-    float32 [C, H, W]. Defaults: DeepLab v2 (ResNet-101) on VOC."""
+    """Refine ``probabilities`` [C, H, W] (summing to 1 over C) with the colours of ``image``,
+    uint8 [H, W, 3] RGB; returns float32 [C, H, W]. Defaults: DeepLab v2 (ResNet-101) on VOC."""
     densecrf = _densecrf()
-    probabilities = np.asarray(probabilities, dtype=np.float32)
-    image = np.asarray(image)
+    probabilities, image = np.asarray(probabilities, dtype=np.float32), np.asarray(image)
     if probabilities.ndim != 3 or probabilities.shape[0] < 2:
         raise LightsegError(
             f"dense_crf needs probabilities [C, H, W] with C >= 2, got {probabilities.shape}."
@@ -53,10 +48,8 @@ def dense_crf(
             f"probabilities belong to, got {image.dtype} {list(image.shape)}."
         )
     crf = densecrf.DenseCRF2D(width, height, classes)
-    # Unary energy: -log p, with p clipped so that certain zeros stay finite.
-    crf.setUnaryEnergy(
-        np.ascontiguousarray(-np.log(np.clip(probabilities, 1e-8, 1.0)).reshape(classes, -1))
-    )
+    unary = -np.log(np.clip(probabilities, 1e-8, 1.0))  # clipped: certain zeros stay finite
+    crf.setUnaryEnergy(np.ascontiguousarray(unary.reshape(classes, -1)))
     crf.addPairwiseGaussian(sxy=gaussian_sxy, compat=gaussian_compat)
     crf.addPairwiseBilateral(
         sxy=bilateral_sxy,
@@ -72,12 +65,11 @@ CRF_PARAMS = set(inspect.signature(dense_crf).parameters) - {"image", "probabili
 
 
 class DenseCRF:
-    """``dense_crf`` with fixed parameters (``instantiate(cfg.postprocess)``); creating it checks
-    them and the CRF package, so a run fails before it evaluates anything."""
+    """``dense_crf`` with fixed parameters (``instantiate(cfg.postprocess)``), checked with the
+    CRF package on creation, so a run fails before it evaluates anything."""
 
     def __init__(self, **params: float) -> None:
-        unknown = sorted(set(params) - CRF_PARAMS)
-        if unknown:
+        if unknown := sorted(set(params) - CRF_PARAMS):
             raise LightsegError(
                 f"Unknown dense-CRF parameter(s) {unknown} in the postprocess config; "
                 f"available: {', '.join(sorted(CRF_PARAMS))}."

@@ -4,18 +4,10 @@
     make predict CKPT=best.ckpt INPUT=photos/ OUTPUT=masks/ ARGS="effect=color-splash"
     make predict CKPT=a.ckpt,b.ckpt INPUT=... OUTPUT=...     (an ensemble, as make eval takes)
 
-For every image: ``<name>_mask.png`` (class indices in a palette PNG), ``<name>_overlay.png``,
-with ``probabilities=true`` (binary models) ``<name>_prob.png``, with
-``effect=background|color-splash`` ``<name>_<effect>.png`` (:mod:`lightseg.tools.effects`), and
-with ``maps=[probability,uncertainty]`` 16-bit grayscale maps (0..65535 for 0..1):
-``<name>_probability.png``, the foreground probability (binary) or the winning class's
-(multiclass), and ``<name>_uncertainty.png``, each pixel's normalised entropy
-(:mod:`lightseg.tools.uncertainty`).
-``recursive=true`` also reads subfolders.
-
-Images are read by training's own reader with the checkpoint's channel count; a 3-channel (RGB)
-model also takes grayscale, RGBA and palette images as a photo viewer shows them. A file that
-cannot be read so is skipped and listed with the reason; if none can, the command fails.
+Writes ``<name>_mask.png`` and ``<name>_overlay.png`` per image, and on request the foreground
+probability, 16-bit probability and uncertainty ``maps`` and portrait effects (README.md). Images
+are read as training reads them; a 3-channel model also takes grayscale, RGBA and palette images.
+Unreadable files are skipped and listed.
 """
 
 from __future__ import annotations
@@ -34,6 +26,7 @@ from rich.progress import track
 
 from lightseg.config import app, plain
 from lightseg.data.pixels import TIFF_SUFFIXES, read_image
+from lightseg.data.source import listing
 from lightseg.errors import LightsegError, disk_full, no_room
 from lightseg.tools.effects import EFFECTS, Backdrop, apply_effect, background_pixels
 from lightseg.tools.inference import load_segmenter
@@ -46,7 +39,6 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 #: PIL modes of 16-bit and float grayscale images, which an RGB conversion would clip.
 DEEP_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
 KINDS = {1: " (grayscale)", 2: " (grayscale + alpha)", 3: " (RGB)", 4: " (RGBA or 4 bands)"}
-SHOWN = 10  # skipped files named in an error
 #: ``maps`` options: what each 16-bit map of an image's probabilities [C, H, W] holds.
 MAPS = {
     "probability": lambda p: p[1] if len(p) == 2 else p.max(0),
@@ -240,22 +232,14 @@ def predict(cfg: DictConfig) -> PredictionSummary:
                 ) from None
             summary.written.append(target)
         summary.images += 1
-    if not summary.images and created:
-        output.rmdir()  # nothing was predicted: leave no empty folder behind
-    report(summary, output, Path(cfg.input))
-    return summary
-
-
-def report(summary: PredictionSummary, output: Path, source: Path) -> None:
     skipped = [f"{path}: {why}" for path, why in summary.skipped]
     if not summary.images:
-        more = len(skipped) - SHOWN
+        if created:
+            output.rmdir()  # nothing was predicted: leave no empty folder behind
         raise LightsegError(
-            f"No image of input='{source}' could be predicted; every file was skipped: "
-            + "; ".join(skipped[:SHOWN])
-            + (f"; ... and {more} more" if more > 0 else "")
-            + ". Give images this model can read: the file types and channel count it was "
-            "trained on."
+            f"No image of input='{Path(cfg.input)}' could be predicted; every file was skipped: "
+            f"{listing(skipped, separator='; ')}. Give images this model can read: the file "
+            "types and channel count it was trained on."
         )
     console.print(
         f"Predicted {summary.images} image(s); wrote {len(summary.written)} file(s) to "
@@ -265,6 +249,7 @@ def report(summary: PredictionSummary, output: Path, source: Path) -> None:
         console.print(f"[yellow]Skipped {len(skipped)} file(s):[/]")
         for line in skipped:
             console.print(f"  {line}", soft_wrap=True, markup=False)
+    return summary
 
 
 @app("predict")

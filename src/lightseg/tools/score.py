@@ -2,18 +2,13 @@
 
     make score PRED=<folder of masks> NAME=nnunet RUN=logs/demo/runs/<time>
 
-The masks are read by ``data=folder``'s rules (class indices, 0/1 or 0/255 for two classes, or
-colours through ``palette``), one per image of the split, named ``<id>.<ext>`` (``mask_pattern``;
-other files are ignored), and scored with the run's metric objects at each image's own
-resolution, as ``make eval`` scores a checkpoint. They become a run of their own inside the run,
-``<run>/baselines/<NAME>/`` (the run's config named NAME, and ``eval/<split>_<time>/`` as
-``make eval`` writes it), so ``make table RUNS=<run or its parent> ARGS="eval=true"`` shows them
-as a row (``name=NAME``) paired with the run's images.
+The masks (``<id>.<ext>``, read by ``data=folder``'s rules) are scored as ``make eval`` scores a
+checkpoint and become a run of their own, ``<run>/baselines/<NAME>/``, so that ``make table
+ARGS="eval=true"`` shows them as a row paired with the run's images.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 from datetime import datetime
 from pathlib import Path
@@ -33,11 +28,9 @@ from lightseg.errors import LightsegError
 from lightseg.metrics import build_metrics, metrics_for
 from lightseg.runs import RunFolder
 from lightseg.runs.folder import HYDRA, SPLITS
-from lightseg.runs.per_image import write_per_image
 from lightseg.runs.protocol import card
-from lightseg.tools.eval import Scores, print_report, staged, write_per_class
+from lightseg.tools.eval import Scores, print_report, staged, write_scores
 from lightseg.utils.console import console
-from lightseg.visualize import confusion_figure
 
 BASELINES = "baselines"  # <run>/baselines/<name>/: one run folder per scored set of masks
 
@@ -137,21 +130,9 @@ def score(cfg: DictConfig) -> dict:
         # inference None: the masks are the other method's own, paired with any inference
         "protocol": card(datamodule, split, samples, "native", metrics, None, None, None),
     }
-    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    strata = {sample.id: sample.stratum for sample in samples}  # per_image.csv: make table --by
-    folder = baseline.evaluations / f"{split}_{stamp}"
+    folder = baseline.evaluations / f"{split}_{datetime.now().strftime('%Y-%m-%d_%H-%M-%S')}"
     with staged(folder, "the scores", "") as staging:
-        (staging / "eval.json").write_text(json.dumps(report, indent=2))
-        write_per_class(staging / "per_class.csv", report)
-        write_per_image(
-            staging / "per_image.csv",
-            (
-                {"id": i, "variant": name, "stratum": strata[i], **values}
-                for i, values in scores.per_image
-            ),
-        )
-        figure = confusion_figure(scores.confusion.numpy(), task.classes, f"{split}: {name}")
-        figure.savefig(staging / "confusion_matrix.png", dpi=120)
+        write_scores(staging, report, {name: scores}, samples)
     print_report(report)
     console.print(f"Scores written to {folder}", soft_wrap=True)
     return {**report, "output_dir": str(folder)}

@@ -1,17 +1,11 @@
 """How sure a model is of each image, and whether that sureness ranks its errors.
 
-:func:`normalized_entropy` is the predictive entropy of each pixel's class probabilities divided
-by log(C), so that 0 is a one-hot prediction and 1 the uniform one whatever the class count;
-its mean over an image's pixels is the image's ``uncertainty`` in ``make eval``'s
-``per_image.csv`` and ``<name>_uncertainty.png`` in ``make predict``. Where several predictions
-of an image are averaged (TTA views, ensemble members), their ``disagreement`` is the mutual
-information, the entropy of the average minus the mean entropy of each prediction (the
-epistemic part of BALD, Houlsby et al. 2011), normalised the same way.
-
-:func:`coverage_curve` is the selective-prediction view of it (Geifman & El-Yaniv 2017): a
-reviewer who accepts only the k most certain of N images gets their mean Dice; if uncertainty
-ranks the failures last, the curve falls from left to right, and its area approaches the oracle
-(the images sorted by their own Dice).
+:func:`normalized_entropy`: each pixel's predictive entropy over log(C), 0 for one-hot and 1 for
+uniform whatever C; its image mean is ``uncertainty`` (make eval's per_image.csv, make predict's
+``<name>_uncertainty.png``). Over several averaged predictions (TTA views, ensemble members)
+``disagreement`` is the mutual information, the epistemic part of BALD (Houlsby et al. 2011).
+:func:`coverage_curve` is the selective-prediction view (Geifman & El-Yaniv 2017): the mean Dice
+of the k most certain images; its area nears the oracle's if uncertainty ranks failures last.
 """
 
 from __future__ import annotations
@@ -57,10 +51,8 @@ def coverage_curve(uncertainty: Sequence[float], values: Sequence[float]) -> dic
         "area": float(kept.mean()),
         "oracle_area": float(oracle.mean()),
         "full": float(kept[-1]),
-        "curve": [[float(c), float(m)] for c, m in zip(count / len(pairs), kept, strict=True)],
-        "oracle_curve": [
-            [float(c), float(m)] for c, m in zip(count / len(pairs), oracle, strict=True)
-        ],
+        "curve": np.stack([count / len(pairs), kept], 1).tolist(),
+        "oracle_curve": np.stack([count / len(pairs), oracle], 1).tolist(),
     }
 
 
@@ -72,23 +64,13 @@ def coverage_figure(coverage: dict[str, dict], title: str):
     figure = Figure(figsize=(6, 4.5))
     axes = figure.add_subplot()
     for index, (variant, entry) in enumerate(coverage.items()):
-        color = f"C{index}"
-        axes.plot(
-            *np.array(entry["curve"]).T, color=color, label=f"{variant} (area {entry['area']:.3f})"
-        )
-        axes.plot(
-            *np.array(entry["oracle_curve"]).T,
-            color=color,
-            linestyle="--",
-            label=f"{variant} oracle (area {entry['oracle_area']:.3f})",
-        )
-        axes.axhline(
-            entry["full"],
-            color=color,
-            linestyle=":",
-            linewidth=1,
-            label=f"{variant} all images ({entry['full']:.3f})",
-        )
+        style = {"color": f"C{index}"}
+        label = f"{variant} (area {entry['area']:.3f})"
+        axes.plot(*np.array(entry["curve"]).T, **style, label=label)
+        label = f"{variant} oracle (area {entry['oracle_area']:.3f})"
+        axes.plot(*np.array(entry["oracle_curve"]).T, **style, linestyle="--", label=label)
+        label = f"{variant} all images ({entry['full']:.3f})"
+        axes.axhline(entry["full"], **style, linestyle=":", linewidth=1, label=label)
     metric = next(iter(coverage.values()))["metric"]
     axes.set(
         xlabel="coverage: share of images kept, most certain first",
