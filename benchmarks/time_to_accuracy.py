@@ -171,7 +171,7 @@ def plain_time(
         history.append(pooled_dice(net, val_loader, device))
         if history[-1] >= target:
             return {"seconds": time.perf_counter() - start, "epoch": epoch, "val_dice": history}
-    result = {"seconds": None, "epoch": None, "val_dice": history}
+    result = {"seconds": None, "epoch": None, "val_dice": history, "steps": epochs * len(loader)}
     if test:
         tested = PlainDataset(datamodule, "test", A.Compose([resize, *finish]))
         loader = DataLoader(tested, batch_size=PLAIN["batch_size"], num_workers=workers)

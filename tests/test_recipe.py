@@ -227,3 +227,19 @@ def test_demo_hard_lesions_span_5_to_70_percent_and_touch_borders(tmp_path):
     image, mask = hard.read(hard.find()[0])  # in PH2's layout, read by the PH2 reader
     assert image.dtype == np.uint8 and image.shape[:2] == mask.shape
     assert not np.array_equal(image, plain_demo.read(plain_demo.find()[0])[0])
+
+
+@pytest.mark.slow
+def test_the_plan_reaches_the_hand_recipe_on_the_demo_in_the_same_steps(tmp_path, data_dir):
+    """recipe=auto within 0.01 test Dice of the demo's hand recipe at its number of steps, as
+    ``make bench ARGS="--parts recipe --recipe-on demo --seeds 0"`` runs them (the bench's
+    plain reference loop beside them; more seeds and demo_hard: the bench, README)."""
+    from benchmarks.recipe import PLAIN_EPOCHS, recipe_rows
+
+    given = [f"paths.data_dir={data_dir}", "trainer.accelerator=cpu"]  # as measured (README)
+    hand, auto, plain = recipe_rows(["demo"], [0], tmp_path, given)
+    assert (hand["recipe"], auto["recipe"], plain["recipe"]) == ("hand", "auto", "plain")
+    assert hand["steps"] == auto["steps"] == "72"  # 12 epochs of 48 // 8 batches
+    assert plain["steps"] == str(PLAIN_EPOCHS * 3)  # batch 16 of 48 images
+    assert abs(float(auto["test/dice"]) - float(hand["test/dice"])) <= 0.01
+    assert float(hand["test/dice"]) > 0.9 and float(plain["test/dice"]) > 0.8

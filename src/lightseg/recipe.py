@@ -258,29 +258,29 @@ def settings(cfg: DictConfig) -> dict[str, Any]:
     return plain(OmegaConf.merge(default, cfg.get("recipe") or {}))
 
 
-def make_plan(cfg: DictConfig, overrides: list[str], compose) -> dict[str, Any]:
-    """Fingerprint the training split of ``cfg``'s data and plan (what plan.yaml holds)."""
+def make_plan(cfg: DictConfig, overrides: list[str], compose, folder: Path) -> dict[str, Any]:
+    """Fingerprint the training split of ``cfg``'s data and plan (what plan.yaml holds); a
+    range test (``recipe.lr_find``) writes its curve to ``folder``."""
     recipe = settings(cfg)
     datamodule = instantiate(cfg.data, _convert_="all")
     fp = fingerprint(datamodule, recipe.get("orientation_free"))
     info = network_info(plain(cfg.model), fp.channels, datamodule.task.out_channels)
     lines = plan(fp, recipe["budget"], info)
     if recipe.get("lr_find") and "optimizer.lr" not in {key_of(o) for o in overrides}:
-        lines = range_test(lines, compose([*map(as_override, lines), *overrides]))
+        lines = range_test(lines, compose([*map(as_override, lines), *overrides]), folder)
     return {"lines": lines, "fingerprint": asdict(fp)}
 
 
-def range_test(lines: list[dict[str, Any]], planned: DictConfig) -> list[dict[str, Any]]:
+def range_test(lines: list[dict[str, Any]], planned: DictConfig, folder: Path) -> list[dict]:
     """``lines`` with the learning rate of Lightning's range test (``make lr-find``'s, with
-    configs/lr_find.yaml's settings) on the ``planned`` config; the curve goes to
-    ``<run folder>/lr_find/``."""
+    configs/lr_find.yaml's settings) on the ``planned`` config; its curve goes to ``folder``."""
     from lightseg.lr_find import lr_find
 
     tested = copy.deepcopy(planned)
     with open_dict(tested):
         default = OmegaConf.load(Path(CONFIG_DIR) / "lr_find.yaml").lr_find
         tested.lr_find = OmegaConf.merge(default, planned.get("lr_find") or {})  # +lr_find.*
-        tested.paths.output_dir = str(Path(planned.paths.output_dir) / "lr_find")
+        tested.paths.output_dir = str(folder)
         tested.logger = tested.callbacks = None  # a range test is not a run to log
     suggestion = lr_find(tested)["suggestion"]
     ruled = next(e for e in lines if e["key"] == "optimizer.lr")
@@ -319,7 +319,7 @@ def with_plan(cfg: DictConfig, overrides: list[str], compose) -> DictConfig:
     if recipe.get("plan") or saved.is_file():
         planned = read_plan(recipe.get("plan") or saved)
     else:
-        planned = make_plan(cfg, overrides, compose)
+        planned = make_plan(cfg, overrides, compose, saved.parent / "lr_find")
     given = {key_of(o) for o in overrides}
     chosen = tuple(f"{g}." for g in given if g in GROUPS)
     kept = [
@@ -341,9 +341,9 @@ def main(cfg: DictConfig) -> None:
     """``make plan``: write the plan to ``recipe.plan`` (default plan.yaml) and show it."""
     from rich.table import Table
 
-    overrides = list(HydraConfig.get().overrides.task)
-    planned = make_plan(cfg, overrides, lambda o: compose(HydraConfig.get().job.config_name, o))
-    path = Path(settings(cfg).get("plan") or "plan.yaml")
+    overrides, name = list(HydraConfig.get().overrides.task), HydraConfig.get().job.config_name
+    path = Path(settings(cfg).get("plan") or "plan.yaml")  # a range test's curve: beside it
+    planned = make_plan(cfg, overrides, lambda o: compose(name, o), path.parent / "lr_find")
     path.write_text(yaml.safe_dump(planned, sort_keys=False, width=100))
     table = Table("override", "why", title=f"Plan of {cfg.name} ({path})")
     for entry in planned["lines"]:
