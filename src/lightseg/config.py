@@ -1,8 +1,5 @@
-"""The composed config: :func:`validate` checks the keys and value types of every ``_target_``
-node against the signature it names (ranges are the classes' own business) before any work;
-the resolvers the configs use; the command line (:func:`app`), which adds the nearest valid key
-or option to Hydra's message, worked out on the failure path only.
-"""
+"""The composed config: :func:`validate` checks every ``_target_`` node's keys and value types
+(ranges are the classes' business) before any work; the configs' resolvers; the command line."""
 
 from __future__ import annotations
 
@@ -36,9 +33,8 @@ from lightseg.runs import RunFolder, resume
 
 #: Hydra's own keys in a ``_target_`` node.
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
-#: Values that lightseg replaces by numbers from the training split before anything is built
-#: (lightseg.data.statistics.resolve_auto), whatever the key's type: ``class_weights`` and
-#: ``pos_weight`` of any loss term, ``data.mean``/``data.std``.
+#: Values replaced by numbers from the training split before anything is built, whatever the
+#: key's type (lightseg.data.statistics.resolve_auto).
 FROM_TRAINING_SPLIT = {"class_weights": ("auto", "median", "inverse"), "pos_weight": ("auto",)}
 RESOLVED_LATER = {value for values in FROM_TRAINING_SPLIT.values() for value in values}
 UNKNOWN_KEY = re.compile(
@@ -66,34 +62,29 @@ def image_size_hw(value: Any, key: str = "data.image_size") -> tuple[int, int]:
 def register_resolvers() -> None:
     """``${height_of:size}`` and ``${width_of:size}``: either form of ``data.image_size``;
     ``${run_folder:...}`` and ``${hydra_record:...}``: the run folder (configs/hydra/)."""
-    resolvers = {  # name: (resolver, cached)
-        "height_of": (lambda size: image_size_hw(size)[0], False),
-        "width_of": (lambda size: image_size_hw(size)[1], False),
-        "hydra_record": (resume.hydra_record, False),
-        "run_folder": (resume.run_folder, True),  # it creates the folder: once a composition
+    resolvers = {
+        "height_of": lambda size: image_size_hw(size)[0],
+        "width_of": lambda size: image_size_hw(size)[1],
+        "hydra_record": resume.hydra_record,
+        "run_folder": resume.run_folder,
     }
-    for name, (resolver, cached) in resolvers.items():
-        if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, resolver, use_cache=cached)
+    for name, resolver in resolvers.items():
+        if not OmegaConf.has_resolver(name):  # run_folder creates the folder: once a composition
+            OmegaConf.register_new_resolver(name, resolver, use_cache=name == "run_folder")
 
 
 def plain(node: Any) -> Any:
     """A resolved config node as plain Python containers (what checkpoints and JSON store)."""
-    if isinstance(node, DictConfig | ListConfig):
-        return OmegaConf.to_container(node, resolve=True)
-    return node
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
 def validate(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> None:
     """Check every ``_target_`` node's keys and value types; raise one clear LightsegError."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
-        hint = (
-            " model=custom needs the dotted path of your network class: "
-            "model._target_=<package.module.Class>."
-            if "model._target_" in missing
-            else ""
-        )
+        hint = ""
+        if "model._target_" in missing:
+            hint = " model=custom needs your network class: model._target_=<package.module.Class>."
         raise LightsegError(
             f"Required config value(s) not set (???): {', '.join(missing)}. Set them on the "
             f"command line (key=value) or in your config file.{hint}"
@@ -136,10 +127,10 @@ def check_node(path: str, node: dict, choices: Mapping[str, str] | None = None) 
     unknown = [] if takes_any else [k for k in given if k not in parameters]
     if unknown:
         keys = ", ".join(f"{path}.{k}" for k in unknown)
-        accepted = [n for n, p in parameters.items() if p.kind is not p.VAR_POSITIONAL]
+        accepted = [n for n, p in parameters.items() if p.kind != p.VAR_POSITIONAL and n != "self"]
         raise LightsegError(
             f"{keys}: not a setting of {target}{where}. It takes: "
-            f"{', '.join(n for n in accepted if n != 'self') or 'nothing'}. Remove the key, "
+            f"{', '.join(accepted) or 'nothing'}. Remove the key, "
             "or choose the config group option it belongs to."
         )
     try:
@@ -167,10 +158,8 @@ def _matches(value: Any, hint: Any) -> bool | None:
     if origin is typing.Literal:
         return any(value == a and type(value) is type(a) for a in args)
     if origin is typing.Union or isinstance(hint, types.UnionType):
-        results = [_matches(value, a) for a in args]
-        if any(r is True for r in results):
-            return True
-        return False if all(r is False for r in results) else None
+        results = {_matches(value, a) for a in args}
+        return True if True in results else False if results == {False} else None
     if isinstance(hint, type) and hint in SCALARS:
         return isinstance(value, SCALARS[hint]) and (hint is bool or not isinstance(value, bool))
     if origin in (list, tuple, Sequence):  # typing.Sequence's origin too
@@ -192,8 +181,7 @@ def _shown(value: Any) -> str:
 def compose_config(
     overrides: Sequence[str] = (), config_name: str = "train", hydra: bool = False
 ) -> DictConfig:
-    """``configs/<config_name>.yaml`` composed with ``overrides`` outside a Hydra app (the
-    benchmarks, explaining a failed command line); ``hydra``: with Hydra's own node."""
+    """``configs/<config_name>.yaml`` composed outside a Hydra app (``hydra``: with its node)."""
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose(config_name, list(overrides), return_hydra_config=hydra)
 
@@ -204,10 +192,10 @@ T = TypeVar("T")
 
 
 def app(config_name: str) -> Callable[[Callable[[DictConfig], T]], Callable[[], T | None]]:
-    """Hydra's app for ``configs/<config_name>.yaml``, the command line of every entry point:
-    a mistake ends in one paragraph and a non-zero exit (``HYDRA_FULL_ERROR`` hands Hydra's
-    errors here, to :func:`explain`). In a sweep (-m) a failed job is reported and the sweep goes
-    on (:class:`SweepJob`); the command then ends with a summary of the failed jobs."""
+    """Hydra's app for ``configs/<config_name>.yaml``, every entry point's command line: a mistake
+    ends in one paragraph and a non-zero exit (``HYDRA_FULL_ERROR`` hands Hydra's errors to
+    :func:`explain`). In a sweep (-m) a failed job is reported, the sweep goes on
+    (:class:`SweepJob`), and the command ends with a summary of the failed jobs."""
 
     def decorate(task: Callable[[DictConfig], T]) -> Callable[[], T | None]:
         jobs: list[SweepJob] = []  # this command's sweep jobs, in the order they ran
@@ -270,8 +258,8 @@ def app(config_name: str) -> Callable[[Callable[[DictConfig], T]], Callable[[], 
 
 
 class SweepFolder(HydraCallback):
-    """Notes the sweep's folder in the command's process (configs/hydra/default.yaml): where
-    a launcher's workers ran the jobs (SLURM), the summary reads how each ended from it."""
+    """Notes the sweep's folder (configs/hydra/default.yaml): where a launcher's workers ran the
+    jobs (SLURM), the summary reads how each ended from it."""
 
     path: str | None = None
 
@@ -309,8 +297,8 @@ def explain(error: HydraException, overrides: list[str], config_name: str) -> st
 
 
 def suggest_key(key: str, overrides: list[str], config_name: str) -> str:
-    """Where ``key`` belongs to another option of its group (``data.source.mask_pattern`` on
-    PH2), say so; else the closest key of this composition."""
+    """The other options of ``key``'s group that have it (``data.source.mask_pattern`` on PH2),
+    else the closest key of this composition."""
     group = key.split(".")[0]
     composed = _compose_what_works(overrides, config_name)
     chosen = OmegaConf.select(composed, f"hydra.runtime.choices.{group}", default=None)

@@ -42,9 +42,8 @@ class TrainingInterrupted(LightsegError):
 
 
 class TrialPruned(LightsegError):
-    """An Optuna trial stopped by its study's pruner (lightseg.callbacks.pruning): the run
-    ends with status ``pruned`` and the search goes on with its next trial. Not a failure:
-    the process says so in one line and exits 0."""
+    """An Optuna trial stopped by its study's pruner (lightseg.callbacks.pruning): not a failure,
+    said in one line, exit code 0; the search goes on with its next trial."""
 
     exit_code = 0
 
@@ -52,8 +51,7 @@ class TrialPruned(LightsegError):
 def _chain(
     error: BaseException | None, context: type[BaseException] = BaseException
 ) -> Iterator[BaseException]:
-    """``error`` and the errors behind it: each one's ``__cause__``, else its ``__context__``
-    if it is a ``context`` (a loop in the chain ends it)."""
+    """``error`` and the errors behind it: ``__cause__``, else ``__context__`` of a ``context``."""
     seen = set()
     while error is not None and id(error) not in seen:
         yield error
@@ -90,8 +88,8 @@ def no_room(
 def room_to_write(
     folder: str | Path, what: str, needed: Callable[[], int] | None = None, fix: str = ""
 ) -> Iterator[None]:
-    """Turn a full disk inside the block into :func:`no_room`'s paragraph (``needed`` is only
-    estimated then); the block removes its own partial files."""
+    """A full disk inside the block as :func:`no_room`'s paragraph (``needed``: estimated then);
+    the block removes its own partial files."""
     try:
         yield
     except Exception as error:
@@ -106,8 +104,8 @@ PARTIAL = ".partial-"
 
 @contextlib.contextmanager
 def written_whole(path: Path) -> Iterator[Path]:
-    """A file next to ``path``, this process's own (its PID in the name), for the block to write;
-    it then replaces ``path`` in one step (``os.replace``): readers never find a part."""
+    """A file of this process's own next to ``path`` for the block to write; it then replaces
+    ``path`` in one step (``os.replace``): readers never find a part."""
     temp = path.with_name(f".{path.name}{PARTIAL}{os.getpid()}")
     try:
         yield temp
@@ -117,19 +115,17 @@ def written_whole(path: Path) -> Iterator[Path]:
 
 
 def _size(count: float) -> str:
-    if count < 1024:
-        return f"{count:.0f} bytes"
-    for unit in ("KiB", "MiB"):
-        count /= 1024
+    for unit in ("bytes", "KiB", "MiB"):
         if count < 1024:
-            return f"{count:.1f} {unit}"
-    return f"{count / 1024:.1f} GiB"
+            return f"{count:.0f} bytes" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} GiB"
 
 
 @contextlib.contextmanager
 def instantiating(where: str, reason: Callable[[BaseException], str] = str) -> Iterator[None]:
-    """Hydra's ``instantiate`` in the block, its wrapper of an error undone: a LightsegError as
-    raised, any other as ``<where>: <type>: <reason(error)>``."""
+    """Undo Hydra's ``instantiate`` wrapper of an error in the block: a LightsegError as raised,
+    any other as ``<where>: <type>: <reason(error)>``."""
     try:
         yield
     except InstantiationException as error:
@@ -190,8 +186,7 @@ def user_message(error: BaseException) -> str | None:
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Print a user mistake raised inside the block as a paragraph and exit with its code
-    (1, or 128 + signal for a run stopped by a signal)."""
+    """Print a user mistake raised inside the block as a paragraph and exit with its code."""
     try:
         yield
     except Exception as error:
@@ -217,8 +212,7 @@ def show_error(message: str) -> None:
 
 
 def one_line(message: str, limit: int = 400) -> str:
-    """A reason as one line for summaries and tables: whitespace collapsed, at most ``limit``
-    characters (a traceback folded into a message would fill a screen)."""
+    """A reason as one line of at most ``limit`` characters, for summaries and tables."""
     text = " ".join(message.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -234,9 +228,8 @@ class SweepJob:
     failure: str | None = None
 
     def run(self, task: Callable[[Any], Any], cfg: Any) -> Any:
-        """``task(cfg)``; an error is shown (a bug with its traceback) and remembered, and None
-        returned, so that the sweep goes on (Optuna marks the trial FAIL). A stop signal
-        (TrainingInterrupted) and SweepRefused stop the whole sweep."""
+        """``task(cfg)``; an error is shown and remembered and None returned, so that the sweep
+        goes on (Optuna marks the trial FAIL); a stop signal and SweepRefused stop it."""
         try:
             return task(cfg)
         except Exception as error:
@@ -252,8 +245,7 @@ class SweepJob:
 
 
 def sweep_summary(jobs: list[SweepJob]) -> str:
-    """One paragraph: which jobs failed (number, folder, the overrides that set it apart from
-    the other jobs) and why."""
+    """One paragraph: which jobs failed (number, folder, its own overrides) and why."""
     failed = [job for job in jobs if job.failure]
     shared = set.intersection(*(set(job.overrides) for job in jobs)) if len(jobs) > 1 else set()
     listed = "; ".join(

@@ -1,11 +1,7 @@
 """One experiment from one composed config: the data, the resolved config, the module, the
-trainer. ``train``, ``make lr-find`` and the benchmarks all build it here, so they cannot drift.
-
+trainer; ``train``, ``make lr-find`` and the benchmarks all build it here, so they cannot drift.
 :func:`build` checks the cheap things (config keys and types, the data on disk, the network at
-the image size) before it builds the slow ones. What the data decides goes into a NEW config,
-never the one given: ``auto`` mean/std and loss weights, the task's metric set when none was
-chosen (``+metrics.<name>`` adds to it), ``in_channels``, the saved architecture of
-an smp ``from_pretrained``. A run saves it and its checkpoints.
+the image size) before it builds the slow ones.
 """
 
 from __future__ import annotations
@@ -59,7 +55,9 @@ def build(cfg: DictConfig, **trainer_options: Any) -> Experiment:
 
 
 def resolve(cfg: DictConfig, datamodule: SegmentationDataModule) -> DictConfig:
-    """A copy of ``cfg`` with what the data decides filled in (see the module docstring)."""
+    """A copy of ``cfg`` (what a run and its checkpoints save) with what the data decides: ``auto``
+    mean/std and loss weights, the task's metric set when none was chosen (``+metrics.<name>``
+    adds to it), ``in_channels``, the saved architecture of an smp ``from_pretrained``."""
     resolved = resolve_auto(cfg, datamodule)
     with open_dict(resolved):
         if resolved.model.get("from_pretrained"):  # the saved architecture, for checkpoints
@@ -94,11 +92,9 @@ def build_module(cfg: DictConfig, datamodule: SegmentationDataModule) -> L.Light
 
 def inference_defaults(data: DictConfig) -> dict[str, Any]:
     """How eval/predict feed images to this model (stored in its checkpoints): ``whole`` images
-    at the training size where evaluation resizes (PH2, MADS, demo), else ``slide`` (VOC, COCO)."""
+    at the training size where evaluation resizes, else ``slide``."""
     eval_transforms = plain(data.get("transforms", {})).get("eval") or []
-    resizes = any(
-        str(t.get("_target_", "")).rsplit(".", 1)[-1] == "Resize" for t in eval_transforms
-    )
+    resizes = any(str(t.get("_target_", "")).split(".")[-1] == "Resize" for t in eval_transforms)
     size = list(image_size_hw(data.image_size))
     return {"image_size": size, "mode": "whole" if resizes else "slide"}
 

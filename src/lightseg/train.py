@@ -1,16 +1,11 @@
-"""Train, validate and test one configuration.
-
-    python -m lightseg.train experiment=ph2_unet model.arch=FPN   (or: make train EXP=...)
-    python -m lightseg.train experiment=ph2_unet ckpt_path=last   (its newest unfinished run)
-
-Hydra composes the config once and chooses the run folder (lightseg.runs.resume); ``train(cfg)``
-(tests call it) takes the checkpoint to continue from, locks the folder, builds the experiment
-(lightseg.experiment), fits, and evaluates the best checkpoint on val and test.
-"""
+"""Train, validate and test one configuration: ``python -m lightseg.train experiment=ph2_unet``
+(``make train EXP=...``). Hydra chooses the run folder (lightseg.runs.resume); ``train(cfg)``
+locks it, builds the experiment, fits, and evaluates the best checkpoint on val and test."""
 
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
@@ -45,9 +40,8 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def as_composed(cfg: DictConfig) -> tuple[DictConfig, list[str]]:
-    """The config a run is trained with, and its overrides: a run continued by a command
-    composed from other overrides than the run was (e.g. ``ckpt_path=last`` alone) is composed
-    again, as it was started plus this command's changes (its run folder stays Hydra's)."""
+    """The config a run is trained with, and its overrides: a run continued by a command with
+    other overrides (``ckpt_path=last`` alone) is composed again as it was started plus them."""
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
     if hydra_cfg.mode == RunMode.MULTIRUN:
@@ -67,7 +61,6 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, floa
     and their ``protocol`` card (``overrides``: the command line's, recorded in run_info.json)."""
     run = RunFolder(cfg.paths.output_dir)
     owner = resume.is_first_process()  # the first process of a job owns the folder
-    lock = RunLock(run.path) if owner else None
     try:
         checkpoint = resume.checkpoint_for(cfg.get("ckpt_path"), cfg.get("resume"), run)
         if checkpoint:
@@ -78,9 +71,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, floa
                     end_record(run.path, "failed", str(error))
                 raise
         print_config(cfg, group_choices())  # a few lines; print_config=full: the whole tree
-        if lock:
-            lock.acquire()
-        return _train(cfg, run, checkpoint, overrides or [])
+        with RunLock(run.path) if owner else nullcontext():
+            return _train(cfg, run, checkpoint, overrides or [])
     except Exception as error:
         sweep_job = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
         message = user_message(error)
@@ -89,9 +81,6 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, floa
         elif message is not None and not run.is_run:
             run.discard_if_unused()  # a mistake caught before the run began: no empty folder
         raise
-    finally:
-        if lock:
-            lock.release()
 
 
 def _train(
@@ -110,7 +99,7 @@ def _train(
     spawned = isinstance(trainer.strategy.launcher, _MultiProcessingLauncher)
     with (  # the run's status is written (recorded_run) before W&B's copy of it (wandb_finished)
         wandb_finished(run.path, RUN_FILES if spawned else [RUN_INFO]),
-        recorded_run(run.path, checkpoint, enabled=trainer.is_global_zero, overrides=overrides),
+        recorded_run(run.path, checkpoint, overrides) if trainer.is_global_zero else nullcontext(),
         launcher_stops(trainer),  # ddp_spawn: a stop signal ends the ranks, then this process
     ):  # the loggers get the config from callbacks.run_files, in the training process
         trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
@@ -140,9 +129,8 @@ def evaluate_best(trainer: L.Trainer, module, datamodule) -> dict[str, float | N
 
 
 def check_sweep(cfg: DictConfig) -> None:
-    """What a sweep (-m) cannot do: start every job from one checkpoint, or run Lightning's
-    ``ddp``, which re-runs the command line per device (the sweep would run N times). Either
-    stops the sweep at its first job (SweepRefused), whose folder is not kept."""
+    """Refuse at its first job (whose folder is not kept) a sweep (-m) that would start every job
+    from one checkpoint, or run Lightning's ``ddp``, which re-runs the command line per device."""
     checkpoint = cfg.get("ckpt_path")
     strategy = str(cfg.trainer.get("strategy") or "")
     several = cfg.trainer.get("devices") not in (1, "1")

@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 
 
 def last_checkpoint_path(trainer: L.Trainer) -> Path:
-    """Where ``last.ckpt`` is kept (the file resumes start from): the checkpoint callback named
-    ``last`` (configs/callbacks/default.yaml), else the run folder's."""
+    """Where ``last.ckpt`` (what resumes start from) is kept: the checkpoint callback named
+    ``last``'s folder, else the run folder's."""
     for callback in trainer.checkpoint_callbacks:
         if getattr(callback, "filename", None) == "last" and getattr(callback, "dirpath", None):
             return Path(callback.dirpath) / f"last{callback.FILE_EXTENSION}"
@@ -54,14 +54,10 @@ def requeue_slurm_job() -> bool:
 
 
 class CheckpointOnSignal(Callback):
-    """On SIGTERM, SIGINT or SIGUSR1: finish the batch, save ``last.ckpt`` (with the position
-    inside the epoch: a resume continues with the next batch), stop with exit code 128 + signal.
-
-    A second Ctrl+C stops at once without saving; in SLURM, SIGUSR1 also requeues the job. This
-    replaces Lightning's handling, which stops without saving (and under DDP broadcasts from
-    inside the signal handler, breaking the collective in progress). ``stop_timeout``: see
-    :func:`launcher_stops`.
-    """
+    """On SIGTERM, SIGINT or SIGUSR1: finish the batch, save ``last.ckpt`` (with the position in
+    the epoch), stop with exit code 128 + signal; a second Ctrl+C stops at once, unsaved; in SLURM,
+    SIGUSR1 also requeues the job. Lightning's own handling stops without saving (and under DDP
+    broadcasts from the signal handler, breaking the collective in progress)."""
 
     def __init__(self, requeue_on_slurm: bool = True, stop_timeout: float = 30.0) -> None:
         self.signals = stop_signals()
@@ -73,8 +69,7 @@ class CheckpointOnSignal(Callback):
         self._previous: dict[int, Any] = {}
 
     def _on_signal(self, signum: int, frame) -> None:
-        # A launcher (torchrun, srun) passes the terminal's Ctrl+C on again at once: a SIGINT
-        # right after a SIGINT is the same Ctrl+C.
+        # a launcher (torchrun, srun) passes the terminal's Ctrl+C on at once: the same Ctrl+C
         repeated = self.received == signal.SIGINT and time.monotonic() - self.received_at < 0.2
         if signum == signal.SIGINT and self.received is not None and not repeated:
             raise TrainingInterrupted(
@@ -88,8 +83,7 @@ class CheckpointOnSignal(Callback):
         log.warning("Received %s: stopping after this batch.", signal.Signals(signum).name)
 
     def _take_over_signals(self, *_, **__) -> None:
-        # Lightning registers its handlers after ``setup``, wrapping this one: each stage's
-        # start takes them back.
+        # Lightning registers its handlers after ``setup``: each stage's start takes them back
         if threading.current_thread() is not threading.main_thread():
             return
         for signum in self.signals:
@@ -164,15 +158,11 @@ class CheckpointOnSignal(Callback):
 
 @contextlib.contextmanager
 def launcher_stops(trainer: L.Trainer) -> Iterator[None]:
-    """Around ``trainer.fit`` / ``validate`` / ``test`` in the process that starts ddp_spawn's
-    ranks, which runs no training loop (so no ``CheckpointOnSignal`` handlers): a stop signal
-    ends the job as it ends one process, not this process alone with its ranks orphaned.
-
-    It passes SIGTERM and SIGUSR1 on (``kill <pid>`` and ``docker stop`` signal it alone), waits
-    for the ranks to save and end, and raises their ``TrainingInterrupted``. Ranks alive
-    ``stop_timeout`` seconds after the signal are killed: one that has saved can hang waiting
-    for its loader workers, which exit when their rank dies.
-    """
+    """Around fit / validate / test in the process that starts ddp_spawn's ranks (no training
+    loop here): a stop signal ends the job, not this process alone with its ranks orphaned. It
+    passes SIGTERM and SIGUSR1 on (``kill <pid>`` signals this process alone), waits for the ranks
+    to save and end, and raises their ``TrainingInterrupted``. Ranks alive ``stop_timeout`` s after
+    the signal are killed: one that has saved can hang waiting for its loader workers."""
     callback = next((c for c in trainer.callbacks if isinstance(c, CheckpointOnSignal)), None)
     launcher = trainer.strategy.launcher
     if (
@@ -187,7 +177,6 @@ def launcher_stops(trainer: L.Trainer) -> Iterator[None]:
     deadline.daemon = True
 
     def stopped(signum: int, error: BaseException | None = None) -> TrainingInterrupted:
-        """The TrainingInterrupted a rank ended with, else one saying what is known here."""
         cause = lightseg_cause(error)
         if cause is not None:
             return TrainingInterrupted(str(cause), signum)
@@ -233,10 +222,9 @@ def launcher_stops(trainer: L.Trainer) -> Iterator[None]:
 
 
 def any_rank_later(trainer: L.Trainer, flag: torch.Tensor) -> Callable[[], float] | None:
-    """The largest ``flag`` over all processes, as a function to call later (None in one
-    process). The all-reduce runs in the background until then: asked before the backward pass
-    and answered after it, a check adds no point of its own where the ranks wait for each other
-    (each such point costs about 1 % of a DDP step, measured on 2 CPU processes)."""
+    """The largest ``flag`` over all processes, as a function to call later (None in one process):
+    asked before the backward pass and answered after it, the all-reduce adds no point of its own
+    where the ranks wait for each other (each costs about 1 % of a DDP step on 2 CPU processes)."""
     if trainer.world_size == 1 or not (dist.is_available() and dist.is_initialized()):
         return None
     flag = flag.reshape(1).to(trainer.strategy.root_device, torch.float32)
@@ -250,11 +238,9 @@ def any_rank_later(trainer: L.Trainer, flag: torch.Tensor) -> Callable[[], float
 
 
 class StopOnNonFiniteLoss(Callback):
-    """Stop before a NaN or infinite loss reaches the weights; saves nothing after it.
-
-    The loss is looked at before the backward pass and judged before the optimizer step (and at
-    the end of a batch that accumulates gradients), so under DDP the ranks agree without
-    waiting for each other an extra time, and on a GPU without stopping the device queue."""
+    """Stop before a NaN or infinite loss reaches the weights. The loss is looked at before the
+    backward pass and judged before the optimizer step (or at the end of an accumulating batch):
+    the ranks agree without waiting for each other an extra time, nor for the GPU's queue."""
 
     def __init__(self) -> None:
         self.batch_idx = 0
@@ -292,8 +278,7 @@ class StopOnNonFiniteLoss(Callback):
 
 
 class RandomStateCheckpoint(Callback):
-    """Keeps the global random states in every checkpoint and restores them on resume: the
-    model's own randomness (dropout) needs them; data order does not (lightseg.data.sampling)."""
+    """The global random states in every checkpoint, restored on resume (dropout needs them)."""
 
     def state_dict(self) -> dict[str, Any]:
         return random_states()

@@ -1,10 +1,7 @@
-"""Transfer learning: the network's ``encoder`` frozen for the first epochs (no gradients,
-batch norm statistics kept), learning at its own rate, and layer by layer slower towards its
-input (layer-wise learning-rate decay, the ViT fine-tuning recipe of BEiT and MAE).
-
-The encoder's parameters stay in the optimizer throughout (without gradients it skips them), so
-every scheduler sees the same groups from start to end, and a resumed run freezes or thaws by
-its epoch exactly as the uninterrupted run did.
+"""Transfer learning: the network's ``encoder`` frozen for the first epochs (no gradients, batch
+norm statistics kept), at its own learning rate, layer by layer slower towards its input (BEiT's
+and MAE's layer-wise decay). Its parameters stay in the optimizer throughout, so schedulers see
+the same groups from start to end, and a resumed run freezes or thaws by its epoch as before.
 """
 
 from __future__ import annotations
@@ -36,12 +33,10 @@ def encoder_of(network: nn.Module) -> nn.Module:
 
 
 class Finetuning(Callback):
-    """``freeze_encoder_epochs``: the encoder stays frozen for that many epochs, then trains.
-    ``decoder_lr_multiplier``: the decoder and head learn at ``optimizer.lr`` times this, the
-    encoder at ``optimizer.lr`` (1: one rate for the whole network). ``layer_decay``: each layer
-    of a timm encoder learns at this times the rate of the layer above it (1: off); timm's
-    ``param_groups_layer_decay`` forms the groups, and exempts biases and norms from
-    ``optimizer.weight_decay``."""
+    """``freeze_encoder_epochs``: the encoder stays frozen that many epochs.
+    ``decoder_lr_multiplier``: the decoder and head learn at ``optimizer.lr`` times this.
+    ``layer_decay``: each layer of a timm encoder learns at this times the rate of the layer above
+    (timm's ``param_groups_layer_decay``, which exempts biases and norms from weight decay)."""
 
     def __init__(
         self,
@@ -49,7 +44,7 @@ class Finetuning(Callback):
         decoder_lr_multiplier: float = 1.0,
         layer_decay: float = 1.0,
     ) -> None:
-        epochs, factor = freeze_encoder_epochs, decoder_lr_multiplier
+        epochs, factor, decay = freeze_encoder_epochs, decoder_lr_multiplier, layer_decay
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
             raise LightsegError(
                 f"callbacks.finetuning.freeze_encoder_epochs={epochs!r} must be a whole number "
@@ -60,22 +55,17 @@ class Finetuning(Callback):
                 f"callbacks.finetuning.decoder_lr_multiplier={factor!r} must be a number > 0 "
                 "(1: one learning rate for the whole network)."
             )
-        if (
-            isinstance(layer_decay, bool)
-            or not isinstance(layer_decay, int | float)
-            or not (0 < layer_decay <= 1)
-        ):
+        if isinstance(decay, bool) or not isinstance(decay, int | float) or not 0 < decay <= 1:
             raise LightsegError(
-                f"callbacks.finetuning.layer_decay={layer_decay!r} must be a number in (0, 1] "
+                f"callbacks.finetuning.layer_decay={decay!r} must be a number in (0, 1] "
                 "(1: every encoder layer at the same rate; ViT recipes use 0.65-0.9)."
             )
-        self.freeze_epochs, self.multiplier = int(epochs), float(factor)
-        self.layer_decay = float(layer_decay)
+        self.freeze_epochs, self.multiplier, self.layer_decay = int(epochs), factor, decay
         self.frozen, self.trainable = False, set()
 
     def parameter_groups(self, module: L.LightningModule, groups: list[dict]) -> list[dict]:
-        """The encoder at the optimizer's rate, the rest at rate x multiplier (see
-        SegmentationModule.configure_optimizers, which asks every callback that has this)."""
+        """The encoder at the optimizer's rate, the rest at rate x multiplier (asked by
+        SegmentationModule.configure_optimizers)."""
         if self.multiplier == 1.0 and self.layer_decay == 1.0:
             return groups
         lr = module.hparams.optimizer.get("lr")

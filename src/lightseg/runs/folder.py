@@ -1,22 +1,6 @@
-"""The run folder: what a run writes where, and how a run is found again.
-
-    logs/<name>/runs/<time>/          one run (logs/<name>/multiruns/<time>/<n>/ in a sweep)
-      config.yaml                     the resolved config
-      .hydra/                         Hydra's composed config and the overrides it was given
-      run_info.json                   code, packages, machine, owner, how the run ended
-      run.lock                        held while a process trains in this folder
-      checkpoints/best.ckpt last.ckpt
-      metrics.json                    final val/test numbers of the best checkpoint, and their
-                                      protocol card (lightseg.runs.protocol)
-      per_image.csv                   every test image's metric values
-      splits/{train,val,test}.txt     the sample ids of each split (data.split_dir)
-      packages.txt  git_diff.patch  untracked.tar.gz   what rebuilding the run needs
-      csv/version_<n>/metrics.csv  overlays/  wandb/  wandb_run_id.txt  eval/<split>_<time>/
-      bundle.tar.gz                   make bundle's archive (lightseg.tools.bundle)
-
-Code asks this module for these paths; the configs name the ones they set (checkpoint and
-logger folders, data.split_dir) under ${paths.output_dir}.
-"""
+"""The run folder (layout: README, "Where runs go"): what a run writes where, and how a run is
+found again. Code asks this module for these paths; the configs set theirs under
+${paths.output_dir}."""
 
 from __future__ import annotations
 
@@ -43,7 +27,6 @@ STARTUP_FILES = {HYDRA, "train.log", LOCK}
 
 
 def _inside(*parts: str | Path) -> property:
-    """A path of the run folder's layout, as a read-only property."""
     return property(lambda run: run.path.joinpath(*parts))
 
 
@@ -73,7 +56,6 @@ class RunFolder:
     evaluations = _inside("eval")
 
     def info(self) -> dict[str, Any] | None:
-        """``run_info.json``, or None if there is none (or it cannot be read)."""
         return read_json(self.run_info)
 
     @property
@@ -120,7 +102,7 @@ class RunFolder:
 
 
 def read_json(path: Path) -> Any:
-    """The JSON in ``path``, or None if there is none (or it cannot be read)."""
+    """The JSON in ``path``, or None if there is none or it cannot be read."""
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -129,7 +111,7 @@ def read_json(path: Path) -> Any:
 
 def read_yaml(path: Path) -> Any:
     try:
-        return yaml.safe_load(path.read_text()) if path.is_file() else None
+        return yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError):
         return None
 
@@ -148,7 +130,7 @@ def find_runs(root: str | Path) -> list[RunFolder]:
 
 
 def runs_of(log_dir: str | Path, name: str) -> Path:
-    """Where the single runs of experiment ``name`` live: ``<log_dir>/<name>/runs``."""
+    """Where the single runs of experiment ``name`` live (a sweep's: ``multiruns``)."""
     return Path(log_dir) / str(name) / "runs"
 
 

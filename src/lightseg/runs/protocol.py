@@ -1,30 +1,7 @@
-"""The protocol card: how a number was obtained, in every ``metrics.json`` and ``eval.json``.
-
-Two results are comparable only if they were scored on the same images the same way, and a
-table cannot tell that from the numbers. So training's test stage, ``make eval`` and
-``make score`` each store a ``protocol`` record beside their metrics, and ``make table`` pairs
-only rows whose cards agree on what matters (:func:`differences`). Its fields:
-
-``version``     of this layout (1)
-``dataset``     ``name`` (the source class), ``fingerprint`` (the samples' files, as the data
-                caches key them: class, settings, each file's path, size and mtime) and ``images``
-``split``       ``kind``: ``official`` (the dataset's own subsets), ``lists`` (split lists or a
-                CSV split column), ``stratified random (seed s)``, ``k-fold i of k (seed s)`` or
-                ``all`` (every image: ``make eval split=all``), prefixed ``external:`` when eval
-                scored a dataset other than the run's; ``scored``: the split the numbers are of;
-                ``hashes``: per split, the first 16 hex digits of the SHA-256 of its id list, one
-                id per line, as the run's ``splits/<split>.txt`` holds it
-``scoring``     ``resolution`` (``training size HxW`` for the test stage, which scores resized
-                images; ``native`` for eval and score), ``metrics``: each metric's class, options
-                and averaging (``pooled over the split``: one confusion matrix of all pixels;
-                ``mean over images``), and ``empty``: the rule for empty masks (:data:`EMPTY`)
-``inference``   ``mode`` (whole / slide), ``image_size``, ``stride``, ``flip``, ``scales`` (TTA
-                views), ``window_weights``, ``temperature``, ``crf`` and ``members`` (ensemble
-                size); eval also lists each variant's under ``variants``; null for masks made
-                elsewhere (make score), which are the other method's own
-``pretrained``  the model config's weight sources: ``encoder_weights``, ``from_pretrained`` ...
-``budget``      ``epochs``, ``steps``, ``images_seen`` (steps x the global batch x gradient
-                accumulation)
+"""The protocol card: how a number was obtained, stored beside the metrics of every
+``metrics.json`` and ``eval.json`` (its fields: README, "Results tables"). Two results are
+comparable only if scored on the same images the same way, which the numbers cannot tell, so
+``make table`` pairs only rows whose cards agree on what matters (:func:`differences`).
 """
 
 from __future__ import annotations
@@ -64,7 +41,7 @@ def every_sample(splits: Mapping[str, Sequence[Sample]]) -> list[Sample]:
 
 
 def split_kind(datamodule) -> str:
-    """How the datamodule's splits were made (see the module docs)."""
+    """How the datamodule's splits were made: the card's ``split.kind``."""
     split, splits = datamodule.split, datamodule.splits or {}
     if split.folds:
         return f"k-fold {split.fold + 1} of {split.folds} (seed {split.seed})"
@@ -123,6 +100,8 @@ def card(
     hashes = {name: ids_digest(s.id for s in part) for name, part in splits.items()}
     hashes[scored] = ids_digest(s.id for s in samples)
     kind = "all" if scored == "all" else split_kind(datamodule)
+    split = {"kind": f"external: {kind}" if external else kind, "scored": scored, "hashes": hashes}
+    scoring = {"resolution": resolution, "metrics": metric_definitions(metrics), "empty": EMPTY}
     union = every_sample(splits)
     return {
         "version": VERSION,
@@ -131,16 +110,8 @@ def card(
             "fingerprint": fingerprint(datamodule.source, union)[:16],
             "images": len(union),
         },
-        "split": {
-            "kind": f"external: {kind}" if external else kind,
-            "scored": scored,
-            "hashes": hashes,
-        },
-        "scoring": {
-            "resolution": resolution,
-            "metrics": metric_definitions(metrics),
-            "empty": EMPTY,
-        },
+        "split": split,
+        "scoring": scoring,
         "inference": inference,
         "pretrained": {k: v for k, v in (model or {}).items() if k in PRETRAINED_KEYS},
         "budget": budget,

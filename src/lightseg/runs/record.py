@@ -56,11 +56,6 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def key_versions() -> dict[str, str | None]:
-    installed = package_versions()
-    return {name: installed.get(name) for name in KEY_PACKAGES}
-
-
 def write_run_info(folder: str | Path, info: dict[str, Any]) -> None:
     path = RunFolder(folder).run_info
     with (
@@ -86,7 +81,8 @@ def start_record(
     }
     if info is None:
         info = {"started": at, **entry, "lightseg": lightseg.__version__, "resumes": []}
-        info.update(machine=machine(), versions=key_versions())
+        versions = {name: package_versions().get(name) for name in KEY_PACKAGES}
+        info.update(machine=machine(), versions=versions)
     else:
         info.setdefault("resumes", []).append({"at": at, **entry, "checkpoint": resumed_from})
     info.update(status="running", owner=entry["owner"], ended=None, message=None)
@@ -102,15 +98,9 @@ def end_record(folder: str | Path, status: str, message: str | None = None) -> N
 
 @contextlib.contextmanager
 def recorded_run(
-    folder: str | Path,
-    resumed_from: str | None = None,
-    enabled: bool = True,
-    overrides: list[str] | None = None,
+    folder: str | Path, resumed_from: str | None = None, overrides: list[str] | None = None
 ) -> Iterator[None]:
     """Keep ``run_info.json`` up to date around a run: running, then finished/interrupted/failed."""
-    if not enabled:
-        yield
-        return
     start_record(folder, resumed_from, overrides)
     try:
         yield

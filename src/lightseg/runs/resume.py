@@ -1,14 +1,7 @@
-"""Which folder a run writes to, and what it continues from: decided here and nowhere else.
-
-``ckpt_path=<file.ckpt>`` continues that checkpoint in its run folder (one from elsewhere trains
-on in a new folder), ``ckpt_path=<run folder>`` that run's ``last.ckpt``, and ``ckpt_path=last``
-the newest unfinished run of the experiment (a ``last.ckpt``, no ``metrics.json``, not failed,
-no live process holding its run.lock). ``resume=auto`` is ``ckpt_path=last`` for job scripts
-that may be pre-empted: it starts a fresh run when there is nothing to continue.
-
-Hydra asks :func:`run_folder` for ``hydra.run.dir`` and :func:`hydra_record` whether to write
-``.hydra/``; ``train`` asks :func:`checkpoint_for` what to load and :func:`continuation` for the
-overrides that recompose a continued run as it was started.
+"""Which folder a run writes to, and what it continues from: decided here and nowhere else
+(the rules: README, "Resume after an interruption"). Hydra asks :func:`run_folder` for
+``hydra.run.dir`` and :func:`hydra_record` whether to write ``.hydra/``; ``train`` asks
+:func:`checkpoint_for` what to load and :func:`continuation` how to recompose a continued run.
 """
 
 from __future__ import annotations

@@ -1,8 +1,6 @@
 """What a run folder keeps so the run can be rebuilt: ``git_diff.patch`` (uncommitted changes to
-tracked files; none when there are none, ``git apply`` refuses an empty patch),
-``untracked.tar.gz`` (files a fork added that git does not ignore) and ``packages.txt`` (for
-``pip install -r``; local installs, lightseg included, are comments: no index has them).
-"""
+tracked files, if any: ``git apply`` refuses an empty patch), ``untracked.tar.gz`` (files git
+does not ignore nor track) and ``packages.txt`` (for ``pip install -r``)."""
 
 from __future__ import annotations
 
@@ -54,8 +52,8 @@ def git_state() -> dict[str, Any]:
 
 @functools.cache  # what is installed does not change while a process runs
 def package_versions() -> dict[str, str]:
-    """Every installed distribution and its version, like ``pip freeze``: from the site
-    folders, not the whole ``sys.path`` (importing setuptools puts its vendored copies there)."""
+    """Every installed distribution and its version, like ``pip freeze``: from the site folders,
+    not ``sys.path`` (where importing setuptools puts its vendored copies)."""
     folders = [*site.getsitepackages(), site.getusersitepackages()]
     dists = importlib.metadata.distributions(path=folders)
     named = (dist for dist in dists if dist.metadata["Name"])
@@ -64,8 +62,8 @@ def package_versions() -> dict[str, str]:
 
 
 def installed_from_folder(name: str) -> str | None:
-    """The local folder ``name`` was installed from (``pip install [-e] <folder>``), else None.
-    Every record of it counts: a checkout's ``src/<name>.egg-info`` may come first on the path."""
+    """The local folder ``name`` was installed from (``pip install [-e] <folder>``), else None;
+    from every record of it (a checkout's ``src/<name>.egg-info`` may come first)."""
     for dist in importlib.metadata.distributions(name=name):
         try:
             url = json.loads(dist.read_text("direct_url.json") or "{}").get("url", "")
@@ -96,18 +94,13 @@ def save_snapshot(folder: Path, git_info: dict[str, Any]) -> dict[str, Any]:
     if diff:
         (folder / GIT_DIFF).write_bytes(diff)
         record["git_diff"] = GIT_DIFF
-    archived, too_large = [], []
+    listed = (git("ls-files", "--others", "--exclude-standard", "-z") or "").split("\0")
+    sizes = {n: (REPOSITORY / n).stat().st_size for n in listed if n and (REPOSITORY / n).is_file()}
+    archived = [name for name, size in sizes.items() if size <= MAX_UNTRACKED_BYTES]
+    too_large = [name for name, size in sizes.items() if size > MAX_UNTRACKED_BYTES]
     with tarfile.open(folder / UNTRACKED, "w:gz") as archive:
-        untracked = git("ls-files", "--others", "--exclude-standard", "-z") or ""
-        for name in untracked.split("\0"):
-            path = REPOSITORY / name
-            if not name or not path.is_file():
-                continue
-            if path.stat().st_size > MAX_UNTRACKED_BYTES:
-                too_large.append(name)
-                continue
-            archive.add(path, arcname=name, recursive=False)
-            archived.append(name)
+        for name in archived:
+            archive.add(REPOSITORY / name, arcname=name, recursive=False)
     record.update(untracked=UNTRACKED, untracked_files=archived)
     if too_large:
         record["untracked_not_archived"] = too_large

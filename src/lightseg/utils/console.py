@@ -1,6 +1,5 @@
-"""Console output: a few lines about the run at the start, the metrics table at the end. Text
-is never wrapped, so it reads the same in a terminal and a log (a path stays one line to copy);
-known third-party chatter is dropped message by message, so real warnings still show.
+"""Console output: a few lines about the run at the start, the metrics table at the end, never
+wrapped (a path stays one line to copy); known third-party chatter dropped message by message.
 """
 
 from __future__ import annotations
@@ -17,18 +16,14 @@ from rich.table import Column, Table
 from rich.text import Text
 from rich.tree import Tree
 
-#: Width for output that goes to a file or pipe (no terminal to ask): wide enough for tables.
-PIPED_WIDTH = 160
-
 console = Console(soft_wrap=True)
 if not (console.is_terminal or console.is_jupyter or os.environ.get("COLUMNS")):
-    console.width = PIPED_WIDTH
+    console.width = 160  # a file or pipe: wide enough for tables
 
 #: Top-level groups shown first in the config tree.
 CONFIG_ORDER = ("data", "model", "loss", "optimizer", "scheduler", "trainer", "callbacks", "logger")
-#: Groups whose chosen option the start-up summary names.
+#: Groups whose chosen option, and data and trainer values, the start-up summary shows.
 SUMMARY_GROUPS = ("experiment", "data", "model", "loss", "optimizer", "scheduler", "trainer")
-#: The data and trainer values it shows.
 DATA_KEYS = ("image_size", "batch_size", "num_workers", "split", "cache")
 TRAINER_KEYS = ("accelerator", "devices", "num_nodes", "precision", "max_epochs", "max_steps")
 #: Lightning log lines (starts of messages) that say nothing about the run: an advertisement,
@@ -53,16 +48,15 @@ def quiet_third_party() -> None:
     """Filter the chatter of libraries lightseg drives, each message by name, at its source."""
     for name in LIGHTNING_LOGGERS:
         logging.getLogger(name).addFilter(_not_chatter)  # added once: a filter is kept once
-    # Lightning's own code uses a torch class that torch has deprecated; nothing to act on.
+    # Lightning's own use of a deprecated torch class
     warnings.filterwarnings(
         "ignore",
         message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
         category=FutureWarning,
         module=r"lightning\.pytorch\.utilities\._pytree",
     )
-    # Lightning warns whenever the LightningModule overrides a batch-transfer hook and a
-    # DataModule is given, even one that does not override it: SegmentationModule normalises
-    # batches there by design. (The warning for a DataModule that overrides it too stays.)
+    # SegmentationModule normalises batches in a batch-transfer hook by design; Lightning warns
+    # whenever a DataModule is given too, even one without the hook
     warnings.filterwarnings(
         "ignore",
         message="You have overridden `on_after_batch_transfer` in `LightningModule` but have",
@@ -133,8 +127,7 @@ def _values(node: DictConfig, keys: Iterable[str]) -> str:
 
 
 def print_metrics(metrics: Mapping[str, float], title: str = "Final metrics") -> None:
-    """Metrics as a table with one row per name, and val/test side by side (empty: no value,
-    e.g. a class in neither the truth nor the predictions)."""
+    """Metrics as a table, one row per name, val/test side by side (empty: no value)."""
     stages = [s for s in ("val", "test") if any(k.startswith(f"{s}/") for k in metrics)]
     names = sorted({key.split("/", 1)[1] for key in metrics if key.split("/", 1)[0] in stages})
     table = Table("metric", *(Column(stage, justify="right") for stage in stages))

@@ -16,7 +16,7 @@ from lightseg.utils.ranks import is_first_process
 
 log = logging.getLogger(__name__)
 
-#: DDP strategies that start their processes from inside this one (the others re-run the command).
+#: DDP strategies that start their processes from this one (the others re-run the command).
 LAUNCHED_INSIDE = ("spawn", "fork", "notebook")
 CPU_PRECISIONS = ("32", "32-true", "64", "64-true", "bf16", "bf16-mixed", "bf16-true")
 
@@ -41,11 +41,11 @@ def check_trainer(trainer: dict[str, Any]) -> dict[str, Any]:
     relaunches = strategy.startswith("ddp") and not any(k in strategy for k in LAUNCHED_INSIDE)
     if on_cpu and relaunches and not TorchElasticEnvironment.detect():
         raise LightsegError(
-            f"trainer.strategy={strategy} on the CPU starts each of its processes by running "
-            "this command again, which lightseg does not support on the "
-            "CPU. Use trainer.strategy=ddp_spawn (trainer=ddp_sim: 2 CPU processes over gloo), or "
-            "start the processes with torchrun into one folder: torchrun --nproc-per-node=2 -m "
-            "lightseg.train trainer=ddp_sim trainer.strategy=ddp hydra.run.dir=<folder> ..."
+            f"trainer.strategy={strategy} on the CPU starts each process by running this command "
+            "again, which lightseg does not support there. Use trainer.strategy=ddp_spawn "
+            "(trainer=ddp_sim: 2 CPU processes over gloo), or start the processes with torchrun "
+            "into one folder: torchrun --nproc-per-node=2 -m lightseg.train trainer=ddp_sim "
+            "trainer.strategy=ddp hydra.run.dir=<folder> ..."
         )
     restarts = os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")
     if restarts != "0" and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":

@@ -1,10 +1,7 @@
-"""File locks, one implementation: ``flock``, which the system releases however its process
-ends (SIGKILL included). :func:`file_lock` waits its turn (a cache several processes may build:
-the first builds, the others find it done). :class:`RunLock` never waits: the process training
-in a run folder holds ``run.lock``, recording who it is; a second is refused, naming that owner.
-Without ``flock``, the run lock trusts a recorded owner it can check (a PID on this host; a
-reused PID counts as alive, the cautious error), else goes on unguarded with a warning.
-"""
+"""File locks by ``flock``, which the system releases however its process ends (SIGKILL too).
+:func:`file_lock` waits its turn; :class:`RunLock` never waits: a second process training in a
+run folder is refused, naming the owner. Without ``flock`` the run lock trusts a recorded owner
+it can check (a PID on this host), else goes on unguarded with a warning."""
 
 from __future__ import annotations
 
@@ -24,9 +21,8 @@ from lightseg.errors import LightsegError
 
 log = logging.getLogger(__name__)
 
-#: errno values meaning "this file system does not do flock".
+#: errno values of a file system without flock.
 NO_FLOCK = {errno.ENOLCK, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
-#: The run folder's lock file.
 RUN_LOCK = "run.lock"
 
 
@@ -92,7 +88,7 @@ def _alive_here(owner: dict[str, Any] | None) -> bool:
 
 @contextlib.contextmanager
 def file_lock(path: str | Path, what: str = "") -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (created if needed) for the block, waiting for it."""
+    """Hold an exclusive lock on ``path`` for the block, waiting for it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+b") as handle:

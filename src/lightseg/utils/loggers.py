@@ -1,11 +1,6 @@
-"""Experiment loggers, configured before they are built: Lightning's own classes, unchanged.
-
-W&B's mode is decided before the logger exists, so an unreachable server means offline logging
-after seconds, not a failed start after a minute; its run id is kept in the run folder, so a
-resumed run continues the same W&B run. The CSV logger starts a new ``csv/version_<n>/`` at each
-start or resume (it would empty an existing file), and a resume first drops from the earlier parts
-the rows it replays (:func:`drop_replayed_rows`); ``lightseg.tools.plot`` reads them as one log.
-"""
+"""Experiment loggers, configured before Lightning's own classes are built: W&B's mode is decided
+first (an unreachable server means offline logging after seconds, not a failed start after a
+minute), and its run id kept in the run folder, so that a resume continues the same W&B run."""
 
 from __future__ import annotations
 
@@ -39,8 +34,7 @@ ANONYMOUS_WARNING = "The anonymous setting has no effect and will be removed in 
 
 
 def wandb_credentials_present(host: str) -> bool:
-    """True when an API key is in the environment, or ~/.netrc (what ``wandb login`` writes)
-    has an entry for ``host``."""
+    """An API key in the environment, or an entry for ``host`` in ~/.netrc (``wandb login``)."""
     if os.environ.get("WANDB_API_KEY"):
         return True
     netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
@@ -147,9 +141,8 @@ def upload_files(run, folder: Path, patterns: Iterable[str]) -> None:
 
 @contextlib.contextmanager
 def wandb_finished(folder: str | Path, patterns: Iterable[str]) -> Iterator[None]:
-    """End this process's W&B run after the block (failed if it raised): the next run in this
-    process (a Hydra sweep) starts its own. First the files of ``folder`` matching ``patterns``
-    are uploaded as they are then (run_info.json's final status included)."""
+    """Upload the files of ``folder`` matching ``patterns`` after the block, then end this
+    process's W&B run (failed if it raised): the next run in this process starts its own."""
     import wandb
 
     exit_code = 1
@@ -176,9 +169,8 @@ def numbers(tree: Mapping, prefix: str) -> dict[str, float]:
 def add_to_wandb_run(
     id_file: Path, settings: Mapping, values: Mapping[str, float], images: Iterable[Path] = ()
 ) -> None:
-    """Add ``values`` to the summary of the W&B run whose id ``id_file`` keeps (``settings``: the
-    training run's ``logger.wandb`` config), and ``images``: what ``make eval`` finds lands next to
-    the training curves. Offline when the server is out of reach (``wandb sync`` uploads later)."""
+    """Add ``values`` and ``images`` to the W&B run whose id ``id_file`` keeps (``settings``: its
+    ``logger.wandb`` config), so that eval's results land next to the training curves."""
     import wandb
 
     folder = Path(id_file).parent
@@ -202,7 +194,7 @@ def add_to_wandb_run(
 
 def drop_replayed_rows(logger: CSVLogger, step: int) -> None:
     """Remove the rows from ``step`` on from the earlier parts of ``logger``'s log: a run resumed
-    from a checkpoint at ``step`` logs them again (after a SIGKILL: up to an epoch's worth)."""
+    from a checkpoint at ``step`` logs them again."""
     for path in Path(logger.root_dir).glob("version_*/metrics.csv"):
         if path.parent == Path(logger.log_dir):
             continue
