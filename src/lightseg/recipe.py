@@ -34,6 +34,7 @@ from lightseg.data.leakage import hashes, pairs
 from lightseg.data.source import read_pair
 from lightseg.data.transforms import pixel_scale
 from lightseg.errors import LightsegError
+from lightseg.lr_find import lr_find
 from lightseg.models.network import (
     build_network,
     input_multiple,
@@ -274,14 +275,12 @@ def make_plan(cfg: DictConfig, overrides: list[str], compose, folder: Path) -> d
 def range_test(lines: list[dict[str, Any]], planned: DictConfig, folder: Path) -> list[dict]:
     """``lines`` with the learning rate of Lightning's range test (``make lr-find``'s, with
     configs/lr_find.yaml's settings) on the ``planned`` config; its curve goes to ``folder``."""
-    from lightseg.lr_find import lr_find
-
     tested = copy.deepcopy(planned)
     with open_dict(tested):
         default = OmegaConf.load(Path(CONFIG_DIR) / "lr_find.yaml").lr_find
         tested.lr_find = OmegaConf.merge(default, planned.get("lr_find") or {})  # +lr_find.*
         tested.paths.output_dir = str(folder)
-        tested.logger = tested.callbacks = None  # a range test is not a run to log
+        tested.logger = tested.callbacks = tested.data.split_dir = None  # not a run to record
     suggestion = lr_find(tested)["suggestion"]
     ruled = next(e for e in lines if e["key"] == "optimizer.lr")
     if suggestion is None:
