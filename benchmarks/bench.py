@@ -182,7 +182,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ddp-repeats", type=int, default=3, help="alternating DDP runs")
     parser.add_argument("--target", type=float, default=0.95, help="val Dice to reach (demo)")
     parser.add_argument("--seeds", default="0,1,2", help="seeds of the time-to-accuracy runs")
-    parser.add_argument("--recipe-on", default="demo,demo_hard", help="recipe part: experiments")
+    parser.add_argument(  # an experiment whose data is absent is skipped
+        "--recipe-on", default="demo,demo_hard,ph2_unet", help="recipe part: experiments"
+    )
     parser.add_argument("--datasets", default=f"demo,{PH2_SIZED},ph2,mads", help="loader table")
     parser.add_argument("--loader-size", type=int, default=256, help="loader table image size")
     parser.add_argument("--workers", default="1,2,max", help="loader workers; max = CPU count")

@@ -16,10 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.time_to_accuracy import plain_time
+from hydra.utils import instantiate
 
 from lightseg.config import compose_config
+from lightseg.errors import LightsegError
 from lightseg.recipe import with_plan
 from lightseg.train import train
+from lightseg.utils.console import console
 
 QUIET = ["logger=csv", "~callbacks.progress_bar", "~callbacks.model_summary", "print_config=false"]
 KEYS = ("val/dice", "test/dice", "test/dice_per_image")
@@ -38,6 +41,16 @@ def plain_run(overrides: list[str], seed: int, folder: Path) -> dict[str, Any]:
     }
 
 
+def present(overrides: list[str], folder: Path) -> bool:
+    """Whether the experiment's data is on disk (PH2 is compared only where it is)."""
+    cfg = compose_config([*overrides, f"paths.output_dir={folder}", "data.split_dir=null"])
+    try:
+        instantiate(cfg.data, _convert_="all").locate()
+    except LightsegError:
+        return False
+    return True
+
+
 def one_run(overrides: list[str], folder: Path) -> dict[str, Any]:
     given = [*overrides, f"paths.output_dir={folder}"]
     cfg = with_plan(compose_config(given), given, compose_config)
@@ -48,9 +61,13 @@ def one_run(overrides: list[str], folder: Path) -> dict[str, Any]:
 def recipe_rows(
     experiments: list[str], seeds: list[int], output: Path, overrides: list[str]
 ) -> list[dict[str, Any]]:
-    """One row per experiment and recipe: mean (and spread) over the seeds."""
+    """One row per experiment and recipe: mean (and spread) over the seeds; an experiment
+    whose data is absent is left out."""
     rows = []
     for experiment in experiments:
+        if not present([f"experiment={experiment}", *overrides], output / "recipe"):
+            console.print(f"  {experiment}: dataset not present, skipped")
+            continue
         runs: dict[str, list[dict]] = {"hand": [], "auto": [], "plain": []}
         for seed in seeds:
             given = [f"experiment={experiment}", f"seed={seed}", *QUIET, *overrides]

@@ -92,3 +92,12 @@ def test_the_ph2_sized_fixture_has_ph2_layout_and_size(tmp_path):
     mask = np.asarray(Image.open(samples[0].mask).convert("L"))
     assert 0 < (mask > 0).mean() < 0.5  # the lesion survived the rescaling
     assert make_config(tmp_path, "data=ph2").data.cache.enabled is True  # PH2 trains from it
+
+
+def test_the_recipe_part_skips_an_experiment_whose_data_is_absent(tmp_path, data_dir, capsys):
+    from benchmarks.recipe import present, recipe_rows
+
+    empty = [f"paths.data_dir={tmp_path / 'nothing'}"]
+    assert recipe_rows(["ph2_unet"], [0], tmp_path, empty) == []
+    assert "ph2_unet: dataset not present, skipped" in capsys.readouterr().out
+    assert present(["experiment=ph2_unet", f"paths.data_dir={data_dir}"], tmp_path)  # fixture
