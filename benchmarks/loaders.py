@@ -65,6 +65,16 @@ def data_config(name: str, size: int, data_dir: str, output: Path):
     return compose_config(overrides).data
 
 
+def located(data_cfg, **changes) -> SegmentationDataModule | None:
+    """The DataModule of ``data_cfg`` with its samples found, or None where its data is absent."""
+    datamodule = instantiate(data_cfg, _convert_="all", **changes)
+    try:
+        datamodule.locate()
+    except LightsegError:
+        return None
+    return datamodule
+
+
 def rate(datamodule: SegmentationDataModule, workers: int, samples: int) -> float:
     """Images/s of the train loader with ``workers`` processes, after its first batch."""
     datamodule.num_workers = workers
@@ -89,11 +99,9 @@ def loader_rows(args, data_dir: str) -> list[dict[str, Any]]:
     rows = []
     workers = sorted({*args.workers})
     for name in args.datasets:
-        try:
-            data_cfg = data_config(name, args.loader_size, data_dir, args.output)
-            probe = instantiate(data_cfg, _convert_="all", cache={"enabled": False})
-            probe.locate()
-        except LightsegError:
+        data_cfg = data_config(name, args.loader_size, data_dir, args.output)
+        probe = located(data_cfg, cache={"enabled": False})
+        if probe is None:
             console.print(f"  {name}: dataset not present, skipped")
             continue
         for cache in (False, True):  # without a cache, the probe is that datamodule

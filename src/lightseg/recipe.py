@@ -51,6 +51,7 @@ SKEWED = 10.0  # largest / smallest class share above which cross-entropy weight
 SMALL_OBJECT = 0.02  # median foreground share of an image below which resizing loses objects
 #: Groups the plan chooses: a command line that chooses one also keeps the plan's keys under it.
 GROUPS = ("loss", "optimizer", "scheduler")
+PLAN_FILE = "plan.yaml"  # make plan's default, and the plan a run trained with, in its folder
 
 
 @dataclass(frozen=True)
@@ -231,7 +232,7 @@ def plan(fp: Fingerprint, budget: dict, network: dict) -> list[dict[str, Any]]:
         epochs,
         f"recipe.budget.steps={steps} at {per_epoch} steps per epoch ({fp.images} images)",
     )
-    # 7. Learning rate (recipe.lr_find=true: the range test's suggestion replaces it, range_test)
+    # 7. Learning rate (recipe.lr_find=true: :func:`range_test` replaces it)
     lr = float(f"{2e-3 * math.sqrt(batch / 8):.2g}")
     line("optimizer", "adamw", "AdamW, decoupled weight decay")
     line("optimizer.lr", lr, "one-cycle peak 2e-3 at batch 8 (the PH2 recipe), x sqrt(batch/8)")
@@ -283,15 +284,16 @@ def range_test(lines: list[dict[str, Any]], planned: DictConfig, folder: Path) -
         tested.logger = tested.callbacks = tested.data.split_dir = None  # not a run to record
     suggestion = lr_find(tested)["suggestion"]
     ruled = next(e for e in lines if e["key"] == "optimizer.lr")
-    if suggestion is None:
-        ruled["reason"] += "; the range test (recipe.lr_find) gave no suggestion"
-        return lines
     found = {
-        "key": "optimizer.lr",
-        "value": float(f"{suggestion:.2g}"),
-        "reason": f"range test (recipe.lr_find=true, {tested.paths.output_dir}/lr_find.png): "
-        f"steepest fall of the loss; the rule gave {ruled['value']}",
+        **ruled,
+        "reason": f"{ruled['reason']}; the range test (recipe.lr_find) gave no suggestion",
     }
+    if suggestion is not None:
+        found["value"] = float(f"{suggestion:.2g}")
+        found["reason"] = (
+            f"range test (recipe.lr_find=true, {folder}/lr_find.png): steepest fall of the "
+            f"loss; the rule gave {ruled['value']}"
+        )
     return [found if e is ruled else e for e in lines]
 
 
@@ -314,7 +316,7 @@ def with_plan(cfg: DictConfig, overrides: list[str], compose) -> DictConfig:
     recipe = cfg.get("recipe")
     if not recipe or not recipe.get("auto"):
         return cfg
-    saved = Path(cfg.paths.output_dir) / "plan.yaml"
+    saved = Path(cfg.paths.output_dir) / PLAN_FILE
     if recipe.get("plan") or saved.is_file():
         planned = read_plan(recipe.get("plan") or saved)
     else:
@@ -341,7 +343,7 @@ def main(cfg: DictConfig) -> None:
     from rich.table import Table
 
     overrides, name = list(HydraConfig.get().overrides.task), HydraConfig.get().job.config_name
-    path = Path(settings(cfg).get("plan") or "plan.yaml")  # a range test's curve: beside it
+    path = Path(settings(cfg).get("plan") or PLAN_FILE)  # a range test's curve: beside it
     planned = make_plan(cfg, overrides, lambda o: compose(name, o), path.parent / "lr_find")
     path.write_text(yaml.safe_dump(planned, sort_keys=False, width=100))
     table = Table("override", "why", title=f"Plan of {cfg.name} ({path})")

@@ -22,7 +22,7 @@ from lightseg.config import app
 from lightseg.errors import LightsegError, SweepRefused, user_message
 from lightseg.experiment import build, group_choices
 from lightseg.metrics import finite_or_none
-from lightseg.recipe import with_plan
+from lightseg.recipe import PLAN_FILE, with_plan
 from lightseg.runs import RunFolder, RunLock, recorded_run, resume
 from lightseg.runs.folder import RUN_INFO
 from lightseg.runs.protocol import training_card
@@ -92,7 +92,7 @@ def _train(
         run.path.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(experiment.cfg, run.config, resolve=True)
         if (cfg.get("recipe") or {}).get("lines"):  # recipe=auto: the plan it trained with
-            OmegaConf.save(cfg.recipe, run.path / "plan.yaml")
+            OmegaConf.save(cfg.recipe, run.path / PLAN_FILE)
         if checkpoint:
             remove_partial_files(Path(checkpoint).parent)
     # a ddp_spawn rank's W&B run cannot keep files (callbacks.run_files): this process uploads
