@@ -71,6 +71,13 @@ def cache_dir(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session", autouse=True)
+def subprocess_temp_dir(tmp_path_factory) -> None:
+    """Subprocesses' temporary files (W&B makes two folders at import) under pytest's folder: a
+    process the tests kill cannot clean its own, and would leave them in /tmp."""
+    os.environ["TMPDIR"] = str(tmp_path_factory.mktemp("tmp"))
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for tests that train: on small shared machines more only contend."""

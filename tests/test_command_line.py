@@ -64,6 +64,8 @@ def test_a_key_of_another_option_of_its_group_names_the_options_that_have_it():
     message = explained("data=ph2", "data.source.mask_pattern='{stem}_mask'")
     assert "data.source.mask_pattern is a setting of data=folder, not of data=ph2." in message
     assert "Did you mean" not in message
+    message = explained("experiment=demo", "recipe.lr_find=true")  # the group has no default
+    assert "recipe.lr_find is a setting of recipe=auto, and no recipe is chosen." in message
 
 
 def test_closest_prefers_the_whole_key_then_the_last_part():

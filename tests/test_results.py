@@ -20,10 +20,11 @@ from scipy import stats
 from lightseg import CONFIG_DIR
 from lightseg.errors import LightsegError
 from lightseg.runs import RunFolder
+from lightseg.tools.comparison import lower_is_better
 from lightseg.tools.eval import evaluate
 from lightseg.tools.results import NumbersFrom, eval_results, short_names
 from lightseg.tools.significance import two_level_ci, two_level_p
-from lightseg.tools.table import lower_is_better, main, results, write_tables
+from lightseg.tools.table import main, results, write_tables
 from tests.runs import run_app, run_cli, tiny_cli_run
 
 #: The paired differences of scipy's documentation of ``wilcoxon`` (two-sided exact p-value

@@ -21,8 +21,9 @@ from lightseg.checkpoints import load_module
 from lightseg.errors import LightsegError
 from lightseg.metrics import build_metrics, metrics_for
 from lightseg.task import Task
-from lightseg.tools.eval import Scores, evaluate
+from lightseg.tools.eval import evaluate
 from lightseg.tools.inference import Segmenter
+from lightseg.tools.report import Scores
 from lightseg.tools.results import NumbersFrom
 from lightseg.tools.score import main, score
 from lightseg.tools.table import results

@@ -310,7 +310,8 @@ def suggest_key(key: str, overrides: list[str], config_name: str) -> str:
     ]
     if options:
         listed = ", ".join(f"{group}={o}" for o in options[:6])
-        return f"\n{key} is a setting of {listed}, not of {group}={chosen}."
+        now = f"not of {group}={chosen}" if chosen else f"and no {group} is chosen"
+        return f"\n{key} is a setting of {listed}, {now}."
     tree = OmegaConf.to_container(composed, resolve=False)
     keys = [k for k in dotted_keys(tree) if not k.startswith("hydra")]
     suggestion = closest(key, keys)

@@ -29,7 +29,7 @@ from lightseg.metrics import build_metrics, metrics_for
 from lightseg.runs import RunFolder
 from lightseg.runs.folder import HYDRA, SPLITS
 from lightseg.runs.protocol import card
-from lightseg.tools.eval import Scores, print_report, staged, write_scores
+from lightseg.tools.report import Scores, print_report, staged, write_scores
 from lightseg.utils.console import console
 
 BASELINES = "baselines"  # <run>/baselines/<name>/: one run folder per scored set of masks
