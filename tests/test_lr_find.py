@@ -6,11 +6,13 @@ import itertools
 import json
 import math
 import sys
+from pathlib import Path
 
 import pytest
 from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
+from lightseg import CONFIG_DIR
 from lightseg.lr_find import main, steepest_fall
 
 
@@ -79,3 +81,32 @@ def test_the_suggestion_is_the_steepest_fall_per_decade():
     assert steepest_fall(lrs[:12], losses[:12], "exponential") is None  # 10 skipped, 1 left
     losses[40] = None  # a diverged step
     assert steepest_fall(lrs, losses, "exponential") == pytest.approx(1e-3)
+
+
+EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_takes_a_range_test_with_auto_statistics(
+    experiment, monkeypatch, tmp_path, data_dir, one_thread
+):
+    """Each shipped experiment, its mean and std resolved from the training split as train
+    resolves them (the copy of the assembly that skipped this ended in a traceback)."""
+    run_lr_find(
+        monkeypatch,
+        f"experiment={experiment}",
+        "trainer.accelerator=cpu",
+        "data.num_workers=0",
+        "data.batch_size=2",
+        "data.image_size=[64,64]",
+        "model.encoder_weights=null",
+        "data.mean=auto",
+        "data.std=auto",
+        "lr_find.num_training=3",
+        "lr_find.early_stop_threshold=null",
+        f"paths.data_dir={data_dir}",
+        f"paths.log_dir={tmp_path / 'logs'}",
+    )
+    (result,) = (tmp_path / "logs").glob("*/lr_find/*/lr_find.json")
+    losses = json.loads(result.read_text())["loss"]
+    assert len(losses) == 3 and all(math.isfinite(loss) for loss in losses)
