@@ -103,6 +103,7 @@ def test_every_experiment_takes_a_range_test_with_auto_statistics(
         "data.mean=auto",
         "data.std=auto",
         "lr_find.num_training=3",
+        "lr_find.max_lr=1e-3",
         "lr_find.early_stop_threshold=null",
         f"paths.data_dir={data_dir}",
         f"paths.log_dir={tmp_path / 'logs'}",
