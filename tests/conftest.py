@@ -101,6 +101,9 @@ ONE_STEP = (
 )
 
 #: Fast settings for running a whole config on the CPU.
+#: Every shipped experiment (configs/experiment/*.yaml), for tests that run each one.
+EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+
 FAST = (
     "trainer.fast_dev_run=true",
     "trainer.accelerator=cpu",

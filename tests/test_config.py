@@ -13,10 +13,9 @@ from lightseg import CONFIG_DIR
 from lightseg.config import validate
 from lightseg.errors import LightsegError
 from lightseg.train import train
-from tests.conftest import FAST, ONE_STEP, make_config
+from tests.conftest import EXPERIMENTS, FAST, ONE_STEP, make_config
 
 CONFIGS = Path(CONFIG_DIR)
-EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 #: Options that need something the user supplies (custom: the network's _target_).
 NEEDS_INPUT = {"model": {"custom"}}
 

@@ -26,7 +26,7 @@ from lightseg.models.network import without_pretrained
 from lightseg.models.segnet import SegNet
 from lightseg.tools.export import FORMATS, export, get_format
 from lightseg.train import train
-from tests.conftest import CE_DICE, ONE_STEP, make_config, metrics_for
+from tests.conftest import CE_DICE, EXPERIMENTS, ONE_STEP, make_config, metrics_for
 
 #: The demo checkpoint's training size, and a second size and batch sizes for the check.
 SIZES = ([64, 64], [96, 128])
@@ -364,9 +364,6 @@ def test_output_may_be_a_folder_and_bad_paths_are_clear_errors(demo_checkpoint, 
     (tmp_path / "text.ckpt").write_text("not a checkpoint")
     with pytest.raises(LightsegError, match="Cannot read checkpoint"):
         export(export_config(tmp_path / "text.ckpt", "torchscript"))
-
-
-EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
 
 
 @pytest.mark.slow

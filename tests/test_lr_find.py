@@ -6,14 +6,13 @@ import itertools
 import json
 import math
 import sys
-from pathlib import Path
 
 import pytest
 from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
-from lightseg import CONFIG_DIR
 from lightseg.lr_find import main, steepest_fall
+from tests.conftest import EXPERIMENTS
 
 
 def run_lr_find(monkeypatch, *args: str) -> None:
@@ -81,9 +80,6 @@ def test_the_suggestion_is_the_steepest_fall_per_decade():
     assert steepest_fall(lrs[:12], losses[:12], "exponential") is None  # 10 skipped, 1 left
     losses[40] = None  # a diverged step
     assert steepest_fall(lrs, losses, "exponential") == pytest.approx(1e-3)
-
-
-EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-from lightseg import CONFIG_DIR
 from lightseg.train import train
-from tests.conftest import FAST, make_config
-
-EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+from tests.conftest import EXPERIMENTS, FAST, make_config
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

@@ -284,16 +284,15 @@ def range_test(lines: list[dict[str, Any]], planned: DictConfig, folder: Path) -
         tested.logger = tested.callbacks = tested.data.split_dir = None  # not a run to record
     suggestion = lr_find(tested)["suggestion"]
     ruled = next(e for e in lines if e["key"] == "optimizer.lr")
-    found = {
-        **ruled,
-        "reason": f"{ruled['reason']}; the range test (recipe.lr_find) gave no suggestion",
-    }
-    if suggestion is not None:
-        found["value"] = float(f"{suggestion:.2g}")
-        found["reason"] = (
+    if suggestion is None:
+        reason = f"{ruled['reason']}; the range test (recipe.lr_find) gave no suggestion"
+        found = {**ruled, "reason": reason}
+    else:
+        reason = (
             f"range test (recipe.lr_find=true, {folder}/lr_find.png): steepest fall of the "
             f"loss; the rule gave {ruled['value']}"
         )
+        found = {**ruled, "value": float(f"{suggestion:.2g}"), "reason": reason}
     return [found if e is ruled else e for e in lines]
 
 
